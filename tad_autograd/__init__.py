@@ -1,0 +1,39 @@
+"""tad_autograd: ``jacrev``, ``vmap`` and ``hessian`` that work the same on every torch.
+
+One import gives PyTorch users function transforms that behave as
+:mod:`torch.func` does, on torch 1.13 to the current release, on any device,
+through any function (custom ``autograd.Function``s, ``.item()``, in-place
+updates included).  A resolver picks the fastest correct backend at call
+time; see :func:`explain` for why.
+
+Examples
+--------
+>>> import torch, tad_autograd as ta
+>>> ta.jacrev(lambda x: (x ** 2).sum())(torch.tensor([1.0, 2.0]))
+tensor([2., 4.])
+"""
+
+from .api import fjacrev, fvmap, hessian, jacrev, vmap
+from .errors import BackendFallbackWarning, BackendUnavailableError, UnknownBackendError
+from .explain import explain
+from .registry import available_backends, register_backend
+from .settings import get_backend, set_backend, use_backend
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "jacrev",
+    "vmap",
+    "hessian",
+    "fjacrev",
+    "fvmap",
+    "set_backend",
+    "get_backend",
+    "use_backend",
+    "available_backends",
+    "explain",
+    "register_backend",
+    "BackendFallbackWarning",
+    "UnknownBackendError",
+    "BackendUnavailableError",
+]

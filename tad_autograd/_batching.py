@@ -1,0 +1,238 @@
+"""``in_dims``/``out_dims`` handling shared by the backends that batch by hand.
+
+The messages and exception types follow :func:`torch.func.vmap`, so a
+mistake reads the same whichever backend runs the call.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import torch
+
+from ._pytree import IncompatibleStructure, broadcast_prefix, tree_flatten, tree_unflatten
+
+__all__ = ["BatchedArgs", "flatten_args", "split_outputs", "join_outputs"]
+
+
+def _name(func: Callable[..., Any]) -> str:
+    return getattr(func, "__name__", repr(func))
+
+
+class BatchedArgs:
+    """Flattened arguments of a vmap call with their batch dimensions.
+
+    Attributes
+    ----------
+    leaves : list
+        The flattened positional arguments.
+    dims : list of int or None
+        The (non-negative) batch dimension of each leaf, ``None`` if unbatched.
+    spec : TreeSpec
+        How to rebuild the argument tuple.
+    size : int
+        The batch size.
+    """
+
+    __slots__ = ("leaves", "dims", "spec", "size")
+
+    def __init__(self, leaves: List[Any], dims: List[Optional[int]], spec: Any, size: int):
+        self.leaves = leaves
+        self.dims = dims
+        self.spec = spec
+        self.size = size
+
+    def sample(self, index: int) -> Tuple[Any, ...]:
+        """The argument tuple of batch element ``index``."""
+        return tree_unflatten(
+            [leaf if d is None else leaf.select(d, index) for leaf, d in zip(self.leaves, self.dims)],
+            self.spec,
+        )
+
+    def narrow(self, start: int, length: int) -> Tuple[Any, ...]:
+        """The argument tuple of batch elements ``start`` to ``start + length``."""
+        return tree_unflatten(
+            [
+                leaf if d is None else leaf.narrow(d, start, length)
+                for leaf, d in zip(self.leaves, self.dims)
+            ],
+            self.spec,
+        )
+
+    def placeholder(self) -> Tuple[Any, ...]:
+        """Zero-filled arguments of one batch element (for batch size 0)."""
+        leaves = []
+        for leaf, d in zip(self.leaves, self.dims):
+            if d is None:
+                leaves.append(leaf)
+            else:
+                shape = leaf.shape[:d] + leaf.shape[d + 1 :]
+                leaves.append(leaf.new_zeros(shape))
+        return tree_unflatten(leaves, self.spec)
+
+
+def flatten_args(func: Callable[..., Any], in_dims: Any, args: Tuple[Any, ...]) -> BatchedArgs:
+    """Check ``in_dims`` against ``args`` and flatten both.
+
+    Parameters
+    ----------
+    func : callable
+        The vmapped function (named in messages).
+    in_dims : int, None or tuple
+        As in :func:`torch.func.vmap`.
+    args : tuple
+        The positional arguments of the call.
+
+    Returns
+    -------
+    BatchedArgs
+
+    Raises
+    ------
+    ValueError
+        For every mistake :func:`torch.func.vmap` rejects with ``ValueError``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> flatten_args(len, (0, None), (torch.zeros(3, 2), 1.0)).size
+    3
+    """
+    head = f"vmap({_name(func)}, in_dims={in_dims}, ...)(<inputs>)"
+    if not isinstance(in_dims, (int, tuple)) or isinstance(in_dims, bool):
+        raise ValueError(
+            f"{head}: expected `in_dims` to be int or a (potentially nested) tuple "
+            f"matching the structure of inputs, got: {type(in_dims)}."
+        )
+    if len(args) == 0:
+        raise ValueError(
+            f"vmap({_name(func)})(<inputs>): got no inputs. Maybe you forgot to add "
+            "inputs, or you are trying to vmap over a function with no inputs. "
+            "The latter is unsupported."
+        )
+    leaves, spec = tree_flatten(args)
+    try:
+        flat_dims = broadcast_prefix(in_dims, args) if isinstance(in_dims, tuple) else [in_dims] * len(leaves)
+    except IncompatibleStructure:
+        raise ValueError(
+            f"{head}: in_dims is not compatible with the structure of `inputs`. "
+            f"in_dims is {in_dims!r} but inputs have the structure {spec}."
+        ) from None
+    dims: List[Optional[int]] = []
+    size: Optional[int] = None
+    sizes = []
+    for leaf, d in zip(leaves, flat_dims):
+        if d is None:
+            dims.append(None)
+            continue
+        if not isinstance(d, int) or isinstance(d, bool):
+            raise ValueError(
+                f"{head}: in_dims must be int or None for every input, got {d!r} "
+                f"of type {type(d)}."
+            )
+        if not isinstance(leaf, torch.Tensor):
+            raise ValueError(
+                f"{head}: Got in_dim={d} for an input but the input is of type "
+                f"{type(leaf)}. We cannot vmap over non-Tensor arguments, please use "
+                "None as the respective in_dim"
+            )
+        ndim = leaf.dim()
+        if not -ndim <= d < ndim:
+            raise ValueError(
+                f"{head}: Got in_dim={d} for some input, but that input is a Tensor "
+                f"of dimensionality {ndim} so expected in_dim to satisfy "
+                f"-{ndim} <= in_dim < {ndim}."
+            )
+        d = d % ndim
+        dims.append(d)
+        sizes.append(leaf.shape[d])
+    if not sizes:
+        raise ValueError("vmap: Expected at least one Tensor to vmap over")
+    size = sizes[0]
+    if any(s != size for s in sizes):
+        raise ValueError(
+            "vmap: Expected all tensors to have the same size in the mapped "
+            f"dimension, got sizes {sizes} for the mapped dimension"
+        )
+    return BatchedArgs(leaves, dims, spec, size)
+
+
+def split_outputs(func: Callable[..., Any], out_dims: Any, output: Any) -> Tuple[List[Any], List[Optional[int]], Any]:
+    """Flatten one sample's output and match ``out_dims`` to it.
+
+    Returns
+    -------
+    tuple
+        ``(leaves, dims, spec)``; ``dims`` are as given (possibly negative).
+    """
+    leaves, spec = tree_flatten(output)
+    if isinstance(out_dims, (int, type(None))) and not isinstance(out_dims, bool):
+        dims = [out_dims] * len(leaves)
+    elif isinstance(out_dims, (tuple, list)):
+        try:
+            dims = broadcast_prefix(tuple(out_dims) if isinstance(output, tuple) else out_dims, output)
+        except IncompatibleStructure:
+            if len(leaves) == 1 and len(out_dims) == 1:
+                dims = [out_dims[0]]
+            else:
+                raise ValueError(
+                    f"vmap({_name(func)}, ..., out_dims={out_dims})(<inputs>): out_dims is "
+                    "not compatible with the structure of `outputs`. out_dims is "
+                    f"{out_dims!r} but outputs have the structure {spec}."
+                ) from None
+    elif isinstance(out_dims, dict):
+        try:
+            dims = broadcast_prefix(out_dims, output)
+        except IncompatibleStructure:
+            raise ValueError(
+                f"vmap({_name(func)}, ..., out_dims={out_dims})(<inputs>): out_dims is "
+                "not compatible with the structure of `outputs`."
+            ) from None
+    else:
+        raise ValueError(
+            f"vmap({_name(func)}, ..., out_dims={out_dims}): `out_dims` must be an int, "
+            "None or a python collection of ints representing where in the outputs "
+            "the vmapped dimension should appear."
+        )
+    for leaf, d in zip(leaves, dims):
+        if d is not None and (not isinstance(d, int) or isinstance(d, bool)):
+            raise ValueError(
+                f"vmap({_name(func)}, ..., out_dims={out_dims}): `out_dims` must be an int, "
+                "None or a python collection of ints representing where in the outputs "
+                "the vmapped dimension should appear."
+            )
+        if d is not None and not isinstance(leaf, torch.Tensor):
+            raise ValueError(
+                f"vmap({_name(func)}, ...): `{_name(func)}` must only return Tensors, got "
+                f"type {type(leaf)}. Did you mean to set out_dims= to None for output?"
+            )
+    return leaves, dims, spec
+
+
+def join_outputs(samples: Sequence[List[Any]], dims: List[Optional[int]], spec: Any, join: Callable[..., Any]) -> Any:
+    """Join per-sample (or per-chunk) output leaves along their ``out_dims``.
+
+    Parameters
+    ----------
+    samples : sequence of list
+        Flattened outputs, one list per sample or chunk.
+    dims : list of int or None
+        The output dimension of each leaf; ``None`` keeps the first sample's leaf.
+    spec : TreeSpec
+        The output structure.
+    join : callable
+        ``torch.stack`` for samples, ``torch.cat`` for chunks.
+    """
+    joined = []
+    for k, d in enumerate(dims):
+        if d is None:
+            joined.append(samples[0][k])
+        else:
+            parts = [s[k] for s in samples]
+            ndim = parts[0].dim() + (1 if join is torch.stack else 0)
+            if not -ndim <= d < ndim:
+                raise IndexError(
+                    f"Dimension out of range (expected to be in range of [{-ndim}, {ndim - 1}], but got {d})"
+                )
+            joined.append(join(parts, d))
+    return tree_unflatten(joined, spec)

@@ -1,0 +1,71 @@
+"""Pytree helpers on top of :mod:`torch.utils._pytree`, the same on torch 1.13 and later.
+
+Only tuples, lists, dicts (and namedtuples, through torch) are containers,
+as in :mod:`torch.func`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List
+
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+__all__ = ["tree_flatten", "tree_unflatten", "broadcast_prefix", "IncompatibleStructure"]
+
+
+class IncompatibleStructure(ValueError):
+    """A prefix tree (``in_dims``, ``out_dims``) does not match its tree."""
+
+
+def broadcast_prefix(prefix: Any, tree: Any) -> List[Any]:
+    """Expand ``prefix`` to one entry per leaf of ``tree``.
+
+    ``prefix`` matches ``tree`` as a prefix: where ``prefix`` has a leaf
+    (anything but a tuple, list or dict), that value applies to every leaf
+    of the corresponding subtree.
+
+    Parameters
+    ----------
+    prefix : Any
+        A tree whose containers mirror the top of ``tree``.
+    tree : Any
+        The full tree.
+
+    Returns
+    -------
+    list
+        One prefix value per leaf of ``tree``, in flattening order.
+
+    Raises
+    ------
+    IncompatibleStructure
+        Where a container of ``prefix`` has a different type, length or keys
+        than the matching node of ``tree``.
+
+    Examples
+    --------
+    >>> broadcast_prefix((0, None), (1, [2, 3]))
+    [0, None, None]
+    """
+    out: List[Any] = []
+    _broadcast(prefix, tree, out)
+    return out
+
+
+def _broadcast(prefix: Any, tree: Any, out: List[Any]) -> None:
+    if isinstance(prefix, (tuple, list)):
+        if (
+            not isinstance(tree, (tuple, list))
+            or isinstance(tree, tuple) != isinstance(prefix, tuple)
+            or len(tree) != len(prefix)
+        ):
+            raise IncompatibleStructure(prefix, tree)
+        for p, t in zip(prefix, tree):
+            _broadcast(p, t, out)
+    elif isinstance(prefix, dict):
+        if not isinstance(tree, dict) or set(tree) != set(prefix):
+            raise IncompatibleStructure(prefix, tree)
+        for key in tree:  # torch flattens dicts in insertion order
+            _broadcast(prefix[key], tree[key], out)
+    else:
+        out.extend([prefix] * len(tree_flatten(tree)[0]))

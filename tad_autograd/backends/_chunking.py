@@ -1,0 +1,155 @@
+"""``chunk_size`` for transform libraries that lack it (functorch on torch 1.13).
+
+``jacrev`` is rebuilt from the library's own ``vjp`` and ``vmap``: one
+``vjp``, then the rows of the Jacobian in chunks of ``chunk_size`` basis
+vectors, as :func:`torch.func.jacrev` does.  ``vmap`` runs the library's
+``vmap`` over slices of the batch and concatenates.  Results equal the
+unchunked ones; peak memory falls with the chunk.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional
+
+import torch
+
+from .._batching import flatten_args, join_outputs, split_outputs
+from .._pytree import tree_flatten, tree_unflatten
+from .autograd import check_argnums, check_outputs
+from .base import ArgnumsT, InDimsT, OutDimsT
+
+__all__ = ["chunked_jacrev", "chunked_vmap"]
+
+
+def chunked_jacrev(
+    vjp: Callable[..., Any],
+    vmap: Callable[..., Any],
+    func: Callable[..., Any],
+    argnums: ArgnumsT,
+    has_aux: bool,
+    chunk_size: int,
+) -> Callable[..., Any]:
+    """Build ``jacrev(func, argnums, has_aux=has_aux, chunk_size=chunk_size)`` from ``vjp`` and ``vmap``.
+
+    Parameters
+    ----------
+    vjp, vmap : callable
+        The transform library's ``vjp(func, *primals, has_aux=...)`` and
+        ``vmap(func)``.
+    func, argnums, has_aux, chunk_size
+        As in :func:`torch.func.jacrev`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch.func import vjp, vmap
+    >>> jac = chunked_jacrev(vjp, vmap, torch.sin, 0, False, 1)(torch.zeros(2))
+    >>> torch.equal(jac, torch.eye(2))
+    True
+    """
+
+    def jacobian_fn(*args: Any) -> Any:
+        positions = check_argnums(argnums, len(args))
+
+        def on_primals(*primals: Any) -> Any:
+            new_args = list(args)
+            for p, value in zip(positions, primals):
+                new_args[p] = value
+            return func(*new_args)
+
+        primals = tuple(args[p] for p in positions)
+        if has_aux:
+            output, vjp_fn, aux = vjp(on_primals, *primals, has_aux=True)
+        else:
+            output, vjp_fn = vjp(on_primals, *primals)
+        out_leaves, out_spec = tree_flatten(output)
+        check_outputs(out_leaves)
+        flat_primals, primals_spec = tree_flatten(primals)
+        numels = [o.numel() for o in out_leaves]
+        total = sum(numels)
+
+        pieces: List[List[torch.Tensor]] = [[] for _ in flat_primals]
+        for start in range(0, total, chunk_size):
+            size = min(chunk_size, total - start)
+            basis = tree_unflatten(_basis(out_leaves, numels, start, size), out_spec)
+            if size == 1:  # no vmap at all, as torch.func does for chunk_size=1
+                squeezed = tree_unflatten([b.squeeze(0) for b in tree_flatten(basis)[0]], out_spec)
+                cotangents = [c.unsqueeze(0) for c in tree_flatten(vjp_fn(squeezed))[0]]
+            else:
+                cotangents = tree_flatten(vmap(vjp_fn)(basis))[0]
+            for piece, c in zip(pieces, cotangents):
+                piece.append(c)
+
+        per_primal = []
+        for x, piece in zip(flat_primals, pieces):
+            stacked = torch.cat(piece) if piece else x.new_zeros((0,) + x.shape)
+            per_primal.append(
+                [
+                    split.view(o.shape + x.shape)
+                    for split, o in zip(torch.split(stacked, numels), out_leaves)
+                ]
+            )
+        nested = []
+        for k in range(len(out_leaves)):
+            per_arg = tree_unflatten([row[k] for row in per_primal], primals_spec)
+            nested.append(per_arg[0] if isinstance(argnums, int) else per_arg)
+        jacobian = tree_unflatten(nested, out_spec)
+        return (jacobian, aux) if has_aux else jacobian
+
+    return jacobian_fn
+
+
+def _basis(outputs: List[torch.Tensor], numels: List[int], start: int, size: int) -> List[torch.Tensor]:
+    """Rows ``start:start + size`` of the identity over all output elements, split per output."""
+    rows = torch.arange(start, start + size, device=outputs[0].device if outputs else None)
+    basis = []
+    offset = 0
+    for o, n in zip(outputs, numels):
+        b = o.new_zeros((size, n))
+        local = rows - offset
+        hit = (local >= 0) & (local < n)
+        b[torch.arange(size, device=b.device)[hit], local[hit]] = 1
+        basis.append(b.view((size,) + o.shape))
+        offset += n
+    return basis
+
+
+def chunked_vmap(
+    vmap: Callable[..., Any],
+    func: Callable[..., Any],
+    in_dims: InDimsT,
+    out_dims: OutDimsT,
+    randomness: str,
+    chunk_size: int,
+) -> Callable[..., Any]:
+    """Run ``vmap(func, in_dims, out_dims, randomness)`` over chunks of the batch.
+
+    With ``randomness="same"`` every chunk starts from the same generator
+    state, so every element sees the same draws, as in :func:`torch.func.vmap`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch.func import vmap
+    >>> chunked_vmap(vmap, torch.sum, 0, 0, "error", 2)(torch.ones(5, 3))
+    tensor([3., 3., 3., 3., 3.])
+    """
+    batched_func = vmap(func, in_dims, out_dims, randomness)
+
+    def chunked_fn(*args: Any, **kwargs: Any) -> Any:
+        batched = flatten_args(func, in_dims, args)
+        if batched.size <= chunk_size:
+            return batched_func(*args, **kwargs)
+        state = torch.get_rng_state() if randomness == "same" else None
+        chunks = []
+        dims: List[Optional[int]] = []
+        spec = None
+        for start in range(0, batched.size, chunk_size):
+            if state is not None:
+                torch.set_rng_state(state)
+            part = batched_func(*batched.narrow(start, min(chunk_size, batched.size - start)), **kwargs)
+            leaves, dims, spec = split_outputs(func, out_dims, part)
+            chunks.append(leaves)
+        return join_outputs(chunks, dims, spec, torch.cat)
+
+    return chunked_fn

@@ -1,0 +1,322 @@
+"""The ``"autograd"`` backend: plain :mod:`torch.autograd` and Python loops.
+
+It uses nothing but :func:`torch.autograd.grad` and ordinary Python, so it
+differentiates every function ordinary autograd can, including custom
+``autograd.Function`` subclasses written the old way (``forward(ctx, ...)``),
+``.item()`` calls, data-dependent control flow and in-place updates.  It is
+slower than the transform backends for wide Jacobians (one backward pass per
+output element) and as fast as any for gradients of scalars.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+import torch
+
+from .._batching import BatchedArgs, flatten_args, join_outputs, split_outputs
+from .._pytree import tree_flatten, tree_unflatten
+from .base import ArgnumsT, Backend, InDimsT, OutDimsT
+
+__all__ = ["AutogradBackend", "check_argnums", "check_outputs", "prepare_input"]
+
+
+class AutogradBackend(Backend):
+    """Jacobians by loops of :func:`torch.autograd.grad`; ``vmap`` by a loop.
+
+    Examples
+    --------
+    >>> import torch
+    >>> backend = AutogradBackend()
+    >>> backend.jacrev(torch.sin, 0, has_aux=False, chunk_size=None)(torch.zeros(2))
+    tensor([[1., 0.],
+            [0., 1.]])
+    >>> backend.vmap(torch.sum, 0, 0, "error", chunk_size=None)(torch.ones(3, 2))
+    tensor([2., 2., 2.])
+    """
+
+    name = "autograd"
+    is_transform = False
+
+    def jacrev(
+        self,
+        func: Callable[..., Any],
+        argnums: ArgnumsT,
+        *,
+        has_aux: bool,
+        chunk_size: Optional[int],
+    ) -> Callable[..., Any]:
+        def jacobian_fn(*args: Any) -> Any:
+            return _jacrev(func, argnums, has_aux, args)
+
+        return jacobian_fn
+
+    def vmap(
+        self,
+        func: Callable[..., Any],
+        in_dims: InDimsT,
+        out_dims: OutDimsT,
+        randomness: str,
+        *,
+        chunk_size: Optional[int],
+    ) -> Callable[..., Any]:
+        def batched_fn(*args: Any, **kwargs: Any) -> Any:
+            return _vmap(func, in_dims, out_dims, randomness, args, kwargs)
+
+        return batched_fn
+
+
+# --------------------------------------------------------------------------- jacrev
+
+
+def check_argnums(argnums: ArgnumsT, nargs: int) -> Tuple[int, ...]:
+    """Normalise ``argnums`` against ``nargs`` positional arguments.
+
+    Raises ``RuntimeError`` with :func:`torch.func.jacrev`'s wording.
+
+    Examples
+    --------
+    >>> check_argnums(-1, 2)
+    (1,)
+    """
+    nums = (argnums,) if isinstance(argnums, int) else argnums
+    out = []
+    for n in nums:
+        if not -nargs <= n < nargs:
+            raise RuntimeError(
+                f"Got argnum={n}, but only {nargs} positional inputs"
+            )
+        out.append(n % nargs)
+    return tuple(out)
+
+
+def prepare_input(x: Any, position: int) -> torch.Tensor:
+    """A differentiable stand-in for input leaf ``x``.
+
+    A tensor that already requires grad is viewed, so the Jacobian stays
+    differentiable with respect to it; any other floating-point tensor is
+    detached and made to require grad.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(
+            f"argnums: the argument at position {position} must be a floating-point "
+            f"tensor or a pytree of them, got {type(x)}"
+        )
+    if not (x.is_floating_point() or x.is_complex()):
+        raise RuntimeError(
+            "only Tensors of floating point dtype can require gradients "
+            f"(argument at position {position} has dtype {x.dtype})"
+        )
+    if x.requires_grad:
+        return x.view_as(x)
+    return x.detach().requires_grad_(True)
+
+
+def check_outputs(leaves: Sequence[Any]) -> None:
+    """Raise ``RuntimeError`` (as :func:`torch.func.vjp` does) for a non-tensor or empty output."""
+    if len(leaves) == 0:
+        raise RuntimeError(
+            "jacrev(f, ...)(*args): expected f(*args) to return a tensor or a non-empty "
+            "pytree of tensors, got no tensors (e.g. None)"
+        )
+    for leaf in leaves:
+        if not isinstance(leaf, torch.Tensor):
+            raise RuntimeError(
+                "jacrev(f, ...)(*args): expected f(*args) to return only tensors, "
+                f"got unsupported type {type(leaf)}"
+            )
+
+
+def _depends_on_other_leaves(outputs: Sequence[torch.Tensor], ours: Set[int]) -> bool:
+    """Whether the graph of ``outputs`` reaches a leaf requiring grad besides ``ours``.
+
+    Then the Jacobian must itself be differentiable (``create_graph=True``),
+    as it is under :mod:`torch.func`: e.g. forces whose energy depends on
+    captured model parameters.
+    """
+    stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
+    seen: Set[int] = set()
+    while stack:
+        node = stack.pop()
+        for nxt, _ in node.next_functions:
+            if nxt is None or id(nxt) in seen:
+                continue
+            seen.add(id(nxt))
+            variable = getattr(nxt, "variable", None)
+            if variable is not None:
+                if id(variable) not in ours:
+                    return True
+                continue
+            stack.append(nxt)
+    return False
+
+
+def _jacrev(func: Callable[..., Any], argnums: ArgnumsT, has_aux: bool, args: Tuple[Any, ...]) -> Any:
+    positions = check_argnums(argnums, len(args))
+    outer_grad = torch.is_grad_enabled()
+    new_args = list(args)
+    in_specs = []
+    inputs: List[torch.Tensor] = []
+    sizes = []
+    external = False
+    for p in positions:
+        leaves, spec = tree_flatten(args[p])
+        prepared = [prepare_input(leaf, p) for leaf in leaves]
+        external = external or any(leaf.requires_grad for leaf in leaves)
+        new_args[p] = tree_unflatten(prepared, spec)
+        in_specs.append(spec)
+        sizes.append(len(prepared))
+        inputs.extend(prepared)
+
+    with torch.enable_grad():
+        result = func(*new_args)
+    if has_aux:
+        if not (isinstance(result, tuple) and len(result) == 2):
+            raise RuntimeError(
+                "jacrev(f, ...)(*args): output of function f should be a tuple: "
+                "(output, aux) if has_aux is True"
+            )
+        result, aux = result
+    out_leaves, out_spec = tree_flatten(result)
+    check_outputs(out_leaves)
+
+    if outer_grad and not external:
+        ours = {id(x) for x in inputs}
+        external = any(isinstance(a, torch.Tensor) and a.requires_grad for a in args) or (
+            _depends_on_other_leaves([o for o in out_leaves if o.requires_grad], ours)
+        )
+    create_graph = outer_grad and external
+
+    per_output = [_rows(o, inputs, create_graph) for o in out_leaves]
+
+    nested = []
+    for o, jac in zip(out_leaves, per_output):
+        per_arg = []
+        start = 0
+        for spec, count in zip(in_specs, sizes):
+            per_arg.append(tree_unflatten(jac[start : start + count], spec))
+            start += count
+        nested.append(per_arg[0] if isinstance(argnums, int) else tuple(per_arg))
+    jacobian = tree_unflatten(nested, out_spec)
+    if has_aux:
+        if not create_graph:
+            aux = tree_unflatten(
+                [a.detach() if isinstance(a, torch.Tensor) else a for a in tree_flatten(aux)[0]],
+                tree_flatten(aux)[1],
+            )
+        return jacobian, aux
+    return jacobian
+
+
+def _rows(output: torch.Tensor, inputs: List[torch.Tensor], create_graph: bool) -> List[torch.Tensor]:
+    """d output / d input for each input, shaped ``output.shape + input.shape``."""
+    n = output.numel()
+    if n == 0 or not output.requires_grad:
+        return [output.new_zeros(output.shape + x.shape, dtype=x.dtype, device=x.device) for x in inputs]
+    with torch.enable_grad():
+        if n == 1:
+            grads = torch.autograd.grad(
+                output, inputs, torch.ones_like(output), retain_graph=create_graph,
+                create_graph=create_graph, allow_unused=True,
+            )
+            return [
+                (g if g is not None else torch.zeros_like(x)).reshape(output.shape + x.shape)
+                for g, x in zip(grads, inputs)
+            ]
+        flat = output.reshape(-1)
+        columns: List[List[Optional[torch.Tensor]]] = [[] for _ in inputs]
+        for j in range(n):
+            grads = torch.autograd.grad(
+                flat[j], inputs, retain_graph=True, create_graph=create_graph, allow_unused=True
+            )
+            for col, g in zip(columns, grads):
+                col.append(g)
+    out = []
+    for x, col in zip(inputs, columns):
+        if all(g is None for g in col):
+            out.append(output.new_zeros(output.shape + x.shape, dtype=x.dtype, device=x.device))
+            continue
+        filled = [g if g is not None else torch.zeros_like(x) for g in col]
+        out.append(torch.stack(filled).reshape(output.shape + x.shape))
+    return out
+
+
+# --------------------------------------------------------------------------- vmap
+
+_RANDOM_MESSAGE = (
+    "vmap: called random operation while in randomness error mode. Please either "
+    "use the 'same' or 'different' randomness flags on vmap or perform the "
+    "randomness operation out of vmap"
+)
+
+
+class _RngStates:
+    """Snapshot of the generators a call may draw from (CPU and used accelerators)."""
+
+    def __init__(self, devices: Set[torch.device]):
+        self.cuda = sorted({d.index or 0 for d in devices if d.type == "cuda"})
+        self.cpu = torch.get_rng_state()
+        self.gpu = [torch.cuda.get_rng_state(i) for i in self.cuda]
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        for i, state in zip(self.cuda, self.gpu):
+            torch.cuda.set_rng_state(state, i)
+
+    def changed(self) -> bool:
+        if not torch.equal(torch.get_rng_state(), self.cpu):
+            return True
+        return any(
+            not torch.equal(torch.cuda.get_rng_state(i), s) for i, s in zip(self.cuda, self.gpu)
+        )
+
+
+def _vmap(
+    func: Callable[..., Any],
+    in_dims: InDimsT,
+    out_dims: OutDimsT,
+    randomness: str,
+    args: Tuple[Any, ...],
+    kwargs: Dict[str, Any],
+) -> Any:
+    batched = flatten_args(func, in_dims, args)
+    devices = {leaf.device for leaf in batched.leaves if isinstance(leaf, torch.Tensor)}
+    states = _RngStates(devices)
+    try:
+        if batched.size == 0:
+            return _empty_batch(func, out_dims, batched, kwargs)
+        samples = []
+        dims: List[Optional[int]] = []
+        spec = None
+        for b in range(batched.size):
+            if randomness == "same" and b > 0:
+                states.restore()  # every element draws what the first drew
+            output = func(*batched.sample(b), **kwargs)
+            leaves, leaf_dims, leaf_spec = split_outputs(func, out_dims, output)
+            if spec is None:
+                dims, spec = leaf_dims, leaf_spec
+            elif leaf_spec != spec:
+                raise ValueError(
+                    f"vmap: the outputs of batch elements 0 and {b} have different "
+                    f"structures ({spec} and {leaf_spec})"
+                )
+            samples.append(leaves)
+        if randomness == "error" and states.changed():
+            raise RuntimeError(_RANDOM_MESSAGE)
+    except BaseException:
+        states.restore()
+        raise
+    return join_outputs(samples, dims, spec, torch.stack)
+
+
+def _empty_batch(func: Callable[..., Any], out_dims: OutDimsT, batched: BatchedArgs, kwargs: Dict[str, Any]) -> Any:
+    """Batch size 0: run one zero-filled element for the output shapes only."""
+    output = func(*batched.placeholder(), **kwargs)
+    leaves, dims, spec = split_outputs(func, out_dims, output)
+    joined = []
+    for leaf, d in zip(leaves, dims):
+        if d is None:
+            joined.append(leaf)
+        else:
+            joined.append(leaf.detach().unsqueeze(d % (leaf.dim() + 1)).narrow(d % (leaf.dim() + 1), 0, 0))
+    return tree_unflatten(joined, spec)

@@ -1,0 +1,133 @@
+"""The protocol every backend implements.
+
+A backend is a small object: a ``name``, whether it can run on the installed
+torch (and if not, why and what would fix it), which device types it
+supports, and two transforms, ``jacrev`` and ``vmap``, that return callables
+with the exact semantics of :func:`torch.func.jacrev` and
+:func:`torch.func.vmap`.  ``hessian`` and the public argument handling live in
+:mod:`tad_autograd.transforms`, once for all backends.
+
+Arguments reach a backend already checked where the check costs nothing per
+call (``argnums`` type, ``chunk_size``, ``randomness``); the per-call checks
+(``argnums`` range, ``in_dims`` structure, dtypes) are the backend's, with
+the exception types :mod:`torch.func` uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Tuple, Union
+
+from packaging.version import Version
+
+from .._torch_info import TORCH_VERSION, module_exists
+
+__all__ = ["Availability", "Backend", "ArgnumsT", "InDimsT", "OutDimsT"]
+
+ArgnumsT = Union[int, Tuple[int, ...]]
+InDimsT = Any
+OutDimsT = Any
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether a backend can run, and if not, why and what would fix it.
+
+    Examples
+    --------
+    >>> Availability(False, "needs torch >= 2.0", "pip install 'torch>=2.0'")
+    Availability(ok=False, reason='needs torch >= 2.0', fix="pip install 'torch>=2.0'")
+    """
+
+    ok: bool
+    reason: str = ""
+    fix: str = ""
+
+
+class Backend:
+    """Base class of the backends.
+
+    Subclasses set :attr:`name`, :attr:`is_transform` and implement
+    :meth:`availability`, :meth:`jacrev` and :meth:`vmap`.
+
+    Attributes
+    ----------
+    name : str
+        The name users pass as ``backend=``.
+    aliases : tuple of str
+        Other names accepted for this backend.
+    is_transform : bool
+        ``True`` for backends built on function transforms (``fjacrev`` and
+        ``fvmap`` accept only these); ``False`` for the autograd loop.
+
+    Examples
+    --------
+    >>> from tad_autograd.backends.autograd import AutogradBackend
+    >>> AutogradBackend().supports_device("cpu")
+    True
+    """
+
+    name: str = ""
+    aliases: Tuple[str, ...] = ()
+    is_transform: bool = True
+
+    def availability(
+        self,
+        torch_version: Version = TORCH_VERSION,
+        module_exists: Callable[[str], bool] = module_exists,
+    ) -> Availability:
+        """Tell whether this backend runs with ``torch_version``.
+
+        Parameters
+        ----------
+        torch_version : packaging.version.Version
+            The torch release to judge; the installed one by default.
+        module_exists : callable
+            ``module_exists(name) -> bool``; lets tests pretend a package is
+            (not) installed.
+
+        Returns
+        -------
+        Availability
+        """
+        return Availability(True)
+
+    def automatic_ok(self, torch_version: Version = TORCH_VERSION) -> Tuple[bool, str]:
+        """Whether automatic mode may choose this backend, and if not, why."""
+        return True, ""
+
+    def supports_device(self, device_type: str) -> bool:
+        """Tell whether this backend handles tensors on ``device_type``.
+
+        Transform backends consult the device table of
+        :mod:`tad_autograd.devices`; the autograd loop runs everywhere.
+        """
+        from ..devices import transforms_supported
+
+        return (not self.is_transform) or transforms_supported(device_type)
+
+    def jacrev(
+        self,
+        func: Callable[..., Any],
+        argnums: ArgnumsT,
+        *,
+        has_aux: bool,
+        chunk_size: Optional[int],
+    ) -> Callable[..., Any]:
+        """Return ``func``'s reverse-mode Jacobian function."""
+        raise NotImplementedError
+
+    def vmap(
+        self,
+        func: Callable[..., Any],
+        in_dims: InDimsT,
+        out_dims: OutDimsT,
+        randomness: str,
+        *,
+        chunk_size: Optional[int],
+    ) -> Callable[..., Any]:
+        """Return ``func`` vectorised over the dimensions ``in_dims``."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"

@@ -1,0 +1,73 @@
+"""The ``"func"`` backend: :mod:`torch.func` (torch >= 2.0)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from packaging.version import Version
+
+from .._torch_info import TORCH_VERSION, module_exists
+from .base import ArgnumsT, Availability, Backend, InDimsT, OutDimsT
+
+__all__ = ["FuncBackend"]
+
+_MINIMUM = Version("2.0")
+
+
+class FuncBackend(Backend):
+    """Function transforms from :mod:`torch.func`.
+
+    The fastest backend where it works; :mod:`torch.func` is imported only
+    when the backend first runs.
+
+    Examples
+    --------
+    >>> import torch
+    >>> backend = FuncBackend()
+    >>> backend.jacrev(torch.sin, 0, has_aux=False, chunk_size=None)(torch.zeros(2))
+    tensor([[1., 0.],
+            [0., 1.]])
+    """
+
+    name = "func"
+    aliases = ("torch.func",)
+    is_transform = True
+
+    def availability(
+        self,
+        torch_version: Version = TORCH_VERSION,
+        module_exists: Callable[[str], bool] = module_exists,
+    ) -> Availability:
+        if torch_version < _MINIMUM:
+            return Availability(
+                False,
+                f"torch.func needs torch >= 2.0, found {torch_version}",
+                "upgrade torch (pip install 'torch>=2.0') or use "
+                "backend='functorch' or backend='autograd'",
+            )
+        return Availability(True)
+
+    def jacrev(
+        self,
+        func: Callable[..., Any],
+        argnums: ArgnumsT,
+        *,
+        has_aux: bool,
+        chunk_size: Optional[int],
+    ) -> Callable[..., Any]:
+        from torch.func import jacrev
+
+        return jacrev(func, argnums, has_aux=has_aux, chunk_size=chunk_size)
+
+    def vmap(
+        self,
+        func: Callable[..., Any],
+        in_dims: InDimsT,
+        out_dims: OutDimsT,
+        randomness: str,
+        *,
+        chunk_size: Optional[int],
+    ) -> Callable[..., Any]:
+        from torch.func import vmap
+
+        return vmap(func, in_dims, out_dims, randomness=randomness, chunk_size=chunk_size)

@@ -1,0 +1,122 @@
+"""The ``"functorch"`` backend: the ``functorch`` package.
+
+``functorch`` was a standalone package for torch 1.11/1.12, is bundled with
+torch 1.13 (the only function transforms there), and is a deprecated alias of
+:mod:`torch.func` from torch 2.0 on.  There, its public functions emit a
+``FutureWarning`` before calling the :mod:`torch._functorch` implementation;
+this backend calls that implementation directly, so choosing it never shows
+users a deprecation warning they did not cause.  It is never chosen
+automatically on torch >= 2.0.
+
+functorch 1.13 has no ``chunk_size``; the backend supplies it
+(:mod:`tad_autograd.backends._chunking`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import lru_cache
+from typing import Any, Callable, NamedTuple, Optional, Tuple
+
+from packaging.version import Version
+
+from .._torch_info import TORCH_VERSION, module_exists
+from ._chunking import chunked_jacrev, chunked_vmap
+from .base import ArgnumsT, Availability, Backend, InDimsT, OutDimsT
+
+__all__ = ["FunctorchBackend"]
+
+_DEPRECATED_FROM = Version("2.0")
+
+
+class _Transforms(NamedTuple):
+    jacrev: Callable[..., Any]
+    vjp: Callable[..., Any]
+    vmap: Callable[..., Any]
+    native_chunks: bool
+
+
+@lru_cache(maxsize=None)
+def _transforms() -> _Transforms:
+    import functorch
+
+    if TORCH_VERSION >= _DEPRECATED_FROM:
+        # What functorch.jacrev/vjp/vmap call after their FutureWarning.
+        from torch._functorch import eager_transforms
+
+        try:
+            from torch._functorch.apis import vmap
+        except ImportError:  # torch 2.0: functorch.vmap is torch.vmap's implementation
+            from torch._functorch.vmap import vmap
+        return _Transforms(eager_transforms.jacrev, eager_transforms.vjp, vmap, True)
+    native = "chunk_size" in inspect.signature(functorch.jacrev).parameters
+    return _Transforms(functorch.jacrev, functorch.vjp, functorch.vmap, native)
+
+
+class FunctorchBackend(Backend):
+    """Function transforms from the ``functorch`` package.
+
+    Examples
+    --------
+    >>> import torch
+    >>> backend = FunctorchBackend()
+    >>> backend.jacrev(torch.sin, 0, has_aux=False, chunk_size=1)(torch.zeros(2))
+    tensor([[1., 0.],
+            [0., 1.]])
+    """
+
+    name = "functorch"
+    is_transform = True
+
+    def availability(
+        self,
+        torch_version: Version = TORCH_VERSION,
+        module_exists: Callable[[str], bool] = module_exists,
+    ) -> Availability:
+        if not module_exists("functorch"):
+            return Availability(
+                False,
+                f"the functorch package is not installed (torch {torch_version})",
+                "pip install functorch matching your torch, or use backend='func' "
+                "(torch >= 2.0) or backend='autograd'",
+            )
+        return Availability(True)
+
+    def automatic_ok(self, torch_version: Version = TORCH_VERSION) -> Tuple[bool, str]:
+        if torch_version >= _DEPRECATED_FROM:
+            return False, (
+                f"functorch is a deprecated alias of torch.func on torch {torch_version}; "
+                "never chosen automatically"
+            )
+        return True, ""
+
+    def jacrev(
+        self,
+        func: Callable[..., Any],
+        argnums: ArgnumsT,
+        *,
+        has_aux: bool,
+        chunk_size: Optional[int],
+    ) -> Callable[..., Any]:
+        t = _transforms()
+        if chunk_size is None:
+            return t.jacrev(func, argnums, has_aux=has_aux)
+        if t.native_chunks:
+            return t.jacrev(func, argnums, has_aux=has_aux, chunk_size=chunk_size)
+        return chunked_jacrev(t.vjp, t.vmap, func, argnums, has_aux, chunk_size)
+
+    def vmap(
+        self,
+        func: Callable[..., Any],
+        in_dims: InDimsT,
+        out_dims: OutDimsT,
+        randomness: str,
+        *,
+        chunk_size: Optional[int],
+    ) -> Callable[..., Any]:
+        t = _transforms()
+        if chunk_size is None:
+            return t.vmap(func, in_dims, out_dims, randomness)
+        if t.native_chunks:
+            return t.vmap(func, in_dims, out_dims, randomness, chunk_size=chunk_size)
+        return chunked_vmap(t.vmap, func, in_dims, out_dims, randomness, chunk_size)

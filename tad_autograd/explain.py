@@ -1,0 +1,109 @@
+"""``explain()``: which backend a call would use, and why."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple, Union
+
+import torch
+
+from ._torch_info import TORCH_VERSION
+from .devices import device_type_of
+from .fallback import MEMORY
+from .registry import REGISTRY
+from .resolver import Resolution, resolve
+from .settings import CONTEXT, ENV_VAR, GLOBAL
+
+__all__ = ["Explanation", "explain"]
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What :func:`explain` found; ``str()`` gives the readable account.
+
+    Attributes
+    ----------
+    backend : str
+        The backend a call would use.
+    source : str
+        The setting that decided (or ``"automatic"``).
+    device_type : str
+        The device type considered.
+    lines : tuple of str
+        The account: settings consulted, backends skipped and why, remembered
+        fallbacks.
+    """
+
+    backend: str
+    source: str
+    device_type: str
+    lines: Tuple[str, ...]
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines)
+
+
+def explain(*args: Any, device: Optional[Union[str, torch.device]] = None) -> Explanation:
+    """Tell which backend a call with ``args`` would use here, and why.
+
+    Parameters
+    ----------
+    *args : Any
+        The arguments the call would get (only their device matters).
+    device : str or torch.device, optional
+        Consider this device instead of the arguments'.
+
+    Returns
+    -------
+    Explanation
+        ``str()`` of it lists the settings consulted (``backend=`` argument
+        aside), the backends skipped and why, and remembered fallbacks.
+
+    Examples
+    --------
+    >>> import torch, tad_autograd as ta
+    >>> with ta.use_backend("autograd"):
+    ...     print(ta.explain(torch.zeros(3)).backend)
+    autograd
+    >>> "automatic" in str(ta.explain(device="meta"))
+    True
+    """
+    if device is not None:
+        device_type = torch.device(device).type
+    else:
+        device_type = device_type_of(args)
+    context = CONTEXT.get()
+    env = os.environ.get(ENV_VAR)
+    resolution: Resolution = resolve(
+        argument=None,
+        context=context,
+        global_setting=GLOBAL.name,
+        environment=env,
+        device_type=device_type,
+        registry=REGISTRY,
+    )
+    lines = [
+        f"tad_autograd would use backend {resolution.backend.name!r} for tensors on "
+        f"{device_type!r} (torch {TORCH_VERSION}), decided by: {resolution.source}.",
+        "Settings consulted, first that applies wins:",
+        "  1. backend= argument of the transform: (per call; not visible here)",
+        f"  2. use_backend block / enclosing transform: "
+        f"{'none' if context is None else (context[0] or 'auto') + ' (' + context[1] + ')'}",
+        f"  3. set_backend: {GLOBAL.name or 'not set'}",
+        f"  4. {ENV_VAR}: {env if env else 'not set'}",
+        "  5. automatic choice",
+    ]
+    lines += [f"  - {note}" for note in resolution.notes]
+    if resolution.automatic and len(resolution.candidates) > 1:
+        lines.append(
+            "If a function cannot be transformed, calls fall back in this order: "
+            + " -> ".join(repr(b.name) for b in resolution.candidates)
+        )
+    remembered = MEMORY.describe()
+    if remembered:
+        lines.append("Remembered fallbacks:")
+        lines += [f"  - {line}" for line in remembered]
+    else:
+        lines.append("No remembered fallbacks.")
+    return Explanation(resolution.backend.name, resolution.source, device_type, tuple(lines))

@@ -1,0 +1,153 @@
+"""Where users choose a backend: per block, globally, or by environment variable.
+
+* :func:`use_backend` sets the innermost choice for the current thread or
+  asyncio task (a :class:`contextvars.ContextVar`), so blocks nest and never
+  leak into other threads or tasks.
+* :func:`set_backend` sets the process-wide default.
+* ``TAD_AUTOGRAD_BACKEND`` is read each time a call is resolved, never only
+  at import.
+
+While a transform runs its function, the backend it runs is the innermost
+setting, so nested transforms use the same backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from contextvars import ContextVar
+from typing import Iterator, Optional, Tuple
+
+from .errors import BackendUnavailableError
+from .registry import REGISTRY
+
+__all__ = [
+    "ENV_VAR",
+    "get_backend",
+    "set_backend",
+    "use_backend",
+    "ORIGIN_BLOCK",
+    "ORIGIN_EXPLICIT",
+    "ORIGIN_AUTOMATIC",
+]
+
+#: The environment variable naming a backend (or ``auto``).
+ENV_VAR = "TAD_AUTOGRAD_BACKEND"
+
+#: Origins of the innermost setting.
+ORIGIN_BLOCK = "use_backend"
+ORIGIN_EXPLICIT = "enclosing transform (explicit)"
+ORIGIN_AUTOMATIC = "enclosing transform (automatic)"
+
+#: ``(backend name or None for automatic, origin)`` of the innermost setting.
+CONTEXT: ContextVar[Optional[Tuple[Optional[str], str]]] = ContextVar(
+    "tad_autograd_backend", default=None
+)
+
+
+class _Global:
+    name: Optional[str] = None
+
+
+GLOBAL = _Global()
+
+
+def _validated(name: Optional[str], parameter: str) -> Optional[str]:
+    canonical = REGISTRY.canonical(name)
+    if canonical is not None:
+        availability = REGISTRY.get(canonical).availability()
+        if not availability.ok:
+            raise BackendUnavailableError(
+                f"{parameter}={name!r}: backend {canonical!r} is unavailable: "
+                f"{availability.reason}; fix: {availability.fix}"
+            )
+    return canonical
+
+
+def set_backend(name: Optional[str]) -> None:
+    """Set the process-wide backend; ``"auto"`` or ``None`` restores automatic choice.
+
+    A :func:`use_backend` block or a ``backend=`` argument still wins over it.
+
+    Parameters
+    ----------
+    name : str or None
+        A backend name from :func:`tad_autograd.available_backends`, ``"auto"``
+        or ``None``.
+
+    Raises
+    ------
+    UnknownBackendError
+        For a name no backend carries.
+    BackendUnavailableError
+        For a backend that cannot run with the installed torch.
+
+    Examples
+    --------
+    >>> import tad_autograd as ta
+    >>> ta.set_backend("autograd")
+    >>> ta.get_backend()
+    'autograd'
+    >>> ta.set_backend("auto")
+    >>> ta.get_backend()
+    'auto'
+    """
+    GLOBAL.name = _validated(name, "set_backend(name)")
+
+
+def get_backend() -> str:
+    """The backend setting in force here: ``"auto"`` or a backend name.
+
+    Consults, in order, the innermost :func:`use_backend` block (or the
+    backend of an enclosing transform), :func:`set_backend` and the
+    ``TAD_AUTOGRAD_BACKEND`` environment variable.
+
+    Examples
+    --------
+    >>> import tad_autograd as ta
+    >>> with ta.use_backend("autograd"):
+    ...     print(ta.get_backend())
+    autograd
+    """
+    context = CONTEXT.get()
+    if context is not None:
+        return context[0] or "auto"
+    if GLOBAL.name is not None:
+        return GLOBAL.name
+    env = os.environ.get(ENV_VAR)
+    if env and env != "auto":
+        return REGISTRY.get(env).name
+    return "auto"
+
+
+@contextlib.contextmanager
+def use_backend(name: Optional[str]) -> Iterator[None]:
+    """Use backend ``name`` for the calls inside the ``with`` block.
+
+    Blocks nest (the innermost wins) and are private to the current thread or
+    asyncio task.  ``"auto"`` (or ``None``) restores automatic choice inside
+    the block.
+
+    Parameters
+    ----------
+    name : str or None
+        A backend name, ``"auto"`` or ``None``.
+
+    Raises
+    ------
+    UnknownBackendError, BackendUnavailableError
+        On entering the block, for a name that cannot be used.
+
+    Examples
+    --------
+    >>> import torch, tad_autograd as ta
+    >>> with ta.use_backend("autograd"):
+    ...     ta.jacrev(torch.sin)(torch.zeros(2))
+    tensor([[1., 0.],
+            [0., 1.]])
+    """
+    token = CONTEXT.set((_validated(name, "use_backend(name)"), ORIGIN_BLOCK))
+    try:
+        yield
+    finally:
+        CONTEXT.reset(token)

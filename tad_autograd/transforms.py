@@ -1,0 +1,238 @@
+"""The transformed callables behind :func:`tad_autograd.jacrev`, ``vmap`` and ``hessian``.
+
+A :class:`Transformed` object holds the user's function and the transform's
+parameters.  At each call it resolves the backend (cached per settings and
+device type), runs the backend's transform with that backend set as the
+innermost setting (so nested transforms use it too), and in automatic mode
+falls back to the next backend when the function cannot be transformed.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+
+from ._pytree import tree_flatten
+from .backends.base import Backend
+from .devices import device_type_of
+from .errors import BackendFallbackWarning, BackendUnavailableError
+from .fallback import MEMORY, add_hint, recognise
+from .registry import REGISTRY
+from .resolver import Resolution, resolve_cached
+from .settings import CONTEXT, ORIGIN_AUTOMATIC, ORIGIN_EXPLICIT
+
+__all__ = ["Transformed", "check_argnums_type", "check_chunk_size", "check_randomness", "check_backend"]
+
+_log = logging.getLogger("tad_autograd")
+_RANDOMNESS = ("error", "different", "same")
+
+
+def check_argnums_type(argnums: Any) -> None:
+    """Raise ``RuntimeError`` (as :func:`torch.func.jacrev`) for a malformed ``argnums``."""
+    if isinstance(argnums, int) and not isinstance(argnums, bool):
+        return
+    if not isinstance(argnums, tuple):
+        raise RuntimeError(
+            f"argnums must be int or Tuple[int, ...], got: {type(argnums)} ({argnums!r})"
+        )
+    if len(argnums) == 0:
+        raise RuntimeError("argnums must be non-empty, got argnums=()")
+    for n in argnums:
+        if not isinstance(n, int) or isinstance(n, bool):
+            raise RuntimeError(
+                f"argnums must be int or Tuple[int, ...], got: {argnums!r} containing {type(n)}"
+            )
+    if len(set(argnums)) != len(argnums):
+        raise RuntimeError(f"argnums elements must be unique, got {argnums!r}")
+
+
+def check_chunk_size(chunk_size: Any, transform: str) -> None:
+    """``chunk_size`` must be ``None`` or a positive int."""
+    if chunk_size is None:
+        return
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool):
+        raise TypeError(
+            f"{transform}: `chunk_size` must be None or a positive int, got "
+            f"{chunk_size!r} of type {type(chunk_size).__name__}"
+        )
+    if chunk_size <= 0:
+        raise ValueError(
+            f"{transform}: `chunk_size` should be greater than 0 (None or a positive int), "
+            f"got {chunk_size}"
+        )
+
+
+def check_randomness(randomness: Any) -> None:
+    """``randomness`` must be one of ``"error"``, ``"different"``, ``"same"``."""
+    if randomness not in _RANDOMNESS:
+        raise RuntimeError(
+            "Only allowed values for randomness are 'error', 'different', or 'same'. "
+            f"Got randomness={randomness!r}"
+        )
+
+
+def check_backend(backend: Optional[str]) -> Optional[str]:
+    """Validate a ``backend=`` argument now; return the canonical name (``None`` = automatic)."""
+    name = REGISTRY.canonical(backend)
+    if name is not None:
+        availability = REGISTRY.get(name).availability()
+        if not availability.ok:
+            raise BackendUnavailableError(
+                f"backend={backend!r} is unavailable: {availability.reason}; fix: {availability.fix}"
+            )
+    return name
+
+
+def check_differentiable(args: Tuple[Any, ...], argnums: Any, name: str) -> None:
+    """Check the arguments at ``argnums`` before any backend sees them.
+
+    Raises the exception types :func:`torch.func.jacrev` raises on current
+    torch (``RuntimeError`` for ``argnums`` out of range and for
+    non-floating-point tensors, ``ValueError`` for non-tensors), so every
+    backend and torch version reports a mistake alike.
+    """
+    nargs = len(args)
+    for n in (argnums,) if isinstance(argnums, int) else argnums:
+        if not -nargs <= n < nargs:
+            raise RuntimeError(
+                f"{name}: argnums={argnums!r} is out of range: got argnum={n}, but only "
+                f"{nargs} positional inputs (allowed: {-nargs} <= argnum < {nargs})"
+            )
+        arg = args[n]
+        leaves = (arg,) if isinstance(arg, torch.Tensor) else tree_flatten(arg)[0]
+        for leaf in leaves:
+            if not isinstance(leaf, torch.Tensor):
+                raise ValueError(
+                    f"{name}: the argument at argnums position {n} must be a floating-point "
+                    f"tensor or a pytree of them; got {type(leaf)}. Thing passed to "
+                    "transform API must be Tensor"
+                )
+            if not leaf.is_floating_point():
+                raise RuntimeError(
+                    f"{name}: the argument at argnums position {n} has dtype {leaf.dtype}; "
+                    "only Tensors of floating point dtype can require gradients"
+                )
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            f"{name}: cannot differentiate inside torch.inference_mode() (some torch "
+            "versions silently return zeros there); use torch.no_grad() instead"
+        )
+
+
+class Transformed:
+    """A function transformed by ``jacrev``, ``vmap`` or ``hessian`` on a resolved backend."""
+
+    def __init__(
+        self,
+        kind: str,
+        func: Callable[..., Any],
+        build: Callable[[Backend, Callable[..., Any]], Callable[..., Any]],
+        backend: Optional[str],
+        transforms_only: bool,
+        kwargs_in_call: bool,
+        argnums: Any = None,
+    ) -> None:
+        if not callable(func):
+            raise TypeError(f"{kind}: expected a callable `func`, got {type(func)}")
+        self.__wrapped__ = func
+        self.__name__ = f"{kind}({getattr(func, '__name__', type(func).__name__)})"
+        self.__qualname__ = self.__name__
+        self._kind = kind
+        self._build = build
+        self._backend = backend
+        self._transforms_only = transforms_only
+        self._kwargs_in_call = kwargs_in_call
+        self._built: Dict[Backend, Callable[..., Any]] = {}
+        self._argnums = argnums
+        if isinstance(func, Transformed):
+            self._user_func: Callable[..., Any] = func._user_func
+            self._chain: Tuple[str, ...] = (kind,) + func._chain
+        else:
+            self._user_func = func
+            self._chain = (kind,)
+
+    def __repr__(self) -> str:
+        return f"<tad_autograd {self.__name__}, backend={self._backend or 'auto'}>"
+
+    def _transformed(self, backend: Backend, kwargs: Dict[str, Any]) -> Callable[..., Any]:
+        if kwargs and not self._kwargs_in_call:
+            return self._build(backend, functools.partial(self.__wrapped__, **kwargs))
+        try:
+            return self._built[backend]
+        except KeyError:
+            fn = self._built[backend] = self._build(backend, self.__wrapped__)
+            return fn
+
+    def _run(self, backend: Backend, origin: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        fn = self._transformed(backend, kwargs)
+        token = CONTEXT.set((backend.name, origin))
+        try:
+            if kwargs and self._kwargs_in_call:
+                return fn(*args, **kwargs)
+            return fn(*args)
+        finally:
+            CONTEXT.reset(token)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._argnums is not None:
+            check_differentiable(args, self._argnums, self._kind)
+        device_type = device_type_of(args, kwargs)
+        resolution = resolve_cached(self._backend, device_type, self._transforms_only)
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug(
+                "%s on %s: backend %r (%s)",
+                self.__name__, device_type, resolution.backend.name, resolution.source,
+            )
+        if not resolution.automatic:
+            return self._run_explicit(resolution, args, kwargs)
+        return self._run_automatic(resolution, device_type, args, kwargs)
+
+    def _run_explicit(self, resolution: Resolution, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        backend = resolution.backend
+        origin = ORIGIN_AUTOMATIC if resolution.inherited_automatic else ORIGIN_EXPLICIT
+        try:
+            return self._run(backend, origin, args, kwargs)
+        except Exception as error:
+            if backend.is_transform and not resolution.inherited_automatic:
+                entry = recognise(error)
+                if entry is not None:
+                    add_hint(error, backend.name, entry)
+            raise
+
+    def _run_automatic(
+        self, resolution: Resolution, device_type: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]
+    ) -> Any:
+        candidates = resolution.candidates
+        key = (self._chain, device_type)
+        start = 0
+        remembered = MEMORY.recall(self._user_func, key)
+        if remembered is not None:
+            for i, b in enumerate(candidates):
+                if b.name == remembered:
+                    start = i
+                    break
+        last = len(candidates) - 1
+        for i in range(start, last + 1):
+            backend = candidates[i]
+            try:
+                return self._run(backend, ORIGIN_AUTOMATIC, args, kwargs)
+            except Exception as error:
+                entry = recognise(error)
+                if entry is None or i == last:
+                    raise
+                nxt = candidates[i + 1]
+                message = (
+                    f"{getattr(self._user_func, '__qualname__', self._user_func)!r} cannot be "
+                    f"transformed by backend {backend.name!r} ({entry.reason}); using "
+                    f"{nxt.name!r} instead for {self.__name__} on {device_type}. Choose a "
+                    "backend explicitly to avoid the retry, or silence this warning with "
+                    "warnings.filterwarnings('ignore', category=tad_autograd.BackendFallbackWarning)."
+                )
+                _log.info("fallback: %s", message)
+                if MEMORY.remember(self._user_func, key, nxt.name):
+                    warnings.warn(message, BackendFallbackWarning, stacklevel=3)
+        raise AssertionError("unreachable")  # pragma: no cover
