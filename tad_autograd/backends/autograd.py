@@ -177,6 +177,12 @@ def _jacrev(func: Callable[..., Any], argnums: ArgnumsT, has_aux: bool, args: Tu
                 "(output, aux) if has_aux is True"
             )
         result, aux = result
+        for leaf in tree_flatten(aux)[0]:
+            if not isinstance(leaf, torch.Tensor):
+                raise RuntimeError(
+                    "jacrev(f, ..., has_aux=True): aux must be a tensor or a pytree of "
+                    f"tensors. Expected tensors, got unsupported type {type(leaf)}"
+                )
     out_leaves, out_spec = tree_flatten(result)
     check_outputs(out_leaves)
 
@@ -200,10 +206,8 @@ def _jacrev(func: Callable[..., Any], argnums: ArgnumsT, has_aux: bool, args: Tu
     jacobian = tree_unflatten(nested, out_spec)
     if has_aux:
         if not create_graph:
-            aux = tree_unflatten(
-                [a.detach() if isinstance(a, torch.Tensor) else a for a in tree_flatten(aux)[0]],
-                tree_flatten(aux)[1],
-            )
+            aux_leaves, aux_spec = tree_flatten(aux)
+            aux = tree_unflatten([a.detach() for a in aux_leaves], aux_spec)
         return jacobian, aux
     return jacobian
 

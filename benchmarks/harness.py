@@ -1,0 +1,179 @@
+"""Interleaved timing and correctness checks.
+
+A *cell* is one point of a grid (a problem, a size, a dtype) with several
+*methods* (zero-argument callables computing the same quantity).  Every
+method is first run once, checked against the reference (``allclose``) and
+marked ``ok``, ``mismatch`` or ``error``; then the methods that ran are
+timed round-robin in the same process: each round times every method once
+(in a rotated order), each time as the mean of ``inner`` back-to-back calls
+chosen so one sample lasts ``sample_s``.  Rounds continue until the cell has
+used ``budget_s`` (at least ``min_rounds`` rounds).  The statistic is the
+median over rounds; ``paired`` ratios are medians of per-round ratios, which
+cancel slow drifts in machine load.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+
+PEER_PREFIX = "peer:"
+AUTO = "tad:auto"
+
+
+@dataclass
+class Settings:
+    budget_s: float = 0.5
+    sample_s: float = 0.004
+    min_rounds: int = 5
+    max_rounds: int = 2000
+    slow_cap_s: float = 20.0  # a method slower than cap/min_rounds per call gets 3 rounds
+
+
+def tolerance(dtype: torch.dtype) -> float:
+    return 1e-9 if dtype == torch.float64 else 1e-4
+
+
+def compare(value: Any, reference: torch.Tensor, dtype: torch.dtype) -> Optional[float]:
+    """Max error relative to max|reference|, or None when ``value`` is not a matching tensor."""
+    if not isinstance(value, torch.Tensor) or value.shape != reference.shape or value.dtype != dtype:
+        return None
+    ref = reference.to(torch.float64)
+    scale = float(ref.abs().max()) or 1.0
+    return float((value.detach().to(torch.float64) - ref).abs().max()) / scale
+
+
+def check(methods: Dict[str, Callable[[], Any]], reference: torch.Tensor, dtype: torch.dtype) -> Dict[str, Dict[str, Any]]:
+    """Run every method once (the warm-up) and compare it with ``reference``."""
+    out: Dict[str, Dict[str, Any]] = {}
+    tol = tolerance(dtype)
+    for name, fn in methods.items():
+        rec: Dict[str, Any] = {"status": "ok"}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                value = fn()
+            except Exception as error:  # noqa: BLE001 - recorded, not hidden
+                rec["status"] = "error"
+                rec["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+                rec["traceback"] = traceback.format_exc(limit=3)[-800:]
+                out[name] = rec
+                continue
+        if caught:
+            rec["warnings"] = sorted({f"{w.category.__name__}: {str(w.message)[:120]}" for w in caught})
+        err = compare(value, reference, dtype)
+        if err is None:
+            rec["status"] = "mismatch"
+            got = f"{type(value).__name__} {getattr(value, 'shape', '')} {getattr(value, 'dtype', '')}"
+            rec["error"] = f"expected tensor {tuple(reference.shape)} {dtype}, got {got}"
+        else:
+            rec["max_rel_err"] = err
+            if err > tol:
+                rec["status"] = "mismatch"
+                rec["error"] = f"max |err| / max |ref| = {err:.2e} > {tol:.0e}"
+        out[name] = rec
+    return out
+
+
+def _once(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def time_interleaved(methods: Dict[str, Callable[[], Any]], s: Settings) -> Dict[str, Dict[str, Any]]:
+    """Round-robin timing; returns per method the per-call times of every round and stats."""
+    names = list(methods)
+    if not names:
+        return {}
+    # calibrate: per-call time (second run, after the checking warm-up)
+    per_call = {n: max(_once(methods[n]), 1e-7) for n in names}
+    per_call = {n: min(per_call[n], max(_once(methods[n]), 1e-7)) for n in names}
+    inner = {n: max(1, int(round(s.sample_s / per_call[n]))) for n in names}
+    round_cost = sum(per_call[n] * inner[n] for n in names)
+    min_rounds = s.min_rounds if round_cost * s.min_rounds <= s.slow_cap_s else 3
+    samples: Dict[str, List[float]] = {n: [] for n in names}
+    gc.collect()
+    gc_was = gc.isenabled()
+    gc.disable()
+    start = time.perf_counter()
+    rounds = 0
+    try:
+        while rounds < s.max_rounds and (rounds < min_rounds or time.perf_counter() - start < s.budget_s):
+            k = rounds % len(names)
+            for n in names[k:] + names[:k]:
+                fn, m = methods[n], inner[n]
+                t0 = time.perf_counter()
+                for _ in range(m):
+                    fn()
+                samples[n].append((time.perf_counter() - t0) / m)
+            rounds += 1
+            if rounds % 16 == 0:
+                gc.collect()
+    finally:
+        if gc_was:
+            gc.enable()
+    out = {}
+    for n in names:
+        xs = samples[n]
+        q = statistics.quantiles(xs, n=4) if len(xs) >= 2 else [xs[0]] * 3
+        out[n] = {
+            "median_s": statistics.median(xs),
+            "q1_s": q[0],
+            "q3_s": q[2],
+            "min_s": min(xs),
+            "rounds": len(xs),
+            "inner": inner[n],
+            "samples": xs,
+        }
+    return out
+
+
+def paired_ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
+def run_cell(
+    methods: Dict[str, Callable[[], Any]],
+    reference: torch.Tensor,
+    dtype: torch.dtype,
+    s: Settings,
+    subject: str = AUTO,
+) -> Dict[str, Any]:
+    """Check, then time, the methods of one cell; ratios of ``subject`` to the fastest correct peer."""
+    results = check(methods, reference, dtype)
+    runnable = {n: f for n, f in methods.items() if results[n]["status"] != "error"}
+    timings = time_interleaved(runnable, s)
+    for n, t in timings.items():
+        results[n].update(t)
+    cell: Dict[str, Any] = {"methods": results}
+    peers = [n for n in results if n.startswith(PEER_PREFIX) and results[n]["status"] == "ok"]
+    if peers:
+        fastest = min(peers, key=lambda n: results[n]["median_s"])
+        cell["fastest_peer"] = fastest
+        for n, r in results.items():
+            if "median_s" in r:
+                r["ratio_to_fastest_peer"] = r["median_s"] / results[fastest]["median_s"]
+                r["paired_ratio_to_fastest_peer"] = paired_ratio(r["samples"], results[fastest]["samples"])
+        if subject in results and "median_s" in results[subject]:
+            cell["subject"] = subject
+            cell["subject_ratio"] = results[subject]["ratio_to_fastest_peer"]
+            cell["subject_paired_ratio"] = results[subject]["paired_ratio_to_fastest_peer"]
+            cell["subject_ok"] = results[subject]["status"] == "ok"
+    return cell
+
+
+def strip_samples(obj: Any) -> Any:
+    """Drop the raw per-round samples (kept only in memory) before writing JSON, unless wanted."""
+    if isinstance(obj, dict):
+        return {k: strip_samples(v) for k, v in obj.items() if k != "samples"}
+    if isinstance(obj, list):
+        return [strip_samples(v) for v in obj]
+    return obj

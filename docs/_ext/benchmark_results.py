@@ -1,0 +1,93 @@
+"""``.. benchmark-results::`` - include the benchmark report if it exists.
+
+The benchmark suite (``benchmarks/``) writes ``docs/benchmarks/results.md``
+and ``docs/benchmarks/results.png``; they are generated files and may be
+missing from a checkout.  This directive
+
+* parses ``results.md`` as Markdown when ``myst_parser`` is installed, with
+  relative image links rewritten so that they resolve from the including page;
+  without ``myst_parser`` it shows the Markdown source verbatim;
+* adds ``results.png`` when ``results.md`` does not already show it;
+* renders a note instead of failing when the files are absent, so the docs
+  build (with ``-W``) never depends on a benchmark run.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Dict, List
+
+from docutils import nodes
+from docutils.statemachine import StringList
+from docutils.utils import new_document
+from sphinx.util.docutils import SphinxDirective
+
+_IMAGE_LINK = re.compile(r"(!\[[^\]]*\]\()(?!https?://|/)([^)\s]+)")
+_HTML_IMG = re.compile(r"(<img\b[^>]*\bsrc=[\"'])(?!https?://|/)([^\"']+)")
+
+
+class BenchmarkResults(SphinxDirective):
+    has_content = False
+    required_arguments = 0
+    optional_arguments = 1  # the folder, relative to this page; default "benchmarks"
+
+    def run(self) -> List[nodes.Node]:
+        folder_rel = self.arguments[0] if self.arguments else "benchmarks"
+        here = Path(self.env.doc2path(self.env.docname)).parent
+        folder = here / folder_rel
+        markdown = folder / "results.md"
+        plot = folder / "results.png"
+        for path in (markdown, plot):
+            self.env.note_dependency(str(path))
+
+        result: List[nodes.Node] = []
+        text = markdown.read_text(encoding="utf-8") if markdown.is_file() else None
+        if text is None:
+            result += self._rst(
+                [
+                    ".. note::",
+                    "",
+                    f"   No benchmark results in this checkout yet: ``docs/{folder_rel}/results.md``",
+                    "   is written by the benchmark suite in ``benchmarks/`` and included here",
+                    "   when present.",
+                ]
+            )
+        elif "myst_parser" in self.env.app.extensions:
+            result += self._markdown(text, folder_rel, markdown)
+        else:
+            result += self._rst(
+                [
+                    f".. literalinclude:: {folder_rel}/results.md",
+                    "   :language: markdown",
+                ]
+            )
+        if plot.is_file() and (text is None or "results.png" not in text):
+            result += self._rst(
+                [
+                    f".. figure:: {folder_rel}/results.png",
+                    "   :alt: benchmark results",
+                    "   :width: 100%",
+                ]
+            )
+        return result
+
+    def _rst(self, lines: List[str]) -> List[nodes.Node]:
+        container = nodes.container()
+        self.state.nested_parse(StringList(lines, source=self.env.docname), self.content_offset, container)
+        return container.children
+
+    def _markdown(self, text: str, folder_rel: str, path: Path) -> List[nodes.Node]:
+        from myst_parser.parsers.sphinx_ import MystParser
+
+        prefix = folder_rel.rstrip("/") + "/"
+        text = _IMAGE_LINK.sub(lambda m: m.group(1) + prefix + m.group(2), text)
+        text = _HTML_IMG.sub(lambda m: m.group(1) + prefix + m.group(2), text)
+        document = new_document(str(path), self.state.document.settings)
+        MystParser().parse(text, document)
+        return list(document.children)
+
+
+def setup(app: Any) -> Dict[str, Any]:
+    app.add_directive("benchmark-results", BenchmarkResults)
+    return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -1,0 +1,213 @@
+"""The ``python -m tad_autograd`` report: environment, backends, and a self-check.
+
+The self-check differentiates a small Lennard-Jones cluster (forces and
+Hessian) with every available backend and shows that they agree.  A second
+variant of the model computes its pair term through an old-style custom
+``autograd.Function``: the transform backends must refuse it with a
+recognised error, and automatic mode must fall back and agree.  The exit
+status is non-zero when backends disagree or a refusal is not recognised.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import sys
+import time
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from . import api
+from ._torch_info import TORCH_VERSION
+from .devices import TRANSFORM_SUPPORT
+from .errors import BackendFallbackWarning
+from .fallback import recognise
+from .registry import REGISTRY
+from .resolver import resolve
+from .settings import CONTEXT, ENV_VAR, GLOBAL
+
+__all__ = ["main", "lennard_jones", "lennard_jones_custom", "cluster"]
+
+TOLERANCE = 1e-10
+
+
+class _InverseSixth(torch.autograd.Function):
+    """r2 -> r2**-3, written the old way (forward(ctx, ...)), as many codes do."""
+
+    @staticmethod
+    def forward(ctx: Any, r2: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(r2)
+        return r2**-3
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (r2,) = ctx.saved_tensors
+        return grad * (-3.0) * r2**-4
+
+
+def _pair_r2(pos: torch.Tensor) -> torch.Tensor:
+    i, j = torch.triu_indices(pos.shape[0], pos.shape[0], 1, device=pos.device)
+    return ((pos[i] - pos[j]) ** 2).sum(-1)
+
+
+def lennard_jones(pos: torch.Tensor) -> torch.Tensor:
+    """Lennard-Jones energy (epsilon = sigma = 1) of positions of shape ``(n, 3)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> float(lennard_jones(torch.tensor([[0.0, 0.0, 0.0], [2 ** (1 / 6), 0.0, 0.0]])))
+    -1.0
+    """
+    inv6 = _pair_r2(pos) ** -3
+    return (4 * (inv6**2 - inv6)).sum()
+
+
+def lennard_jones_custom(pos: torch.Tensor) -> torch.Tensor:
+    """:func:`lennard_jones` with its pair term through an old-style ``autograd.Function``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> p = torch.tensor([[0.0, 0.0, 0.0], [1.2, 0.0, 0.0]], dtype=torch.float64)
+    >>> bool(torch.isclose(lennard_jones_custom(p), lennard_jones(p)))
+    True
+    """
+    inv6 = _InverseSixth.apply(_pair_r2(pos))
+    return (4 * (inv6**2 - inv6)).sum()
+
+
+def cluster(n: int = 8, device: str = "cpu") -> torch.Tensor:
+    """A reproducible, non-overlapping cluster of ``n`` atoms (float64).
+
+    Examples
+    --------
+    >>> cluster(4).shape
+    torch.Size([4, 3])
+    """
+    g = torch.Generator().manual_seed(7)
+    side = int(round(n ** (1 / 3) + 0.5))
+    grid = torch.stack(
+        torch.meshgrid(*(torch.arange(side, dtype=torch.float64),) * 3, indexing="ij"), -1
+    ).reshape(-1, 3)[:n]
+    jitter = 0.05 * torch.randn(n, 3, generator=g, dtype=torch.float64)
+    return (1.12 * grid + jitter).to(device)
+
+
+def _median_time(fn: Callable[[], Any], repeats: int = 5) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _max_diff(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
+    return max(float((x - y).abs().max()) for x, y in zip(a, b))
+
+
+def _devices() -> List[str]:
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def _self_check(device: str, out: Callable[[str], None]) -> bool:
+    pos = cluster(8, device)
+    ok = True
+    names = [b.name for b in REGISTRY.backends() if b.availability().ok]
+    for label, model, transformable in (
+        ("Lennard-Jones, plain torch", lennard_jones, True),
+        ("Lennard-Jones through an old-style autograd.Function", lennard_jones_custom, False),
+    ):
+        out(f"\n  {label} ({pos.shape[0]} atoms, float64, {device}):")
+        out(f"    {'backend':<12} {'forces+Hessian':>16}  {'max |diff| vs autograd':>22}")
+        results: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
+        rows: List[Tuple[str, str, Optional[float]]] = []
+        for name in [*names, "auto"]:
+            backend = None if name == "auto" else name
+
+            def compute(backend: Optional[str] = backend) -> Tuple[torch.Tensor, torch.Tensor]:
+                forces = -api.jacrev(model, backend=backend)(pos)
+                hess = api.hessian(model, backend=backend)(pos)
+                return forces, hess
+
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", BackendFallbackWarning)
+                    results[name] = compute()
+                    seconds = _median_time(compute)
+                rows.append((name, f"{seconds * 1e3:12.2f} ms", None))
+            except Exception as error:  # noqa: BLE001 - reported, and judged below
+                entry = recognise(error)
+                expected_refusal = entry is not None and not transformable
+                ok = ok and expected_refusal
+                why = entry.reason if entry else f"{type(error).__name__}: {error}"
+                rows.append((name, "refused" if expected_refusal else "FAILED", None))
+                out(f"    {name:<12} {'refused' if expected_refusal else 'FAILED':>16}  ({why})")
+                continue
+        reference = results.get("autograd")
+        for name, timing, _ in rows:
+            if name not in results or reference is None:
+                continue
+            diff = _max_diff(results[name], reference)
+            agree = diff <= TOLERANCE * max(1.0, float(reference[1].abs().max()))
+            ok = ok and agree
+            out(f"    {name:<12} {timing:>16}  {diff:22.3e}{'' if agree else '  DISAGREE'}")
+    return ok
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Print the report; return 0 when every backend agrees, 1 otherwise.
+
+    Examples
+    --------
+    >>> import contextlib, io
+    >>> with contextlib.redirect_stdout(io.StringIO()) as text:
+    ...     status = main([])
+    >>> status, "self-check: PASSED" in text.getvalue()
+    (0, True)
+    """
+    out = print
+    out("tad_autograd report")
+    out("===================")
+    out(f"python   {platform.python_version()} ({platform.platform()})")
+    cuda = torch.version.cuda or "none"
+    out(f"torch    {torch.__version__} (CUDA {cuda}, git {getattr(torch.version, 'git_version', '?')[:10]})")
+    out(f"devices  {', '.join(_devices())}")
+    out(f"setting  {CONTEXT.get() or GLOBAL.name or 'auto'} "
+        f"({ENV_VAR}={__import__('os').environ.get(ENV_VAR, '') or 'unset'})")
+    out("\nbackends (highest priority first):")
+    for priority, backend in REGISTRY.priorities():
+        availability = backend.availability()
+        auto_ok, why = backend.automatic_ok()
+        status = "available" if availability.ok else f"unavailable: {availability.reason}"
+        if availability.ok and not auto_ok:
+            status += f" (not automatic: {why})"
+        out(f"  {backend.name:<10} priority {priority:<4} {status}")
+    out("\nautomatic choice per device type:")
+    device_types = ["cpu", "cuda", *[d for d in TRANSFORM_SUPPORT if d not in ("cpu", "cuda")], "other"]
+    for device_type in device_types:
+        chosen = resolve(
+            argument=None, context=None, global_setting=None, environment=None,
+            device_type=device_type, registry=REGISTRY,
+        ).backend.name
+        out(f"  {device_type:<14} -> {chosen}")
+    out("\nself-check: forces and Hessian with every backend (torch "
+        f"{TORCH_VERSION}); reference = 'autograd', tolerance {TOLERANCE:g} relative")
+    ok = True
+    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        ok = _self_check(device, out) and ok
+    out(f"\nself-check: {'PASSED' if ok else 'FAILED'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1:]))

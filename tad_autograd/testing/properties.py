@@ -1,0 +1,287 @@
+"""The property checks behind ``tests/property``, reusable on your own code.
+
+Each ``check_*`` function takes a :class:`~tad_autograd.testing.strategies.Program`
+or :class:`~tad_autograd.testing.strategies.VmapCall` (or anything with the
+same attributes) and raises ``AssertionError`` with a readable report when the
+property fails.  Wrap them in ``@given(...)`` to get property-based tests.
+
+Examples
+--------
+>>> import torch
+>>> from hypothesis import given, settings
+>>> from tad_autograd.testing.strategies import programs
+>>> from tad_autograd.testing.properties import check_jacrev_backends_agree
+>>> @settings(max_examples=3, deadline=None, database=None)
+... @given(programs())
+... def test_jacrev(program):
+...     check_jacrev_backends_agree(program)
+>>> test_jacrev()
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Tuple
+
+import torch
+
+from .agree import (
+    AUTO,
+    assert_backends_agree,
+    assert_trees_close,
+    flat_function,
+    reference_jacobian,
+)
+
+__all__ = [
+    "transform_backends",
+    "loop_backends",
+    "check_jacrev_backends_agree",
+    "check_hessian_backends_agree",
+    "check_jacrev_jacrev_backends_agree",
+    "check_vmap_backends_agree",
+    "check_vmap_jacrev_backends_agree",
+    "check_jacrev_vmap_backends_agree",
+    "check_jacrev_matches_gradcheck",
+    "check_vmap_matches_loop",
+    "check_old_style_function",
+]
+
+
+def _registry_backend(name: str):
+    from ..registry import REGISTRY
+
+    return REGISTRY.get(name)
+
+
+def transform_backends() -> Tuple[str, ...]:
+    """Available backends built on function transforms (``is_transform``).
+
+    Examples
+    --------
+    >>> "autograd" in transform_backends()
+    False
+    """
+    import tad_autograd as ta
+
+    return tuple(n for n in ta.available_backends() if getattr(_registry_backend(n), "is_transform", True))
+
+
+def loop_backends() -> Tuple[str, ...]:
+    """Available backends that are not function transforms (e.g. ``"autograd"``).
+
+    Examples
+    --------
+    >>> "autograd" in loop_backends()
+    True
+    """
+    import tad_autograd as ta
+
+    return tuple(n for n in ta.available_backends() if not getattr(_registry_backend(n), "is_transform", True))
+
+
+def _backends_for(program: Any, backends: Optional[Sequence[str]]) -> Optional[Sequence[str]]:
+    if backends is not None:
+        return backends
+    if getattr(program, "has_old_style_function", False):
+        return loop_backends() + (AUTO,)
+    return None
+
+
+def check_jacrev_backends_agree(program: Any, backends: Optional[Sequence[str]] = None,
+                                chunk_size: Optional[int] = None) -> None:
+    """Every backend gives the same ``jacrev(program, program.argnums)(*program.args)``.
+
+    Programs with an old-style ``autograd.Function`` are only run on the
+    loop backends and ``"auto"`` unless ``backends`` is given.
+
+    Examples
+    --------
+    >>> from tad_autograd.testing.strategies import programs
+    >>> check_jacrev_backends_agree(programs().example())  # doctest: +SKIP
+    """
+    assert_backends_agree(program, *program.args, argnums=program.argnums, transform="jacrev",
+                          backends=_backends_for(program, backends), chunk_size=chunk_size)
+
+
+def check_hessian_backends_agree(program: Any, backends: Optional[Sequence[str]] = None) -> None:
+    """Every backend gives the same ``hessian(program, program.argnums)(*program.args)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tad_autograd.testing.strategies import programs
+    >>> program = programs().example()  # doctest: +SKIP
+    >>> check_hessian_backends_agree(program)  # doctest: +SKIP
+    """
+    assert_backends_agree(program, *program.args, argnums=program.argnums, transform="hessian",
+                          backends=_backends_for(program, backends))
+
+
+def check_jacrev_jacrev_backends_agree(program: Any, backends: Optional[Sequence[str]] = None) -> None:
+    """Every backend gives the same ``jacrev(jacrev(program, a), a)(*args)``.
+
+    Examples
+    --------
+    >>> from tad_autograd.testing.strategies import programs
+    >>> check_jacrev_jacrev_backends_agree(programs().example())  # doctest: +SKIP
+    """
+    import tad_autograd as ta
+
+    a = program.argnums
+
+    def jacjac(f, backend):
+        return ta.jacrev(ta.jacrev(f, argnums=a, backend=backend), argnums=a, backend=backend)
+
+    jacjac.__name__ = "jacrev(jacrev)"
+    assert_backends_agree(program, *program.args, transform=jacjac, backends=_backends_for(program, backends))
+
+
+def check_vmap_backends_agree(call: Any, backends: Optional[Sequence[str]] = None) -> None:
+    """Every backend gives the same ``vmap(call.func, **call.vmap_kwargs())(*call.args, **call.kwargs)``.
+
+    Examples
+    --------
+    >>> from tad_autograd.testing.strategies import vmap_calls
+    >>> check_vmap_backends_agree(vmap_calls().example())  # doctest: +SKIP
+    """
+    assert_backends_agree(call.func, *call.args, transform="vmap", call_kwargs=call.kwargs,
+                          backends=_backends_for(call.func, backends), **call.vmap_kwargs())
+
+
+def check_vmap_jacrev_backends_agree(call: Any, backends: Optional[Sequence[str]] = None) -> None:
+    """Every backend gives the same ``vmap(jacrev(f, argnums), in_dims)(*args)``.
+
+    ``call.kwargs`` are not used (``jacrev`` takes positional arguments only).
+
+    Examples
+    --------
+    >>> from tad_autograd.testing.strategies import vmap_calls
+    >>> check_vmap_jacrev_backends_agree(vmap_calls().example())  # doctest: +SKIP
+    """
+    import tad_autograd as ta
+
+    a = call.func.argnums
+
+    def vmap_jac(f, backend):
+        return ta.vmap(ta.jacrev(f, argnums=a, backend=backend), in_dims=call.in_dims,
+                       chunk_size=call.chunk_size, backend=backend)
+
+    vmap_jac.__name__ = "vmap(jacrev)"
+    assert_backends_agree(call.func, *call.args, transform=vmap_jac, backends=_backends_for(call.func, backends))
+
+
+def check_jacrev_vmap_backends_agree(call: Any, backends: Optional[Sequence[str]] = None) -> None:
+    """Every backend gives the same ``jacrev(vmap(f, in_dims, out_dims), argnums)(*args)``.
+
+    Examples
+    --------
+    >>> from tad_autograd.testing.strategies import vmap_calls
+    >>> check_jacrev_vmap_backends_agree(vmap_calls().example())  # doctest: +SKIP
+    """
+    import tad_autograd as ta
+
+    a = call.func.argnums
+
+    def jac_vmap(f, backend):
+        return ta.jacrev(ta.vmap(f, in_dims=call.in_dims, out_dims=call.out_dims, backend=backend),
+                         argnums=a, backend=backend)
+
+    jac_vmap.__name__ = "jacrev(vmap)"
+    assert_backends_agree(call.func, *call.args, transform=jac_vmap, backends=_backends_for(call.func, backends))
+
+
+def check_jacrev_matches_gradcheck(program: Any, backend: Optional[str] = None) -> None:
+    """``torch.autograd.gradcheck`` passes on the program (float64 only), and
+    ``jacrev`` equals ``torch.autograd.functional.jacobian``.
+
+    ``backend=None`` uses the automatic choice.
+
+    Examples
+    --------
+    >>> from tad_autograd.testing.strategies import programs
+    >>> import torch
+    >>> check_jacrev_matches_gradcheck(programs(dtypes=[torch.float64]).example())  # doctest: +SKIP
+    """
+    import tad_autograd as ta
+
+    if program.dtype != torch.float64:
+        raise ValueError(f"gradcheck needs float64, got {program.dtype}")
+    flat_func, flat_in, _ = flat_function(program, program.args, program.argnums)
+    inputs = tuple(t.detach().clone().requires_grad_(True) for t in flat_in)
+    assert torch.autograd.gradcheck(flat_func, inputs, eps=1e-6, atol=1e-6, rtol=1e-4, raise_exception=True)
+    expected = reference_jacobian(program, *program.args, argnums=program.argnums)
+    got = ta.jacrev(program, argnums=program.argnums, backend=backend)(*program.args)
+    assert_trees_close(got, expected, actual_name=f"jacrev(backend={backend!r})",
+                       expected_name="torch.autograd.functional.jacobian")
+
+
+def check_vmap_matches_loop(call: Any, backend: Optional[str] = None) -> None:
+    """``vmap`` equals a Python loop over the batch (``call.reference()``).
+
+    Examples
+    --------
+    >>> from tad_autograd.testing.strategies import vmap_calls
+    >>> check_vmap_matches_loop(vmap_calls().example())  # doctest: +SKIP
+    """
+    import tad_autograd as ta
+
+    expected = call.reference()
+    got = ta.vmap(call.func, backend=backend, **call.vmap_kwargs())(*call.args, **call.kwargs)
+    assert_trees_close(got, expected, actual_name=f"vmap(backend={backend!r})", expected_name="Python loop")
+
+
+def _mentions_autograd_backend(msg: str) -> bool:
+    return 'backend="autograd"' in msg or "backend='autograd'" in msg
+
+
+def check_old_style_function(program: Any, transform: str = "jacrev") -> None:
+    """For a program with an old-style ``autograd.Function``: the loop backends
+    and automatic mode agree with the reference, and every transform backend
+    raises an error that points at ``backend="autograd"`` instead of returning
+    a (possibly different) number.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tad_autograd.testing.strategies import programs
+    >>> check_old_style_function(programs(old_style_functions=True).example())  # doctest: +SKIP
+    """
+    import tad_autograd as ta
+
+    if transform == "jacrev":
+        agreement = assert_backends_agree(program, *program.args, argnums=program.argnums,
+                                          backends=loop_backends() + (AUTO,))
+        expected = reference_jacobian(program, *program.args, argnums=program.argnums)
+        assert_trees_close(agreement.results[AUTO], expected, actual_name="jacrev(auto)",
+                           expected_name="torch.autograd.functional.jacobian")
+
+        def run(name):
+            return ta.jacrev(program, argnums=program.argnums, backend=name)(*program.args)
+    elif transform == "vmap":
+        args = program.args
+        in_dims = tuple(0 if isinstance(a, torch.Tensor) else None for a in args)
+        batched = tuple(a.unsqueeze(0).expand((2,) + a.shape) if isinstance(a, torch.Tensor) else a
+                        for a in args)
+        if all(d is None for d in in_dims):
+            return
+        assert_backends_agree(program, *batched, transform="vmap", in_dims=in_dims,
+                              backends=loop_backends() + (AUTO,))
+
+        def run(name):
+            return ta.vmap(program, in_dims=in_dims, backend=name)(*batched)
+    else:
+        raise ValueError(f"transform must be 'jacrev' or 'vmap', got {transform!r}")
+
+    if not program.has_old_style_function:
+        return
+    for name in transform_backends():
+        try:
+            run(name)
+        except AssertionError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            assert _mentions_autograd_backend(str(exc)), (
+                f"backend {name!r} raised {type(exc).__name__} on an old-style autograd.Function, "
+                f"but the message does not suggest backend=\"autograd\":\n{exc}\nprogram: {program!r}")
+        else:
+            raise AssertionError(f"backend {name!r} accepted an old-style autograd.Function "
+                                 f"(it should raise a clear error):\nprogram: {program!r}")

@@ -1,0 +1,65 @@
+"""Assertions shared by the contract tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils._pytree import tree_flatten
+
+
+def assert_tree_close(actual: Any, expected: Any, rtol: float | None = None, atol: float = 1e-12) -> None:
+    """Same pytree structure, shapes, dtypes, devices; values close (CONTRACT §4 tolerances)."""
+    a_leaves, a_spec = tree_flatten(actual)
+    e_leaves, e_spec = tree_flatten(expected)
+    assert str(a_spec) == str(e_spec), f"structure differs:\n{a_spec}\n!=\n{e_spec}"
+    for i, (a, e) in enumerate(zip(a_leaves, e_leaves)):
+        if not isinstance(e, torch.Tensor):
+            assert a == e, f"leaf {i}: {a!r} != {e!r}"
+            continue
+        assert isinstance(a, torch.Tensor), f"leaf {i}: expected a tensor, got {type(a)}"
+        assert a.shape == e.shape, f"leaf {i}: shape {tuple(a.shape)} != {tuple(e.shape)}"
+        assert a.dtype == e.dtype, f"leaf {i}: dtype {a.dtype} != {e.dtype}"
+        assert a.device == e.device, f"leaf {i}: device {a.device} != {e.device}"
+        tol = rtol if rtol is not None else (1e-10 if e.dtype == torch.float64 else 1e-5)
+        torch.testing.assert_close(
+            a.detach(), e.detach(), rtol=tol, atol=atol if e.dtype == torch.float64 else 1e-6,
+            msg=lambda m: f"leaf {i}: {m}",
+        )
+
+
+class OldStyleExp(torch.autograd.Function):
+    """exp(x) written the old way: forward(ctx, x); only plain autograd can transform it."""
+
+    @staticmethod
+    def forward(ctx, x):  # type: ignore[override]
+        y = x.exp()
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (y,) = ctx.saved_tensors
+        return grad * y
+
+
+def make_new_style_exp() -> Any:
+    """exp(x) with setup_context and generate_vmap_rule (torch >= 2.0 only)."""
+
+    class NewStyleExp(torch.autograd.Function):
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(x):  # type: ignore[override]
+            return x.exp()
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):  # type: ignore[override]
+            ctx.save_for_backward(output)
+
+        @staticmethod
+        def backward(ctx, grad):  # type: ignore[override]
+            (y,) = ctx.saved_tensors
+            return grad * y
+
+    return NewStyleExp

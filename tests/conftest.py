@@ -1,0 +1,67 @@
+"""Shared fixtures: every contract test runs once per backend.
+
+``backend`` is parametrized over every registered backend; a backend that
+cannot run with the installed torch is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import pytest
+import torch
+
+import tad_autograd as ta
+from tad_autograd.fallback import MEMORY
+from tad_autograd.registry import REGISTRY
+from tad_autograd.settings import ENV_VAR, GLOBAL
+
+ALL_BACKENDS = REGISTRY.names()
+
+
+@pytest.fixture(params=ALL_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """A backend name; skipped (with the reason) where it is unavailable."""
+    name = request.param
+    availability = REGISTRY.get(name).availability()
+    if not availability.ok:
+        pytest.skip(f"backend {name!r} unavailable: {availability.reason}")
+    return name
+
+
+@pytest.fixture(params=[b for b in ALL_BACKENDS if REGISTRY.get(b).is_transform])
+def transform_backend(request: pytest.FixtureRequest) -> str:
+    """A function-transform backend name; skipped where unavailable."""
+    name = request.param
+    availability = REGISTRY.get(name).availability()
+    if not availability.ok:
+        pytest.skip(f"backend {name!r} unavailable: {availability.reason}")
+    return name
+
+
+@pytest.fixture(autouse=True)
+def _clean_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test starts in automatic mode with no remembered fallbacks."""
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    GLOBAL.name = None
+    MEMORY.clear()
+    yield
+    GLOBAL.name = None
+    MEMORY.clear()
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    lines = [f"torch {torch.__version__}; tad_autograd backends available: {ta.available_backends()}"]
+    for b in REGISTRY.backends():
+        a = b.availability()
+        if not a.ok:
+            lines.append(f"  unavailable: {b.name}: {a.reason}")
+    if os.environ.get(ENV_VAR):
+        lines.append(f"  {ENV_VAR}={os.environ[ENV_VAR]}")
+    return "\n".join(lines)
