@@ -43,7 +43,7 @@ extensions = [
     "sphinx.ext.intersphinx",
     "sphinx.ext.viewcode",
     "numpydoc",
-    "benchmark_results",
+    "tad_docs",
 ]
 
 # Markdown support only for including docs/benchmarks/results.md; optional.

@@ -95,6 +95,14 @@ def explain(*args: Any, device: Optional[Union[str, torch.device]] = None) -> Ex
         "  5. automatic choice",
     ]
     lines += [f"  - {note}" for note in resolution.notes]
+    strategy = resolution.backend.for_automatic()
+    if resolution.automatic and strategy is not resolution.backend:
+        lines.append(
+            f"Automatic jacrev/hessian on {resolution.backend.name!r}: an eager forward pass, "
+            "then one backward pass for a scalar output, a loop for a few rows, otherwise "
+            f"one backward pass vectorised with {resolution.backend.name!r}'s vmap; "
+            f"vmap uses {resolution.backend.name!r} directly."
+        )
     if resolution.automatic and len(resolution.candidates) > 1:
         lines.append(
             "If a function cannot be transformed, calls fall back in this order: "

@@ -21,7 +21,7 @@ from ._torch_info import TORCH_VERSION, module_exists
 from .backends.base import Backend
 from .errors import BackendUnavailableError
 from .registry import REGISTRY, Registry
-from .settings import CONTEXT, ENV_VAR, GLOBAL, ORIGIN_AUTOMATIC
+from .settings import CONTEXT, ENV_VAR, GLOBAL, ORIGIN_AUTOMATIC, ORIGIN_AUTOMATIC_EAGER
 
 __all__ = ["Resolution", "resolve", "resolve_cached", "clear_cache"]
 
@@ -45,6 +45,9 @@ class Resolution:
     inherited_automatic : bool
         Inherited from an enclosing transform that chose automatically; its
         errors go up to that transform unchanged.
+    inherited_eager : bool
+        That enclosing transform runs its function eagerly (not under a
+        function transform), so the automatic strategy may be used again.
     candidates : tuple of Backend
         In automatic mode, the fallback order (``backend`` first).
     notes : tuple of str
@@ -55,6 +58,7 @@ class Resolution:
     source: str
     automatic: bool
     inherited_automatic: bool = False
+    inherited_eager: bool = False
     candidates: Tuple[Backend, ...] = ()
     notes: Tuple[str, ...] = field(default=())
 
@@ -118,7 +122,7 @@ def resolve(
     notes = []
     name: Optional[str] = None
     source = "automatic"
-    inherited_automatic = False
+    inherited_automatic = inherited_eager = False
     if argument is not None and argument != "auto":
         name, source = argument, "backend= argument"
     else:
@@ -126,7 +130,8 @@ def resolve(
             notes.append("backend='auto' argument: automatic choice")
         elif context is not None:
             name, source = context
-            inherited_automatic = source == ORIGIN_AUTOMATIC
+            inherited_eager = source == ORIGIN_AUTOMATIC_EAGER
+            inherited_automatic = inherited_eager or source == ORIGIN_AUTOMATIC
             if name is None:
                 notes.append("use_backend('auto') block: automatic choice")
         elif global_setting is not None:
@@ -153,7 +158,9 @@ def resolve(
                 f"{[b.name for b in registry.backends() if b.is_transform]}"
             )
         notes.append(f"{backend.name!r} chosen by {source}")
-        return Resolution(backend, source, False, inherited_automatic, (backend,), tuple(notes))
+        return Resolution(
+            backend, source, False, inherited_automatic, inherited_eager, (backend,), tuple(notes)
+        )
 
     candidates = []
     for priority, backend in registry.priorities():
@@ -182,7 +189,7 @@ def resolve(
             f"{torch_version}: " + "; ".join(notes)
         )
     notes.append(f"automatic choice for device type {device_type!r}: {candidates[0].name!r}")
-    return Resolution(candidates[0], "automatic", True, False, tuple(candidates), tuple(notes))
+    return Resolution(candidates[0], "automatic", True, False, False, tuple(candidates), tuple(notes))
 
 
 _CACHE: Dict[tuple, Resolution] = {}

@@ -29,6 +29,7 @@ __all__ = [
     "ORIGIN_BLOCK",
     "ORIGIN_EXPLICIT",
     "ORIGIN_AUTOMATIC",
+    "ORIGIN_AUTOMATIC_EAGER",
 ]
 
 #: The environment variable naming a backend (or ``auto``).
@@ -38,6 +39,7 @@ ENV_VAR = "TAD_AUTOGRAD_BACKEND"
 ORIGIN_BLOCK = "use_backend"
 ORIGIN_EXPLICIT = "enclosing transform (explicit)"
 ORIGIN_AUTOMATIC = "enclosing transform (automatic)"
+ORIGIN_AUTOMATIC_EAGER = "enclosing transform (automatic, eager forward)"
 
 #: ``(backend name or None for automatic, origin)`` of the innermost setting.
 CONTEXT: ContextVar[Optional[Tuple[Optional[str], str]]] = ContextVar(

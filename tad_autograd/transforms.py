@@ -23,7 +23,8 @@ from .errors import BackendFallbackWarning, BackendUnavailableError
 from .fallback import MEMORY, add_hint, recognise
 from .registry import REGISTRY
 from .resolver import Resolution, resolve_cached
-from .settings import CONTEXT, ORIGIN_AUTOMATIC, ORIGIN_EXPLICIT
+from .backends.autograd import VectorisedAutograd
+from .settings import CONTEXT, ORIGIN_AUTOMATIC, ORIGIN_AUTOMATIC_EAGER, ORIGIN_EXPLICIT
 
 __all__ = ["Transformed", "check_argnums_type", "check_chunk_size", "check_randomness", "check_backend"]
 
@@ -193,7 +194,12 @@ class Transformed:
 
     def _run_explicit(self, resolution: Resolution, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
         backend = resolution.backend
-        origin = ORIGIN_AUTOMATIC if resolution.inherited_automatic else ORIGIN_EXPLICIT
+        origin = ORIGIN_EXPLICIT
+        if resolution.inherited_automatic:
+            origin = ORIGIN_AUTOMATIC
+            if resolution.inherited_eager and not self._transforms_only:
+                backend = backend.for_automatic()
+                origin = self._automatic_origin(backend)
         try:
             return self._run(backend, origin, args, kwargs)
         except Exception as error:
@@ -202,6 +208,11 @@ class Transformed:
                 if entry is not None:
                     add_hint(error, backend.name, entry)
             raise
+
+    def _automatic_origin(self, backend: Backend) -> str:
+        """How nested transforms see an automatic choice: eager forward, or inside a transform."""
+        eager = self._kind != "vmap" and isinstance(backend, VectorisedAutograd)
+        return ORIGIN_AUTOMATIC_EAGER if eager else ORIGIN_AUTOMATIC
 
     def _run_automatic(
         self, resolution: Resolution, device_type: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]
@@ -217,9 +228,9 @@ class Transformed:
                     break
         last = len(candidates) - 1
         for i in range(start, last + 1):
-            backend = candidates[i]
+            backend = candidates[i] if self._transforms_only else candidates[i].for_automatic()
             try:
-                return self._run(backend, ORIGIN_AUTOMATIC, args, kwargs)
+                return self._run(backend, self._automatic_origin(backend), args, kwargs)
             except Exception as error:
                 entry = recognise(error)
                 if entry is None or i == last:

@@ -20,10 +20,12 @@ from tad_autograd.settings import ENV_VAR, GLOBAL
 ALL_BACKENDS = REGISTRY.names()
 
 
-@pytest.fixture(params=ALL_BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
-    """A backend name; skipped (with the reason) where it is unavailable."""
+@pytest.fixture(params=[*ALL_BACKENDS, None], ids=[*ALL_BACKENDS, "auto"])
+def backend(request: pytest.FixtureRequest) -> str | None:
+    """A backend name, or ``None`` for automatic choice; unavailable ones are skipped."""
     name = request.param
+    if name is None:
+        return None
     availability = REGISTRY.get(name).availability()
     if not availability.ok:
         pytest.skip(f"backend {name!r} unavailable: {availability.reason}")

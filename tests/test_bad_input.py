@@ -118,6 +118,11 @@ def _in_inference_mode(func: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+def _raises(t: torch.Tensor) -> torch.Tensor:
+    y = torch.sin(t)
+    raise ValueError(f"my own error (y has shape {tuple(y.shape)})")
+
+
 def _random_op(t: torch.Tensor) -> torch.Tensor:
     return t + torch.rand(())
 
@@ -250,6 +255,13 @@ CASES: List[Case] = [
          ("return", "int", "tensor")),
     Case("vmap-func-not-callable", VMAP, _vm(3), _one(_X), TypeError,
          ("func", "int", "callable")),
+    # ---- not a mistake of the call: the user's own error propagates unchanged, and
+    # leaves nothing behind either (also from inside a nested transform)
+    Case("func-raises-its-own-error", JAC + VMAP, _jac(_raises), _one(_X), ValueError,
+         ("my own error",)),
+    Case("nested-func-raises-its-own-error", ("jacrev", "hessian", "vmap"),
+         lambda T, kw, args: T(ta.vmap(ta.jacrev(_raises, **kw), **kw), **kw)(*args),
+         lambda: (torch.ones(2, 4, 3, dtype=torch.float64),), ValueError, ("my own error",)),
 ]
 
 assert len({c.id for c in CASES}) == len(CASES), "duplicate case ids"
@@ -486,8 +498,6 @@ def _assert_backend_message(error: BaseException, where: str, name: str, needles
     wanted: Tuple[Needle, ...] = (repr(name),) + needles
     if where == "environment":
         wanted += (ENV_VAR,)  # the user must learn where the bad name came from
-    elif where in ("set_backend", "use_backend"):
-        wanted += (where,)
     else:
         wanted += ("backend",)
     missing = [n for n in wanted if not any(a in message for a in ((n,) if isinstance(n, str) else n))]
@@ -577,3 +587,54 @@ def test_func_backend_unavailable_on_old_torch(transform: str) -> None:
     message = _message(info.value)
     for needle in ("'func'", "torch >= 2.0", str(TORCH_VERSION), "backend='autograd'"):
         assert needle in message, f"the message lacks {needle!r}:\n{message}"
+
+
+# --------------------------------------------------------------------------- the checks bite
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    ["setting", "grad_mode", "rng", "requires_grad", "grad", "value", "version", "level"],
+)
+def test_snapshot_detects_side_effects(spoil: str) -> None:
+    """The state checks above are not vacuous: each detects its own kind of change."""
+    x = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    x.grad = torch.zeros(3, dtype=torch.float64)
+    y = torch.ones(3, dtype=torch.float64)
+    snapshot = _Snapshot((x, y), "auto")
+    undo: Callable[[], None] = lambda: None
+    if spoil == "setting":
+        ta.set_backend("autograd")
+    elif spoil == "grad_mode":
+        torch.set_grad_enabled(False)
+        undo = lambda: torch.set_grad_enabled(True)
+    elif spoil == "rng":
+        torch.rand(1)
+    elif spoil == "requires_grad":
+        y.requires_grad_(True)
+    elif spoil == "grad":
+        x.grad.add_(1.0)
+    elif spoil == "value":
+        y.copy_(torch.zeros(3))
+    elif spoil == "version":
+        y.mul_(1.0)
+    elif spoil == "level":
+        if getattr(torch._C, "_are_functorch_transforms_active", None) is None:
+            pytest.skip("no way to ask torch whether a transform is active")
+        captured: List[AssertionError] = []
+
+        def inside(t: torch.Tensor) -> torch.Tensor:
+            try:
+                snapshot.check(None)
+            except AssertionError as e:
+                captured.append(e)
+            return t
+
+        ta.fvmap(inside)(torch.ones(2, 3))
+        assert captured, "an active transform level went unnoticed"
+        return
+    try:
+        with pytest.raises(AssertionError):
+            snapshot.check(None)
+    finally:
+        undo()

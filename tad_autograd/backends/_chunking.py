@@ -1,5 +1,14 @@
 """``chunk_size`` for transform libraries that lack it (functorch on torch 1.13).
 
+It also holds :func:`vmap_with_out_dims`, the guard every transform backend
+puts around the library's ``vmap``: torch (1.13 to 2.13 at least) mishandles a
+non-zero ``out_dims`` for an output that does not depend on the batched inputs
+(it expands without inserting the batch dimension first: a negative value
+gives garbage sizes, on 1.13/2.0 sometimes ``free(): invalid pointer`` and an
+abort; a positive one raises, or silently returns wrong values when sizes
+happen to match), so non-zero ``out_dims`` are applied here by moving the
+batch dimension after a ``vmap`` with ``out_dims`` 0.
+
 ``jacrev`` is rebuilt from the library's own ``vjp`` and ``vmap``: one
 ``vjp``, then the rows of the Jacobian in chunks of ``chunk_size`` basis
 vectors, as :func:`torch.func.jacrev` does.  ``vmap`` runs the library's
@@ -15,10 +24,10 @@ import torch
 
 from .._batching import flatten_args, join_outputs, split_outputs
 from .._pytree import tree_flatten, tree_unflatten
-from .autograd import check_argnums, check_outputs
+from .autograd import _basis, check_argnums, check_outputs
 from .base import ArgnumsT, InDimsT, OutDimsT
 
-__all__ = ["chunked_jacrev", "chunked_vmap"]
+__all__ = ["chunked_jacrev", "chunked_vmap", "vmap_with_out_dims"]
 
 
 def chunked_jacrev(
@@ -99,21 +108,6 @@ def chunked_jacrev(
     return jacobian_fn
 
 
-def _basis(outputs: List[torch.Tensor], numels: List[int], start: int, size: int) -> List[torch.Tensor]:
-    """Rows ``start:start + size`` of the identity over all output elements, split per output."""
-    rows = torch.arange(start, start + size, device=outputs[0].device if outputs else None)
-    basis = []
-    offset = 0
-    for o, n in zip(outputs, numels):
-        b = o.new_zeros((size, n))
-        local = rows - offset
-        hit = (local >= 0) & (local < n)
-        b[torch.arange(size, device=b.device)[hit], local[hit]] = 1
-        basis.append(b.view((size,) + o.shape))
-        offset += n
-    return basis
-
-
 def chunked_vmap(
     vmap: Callable[..., Any],
     func: Callable[..., Any],
@@ -134,7 +128,7 @@ def chunked_vmap(
     >>> chunked_vmap(vmap, torch.sum, 0, 0, "error", 2)(torch.ones(5, 3))
     tensor([3., 3., 3., 3., 3.])
     """
-    batched_func = vmap(func, in_dims, out_dims, randomness)
+    batched_func = vmap_with_out_dims(vmap, func, in_dims, out_dims, randomness)
 
     def chunked_fn(*args: Any, **kwargs: Any) -> Any:
         batched = flatten_args(func, in_dims, args)
@@ -153,3 +147,72 @@ def chunked_vmap(
         return join_outputs(chunks, dims, spec, torch.cat)
 
     return chunked_fn
+
+
+def _moves(out_dims: Any) -> bool:
+    """Whether ``out_dims`` puts the batch dimension anywhere but first."""
+    if isinstance(out_dims, bool):
+        return False
+    if isinstance(out_dims, int):
+        return out_dims != 0
+    if isinstance(out_dims, (tuple, list)):
+        return any(_moves(d) for d in out_dims)
+    if isinstance(out_dims, dict):
+        return any(_moves(d) for d in out_dims.values())
+    return False
+
+
+def _first(out_dims: Any) -> Any:
+    """``out_dims`` with every int replaced by 0 (structure and ``None`` kept)."""
+    if isinstance(out_dims, bool):
+        return out_dims
+    if isinstance(out_dims, int):
+        return 0
+    if isinstance(out_dims, (tuple, list)):
+        return type(out_dims)(_first(d) for d in out_dims)
+    if isinstance(out_dims, dict):
+        return {k: _first(d) for k, d in out_dims.items()}
+    return out_dims
+
+
+def vmap_with_out_dims(
+    vmap: Callable[..., Any],
+    func: Callable[..., Any],
+    in_dims: InDimsT,
+    out_dims: OutDimsT,
+    randomness: str,
+    **kwargs: Any,
+) -> Callable[..., Any]:
+    """``vmap(func, in_dims, out_dims, randomness, **kwargs)``, correct for any ``out_dims``.
+
+    With ``out_dims`` 0 (the default) this is the library's ``vmap`` itself
+    (no overhead).  Otherwise the library puts the batch dimension first and
+    it is moved to ``out_dims`` here, as :func:`torch.func.vmap` specifies,
+    also for outputs that do not depend on the batched inputs.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch.func import vmap
+    >>> c = torch.zeros(2, 3)
+    >>> vmap_with_out_dims(vmap, lambda x: c, 0, -1, "error")(torch.ones(4)).shape
+    torch.Size([2, 3, 4])
+    >>> vmap_with_out_dims(vmap, lambda x: c, 0, 1, "error")(torch.ones(4)).shape
+    torch.Size([2, 4, 3])
+    """
+    if not _moves(out_dims):
+        return vmap(func, in_dims, out_dims, randomness, **kwargs)
+    batched_func = vmap(func, in_dims, _first(out_dims), randomness, **kwargs)
+
+    def moved(*args: Any, **call_kwargs: Any) -> Any:
+        output = batched_func(*args, **call_kwargs)
+        leaves, dims, spec = split_outputs(func, out_dims, output)
+        return tree_unflatten(
+            [
+                leaf if not d else leaf.movedim(0, d)
+                for leaf, d in zip(leaves, dims)
+            ],
+            spec,
+        )
+
+    return moved

@@ -10,6 +10,7 @@ output element) and as fast as any for gradients of scalars.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
@@ -18,7 +19,15 @@ from .._batching import BatchedArgs, flatten_args, join_outputs, split_outputs
 from .._pytree import tree_flatten, tree_unflatten
 from .base import ArgnumsT, Backend, InDimsT, OutDimsT
 
-__all__ = ["AutogradBackend", "check_argnums", "check_outputs", "prepare_input"]
+__all__ = [
+    "AutogradBackend",
+    "VectorisedAutograd",
+    "check_argnums",
+    "check_outputs",
+    "prepare_input",
+]
+
+_log = logging.getLogger("tad_autograd")
 
 
 class AutogradBackend(Backend):
@@ -64,6 +73,71 @@ class AutogradBackend(Backend):
             return _vmap(func, in_dims, out_dims, randomness, args, kwargs)
 
         return batched_fn
+
+
+class VectorisedAutograd(AutogradBackend):
+    """How a transform backend computes Jacobians when chosen automatically.
+
+    An eager forward pass under ordinary autograd, then the Jacobian's rows:
+    one backward pass for a scalar (forces from an energy), a short loop for
+    a few rows, otherwise one backward pass vectorised over the rows with the
+    transform backend's ``vmap``.  This is faster than ``jacrev`` on every
+    size measured, and the forward pass is never transformed, so custom
+    ``autograd.Function``s (old style included), ``.item()`` and in-place
+    updates need no fallback.  ``vmap`` is the transform backend's own.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tad_autograd.backends.func import FuncBackend
+    >>> auto = VectorisedAutograd(FuncBackend())
+    >>> auto.name, auto.jacrev(torch.sin, 0, has_aux=False, chunk_size=None)(torch.zeros(2))
+    ('func', tensor([[1., 0.],
+            [0., 1.]]))
+    """
+
+    is_transform = True
+
+    def __init__(self, transforms: Backend, vmap: Callable[..., Any]):
+        self.transforms = transforms
+        self.name = transforms.name
+        self.aliases = transforms.aliases
+        self._vmap = vmap
+
+    def availability(self, *args: Any, **kwargs: Any) -> Any:
+        return self.transforms.availability(*args, **kwargs)
+
+    def supports_device(self, device_type: str) -> bool:
+        return self.transforms.supports_device(device_type)
+
+    def jacrev(
+        self,
+        func: Callable[..., Any],
+        argnums: ArgnumsT,
+        *,
+        has_aux: bool,
+        chunk_size: Optional[int],
+    ) -> Callable[..., Any]:
+        vmap = self._vmap
+
+        def jacobian_fn(*args: Any) -> Any:
+            return _jacrev(func, argnums, has_aux, args, vmap, chunk_size)
+
+        return jacobian_fn
+
+    def vmap(
+        self,
+        func: Callable[..., Any],
+        in_dims: InDimsT,
+        out_dims: OutDimsT,
+        randomness: str,
+        *,
+        chunk_size: Optional[int],
+    ) -> Callable[..., Any]:
+        return self.transforms.vmap(func, in_dims, out_dims, randomness, chunk_size=chunk_size)
+
+    def __repr__(self) -> str:
+        return f"<VectorisedAutograd over {self.transforms!r}>"
 
 
 # --------------------------------------------------------------------------- jacrev
@@ -151,7 +225,14 @@ def _depends_on_other_leaves(outputs: Sequence[torch.Tensor], ours: Set[int]) ->
     return False
 
 
-def _jacrev(func: Callable[..., Any], argnums: ArgnumsT, has_aux: bool, args: Tuple[Any, ...]) -> Any:
+def _jacrev(
+    func: Callable[..., Any],
+    argnums: ArgnumsT,
+    has_aux: bool,
+    args: Tuple[Any, ...],
+    vmap: Optional[Callable[..., Any]] = None,
+    chunk_size: Optional[int] = None,
+) -> Any:
     positions = check_argnums(argnums, len(args))
     outer_grad = torch.is_grad_enabled()
     new_args = list(args)
@@ -193,7 +274,11 @@ def _jacrev(func: Callable[..., Any], argnums: ArgnumsT, has_aux: bool, args: Tu
         )
     create_graph = outer_grad and external
 
-    per_output = [_rows(o, inputs, create_graph) for o in out_leaves]
+    per_output = None
+    if vmap is not None and sum(o.numel() for o in out_leaves if o.requires_grad) > LOOP_MAX_ROWS:
+        per_output = _vectorised_rows(out_leaves, inputs, create_graph, vmap, chunk_size)
+    if per_output is None:
+        per_output = [_rows(o, inputs, create_graph) for o in out_leaves]
 
     nested = []
     for o, jac in zip(out_leaves, per_output):
@@ -210,6 +295,91 @@ def _jacrev(func: Callable[..., Any], argnums: ArgnumsT, has_aux: bool, args: Tu
             aux = tree_unflatten([a.detach() for a in aux_leaves], aux_spec)
         return jacobian, aux
     return jacobian
+
+
+#: Up to this many Jacobian rows, a loop of backward passes beats one vectorised pass.
+LOOP_MAX_ROWS = 4
+
+
+def _vectorised_rows(
+    outputs: List[torch.Tensor],
+    inputs: List[torch.Tensor],
+    create_graph: bool,
+    vmap: Callable[..., Any],
+    chunk_size: Optional[int],
+) -> Optional[List[List[torch.Tensor]]]:
+    """All Jacobian rows by ``vmap`` over one backward pass; ``None`` if it cannot be vectorised.
+
+    Returns, per output, the list of d output / d input (shaped
+    ``output.shape + input.shape``).  A backward that cannot be batched
+    (e.g. a custom ``autograd.Function`` whose backward calls ``.item()``)
+    is recognised and left to the row loop.
+    """
+    from ..fallback import recognise
+
+    live = [o for o in outputs if o.requires_grad]
+    numels = [o.numel() for o in live]
+    total = sum(numels)
+    step = total if chunk_size is None else chunk_size
+
+    def vjp(*cotangents: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        grads = torch.autograd.grad(
+            live, inputs, cotangents, retain_graph=True, create_graph=create_graph, allow_unused=True
+        )
+        return tuple(g if g is not None else torch.zeros_like(x) for g, x in zip(grads, inputs))
+
+    batched = vmap(vjp)
+    pieces: List[List[torch.Tensor]] = [[] for _ in inputs]
+    try:
+        with torch.enable_grad():
+            for start in range(0, total, step):
+                size = min(step, total - start)
+                for piece, rows in zip(pieces, batched(*_basis(live, numels, start, size))):
+                    piece.append(rows)
+    except RuntimeError as error:
+        if recognise(error) is None:
+            raise
+        _log.info("backward pass not vectorisable (%s); using a loop of backward passes", error)
+        return None
+    per_input = [torch.cat(p) if len(p) > 1 else p[0] for p in pieces]
+    result = []
+    k = 0
+    offsets = []
+    for o in live:
+        offsets.append(k)
+        k += o.numel()
+    live_index = {id(o): i for i, o in enumerate(live)}
+    for o in outputs:
+        if id(o) not in live_index:
+            result.append([o.new_zeros(o.shape + x.shape, dtype=x.dtype) for x in inputs])
+            continue
+        i = live_index[id(o)]
+        start, n = offsets[i], numels[i]
+        result.append([rows[start : start + n].reshape(o.shape + x.shape) for rows, x in zip(per_input, inputs)])
+    return result
+
+
+def _basis(outputs: List[torch.Tensor], numels: List[int], start: int, size: int) -> List[torch.Tensor]:
+    """Rows ``start:start + size`` of the identity over all output elements, split per output.
+
+    Examples
+    --------
+    >>> import torch
+    >>> [b.tolist() for b in _basis([torch.zeros(2), torch.zeros(1)], [2, 1], 1, 2)]
+    [[[0.0, 1.0], [0.0, 0.0]], [[0.0], [1.0]]]
+    """
+    device = outputs[0].device if outputs else None
+    rows = torch.arange(start, start + size, device=device)
+    basis = []
+    offset = 0
+    for o, n in zip(outputs, numels):
+        b = o.new_zeros((size, n))
+        local = rows - offset
+        hit = (local >= 0) & (local < n)
+        b[torch.arange(size, device=b.device)[hit], local[hit]] = 1
+        basis.append(b.view((size,) + o.shape))
+        offset += n
+    return basis
 
 
 def _rows(output: torch.Tensor, inputs: List[torch.Tensor], create_graph: bool) -> List[torch.Tensor]:

@@ -96,6 +96,14 @@ class Backend:
         """Whether automatic mode may choose this backend, and if not, why."""
         return True, ""
 
+    def for_automatic(self) -> "Backend":
+        """The strategy this backend runs when chosen automatically (itself by default).
+
+        Transform backends return a :class:`~tad_autograd.backends.autograd.VectorisedAutograd`
+        over themselves: faster Jacobians, same results.
+        """
+        return self
+
     def supports_device(self, device_type: str) -> bool:
         """Tell whether this backend handles tensors on ``device_type``.
 

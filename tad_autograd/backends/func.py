@@ -32,6 +32,7 @@ class FuncBackend(Backend):
     name = "func"
     aliases = ("torch.func",)
     is_transform = True
+    _automatic: Optional[Backend] = None
 
     def availability(
         self,
@@ -46,6 +47,18 @@ class FuncBackend(Backend):
                 "backend='functorch' or backend='autograd'",
             )
         return Availability(True)
+
+    def for_automatic(self) -> Backend:
+        if self._automatic is None:
+            from .autograd import VectorisedAutograd
+
+            self._automatic = VectorisedAutograd(self, self._raw_vmap())
+        return self._automatic
+
+    def _raw_vmap(self) -> Callable[..., Any]:
+        from torch.func import vmap
+
+        return vmap
 
     def jacrev(
         self,
@@ -70,4 +83,6 @@ class FuncBackend(Backend):
     ) -> Callable[..., Any]:
         from torch.func import vmap
 
-        return vmap(func, in_dims, out_dims, randomness=randomness, chunk_size=chunk_size)
+        from ._chunking import vmap_with_out_dims
+
+        return vmap_with_out_dims(vmap, func, in_dims, out_dims, randomness, chunk_size=chunk_size)

@@ -21,7 +21,7 @@ from typing import Any, Callable, NamedTuple, Optional, Tuple
 from packaging.version import Version
 
 from .._torch_info import TORCH_VERSION, module_exists
-from ._chunking import chunked_jacrev, chunked_vmap
+from ._chunking import chunked_jacrev, chunked_vmap, vmap_with_out_dims
 from .base import ArgnumsT, Availability, Backend, InDimsT, OutDimsT
 
 __all__ = ["FunctorchBackend"]
@@ -67,6 +67,7 @@ class FunctorchBackend(Backend):
 
     name = "functorch"
     is_transform = True
+    _automatic: Optional[Backend] = None
 
     def availability(
         self,
@@ -89,6 +90,16 @@ class FunctorchBackend(Backend):
                 "never chosen automatically"
             )
         return True, ""
+
+    def for_automatic(self) -> Backend:
+        if self._automatic is None:
+            from .autograd import VectorisedAutograd
+
+            self._automatic = VectorisedAutograd(self, self._raw_vmap())
+        return self._automatic
+
+    def _raw_vmap(self) -> Callable[..., Any]:
+        return _transforms().vmap
 
     def jacrev(
         self,
@@ -116,7 +127,9 @@ class FunctorchBackend(Backend):
     ) -> Callable[..., Any]:
         t = _transforms()
         if chunk_size is None:
-            return t.vmap(func, in_dims, out_dims, randomness)
+            return vmap_with_out_dims(t.vmap, func, in_dims, out_dims, randomness)
         if t.native_chunks:
-            return t.vmap(func, in_dims, out_dims, randomness, chunk_size=chunk_size)
+            return vmap_with_out_dims(
+                t.vmap, func, in_dims, out_dims, randomness, chunk_size=chunk_size
+            )
         return chunked_vmap(t.vmap, func, in_dims, out_dims, randomness, chunk_size)

@@ -1,4 +1,12 @@
-"""``.. benchmark-results::`` - include the benchmark report if it exists.
+"""Sphinx directives of the tad_autograd docs.
+
+``.. device-support-table::``
+    Renders :data:`tad_autograd.devices.TRANSFORM_SUPPORT` (which device types
+    function transforms are trusted on, with the evidence), so the page can
+    never drift from the table the resolver uses.
+
+``.. benchmark-results::``
+    Includes the benchmark report if it exists.
 
 The benchmark suite (``benchmarks/``) writes ``docs/benchmarks/results.md``
 and ``docs/benchmarks/results.png``; they are generated files and may be
@@ -88,6 +96,44 @@ class BenchmarkResults(SphinxDirective):
         return list(document.children)
 
 
+class DeviceSupportTable(SphinxDirective):
+    has_content = False
+
+    def run(self) -> List[nodes.Node]:
+        from tad_autograd.devices import TRANSFORM_SUPPORT
+
+        lines = [
+            ".. list-table::",
+            "   :header-rows: 1",
+            "   :widths: 15 20 65",
+            "",
+            "   * - device type",
+            "     - automatic choice",
+            "     - evidence",
+        ]
+        for device_type, (supported, evidence) in TRANSFORM_SUPPORT.items():
+            choice = "best transform backend" if supported else "``autograd``"
+            lines += [
+                f"   * - ``{device_type}``",
+                f"     - {choice}",
+                f"     - {_escape(evidence)}",
+            ]
+        lines += [
+            "   * - any other",
+            "     - ``autograd``",
+            "     - unknown: not in the table",
+        ]
+        return self._rst(lines)
+
+    _rst = BenchmarkResults._rst
+
+
+def _escape(text: str) -> str:
+    """Make free text safe inside an RST table cell."""
+    return text.replace("\\", "\\\\").replace("*", "\\*").replace("`", "\\`").replace("|", "\\|")
+
+
 def setup(app: Any) -> Dict[str, Any]:
     app.add_directive("benchmark-results", BenchmarkResults)
+    app.add_directive("device-support-table", DeviceSupportTable)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

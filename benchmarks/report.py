@@ -1,0 +1,304 @@
+"""Writing results: JSON (everything but raw samples), a Markdown report, a PNG plot."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Dict, List, Optional
+
+from benchmarks.harness import AUTO, PEER_PREFIX, strip_samples
+
+GRID_ORDER = ("forces", "jacobian", "hessian", "vmap")
+SECTION_ORDER = GRID_ORDER + ("dispatch", "autograd", "fallback", "import", "memory")
+AUTO_TARGET = 1.05
+
+
+def fmt_time(s: Optional[float]) -> str:
+    if s is None or (isinstance(s, float) and math.isnan(s)):
+        return "—"
+    if s < 1e-3:
+        return f"{s * 1e6:.1f} µs"
+    if s < 1.0:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s:.2f} s"
+
+
+def fmt_ratio(r: Optional[float]) -> str:
+    return "—" if r is None else f"{r:.2f}x"
+
+
+def _mark(rec: Dict[str, Any]) -> str:
+    if rec["status"] == "error":
+        return "ERROR"
+    t = fmt_time(rec.get("median_s"))
+    return t if rec["status"] == "ok" else f"{t} MISMATCH"
+
+
+def load(path: str) -> Dict[str, Any]:
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return {"sections": {}}
+
+
+def save_json(path: str, data: Dict[str, Any]) -> None:
+    with open(path, "w") as fh:
+        json.dump(strip_samples(data), fh, indent=1, sort_keys=False)
+        fh.write("\n")
+
+
+# --------------------------------------------------------------------------- summary of §8
+
+
+def auto_cells_over(data: Dict[str, Any], limit: float = AUTO_TARGET) -> List[Dict[str, Any]]:
+    rows = []
+    for name in GRID_ORDER:
+        sec = data["sections"].get(name)
+        if not sec:
+            continue
+        for cell in sec["cells"]:
+            r = cell.get("subject_ratio")
+            if r is not None and (r > limit or not cell.get("subject_ok", True)):
+                rows.append({"section": name, "dtype": cell["dtype"], "size_label": sec["size_label"],
+                             "size": cell["size"], "ratio": r, "paired": cell.get("subject_paired_ratio"),
+                             "peer": cell.get("fastest_peer"), "ok": cell.get("subject_ok", True)})
+    return rows
+
+
+def summary_lines(data: Dict[str, Any]) -> List[str]:
+    S = data["sections"]
+    out = ["## CONTRACT §8 summary", ""]
+    out += ["| measurement | ratio (median/median) | paired ratio | target |", "|---|---|---|---|"]
+    for key in ("dispatch", "fallback"):
+        sec = S.get(key)
+        if not sec:
+            continue
+        for g in sec["groups"]:
+            for p in g["ratios"]:
+                flag = "" if p["ratio"] is not None and p["ratio"] <= sec["target"] else " ⚠"
+                out.append(f"| {key}: {p['label']} | {fmt_ratio(p['ratio'])}{flag} | "
+                           f"{fmt_ratio(p['paired_ratio'])} | ≤ {sec['target']}x |")
+    sec = S.get("autograd")
+    if sec:
+        for c in sec["cells"]:
+            r = c.get("subject_ratio")
+            flag = "" if r is not None and r <= sec["target"] else " ⚠"
+            out.append(f"| autograd backend / functional.jacobian(vectorize=False), {c['dtype']} n={c['size']} | "
+                       f"{fmt_ratio(r)}{flag} | {fmt_ratio(c.get('subject_paired_ratio'))} | ≤ {sec['target']}x |")
+    grid_cells = [c for n in GRID_ORDER if n in S for c in S[n]["cells"] if c.get("subject_ratio") is not None]
+    if grid_cells:
+        worst = max(c["subject_ratio"] for c in grid_cells)
+        over = auto_cells_over(data)
+        out.append(f"| automatic / fastest correct peer, {len(grid_cells)} grid cells | worst {fmt_ratio(worst)}"
+                   f"{' ⚠' if over else ''} | {len(over)} cells over {AUTO_TARGET}x | ≤ {AUTO_TARGET}x |")
+    imp = S.get("import")
+    if imp:
+        flag = "" if imp["added_by_tad_ms"] < imp["target_ms"] else " ⚠"
+        out.append(f"| import tad_autograd after import torch (median, in-process) | "
+                   f"{imp['added_by_tad_ms']:.1f} ms{flag} | delta of medians {imp['delta_of_medians_ms']:.0f} ms | "
+                   f"< {imp['target_ms']:.0f} ms |")
+    mem = S.get("memory")
+    if mem:
+        bad = [m for m, ok in mem["falls_with_chunk"].items() if not ok]
+        out.append(f"| peak memory falls as chunk_size shrinks | {'yes' if not bad else 'no for ' + ', '.join(bad)} "
+                   f"| | all backends |")
+    over = auto_cells_over(data)
+    if over:
+        out += ["", f"Grid cells where the automatic choice is over {AUTO_TARGET}x the fastest correct peer "
+                "(or not correct):", "", "| section | dtype | size | auto / fastest peer | paired | fastest peer |",
+                "|---|---|---|---|---|---|"]
+        for r in over:
+            out.append(f"| {r['section']} | {r['dtype']} | {r['size_label']}={r['size']} | {fmt_ratio(r['ratio'])}"
+                       f"{'' if r['ok'] else ' (INCORRECT)'} | {fmt_ratio(r['paired'])} | {r['peer']} |")
+    return out + [""]
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def grid_lines(name: str, sec: Dict[str, Any]) -> List[str]:
+    methods: List[str] = []
+    for c in sec["cells"]:
+        for m in c["methods"]:
+            if m not in methods:
+                methods.append(m)
+    head = ["dtype", sec["size_label"]] + methods + ["fastest peer", "auto / peer", "paired"]
+    if name == "autograd":
+        head = ["dtype", sec["size_label"]] + methods + ["autograd / functional", "paired"]
+    out = [f"## {name}: {sec['title']}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    notes = []
+    for c in sec["cells"]:
+        row = [c["dtype"], str(c["size"])]
+        for m in methods:
+            rec = c["methods"].get(m)
+            row.append("—" if rec is None else _mark(rec))
+            if rec is not None and rec["status"] != "ok":
+                notes.append(f"- {c['dtype']} {sec['size_label']}={c['size']} `{m}`: {rec.get('error')}")
+        if name != "autograd":
+            row.append(str(c.get("fastest_peer", "—")).replace(PEER_PREFIX, ""))
+        r = c.get("subject_ratio")
+        row.append(fmt_ratio(r) + (" ⚠" if r is not None and r > sec.get("target", AUTO_TARGET) else ""))
+        row.append(fmt_ratio(c.get("subject_paired_ratio")))
+        out.append("| " + " | ".join(row) + " |")
+    return out + [""] + (["Problems:", ""] + notes + [""] if notes else [])
+
+
+def pairs_lines(name: str, sec: Dict[str, Any]) -> List[str]:
+    out = [f"## {name}: {sec['title']}", ""]
+    for g in sec["groups"]:
+        label = g.get("transform") or f"n={g.get('size')}"
+        out += [f"### {label}", "", "| method | median | IQR | rounds × calls | status |", "|---|---|---|---|---|"]
+        for m, rec in g["methods"].items():
+            iqr = f"{fmt_time(rec.get('q1_s'))} – {fmt_time(rec.get('q3_s'))}" if "q1_s" in rec else "—"
+            rc = f"{rec.get('rounds', 0)} × {rec.get('inner', 0)}"
+            out.append(f"| {m} | {fmt_time(rec.get('median_s'))} | {iqr} | {rc} | {rec['status']} |")
+        out += ["", "| ratio | median/median | paired | target |", "|---|---|---|---|"]
+        for p in g["ratios"]:
+            out.append(f"| {p['label']} | {fmt_ratio(p['ratio'])} | {fmt_ratio(p['paired_ratio'])} | ≤ {sec['target']}x |")
+        if "fallback_warnings" in g:
+            out += ["", f"BackendFallbackWarnings over the first three calls: {len(g['fallback_warnings'])} "
+                    "(expected exactly 1)."]
+        out.append("")
+    return out
+
+
+def import_lines(sec: Dict[str, Any]) -> List[str]:
+    return [
+        f"## import: {sec['title']}", "",
+        f"- `import torch` alone: median {sec['import_torch_ms']:.0f} ms ({sec['repeats']} fresh interpreters)",
+        f"- `import tad_autograd` right after `import torch`, timed in the same interpreter: median "
+        f"**{sec['added_by_tad_ms']:.1f} ms** (all: {', '.join(f'{t:.1f}' for t in sec['added_by_tad_ms_all'])})",
+        f"- difference of the medians of whole imports (noisier): {sec['delta_of_medians_ms']:.0f} ms; "
+        f"process wall times {sec['process_wall_torch_ms']:.0f} ms vs {sec['process_wall_tad_ms']:.0f} ms",
+        f"- heavy modules imported by tad_autograd beyond torch's own: {sec['heavy_modules_imported_by_tad'] or 'none'}"
+        f" (torch itself imports torch.func: {sec['torch_func_imported_by_torch_itself']})",
+        f"- other top-level modules tad_autograd imports: {', '.join(sec['other_top_level_modules_imported_by_tad']) or 'none'}",
+        "",
+    ]
+
+
+def memory_lines(sec: Dict[str, Any]) -> List[str]:
+    methods: List[str] = []
+    for r in sec["rows"]:
+        if r["method"] not in methods:
+            methods.append(r["method"])
+    head = ["chunk_size"] + [f"{m} (MB)" for m in methods]
+    out = [f"## memory: {sec['title']}", "",
+           f"Peak RSS minus the RSS after setup and warm-up; the Jacobian itself is {sec['result_mb']:.0f} MB.", "",
+           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for ch in sec["chunks"]:
+        row = [str(ch)]
+        for m in methods:
+            r = next((r for r in sec["rows"] if r["method"] == m and r["chunk_size"] == ch), None)
+            if r is None or "delta_mb" not in r:
+                row.append("ERROR")
+            else:
+                row.append(f"{r['delta_mb']:.1f} ({r['time_s']:.2f} s)")
+        out.append("| " + " | ".join(row) + " |")
+    out += ["", "Falls as the chunk shrinks: " + ", ".join(
+        f"{m}: {'yes' if ok else 'NO'}" for m, ok in sec["falls_with_chunk"].items()), ""]
+    return out
+
+
+def write_markdown(path: str, data: Dict[str, Any]) -> None:
+    S = data["sections"]
+    lines = ["# tad_autograd benchmarks", ""]
+    metas = {}
+    for name in SECTION_ORDER:
+        if name in S:
+            m = S[name]["meta"]
+            metas.setdefault(json.dumps({k: m[k] for k in m if k not in ("finished", "elapsed_s")}, sort_keys=True), []).append(name)
+    for key, names in metas.items():
+        m = json.loads(key)
+        lines.append(f"- sections {', '.join(names)}: mode `{m['mode']}`, torch {m['torch']}, Python {m['python']}, "
+                     f"{m['threads']} torch thread(s), {m['cpus']} CPUs, backends {', '.join(m['backends'])}, "
+                     f"command `{m['command']}`")
+    lines += ["", "Times are medians over interleaved rounds (see benchmarks/README.md). Ratios are "
+              "median/median; *paired* is the median of per-round ratios. ⚠ marks a ratio over its target.", ""]
+    lines += summary_lines(data)
+    for name in SECTION_ORDER:
+        sec = S.get(name)
+        if not sec:
+            continue
+        if sec["kind"] == "grid":
+            lines += grid_lines(name, sec)
+        elif sec["kind"] == "pairs":
+            lines += pairs_lines(name, sec)
+        elif sec["kind"] == "import":
+            lines += import_lines(sec)
+        elif sec["kind"] == "memory":
+            lines += memory_lines(sec)
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines))
+
+
+# --------------------------------------------------------------------------- plot
+
+
+def write_plot(path: str, data: Dict[str, Any]) -> Optional[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    S = data["sections"]
+    grids = [n for n in GRID_ORDER if n in S]
+    if not grids:
+        return None
+    dtypes = sorted({c["dtype"] for n in grids for c in S[n]["cells"]}, reverse=True)
+    rows = len(dtypes) + 1
+    fig, axes = plt.subplots(rows, len(grids), figsize=(4.6 * len(grids), 3.6 * rows), squeeze=False)
+    colours: Dict[str, Any] = {}
+    cmap = plt.get_cmap("tab10")
+    for col, name in enumerate(grids):
+        sec = S[name]
+        methods: List[str] = []
+        for c in sec["cells"]:
+            methods += [m for m in c["methods"] if m not in methods]
+        for row, dt in enumerate(dtypes):
+            ax = axes[row][col]
+            cells = [c for c in sec["cells"] if c["dtype"] == dt]
+            for m in methods:
+                colours.setdefault(m, cmap(len(colours) % 10))
+                pts = [(c["size"], c["methods"][m]["median_s"]) for c in cells
+                       if m in c["methods"] and "median_s" in c["methods"][m]]
+                if not pts:
+                    continue
+                style = "--" if m.startswith(PEER_PREFIX) else "-"
+                lw = 2.6 if m == AUTO else 1.3
+                ax.plot(*zip(*pts), style, marker="o", ms=3, lw=lw, color=colours[m], label=m)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_title(f"{name} ({dt})", fontsize=10)
+            ax.set_xlabel(sec["size_label"])
+            ax.set_ylabel("time per call [s]")
+            ax.grid(True, which="both", alpha=0.3)
+            if row == 0:
+                ax.legend(fontsize=6.5, loc="upper left")
+        ax = axes[-1][col]
+        for dt, marker in zip(dtypes, ("o", "s")):
+            cells = [c for c in sec["cells"] if c["dtype"] == dt]
+            for m in methods:
+                if m.startswith(PEER_PREFIX):
+                    continue
+                pts = [(c["size"], c["methods"][m]["ratio_to_fastest_peer"]) for c in cells
+                       if m in c["methods"] and "ratio_to_fastest_peer" in c["methods"][m]]
+                if pts:
+                    ax.plot(*zip(*pts), "-", marker=marker, ms=3, lw=2.6 if m == AUTO else 1.1,
+                            color=colours[m], label=f"{m} {dt}")
+        ax.axhline(AUTO_TARGET, color="k", ls=":", lw=1)
+        ax.axhline(1.0, color="k", lw=0.5)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"{name}: tad / fastest correct peer", fontsize=10)
+        ax.set_xlabel(sec["size_label"])
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6, loc="best")
+    fig.suptitle("tad_autograd vs peers (solid: tad_autograd, thick: automatic; dashed: peers)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,164 @@
+"""Run every example of the documentation (``docs/*.rst``) and check the docs build.
+
+* Each page's ``>>>`` examples run as one doctest (plain :mod:`doctest`, so
+  this works on every torch of the matrix, 1.13 included).  Examples marked
+  ``# doctest: +REQUIRES_TORCH2`` are skipped on torch < 2.0 (Sphinx hides the
+  flag in the HTML).
+* Python code must appear as ``>>>`` examples or as files under
+  ``docs/examples/`` that a test here runs: a page with a ``code-block::
+  python`` would hold an example nobody runs, so that fails.
+* The API reference must document every public name.
+* When Sphinx is installed, the HTML build must succeed with ``-W``.
+"""
+
+from __future__ import annotations
+
+import doctest
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from packaging.version import Version
+
+import tad_autograd as ta
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+PAGES = sorted(DOCS.glob("*.rst"))
+EXAMPLES = DOCS / "examples"
+
+REQUIRES_TORCH2 = doctest.register_optionflag("REQUIRES_TORCH2")
+TORCH2 = Version(Version(torch.__version__.split("+")[0]).base_version) >= Version("2.0")
+FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+
+#: Pages whose examples need an optional test dependency.
+NEEDS = {"testing.rst": ("hypothesis",)}
+
+
+def _doctest_for(page: Path) -> doctest.DocTest:
+    text = page.read_text(encoding="utf-8")
+    globs = {"__name__": f"docs_{page.stem}"}
+    test = doctest.DocTestParser().get_doctest(text, globs, page.name, str(page), 0)
+    for example in test.examples:
+        if example.options.get(REQUIRES_TORCH2) and not TORCH2:
+            example.options[doctest.SKIP] = True
+    return test
+
+
+def test_there_are_pages() -> None:
+    names = {p.name for p in PAGES}
+    for expected in (
+        "index.rst",
+        "getting_started.rst",
+        "backends.rst",
+        "matrix.rst",
+        "vmap_safe.rst",
+        "testing.rst",
+        "migrating.rst",
+        "benchmarks.rst",
+        "api.rst",
+    ):
+        assert expected in names
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_page_examples(page: Path) -> None:
+    for module in NEEDS.get(page.name, ()):
+        pytest.importorskip(module)
+    test = _doctest_for(page)
+    runner = doctest.DocTestRunner(optionflags=FLAGS)
+    torch.manual_seed(0)
+    old_printoptions = torch._tensor_str.PRINT_OPTS.__dict__.copy()
+    try:
+        runner.run(test, out=_collect)
+    finally:
+        torch._tensor_str.PRINT_OPTS.__dict__.update(old_printoptions)
+        torch.set_default_dtype(torch.float32)
+        ta.set_backend("auto")
+        os.environ.pop("TAD_AUTOGRAD_BACKEND", None)
+        test.globs.clear()
+    results = runner.summarize(verbose=False)
+    if results.failed:
+        pytest.fail(f"{page.name}: {results.failed} of {results.attempted} examples failed:\n"
+                    + "".join(_REPORT), pytrace=False)
+    _REPORT.clear()
+
+
+_REPORT: list = []
+
+
+def _collect(text: str) -> None:
+    _REPORT.append(text)
+
+
+_UNRUN_CODE = re.compile(r"^\s*\.\.\s+(code-block|code|sourcecode)::\s*(python|py|pycon|ipython)\s*$", re.M)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_no_unexecuted_python(page: Path) -> None:
+    found = _UNRUN_CODE.findall(page.read_text(encoding="utf-8"))
+    assert not found, (
+        f"{page.name} has a python code block; write it as >>> examples (run by this test "
+        "file) or as a file under docs/examples/ that a test here runs"
+    )
+
+
+def test_every_public_name_is_documented() -> None:
+    api = (DOCS / "api.rst").read_text(encoding="utf-8")
+    from tad_autograd import testing
+
+    for name in ta.__all__:
+        assert re.search(rf"^\.\. auto\w+:: tad_autograd\.{name}$", api, re.M), name
+    for name in testing.__all__:
+        assert re.search(rf"^\.\. auto\w+:: tad_autograd\.testing\.(\w+\.)?{name}$", api, re.M), name
+    assert re.search(r"^\.\. autoclass:: tad_autograd\.backends\.Backend$", api, re.M)
+
+
+def _pytest_subprocess(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    (tmp_path / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.pop("TAD_AUTOGRAD_BACKEND", None)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-c", str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path),
+         "-p", "no:cacheprovider", "-W", "error", *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLES.glob("test_*.py")), ids=lambda p: p.name)
+def test_example_test_files(example: Path, tmp_path: Path) -> None:
+    """The example test modules shown in the docs pass under pytest with the plugin."""
+    pytest.importorskip("hypothesis")
+    proc = _pytest_subprocess(tmp_path, "-p", "tad_autograd.testing.plugin", "-q", "-rs", str(example))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_report_command_runs() -> None:
+    """``python -m tad_autograd`` (getting started) runs and reports the torch version."""
+    if not (ROOT / "tad_autograd" / "__main__.py").is_file():
+        pytest.skip("tad_autograd/__main__.py is not written yet")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    proc = subprocess.run([sys.executable, "-m", "tad_autograd"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert torch.__version__.split("+")[0] in proc.stdout
+
+
+def test_sphinx_build_has_no_warnings(tmp_path: Path) -> None:
+    """``python -m sphinx -W -b html docs <out>`` succeeds (where Sphinx is installed)."""
+    pytest.importorskip("sphinx")
+    pytest.importorskip("numpydoc")
+    env = dict(os.environ)
+    env.pop("TAD_DOCS_INTERSPHINX_ONLINE", None)  # never touch the network in tests
+    proc = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
+         "-d", str(tmp_path / "doctrees"), str(DOCS), str(tmp_path / "html")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
