@@ -76,6 +76,8 @@ html_title = f"tad_autograd {release}"
 autodoc_member_order = "bysource"
 autodoc_typehints = "none"  # the numpydoc "Parameters" sections carry the types
 autodoc_preserve_defaults = True
+# Never pull in torch's own docstrings (their labels do not resolve here).
+autodoc_inherit_docstrings = False
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
 numpydoc_attributes_as_param_list = False

@@ -83,8 +83,11 @@ def test_page_examples(page: Path) -> None:
         test.globs.clear()
     results = runner.summarize(verbose=False)
     if results.failed:
-        pytest.fail(f"{page.name}: {results.failed} of {results.attempted} examples failed:\n"
-                    + "".join(_REPORT), pytrace=False)
+        pytest.fail(
+            f"{page.name}: {results.failed} of {results.attempted} examples failed:\n"
+            + "".join(_REPORT),
+            pytrace=False,
+        )
     _REPORT.clear()
 
 
@@ -95,7 +98,9 @@ def _collect(text: str) -> None:
     _REPORT.append(text)
 
 
-_UNRUN_CODE = re.compile(r"^\s*\.\.\s+(code-block|code|sourcecode)::\s*(python|py|pycon|ipython)\s*$", re.M)
+_UNRUN_CODE = re.compile(
+    r"^\s*\.\.\s+(code-block|code|sourcecode)::\s*(python|py|pycon|ipython)\s*$", re.M
+)
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
@@ -114,17 +119,23 @@ def test_every_public_name_is_documented() -> None:
     for name in ta.__all__:
         assert re.search(rf"^\.\. auto\w+:: tad_autograd\.{name}$", api, re.M), name
     for name in testing.__all__:
-        assert re.search(rf"^\.\. auto\w+:: tad_autograd\.testing\.(\w+\.)?{name}$", api, re.M), name
+        pattern = rf"^\.\. auto\w+:: tad_autograd\.testing\.(\w+\.)?{name}$"
+        assert re.search(pattern, api, re.M), name
     assert re.search(r"^\.\. autoclass:: tad_autograd\.backends\.Backend$", api, re.M)
+
+
+def _pythonpath(env: dict) -> str:
+    return os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
 
 
 def _pytest_subprocess(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     (tmp_path / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONPATH"] = _pythonpath(env)
     env.pop("TAD_AUTOGRAD_BACKEND", None)
+    ini = str(tmp_path / "pytest.ini")
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-c", str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path),
+        [sys.executable, "-m", "pytest", "-c", ini, "--rootdir", str(tmp_path),
          "-p", "no:cacheprovider", "-W", "error", *args],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )
@@ -134,7 +145,8 @@ def _pytest_subprocess(tmp_path: Path, *args: str) -> subprocess.CompletedProces
 def test_example_test_files(example: Path, tmp_path: Path) -> None:
     """The example test modules shown in the docs pass under pytest with the plugin."""
     pytest.importorskip("hypothesis")
-    proc = _pytest_subprocess(tmp_path, "-p", "tad_autograd.testing.plugin", "-q", "-rs", str(example))
+    plugin = ("-p", "tad_autograd.testing.plugin")
+    proc = _pytest_subprocess(tmp_path, *plugin, "-q", "-rs", str(example))
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -143,7 +155,7 @@ def test_report_command_runs() -> None:
     if not (ROOT / "tad_autograd" / "__main__.py").is_file():
         pytest.skip("tad_autograd/__main__.py is not written yet")
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONPATH"] = _pythonpath(env)
     proc = subprocess.run([sys.executable, "-m", "tad_autograd"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr

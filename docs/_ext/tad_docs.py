@@ -51,18 +51,21 @@ class BenchmarkResults(SphinxDirective):
 
         result: List[nodes.Node] = []
         text = markdown.read_text(encoding="utf-8") if markdown.is_file() else None
+        shows_plot = False
         if text is None:
             result += self._rst(
                 [
                     ".. note::",
                     "",
-                    f"   No benchmark results in this checkout yet: ``docs/{folder_rel}/results.md``",
+                    "   No benchmark results in this checkout yet:",
+                    f"   ``docs/{folder_rel}/results.md``",
                     "   is written by the benchmark suite in ``benchmarks/`` and included here",
                     "   when present.",
                 ]
             )
         elif "myst_parser" in self.env.app.extensions:
             result += self._markdown(text, folder_rel, markdown)
+            shows_plot = "results.png" in text
         else:
             result += self._rst(
                 [
@@ -70,7 +73,7 @@ class BenchmarkResults(SphinxDirective):
                     "   :language: markdown",
                 ]
             )
-        if plot.is_file() and (text is None or "results.png" not in text):
+        if plot.is_file() and not shows_plot:
             result += self._rst(
                 [
                     f".. figure:: {folder_rel}/results.png",
@@ -82,7 +85,8 @@ class BenchmarkResults(SphinxDirective):
 
     def _rst(self, lines: List[str]) -> List[nodes.Node]:
         container = nodes.container()
-        self.state.nested_parse(StringList(lines, source=self.env.docname), self.content_offset, container)
+        content = StringList(lines, source=self.env.docname)
+        self.state.nested_parse(content, self.content_offset, container)
         return container.children
 
     def _markdown(self, text: str, folder_rel: str, path: Path) -> List[nodes.Node]:

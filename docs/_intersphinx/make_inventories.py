@@ -54,7 +54,12 @@ TORCH = [
     ("torch.autograd.grad", "py:function", "generated/$.html#$"),
     ("torch.autograd.functional.jacobian", "py:function", "generated/$.html#$"),
     ("torch.autograd.functional.hessian", "py:function", "generated/$.html#$"),
-    ("torch.autograd.gradcheck", "py:function", "generated/torch.autograd.gradcheck.gradcheck.html#$"),
+    (
+        "torch.autograd.gradcheck",
+        "py:function",
+        "generated/torch.autograd.gradcheck.gradcheck.html#$",
+    ),
+    ("torch.where", "py:function", "generated/$.html#$"),
     ("torch.Tensor", "py:class", "tensors.html#$"),
     ("torch.Tensor.item", "py:method", "generated/$.html#$"),
     ("torch.device", "py:class", "tensor_attributes.html#$"),
@@ -63,7 +68,12 @@ TORCH = [
     ("torch.set_default_device", "py:function", "generated/$.html#$"),
     ("torch.no_grad", "py:class", "generated/$.html#$"),
     ("torch.inference_mode", "py:class", "generated/$.html#$"),
-    ("notes/extending.func", "std:doc", "notes/extending.func.html", "Extending torch.func with autograd.Function"),
+    (
+        "notes/extending.func",
+        "std:doc",
+        "notes/extending.func.html",
+        "Extending torch.func with autograd.Function",
+    ),
     ("func.migrating", "std:doc", "func.migrating.html", "Migrating from functorch to torch.func"),
 ]
 
