@@ -147,7 +147,10 @@ def flatten_args(func: Callable[..., Any], in_dims: Any, args: Tuple[Any, ...]) 
         dims.append(d)
         sizes.append(leaf.shape[d])
     if not sizes:
-        raise ValueError("vmap: Expected at least one Tensor to vmap over")
+        raise ValueError(
+            f"{head}: at least one of the inputs must be batched (in_dims={in_dims!r} maps "
+            "none of them): Expected at least one Tensor to vmap over"
+        )
     size = sizes[0]
     if any(s != size for s in sizes):
         raise ValueError(

@@ -11,7 +11,6 @@ look-up.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple
 
@@ -21,7 +20,14 @@ from ._torch_info import TORCH_VERSION, module_exists
 from .backends.base import Backend
 from .errors import BackendUnavailableError
 from .registry import REGISTRY, Registry
-from .settings import CONTEXT, ENV_VAR, GLOBAL, ORIGIN_AUTOMATIC, ORIGIN_AUTOMATIC_EAGER
+from .settings import (
+    CONTEXT,
+    ENV_VAR,
+    GLOBAL,
+    ORIGIN_AUTOMATIC,
+    ORIGIN_AUTOMATIC_EAGER,
+    read_env,
+)
 
 __all__ = ["Resolution", "resolve", "resolve_cached", "clear_cache"]
 
@@ -214,7 +220,7 @@ def resolve_cached(argument: Optional[str], device_type: str, transforms_only: b
         argument,
         CONTEXT.get(),
         GLOBAL.name,
-        os.environ.get(ENV_VAR),
+        read_env(),
         device_type,
         transforms_only,
     )

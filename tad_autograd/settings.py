@@ -35,6 +35,33 @@ __all__ = [
 #: The environment variable naming a backend (or ``auto``).
 ENV_VAR = "TAD_AUTOGRAD_BACKEND"
 
+# os.environ keeps its contents in a dict; reading it directly avoids the
+# KeyError that os.environ.get raises and catches when the variable is unset.
+_ENV_DATA = getattr(os.environ, "_data", None)
+_ENV_KEY = os.environ.encodekey(ENV_VAR) if hasattr(os.environ, "encodekey") else None  # type: ignore[attr-defined]
+if not isinstance(_ENV_DATA, dict) or _ENV_KEY is None:
+    _ENV_DATA = None
+
+
+def read_env() -> Optional[str]:
+    """The current value of ``TAD_AUTOGRAD_BACKEND``, read anew on every call.
+
+    Examples
+    --------
+    >>> import os
+    >>> os.environ[ENV_VAR] = "autograd"
+    >>> read_env()
+    'autograd'
+    >>> del os.environ[ENV_VAR]
+    >>> read_env() is None
+    True
+    """
+    if _ENV_DATA is not None:
+        value = _ENV_DATA.get(_ENV_KEY)
+        return None if value is None else os.environ.decodevalue(value)  # type: ignore[attr-defined]
+    return os.environ.get(ENV_VAR)
+
+
 #: Origins of the innermost setting.
 ORIGIN_BLOCK = "use_backend"
 ORIGIN_EXPLICIT = "enclosing transform (explicit)"
@@ -116,7 +143,7 @@ def get_backend() -> str:
         return context[0] or "auto"
     if GLOBAL.name is not None:
         return GLOBAL.name
-    env = os.environ.get(ENV_VAR)
+    env = read_env()
     if env and env != "auto":
         return REGISTRY.get(env).name
     return "auto"

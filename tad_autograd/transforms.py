@@ -97,6 +97,12 @@ def check_differentiable(args: Tuple[Any, ...], argnums: Any, name: str) -> None
     backend and torch version reports a mistake alike.
     """
     nargs = len(args)
+    if type(argnums) is int and -nargs <= argnums < nargs:  # the common case, fast
+        arg = args[argnums]
+        if isinstance(arg, torch.Tensor) and arg.is_floating_point():
+            if torch.is_inference_mode_enabled():
+                _inference_mode_error(name)
+            return
     for n in (argnums,) if isinstance(argnums, int) else argnums:
         if not -nargs <= n < nargs:
             raise RuntimeError(
@@ -118,10 +124,14 @@ def check_differentiable(args: Tuple[Any, ...], argnums: Any, name: str) -> None
                     "only Tensors of floating point dtype can require gradients"
                 )
     if torch.is_inference_mode_enabled():
-        raise RuntimeError(
-            f"{name}: cannot differentiate inside torch.inference_mode() (some torch "
-            "versions silently return zeros there); use torch.no_grad() instead"
-        )
+        _inference_mode_error(name)
+
+
+def _inference_mode_error(name: str) -> None:
+    raise RuntimeError(
+        f"{name}: cannot differentiate inside torch.inference_mode() (some torch "
+        "versions silently return zeros there); use torch.no_grad() instead"
+    )
 
 
 class Transformed:
@@ -149,6 +159,7 @@ class Transformed:
         self._kwargs_in_call = kwargs_in_call
         self._built: Dict[Backend, Callable[..., Any]] = {}
         self._argnums = argnums
+        self._explicit: Optional[Tuple[int, Backend, Callable[..., Any], Tuple[str, str]]] = None
         if isinstance(func, Transformed):
             self._user_func: Callable[..., Any] = func._user_func
             self._chain: Tuple[str, ...] = (kind,) + func._chain
@@ -181,6 +192,19 @@ class Transformed:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self._argnums is not None:
             check_differentiable(args, self._argnums, self._kind)
+        explicit = self._explicit
+        if explicit is not None and explicit[0] == REGISTRY.version and (
+            self._kwargs_in_call or not kwargs
+        ):
+            # backend= argument: it wins over every setting, so nothing else is consulted.
+            token = CONTEXT.set(explicit[3])
+            try:
+                return explicit[2](*args, **kwargs)
+            except Exception as error:
+                self._hint(explicit[1], error)
+                raise
+            finally:
+                CONTEXT.reset(token)
         device_type = device_type_of(args, kwargs)
         resolution = resolve_cached(self._backend, device_type, self._transforms_only)
         if _log.isEnabledFor(logging.DEBUG):
@@ -189,8 +213,24 @@ class Transformed:
                 self.__name__, device_type, resolution.backend.name, resolution.source,
             )
         if not resolution.automatic:
+            if self._backend is not None:
+                backend = resolution.backend
+                self._explicit = (
+                    REGISTRY.version,
+                    backend,
+                    self._transformed(backend, {}),
+                    (backend.name, ORIGIN_EXPLICIT),
+                )
             return self._run_explicit(resolution, args, kwargs)
         return self._run_automatic(resolution, device_type, args, kwargs)
+
+    @staticmethod
+    def _hint(backend: Backend, error: BaseException) -> None:
+        """Note on an explicit transform backend's error that ``backend='autograd'`` would work."""
+        if backend.is_transform:
+            entry = recognise(error)
+            if entry is not None:
+                add_hint(error, backend.name, entry)
 
     def _run_explicit(self, resolution: Resolution, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
         backend = resolution.backend
@@ -203,10 +243,8 @@ class Transformed:
         try:
             return self._run(backend, origin, args, kwargs)
         except Exception as error:
-            if backend.is_transform and not resolution.inherited_automatic:
-                entry = recognise(error)
-                if entry is not None:
-                    add_hint(error, backend.name, entry)
+            if not resolution.inherited_automatic:
+                self._hint(backend, error)
             raise
 
     def _automatic_origin(self, backend: Backend) -> str:

@@ -195,7 +195,7 @@ def test_remembered_per_function_weakly() -> None:
 
     f = make()
     with pytest.warns(ta.BackendFallbackWarning):
-        ta.vmap(f)(torch.ones(2, dtype=DT))
+        ta.vmap(f)(torch.ones(4, dtype=DT))
     assert MEMORY.recall(f, (("vmap",), "cpu")) == "autograd"
     assert len(MEMORY.describe()) == 1
     del f
@@ -210,10 +210,10 @@ def test_bound_methods_are_remembered_and_not_kept_alive() -> None:
 
     model = Model()
     with pytest.warns(ta.BackendFallbackWarning):
-        ta.vmap(model.energy)(torch.ones(2, dtype=DT))
+        ta.vmap(model.energy)(torch.ones(4, dtype=DT))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        ta.vmap(model.energy)(torch.ones(2, dtype=DT))  # a new bound-method object
+        ta.vmap(model.energy)(torch.ones(4, dtype=DT))  # a new bound-method object
     del model
     gc.collect()
     assert MEMORY.describe() == ()
@@ -247,7 +247,7 @@ def test_explain_mentions_settings_and_fallbacks() -> None:
         assert "torch.func needs torch >= 2.0" in text
     f = lambda v: OldStyleExp.apply(v)  # noqa: E731
     with pytest.warns(ta.BackendFallbackWarning):
-        ta.vmap(f)(torch.ones(2, dtype=DT))
+        ta.vmap(f)(torch.ones(4, dtype=DT))
     assert "Remembered fallbacks" in str(ta.explain(torch.ones(1)))
     assert "'autograd'" in str(ta.explain(device="mps"))
     assert ta.explain(device="mps").backend == "autograd"

@@ -27,7 +27,13 @@ from .._pytree import tree_flatten, tree_unflatten
 from .autograd import _basis, check_argnums, check_outputs
 from .base import ArgnumsT, InDimsT, OutDimsT
 
-__all__ = ["chunked_jacrev", "chunked_vmap", "vmap_with_out_dims"]
+__all__ = [
+    "chunked_jacrev",
+    "chunked_vmap",
+    "vmap_with_out_dims",
+    "jacrev_tensor_args_only",
+    "vmap_batch_of_one_guard",
+]
 
 
 def chunked_jacrev(
@@ -38,7 +44,7 @@ def chunked_jacrev(
     has_aux: bool,
     chunk_size: int,
 ) -> Callable[..., Any]:
-    """Build ``jacrev(func, argnums, has_aux=has_aux, chunk_size=chunk_size)`` from ``vjp`` and ``vmap``.
+    """Build ``jacrev(func, argnums, has_aux=..., chunk_size=...)`` from ``vjp`` and ``vmap``.
 
     Parameters
     ----------
@@ -51,7 +57,10 @@ def chunked_jacrev(
     Examples
     --------
     >>> import torch
-    >>> from torch.func import vjp, vmap
+    >>> try:
+    ...     from torch.func import vjp, vmap
+    ... except ImportError:  # torch 1.13
+    ...     from functorch import vjp, vmap
     >>> jac = chunked_jacrev(vjp, vmap, torch.sin, 0, False, 1)(torch.zeros(2))
     >>> torch.equal(jac, torch.eye(2))
     True
@@ -124,7 +133,10 @@ def chunked_vmap(
     Examples
     --------
     >>> import torch
-    >>> from torch.func import vmap
+    >>> try:
+    ...     from torch.func import vmap
+    ... except ImportError:  # torch 1.13
+    ...     from functorch import vmap
     >>> chunked_vmap(vmap, torch.sum, 0, 0, "error", 2)(torch.ones(5, 3))
     tensor([3., 3., 3., 3., 3.])
     """
@@ -141,7 +153,9 @@ def chunked_vmap(
         for start in range(0, batched.size, chunk_size):
             if state is not None:
                 torch.set_rng_state(state)
-            part = batched_func(*batched.narrow(start, min(chunk_size, batched.size - start)), **kwargs)
+            part = batched_func(
+                *batched.narrow(start, min(chunk_size, batched.size - start)), **kwargs
+            )
             leaves, dims, spec = split_outputs(func, out_dims, part)
             chunks.append(leaves)
         return join_outputs(chunks, dims, spec, torch.cat)
@@ -193,7 +207,10 @@ def vmap_with_out_dims(
     Examples
     --------
     >>> import torch
-    >>> from torch.func import vmap
+    >>> try:
+    ...     from torch.func import vmap
+    ... except ImportError:  # torch 1.13
+    ...     from functorch import vmap
     >>> c = torch.zeros(2, 3)
     >>> vmap_with_out_dims(vmap, lambda x: c, 0, -1, "error")(torch.ones(4)).shape
     torch.Size([2, 3, 4])
@@ -207,12 +224,156 @@ def vmap_with_out_dims(
     def moved(*args: Any, **call_kwargs: Any) -> Any:
         output = batched_func(*args, **call_kwargs)
         leaves, dims, spec = split_outputs(func, out_dims, output)
-        return tree_unflatten(
-            [
-                leaf if not d else leaf.movedim(0, d)
-                for leaf, d in zip(leaves, dims)
-            ],
-            spec,
-        )
+        result = []
+        for leaf, d in zip(leaves, dims):
+            if d:
+                ndim = leaf.dim()
+                if not -ndim <= d < ndim:
+                    raise IndexError(
+                        f"vmap(..., out_dims={out_dims!r}): out_dims {d} is out of range for "
+                        f"an output with {ndim} dimensions including the batch dimension "
+                        f"(expected to be in range of [{-ndim}, {ndim - 1}], but got {d})"
+                    )
+                leaf = leaf.movedim(0, d)
+            result.append(leaf)
+        return tree_unflatten(result, spec)
 
     return moved
+
+
+def jacrev_tensor_args_only(
+    jacrev: Callable[..., Any],
+    func: Callable[..., Any],
+    argnums: ArgnumsT,
+    **kwargs: Any,
+) -> Callable[..., Any]:
+    """``jacrev(func, argnums, **kwargs)`` that lets non-tensor arguments pass through.
+
+    torch 2.0's ``jacrev`` checks every positional argument for a complex
+    dtype and fails on anything without ``.dtype`` (``AttributeError: 'int'
+    object has no attribute 'dtype'``), although only the arguments at
+    ``argnums`` are differentiated.  When some argument is not a tensor, the
+    others are closed over and only the differentiated ones reach ``jacrev``;
+    the result has the same structure.
+
+    Examples
+    --------
+    >>> import torch
+    >>> try:
+    ...     from torch.func import jacrev
+    ... except ImportError:  # torch 1.13
+    ...     from functorch import jacrev
+    >>> f = jacrev_tensor_args_only(jacrev, lambda x, n: x * n, 0)
+    >>> f(torch.zeros(2), 3)
+    tensor([[3., 0.],
+            [0., 3.]])
+    """
+    direct = jacrev(func, argnums, **kwargs)
+
+    def jacobian_fn(*args: Any) -> Any:
+        if all(isinstance(leaf, torch.Tensor) for leaf in tree_flatten(args)[0]):
+            return direct(*args)
+        positions = check_argnums(argnums, len(args))
+
+        def on_primals(*primals: Any) -> Any:
+            new_args = list(args)
+            for p, value in zip(positions, primals):
+                new_args[p] = value
+            return func(*new_args)
+
+        local: ArgnumsT = 0 if isinstance(argnums, int) else tuple(range(len(positions)))
+        return jacrev(on_primals, local, **kwargs)(*(args[p] for p in positions))
+
+    return jacobian_fn
+
+
+def vmap_batch_of_one_guard(vmap: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap functorch 1.13's ``vmap`` against its batch-of-one bug.
+
+    On torch 1.13, ``vmap`` over a batch of size 1 of 0-dimensional samples
+    fails inside ``grad``/``vjp``/``jacrev`` through a reduction
+    (``vmap(jacrev(lambda x: x.sum()))(torch.ones(1))`` raises ``RuntimeError:
+    Could not allocate memory to change Tensor SizesAndStrides!``); batch sizes
+    of 2 and more work.  For exactly that case the batch is duplicated and the
+    first half of every output kept; every other call goes straight through.
+
+    Parameters
+    ----------
+    vmap : callable
+        ``functorch.vmap`` (``vmap(func, in_dims, out_dims, randomness)``).
+
+    Returns
+    -------
+    callable
+        A ``vmap`` with the same signature.
+    """
+
+    def guarded_vmap(
+        func: Callable[..., Any],
+        in_dims: InDimsT = 0,
+        out_dims: OutDimsT = 0,
+        randomness: str = "error",
+    ) -> Callable[..., Any]:
+        batched_func = vmap(func, in_dims, out_dims, randomness)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            batched = flatten_args(func, in_dims, args)  # torch.func's checks and words
+            if batched.size != 1 or not any(
+                d is not None and leaf.dim() == 1 for leaf, d in zip(batched.leaves, batched.dims)
+            ):
+                return batched_func(*args, **kwargs)
+            doubled = tree_unflatten(
+                [
+                    leaf if d is None else torch.cat([leaf, leaf], d)
+                    for leaf, d in zip(batched.leaves, batched.dims)
+                ],
+                batched.spec,
+            )
+            output = batched_func(*doubled, **kwargs)
+            leaves, dims, spec = split_outputs(func, out_dims, output)
+            return tree_unflatten(
+                [leaf if d is None else leaf.narrow(d, 0, 1) for leaf, d in zip(leaves, dims)],
+                spec,
+            )
+
+        return call
+
+    return guarded_vmap
+
+
+def checked_outputs(func: Callable[..., Any], has_aux: bool, name: str) -> Callable[..., Any]:
+    """``func``, raising torch 2.x's ``RuntimeError`` for outputs ``jacrev`` cannot take.
+
+    functorch 1.13 reports ``None`` outputs or a missing ``(output, aux)``
+    tuple in words that do not say what was expected; current torch says
+    "Expected f(*primals) to return only tensors".
+
+    Examples
+    --------
+    >>> checked_outputs(lambda x: None, False, "jacrev")(1)
+    Traceback (most recent call last):
+    ...
+    RuntimeError: jacrev: Expected f(*primals) to return only tensors, got unsupported type ...
+    """
+
+    def checked(*args: Any) -> Any:
+        output = func(*args)
+        main = output
+        if has_aux:
+            if not (isinstance(output, tuple) and len(output) == 2):
+                raise RuntimeError(
+                    f"{name}(func, ..., has_aux=True): output of function func should be a "
+                    "tuple: (output, aux) where output is a tensor or a pytree of tensors; "
+                    f"got {type(output)}"
+                )
+            main = output[0]
+        leaves = tree_flatten(main)[0]
+        for leaf in leaves or [main]:
+            if not isinstance(leaf, torch.Tensor):
+                raise RuntimeError(
+                    f"{name}: Expected f(*primals) to return only tensors, got unsupported "
+                    f"type {type(leaf)}"
+                )
+        return output
+
+    return checked

@@ -134,10 +134,45 @@ class VectorisedAutograd(AutogradBackend):
         *,
         chunk_size: Optional[int],
     ) -> Callable[..., Any]:
-        return self.transforms.vmap(func, in_dims, out_dims, randomness, chunk_size=chunk_size)
+        vectorised = self.transforms.vmap(func, in_dims, out_dims, randomness, chunk_size=chunk_size)
+        context = (self.name, _eager_origin())
+
+        def batched_fn(*args: Any, **kwargs: Any) -> Any:
+            size = _batch_size_hint(in_dims, args)
+            if size is None or size > LOOP_MAX_BATCH:
+                return vectorised(*args, **kwargs)
+            from ..settings import CONTEXT
+
+            token = CONTEXT.set(context)  # the loop runs func eagerly
+            try:
+                return _vmap(func, in_dims, out_dims, randomness, args, kwargs)
+            finally:
+                CONTEXT.reset(token)
+
+        return batched_fn
 
     def __repr__(self) -> str:
         return f"<VectorisedAutograd over {self.transforms!r}>"
+
+
+#: Up to this batch size, an automatic ``vmap`` loops (no transform overhead).
+LOOP_MAX_BATCH = 2
+
+
+def _eager_origin() -> str:
+    from ..settings import ORIGIN_AUTOMATIC_EAGER
+
+    return ORIGIN_AUTOMATIC_EAGER
+
+
+def _batch_size_hint(in_dims: Any, args: Tuple[Any, ...]) -> Optional[int]:
+    """The batch size read off the first argument when that is cheap, else ``None``."""
+    if not args or not isinstance(args[0], torch.Tensor):
+        return None
+    dim = in_dims[0] if isinstance(in_dims, tuple) and in_dims else in_dims
+    if type(dim) is not int or not -args[0].dim() <= dim < args[0].dim():
+        return None
+    return int(args[0].shape[dim])
 
 
 # --------------------------------------------------------------------------- jacrev
@@ -390,7 +425,7 @@ def _rows(output: torch.Tensor, inputs: List[torch.Tensor], create_graph: bool) 
     with torch.enable_grad():
         if n == 1:
             grads = torch.autograd.grad(
-                output, inputs, torch.ones_like(output), retain_graph=create_graph,
+                output, inputs, torch.ones_like(output), retain_graph=True,
                 create_graph=create_graph, allow_unused=True,
             )
             return [

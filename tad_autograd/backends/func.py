@@ -12,6 +12,7 @@ from .base import ArgnumsT, Availability, Backend, InDimsT, OutDimsT
 __all__ = ["FuncBackend"]
 
 _MINIMUM = Version("2.0")
+_JACREV_NEEDS_TENSOR_ARGS = _MINIMUM <= TORCH_VERSION < Version("2.1")
 
 
 class FuncBackend(Backend):
@@ -70,6 +71,12 @@ class FuncBackend(Backend):
     ) -> Callable[..., Any]:
         from torch.func import jacrev
 
+        if _JACREV_NEEDS_TENSOR_ARGS:  # torch 2.0: see _chunking.jacrev_tensor_args_only
+            from ._chunking import jacrev_tensor_args_only
+
+            return jacrev_tensor_args_only(
+                jacrev, func, argnums, has_aux=has_aux, chunk_size=chunk_size
+            )
         return jacrev(func, argnums, has_aux=has_aux, chunk_size=chunk_size)
 
     def vmap(

@@ -15,18 +15,27 @@ functorch 1.13 has no ``chunk_size``; the backend supplies it
 from __future__ import annotations
 
 import inspect
-from functools import lru_cache
+from functools import cache
 from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 from packaging.version import Version
 
 from .._torch_info import TORCH_VERSION, module_exists
-from ._chunking import chunked_jacrev, chunked_vmap, vmap_with_out_dims
+from ._chunking import (
+    checked_outputs,
+    chunked_jacrev,
+    chunked_vmap,
+    jacrev_tensor_args_only,
+    vmap_batch_of_one_guard,
+    vmap_with_out_dims,
+)
 from .base import ArgnumsT, Availability, Backend, InDimsT, OutDimsT
 
 __all__ = ["FunctorchBackend"]
 
 _DEPRECATED_FROM = Version("2.0")
+#: torch 2.0's jacrev fails on non-tensor positional arguments (see jacrev_tensor_args_only).
+_JACREV_NEEDS_TENSOR_ARGS = _DEPRECATED_FROM <= TORCH_VERSION < Version("2.1")
 
 
 class _Transforms(NamedTuple):
@@ -36,7 +45,7 @@ class _Transforms(NamedTuple):
     native_chunks: bool
 
 
-@lru_cache(maxsize=None)
+@cache
 def _transforms() -> _Transforms:
     import functorch
 
@@ -50,7 +59,9 @@ def _transforms() -> _Transforms:
             from torch._functorch.vmap import vmap
         return _Transforms(eager_transforms.jacrev, eager_transforms.vjp, vmap, True)
     native = "chunk_size" in inspect.signature(functorch.jacrev).parameters
-    return _Transforms(functorch.jacrev, functorch.vjp, functorch.vmap, native)
+    return _Transforms(
+        functorch.jacrev, functorch.vjp, vmap_batch_of_one_guard(functorch.vmap), native
+    )
 
 
 class FunctorchBackend(Backend):
@@ -110,9 +121,17 @@ class FunctorchBackend(Backend):
         chunk_size: Optional[int],
     ) -> Callable[..., Any]:
         t = _transforms()
+        if not t.native_chunks:  # functorch 1.13: say what outputs jacrev needs
+            func = checked_outputs(func, has_aux, "jacrev")
         if chunk_size is None:
+            if _JACREV_NEEDS_TENSOR_ARGS:
+                return jacrev_tensor_args_only(t.jacrev, func, argnums, has_aux=has_aux)
             return t.jacrev(func, argnums, has_aux=has_aux)
         if t.native_chunks:
+            if _JACREV_NEEDS_TENSOR_ARGS:
+                return jacrev_tensor_args_only(
+                    t.jacrev, func, argnums, has_aux=has_aux, chunk_size=chunk_size
+                )
             return t.jacrev(func, argnums, has_aux=has_aux, chunk_size=chunk_size)
         return chunked_jacrev(t.vjp, t.vmap, func, argnums, has_aux, chunk_size)
 

@@ -21,6 +21,7 @@ Examples
 >>> x = torch.linspace(-1, 1, 4, dtype=torch.float64)
 >>> _ = assert_backends_agree(lambda x: x.sin().cumsum(0), x)
 """
+
 from __future__ import annotations
 
 from typing import Any

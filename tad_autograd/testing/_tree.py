@@ -3,11 +3,14 @@
 The kit deliberately does not rely on ``torch.utils._pytree`` (private, and its
 API differs between torch 1.13 and current releases).  Containers are tuples,
 lists, dicts and namedtuples, exactly the containers ``torch.func`` accepts;
-everything else is a leaf.
+everything else (``torch.Size`` included) is a leaf.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, List, Tuple
+
+import torch
 
 __all__ = ["flatten", "unflatten", "tree_map", "render_path", "spec_repr", "broadcast_prefix"]
 
@@ -26,8 +29,16 @@ def flatten(tree: Any) -> Tuple[List[Any], Any, List[tuple]]:
     paths: List[tuple] = []
 
     def rec(node: Any, path: tuple) -> Any:
+        if isinstance(node, torch.Size):
+            leaves.append(node)
+            paths.append(path)
+            return ("leaf",)
         if _is_namedtuple(node):
-            return ("namedtuple", type(node), tuple(rec(v, path + (f".{f}",)) for f, v in zip(node._fields, node)))
+            return (
+                "namedtuple",
+                type(node),
+                tuple(rec(v, path + (f".{f}",)) for f, v in zip(node._fields, node)),
+            )
         if isinstance(node, tuple):
             return ("tuple", tuple(rec(v, path + (i,)) for i, v in enumerate(node)))
         if isinstance(node, list):

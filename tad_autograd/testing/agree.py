@@ -5,6 +5,7 @@ compares two pytrees of tensors with the same readable report, and
 :func:`reference_jacobian` / :func:`reference_vmap` compute independent
 references with ``torch.autograd.functional.jacobian`` and a Python loop.
 """
+
 from __future__ import annotations
 
 import math
@@ -101,8 +102,10 @@ def _compare_leaf(a: Any, b: Any, rtol: Optional[float], atol: Optional[float]) 
         if not bool(bad.any()):
             return None
         idx = bad.nonzero()[0].tolist()
-        return (f"values differ at {int(bad.sum())} of {bad.numel()} elements, first at "
-                f"{_fmt_index(idx)}: {x[tuple(idx)].item()} vs {y[tuple(idx)].item()}")
+        return (
+            f"values differ at {int(bad.sum())} of {bad.numel()} elements, first at "
+            f"{_fmt_index(idx)}: {x[tuple(idx)].item()} vs {y[tuple(idx)].item()}"
+        )
     nan_x, nan_y = torch.isnan(x), torch.isnan(y)
     both_nan = nan_x & nan_y
     diff = (x - y).abs()
@@ -123,13 +126,17 @@ def _compare_leaf(a: Any, b: Any, rtol: Optional[float], atol: Optional[float]) 
     max_rel = float(rel.max())
     xv = x.reshape(-1)[k].item()
     yv = y.reshape(-1)[k].item()
-    return (f"values differ at {int(bad.sum())} of {bad.numel()} elements; "
-            f"largest abs diff {float(diff.reshape(-1)[k]):.3e} at index {_fmt_index(idx)} "
-            f"({xv!r} vs {yv!r}); largest rel diff {max_rel:.3e}; "
-            f"allowed: |a - b| <= {atol:g} + {rtol:g} * |b| ({b.dtype})")
+    return (
+        f"values differ at {int(bad.sum())} of {bad.numel()} elements; "
+        f"largest abs diff {float(diff.reshape(-1)[k]):.3e} at index {_fmt_index(idx)} "
+        f"({xv!r} vs {yv!r}); largest rel diff {max_rel:.3e}; "
+        f"allowed: |a - b| <= {atol:g} + {rtol:g} * |b| ({b.dtype})"
+    )
 
 
-def _compare_trees(actual: Any, expected: Any, rtol: Optional[float], atol: Optional[float]) -> List[str]:
+def _compare_trees(
+    actual: Any, expected: Any, rtol: Optional[float], atol: Optional[float]
+) -> List[str]:
     la, sa, pa = _tree.flatten(actual)
     lb, sb, _ = _tree.flatten(expected)
     if sa != sb:
@@ -142,9 +149,16 @@ def _compare_trees(actual: Any, expected: Any, rtol: Optional[float], atol: Opti
     return out
 
 
-def assert_trees_close(actual: Any, expected: Any, *, rtol: Optional[float] = None,
-                       atol: Optional[float] = None, actual_name: str = "actual",
-                       expected_name: str = "expected", context: str = "") -> None:
+def assert_trees_close(
+    actual: Any,
+    expected: Any,
+    *,
+    rtol: Optional[float] = None,
+    atol: Optional[float] = None,
+    actual_name: str = "actual",
+    expected_name: str = "expected",
+    context: str = "",
+) -> None:
     """Assert two pytrees of tensors have the same structure, shapes, dtypes, devices and values.
 
     Values are close when ``|a - b| <= atol + rtol * |b|`` elementwise (NaNs
@@ -162,14 +176,17 @@ def assert_trees_close(actual: Any, expected: Any, *, rtol: Optional[float] = No
     >>> import torch
     >>> assert_trees_close({"a": torch.ones(2)}, {"a": torch.ones(2)})
     >>> try:
-    ...     assert_trees_close((torch.ones(2),), (torch.zeros(2),), actual_name="mine", expected_name="ref")
+    ...     assert_trees_close((torch.ones(2),), (torch.zeros(2),),
+    ...                        actual_name="mine", expected_name="ref")
     ... except AssertionError as e:
     ...     print(str(e).splitlines()[0])
     mine and ref differ:
     """
     problems = _compare_trees(actual, expected, rtol, atol)
     if problems:
-        head = f"{actual_name} and {expected_name} differ" + (f" ({context})" if context else "") + ":"
+        head = (
+            f"{actual_name} and {expected_name} differ" + (f" ({context})" if context else "") + ":"
+        )
         raise AssertionError("\n".join([head] + ["  " + p for p in problems]))
 
 
@@ -208,6 +225,7 @@ def _short_repr(obj: Any, limit: int = 2000) -> str:
 def _args_summary(args: tuple, kwargs: dict) -> str:
     def one(x):
         return _tree.tree_map(lambda t: _ShapeRepr(t) if isinstance(t, torch.Tensor) else t, x)
+
     parts = [_short_repr(one(a), 200) for a in args]
     parts += [f"{k}={_short_repr(one(v), 200)}" for k, v in kwargs.items()]
     return ", ".join(parts)
@@ -223,8 +241,18 @@ class _ShapeRepr:
         return f"Tensor({list(self.t.shape)}, {dt}{dev})"
 
 
-def _make_transformed(transform: Union[str, Callable], func: Callable, backend: Optional[str],
-                      argnums: Any, transform_kwargs: dict) -> Callable:
+def _describe_error(exc: BaseException) -> str:
+    notes = "".join(f"\n      note: {n}" for n in getattr(exc, "__notes__", ()))
+    return f"{type(exc).__name__}: {exc}{notes}"
+
+
+def _make_transformed(
+    transform: Union[str, Callable],
+    func: Callable,
+    backend: Optional[str],
+    argnums: Any,
+    transform_kwargs: dict,
+) -> Callable:
     import tad_autograd as ta
 
     if callable(transform):
@@ -235,14 +263,23 @@ def _make_transformed(transform: Union[str, Callable], func: Callable, backend: 
         return ta.hessian(func, argnums=argnums, backend=backend, **transform_kwargs)
     if transform == "vmap":
         return ta.vmap(func, backend=backend, **transform_kwargs)
-    raise ValueError(f"transform must be 'jacrev', 'vmap', 'hessian' or a callable, got {transform!r}")
+    raise ValueError(
+        f"transform must be 'jacrev', 'vmap', 'hessian' or a callable, got {transform!r}"
+    )
 
 
-def assert_backends_agree(func: Callable, *args: Any, argnums: Any = 0,
-                          transform: Union[str, Callable] = "jacrev",
-                          backends: Optional[Sequence[str]] = None, rtol: Optional[float] = None,
-                          atol: Optional[float] = None, errors: str = "raise",
-                          call_kwargs: Optional[dict] = None, **transform_kwargs: Any) -> Agreement:
+def assert_backends_agree(
+    func: Callable,
+    *args: Any,
+    argnums: Any = 0,
+    transform: Union[str, Callable] = "jacrev",
+    backends: Optional[Sequence[str]] = None,
+    rtol: Optional[float] = None,
+    atol: Optional[float] = None,
+    errors: str = "raise",
+    call_kwargs: Optional[dict] = None,
+    **transform_kwargs: Any,
+) -> Agreement:
     """Run a transform of ``func`` with several backends and assert the answers agree.
 
     Parameters
@@ -320,7 +357,9 @@ def assert_backends_agree(func: Callable, *args: Any, argnums: Any = 0,
         backend = None if name in (AUTO, None) else name
         label = AUTO if backend is None else name
         try:
-            with warnings.catch_warnings(record=fallback_warning is not None and backend is None) as caught:
+            with warnings.catch_warnings(
+                record=fallback_warning is not None and backend is None
+            ) as caught:
                 if backend is None and fallback_warning is not None:
                     warnings.simplefilter("always", fallback_warning)
                 fn = _make_transformed(transform, func, backend, argnums, transform_kwargs)
@@ -341,15 +380,21 @@ def assert_backends_agree(func: Callable, *args: Any, argnums: Any = 0,
         if agreement.reference is None:
             agreement.reference = label
 
-    tname = transform if isinstance(transform, str) else getattr(transform, "__name__", repr(transform))
-    header = (f"backends disagree on {tname}(func"
-              + ("" if tname == "vmap" else f", argnums={argnums!r}")
-              + "".join(f", {k}={v!r}" for k, v in transform_kwargs.items())
-              + f")(" + _args_summary(args, call_kwargs) + ")")
+    tname = (
+        transform if isinstance(transform, str) else getattr(transform, "__name__", repr(transform))
+    )
+    header = (
+        f"backends disagree on {tname}(func"
+        + ("" if tname == "vmap" else f", argnums={argnums!r}")
+        + "".join(f", {k}={v!r}" for k, v in transform_kwargs.items())
+        + ")("
+        + _args_summary(args, call_kwargs)
+        + ")"
+    )
     sections: List[str] = []
     if errors == "raise":
         for label, exc in agreement.errors.items():
-            sections.append(f"  backend {label!r} raised {type(exc).__name__}: {exc}")
+            sections.append(f"  backend {label!r} raised {_describe_error(exc)}")
     elif not agreement.results:
         sections.append("  every backend raised:")
         for label, exc in agreement.errors.items():
@@ -367,12 +412,17 @@ def assert_backends_agree(func: Callable, *args: Any, argnums: Any = 0,
                 sections.extend("    " + p for p in problems)
 
     if sections:
-        lines = [header, f"  backends compared: {names!r}"
-                 + (f"; reference: {ref!r}" if ref is not None else "")]
+        lines = [
+            header,
+            f"  backends compared: {names!r}"
+            + (f"; reference: {ref!r}" if ref is not None else ""),
+        ]
         lines += sections
         lines.append(f"  func: {_short_repr(func)}")
         err = AssertionError("\n".join(lines))
-        causes = list(agreement.errors.values()) if errors == "raise" or not agreement.results else []
+        causes = (
+            list(agreement.errors.values()) if errors == "raise" or not agreement.results else []
+        )
         if causes:
             raise err from causes[0]
         raise err
@@ -427,7 +477,7 @@ def flat_function(func: Callable, args: tuple, argnums: Any) -> Tuple[Callable, 
         leaves, spec, _ = _tree.flatten(args[p])
         in_specs.append(spec)
         in_leaves_per_arg.append(leaves)
-    counts = [len(l) for l in in_leaves_per_arg]
+    counts = [len(leaves) for leaves in in_leaves_per_arg]
     flat_in = tuple(t for leaves in in_leaves_per_arg for t in leaves)
     box: Dict[str, Any] = {}
 
@@ -435,7 +485,7 @@ def flat_function(func: Callable, args: tuple, argnums: Any) -> Tuple[Callable, 
         new_args = list(args)
         k = 0
         for p, spec, c in zip(positions, in_specs, counts):
-            new_args[p] = _tree.unflatten(spec, list(flat[k:k + c]))
+            new_args[p] = _tree.unflatten(spec, list(flat[k : k + c]))
             k += c
         out = func(*new_args)
         leaves, spec, _ = _tree.flatten(out)
@@ -450,7 +500,7 @@ def flat_function(func: Callable, args: tuple, argnums: Any) -> Tuple[Callable, 
             k = 0
             per_arg = []
             for spec, c in zip(in_specs, counts):
-                per_arg.append(_tree.unflatten(spec, list(row[k:k + c])))
+                per_arg.append(_tree.unflatten(spec, list(row[k : k + c])))
                 k += c
             rows.append(per_arg[0] if single else tuple(per_arg))
         return _tree.unflatten(box["spec"], rows)
@@ -470,6 +520,7 @@ def reference_vmap(func: Callable, in_dims: Any = 0, out_dims: Any = 0) -> Calla
     >>> reference_vmap(torch.sum, in_dims=1)(x)
     tensor([3., 5., 7.])
     """
+
     def wrapper(*args, **kwargs):
         dims_tree = tuple([in_dims] * len(args)) if not isinstance(in_dims, tuple) else in_dims
         leaves, spec, _ = _tree.flatten(tuple(args))
@@ -485,6 +536,8 @@ def reference_vmap(func: Callable, in_dims: Any = 0, out_dims: Any = 0) -> Calla
         o_leaves, o_spec, _ = _tree.flatten(outs[0])
         o_dims = _tree.broadcast_prefix(out_dims, outs[0])
         per = [_tree.flatten(o)[0] for o in outs]
-        return _tree.unflatten(o_spec, [torch.stack([p[i] for p in per], dim=d) for i, d in enumerate(o_dims)])
+        return _tree.unflatten(
+            o_spec, [torch.stack([p[i] for p in per], dim=d) for i, d in enumerate(o_dims)]
+        )
 
     return wrapper

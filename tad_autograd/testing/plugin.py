@@ -31,6 +31,7 @@ A test module using it::
     def test_only_some(autograd_backend):
         assert ta.get_backend() == autograd_backend
 """
+
 from __future__ import annotations
 
 import sys
@@ -81,7 +82,11 @@ def pytest_addhooks(pluginmanager: Any) -> None:
     # pluggy rejects with "Plugin already registered under a different name").
     name = pluginmanager.get_name(sys.modules[__name__])
     for other in (ENTRY_POINT_NAME, MODULE_NAME):
-        if other != name and not pluginmanager.has_plugin(other) and hasattr(pluginmanager, "set_blocked"):
+        if (
+            other != name
+            and not pluginmanager.has_plugin(other)
+            and hasattr(pluginmanager, "set_blocked")
+        ):
             pluginmanager.set_blocked(other)
 
 
@@ -101,10 +106,16 @@ def _unavailable_reason(name: str) -> str:
     except Exception as exc:  # unknown name
         raise pytest.UsageError(f"@pytest.mark.{MARKER}: {exc}") from None
     availability = backend.availability()
-    ok = getattr(availability, "ok", availability[0] if isinstance(availability, tuple) else bool(availability))
+    ok = getattr(
+        availability,
+        "ok",
+        availability[0] if isinstance(availability, tuple) else bool(availability),
+    )
     if ok:
         return ""
-    reason = getattr(availability, "reason", "") or (availability[1] if isinstance(availability, tuple) else "")
+    reason = getattr(availability, "reason", "") or (
+        availability[1] if isinstance(availability, tuple) else ""
+    )
     return f"backend {name!r} is unavailable: {reason}"
 
 
@@ -127,10 +138,14 @@ def pytest_generate_tests(metafunc: Any) -> None:
             else:
                 reason = _unavailable_reason(name)
                 if reason:
-                    params.append(pytest.param(name, marks=pytest.mark.skip(reason=reason), id=name))
+                    params.append(
+                        pytest.param(name, marks=pytest.mark.skip(reason=reason), id=name)
+                    )
                 else:  # an alias of an available backend, e.g. "torch.func"
                     params.append(name)
-    metafunc.parametrize(FIXTURE, params, indirect=True, ids=[p if isinstance(p, str) else p.id for p in params])
+    metafunc.parametrize(
+        FIXTURE, params, indirect=True, ids=[p if isinstance(p, str) else p.id for p in params]
+    )
 
 
 @pytest.fixture

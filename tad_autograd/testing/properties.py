@@ -17,6 +17,7 @@ Examples
 ...     check_jacrev_backends_agree(program)
 >>> test_jacrev()
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence, Tuple
@@ -62,7 +63,9 @@ def transform_backends() -> Tuple[str, ...]:
     """
     import tad_autograd as ta
 
-    return tuple(n for n in ta.available_backends() if getattr(_registry_backend(n), "is_transform", True))
+    return tuple(
+        n for n in ta.available_backends() if getattr(_registry_backend(n), "is_transform", True)
+    )
 
 
 def loop_backends() -> Tuple[str, ...]:
@@ -75,7 +78,11 @@ def loop_backends() -> Tuple[str, ...]:
     """
     import tad_autograd as ta
 
-    return tuple(n for n in ta.available_backends() if not getattr(_registry_backend(n), "is_transform", True))
+    return tuple(
+        n
+        for n in ta.available_backends()
+        if not getattr(_registry_backend(n), "is_transform", True)
+    )
 
 
 def _backends_for(program: Any, backends: Optional[Sequence[str]]) -> Optional[Sequence[str]]:
@@ -86,8 +93,9 @@ def _backends_for(program: Any, backends: Optional[Sequence[str]]) -> Optional[S
     return None
 
 
-def check_jacrev_backends_agree(program: Any, backends: Optional[Sequence[str]] = None,
-                                chunk_size: Optional[int] = None) -> None:
+def check_jacrev_backends_agree(
+    program: Any, backends: Optional[Sequence[str]] = None, chunk_size: Optional[int] = None
+) -> None:
     """Every backend gives the same ``jacrev(program, program.argnums)(*program.args)``.
 
     Programs with an old-style ``autograd.Function`` are only run on the
@@ -95,11 +103,22 @@ def check_jacrev_backends_agree(program: Any, backends: Optional[Sequence[str]] 
 
     Examples
     --------
+    >>> from hypothesis import given, settings
     >>> from tad_autograd.testing.strategies import programs
-    >>> check_jacrev_backends_agree(programs().example())  # doctest: +SKIP
+    >>> @settings(max_examples=3, deadline=None, database=None)
+    ... @given(programs())
+    ... def test(x):
+    ...     check_jacrev_backends_agree(x)
+    >>> test()
     """
-    assert_backends_agree(program, *program.args, argnums=program.argnums, transform="jacrev",
-                          backends=_backends_for(program, backends), chunk_size=chunk_size)
+    assert_backends_agree(
+        program,
+        *program.args,
+        argnums=program.argnums,
+        transform="jacrev",
+        backends=_backends_for(program, backends),
+        chunk_size=chunk_size,
+    )
 
 
 def check_hessian_backends_agree(program: Any, backends: Optional[Sequence[str]] = None) -> None:
@@ -107,22 +126,37 @@ def check_hessian_backends_agree(program: Any, backends: Optional[Sequence[str]]
 
     Examples
     --------
-    >>> import torch
+    >>> from hypothesis import given, settings
     >>> from tad_autograd.testing.strategies import programs
-    >>> program = programs().example()  # doctest: +SKIP
-    >>> check_hessian_backends_agree(program)  # doctest: +SKIP
+    >>> @settings(max_examples=3, deadline=None, database=None)
+    ... @given(programs(max_ops=3, max_side=2))
+    ... def test(x):
+    ...     check_hessian_backends_agree(x)
+    >>> test()
     """
-    assert_backends_agree(program, *program.args, argnums=program.argnums, transform="hessian",
-                          backends=_backends_for(program, backends))
+    assert_backends_agree(
+        program,
+        *program.args,
+        argnums=program.argnums,
+        transform="hessian",
+        backends=_backends_for(program, backends),
+    )
 
 
-def check_jacrev_jacrev_backends_agree(program: Any, backends: Optional[Sequence[str]] = None) -> None:
+def check_jacrev_jacrev_backends_agree(
+    program: Any, backends: Optional[Sequence[str]] = None
+) -> None:
     """Every backend gives the same ``jacrev(jacrev(program, a), a)(*args)``.
 
     Examples
     --------
+    >>> from hypothesis import given, settings
     >>> from tad_autograd.testing.strategies import programs
-    >>> check_jacrev_jacrev_backends_agree(programs().example())  # doctest: +SKIP
+    >>> @settings(max_examples=3, deadline=None, database=None)
+    ... @given(programs(max_ops=3, max_side=2))
+    ... def test(x):
+    ...     check_jacrev_jacrev_backends_agree(x)
+    >>> test()
     """
     import tad_autograd as ta
 
@@ -132,19 +166,34 @@ def check_jacrev_jacrev_backends_agree(program: Any, backends: Optional[Sequence
         return ta.jacrev(ta.jacrev(f, argnums=a, backend=backend), argnums=a, backend=backend)
 
     jacjac.__name__ = "jacrev(jacrev)"
-    assert_backends_agree(program, *program.args, transform=jacjac, backends=_backends_for(program, backends))
+    assert_backends_agree(
+        program, *program.args, transform=jacjac, backends=_backends_for(program, backends)
+    )
 
 
 def check_vmap_backends_agree(call: Any, backends: Optional[Sequence[str]] = None) -> None:
-    """Every backend gives the same ``vmap(call.func, **call.vmap_kwargs())(*call.args, **call.kwargs)``.
+    """Every backend gives the same ``vmap(call.func, ...)(*call.args, **call.kwargs)``.
+
+    ``in_dims``, ``out_dims`` and ``chunk_size`` come from ``call.vmap_kwargs()``.
 
     Examples
     --------
+    >>> from hypothesis import given, settings
     >>> from tad_autograd.testing.strategies import vmap_calls
-    >>> check_vmap_backends_agree(vmap_calls().example())  # doctest: +SKIP
+    >>> @settings(max_examples=3, deadline=None, database=None)
+    ... @given(vmap_calls())
+    ... def test(x):
+    ...     check_vmap_backends_agree(x)
+    >>> test()
     """
-    assert_backends_agree(call.func, *call.args, transform="vmap", call_kwargs=call.kwargs,
-                          backends=_backends_for(call.func, backends), **call.vmap_kwargs())
+    assert_backends_agree(
+        call.func,
+        *call.args,
+        transform="vmap",
+        call_kwargs=call.kwargs,
+        backends=_backends_for(call.func, backends),
+        **call.vmap_kwargs(),
+    )
 
 
 def check_vmap_jacrev_backends_agree(call: Any, backends: Optional[Sequence[str]] = None) -> None:
@@ -154,19 +203,30 @@ def check_vmap_jacrev_backends_agree(call: Any, backends: Optional[Sequence[str]
 
     Examples
     --------
+    >>> from hypothesis import given, settings
     >>> from tad_autograd.testing.strategies import vmap_calls
-    >>> check_vmap_jacrev_backends_agree(vmap_calls().example())  # doctest: +SKIP
+    >>> @settings(max_examples=3, deadline=None, database=None)
+    ... @given(vmap_calls(with_kwargs=False))
+    ... def test(x):
+    ...     check_vmap_jacrev_backends_agree(x)
+    >>> test()
     """
     import tad_autograd as ta
 
     a = call.func.argnums
 
     def vmap_jac(f, backend):
-        return ta.vmap(ta.jacrev(f, argnums=a, backend=backend), in_dims=call.in_dims,
-                       chunk_size=call.chunk_size, backend=backend)
+        return ta.vmap(
+            ta.jacrev(f, argnums=a, backend=backend),
+            in_dims=call.in_dims,
+            chunk_size=call.chunk_size,
+            backend=backend,
+        )
 
     vmap_jac.__name__ = "vmap(jacrev)"
-    assert_backends_agree(call.func, *call.args, transform=vmap_jac, backends=_backends_for(call.func, backends))
+    assert_backends_agree(
+        call.func, *call.args, transform=vmap_jac, backends=_backends_for(call.func, backends)
+    )
 
 
 def check_jacrev_vmap_backends_agree(call: Any, backends: Optional[Sequence[str]] = None) -> None:
@@ -174,19 +234,29 @@ def check_jacrev_vmap_backends_agree(call: Any, backends: Optional[Sequence[str]
 
     Examples
     --------
+    >>> from hypothesis import given, settings
     >>> from tad_autograd.testing.strategies import vmap_calls
-    >>> check_jacrev_vmap_backends_agree(vmap_calls().example())  # doctest: +SKIP
+    >>> @settings(max_examples=3, deadline=None, database=None)
+    ... @given(vmap_calls(with_kwargs=False))
+    ... def test(x):
+    ...     check_jacrev_vmap_backends_agree(x)
+    >>> test()
     """
     import tad_autograd as ta
 
     a = call.func.argnums
 
     def jac_vmap(f, backend):
-        return ta.jacrev(ta.vmap(f, in_dims=call.in_dims, out_dims=call.out_dims, backend=backend),
-                         argnums=a, backend=backend)
+        return ta.jacrev(
+            ta.vmap(f, in_dims=call.in_dims, out_dims=call.out_dims, backend=backend),
+            argnums=a,
+            backend=backend,
+        )
 
     jac_vmap.__name__ = "jacrev(vmap)"
-    assert_backends_agree(call.func, *call.args, transform=jac_vmap, backends=_backends_for(call.func, backends))
+    assert_backends_agree(
+        call.func, *call.args, transform=jac_vmap, backends=_backends_for(call.func, backends)
+    )
 
 
 def check_jacrev_matches_gradcheck(program: Any, backend: Optional[str] = None) -> None:
@@ -197,9 +267,14 @@ def check_jacrev_matches_gradcheck(program: Any, backend: Optional[str] = None) 
 
     Examples
     --------
-    >>> from tad_autograd.testing.strategies import programs
     >>> import torch
-    >>> check_jacrev_matches_gradcheck(programs(dtypes=[torch.float64]).example())  # doctest: +SKIP
+    >>> from hypothesis import given, settings
+    >>> from tad_autograd.testing.strategies import programs
+    >>> @settings(max_examples=3, deadline=None, database=None)
+    ... @given(programs(dtypes=[torch.float64]))
+    ... def test(x):
+    ...     check_jacrev_matches_gradcheck(x)
+    >>> test()
     """
     import tad_autograd as ta
 
@@ -207,11 +282,17 @@ def check_jacrev_matches_gradcheck(program: Any, backend: Optional[str] = None) 
         raise ValueError(f"gradcheck needs float64, got {program.dtype}")
     flat_func, flat_in, _ = flat_function(program, program.args, program.argnums)
     inputs = tuple(t.detach().clone().requires_grad_(True) for t in flat_in)
-    assert torch.autograd.gradcheck(flat_func, inputs, eps=1e-6, atol=1e-6, rtol=1e-4, raise_exception=True)
+    assert torch.autograd.gradcheck(
+        flat_func, inputs, eps=1e-6, atol=1e-6, rtol=1e-4, raise_exception=True
+    )
     expected = reference_jacobian(program, *program.args, argnums=program.argnums)
     got = ta.jacrev(program, argnums=program.argnums, backend=backend)(*program.args)
-    assert_trees_close(got, expected, actual_name=f"jacrev(backend={backend!r})",
-                       expected_name="torch.autograd.functional.jacobian")
+    assert_trees_close(
+        got,
+        expected,
+        actual_name=f"jacrev(backend={backend!r})",
+        expected_name="torch.autograd.functional.jacobian",
+    )
 
 
 def check_vmap_matches_loop(call: Any, backend: Optional[str] = None) -> None:
@@ -219,17 +300,29 @@ def check_vmap_matches_loop(call: Any, backend: Optional[str] = None) -> None:
 
     Examples
     --------
+    >>> from hypothesis import given, settings
     >>> from tad_autograd.testing.strategies import vmap_calls
-    >>> check_vmap_matches_loop(vmap_calls().example())  # doctest: +SKIP
+    >>> @settings(max_examples=3, deadline=None, database=None)
+    ... @given(vmap_calls())
+    ... def test(x):
+    ...     check_vmap_matches_loop(x, backend="autograd")
+    >>> test()
     """
     import tad_autograd as ta
 
     expected = call.reference()
     got = ta.vmap(call.func, backend=backend, **call.vmap_kwargs())(*call.args, **call.kwargs)
-    assert_trees_close(got, expected, actual_name=f"vmap(backend={backend!r})", expected_name="Python loop")
+    assert_trees_close(
+        got, expected, actual_name=f"vmap(backend={backend!r})", expected_name="Python loop"
+    )
 
 
-def _mentions_autograd_backend(msg: str) -> bool:
+def _full_message(exc: BaseException) -> str:
+    return "\n".join([str(exc)] + [str(n) for n in getattr(exc, "__notes__", ())])
+
+
+def _mentions_autograd_backend(exc: BaseException) -> bool:
+    msg = _full_message(exc)
     return 'backend="autograd"' in msg or "backend='autograd'" in msg
 
 
@@ -241,30 +334,42 @@ def check_old_style_function(program: Any, transform: str = "jacrev") -> None:
 
     Examples
     --------
-    >>> import torch
+    >>> from hypothesis import given, settings
     >>> from tad_autograd.testing.strategies import programs
-    >>> check_old_style_function(programs(old_style_functions=True).example())  # doctest: +SKIP
+    >>> @settings(max_examples=3, deadline=None, database=None)
+    ... @given(programs(old_style_functions=True))
+    ... def test(x):
+    ...     check_old_style_function(x)
+    >>> test()
     """
     import tad_autograd as ta
 
     if transform == "jacrev":
-        agreement = assert_backends_agree(program, *program.args, argnums=program.argnums,
-                                          backends=loop_backends() + (AUTO,))
+        agreement = assert_backends_agree(
+            program, *program.args, argnums=program.argnums, backends=loop_backends() + (AUTO,)
+        )
         expected = reference_jacobian(program, *program.args, argnums=program.argnums)
-        assert_trees_close(agreement.results[AUTO], expected, actual_name="jacrev(auto)",
-                           expected_name="torch.autograd.functional.jacobian")
+        assert_trees_close(
+            agreement.results[AUTO],
+            expected,
+            actual_name="jacrev(auto)",
+            expected_name="torch.autograd.functional.jacobian",
+        )
 
         def run(name):
             return ta.jacrev(program, argnums=program.argnums, backend=name)(*program.args)
     elif transform == "vmap":
         args = program.args
         in_dims = tuple(0 if isinstance(a, torch.Tensor) else None for a in args)
-        batched = tuple(a.unsqueeze(0).expand((2,) + a.shape) if isinstance(a, torch.Tensor) else a
-                        for a in args)
+        batched = tuple(
+            a.unsqueeze(0).expand((2,) + a.shape) if isinstance(a, torch.Tensor) else a
+            for a in args
+        )
         if all(d is None for d in in_dims):
             return
-        assert_backends_agree(program, *batched, transform="vmap", in_dims=in_dims,
-                              backends=loop_backends() + (AUTO,))
+        assert_backends_agree(
+            program, *batched, transform="vmap", in_dims=in_dims, backends=loop_backends() + (AUTO,)
+        )
 
         def run(name):
             return ta.vmap(program, in_dims=in_dims, backend=name)(*batched)
@@ -279,9 +384,14 @@ def check_old_style_function(program: Any, transform: str = "jacrev") -> None:
         except AssertionError:
             raise
         except Exception as exc:  # noqa: BLE001
-            assert _mentions_autograd_backend(str(exc)), (
-                f"backend {name!r} raised {type(exc).__name__} on an old-style autograd.Function, "
-                f"but the message does not suggest backend=\"autograd\":\n{exc}\nprogram: {program!r}")
+            if not _mentions_autograd_backend(exc):
+                raise AssertionError(
+                    f"{transform}(backend={name!r}) raised {type(exc).__name__} on an old-style "
+                    f"autograd.Function, but neither the message nor its notes suggest "
+                    f"backend='autograd':\n{_full_message(exc)}\nprogram: {program!r}"
+                ) from exc
         else:
-            raise AssertionError(f"backend {name!r} accepted an old-style autograd.Function "
-                                 f"(it should raise a clear error):\nprogram: {program!r}")
+            raise AssertionError(
+                f"backend {name!r} accepted an old-style autograd.Function "
+                f"(it should raise a clear error):\nprogram: {program!r}"
+            )

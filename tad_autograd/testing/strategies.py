@@ -25,11 +25,12 @@ Examples
 ...     assert program.dtype == torch.float64
 >>> check()
 """
+
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -193,8 +194,8 @@ class Program:
         Positions of the arguments that hold tensors (the ones ``argnums``
         may name).
     input_shapes, output_shapes
-        Per-argument shape pytrees (``None`` for non-tensor arguments) and the
-        output pytree of shapes.
+        Per-argument pytrees of ``torch.Size`` (``None`` for non-tensor
+        arguments) and the output pytree of ``torch.Size``.
     constants : dict
         Fixed weights (``W*``), masks (``M*``) and index tensors (``I*``).
 
@@ -203,8 +204,24 @@ class Program:
     multiplies every output leaf.
     """
 
-    def __init__(self, *, seed, dtype, device, arg_kinds, arg_shapes, steps, output_ids,
-                 out_spec, out_kind, passthrough, argnums, constants, flags, make_arg_leaf):
+    def __init__(
+        self,
+        *,
+        seed,
+        dtype,
+        device,
+        arg_kinds,
+        arg_shapes,
+        steps,
+        output_ids,
+        out_spec,
+        out_kind,
+        passthrough,
+        argnums,
+        constants,
+        flags,
+        make_arg_leaf,
+    ):
         self.seed = seed
         self.dtype = dtype
         self.device = torch.device(device)
@@ -236,12 +253,17 @@ class Program:
 
     @property
     def input_shapes(self) -> tuple:
-        shapes = tuple(self._arg_tree(i, self._arg_shapes[i]) for i in range(len(self._arg_kinds)))
+        shapes = tuple(
+            self._arg_tree(i, [torch.Size(s) for s in self._arg_shapes[i]])
+            for i in range(len(self._arg_kinds))
+        )
         return shapes + ((None,) if self.passthrough is not None else ())
 
     @property
     def output_shapes(self) -> Any:
-        return _tree.unflatten(self._out_spec, [self._steps[i].shape for i in self._output_ids])
+        return _tree.unflatten(
+            self._out_spec, [torch.Size(self._steps[i].shape) for i in self._output_ids]
+        )
 
     def _arg_tree(self, i: int, leaves: list) -> Any:
         kind = self._arg_kinds[i]
@@ -255,7 +277,9 @@ class Program:
         """Fresh random example arguments of the right shapes (values in [-1, 1])."""
         args = []
         for i in range(len(self._arg_kinds)):
-            args.append(self._arg_tree(i, [self._make_arg_leaf(s, generator) for s in self._arg_shapes[i]]))
+            args.append(
+                self._arg_tree(i, [self._make_arg_leaf(s, generator) for s in self._arg_shapes[i]])
+            )
         if self.passthrough is not None:
             args.append(self.passthrough)
         return tuple(args)
@@ -283,8 +307,9 @@ class Program:
 
     def __repr__(self) -> str:
         params = []
-        for i, kind in enumerate(self._arg_kinds):
-            params.append(f"x{i}: {_render_tree(self._arg_tree(i, [_Raw(_fmt_shape(s)) for s in self._arg_shapes[i]]))}")
+        for i in range(len(self._arg_kinds)):
+            shapes = [_Raw(_fmt_shape(s)) for s in self._arg_shapes[i]]
+            params.append(f"x{i}: {_render_tree(self._arg_tree(i, shapes))}")
         if self.passthrough is not None:
             params.append(f"x{len(self._arg_kinds)}: int = {self.passthrough}")
         flags = f", flags={list(self._flags)}" if self._flags else ""
@@ -295,10 +320,17 @@ class Program:
         ]
         for i, step in enumerate(self._steps):
             lines.append(f"        v{i} = {step.text}    # {_fmt_shape(step.shape)}")
-        lines.append(f"        return {self._render_return()}    # (each leaf times scale if given)")
+        lines.append(
+            f"        return {self._render_return()}    # (each leaf times scale if given)"
+        )
         if self.constants:
-            lines.append("    constants (fixed, from seed): " + ", ".join(
-                f"{k}: {_fmt_shape(v.shape)} {str(v.dtype).replace('torch.', '')}" for k, v in self.constants.items()))
+            lines.append(
+                "    constants (fixed, from seed): "
+                + ", ".join(
+                    f"{k}: {_fmt_shape(v.shape)} {str(v.dtype).replace('torch.', '')}"
+                    for k, v in self.constants.items()
+                )
+            )
         return "\n".join(lines)
 
 
@@ -324,7 +356,9 @@ def _render_tree(tree: Any) -> str:
 # --------------------------------------------------------------------------
 # strategies
 # --------------------------------------------------------------------------
-def shapes(*, max_ndim: int = 3, max_side: int = 3, max_numel: int = MAX_NUMEL) -> st.SearchStrategy:
+def shapes(
+    *, max_ndim: int = 3, max_side: int = 3, max_numel: int = MAX_NUMEL
+) -> st.SearchStrategy:
     """Tensor shapes, including 0-d and size-1 dimensions.
 
     Parameters
@@ -343,11 +377,16 @@ def shapes(*, max_ndim: int = 3, max_side: int = 3, max_numel: int = MAX_NUMEL) 
     ...     assert len(shape) <= 2 and all(1 <= s <= 3 for s in shape)
     >>> check()
     """
-    return st.lists(st.integers(1, max_side), min_size=0, max_size=max_ndim).map(tuple).filter(
-        lambda s: _numel(s) <= max_numel)
+    return (
+        st.lists(st.integers(1, max_side), min_size=0, max_size=max_ndim)
+        .map(tuple)
+        .filter(lambda s: _numel(s) <= max_numel)
+    )
 
 
-def float_dtypes(dtypes: Sequence[torch.dtype] = (torch.float32, torch.float64)) -> st.SearchStrategy:
+def float_dtypes(
+    dtypes: Sequence[torch.dtype] = (torch.float32, torch.float64),
+) -> st.SearchStrategy:
     """Floating dtypes to build programs in (default float32 and float64).
 
     Examples
@@ -364,8 +403,14 @@ def float_dtypes(dtypes: Sequence[torch.dtype] = (torch.float32, torch.float64))
 
 
 @st.composite
-def argnums_for(draw, num_args: int, tensor_positions: Sequence[int], *, allow_tuple: bool = True,
-                allow_negative: bool = True):
+def argnums_for(
+    draw,
+    num_args: int,
+    tensor_positions: Sequence[int],
+    *,
+    allow_tuple: bool = True,
+    allow_negative: bool = True,
+):
     """``argnums`` values: an int or a tuple of distinct positions, maybe negative.
 
     Parameters
@@ -385,24 +430,42 @@ def argnums_for(draw, num_args: int, tensor_positions: Sequence[int], *, allow_t
     ...     assert all(p % 3 in (0, 1) for p in pos)
     >>> check()
     """
+
     def maybe_neg(p: int) -> int:
         if allow_negative and draw(st.booleans()):
             return p - num_args
         return p
 
     if allow_tuple and draw(st.booleans()):
-        chosen = draw(st.lists(st.sampled_from(list(tensor_positions)), min_size=1,
-                               max_size=len(tensor_positions), unique=True))
+        chosen = draw(
+            st.lists(
+                st.sampled_from(list(tensor_positions)),
+                min_size=1,
+                max_size=len(tensor_positions),
+                unique=True,
+            )
+        )
         return tuple(maybe_neg(p) for p in chosen)
     return maybe_neg(draw(st.sampled_from(list(tensor_positions))))
 
 
 @st.composite
-def programs(draw, *, dtypes: Sequence[torch.dtype] = (torch.float32, torch.float64),
-             device: str = "cpu", max_args: int = 3, max_ops: int = 6, max_ndim: int = 3,
-             max_side: int = 3, pytree_inputs: bool = True, pytree_outputs: bool = True,
-             passthrough_args: bool = True, new_style_functions: bool = True,
-             old_style_functions: bool = False, argnums: bool = True):
+def programs(
+    draw,
+    *,
+    dtypes: Sequence[torch.dtype] = (torch.float32, torch.float64),
+    device: str = "cpu",
+    max_args: int = 3,
+    max_ops: int = 6,
+    max_ndim: int = 3,
+    max_side: int = 3,
+    pytree_inputs: bool = True,
+    pytree_outputs: bool = True,
+    passthrough_args: bool = True,
+    new_style_functions: bool = True,
+    old_style_functions: bool = False,
+    argnums: bool = True,
+):
     """Random differentiable programs (:class:`Program` objects).
 
     Parameters
@@ -437,12 +500,19 @@ def programs(draw, *, dtypes: Sequence[torch.dtype] = (torch.float32, torch.floa
     >>> @settings(max_examples=10, deadline=None, database=None)
     ... @given(programs(old_style_functions=True))
     ... def check(program):
-    ...     out = program(*program.args)
-    ...     leaves = out if isinstance(out, (tuple, list)) else [out]
-    ...     print(type(program).__name__, program.has_old_style_function in (True, False))
-    >>> check()  # doctest: +ELLIPSIS
-    Program True
-    ...
+    ...     out = program(*program.args)              # evaluate on the example args
+    ...     assert program.dtype in (torch.float32, torch.float64)
+    >>> check()
+    >>> from hypothesis import find
+    >>> p = find(programs(pytree_inputs=False, passthrough_args=False),
+    ...          lambda p: p.num_args == 2 and p.argnums == (0, 1))
+    >>> print(p)  # doctest: +ELLIPSIS
+    Program(seed=..., dtype=torch.float32, device='cpu', argnums=(0, 1)):
+        def f(x0: [], x1: [], *, scale=None):
+            v0 = x0    # []
+            v1 = x1    # []
+            v2 = sin(v0)    # []
+            return v2    # (each leaf times scale if given)
     """
     dtype = draw(float_dtypes(dtypes))
     seed = draw(st.integers(0, 2**31 - 2))
@@ -472,7 +542,11 @@ def programs(draw, *, dtypes: Sequence[torch.dtype] = (torch.float32, torch.floa
     steps: List[_Step] = []
     shape_st = shapes(max_ndim=max_ndim, max_side=max_side)
     for i in range(n_args):
-        kind = draw(st.sampled_from(["tensor", "tensor", "tuple", "dict"])) if pytree_inputs else "tensor"
+        kind = (
+            draw(st.sampled_from(["tensor", "tensor", "tuple", "dict"]))
+            if pytree_inputs
+            else "tensor"
+        )
         n_leaves = 1 if kind == "tensor" else draw(st.integers(1, 2))
         leaf_shapes = [draw(shape_st) for _ in range(n_leaves)]
         arg_kinds.append(kind)
@@ -501,24 +575,41 @@ def programs(draw, *, dtypes: Sequence[torch.dtype] = (torch.float32, torch.floa
         names = [n for n, (_, _, bf) in _UNARY.items() if bf(s.bound) <= BOUND_MAX]
         name = draw(st.sampled_from(names))
         fn, tmpl, bf = _UNARY[name]
-        return _Step(s.shape, bf(s.bound), tmpl.format(f"v{src}"),
-                     lambda vals, args, fn=fn, src=src: fn(vals[src]))
+        return _Step(
+            s.shape,
+            bf(s.bound),
+            tmpl.format(f"v{src}"),
+            lambda vals, args, fn=fn, src=src: fn(vals[src]),
+        )
 
     def op_binary() -> Optional[_Step]:
         a = pick()
         sa = steps[a]
-        b = pick(lambda s: (_broadcast(sa.shape, s.shape) is not None
-                            and _numel(_broadcast(sa.shape, s.shape)) <= MAX_NUMEL))
+        b = pick(
+            lambda s: (
+                _broadcast(sa.shape, s.shape) is not None
+                and _numel(_broadcast(sa.shape, s.shape)) <= MAX_NUMEL
+            )
+        )
         sb = steps[b]
         shape = _broadcast(sa.shape, sb.shape)
-        ops = [o for o, bd in (("+", sa.bound + sb.bound), ("-", sa.bound + sb.bound),
-                                ("*", sa.bound * sb.bound)) if bd <= BOUND_MAX]
+        ops = [
+            o
+            for o, bd in (
+                ("+", sa.bound + sb.bound),
+                ("-", sa.bound + sb.bound),
+                ("*", sa.bound * sb.bound),
+            )
+            if bd <= BOUND_MAX
+        ]
         if not ops:
             return None
         o = draw(st.sampled_from(ops))
         bound = sa.bound * sb.bound if o == "*" else sa.bound + sb.bound
         f = {"+": torch.add, "-": torch.sub, "*": torch.mul}[o]
-        return _Step(shape, bound, f"v{a} {o} v{b}", lambda vals, args, f=f, a=a, b=b: f(vals[a], vals[b]))
+        return _Step(
+            shape, bound, f"v{a} {o} v{b}", lambda vals, args, f=f, a=a, b=b: f(vals[a], vals[b])
+        )
 
     def op_matmul_weight() -> Optional[_Step]:
         src = pick(lambda s: len(s.shape) >= 1)
@@ -536,8 +627,12 @@ def programs(draw, *, dtypes: Sequence[torch.dtype] = (torch.float32, torch.floa
             w = w * (BOUND_MAX / bound)
             bound = BOUND_MAX
         name = const("W", w)
-        return _Step(shape, bound, f"v{src} @ {name}",
-                     lambda vals, args, src=src, w=w: torch.matmul(vals[src], w))
+        return _Step(
+            shape,
+            bound,
+            f"v{src} @ {name}",
+            lambda vals, args, src=src, w=w: torch.matmul(vals[src], w),
+        )
 
     def op_matmul_pair() -> Optional[_Step]:
         a = pick(lambda s: len(s.shape) in (1, 2))
@@ -552,8 +647,12 @@ def programs(draw, *, dtypes: Sequence[torch.dtype] = (torch.float32, torch.floa
         bound = sa.bound * sb.bound * sa.shape[-1]
         if bound > BOUND_MAX:
             return None
-        return _Step(shape, bound, f"v{a} @ v{b}",
-                     lambda vals, args, a=a, b=b: torch.matmul(vals[a], vals[b]))
+        return _Step(
+            shape,
+            bound,
+            f"v{a} @ v{b}",
+            lambda vals, args, a=a, b=b: torch.matmul(vals[a], vals[b]),
+        )
 
     def op_linear() -> Optional[_Step]:
         src = pick()
@@ -566,9 +665,14 @@ def programs(draw, *, dtypes: Sequence[torch.dtype] = (torch.float32, torch.floa
             w = w * (BOUND_MAX / bound)
             bound = BOUND_MAX
         name = const("W", w)
-        return _Step(tuple(out_shape), bound, f"(v{src}.reshape(-1) @ {name}).reshape({list(out_shape)})",
-                     lambda vals, args, src=src, w=w, out_shape=tuple(out_shape):
-                     torch.matmul(vals[src].reshape(-1), w).reshape(out_shape))
+        return _Step(
+            tuple(out_shape),
+            bound,
+            f"(v{src}.reshape(-1) @ {name}).reshape({list(out_shape)})",
+            lambda vals, args, src=src, w=w, out_shape=tuple(out_shape): torch.matmul(
+                vals[src].reshape(-1), w
+            ).reshape(out_shape),
+        )
 
     def draw_dims(ndim: int) -> Tuple[int, ...]:
         dims = draw(st.lists(st.integers(0, ndim - 1), min_size=1, max_size=ndim, unique=True))
@@ -586,15 +690,21 @@ def programs(draw, *, dtypes: Sequence[torch.dtype] = (torch.float32, torch.floa
             bound = s.bound * s.shape[d]
             if bound > BOUND_MAX:
                 return None
-            return _Step(s.shape, bound, f"v{src}.cumsum(dim={d})",
-                         lambda vals, args, src=src, d=d: torch.cumsum(vals[src], dim=d))
+            return _Step(
+                s.shape,
+                bound,
+                f"v{src}.cumsum(dim={d})",
+                lambda vals, args, src=src, d=d: torch.cumsum(vals[src], dim=d),
+            )
         if nd == 0 or draw(st.booleans()):
             count = _numel(s.shape)
             if kind == "sum" and s.bound * count > BOUND_MAX:
                 kind = "mean"
             bound = s.bound * count if kind == "sum" else s.bound
             f = torch.sum if kind == "sum" else torch.mean
-            return _Step((), bound, f"v{src}.{kind}()", lambda vals, args, f=f, src=src: f(vals[src]))
+            return _Step(
+                (), bound, f"v{src}.{kind}()", lambda vals, args, f=f, src=src: f(vals[src])
+            )
         dims = draw_dims(nd)
         keepdim = draw(st.booleans())
         pos = {d % nd for d in dims}
@@ -602,11 +712,18 @@ def programs(draw, *, dtypes: Sequence[torch.dtype] = (torch.float32, torch.floa
         if kind == "sum" and s.bound * count > BOUND_MAX:
             kind = "mean"
         bound = s.bound * count if kind == "sum" else s.bound
-        shape = tuple((1 if i in pos else n) for i, n in enumerate(s.shape) if keepdim or i not in pos)
+        shape = tuple(
+            (1 if i in pos else n) for i, n in enumerate(s.shape) if keepdim or i not in pos
+        )
         f = torch.sum if kind == "sum" else torch.mean
-        return _Step(shape, bound, f"v{src}.{kind}(dim={dims}, keepdim={keepdim})",
-                     lambda vals, args, f=f, src=src, dims=dims, keepdim=keepdim:
-                     f(vals[src], dim=dims, keepdim=keepdim))
+        return _Step(
+            shape,
+            bound,
+            f"v{src}.{kind}(dim={dims}, keepdim={keepdim})",
+            lambda vals, args, f=f, src=src, dims=dims, keepdim=keepdim: f(
+                vals[src], dim=dims, keepdim=keepdim
+            ),
+        )
 
     def op_index() -> Optional[_Step]:
         src = pick(lambda s: len(s.shape) >= 1)
@@ -620,18 +737,20 @@ def programs(draw, *, dtypes: Sequence[torch.dtype] = (torch.float32, torch.floa
         if kind == "int":
             i = draw(st.integers(-n, n - 1))
             key = (slice(None),) * d + (i,)
-            shape = s.shape[:d] + s.shape[d + 1:]
+            shape = s.shape[:d] + s.shape[d + 1 :]
             text = f"v{src}" + _index_text(nd, d, str(i))
         elif kind == "slice":
             start = draw(st.integers(0, n - 1))
             stop = draw(st.integers(start + 1, n))
             step = draw(st.integers(1, 2))
             key = (slice(None),) * d + (slice(start, stop, step),)
-            shape = s.shape[:d] + (len(range(start, stop, step)),) + s.shape[d + 1:]
-            text = f"v{src}" + _index_text(nd, d, f"{start}:{stop}" + (f":{step}" if step != 1 else ""))
+            shape = s.shape[:d] + (len(range(start, stop, step)),) + s.shape[d + 1 :]
+            text = f"v{src}" + _index_text(
+                nd, d, f"{start}:{stop}" + (f":{step}" if step != 1 else "")
+            )
         else:
             idx_list = draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=3))
-            shape = s.shape[:d] + (len(idx_list),) + s.shape[d + 1:]
+            shape = s.shape[:d] + (len(idx_list),) + s.shape[d + 1 :]
             if _numel(shape) > MAX_NUMEL:
                 return None
             idx = torch.tensor(idx_list, dtype=torch.long, device=dev)
@@ -643,8 +762,13 @@ def programs(draw, *, dtypes: Sequence[torch.dtype] = (torch.float32, torch.floa
     def op_where() -> Optional[_Step]:
         a = pick()
         sa = steps[a]
-        b = pick(lambda s: s is not sa and _broadcast(sa.shape, s.shape) is not None
-                 and _numel(_broadcast(sa.shape, s.shape)) <= MAX_NUMEL)
+        b = pick(
+            lambda s: (
+                s is not sa
+                and _broadcast(sa.shape, s.shape) is not None
+                and _numel(_broadcast(sa.shape, s.shape)) <= MAX_NUMEL
+            )
+        )
         if b is None:
             return None
         sb = steps[b]
@@ -652,8 +776,12 @@ def programs(draw, *, dtypes: Sequence[torch.dtype] = (torch.float32, torch.floa
         mask = torch.rand(shape, generator=gen) < 0.5
         mask = mask.to(dev)
         name = const("M", mask)
-        return _Step(shape, max(sa.bound, sb.bound), f"where({name}, v{a}, v{b})",
-                     lambda vals, args, a=a, b=b, mask=mask: torch.where(mask, vals[a], vals[b]))
+        return _Step(
+            shape,
+            max(sa.bound, sb.bound),
+            f"where({name}, v{a}, v{b})",
+            lambda vals, args, a=a, b=b, mask=mask: torch.where(mask, vals[a], vals[b]),
+        )
 
     def op_norm() -> Optional[_Step]:
         src = pick()
@@ -666,22 +794,36 @@ def programs(draw, *, dtypes: Sequence[torch.dtype] = (torch.float32, torch.floa
         count = _numel([s.shape[d] for d in dims])
         shape = tuple(n for i, n in enumerate(s.shape) if i not in dims)
         if draw(st.booleans()):
-            bound = math.sqrt(count * s.bound ** 2 + 1)
+            bound = math.sqrt(count * s.bound**2 + 1)
             if bound > BOUND_MAX:
                 return None
             if dims:
-                return _Step(shape, bound, f"sqrt(square(v{src}).sum(dim={dims}) + 1)",
-                             lambda vals, args, src=src, dims=dims:
-                             torch.sqrt(torch.sum(vals[src] * vals[src], dim=dims) + 1))
-            return _Step(shape, bound, f"sqrt(square(v{src}) + 1)",
-                         lambda vals, args, src=src: torch.sqrt(vals[src] * vals[src] + 1))
-        bound = math.sqrt(count * (s.bound ** 2 + 1))
+                return _Step(
+                    shape,
+                    bound,
+                    f"sqrt(square(v{src}).sum(dim={dims}) + 1)",
+                    lambda vals, args, src=src, dims=dims: torch.sqrt(
+                        torch.sum(vals[src] * vals[src], dim=dims) + 1
+                    ),
+                )
+            return _Step(
+                shape,
+                bound,
+                f"sqrt(square(v{src}) + 1)",
+                lambda vals, args, src=src: torch.sqrt(vals[src] * vals[src] + 1),
+            )
+        bound = math.sqrt(count * (s.bound**2 + 1))
         if bound > BOUND_MAX:
             return None
         ndims = dims + (-1,)
-        return _Step(shape, bound, f"vector_norm(stack([v{src}, ones_like(v{src})], -1), dim={ndims})",
-                     lambda vals, args, src=src, ndims=ndims: torch.linalg.vector_norm(
-                         torch.stack([vals[src], torch.ones_like(vals[src])], -1), dim=ndims))
+        return _Step(
+            shape,
+            bound,
+            f"vector_norm(stack([v{src}, ones_like(v{src})], -1), dim={ndims})",
+            lambda vals, args, src=src, ndims=ndims: torch.linalg.vector_norm(
+                torch.stack([vals[src], torch.ones_like(vals[src])], -1), dim=ndims
+            ),
+        )
 
     def op_permute() -> Optional[_Step]:
         src = pick(lambda s: len(s.shape) >= 2)
@@ -689,8 +831,12 @@ def programs(draw, *, dtypes: Sequence[torch.dtype] = (torch.float32, torch.floa
             return None
         s = steps[src]
         perm = tuple(draw(st.permutations(range(len(s.shape)))))
-        return _Step(tuple(s.shape[p] for p in perm), s.bound, f"v{src}.permute{perm}",
-                     lambda vals, args, src=src, perm=perm: vals[src].permute(perm))
+        return _Step(
+            tuple(s.shape[p] for p in perm),
+            s.bound,
+            f"v{src}.permute{perm}",
+            lambda vals, args, src=src, perm=perm: vals[src].permute(perm),
+        )
 
     def op_expand() -> Optional[_Step]:
         src = pick(lambda s: len(s.shape) < max_ndim + 1)
@@ -700,8 +846,12 @@ def programs(draw, *, dtypes: Sequence[torch.dtype] = (torch.float32, torch.floa
         shape = s.shape[:d] + (k,) + s.shape[d:]
         if _numel(shape) > MAX_NUMEL:
             return None
-        return _Step(shape, s.bound, f"v{src}.unsqueeze({d}).expand({list(shape)})",
-                     lambda vals, args, src=src, d=d, shape=shape: vals[src].unsqueeze(d).expand(shape))
+        return _Step(
+            shape,
+            s.bound,
+            f"v{src}.unsqueeze({d}).expand({list(shape)})",
+            lambda vals, args, src=src, d=d, shape=shape: vals[src].unsqueeze(d).expand(shape),
+        )
 
     def op_stack() -> Optional[_Step]:
         a = pick()
@@ -712,8 +862,12 @@ def programs(draw, *, dtypes: Sequence[torch.dtype] = (torch.float32, torch.floa
         d = draw(st.integers(-len(sa.shape) - 1, len(sa.shape)))
         dp = d % (len(sa.shape) + 1)
         shape = sa.shape[:dp] + (2,) + sa.shape[dp:]
-        return _Step(shape, max(sa.bound, steps[b].bound), f"stack([v{a}, v{b}], dim={d})",
-                     lambda vals, args, a=a, b=b, d=d: torch.stack([vals[a], vals[b]], dim=d))
+        return _Step(
+            shape,
+            max(sa.bound, steps[b].bound),
+            f"stack([v{a}, v{b}], dim={d})",
+            lambda vals, args, a=a, b=b, d=d: torch.stack([vals[a], vals[b]], dim=d),
+        )
 
     def op_custom() -> Optional[_Step]:
         styles = (["new"] if use_new else []) + (["old"] if old_style_functions else [])
@@ -724,16 +878,33 @@ def programs(draw, *, dtypes: Sequence[torch.dtype] = (torch.float32, torch.floa
         s = steps[src]
         if style == "old":
             flags.add("old_style_function")
-            return _Step(s.shape, min(s.bound, 1.0), f"OldStyleSin.apply(v{src})",
-                         lambda vals, args, src=src: OldStyleSin.apply(vals[src]))
+            return _Step(
+                s.shape,
+                min(s.bound, 1.0),
+                f"OldStyleSin.apply(v{src})",
+                lambda vals, args, src=src: OldStyleSin.apply(vals[src]),
+            )
         flags.add("new_style_function")
-        return _Step(s.shape, s.bound, f"NewStyleSiLU.apply(v{src})",
-                     lambda vals, args, src=src: NewStyleSiLU.apply(vals[src]))
+        return _Step(
+            s.shape,
+            s.bound,
+            f"NewStyleSiLU.apply(v{src})",
+            lambda vals, args, src=src: NewStyleSiLU.apply(vals[src]),
+        )
 
     op_table = {
-        "unary": None, "binary": op_binary, "matmul": op_matmul_weight, "matmul_pair": op_matmul_pair,
-        "linear": op_linear, "reduce": op_reduce, "index": op_index, "where": op_where,
-        "norm": op_norm, "permute": op_permute, "expand": op_expand, "stack": op_stack,
+        "unary": None,
+        "binary": op_binary,
+        "matmul": op_matmul_weight,
+        "matmul_pair": op_matmul_pair,
+        "linear": op_linear,
+        "reduce": op_reduce,
+        "index": op_index,
+        "where": op_where,
+        "norm": op_norm,
+        "permute": op_permute,
+        "expand": op_expand,
+        "stack": op_stack,
         "custom": op_custom,
     }
     n_ops = draw(st.integers(1, max_ops))
@@ -751,7 +922,11 @@ def programs(draw, *, dtypes: Sequence[torch.dtype] = (torch.float32, torch.floa
     extra = draw(st.lists(st.integers(0, last), max_size=2)) if pytree_outputs else []
     output_ids = extra + [last]
     if len(output_ids) == 1:
-        out_kind = draw(st.sampled_from(["tensor", "tensor", "tuple", "list", "dict"])) if pytree_outputs else "tensor"
+        out_kind = (
+            draw(st.sampled_from(["tensor", "tensor", "tuple", "list", "dict"]))
+            if pytree_outputs
+            else "tensor"
+        )
     else:
         out_kind = draw(st.sampled_from(["tuple", "list", "dict", "nested"]))
     n = len(output_ids)
@@ -771,10 +946,22 @@ def programs(draw, *, dtypes: Sequence[torch.dtype] = (torch.float32, torch.floa
     num_args = n_args + (1 if passthrough is not None else 0)
     an = draw(argnums_for(num_args, list(range(n_args)))) if argnums else 0
 
-    return Program(seed=seed, dtype=dtype, device=device, arg_kinds=arg_kinds, arg_shapes=arg_shapes,
-                   steps=steps, output_ids=output_ids, out_spec=out_spec, out_kind=out_kind,
-                   passthrough=passthrough, argnums=an, constants=constants, flags=flags,
-                   make_arg_leaf=make_arg_leaf)
+    return Program(
+        seed=seed,
+        dtype=dtype,
+        device=device,
+        arg_kinds=arg_kinds,
+        arg_shapes=arg_shapes,
+        steps=steps,
+        output_ids=output_ids,
+        out_spec=out_spec,
+        out_kind=out_kind,
+        passthrough=passthrough,
+        argnums=an,
+        constants=constants,
+        flags=flags,
+        make_arg_leaf=make_arg_leaf,
+    )
 
 
 # --------------------------------------------------------------------------
@@ -828,19 +1015,33 @@ class VmapCall:
 
     def __repr__(self) -> str:
         def shape_tree(x):
-            return _render_tree(_tree.tree_map(
-                lambda t: _Raw(_fmt_shape(t.shape)) if isinstance(t, torch.Tensor) else _Raw(repr(t)), x))
-        kw = ", ".join(f"{k}={_fmt_shape(v.shape) if isinstance(v, torch.Tensor) else v!r}"
-                       for k, v in self.kwargs.items())
-        return (f"VmapCall(batch_size={self.batch_size}, in_dims={self.in_dims!r}, out_dims={self.out_dims!r}, "
-                f"chunk_size={self.chunk_size!r},\n  args={shape_tree(tuple(self.args))}, kwargs={{{kw}}},\n"
-                f"  func={self.func!r})")
+            return _render_tree(
+                _tree.tree_map(
+                    lambda t: (
+                        _Raw(_fmt_shape(t.shape)) if isinstance(t, torch.Tensor) else _Raw(repr(t))
+                    ),
+                    x,
+                )
+            )
+
+        kw = ", ".join(
+            f"{k}={_fmt_shape(v.shape) if isinstance(v, torch.Tensor) else v!r}"
+            for k, v in self.kwargs.items()
+        )
+        return (
+            f"VmapCall(batch_size={self.batch_size}, in_dims={self.in_dims!r}, "
+            f"out_dims={self.out_dims!r}, chunk_size={self.chunk_size!r},\n"
+            f"  args={shape_tree(tuple(self.args))}, kwargs={{{kw}}},\n"
+            f"  func={self.func!r})"
+        )
 
 
 def _select_sample(args: tuple, in_dims: Any, b: int) -> tuple:
     leaves, spec, _ = _tree.flatten(tuple(args))
-    dims = _tree.broadcast_prefix(in_dims if not isinstance(in_dims, (int, type(None))) else
-                                  tuple([in_dims] * len(args)), tuple(args))
+    dims = _tree.broadcast_prefix(
+        in_dims if not isinstance(in_dims, (int, type(None))) else tuple([in_dims] * len(args)),
+        tuple(args),
+    )
     out = [leaf if d is None else leaf.select(d, b) for leaf, d in zip(leaves, dims)]
     return _tree.unflatten(spec, out)
 
@@ -854,8 +1055,15 @@ def _stack_outputs(outs: List[Any], out_dims: Any) -> Any:
 
 
 @st.composite
-def vmap_calls(draw, programs_strategy: Optional[st.SearchStrategy] = None, *, max_batch_size: int = 4,
-               random_out_dims: bool = True, with_kwargs: bool = True, with_chunk_size: bool = True):
+def vmap_calls(
+    draw,
+    programs_strategy: Optional[st.SearchStrategy] = None,
+    *,
+    max_batch_size: int = 4,
+    random_out_dims: bool = True,
+    with_kwargs: bool = True,
+    with_chunk_size: bool = True,
+):
     """Random ``vmap`` calls (:class:`VmapCall` objects) over random programs.
 
     ``in_dims`` mixes ints (negative included), ``None`` and, for pytree
@@ -876,14 +1084,15 @@ def vmap_calls(draw, programs_strategy: Optional[st.SearchStrategy] = None, *, m
 
     Examples
     --------
-    >>> import torch
+    >>> import tad_autograd as ta
     >>> from hypothesis import given, settings
-    >>> from tad_autograd.testing import vmap_calls
+    >>> from tad_autograd.testing import assert_trees_close, vmap_calls
     >>> @settings(max_examples=10, deadline=None, database=None)
     ... @given(vmap_calls())
     ... def check(call):
     ...     expected = call.reference()          # Python loop over the batch
-    ...     got = torch.func.vmap(call.func, **call.vmap_kwargs())(*call.args, **call.kwargs)
+    ...     got = ta.vmap(call.func, **call.vmap_kwargs())(*call.args, **call.kwargs)
+    ...     assert_trees_close(got, expected)
     >>> check()
     """
     prog: Program = draw(programs_strategy if programs_strategy is not None else programs())
@@ -909,10 +1118,14 @@ def vmap_calls(draw, programs_strategy: Optional[st.SearchStrategy] = None, *, m
             in_dims_list.append(dim_for(min(t.dim() for t in leaves)))
         else:
             per = [draw(st.one_of(st.none(), st.integers(-(t.dim() + 1), t.dim()))) for t in leaves]
-            in_dims_list.append(tuple(per) if isinstance(arg, tuple) else dict(zip(arg.keys(), per)))
+            in_dims_list.append(
+                tuple(per) if isinstance(arg, tuple) else dict(zip(arg.keys(), per))
+            )
     if all(d is None for d in _tree.broadcast_prefix(tuple(in_dims_list), tuple(prog.args))):
         first = prog.args[0]
-        in_dims_list[0] = 0 if isinstance(first, torch.Tensor) else _tree.tree_map(lambda t: 0, first)
+        in_dims_list[0] = (
+            0 if isinstance(first, torch.Tensor) else _tree.tree_map(lambda t: 0, first)
+        )
     in_dims: Any = tuple(in_dims_list)
     if prog.passthrough is None and draw(st.booleans()):
         # a single int for every argument, when valid for all leaves
@@ -921,8 +1134,10 @@ def vmap_calls(draw, programs_strategy: Optional[st.SearchStrategy] = None, *, m
         in_dims = d
 
     # build batched args
-    per_leaf = _tree.broadcast_prefix(in_dims if not isinstance(in_dims, int) else
-                                      tuple([in_dims] * prog.num_args), tuple(prog.args))
+    per_leaf = _tree.broadcast_prefix(
+        in_dims if not isinstance(in_dims, int) else tuple([in_dims] * prog.num_args),
+        tuple(prog.args),
+    )
     flat_samples = [_tree.flatten(tuple(s))[0] for s in samples]
     spec = _tree.flatten(tuple(prog.args))[1]
     batched = []
@@ -937,14 +1152,9 @@ def vmap_calls(draw, programs_strategy: Optional[st.SearchStrategy] = None, *, m
     out_shapes = prog.output_shapes
     out_dims: Any = 0
     if random_out_dims:
-        is_shape = lambda x: isinstance(x, tuple) and all(isinstance(v, int) for v in x)  # noqa: E731
 
         def min_ndim(tree) -> int:
-            if is_shape(tree):
-                return len(tree)
-            if isinstance(tree, dict):
-                return min(min_ndim(v) for v in tree.values())
-            return min(min_ndim(v) for v in tree)
+            return min(len(s) for s in _tree.flatten(tree)[0])
 
         if prog.out_kind in ("tuple", "nested") and draw(st.booleans()):
             out_dims = tuple(dim_for(min_ndim(t)) for t in out_shapes)

@@ -105,3 +105,17 @@ def test_vmap_differentiable(backend: str) -> None:
     out = ta.vmap(lambda x: (x**2).sum(), backend=backend)(xs)
     (g,) = torch.autograd.grad(out.sum(), xs)
     assert_tree_close(g, 2 * xs.detach())
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_small_batches(backend: str, size: int) -> None:
+    xs = torch.randn(size, 3, dtype=DT)
+    w = torch.randn(3, dtype=DT)
+    out = ta.vmap(lambda x, w: (x * w).sin(), in_dims=(0, None), backend=backend)(xs, w)
+    assert_tree_close(out, (xs * w).sin())
+    forces = ta.vmap(ta.jacrev(lambda x: (x**3).sum()), backend=backend)(xs)
+    assert_tree_close(forces, 3 * xs**2)
+    with pytest.raises(RuntimeError, match="randomness"):
+        ta.vmap(lambda x: x + torch.rand(()), backend=backend)(xs)
+    same = ta.vmap(lambda x: x + torch.rand(3), randomness="same", backend=backend)(torch.zeros(size, 3))
+    assert all(torch.equal(same[0], row) for row in same)
