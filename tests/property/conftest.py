@@ -4,7 +4,9 @@
 database, so the suite is fast and reproducible.  ``thorough``: >= 1000
 examples per property.  Choose with ``TAD_AUTOGRAD_HYPOTHESIS_PROFILE``.
 """
+
 import os
+import warnings as _warnings
 
 from hypothesis import HealthCheck, settings
 
@@ -25,8 +27,6 @@ settings.load_profile(PROFILE)
 # ``filterwarnings = error`` context; libcst's import emits a third-party
 # DeprecationWarning (mypy_extensions.TypedDict) that would turn the failure
 # report into an INTERNALERROR.  Import it here, once, outside that context.
-import warnings as _warnings
-
 with _warnings.catch_warnings():
     _warnings.simplefilter("ignore")
     try:

@@ -1,6 +1,5 @@
 """Every available backend agrees with the others (CONTRACT section 4, 7)."""
-import pytest
-import torch
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -42,13 +41,22 @@ def test_jacrev_vmap_backends_agree(call):
     P.check_jacrev_vmap_backends_agree(call)
 
 
-@given(programs(old_style_functions=True, new_style_functions=False).filter(
-    lambda p: p.has_old_style_function))
+@given(
+    programs(old_style_functions=True, new_style_functions=False).filter(
+        lambda p: p.has_old_style_function
+    )
+)
 def test_old_style_function_jacrev(program):
     P.check_old_style_function(program, "jacrev")
 
 
-@given(programs(old_style_functions=True, new_style_functions=False, pytree_inputs=False,
-                passthrough_args=False).filter(lambda p: p.has_old_style_function))
+@given(
+    programs(
+        old_style_functions=True,
+        new_style_functions=False,
+        pytree_inputs=False,
+        passthrough_args=False,
+    ).filter(lambda p: p.has_old_style_function)
+)
 def test_old_style_function_vmap(program):
     P.check_old_style_function(program, "vmap")

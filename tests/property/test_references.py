@@ -1,4 +1,5 @@
 """Backends agree with independent references: gradcheck / autograd.functional, a Python loop."""
+
 import pytest
 import torch
 from hypothesis import given
