@@ -1,10 +1,21 @@
-"""One memory measurement, run in a fresh interpreter by the ``memory`` section.
+"""Memory measurements, run in a fresh interpreter by the ``memory`` section.
 
-Sets up W (n, n) and x, warms the chosen method up on a tiny problem (so lazy
-imports and one-time allocations are not counted), records ``ru_maxrss`` as
-the baseline, computes the Jacobian once and prints the peak minus the
-baseline as JSON.  ``ru_maxrss`` is a high-water mark, which is why each
-configuration needs its own process.
+Sets up W (n, n) and x in place (no transient copies), warms the chosen
+method up on a tiny problem (so lazy imports and one-time allocations are not
+counted), records the baseline, computes the Jacobian once and prints the
+peak minus the baseline as JSON, one line per chunk size.
+
+Two peak measures are recorded:
+
+* ``ru_maxrss`` (``resource.getrusage``): a high-water mark for the whole
+  life of the process, so it is meaningful only for the first (or only)
+  measurement of a process.  The ``memory`` section starts this script
+  through a tiny launcher process, because Linux carries the *parent's*
+  high-water mark over ``exec`` when the benchmark runner (hundreds of MB)
+  spawns a child directly.
+* ``VmHWM`` from ``/proc/self/status`` after resetting it by writing ``5``
+  to ``/proc/self/clear_refs`` (Linux): valid for every measurement, which
+  lets one process measure several chunk sizes in turn (quick mode).
 """
 
 from __future__ import annotations
@@ -29,30 +40,61 @@ def build(method: str, chunk):
     raise SystemExit(f"unknown method {method}")
 
 
+def _hwm_mb():
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--method", required=True)
     p.add_argument("--n", type=int, default=2048)
-    p.add_argument("--chunk", default="none")
+    p.add_argument("--chunks", default="none", help="comma-separated: none,64,16,4,1")
     a = p.parse_args()
-    chunk = None if a.chunk == "none" else int(a.chunk)
+    chunks = [None if c == "none" else int(c) for c in a.chunks.split(",")]
     torch.set_num_threads(1)
-    make = build(a.method, chunk)
-    w_small, x_small = problems.tanh_layer(8)
-    make(problems.make_tanh(w_small))(x_small)  # warm-up: lazy imports, allocator
-    # built in place: no transient copy may raise the high-water mark before the baseline
     g = torch.Generator().manual_seed(0)
     w = torch.empty(a.n, a.n, dtype=torch.float64).normal_(generator=g).div_(a.n ** 0.5)
     x = torch.empty(a.n, dtype=torch.float64).normal_(generator=g)
     f = problems.make_tanh(w)
-    jac = make(f)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
-    out = jac(x)
-    elapsed = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"baseline_mb": base / 1024, "peak_mb": peak / 1024, "delta_mb": (peak - base) / 1024,
-                      "time_s": elapsed, "shape": list(out.shape), "checksum": float(out.sum())}))
+    w_small, x_small = problems.tanh_layer(8)
+    for chunk in chunks:  # warm-up: lazy imports, allocator
+        build(a.method, chunk)(problems.make_tanh(w_small))(x_small)
+    for k, chunk in enumerate(chunks):
+        jac = build(a.method, chunk)(f)
+        reset = _reset_hwm()
+        base_rss, base_hwm = _maxrss_mb(), _hwm_mb()
+        t0 = time.perf_counter()
+        out = jac(x)
+        elapsed = time.perf_counter() - t0
+        peak_rss, peak_hwm = _maxrss_mb(), _hwm_mb()
+        rec = {"chunk_size": chunk, "time_s": elapsed, "shape": list(out.shape), "checksum": float(out.sum()),
+               "hwm_valid": reset and base_hwm is not None}
+        if k == 0:
+            rec.update(maxrss_baseline_mb=base_rss, maxrss_peak_mb=peak_rss, maxrss_delta_mb=peak_rss - base_rss)
+        if rec["hwm_valid"]:
+            rec.update(hwm_baseline_mb=base_hwm, hwm_peak_mb=peak_hwm, hwm_delta_mb=peak_hwm - base_hwm)
+        print(json.dumps(rec), flush=True)
+        del out, jac
 
 
 if __name__ == "__main__":

@@ -174,6 +174,8 @@ def import_lines(sec: Dict[str, Any]) -> List[str]:
         f"- heavy modules imported by tad_autograd beyond torch's own: {sec['heavy_modules_imported_by_tad'] or 'none'}"
         f" (torch itself imports torch.func: {sec['torch_func_imported_by_torch_itself']})",
         f"- other top-level modules tad_autograd imports: {', '.join(sec['other_top_level_modules_imported_by_tad']) or 'none'}",
+        "- largest self times (`python -X importtime`, one run): " + ", ".join(
+            f"{r['module']} {r['self_ms']:.1f} ms" for r in sec.get("importtime_self_ms", [])),
         "",
     ]
 
@@ -185,13 +187,14 @@ def memory_lines(sec: Dict[str, Any]) -> List[str]:
             methods.append(r["method"])
     head = ["chunk_size"] + [f"{m} (MB)" for m in methods]
     out = [f"## memory: {sec['title']}", "",
-           f"Peak RSS minus the RSS after setup and warm-up; the Jacobian itself is {sec['result_mb']:.0f} MB.", "",
+           f"Peak RSS minus the RSS after setup and warm-up ({sec.get('measure', '')}); time of the call in "
+           f"brackets. The Jacobian itself is {sec['result_mb']:.0f} MB.", "",
            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for ch in sec["chunks"]:
         row = [str(ch)]
         for m in methods:
             r = next((r for r in sec["rows"] if r["method"] == m and r["chunk_size"] == ch), None)
-            if r is None or "delta_mb" not in r:
+            if r is None or r.get("delta_mb") is None:
                 row.append("ERROR")
             else:
                 row.append(f"{r['delta_mb']:.1f} ({r['time_s']:.2f} s)")
@@ -208,12 +211,13 @@ def write_markdown(path: str, data: Dict[str, Any]) -> None:
     for name in SECTION_ORDER:
         if name in S:
             m = S[name]["meta"]
-            metas.setdefault(json.dumps({k: m[k] for k in m if k not in ("finished", "elapsed_s")}, sort_keys=True), []).append(name)
+            metas.setdefault(json.dumps({k: m[k] for k in m if k not in ("finished", "elapsed_s", "budget_s")}, sort_keys=True), []).append(name)
     for key, names in metas.items():
         m = json.loads(key)
         lines.append(f"- sections {', '.join(names)}: mode `{m['mode']}`, torch {m['torch']}, Python {m['python']}, "
                      f"{m['threads']} torch thread(s), {m['cpus']} CPUs, backends {', '.join(m['backends'])}, "
-                     f"command `{m['command']}`")
+                     f"command `{m['command']}`, clock {m.get('clock', 'wall')}, tad_autograd source "
+                     f"sha1 {m.get('tad_autograd_source_sha1', '?')}")
     lines += ["", "Times are medians over interleaved rounds (see benchmarks/README.md). Ratios are "
               "median/median; *paired* is the median of per-round ratios. ⚠ marks a ratio over its target.", ""]
     lines += summary_lines(data)

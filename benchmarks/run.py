@@ -26,6 +26,20 @@ from benchmarks.harness import Settings  # noqa: E402
 from benchmarks.sections import REPO, SECTIONS, Config  # noqa: E402
 
 
+def _source_hash() -> str:
+    """sha1 of tad_autograd's Python sources: ties results to the code they measured."""
+    import hashlib
+
+    h = hashlib.sha1()
+    root = os.path.join(REPO, "tad_autograd")
+    for dirpath, _, files in sorted(os.walk(root)):
+        for name in sorted(files):
+            if name.endswith(".py"):
+                with open(os.path.join(dirpath, name), "rb") as fh:
+                    h.update(name.encode() + fh.read())
+    return h.hexdigest()[:12]
+
+
 def parse(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,7 +74,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     dtypes = tuple((a.dtypes or ("float64" if a.quick else "float32,float64")).split(","))
     budget = a.budget if a.budget is not None else (0.25 if a.quick else 0.8)
     clock = a.clock or ("cpu" if a.threads == 1 else "wall")
-    settings = Settings(clock=clock, budget_s=budget, sample_s=0.003 if a.quick else 0.005, min_rounds=5 if a.quick else 7)
+    settings = Settings(clock=clock, budget_s=budget, sample_s=0.003 if a.quick else 0.005, min_rounds=5 if a.quick else 7,
+                        slow_cap_s=3.0 if a.quick else 15.0)
     torch.set_num_threads(a.threads)
     prefix = a.out or os.path.join(REPO, "docs", "benchmarks", "results-quick" if a.quick else "results")
     os.makedirs(os.path.dirname(prefix), exist_ok=True)
@@ -81,6 +96,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "clock": clock,
         "dtypes": list(dtypes),
     }
+    meta["tad_autograd_source_sha1"] = _source_hash()
     t_all = time.perf_counter()
     for name in chosen:
         print(f"[{name}]", flush=True)

@@ -44,10 +44,10 @@ FULL_SIZES = {
 }
 QUICK_SIZES = {
     "forces": [10, 100, 1000],
-    "jacobian": [2, 32, 512],
-    "hessian": [4, 16, 64],
+    "jacobian": [2, 32, 256],
+    "hessian": [4, 16, 32],
     "vmap": [1, 16, 256],
-    "autograd": [2, 32, 512],
+    "autograd": [2, 32, 256],
     "fallback": [2, 32],
 }
 VMAP_ATOMS = 16
@@ -376,18 +376,39 @@ def _child(code: str) -> Tuple[Dict[str, Any], float]:
 
 def section_import(cfg: Config) -> Dict[str, Any]:
     """``import tad_autograd`` vs ``import torch`` alone, fresh interpreters, interleaved."""
-    repeats = 5 if cfg.quick else 11
+    repeats = 3 if cfg.quick else 10
     torch_only, with_tad, wall_torch, wall_tad = [], [], [], []
     last_torch = last_tad = {}
     for _ in range(repeats):
-        a, wa = _child(_IMPORT_TORCH)
+        # quick mode: no torch-only interpreter; the tad child times `import torch` itself too
+        a, wa = _child(_IMPORT_TORCH) if not cfg.quick else (None, None)
         b, wb = _child(_IMPORT_TAD)
+        if a is None:
+            a, wa = {"torch_s": b["torch_s"], "modules": [m for m in b["modules"] if m not in b["new_modules"]]}, wb
         torch_only.append(a["torch_s"])
         with_tad.append(b)
         wall_torch.append(wa)
         wall_tad.append(wb)
         last_torch, last_tad = a, b
     tad_s = [b["tad_s"] for b in with_tad]
+    # where the time goes: python -X importtime, self times of the modules tad_autograd adds
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import torch; import tad_autograd"],
+                          capture_output=True, text=True, env=_child_env(), cwd=REPO)
+    breakdown = []
+    seen_tad = False
+    for line in proc.stderr.splitlines():
+        parts = line.split("|")
+        if len(parts) != 3 or not parts[0].startswith("import time:"):
+            continue
+        try:
+            self_us, cum_us = int(parts[0].split(":")[1]), int(parts[1])
+        except ValueError:
+            continue
+        mod = parts[2].strip()
+        if mod.startswith("tad_autograd") or (mod.split(".")[0] in ("packaging",) and not seen_tad):
+            breakdown.append({"module": mod, "self_ms": self_us / 1e3, "cumulative_ms": cum_us / 1e3})
+        seen_tad = seen_tad or mod == "tad_autograd"
+    breakdown.sort(key=lambda r: -r["self_ms"])
     med = statistics.median
     heavy = [m for m in ("functorch", "torch.func", "torch._functorch.eager_transforms")
              if m in last_tad["modules"] and m not in last_torch["modules"]]
@@ -404,6 +425,7 @@ def section_import(cfg: Config) -> Dict[str, Any]:
         "heavy_modules_imported_by_tad": heavy,
         "other_top_level_modules_imported_by_tad": new_top,
         "torch_func_imported_by_torch_itself": "torch.func" in last_torch["modules"],
+        "importtime_self_ms": breakdown[:10],
     }
     cfg.log(f"  import: torch {out['import_torch_ms']:.0f} ms; tad_autograd adds {out['added_by_tad_ms']:.1f} ms "
             f"(median in-process), delta of medians {out['delta_of_medians_ms']:.1f} ms; heavy: {heavy}; "
@@ -411,34 +433,53 @@ def section_import(cfg: Config) -> Dict[str, Any]:
     return out
 
 
+def _num(v: Optional[float]) -> float:
+    return float("nan") if v is None else v
+
+
+_LAUNCHER = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
+
+
 def section_memory(cfg: Config) -> Dict[str, Any]:
     """Peak RSS of a fresh process computing a large Jacobian, per backend and chunk_size."""
-    n = 1024 if cfg.quick else 2048
+    n = 768 if cfg.quick else 1024
     chunks: List[Optional[int]] = [None, 16, 1] if cfg.quick else [None, 64, 16, 4, 1]
     methods = [f"tad:{b}" for b in backends()] + ([] if cfg.quick else ["peer:func.jacrev"])
+    # full: one fresh process per (method, chunk), ru_maxrss as the measure;
+    # quick: one process per method measuring every chunk (VmHWM reset between them)
+    runs = [(m, [c]) for m in methods for c in chunks] if not cfg.quick else [(m, chunks) for m in methods]
     rows = []
-    for method in methods:
-        for chunk in chunks:
-            cmd = [sys.executable, "-m", "benchmarks.memory_child", "--method", method, "--n", str(n),
-                   "--chunk", "none" if chunk is None else str(chunk)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=_child_env(), cwd=REPO)
-            if proc.returncode != 0:
-                rec = {"method": method, "chunk_size": chunk, "error": proc.stderr.strip().splitlines()[-1:]}
-            else:
-                rec = json.loads(proc.stdout.strip().splitlines()[-1])
-                rec.update(method=method, chunk_size=chunk)
+    for method, cs in runs:
+        spec = ",".join("none" if c is None else str(c) for c in cs)
+        cmd = [sys.executable, "-c", _LAUNCHER, sys.executable, "-m", "benchmarks.memory_child",
+               "--method", method, "--n", str(n), "--chunks", spec]
+        # a fixed mmap threshold: every large tensor is mmapped and returned to the OS when freed
+        # (glibc's adaptive threshold would otherwise recycle freed blocks unseen by the RSS)
+        env = dict(_child_env(), MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="131072")
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+        lines = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
+        if proc.returncode != 0 or len(lines) != len(cs):
+            err = (proc.stderr.strip().splitlines() or ["?"])[-1]
+            lines += [{"chunk_size": c, "error": err} for c in cs[len(lines):]]
+        for rec in lines:
+            rec["method"] = method
+            rec["delta_mb"] = rec.get("maxrss_delta_mb", rec.get("hwm_delta_mb")) if len(cs) == 1 \
+                else rec.get("hwm_delta_mb")
             rows.append(rec)
-            cfg.log(f"  memory {method:18s} chunk={str(chunk):5s} peak-baseline = "
-                    f"{rec.get('delta_mb', float('nan')):7.1f} MB  ({rec.get('time_s', float('nan')):.2f} s)")
-    result_mb = n * n * 8 / 2**20
+            cfg.log(f"  memory {method:18s} chunk={str(rec['chunk_size']):5s} peak - baseline = "
+                    f"{_num(rec.get('delta_mb')):7.1f} MB (ru_maxrss {rec.get('maxrss_delta_mb', float('nan')):.1f}, "
+                    f"VmHWM {rec.get('hwm_delta_mb', float('nan')):.1f}; {rec.get('time_s', float('nan')):.2f} s)")
     monotone = {}
     for method in methods:
         ds = [r.get("delta_mb") for r in rows if r["method"] == method]
         ok = all(d is not None for d in ds)
-        # chunks are listed from None (all rows) to 1: peak must not grow as the chunk shrinks
+        # chunks run from None (all rows at once) down to 1: the peak must not grow, and must fall overall
         monotone[method] = ok and all(b <= a * 1.05 + 1.0 for a, b in zip(ds, ds[1:])) and ds[-1] < ds[0]
-    return {"kind": "memory", "title": f"Peak memory: jacrev of tanh(W x), n={n}, float64 (fresh process per row)",
-            "n": n, "result_mb": result_mb, "chunks": chunks, "rows": rows, "falls_with_chunk": monotone}
+    return {"kind": "memory", "n": n, "result_mb": n * n * 8 / 2**20, "chunks": chunks, "rows": rows,
+            "falls_with_chunk": monotone,
+            "measure": "ru_maxrss, one fresh process per row" if not cfg.quick
+            else "VmHWM reset per row, one fresh process per method",
+            "title": f"Peak memory: jacrev of tanh(W x), n={n}, float64"}
 
 
 SECTIONS: Dict[str, Callable[[Config], Dict[str, Any]]] = {
