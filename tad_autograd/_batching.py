@@ -235,7 +235,9 @@ def join_outputs(samples: Sequence[List[Any]], dims: List[Optional[int]], spec: 
             ndim = parts[0].dim() + (1 if join is torch.stack else 0)
             if not -ndim <= d < ndim:
                 raise IndexError(
-                    f"Dimension out of range (expected to be in range of [{-ndim}, {ndim - 1}], but got {d})"
+                    f"vmap(..., out_dims={dims!r}): out_dims {d} is out of range for an "
+                    f"output with {ndim} dimensions including the batch dimension "
+                    f"(expected to be in range of [{-ndim}, {ndim - 1}], but got {d})"
                 )
             joined.append(join(parts, d))
     return tree_unflatten(joined, spec)

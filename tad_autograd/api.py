@@ -62,7 +62,9 @@ def _vmap(
     def build(b: Backend, f: Callable[..., Any]) -> Callable[..., Any]:
         return b.vmap(f, in_dims, out_dims, randomness, chunk_size=chunk_size)
 
-    return Transformed("vmap", func, build, backend, transforms_only, kwargs_in_call=True)
+    return Transformed(
+        "vmap", func, build, backend, transforms_only, kwargs_in_call=True, in_dims=in_dims
+    )
 
 
 def jacrev(

@@ -18,7 +18,7 @@ from packaging.version import Version
 
 from ._torch_info import TORCH_VERSION, module_exists
 from .backends.base import Backend
-from .errors import BackendUnavailableError
+from .errors import BackendUnavailableError, UnknownBackendError
 from .registry import REGISTRY, Registry
 from .settings import (
     CONTEXT,
@@ -150,7 +150,10 @@ def resolve(
 
     transform_note = "fjacrev/fvmap take function-transform backends only"
     if name is not None:
-        backend = registry.get(name)
+        try:
+            backend = registry.get(name)
+        except UnknownBackendError as error:
+            raise UnknownBackendError(f"{source}={name!r}: {error}") from None
         availability = backend.availability(torch_version, module_exists)
         if not availability.ok:
             raise BackendUnavailableError(

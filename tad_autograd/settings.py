@@ -18,7 +18,7 @@ import os
 from contextvars import ContextVar
 from typing import Iterator, Optional, Tuple
 
-from .errors import BackendUnavailableError
+from .errors import BackendUnavailableError, UnknownBackendError
 from .registry import REGISTRY
 
 __all__ = [
@@ -145,7 +145,10 @@ def get_backend() -> str:
         return GLOBAL.name
     env = read_env()
     if env and env != "auto":
-        return REGISTRY.get(env).name
+        try:
+            return REGISTRY.get(env).name
+        except UnknownBackendError as error:
+            raise UnknownBackendError(f"{ENV_VAR}={env!r}: {error}") from None
     return "auto"
 
 

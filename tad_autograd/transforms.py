@@ -146,6 +146,7 @@ class Transformed:
         transforms_only: bool,
         kwargs_in_call: bool,
         argnums: Any = None,
+        in_dims: Any = None,
     ) -> None:
         if not callable(func):
             raise TypeError(f"{kind}: expected a callable `func`, got {type(func)}")
@@ -159,6 +160,7 @@ class Transformed:
         self._kwargs_in_call = kwargs_in_call
         self._built: Dict[Backend, Callable[..., Any]] = {}
         self._argnums = argnums
+        self._in_dims = in_dims
         self._explicit: Optional[Tuple[int, Backend, Callable[..., Any], Tuple[str, str]]] = None
         if isinstance(func, Transformed):
             self._user_func: Callable[..., Any] = func._user_func
@@ -201,6 +203,7 @@ class Transformed:
             try:
                 return explicit[2](*args, **kwargs)
             except Exception as error:
+                self._clarify(error)
                 self._hint(explicit[1], error)
                 raise
             finally:
@@ -224,6 +227,33 @@ class Transformed:
             return self._run_explicit(resolution, args, kwargs)
         return self._run_automatic(resolution, device_type, args, kwargs)
 
+    def _clarify(self, error: BaseException) -> None:
+        """Reword torch's messages for mistakes to name the parameter, value and what is allowed.
+
+        Only the text changes (type and traceback stay); it costs nothing on success.
+        """
+        if not error.args or not isinstance(error.args[0], str):
+            return
+        message = error.args[0]
+        extra = None
+        if "Expected f to be a function that has non-empty output" in message:
+            extra = (
+                f"{self._kind}: func must return a tensor or a non-empty pytree of tensors, "
+                "got None or an empty output"
+            )
+        elif "if has_aux is True" in message and "func must return a tuple" not in message:
+            extra = (
+                "with has_aux=True, func must return a tuple (output, aux) whose output is "
+                "a tensor or a pytree of tensors"
+            )
+        elif message.startswith("vmap: Expected at least one Tensor to vmap over"):
+            extra = (
+                f"vmap(in_dims={self._in_dims!r}): at least one of the inputs must be batched "
+                "(a tensor with an int in_dim); none is"
+            )
+        if extra is not None:
+            error.args = (f"{extra}. ({message})",) + error.args[1:]
+
     @staticmethod
     def _hint(backend: Backend, error: BaseException) -> None:
         """Note on an explicit transform backend's error that ``backend='autograd'`` would work."""
@@ -243,6 +273,7 @@ class Transformed:
         try:
             return self._run(backend, origin, args, kwargs)
         except Exception as error:
+            self._clarify(error)
             if not resolution.inherited_automatic:
                 self._hint(backend, error)
             raise
@@ -272,6 +303,7 @@ class Transformed:
             except Exception as error:
                 entry = recognise(error)
                 if entry is None or i == last:
+                    self._clarify(error)
                     raise
                 nxt = candidates[i + 1]
                 message = (

@@ -190,7 +190,7 @@ def _first(out_dims: Any) -> Any:
 
 
 def vmap_with_out_dims(
-    vmap: Callable[..., Any],
+    vmap: Callable[..., Callable[..., Any]],
     func: Callable[..., Any],
     in_dims: InDimsT,
     out_dims: OutDimsT,

@@ -260,6 +260,12 @@ def _depends_on_other_leaves(outputs: Sequence[torch.Tensor], ours: Set[int]) ->
     return False
 
 
+_HAS_AUX_HINT = (
+    "; with has_aux=True, func must return a tuple (output, aux) whose output is a "
+    "tensor or a pytree of tensors (got {got})"
+)
+
+
 def _jacrev(
     func: Callable[..., Any],
     argnums: ArgnumsT,
@@ -291,6 +297,7 @@ def _jacrev(
             raise RuntimeError(
                 "jacrev(f, ...)(*args): output of function f should be a tuple: "
                 "(output, aux) if has_aux is True"
+                + _HAS_AUX_HINT.format(got=type(result).__name__)
             )
         result, aux = result
         for leaf in tree_flatten(aux)[0]:

@@ -15,6 +15,7 @@ functorch 1.13 has no ``chunk_size``; the backend supplies it
 from __future__ import annotations
 
 import inspect
+import threading
 from functools import cache
 from typing import Any, Callable, NamedTuple, Optional, Tuple
 
@@ -34,14 +35,22 @@ from .base import ArgnumsT, Availability, Backend, InDimsT, OutDimsT
 __all__ = ["FunctorchBackend"]
 
 _DEPRECATED_FROM = Version("2.0")
+#: functorch 1.13 keeps its transform levels process-wide, not per thread: two threads
+#: transforming at once trip "INTERNAL ASSERT FAILED ... DynamicLayer.cpp", so calls
+#: are serialised there (re-entrant, for nested transforms in one thread).
+_SERIALISE = TORCH_VERSION < _DEPRECATED_FROM
+_LOCK = threading.RLock()
 #: torch 2.0's jacrev fails on non-tensor positional arguments (see jacrev_tensor_args_only).
 _JACREV_NEEDS_TENSOR_ARGS = _DEPRECATED_FROM <= TORCH_VERSION < Version("2.1")
 
 
+_Transform = Callable[..., Callable[..., Any]]
+
+
 class _Transforms(NamedTuple):
-    jacrev: Callable[..., Any]
+    jacrev: _Transform
     vjp: Callable[..., Any]
-    vmap: Callable[..., Any]
+    vmap: _Transform
     native_chunks: bool
 
 
@@ -56,7 +65,7 @@ def _transforms() -> _Transforms:
         try:
             from torch._functorch.apis import vmap
         except ImportError:  # torch 2.0: functorch.vmap is torch.vmap's implementation
-            from torch._functorch.vmap import vmap
+            from torch._functorch.vmap import vmap  # type: ignore[attr-defined, no-redef, unused-ignore]
         return _Transforms(eager_transforms.jacrev, eager_transforms.vjp, vmap, True)
     native = "chunk_size" in inspect.signature(functorch.jacrev).parameters
     return _Transforms(
@@ -120,6 +129,27 @@ class FunctorchBackend(Backend):
         has_aux: bool,
         chunk_size: Optional[int],
     ) -> Callable[..., Any]:
+        return _serialised(self._jacrev(func, argnums, has_aux=has_aux, chunk_size=chunk_size))
+
+    def vmap(
+        self,
+        func: Callable[..., Any],
+        in_dims: InDimsT,
+        out_dims: OutDimsT,
+        randomness: str,
+        *,
+        chunk_size: Optional[int],
+    ) -> Callable[..., Any]:
+        return _serialised(self._vmap(func, in_dims, out_dims, randomness, chunk_size=chunk_size))
+
+    def _jacrev(
+        self,
+        func: Callable[..., Any],
+        argnums: ArgnumsT,
+        *,
+        has_aux: bool,
+        chunk_size: Optional[int],
+    ) -> Callable[..., Any]:
         t = _transforms()
         if not t.native_chunks:  # functorch 1.13: say what outputs jacrev needs
             func = checked_outputs(func, has_aux, "jacrev")
@@ -135,7 +165,7 @@ class FunctorchBackend(Backend):
             return t.jacrev(func, argnums, has_aux=has_aux, chunk_size=chunk_size)
         return chunked_jacrev(t.vjp, t.vmap, func, argnums, has_aux, chunk_size)
 
-    def vmap(
+    def _vmap(
         self,
         func: Callable[..., Any],
         in_dims: InDimsT,
@@ -152,3 +182,15 @@ class FunctorchBackend(Backend):
                 t.vmap, func, in_dims, out_dims, randomness, chunk_size=chunk_size
             )
         return chunked_vmap(t.vmap, func, in_dims, out_dims, randomness, chunk_size)
+
+
+def _serialised(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` run under the functorch lock on torch 1.13; ``fn`` itself elsewhere."""
+    if not _SERIALISE:
+        return fn
+
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        with _LOCK:
+            return fn(*args, **kwargs)
+
+    return locked
