@@ -6,11 +6,43 @@ as in :mod:`torch.func`.
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, List, Tuple
+
+import torch
 
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-__all__ = ["tree_flatten", "tree_unflatten", "broadcast_prefix", "IncompatibleStructure"]
+__all__ = [
+    "tree_flatten",
+    "tree_unflatten",
+    "flatten",
+    "unflatten",
+    "broadcast_prefix",
+    "IncompatibleStructure",
+]
+
+
+def flatten(tree: Any) -> Tuple[List[Any], Any]:
+    """:func:`tree_flatten` with a fast path for a bare tensor (spec ``None``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> flatten(torch.zeros(1))[1] is None
+    True
+    >>> unflatten(*flatten((1, [2])))
+    (1, [2])
+    """
+    if isinstance(tree, torch.Tensor):
+        return [tree], None
+    return tree_flatten(tree)
+
+
+def unflatten(leaves: List[Any], spec: Any) -> Any:
+    """Inverse of :func:`flatten`."""
+    if spec is None:
+        return leaves[0]
+    return tree_unflatten(leaves, spec)
 
 
 class IncompatibleStructure(ValueError):

@@ -122,7 +122,7 @@ def jacrev(
     >>> def energy(pos):
     ...     return 0.5 * ((pos[1] - pos[0]).norm() - 1.0) ** 2
     >>> pos = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 1.5]], dtype=torch.float64)
-    >>> -ta.jacrev(energy)(pos)
+    >>> -ta.jacrev(energy)(pos) + 0.0  # + 0.0 turns -0.0 into 0.0
     tensor([[ 0.0000,  0.0000,  0.5000],
             [ 0.0000,  0.0000, -0.5000]], dtype=torch.float64)
     """

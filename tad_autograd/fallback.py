@@ -18,6 +18,7 @@ import re
 import threading
 import weakref
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Callable, Dict, Optional, Pattern, Tuple, Type
 
 __all__ = ["Untransformable", "UNTRANSFORMABLE", "recognise", "Memory", "MEMORY", "add_hint"]
@@ -27,16 +28,29 @@ _log = logging.getLogger("tad_autograd")
 
 @dataclass(frozen=True)
 class Untransformable:
-    """One kind of error that means a function cannot be transformed."""
+    """One kind of error that means a function cannot be transformed.
+
+    ``pattern`` is the regular expression (searched in ``str(error)``); it is
+    compiled on first use, so importing the library compiles nothing.
+    """
 
     key: str
     exception: Type[BaseException]
-    pattern: Pattern[str]
+    pattern: str
     reason: str
+
+    def matches(self, error: BaseException) -> bool:
+        """Whether ``error`` is this kind of error."""
+        return isinstance(error, self.exception) and _compiled(self.pattern).search(str(error)) is not None
+
+
+@lru_cache(maxsize=None)
+def _compiled(pattern: str) -> Pattern[str]:
+    return re.compile(pattern, re.DOTALL)
 
 
 def _entry(key: str, exception: Type[BaseException], pattern: str, reason: str) -> Untransformable:
-    return Untransformable(key, exception, re.compile(pattern, re.DOTALL), reason)
+    return Untransformable(key, exception, pattern, reason)
 
 
 #: Every error recognised as "cannot be transformed", for torch 1.13, 2.0 and current.
@@ -117,9 +131,8 @@ def recognise(error: BaseException) -> Optional[Untransformable]:
     >>> recognise(ValueError("my own error")) is None
     True
     """
-    message = str(error)
     for entry in UNTRANSFORMABLE:
-        if isinstance(error, entry.exception) and entry.pattern.search(message):
+        if entry.matches(error):
             return entry
     return None
 

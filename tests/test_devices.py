@@ -26,8 +26,13 @@ def _has_functorch(name: str) -> bool:
     return name in ("torch", "functorch")
 
 
-def _resolve(version: Version, device_type: str, *, argument: str | None = None,
-             module_exists: Callable[[str], bool] = _has_functorch) -> Resolution:
+def _resolve(
+    version: Version,
+    device_type: str,
+    *,
+    argument: str | None = None,
+    module_exists: Callable[[str], bool] = _has_functorch,
+) -> Resolution:
     return resolve(
         argument=argument,
         context=None,

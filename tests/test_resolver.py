@@ -131,8 +131,12 @@ SETTINGS = ("argument", "context", "global_setting", "environment")
 @pytest.mark.parametrize("winner", range(len(SETTINGS)))
 def test_precedence(version: Version, winner: int) -> None:
     """argument > use_backend/enclosing transform > set_backend > env var > automatic."""
-    names = {"argument": "autograd", "context": "functorch", "global_setting": "autograd",
-             "environment": "functorch"}
+    names = {
+        "argument": "autograd",
+        "context": "functorch",
+        "global_setting": "autograd",
+        "environment": "functorch",
+    }
     kwargs: Dict[str, Any] = {}
     for i, setting in enumerate(SETTINGS):
         if i < winner:
@@ -144,18 +148,26 @@ def test_precedence(version: Version, winner: int) -> None:
     assert r.backend.name == expected
     assert not r.automatic
     assert r.candidates == (r.backend,)
-    assert r.source == {
-        "argument": "backend= argument",
-        "context": ORIGIN_BLOCK,
-        "global_setting": "set_backend",
-        "environment": ENV_VAR,
-    }[SETTINGS[winner]]
+    assert (
+        r.source
+        == {
+            "argument": "backend= argument",
+            "context": ORIGIN_BLOCK,
+            "global_setting": "set_backend",
+            "environment": ENV_VAR,
+        }[SETTINGS[winner]]
+    )
 
 
 def test_argument_auto_overrides_lower_settings() -> None:
     """backend='auto' as an argument means automatic, whatever else is set."""
-    r = run(V213, argument="auto", context=("autograd", ORIGIN_BLOCK), global_setting="autograd",
-            environment="autograd")
+    r = run(
+        V213,
+        argument="auto",
+        context=("autograd", ORIGIN_BLOCK),
+        global_setting="autograd",
+        environment="autograd",
+    )
     assert r.backend.name == "func" and r.automatic
 
 
@@ -231,7 +243,9 @@ def test_unavailable_third_party_backend_is_skipped_and_explained() -> None:
     class Broken(Backend):
         name = "broken"
 
-        def availability(self, torch_version: Version = V213, module_exists: Any = None) -> Availability:
+        def availability(
+            self, torch_version: Version = V213, module_exists: Any = None
+        ) -> Availability:
             return Availability(False, "needs a GPU from the future", "buy one")
 
     registry = _default_registry()
@@ -297,8 +311,14 @@ def test_resolve_cached_returns_same_object(fresh_cache: Any) -> None:
 
 def test_resolve_cached_matches_resolve(fresh_cache: Any) -> None:
     cached = resolve_cached(None, "cpu", False)
-    fresh = resolve(argument=None, context=None, global_setting=None, environment=None,
-                    device_type="cpu", registry=REGISTRY)
+    fresh = resolve(
+        argument=None,
+        context=None,
+        global_setting=None,
+        environment=None,
+        device_type="cpu",
+        registry=REGISTRY,
+    )
     assert cached.backend is fresh.backend
     assert cached.candidates == fresh.candidates
 
@@ -308,7 +328,9 @@ def test_resolve_cached_per_device_type(fresh_cache: Any) -> None:
     assert resolve_cached(None, "cpu", False).backend.name != "autograd"
 
 
-def test_resolve_cached_follows_live_settings(fresh_cache: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resolve_cached_follows_live_settings(
+    fresh_cache: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     automatic = resolve_cached(None, "cpu", False)
     monkeypatch.setenv(ENV_VAR, "autograd")
     assert resolve_cached(None, "cpu", False).backend.name == "autograd"

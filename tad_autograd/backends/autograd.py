@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 import torch
 
 from .._batching import BatchedArgs, flatten_args, join_outputs, split_outputs
-from .._pytree import tree_flatten, tree_unflatten
+from .._pytree import flatten, tree_flatten, tree_unflatten, unflatten
 from .base import ArgnumsT, Backend, InDimsT, OutDimsT
 
 __all__ = [
@@ -88,12 +88,14 @@ class VectorisedAutograd(AutogradBackend):
 
     Examples
     --------
-    >>> import torch
-    >>> from tad_autograd.backends.func import FuncBackend
-    >>> auto = VectorisedAutograd(FuncBackend())
-    >>> auto.name, auto.jacrev(torch.sin, 0, has_aux=False, chunk_size=None)(torch.zeros(2))
-    ('func', tensor([[1., 0.],
-            [0., 1.]]))
+    >>> import torch, tad_autograd as ta
+    >>> from tad_autograd.registry import REGISTRY
+    >>> auto = REGISTRY.get(ta.available_backends()[0]).for_automatic()
+    >>> isinstance(auto, VectorisedAutograd)
+    True
+    >>> auto.jacrev(torch.sin, 0, has_aux=False, chunk_size=None)(torch.zeros(2))
+    tensor([[1., 0.],
+            [0., 1.]])
     """
 
     is_transform = True
@@ -282,16 +284,19 @@ def _jacrev(
     sizes = []
     external = False
     for p in positions:
-        leaves, spec = tree_flatten(args[p])
+        leaves, spec = flatten(args[p])
         prepared = [prepare_input(leaf, p) for leaf in leaves]
         external = external or any(leaf.requires_grad for leaf in leaves)
-        new_args[p] = tree_unflatten(prepared, spec)
+        new_args[p] = unflatten(prepared, spec)
         in_specs.append(spec)
         sizes.append(len(prepared))
         inputs.extend(prepared)
 
-    with torch.enable_grad():
+    if outer_grad:
         result = func(*new_args)
+    else:
+        with torch.enable_grad():
+            result = func(*new_args)
     if has_aux:
         if not (isinstance(result, tuple) and len(result) == 2):
             raise RuntimeError(
@@ -306,7 +311,7 @@ def _jacrev(
                     "jacrev(f, ..., has_aux=True): aux must be a tensor or a pytree of "
                     f"tensors. Expected tensors, got unsupported type {type(leaf)}"
                 )
-    out_leaves, out_spec = tree_flatten(result)
+    out_leaves, out_spec = flatten(result)
     check_outputs(out_leaves)
 
     if outer_grad and not external:
@@ -327,10 +332,10 @@ def _jacrev(
         per_arg = []
         start = 0
         for spec, count in zip(in_specs, sizes):
-            per_arg.append(tree_unflatten(jac[start : start + count], spec))
+            per_arg.append(unflatten(jac[start : start + count], spec))
             start += count
         nested.append(per_arg[0] if isinstance(argnums, int) else tuple(per_arg))
-    jacobian = tree_unflatten(nested, out_spec)
+    jacobian = unflatten(nested, out_spec)
     if has_aux:
         if not create_graph:
             aux_leaves, aux_spec = tree_flatten(aux)

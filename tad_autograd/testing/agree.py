@@ -119,8 +119,12 @@ def _compare_leaf(a: Any, b: Any, rtol: Optional[float], atol: Optional[float]) 
         return None
     flat = diff.reshape(-1)
     k = int(torch.argmax(torch.where(torch.isnan(flat), torch.full_like(flat, math.inf), flat)))
-    idx = list(torch.unravel_index(torch.tensor(k), diff.shape)) if diff.dim() else []
-    idx = [int(i) for i in idx]
+    idx = []
+    rest = k
+    for size in reversed(diff.shape):  # torch.unravel_index needs torch >= 2.2
+        idx.append(rest % size)
+        rest //= size
+    idx.reverse()
     rel = diff / y.abs()
     rel = torch.where(diff == 0, torch.zeros_like(rel), rel)
     max_rel = float(rel.max())
