@@ -325,7 +325,11 @@ def _jacrev(
     if vmap is not None and sum(o.numel() for o in out_leaves if o.requires_grad) > LOOP_MAX_ROWS:
         per_output = _vectorised_rows(out_leaves, inputs, create_graph, vmap, chunk_size)
     if per_output is None:
-        per_output = [_rows(o, inputs, create_graph) for o in out_leaves]
+        last = len(out_leaves) - 1
+        per_output = [
+            _rows(o, inputs, create_graph, retain=create_graph or k < last)
+            for k, o in enumerate(out_leaves)
+        ]
 
     nested = []
     for o, jac in zip(out_leaves, per_output):
@@ -429,7 +433,9 @@ def _basis(outputs: List[torch.Tensor], numels: List[int], start: int, size: int
     return basis
 
 
-def _rows(output: torch.Tensor, inputs: List[torch.Tensor], create_graph: bool) -> List[torch.Tensor]:
+def _rows(
+    output: torch.Tensor, inputs: List[torch.Tensor], create_graph: bool, retain: bool = True
+) -> List[torch.Tensor]:
     """d output / d input for each input, shaped ``output.shape + input.shape``."""
     n = output.numel()
     if n == 0 or not output.requires_grad:
@@ -437,7 +443,7 @@ def _rows(output: torch.Tensor, inputs: List[torch.Tensor], create_graph: bool) 
     with torch.enable_grad():
         if n == 1:
             grads = torch.autograd.grad(
-                output, inputs, torch.ones_like(output), retain_graph=True,
+                output, inputs, torch.ones_like(output), retain_graph=retain,
                 create_graph=create_graph, allow_unused=True,
             )
             return [
