@@ -121,8 +121,15 @@ class VectorisedAutograd(AutogradBackend):
         chunk_size: Optional[int],
     ) -> Callable[..., Any]:
         vmap = self._vmap
+        transforms = self.transforms
 
         def jacobian_fn(*args: Any) -> Any:
+            if _transforms_active():
+                # Called inside a function transform applied by the user (e.g. a raw
+                # torch.func.vmap): autograd cannot run there, the transform can.
+                return transforms.jacrev(func, argnums, has_aux=has_aux, chunk_size=chunk_size)(
+                    *args
+                )
             return _jacrev(func, argnums, has_aux, args, vmap, chunk_size)
 
         return jacobian_fn
@@ -136,12 +143,14 @@ class VectorisedAutograd(AutogradBackend):
         *,
         chunk_size: Optional[int],
     ) -> Callable[..., Any]:
-        vectorised = self.transforms.vmap(func, in_dims, out_dims, randomness, chunk_size=chunk_size)
+        vectorised = self.transforms.vmap(
+            func, in_dims, out_dims, randomness, chunk_size=chunk_size
+        )
         context = (self.name, _eager_origin())
 
         def batched_fn(*args: Any, **kwargs: Any) -> Any:
             size = _batch_size_hint(in_dims, args)
-            if size is None or size > LOOP_MAX_BATCH:
+            if size is None or size > LOOP_MAX_BATCH or _transforms_active():
                 return vectorised(*args, **kwargs)
             from ..settings import CONTEXT
 
@@ -155,6 +164,12 @@ class VectorisedAutograd(AutogradBackend):
 
     def __repr__(self) -> str:
         return f"<VectorisedAutograd over {self.transforms!r}>"
+
+
+def _transforms_active() -> bool:
+    """Whether a functorch transform (vmap, grad, ...) is running around this call."""
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(active()) if active is not None else False
 
 
 #: Up to this batch size, an automatic ``vmap`` loops (no transform overhead).
@@ -194,9 +209,7 @@ def check_argnums(argnums: ArgnumsT, nargs: int) -> Tuple[int, ...]:
     out = []
     for n in nums:
         if not -nargs <= n < nargs:
-            raise RuntimeError(
-                f"Got argnum={n}, but only {nargs} positional inputs"
-            )
+            raise RuntimeError(f"Got argnum={n}, but only {nargs} positional inputs")
         out.append(n % nargs)
     return tuple(out)
 
@@ -301,8 +314,7 @@ def _jacrev(
         if not (isinstance(result, tuple) and len(result) == 2):
             raise RuntimeError(
                 "jacrev(f, ...)(*args): output of function f should be a tuple: "
-                "(output, aux) if has_aux is True"
-                + _HAS_AUX_HINT.format(got=type(result).__name__)
+                "(output, aux) if has_aux is True" + _HAS_AUX_HINT.format(got=type(result).__name__)
             )
         result, aux = result
         for leaf in tree_flatten(aux)[0]:
@@ -375,7 +387,12 @@ def _vectorised_rows(
 
     def vjp(*cotangents: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         grads = torch.autograd.grad(
-            live, inputs, cotangents, retain_graph=True, create_graph=create_graph, allow_unused=True
+            live,
+            inputs,
+            cotangents,
+            retain_graph=True,
+            create_graph=create_graph,
+            allow_unused=True,
         )
         return tuple(g if g is not None else torch.zeros_like(x) for g, x in zip(grads, inputs))
 
@@ -406,11 +423,18 @@ def _vectorised_rows(
             continue
         i = live_index[id(o)]
         start, n = offsets[i], numels[i]
-        result.append([rows[start : start + n].reshape(o.shape + x.shape) for rows, x in zip(per_input, inputs)])
+        result.append(
+            [
+                rows[start : start + n].reshape(o.shape + x.shape)
+                for rows, x in zip(per_input, inputs)
+            ]
+        )
     return result
 
 
-def _basis(outputs: List[torch.Tensor], numels: List[int], start: int, size: int) -> List[torch.Tensor]:
+def _basis(
+    outputs: List[torch.Tensor], numels: List[int], start: int, size: int
+) -> List[torch.Tensor]:
     """Rows ``start:start + size`` of the identity over all output elements, split per output.
 
     Examples
@@ -439,12 +463,18 @@ def _rows(
     """d output / d input for each input, shaped ``output.shape + input.shape``."""
     n = output.numel()
     if n == 0 or not output.requires_grad:
-        return [output.new_zeros(output.shape + x.shape, dtype=x.dtype, device=x.device) for x in inputs]
+        return [
+            output.new_zeros(output.shape + x.shape, dtype=x.dtype, device=x.device) for x in inputs
+        ]
     with torch.enable_grad():
         if n == 1:
             grads = torch.autograd.grad(
-                output, inputs, torch.ones_like(output), retain_graph=retain,
-                create_graph=create_graph, allow_unused=True,
+                output,
+                inputs,
+                torch.ones_like(output),
+                retain_graph=retain,
+                create_graph=create_graph,
+                allow_unused=True,
             )
             return [
                 (g if g is not None else torch.zeros_like(x)).reshape(output.shape + x.shape)
@@ -536,7 +566,9 @@ def _vmap(
     return join_outputs(samples, dims, spec, torch.stack)
 
 
-def _empty_batch(func: Callable[..., Any], out_dims: OutDimsT, batched: BatchedArgs, kwargs: Dict[str, Any]) -> Any:
+def _empty_batch(
+    func: Callable[..., Any], out_dims: OutDimsT, batched: BatchedArgs, kwargs: Dict[str, Any]
+) -> Any:
     """Batch size 0: run one zero-filled element for the output shapes only."""
     output = func(*batched.placeholder(), **kwargs)
     leaves, dims, spec = split_outputs(func, out_dims, output)
@@ -545,5 +577,7 @@ def _empty_batch(func: Callable[..., Any], out_dims: OutDimsT, batched: BatchedA
         if d is None:
             joined.append(leaf)
         else:
-            joined.append(leaf.detach().unsqueeze(d % (leaf.dim() + 1)).narrow(d % (leaf.dim() + 1), 0, 0))
+            joined.append(
+                leaf.detach().unsqueeze(d % (leaf.dim() + 1)).narrow(d % (leaf.dim() + 1), 0, 0)
+            )
     return tree_unflatten(joined, spec)

@@ -17,7 +17,9 @@ def energy(pos):
 
 
 def positions(n=4, batch=None):
-    base = torch.tensor([[0.0, 0.0, 0.0], [1.1, 0.0, 0.0], [0.0, 1.2, 0.1], [0.9, 1.0, 1.0]], dtype=DT)[:n]
+    base = torch.tensor(
+        [[0.0, 0.0, 0.0], [1.1, 0.0, 0.0], [0.0, 1.2, 0.1], [0.9, 1.0, 1.0]], dtype=DT
+    )[:n]
     if batch is None:
         return base
     return base + 0.05 * torch.randn(batch, n, 3, dtype=DT)
@@ -107,3 +109,19 @@ def test_all_backends_agree() -> None:
     names = list(results)
     for other in names[1:]:
         assert_tree_close(results[other], results[names[0]], rtol=1e-10)
+
+
+def test_inside_a_raw_torch_transform() -> None:
+    """Automatic transforms nested in the user's own torch.func/functorch vmap still work."""
+    from tad_autograd._torch_info import TORCH_VERSION
+
+    if TORCH_VERSION.major >= 2:
+        from torch.func import vmap as raw_vmap
+    else:
+        from functorch import vmap as raw_vmap
+    batch = positions(batch=3)
+    forces = raw_vmap(ta.jacrev(energy))(batch)
+    expected = torch.stack([torch.autograd.functional.jacobian(energy, p) for p in batch])
+    assert_tree_close(forces, expected)
+    small = raw_vmap(ta.vmap(lambda p: (p**2).sum()))(batch[:, :2])
+    assert_tree_close(small, (batch[:, :2] ** 2).sum(-1))
