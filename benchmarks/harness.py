@@ -19,7 +19,7 @@ import statistics
 import time
 import traceback
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -51,14 +51,20 @@ def tolerance(dtype: torch.dtype) -> float:
 
 def compare(value: Any, reference: torch.Tensor, dtype: torch.dtype) -> Optional[float]:
     """Max error relative to max|reference|, or None when ``value`` is not a matching tensor."""
-    if not isinstance(value, torch.Tensor) or value.shape != reference.shape or value.dtype != dtype:
+    if (
+        not isinstance(value, torch.Tensor)
+        or value.shape != reference.shape
+        or value.dtype != dtype
+    ):
         return None
     ref = reference.to(torch.float64)
     scale = float(ref.abs().max()) or 1.0
     return float((value.detach().to(torch.float64) - ref).abs().max()) / scale
 
 
-def check(methods: Dict[str, Callable[[], Any]], reference: torch.Tensor, dtype: torch.dtype) -> Dict[str, Dict[str, Any]]:
+def check(
+    methods: Dict[str, Callable[[], Any]], reference: torch.Tensor, dtype: torch.dtype
+) -> Dict[str, Dict[str, Any]]:
     """Run every method once (the warm-up) and compare it with ``reference``."""
     out: Dict[str, Dict[str, Any]] = {}
     tol = tolerance(dtype)
@@ -77,11 +83,16 @@ def check(methods: Dict[str, Callable[[], Any]], reference: torch.Tensor, dtype:
                 out[name] = rec
                 continue
         if caught:
-            rec["warnings"] = sorted({f"{w.category.__name__}: {str(w.message)[:120]}" for w in caught})
+            rec["warnings"] = sorted(
+                {f"{w.category.__name__}: {str(w.message)[:120]}" for w in caught}
+            )
         err = compare(value, reference, dtype)
         if err is None:
             rec["status"] = "mismatch"
-            got = f"{type(value).__name__} {getattr(value, 'shape', '')} {getattr(value, 'dtype', '')}"
+            got = (
+                f"{type(value).__name__} {getattr(value, 'shape', '')} "
+                f"{getattr(value, 'dtype', '')}"
+            )
             rec["error"] = f"expected tensor {tuple(reference.shape)} {dtype}, got {got}"
         else:
             rec["max_rel_err"] = err
@@ -98,7 +109,9 @@ def _once(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t0
 
 
-def time_interleaved(methods: Dict[str, Callable[[], Any]], s: Settings) -> Dict[str, Dict[str, Any]]:
+def time_interleaved(
+    methods: Dict[str, Callable[[], Any]], s: Settings
+) -> Dict[str, Dict[str, Any]]:
     """Round-robin timing; returns per method the per-call times of every round and stats."""
     names = list(methods)
     if not names:
@@ -110,7 +123,9 @@ def time_interleaved(methods: Dict[str, Callable[[], Any]], s: Settings) -> Dict
         per_call[n] = max(t if t > 0.05 else min(t, _once(methods[n])), 1e-7)
     inner = {n: max(1, int(round(s.sample_s / per_call[n]))) for n in names}
     round_cost = sum(per_call[n] * inner[n] for n in names)
-    min_rounds = s.min_rounds if round_cost * s.min_rounds <= max(s.slow_cap_s, 4 * s.budget_s) else 3
+    min_rounds = (
+        s.min_rounds if round_cost * s.min_rounds <= max(s.slow_cap_s, 4 * s.budget_s) else 3
+    )
     samples: Dict[str, List[float]] = {n: [] for n in names}
     wall: Dict[str, List[float]] = {n: [] for n in names}
     other = "wall" if s.clock == "cpu" else "cpu"
@@ -121,7 +136,9 @@ def time_interleaved(methods: Dict[str, Callable[[], Any]], s: Settings) -> Dict
     start = time.perf_counter()
     rounds = 0
     try:
-        while rounds < s.max_rounds and (rounds < min_rounds or time.perf_counter() - start < s.budget_s):
+        while rounds < s.max_rounds and (
+            rounds < min_rounds or time.perf_counter() - start < s.budget_s
+        ):
             k = rounds % len(names)
             for n in names[k:] + names[:k]:
                 fn, m = methods[n], inner[n]
@@ -167,7 +184,10 @@ def run_cell(
     s: Settings,
     subject: str = AUTO,
 ) -> Dict[str, Any]:
-    """Check, then time, the methods of one cell; ratios of ``subject`` to the fastest correct peer."""
+    """Check, then time, the methods of one cell.
+
+    Ratios are of ``subject`` to the fastest correct peer.
+    """
     results = check(methods, reference, dtype)
     runnable = {n: f for n, f in methods.items() if results[n]["status"] != "error"}
     timings = time_interleaved(runnable, s)
@@ -178,10 +198,12 @@ def run_cell(
     if peers:
         fastest = min(peers, key=lambda n: results[n]["median_s"])
         cell["fastest_peer"] = fastest
-        for n, r in results.items():
+        for _n, r in results.items():
             if "median_s" in r:
                 r["ratio_to_fastest_peer"] = r["median_s"] / results[fastest]["median_s"]
-                r["paired_ratio_to_fastest_peer"] = paired_ratio(r["samples"], results[fastest]["samples"])
+                r["paired_ratio_to_fastest_peer"] = paired_ratio(
+                    r["samples"], results[fastest]["samples"]
+                )
         if subject in results and "median_s" in results[subject]:
             cell["subject"] = subject
             cell["subject_ratio"] = results[subject]["ratio_to_fastest_peer"]

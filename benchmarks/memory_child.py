@@ -73,7 +73,7 @@ def main() -> None:
     chunks = [None if c == "none" else int(c) for c in a.chunks.split(",")]
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
-    w = torch.empty(a.n, a.n, dtype=torch.float64).normal_(generator=g).div_(a.n ** 0.5)
+    w = torch.empty(a.n, a.n, dtype=torch.float64).normal_(generator=g).div_(a.n**0.5)
     x = torch.empty(a.n, dtype=torch.float64).normal_(generator=g)
     f = problems.make_tanh(w)
     w_small, x_small = problems.tanh_layer(8)
@@ -87,12 +87,23 @@ def main() -> None:
         out = jac(x)
         elapsed = time.perf_counter() - t0
         peak_rss, peak_hwm = _maxrss_mb(), _hwm_mb()
-        rec = {"chunk_size": chunk, "time_s": elapsed, "shape": list(out.shape), "checksum": float(out.sum()),
-               "hwm_valid": reset and base_hwm is not None}
+        rec = {
+            "chunk_size": chunk,
+            "time_s": elapsed,
+            "shape": list(out.shape),
+            "checksum": float(out.sum()),
+            "hwm_valid": reset and base_hwm is not None,
+        }
         if k == 0:
-            rec.update(maxrss_baseline_mb=base_rss, maxrss_peak_mb=peak_rss, maxrss_delta_mb=peak_rss - base_rss)
+            rec.update(
+                maxrss_baseline_mb=base_rss,
+                maxrss_peak_mb=peak_rss,
+                maxrss_delta_mb=peak_rss - base_rss,
+            )
         if rec["hwm_valid"]:
-            rec.update(hwm_baseline_mb=base_hwm, hwm_peak_mb=peak_hwm, hwm_delta_mb=peak_hwm - base_hwm)
+            rec.update(
+                hwm_baseline_mb=base_hwm, hwm_peak_mb=peak_hwm, hwm_delta_mb=peak_hwm - base_hwm
+            )
         print(json.dumps(rec), flush=True)
         del out, jac
 

@@ -14,7 +14,7 @@ from typing import Callable, Tuple
 import torch
 
 LATTICE = 1.12  # ~ the Lennard-Jones minimum 2**(1/6)
-JITTER = 0.05   # keeps every pair distance >= 1.12 - 2*sqrt(3)*0.05 > 0.94
+JITTER = 0.05  # keeps every pair distance >= 1.12 - 2*sqrt(3)*0.05 > 0.94
 
 
 def cluster(n_atoms: int, seed: int = 0) -> torch.Tensor:

@@ -60,9 +60,18 @@ def auto_cells_over(data: Dict[str, Any], limit: float = AUTO_TARGET) -> List[Di
         for cell in sec["cells"]:
             r = cell.get("subject_ratio")
             if r is not None and (r > limit or not cell.get("subject_ok", True)):
-                rows.append({"section": name, "dtype": cell["dtype"], "size_label": sec["size_label"],
-                             "size": cell["size"], "ratio": r, "paired": cell.get("subject_paired_ratio"),
-                             "peer": cell.get("fastest_peer"), "ok": cell.get("subject_ok", True)})
+                rows.append(
+                    {
+                        "section": name,
+                        "dtype": cell["dtype"],
+                        "size_label": sec["size_label"],
+                        "size": cell["size"],
+                        "ratio": r,
+                        "paired": cell.get("subject_paired_ratio"),
+                        "peer": cell.get("fastest_peer"),
+                        "ok": cell.get("subject_ok", True),
+                    }
+                )
     return rows
 
 
@@ -77,40 +86,66 @@ def summary_lines(data: Dict[str, Any]) -> List[str]:
         for g in sec["groups"]:
             for p in g["ratios"]:
                 flag = "" if p["ratio"] is not None and p["ratio"] <= sec["target"] else " ⚠"
-                out.append(f"| {key}: {p['label']} | {fmt_ratio(p['ratio'])}{flag} | "
-                           f"{fmt_ratio(p['paired_ratio'])} | ≤ {sec['target']}x |")
+                out.append(
+                    f"| {key}: {p['label']} | {fmt_ratio(p['ratio'])}{flag} | "
+                    f"{fmt_ratio(p['paired_ratio'])} | ≤ {sec['target']}x |"
+                )
     sec = S.get("autograd")
     if sec:
         for c in sec["cells"]:
             r = c.get("subject_ratio")
             flag = "" if r is not None and r <= sec["target"] else " ⚠"
-            out.append(f"| autograd backend / functional.jacobian(vectorize=False), {c['dtype']} n={c['size']} | "
-                       f"{fmt_ratio(r)}{flag} | {fmt_ratio(c.get('subject_paired_ratio'))} | ≤ {sec['target']}x |")
-    grid_cells = [c for n in GRID_ORDER if n in S for c in S[n]["cells"] if c.get("subject_ratio") is not None]
+            out.append(
+                f"| autograd backend / functional.jacobian(vectorize=False), {c['dtype']} "
+                f"n={c['size']} | "
+                f"{fmt_ratio(r)}{flag} | {fmt_ratio(c.get('subject_paired_ratio'))} | ≤ "
+                f"{sec['target']}x |"
+            )
+    grid_cells = [
+        c for n in GRID_ORDER if n in S for c in S[n]["cells"] if c.get("subject_ratio") is not None
+    ]
     if grid_cells:
         worst = max(c["subject_ratio"] for c in grid_cells)
         over = auto_cells_over(data)
-        out.append(f"| automatic / fastest correct peer, {len(grid_cells)} grid cells | worst {fmt_ratio(worst)}"
-                   f"{' ⚠' if over else ''} | {len(over)} cells over {AUTO_TARGET}x | ≤ {AUTO_TARGET}x |")
+        out.append(
+            f"| automatic / fastest correct peer, {len(grid_cells)} grid cells | worst "
+            f"{fmt_ratio(worst)}"
+            f"{' ⚠' if over else ''} | {len(over)} cells over {AUTO_TARGET}x | ≤ {AUTO_TARGET}x |"
+        )
     imp = S.get("import")
     if imp:
         flag = "" if imp["added_by_tad_ms"] < imp["target_ms"] else " ⚠"
-        out.append(f"| import tad_autograd after import torch (median, in-process) | "
-                   f"{imp['added_by_tad_ms']:.1f} ms{flag} | delta of medians {imp['delta_of_medians_ms']:.0f} ms | "
-                   f"< {imp['target_ms']:.0f} ms |")
+        out.append(
+            f"| import tad_autograd after import torch (median, in-process) | "
+            f"{imp['added_by_tad_ms']:.1f} ms{flag} | delta of medians "
+            f"{imp['delta_of_medians_ms']:.0f} ms | "
+            f"< {imp['target_ms']:.0f} ms |"
+        )
     mem = S.get("memory")
     if mem:
         bad = [m for m, ok in mem["falls_with_chunk"].items() if not ok]
-        out.append(f"| peak memory falls as chunk_size shrinks | {'yes' if not bad else 'no for ' + ', '.join(bad)} "
-                   f"| | all backends |")
+        out.append(
+            "| peak memory falls as chunk_size shrinks | "
+            f"{'yes' if not bad else 'no for ' + ', '.join(bad)} "
+            f"| | all backends |"
+        )
     over = auto_cells_over(data)
     if over:
-        out += ["", f"Grid cells where the automatic choice is over {AUTO_TARGET}x the fastest correct peer "
-                "(or not correct):", "", "| section | dtype | size | auto / fastest peer | paired | fastest peer |",
-                "|---|---|---|---|---|---|"]
+        out += [
+            "",
+            f"Grid cells where the automatic choice is over {AUTO_TARGET}x the fastest correct "
+            "peer "
+            "(or not correct):",
+            "",
+            "| section | dtype | size | auto / fastest peer | paired | fastest peer |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in over:
-            out.append(f"| {r['section']} | {r['dtype']} | {r['size_label']}={r['size']} | {fmt_ratio(r['ratio'])}"
-                       f"{'' if r['ok'] else ' (INCORRECT)'} | {fmt_ratio(r['paired'])} | {r['peer']} |")
+            out.append(
+                f"| {r['section']} | {r['dtype']} | {r['size_label']}={r['size']} | "
+                f"{fmt_ratio(r['ratio'])}"
+                f"{'' if r['ok'] else ' (INCORRECT)'} | {fmt_ratio(r['paired'])} | {r['peer']} |"
+            )
     return out + [""]
 
 
@@ -126,7 +161,12 @@ def grid_lines(name: str, sec: Dict[str, Any]) -> List[str]:
     head = ["dtype", sec["size_label"]] + methods + ["fastest peer", "auto / peer", "paired"]
     if name == "autograd":
         head = ["dtype", sec["size_label"]] + methods + ["autograd / functional", "paired"]
-    out = [f"## {name}: {sec['title']}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out = [
+        f"## {name}: {sec['title']}",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     notes = []
     for c in sec["cells"]:
         row = [c["dtype"], str(c["size"])]
@@ -134,11 +174,15 @@ def grid_lines(name: str, sec: Dict[str, Any]) -> List[str]:
             rec = c["methods"].get(m)
             row.append("—" if rec is None else _mark(rec))
             if rec is not None and rec["status"] != "ok":
-                notes.append(f"- {c['dtype']} {sec['size_label']}={c['size']} `{m}`: {rec.get('error')}")
+                notes.append(
+                    f"- {c['dtype']} {sec['size_label']}={c['size']} `{m}`: {rec.get('error')}"
+                )
         if name != "autograd":
             row.append(str(c.get("fastest_peer", "—")).replace(PEER_PREFIX, ""))
         r = c.get("subject_ratio")
-        row.append(fmt_ratio(r) + (" ⚠" if r is not None and r > sec.get("target", AUTO_TARGET) else ""))
+        row.append(
+            fmt_ratio(r) + (" ⚠" if r is not None and r > sec.get("target", AUTO_TARGET) else "")
+        )
         row.append(fmt_ratio(c.get("subject_paired_ratio")))
         out.append("| " + " | ".join(row) + " |")
     return out + [""] + (["Problems:", ""] + notes + [""] if notes else [])
@@ -148,34 +192,62 @@ def pairs_lines(name: str, sec: Dict[str, Any]) -> List[str]:
     out = [f"## {name}: {sec['title']}", ""]
     for g in sec["groups"]:
         label = g.get("transform") or f"n={g.get('size')}"
-        out += [f"### {label}", "", "| method | median | IQR | rounds × calls | status |", "|---|---|---|---|---|"]
+        out += [
+            f"### {label}",
+            "",
+            "| method | median | IQR | rounds × calls | status |",
+            "|---|---|---|---|---|",
+        ]
         for m, rec in g["methods"].items():
-            iqr = f"{fmt_time(rec.get('q1_s'))} – {fmt_time(rec.get('q3_s'))}" if "q1_s" in rec else "—"
+            iqr = (
+                f"{fmt_time(rec.get('q1_s'))} – {fmt_time(rec.get('q3_s'))}"
+                if "q1_s" in rec
+                else "—"
+            )
             rc = f"{rec.get('rounds', 0)} × {rec.get('inner', 0)}"
-            out.append(f"| {m} | {fmt_time(rec.get('median_s'))} | {iqr} | {rc} | {rec['status']} |")
+            out.append(
+                f"| {m} | {fmt_time(rec.get('median_s'))} | {iqr} | {rc} | {rec['status']} |"
+            )
         out += ["", "| ratio | median/median | paired | target |", "|---|---|---|---|"]
         for p in g["ratios"]:
-            out.append(f"| {p['label']} | {fmt_ratio(p['ratio'])} | {fmt_ratio(p['paired_ratio'])} | ≤ {sec['target']}x |")
+            out.append(
+                f"| {p['label']} | {fmt_ratio(p['ratio'])} | {fmt_ratio(p['paired_ratio'])} | ≤ "
+                f"{sec['target']}x |"
+            )
         if "fallback_warnings" in g:
-            out += ["", f"BackendFallbackWarnings over the first three calls: {len(g['fallback_warnings'])} "
-                    "(expected exactly 1)."]
+            out += [
+                "",
+                "BackendFallbackWarnings over the first three calls: "
+                f"{len(g['fallback_warnings'])} "
+                "(expected exactly 1).",
+            ]
         out.append("")
     return out
 
 
 def import_lines(sec: Dict[str, Any]) -> List[str]:
     return [
-        f"## import: {sec['title']}", "",
-        f"- `import torch` alone: median {sec['import_torch_ms']:.0f} ms ({sec['repeats']} fresh interpreters)",
-        f"- `import tad_autograd` right after `import torch`, timed in the same interpreter: median "
-        f"**{sec['added_by_tad_ms']:.1f} ms** (all: {', '.join(f'{t:.1f}' for t in sec['added_by_tad_ms_all'])})",
-        f"- difference of the medians of whole imports (noisier): {sec['delta_of_medians_ms']:.0f} ms; "
-        f"process wall times {sec['process_wall_torch_ms']:.0f} ms vs {sec['process_wall_tad_ms']:.0f} ms",
-        f"- heavy modules imported by tad_autograd beyond torch's own: {sec['heavy_modules_imported_by_tad'] or 'none'}"
+        f"## import: {sec['title']}",
+        "",
+        f"- `import torch` alone: median {sec['import_torch_ms']:.0f} ms ({sec['repeats']} fresh "
+        "interpreters)",
+        "- `import tad_autograd` right after `import torch`, timed in the same interpreter: "
+        "median "
+        f"**{sec['added_by_tad_ms']:.1f} ms** (all: "
+        f"{', '.join(f'{t:.1f}' for t in sec['added_by_tad_ms_all'])})",
+        f"- difference of the medians of whole imports (noisier): {sec['delta_of_medians_ms']:.0f} "
+        "ms; "
+        f"process wall times {sec['process_wall_torch_ms']:.0f} ms vs "
+        f"{sec['process_wall_tad_ms']:.0f} ms",
+        "- heavy modules imported by tad_autograd beyond torch's own: "
+        f"{sec['heavy_modules_imported_by_tad'] or 'none'}"
         f" (torch itself imports torch.func: {sec['torch_func_imported_by_torch_itself']})",
-        f"- other top-level modules tad_autograd imports: {', '.join(sec['other_top_level_modules_imported_by_tad']) or 'none'}",
-        "- largest self times (`python -X importtime`, one run): " + ", ".join(
-            f"{r['module']} {r['self_ms']:.1f} ms" for r in sec.get("importtime_self_ms", [])),
+        "- other top-level modules tad_autograd imports: "
+        f"{', '.join(sec['other_top_level_modules_imported_by_tad']) or 'none'}",
+        "- largest self times (`python -X importtime`, one run): "
+        + ", ".join(
+            f"{r['module']} {r['self_ms']:.1f} ms" for r in sec.get("importtime_self_ms", [])
+        ),
         "",
     ]
 
@@ -186,10 +258,16 @@ def memory_lines(sec: Dict[str, Any]) -> List[str]:
         if r["method"] not in methods:
             methods.append(r["method"])
     head = ["chunk_size"] + [f"{m} (MB)" for m in methods]
-    out = [f"## memory: {sec['title']}", "",
-           f"Peak RSS minus the RSS after setup and warm-up ({sec.get('measure', '')}); time of the call in "
-           f"brackets. The Jacobian itself is {sec['result_mb']:.0f} MB.", "",
-           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out = [
+        f"## memory: {sec['title']}",
+        "",
+        f"Peak RSS minus the RSS after setup and warm-up ({sec.get('measure', '')}); time of the "
+        "call in "
+        f"brackets. The Jacobian itself is {sec['result_mb']:.0f} MB.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for ch in sec["chunks"]:
         row = [str(ch)]
         for m in methods:
@@ -199,8 +277,12 @@ def memory_lines(sec: Dict[str, Any]) -> List[str]:
             else:
                 row.append(f"{r['delta_mb']:.1f} ({r['time_s']:.2f} s)")
         out.append("| " + " | ".join(row) + " |")
-    out += ["", "Falls as the chunk shrinks: " + ", ".join(
-        f"{m}: {'yes' if ok else 'NO'}" for m, ok in sec["falls_with_chunk"].items()), ""]
+    out += [
+        "",
+        "Falls as the chunk shrinks: "
+        + ", ".join(f"{m}: {'yes' if ok else 'NO'}" for m, ok in sec["falls_with_chunk"].items()),
+        "",
+    ]
     return out
 
 
@@ -211,15 +293,30 @@ def write_markdown(path: str, data: Dict[str, Any]) -> None:
     for name in SECTION_ORDER:
         if name in S:
             m = S[name]["meta"]
-            metas.setdefault(json.dumps({k: m[k] for k in m if k not in ("finished", "elapsed_s", "budget_s")}, sort_keys=True), []).append(name)
+            metas.setdefault(
+                json.dumps(
+                    {k: m[k] for k in m if k not in ("finished", "elapsed_s", "budget_s")},
+                    sort_keys=True,
+                ),
+                [],
+            ).append(name)
     for key, names in metas.items():
         m = json.loads(key)
-        lines.append(f"- sections {', '.join(names)}: mode `{m['mode']}`, torch {m['torch']}, Python {m['python']}, "
-                     f"{m['threads']} torch thread(s), {m['cpus']} CPUs, backends {', '.join(m['backends'])}, "
-                     f"command `{m['command']}`, clock {m.get('clock', 'wall')}, tad_autograd source "
-                     f"sha1 {m.get('tad_autograd_source_sha1', '?')}")
-    lines += ["", "Times are medians over interleaved rounds (see benchmarks/README.md). Ratios are "
-              "median/median; *paired* is the median of per-round ratios. ⚠ marks a ratio over its target.", ""]
+        lines.append(
+            f"- sections {', '.join(names)}: mode `{m['mode']}`, torch {m['torch']}, Python "
+            f"{m['python']}, "
+            f"{m['threads']} torch thread(s), {m['cpus']} CPUs, backends "
+            f"{', '.join(m['backends'])}, "
+            f"command `{m['command']}`, clock {m.get('clock', 'wall')}, tad_autograd source "
+            f"sha1 {m.get('tad_autograd_source_sha1', '?')}"
+        )
+    lines += [
+        "",
+        "Times are medians over interleaved rounds (see benchmarks/README.md). Ratios are "
+        "median/median; *paired* is the median of per-round ratios. ⚠ marks a ratio over its "
+        "target.",
+        "",
+    ]
     lines += summary_lines(data)
     for name in SECTION_ORDER:
         sec = S.get(name)
@@ -254,7 +351,9 @@ def write_plot(path: str, data: Dict[str, Any]) -> Optional[str]:
         return None
     dtypes = sorted({c["dtype"] for n in grids for c in S[n]["cells"]}, reverse=True)
     rows = len(dtypes) + 1
-    fig, axes = plt.subplots(rows, len(grids), figsize=(4.6 * len(grids), 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, len(grids), figsize=(4.6 * len(grids), 3.6 * rows), squeeze=False
+    )
     colours: Dict[str, Any] = {}
     cmap = plt.get_cmap("tab10")
     for col, name in enumerate(grids):
@@ -267,8 +366,11 @@ def write_plot(path: str, data: Dict[str, Any]) -> Optional[str]:
             cells = [c for c in sec["cells"] if c["dtype"] == dt]
             for m in methods:
                 colours.setdefault(m, cmap(len(colours) % 10))
-                pts = [(c["size"], c["methods"][m]["median_s"]) for c in cells
-                       if m in c["methods"] and "median_s" in c["methods"][m]]
+                pts = [
+                    (c["size"], c["methods"][m]["median_s"])
+                    for c in cells
+                    if m in c["methods"] and "median_s" in c["methods"][m]
+                ]
                 if not pts:
                     continue
                 style = "--" if m.startswith(PEER_PREFIX) else "-"
@@ -288,11 +390,21 @@ def write_plot(path: str, data: Dict[str, Any]) -> Optional[str]:
             for m in methods:
                 if m.startswith(PEER_PREFIX):
                     continue
-                pts = [(c["size"], c["methods"][m]["ratio_to_fastest_peer"]) for c in cells
-                       if m in c["methods"] and "ratio_to_fastest_peer" in c["methods"][m]]
+                pts = [
+                    (c["size"], c["methods"][m]["ratio_to_fastest_peer"])
+                    for c in cells
+                    if m in c["methods"] and "ratio_to_fastest_peer" in c["methods"][m]
+                ]
                 if pts:
-                    ax.plot(*zip(*pts), "-", marker=marker, ms=3, lw=2.6 if m == AUTO else 1.1,
-                            color=colours[m], label=f"{m} {dt}")
+                    ax.plot(
+                        *zip(*pts),
+                        "-",
+                        marker=marker,
+                        ms=3,
+                        lw=2.6 if m == AUTO else 1.1,
+                        color=colours[m],
+                        label=f"{m} {dt}",
+                    )
         ax.axhline(AUTO_TARGET, color="k", ls=":", lw=1)
         ax.axhline(1.0, color="k", lw=0.5)
         ax.set_xscale("log")
@@ -301,7 +413,9 @@ def write_plot(path: str, data: Dict[str, Any]) -> Optional[str]:
         ax.set_xlabel(sec["size_label"])
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6, loc="best")
-    fig.suptitle("tad_autograd vs peers (solid: tad_autograd, thick: automatic; dashed: peers)", fontsize=11)
+    fig.suptitle(
+        "tad_autograd vs peers (solid: tad_autograd, thick: automatic; dashed: peers)", fontsize=11
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

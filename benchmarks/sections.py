@@ -81,7 +81,9 @@ def hessian_double_loop(f: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
     return torch.stack(rows).reshape(x.shape + x.shape)
 
 
-def batched_forces_loop(f: Callable[[torch.Tensor], torch.Tensor], pos: torch.Tensor) -> torch.Tensor:
+def batched_forces_loop(
+    f: Callable[[torch.Tensor], torch.Tensor], pos: torch.Tensor
+) -> torch.Tensor:
     """dE/dpos for each structure of a batch: a Python loop of ``autograd.grad``."""
     out = []
     for p in pos:
@@ -141,8 +143,12 @@ def vmap_methods(f: Callable, pos: torch.Tensor) -> Dict[str, Callable[[], Any]]
 # --------------------------------------------------------------------------- grids
 
 
-def _grid(cfg: Config, name: str, build: Callable[[int, torch.dtype], Tuple[Dict, torch.Tensor]],
-          size_label: str) -> Dict[str, Any]:
+def _grid(
+    cfg: Config,
+    name: str,
+    build: Callable[[int, torch.dtype], Tuple[Dict, torch.Tensor]],
+    size_label: str,
+) -> Dict[str, Any]:
     cells = []
     for dname in cfg.dtypes:
         dtype = DTYPES[dname]
@@ -155,7 +161,8 @@ def _grid(cfg: Config, name: str, build: Callable[[int, torch.dtype], Tuple[Dict
             bad = [n for n, r in cell["methods"].items() if r["status"] != "ok"]
             cfg.log(
                 f"  {name:8s} {dname} {size_label}={size:<5d} auto/fastest peer = "
-                f"{cell.get('subject_ratio', float('nan')):.3f} (paired {cell.get('subject_paired_ratio', float('nan')):.3f}, "
+                f"{cell.get('subject_ratio', float('nan')):.3f} (paired "
+                f"{cell.get('subject_paired_ratio', float('nan')):.3f}, "
                 f"peer {cell.get('fastest_peer')}) [{time.perf_counter() - t0:.1f}s]"
                 + (f" NOT OK: {bad}" if bad else "")
             )
@@ -193,7 +200,10 @@ def section_hessian(cfg: Config) -> Dict[str, Any]:
         return hessian_methods(problems.morse_energy(n), pos), ref
 
     out = _grid(cfg, "hessian", build, "N")
-    out["title"] = "Hessian of a Morse pair-potential energy, positions (N, 3); tad backends use reverse-over-reverse"
+    out["title"] = (
+        "Hessian of a Morse pair-potential energy, positions (N, 3); tad backends use "
+        "reverse-over-reverse"
+    )
     return out
 
 
@@ -204,7 +214,9 @@ def section_vmap(cfg: Config) -> Dict[str, Any]:
         return vmap_methods(problems.lj_energy(VMAP_ATOMS), pos), ref
 
     out = _grid(cfg, "vmap", build, "B")
-    out["title"] = f"vmap of forces (jacrev of a Lennard-Jones energy) over B structures of {VMAP_ATOMS} atoms"
+    out["title"] = (
+        f"vmap of forces (jacrev of a Lennard-Jones energy) over B structures of {VMAP_ATOMS} atoms"
+    )
     return out
 
 
@@ -214,23 +226,38 @@ def section_vmap(cfg: Config) -> Dict[str, Any]:
 def _special_settings(cfg: Config, budget_s: float) -> Settings:
     """Many short interleaved samples: the paired ratios of §8 need ~1 % precision."""
     s = cfg.settings
-    return Settings(clock=s.clock, budget_s=budget_s, sample_s=0.001, min_rounds=30,
-                    max_rounds=100000, slow_cap_s=s.slow_cap_s)
+    return Settings(
+        clock=s.clock,
+        budget_s=budget_s,
+        sample_s=0.001,
+        min_rounds=30,
+        max_rounds=100000,
+        slow_cap_s=s.slow_cap_s,
+    )
 
 
-def _pairs(results: Dict[str, Dict[str, Any]], pairs: Sequence[Tuple[str, str, str]]) -> List[Dict[str, Any]]:
+def _pairs(
+    results: Dict[str, Dict[str, Any]], pairs: Sequence[Tuple[str, str, str]]
+) -> List[Dict[str, Any]]:
     rows = []
     for label, a, b in pairs:
         ra, rb = results.get(a, {}), results.get(b, {})
         if "median_s" not in ra or "median_s" not in rb:
-            rows.append({"label": label, "subject": a, "baseline": b, "ratio": None, "paired_ratio": None})
+            rows.append(
+                {"label": label, "subject": a, "baseline": b, "ratio": None, "paired_ratio": None}
+            )
             continue
-        rows.append({
-            "label": label, "subject": a, "baseline": b,
-            "subject_s": ra["median_s"], "baseline_s": rb["median_s"],
-            "ratio": ra["median_s"] / rb["median_s"],
-            "paired_ratio": paired_ratio(ra["samples"], rb["samples"]),
-        })
+        rows.append(
+            {
+                "label": label,
+                "subject": a,
+                "baseline": b,
+                "subject_s": ra["median_s"],
+                "baseline_s": rb["median_s"],
+                "ratio": ra["median_s"] / rb["median_s"],
+                "paired_ratio": paired_ratio(ra["samples"], rb["samples"]),
+            }
+        )
     return rows
 
 
@@ -269,17 +296,24 @@ def section_dispatch(cfg: Config) -> Dict[str, Any]:
         for n, t in time_interleaved(ok, s).items():
             results[n].update(t)
         names = list(methods)
-        pairs = _pairs(results, [
-            (f"{kind} backend='func' / torch.func, built per call", names[0], names[1]),
-            (f"{kind} backend='func' / torch.func, pre-built", names[2], names[3]),
-            (f"{kind} automatic / torch.func, built per call", names[4], names[1]),
-            (f"{kind} automatic / torch.func, pre-built", names[5], names[3]),
-        ])
+        pairs = _pairs(
+            results,
+            [
+                (f"{kind} backend='func' / torch.func, built per call", names[0], names[1]),
+                (f"{kind} backend='func' / torch.func, pre-built", names[2], names[3]),
+                (f"{kind} automatic / torch.func, built per call", names[4], names[1]),
+                (f"{kind} automatic / torch.func, pre-built", names[5], names[3]),
+            ],
+        )
         for p in pairs:
             cfg.log(f"  dispatch {p['label']}: {p['ratio']:.3f} (paired {p['paired_ratio']:.3f})")
         groups.append({"transform": title, "methods": results, "ratios": pairs})
-    return {"kind": "pairs", "title": "Dispatch overhead at n=2 (float64): tad_autograd vs torch.func",
-            "target": 1.03, "groups": groups}
+    return {
+        "kind": "pairs",
+        "title": "Dispatch overhead at n=2 (float64): tad_autograd vs torch.func",
+        "target": 1.03,
+        "groups": groups,
+    }
 
 
 def section_autograd(cfg: Config) -> Dict[str, Any]:
@@ -300,14 +334,25 @@ def section_autograd(cfg: Config) -> Dict[str, Any]:
             cell = run_cell(methods, ref, dtype, cfg.settings, subject="tad:autograd")
             cell.update(dtype=dname, size=n)
             cells.append(cell)
-            cfg.log(f"  autograd {dname} n={n:<4d} autograd/functional(vec=False) = "
-                    f"{cell.get('subject_ratio', float('nan')):.3f} (paired {cell.get('subject_paired_ratio', float('nan')):.3f})")
-    return {"kind": "grid", "size_label": "n", "target": 1.0, "cells": cells,
-            "title": "backend='autograd' vs torch.autograd.functional.jacobian(vectorize=False), tanh(W x)"}
+            cfg.log(
+                f"  autograd {dname} n={n:<4d} autograd/functional(vec=False) = "
+                f"{cell.get('subject_ratio', float('nan')):.3f} (paired "
+                f"{cell.get('subject_paired_ratio', float('nan')):.3f})"
+            )
+    return {
+        "kind": "grid",
+        "size_label": "n",
+        "target": 1.0,
+        "cells": cells,
+        "title": (
+            "backend='autograd' vs torch.autograd.functional.jacobian(vectorize=False), tanh(W x)"
+        ),
+    }
 
 
 def section_fallback(cfg: Config) -> Dict[str, Any]:
-    """Second and later automatic calls of a function that needs the fallback vs backend='autograd'."""
+    # one line on purpose: `run.py --list` prints the first line of each section's docstring
+    """Second and later automatic calls of a function that needs the fallback vs backend='autograd'."""  # noqa: E501
     groups = []
     s = _special_settings(cfg, 2.0 if cfg.quick else 5.0)
     for n in cfg.sizes("fallback"):
@@ -320,14 +365,18 @@ def section_fallback(cfg: Config) -> Dict[str, Any]:
             ja(x)  # first call: torch.func fails, falls back, warns once
             ja(x)
             ta.jacrev(f)(x)
-        fallback_warnings = [str(w_.message)[:200] for w_ in caught
-                             if issubclass(w_.category, ta.BackendFallbackWarning)]
+        fallback_warnings = [
+            str(w_.message)[:200]
+            for w_ in caught
+            if issubclass(w_.category, ta.BackendFallbackWarning)
+        ]
+        # the closures below are all checked and timed within this iteration (B023 is moot)
         methods = {
-            "tad automatic (after fallback), pre-built": lambda: ja(x),
-            "tad backend='autograd', pre-built": lambda: jg(x),
-            "tad automatic (after fallback), built per call": lambda: ta.jacrev(f)(x),
-            "tad backend='autograd', built per call": lambda: ta.jacrev(f, backend="autograd")(x),
-            "peer:functional(vec=False)": lambda: AF.jacobian(f, x, vectorize=False),
+            "tad automatic (after fallback), pre-built": lambda: ja(x),  # noqa: B023
+            "tad backend='autograd', pre-built": lambda: jg(x),  # noqa: B023
+            "tad automatic (after fallback), built per call": lambda: ta.jacrev(f)(x),  # noqa: B023
+            "tad backend='autograd', built per call": lambda: ta.jacrev(f, backend="autograd")(x),  # noqa: B023
+            "peer:functional(vec=False)": lambda: AF.jacobian(f, x, vectorize=False),  # noqa: B023
         }
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ta.BackendFallbackWarning)
@@ -336,16 +385,24 @@ def section_fallback(cfg: Config) -> Dict[str, Any]:
             for k, t in time_interleaved(ok, s).items():
                 results[k].update(t)
         names = list(methods)
-        pairs = _pairs(results, [
-            (f"n={n}: automatic / backend='autograd', pre-built", names[0], names[1]),
-            (f"n={n}: automatic / backend='autograd', built per call", names[2], names[3]),
-        ])
+        pairs = _pairs(
+            results,
+            [
+                (f"n={n}: automatic / backend='autograd', pre-built", names[0], names[1]),
+                (f"n={n}: automatic / backend='autograd', built per call", names[2], names[3]),
+            ],
+        )
         for p in pairs:
             cfg.log(f"  fallback {p['label']}: {p['ratio']:.3f} (paired {p['paired_ratio']:.3f})")
-        groups.append({"size": n, "methods": results, "ratios": pairs,
-                       "fallback_warnings": fallback_warnings})
-    return {"kind": "pairs", "target": 1.05, "groups": groups,
-            "title": "Fallback path: old-style autograd.Function, calls after the first (float64)"}
+        groups.append(
+            {"size": n, "methods": results, "ratios": pairs, "fallback_warnings": fallback_warnings}
+        )
+    return {
+        "kind": "pairs",
+        "target": 1.05,
+        "groups": groups,
+        "title": "Fallback path: old-style autograd.Function, calls after the first (float64)",
+    }
 
 
 _IMPORT_TORCH = (
@@ -369,8 +426,14 @@ def _child_env() -> Dict[str, str]:
 
 def _child(code: str) -> Tuple[Dict[str, Any], float]:
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=_child_env(), cwd=REPO, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=_child_env(),
+        cwd=REPO,
+        check=True,
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1]), time.perf_counter() - t0
 
 
@@ -384,7 +447,13 @@ def section_import(cfg: Config) -> Dict[str, Any]:
         a, wa = _child(_IMPORT_TORCH) if not cfg.quick else (None, None)
         b, wb = _child(_IMPORT_TAD)
         if a is None:
-            a, wa = {"torch_s": b["torch_s"], "modules": [m for m in b["modules"] if m not in b["new_modules"]]}, wb
+            a, wa = (
+                {
+                    "torch_s": b["torch_s"],
+                    "modules": [m for m in b["modules"] if m not in b["new_modules"]],
+                },
+                wb,
+            )
         torch_only.append(a["torch_s"])
         with_tad.append(b)
         wall_torch.append(wa)
@@ -392,8 +461,13 @@ def section_import(cfg: Config) -> Dict[str, Any]:
         last_torch, last_tad = a, b
     tad_s = [b["tad_s"] for b in with_tad]
     # where the time goes: python -X importtime, self times of the modules tad_autograd adds
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import torch; import tad_autograd"],
-                          capture_output=True, text=True, env=_child_env(), cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import torch; import tad_autograd"],
+        capture_output=True,
+        text=True,
+        env=_child_env(),
+        cwd=REPO,
+    )
     breakdown = []
     seen_tad = False
     for line in proc.stderr.splitlines():
@@ -406,15 +480,23 @@ def section_import(cfg: Config) -> Dict[str, Any]:
             continue
         mod = parts[2].strip()
         if mod.startswith("tad_autograd") or (mod.split(".")[0] in ("packaging",) and not seen_tad):
-            breakdown.append({"module": mod, "self_ms": self_us / 1e3, "cumulative_ms": cum_us / 1e3})
+            breakdown.append(
+                {"module": mod, "self_ms": self_us / 1e3, "cumulative_ms": cum_us / 1e3}
+            )
         seen_tad = seen_tad or mod == "tad_autograd"
     breakdown.sort(key=lambda r: -r["self_ms"])
     med = statistics.median
-    heavy = [m for m in ("functorch", "torch.func", "torch._functorch.eager_transforms")
-             if m in last_tad["modules"] and m not in last_torch["modules"]]
+    heavy = [
+        m
+        for m in ("functorch", "torch.func", "torch._functorch.eager_transforms")
+        if m in last_tad["modules"] and m not in last_torch["modules"]
+    ]
     new_top = sorted({m.split(".")[0] for m in last_tad["new_modules"]} - {"tad_autograd"})
     out = {
-        "kind": "import", "title": "Import time (fresh interpreters)", "target_ms": 15.0, "repeats": repeats,
+        "kind": "import",
+        "title": "Import time (fresh interpreters)",
+        "target_ms": 15.0,
+        "repeats": repeats,
         "import_torch_ms": med(torch_only) * 1e3,
         "import_torch_then_tad_total_ms": med(b["total_s"] for b in with_tad) * 1e3,
         "added_by_tad_ms": med(tad_s) * 1e3,
@@ -427,9 +509,13 @@ def section_import(cfg: Config) -> Dict[str, Any]:
         "torch_func_imported_by_torch_itself": "torch.func" in last_torch["modules"],
         "importtime_self_ms": breakdown[:10],
     }
-    cfg.log(f"  import: torch {out['import_torch_ms']:.0f} ms; tad_autograd adds {out['added_by_tad_ms']:.1f} ms "
-            f"(median in-process), delta of medians {out['delta_of_medians_ms']:.1f} ms; heavy: {heavy}; "
-            f"new top-level modules: {new_top}")
+    cfg.log(
+        f"  import: torch {out['import_torch_ms']:.0f} ms; tad_autograd adds "
+        f"{out['added_by_tad_ms']:.1f} ms "
+        f"(median in-process), delta of medians {out['delta_of_medians_ms']:.1f} ms; heavy: "
+        f"{heavy}; "
+        f"new top-level modules: {new_top}"
+    )
     return out
 
 
@@ -447,39 +533,72 @@ def section_memory(cfg: Config) -> Dict[str, Any]:
     methods = [f"tad:{b}" for b in backends()] + ([] if cfg.quick else ["peer:func.jacrev"])
     # full: one fresh process per (method, chunk), ru_maxrss as the measure;
     # quick: one process per method measuring every chunk (VmHWM reset between them)
-    runs = [(m, [c]) for m in methods for c in chunks] if not cfg.quick else [(m, chunks) for m in methods]
+    runs = (
+        [(m, [c]) for m in methods for c in chunks]
+        if not cfg.quick
+        else [(m, chunks) for m in methods]
+    )
     rows = []
     for method, cs in runs:
         spec = ",".join("none" if c is None else str(c) for c in cs)
-        cmd = [sys.executable, "-c", _LAUNCHER, sys.executable, "-m", "benchmarks.memory_child",
-               "--method", method, "--n", str(n), "--chunks", spec]
+        cmd = [
+            sys.executable,
+            "-c",
+            _LAUNCHER,
+            sys.executable,
+            "-m",
+            "benchmarks.memory_child",
+            "--method",
+            method,
+            "--n",
+            str(n),
+            "--chunks",
+            spec,
+        ]
         # a fixed mmap threshold: every large tensor is mmapped and returned to the OS when freed
         # (glibc's adaptive threshold would otherwise recycle freed blocks unseen by the RSS)
         env = dict(_child_env(), MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="131072")
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
-        lines = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
+        lines = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode != 0 or len(lines) != len(cs):
             err = (proc.stderr.strip().splitlines() or ["?"])[-1]
-            lines += [{"chunk_size": c, "error": err} for c in cs[len(lines):]]
+            lines += [{"chunk_size": c, "error": err} for c in cs[len(lines) :]]
         for rec in lines:
             rec["method"] = method
-            rec["delta_mb"] = rec.get("maxrss_delta_mb", rec.get("hwm_delta_mb")) if len(cs) == 1 \
+            rec["delta_mb"] = (
+                rec.get("maxrss_delta_mb", rec.get("hwm_delta_mb"))
+                if len(cs) == 1
                 else rec.get("hwm_delta_mb")
+            )
             rows.append(rec)
-            cfg.log(f"  memory {method:18s} chunk={str(rec['chunk_size']):5s} peak - baseline = "
-                    f"{_num(rec.get('delta_mb')):7.1f} MB (ru_maxrss {rec.get('maxrss_delta_mb', float('nan')):.1f}, "
-                    f"VmHWM {rec.get('hwm_delta_mb', float('nan')):.1f}; {rec.get('time_s', float('nan')):.2f} s)")
+            cfg.log(
+                f"  memory {method:18s} chunk={str(rec['chunk_size']):5s} peak - baseline = "
+                f"{_num(rec.get('delta_mb')):7.1f} MB (ru_maxrss "
+                f"{rec.get('maxrss_delta_mb', float('nan')):.1f}, "
+                f"VmHWM {rec.get('hwm_delta_mb', float('nan')):.1f}; "
+                f"{rec.get('time_s', float('nan')):.2f} s)"
+            )
     monotone = {}
     for method in methods:
         ds = [r.get("delta_mb") for r in rows if r["method"] == method]
         ok = all(d is not None for d in ds)
-        # chunks run from None (all rows at once) down to 1: the peak must not grow, and must fall overall
-        monotone[method] = ok and all(b <= a * 1.05 + 1.0 for a, b in zip(ds, ds[1:])) and ds[-1] < ds[0]
-    return {"kind": "memory", "n": n, "result_mb": n * n * 8 / 2**20, "chunks": chunks, "rows": rows,
-            "falls_with_chunk": monotone,
-            "measure": "ru_maxrss, one fresh process per row" if not cfg.quick
-            else "VmHWM reset per row, one fresh process per method",
-            "title": f"Peak memory: jacrev of tanh(W x), n={n}, float64"}
+        # chunks run from None (all rows at once) down to 1: the peak must not grow, and must fall
+        # overall
+        monotone[method] = (
+            ok and all(b <= a * 1.05 + 1.0 for a, b in zip(ds, ds[1:])) and ds[-1] < ds[0]
+        )
+    return {
+        "kind": "memory",
+        "n": n,
+        "result_mb": n * n * 8 / 2**20,
+        "chunks": chunks,
+        "rows": rows,
+        "falls_with_chunk": monotone,
+        "measure": "ru_maxrss, one fresh process per row"
+        if not cfg.quick
+        else "VmHWM reset per row, one fresh process per method",
+        "title": f"Peak memory: jacrev of tanh(W x), n={n}, float64",
+    }
 
 
 SECTIONS: Dict[str, Callable[[Config], Dict[str, Any]]] = {

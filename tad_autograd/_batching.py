@@ -45,7 +45,10 @@ class BatchedArgs:
     def sample(self, index: int) -> Tuple[Any, ...]:
         """The argument tuple of batch element ``index``."""
         return tree_unflatten(
-            [leaf if d is None else leaf.select(d, index) for leaf, d in zip(self.leaves, self.dims)],
+            [
+                leaf if d is None else leaf.select(d, index)
+                for leaf, d in zip(self.leaves, self.dims)
+            ],
             self.spec,
         )
 
@@ -112,7 +115,11 @@ def flatten_args(func: Callable[..., Any], in_dims: Any, args: Tuple[Any, ...]) 
         )
     leaves, spec = tree_flatten(args)
     try:
-        flat_dims = broadcast_prefix(in_dims, args) if isinstance(in_dims, tuple) else [in_dims] * len(leaves)
+        flat_dims = (
+            broadcast_prefix(in_dims, args)
+            if isinstance(in_dims, tuple)
+            else [in_dims] * len(leaves)
+        )
     except IncompatibleStructure:
         raise ValueError(
             f"{head}: in_dims is not compatible with the structure of `inputs`. "
@@ -127,8 +134,7 @@ def flatten_args(func: Callable[..., Any], in_dims: Any, args: Tuple[Any, ...]) 
             continue
         if not isinstance(d, int) or isinstance(d, bool):
             raise ValueError(
-                f"{head}: in_dims must be int or None for every input, got {d!r} "
-                f"of type {type(d)}."
+                f"{head}: in_dims must be int or None for every input, got {d!r} of type {type(d)}."
             )
         if not isinstance(leaf, torch.Tensor):
             raise ValueError(
@@ -160,7 +166,9 @@ def flatten_args(func: Callable[..., Any], in_dims: Any, args: Tuple[Any, ...]) 
     return BatchedArgs(leaves, dims, spec, size)
 
 
-def split_outputs(func: Callable[..., Any], out_dims: Any, output: Any) -> Tuple[List[Any], List[Optional[int]], Any]:
+def split_outputs(
+    func: Callable[..., Any], out_dims: Any, output: Any
+) -> Tuple[List[Any], List[Optional[int]], Any]:
     """Flatten one sample's output and match ``out_dims`` to it.
 
     Returns
@@ -173,7 +181,9 @@ def split_outputs(func: Callable[..., Any], out_dims: Any, output: Any) -> Tuple
         dims = [out_dims] * len(leaves)
     elif isinstance(out_dims, (tuple, list)):
         try:
-            dims = broadcast_prefix(tuple(out_dims) if isinstance(output, tuple) else out_dims, output)
+            dims = broadcast_prefix(
+                tuple(out_dims) if isinstance(output, tuple) else out_dims, output
+            )
         except IncompatibleStructure:
             if len(leaves) == 1 and len(out_dims) == 1:
                 dims = [out_dims[0]]
@@ -212,7 +222,9 @@ def split_outputs(func: Callable[..., Any], out_dims: Any, output: Any) -> Tuple
     return leaves, dims, spec
 
 
-def join_outputs(samples: Sequence[List[Any]], dims: List[Optional[int]], spec: Any, join: Callable[..., Any]) -> Any:
+def join_outputs(
+    samples: Sequence[List[Any]], dims: List[Optional[int]], spec: Any, join: Callable[..., Any]
+) -> Any:
     """Join per-sample (or per-chunk) output leaves along their ``out_dims``.
 
     Parameters

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any, List, Tuple
 
 import torch
-
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 __all__ = [

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
-from functools import lru_cache
+from functools import cache
 
 import torch
 from packaging.version import Version
@@ -14,7 +14,7 @@ __all__ = ["TORCH_VERSION", "module_exists"]
 TORCH_VERSION: Version = Version(Version(torch.__version__.split("+")[0]).base_version)
 
 
-@lru_cache(maxsize=None)
+@cache
 def module_exists(name: str) -> bool:
     """Tell whether module ``name`` could be imported, without importing it.
 

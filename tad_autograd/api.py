@@ -1,4 +1,5 @@
-"""The public transforms: :func:`jacrev`, :func:`vmap`, :func:`hessian`, :func:`fjacrev`, :func:`fvmap`.
+"""The public transforms: :func:`jacrev`, :func:`vmap`, :func:`hessian`, :func:`fjacrev`,
+:func:`fvmap`.
 
 Thin, documented functions over :mod:`tad_autograd.transforms`; every
 argument is checked here once, when the transform is built.

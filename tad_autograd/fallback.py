@@ -18,7 +18,7 @@ import re
 import threading
 import weakref
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any, Callable, Dict, Optional, Pattern, Tuple, Type
 
 __all__ = ["Untransformable", "UNTRANSFORMABLE", "recognise", "Memory", "MEMORY", "add_hint"]
@@ -41,10 +41,13 @@ class Untransformable:
 
     def matches(self, error: BaseException) -> bool:
         """Whether ``error`` is this kind of error."""
-        return isinstance(error, self.exception) and _compiled(self.pattern).search(str(error)) is not None
+        return (
+            isinstance(error, self.exception)
+            and _compiled(self.pattern).search(str(error)) is not None
+        )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _compiled(pattern: str) -> Pattern[str]:
     return re.compile(pattern, re.DOTALL)
 
@@ -174,7 +177,7 @@ class Memory:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._store: "weakref.WeakKeyDictionary[Any, Dict[Any, str]]" = weakref.WeakKeyDictionary()
+        self._store: weakref.WeakKeyDictionary[Any, Dict[Any, str]] = weakref.WeakKeyDictionary()
 
     def recall(self, func: Callable[..., Any], key: Any) -> Optional[str]:
         """The backend remembered for ``func`` under ``key``, if any."""

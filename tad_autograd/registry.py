@@ -77,7 +77,8 @@ class Registry:
             return self._names[name]
         except (KeyError, TypeError):
             raise UnknownBackendError(
-                f"unknown backend {name!r}; known: {', '.join(repr(n) for n in self.known_names())} "
+                f"unknown backend {name!r}; known: "
+                f"{', '.join(repr(n) for n in self.known_names())} "
                 "(or 'auto')"
             ) from None
 

@@ -112,7 +112,9 @@ def _max_diff(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
 def _devices() -> List[str]:
     devices = ["cpu"]
     if torch.cuda.is_available():
-        devices += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+        devices += [
+            f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())
+        ]
     mps = getattr(torch.backends, "mps", None)
     if mps is not None and mps.is_available():
         devices.append("mps")
@@ -134,9 +136,10 @@ def _self_check(device: str, out: Callable[[str], None]) -> bool:
         for name in [*names, "auto"]:
             backend = None if name == "auto" else name
 
+            # `compute` only runs within this iteration, so the late binding of `model` is moot
             def compute(backend: Optional[str] = backend) -> Tuple[torch.Tensor, torch.Tensor]:
-                forces = -api.jacrev(model, backend=backend)(pos)
-                hess = api.hessian(model, backend=backend)(pos)
+                forces = -api.jacrev(model, backend=backend)(pos)  # noqa: B023
+                hess = api.hessian(model, backend=backend)(pos)  # noqa: B023
                 return forces, hess
 
             try:
@@ -180,10 +183,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out("===================")
     out(f"python   {platform.python_version()} ({platform.platform()})")
     cuda = torch.version.cuda or "none"
-    out(f"torch    {torch.__version__} (CUDA {cuda}, git {getattr(torch.version, 'git_version', '?')[:10]})")
+    out(
+        f"torch    {torch.__version__} (CUDA {cuda}, git "
+        f"{getattr(torch.version, 'git_version', '?')[:10]})"
+    )
     out(f"devices  {', '.join(_devices())}")
-    out(f"setting  {CONTEXT.get() or GLOBAL.name or 'auto'} "
-        f"({ENV_VAR}={__import__('os').environ.get(ENV_VAR, '') or 'unset'})")
+    out(
+        f"setting  {CONTEXT.get() or GLOBAL.name or 'auto'} "
+        f"({ENV_VAR}={__import__('os').environ.get(ENV_VAR, '') or 'unset'})"
+    )
     out("\nbackends (highest priority first):")
     for priority, backend in REGISTRY.priorities():
         availability = backend.availability()
@@ -193,15 +201,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             status += f" (not automatic: {why})"
         out(f"  {backend.name:<10} priority {priority:<4} {status}")
     out("\nautomatic choice per device type:")
-    device_types = ["cpu", "cuda", *[d for d in TRANSFORM_SUPPORT if d not in ("cpu", "cuda")], "other"]
+    device_types = [
+        "cpu",
+        "cuda",
+        *[d for d in TRANSFORM_SUPPORT if d not in ("cpu", "cuda")],
+        "other",
+    ]
     for device_type in device_types:
         chosen = resolve(
-            argument=None, context=None, global_setting=None, environment=None,
-            device_type=device_type, registry=REGISTRY,
+            argument=None,
+            context=None,
+            global_setting=None,
+            environment=None,
+            device_type=device_type,
+            registry=REGISTRY,
         ).backend.name
         out(f"  {device_type:<14} -> {chosen}")
-    out("\nself-check: forces and Hessian with every backend (torch "
-        f"{TORCH_VERSION}); reference = 'autograd', tolerance {TOLERANCE:g} relative")
+    out(
+        "\nself-check: forces and Hessian with every backend (torch "
+        f"{TORCH_VERSION}); reference = 'autograd', tolerance {TOLERANCE:g} relative"
+    )
     ok = True
     for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
         ok = _self_check(device, out) and ok

@@ -145,8 +145,10 @@ def resolve(
         elif environment and environment != "auto":
             name, source = environment, ENV_VAR
         else:
-            notes.append("no backend= argument, use_backend block, set_backend or "
-                         f"{ENV_VAR}: automatic choice")
+            notes.append(
+                "no backend= argument, use_backend block, set_backend or "
+                f"{ENV_VAR}: automatic choice"
+            )
 
     transform_note = "fjacrev/fvmap take function-transform backends only"
     if name is not None:
@@ -198,7 +200,9 @@ def resolve(
             f"{torch_version}: " + "; ".join(notes)
         )
     notes.append(f"automatic choice for device type {device_type!r}: {candidates[0].name!r}")
-    return Resolution(candidates[0], "automatic", True, False, False, tuple(candidates), tuple(notes))
+    return Resolution(
+        candidates[0], "automatic", True, False, False, tuple(candidates), tuple(notes)
+    )
 
 
 _CACHE: Dict[tuple, Resolution] = {}

@@ -17,16 +17,22 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 
 from ._pytree import tree_flatten
+from .backends.autograd import VectorisedAutograd
 from .backends.base import Backend
 from .devices import device_type_of
 from .errors import BackendFallbackWarning, BackendUnavailableError
 from .fallback import MEMORY, add_hint, recognise
 from .registry import REGISTRY
 from .resolver import Resolution, resolve_cached
-from .backends.autograd import VectorisedAutograd
 from .settings import CONTEXT, ORIGIN_AUTOMATIC, ORIGIN_AUTOMATIC_EAGER, ORIGIN_EXPLICIT
 
-__all__ = ["Transformed", "check_argnums_type", "check_chunk_size", "check_randomness", "check_backend"]
+__all__ = [
+    "Transformed",
+    "check_argnums_type",
+    "check_chunk_size",
+    "check_randomness",
+    "check_backend",
+]
 
 _log = logging.getLogger("tad_autograd")
 _RANDOMNESS = ("error", "different", "same")
@@ -83,7 +89,8 @@ def check_backend(backend: Optional[str]) -> Optional[str]:
         availability = REGISTRY.get(name).availability()
         if not availability.ok:
             raise BackendUnavailableError(
-                f"backend={backend!r} is unavailable: {availability.reason}; fix: {availability.fix}"
+                f"backend={backend!r} is unavailable: {availability.reason}; fix: "
+                f"{availability.fix}"
             )
     return name
 
@@ -181,7 +188,9 @@ class Transformed:
             fn = self._built[backend] = self._build(backend, self.__wrapped__)
             return fn
 
-    def _run(self, backend: Backend, origin: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+    def _run(
+        self, backend: Backend, origin: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]
+    ) -> Any:
         fn = self._transformed(backend, kwargs)
         token = CONTEXT.set((backend.name, origin))
         try:
@@ -195,8 +204,10 @@ class Transformed:
         if self._argnums is not None:
             check_differentiable(args, self._argnums, self._kind)
         explicit = self._explicit
-        if explicit is not None and explicit[0] == REGISTRY.version and (
-            self._kwargs_in_call or not kwargs
+        if (
+            explicit is not None
+            and explicit[0] == REGISTRY.version
+            and (self._kwargs_in_call or not kwargs)
         ):
             # backend= argument: it wins over every setting, so nothing else is consulted.
             token = CONTEXT.set(explicit[3])
@@ -213,7 +224,10 @@ class Transformed:
         if _log.isEnabledFor(logging.DEBUG):
             _log.debug(
                 "%s on %s: backend %r (%s)",
-                self.__name__, device_type, resolution.backend.name, resolution.source,
+                self.__name__,
+                device_type,
+                resolution.backend.name,
+                resolution.source,
             )
         if not resolution.automatic:
             if self._backend is not None:
@@ -262,7 +276,9 @@ class Transformed:
             if entry is not None:
                 add_hint(error, backend.name, entry)
 
-    def _run_explicit(self, resolution: Resolution, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+    def _run_explicit(
+        self, resolution: Resolution, args: Tuple[Any, ...], kwargs: Dict[str, Any]
+    ) -> Any:
         backend = resolution.backend
         origin = ORIGIN_EXPLICIT
         if resolution.inherited_automatic:
@@ -284,7 +300,11 @@ class Transformed:
         return ORIGIN_AUTOMATIC_EAGER if eager else ORIGIN_AUTOMATIC
 
     def _run_automatic(
-        self, resolution: Resolution, device_type: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]
+        self,
+        resolution: Resolution,
+        device_type: str,
+        args: Tuple[Any, ...],
+        kwargs: Dict[str, Any],
     ) -> Any:
         candidates = resolution.candidates
         key = (self._chain, device_type)
@@ -311,7 +331,8 @@ class Transformed:
                     f"transformed by backend {backend.name!r} ({entry.reason}); using "
                     f"{nxt.name!r} instead for {self.__name__} on {device_type}. Choose a "
                     "backend explicitly to avoid the retry, or silence this warning with "
-                    "warnings.filterwarnings('ignore', category=tad_autograd.BackendFallbackWarning)."
+                    "warnings.filterwarnings('ignore', "
+                    "category=tad_autograd.BackendFallbackWarning)."
                 )
                 _log.info("fallback: %s", message)
                 if MEMORY.remember(self._user_func, key, nxt.name):

@@ -8,7 +8,9 @@ import torch
 from torch.utils._pytree import tree_flatten
 
 
-def assert_tree_close(actual: Any, expected: Any, rtol: float | None = None, atol: float = 1e-12) -> None:
+def assert_tree_close(
+    actual: Any, expected: Any, rtol: float | None = None, atol: float = 1e-12
+) -> None:
     """Same pytree structure, shapes, dtypes, devices; values close (CONTRACT §4 tolerances)."""
     a_leaves, a_spec = tree_flatten(actual)
     e_leaves, e_spec = tree_flatten(expected)
@@ -23,8 +25,11 @@ def assert_tree_close(actual: Any, expected: Any, rtol: float | None = None, ato
         assert a.device == e.device, f"leaf {i}: device {a.device} != {e.device}"
         tol = rtol if rtol is not None else (1e-10 if e.dtype == torch.float64 else 1e-5)
         torch.testing.assert_close(
-            a.detach(), e.detach(), rtol=tol, atol=atol if e.dtype == torch.float64 else 1e-6,
-            msg=lambda m: f"leaf {i}: {m}",
+            a.detach(),
+            e.detach(),
+            rtol=tol,
+            atol=atol if e.dtype == torch.float64 else 1e-6,
+            msg=lambda m: f"leaf {i}: {m}",  # noqa: B023 - called (if at all) right here
         )
 
 

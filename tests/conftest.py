@@ -59,7 +59,9 @@ def _seed() -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    lines = [f"torch {torch.__version__}; tad_autograd backends available: {ta.available_backends()}"]
+    lines = [
+        f"torch {torch.__version__}; tad_autograd backends available: {ta.available_backends()}"
+    ]
     for b in REGISTRY.backends():
         a = b.availability()
         if not a.ok:

@@ -135,9 +135,25 @@ def _pytest_subprocess(tmp_path: Path, *args: str) -> subprocess.CompletedProces
     env.pop("TAD_AUTOGRAD_BACKEND", None)
     ini = str(tmp_path / "pytest.ini")
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-c", ini, "--rootdir", str(tmp_path),
-         "-p", "no:cacheprovider", "-W", "error", *args],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-c",
+            ini,
+            "--rootdir",
+            str(tmp_path),
+            "-p",
+            "no:cacheprovider",
+            "-W",
+            "error",
+            *args,
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -156,8 +172,14 @@ def test_report_command_runs() -> None:
         pytest.skip("tad_autograd/__main__.py is not written yet")
     env = dict(os.environ)
     env["PYTHONPATH"] = _pythonpath(env)
-    proc = subprocess.run([sys.executable, "-m", "tad_autograd"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tad_autograd"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert torch.__version__.split("+")[0] in proc.stdout
 
@@ -169,8 +191,24 @@ def test_sphinx_build_has_no_warnings(tmp_path: Path) -> None:
     env = dict(os.environ)
     env.pop("TAD_DOCS_INTERSPHINX_ONLINE", None)  # never touch the network in tests
     proc = subprocess.run(
-        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
-         "-d", str(tmp_path / "doctrees"), str(DOCS), str(tmp_path / "html")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "sphinx",
+            "-W",
+            "--keep-going",
+            "-q",
+            "-b",
+            "html",
+            "-d",
+            str(tmp_path / "doctrees"),
+            str(DOCS),
+            str(tmp_path / "html"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -16,7 +16,10 @@ from tad_autograd.registry import unregister_backend
 
 def test_report_runs_and_passes() -> None:
     proc = subprocess.run(
-        [sys.executable, "-W", "error", "-m", "tad_autograd"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-W", "error", "-m", "tad_autograd"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     text = proc.stdout

@@ -344,7 +344,7 @@ def _jacrev(
         ]
 
     nested = []
-    for o, jac in zip(out_leaves, per_output):
+    for _o, jac in zip(out_leaves, per_output):
         per_arg = []
         start = 0
         for spec, count in zip(in_specs, sizes):

@@ -96,7 +96,7 @@ class Backend:
         """Whether automatic mode may choose this backend, and if not, why."""
         return True, ""
 
-    def for_automatic(self) -> "Backend":
+    def for_automatic(self) -> Backend:
         """The strategy this backend runs when chosen automatically (itself by default).
 
         Transform backends return a :class:`~tad_autograd.backends.autograd.VectorisedAutograd`

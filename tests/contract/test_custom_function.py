@@ -12,7 +12,9 @@ import tad_autograd as ta
 from tad_autograd._torch_info import TORCH_VERSION
 
 DT = torch.float64
-needs_torch2 = pytest.mark.skipif(TORCH_VERSION.major < 2, reason="new-style autograd.Function needs torch >= 2.0")
+needs_torch2 = pytest.mark.skipif(
+    TORCH_VERSION.major < 2, reason="new-style autograd.Function needs torch >= 2.0"
+)
 
 
 def test_old_style_function_autograd_backend() -> None:
@@ -22,7 +24,9 @@ def test_old_style_function_autograd_backend() -> None:
     assert_tree_close(jac, torch.diag(x.exp() * (1 + x)))
     h = ta.hessian(lambda x: OldStyleExp.apply(x).sum(), backend="autograd")(x)
     assert_tree_close(h, torch.diag(x.exp()))
-    v = ta.vmap(ta.jacrev(lambda x: OldStyleExp.apply(x).sum()), backend="autograd")(x.reshape(3, 1))
+    v = ta.vmap(ta.jacrev(lambda x: OldStyleExp.apply(x).sum()), backend="autograd")(
+        x.reshape(3, 1)
+    )
     assert_tree_close(v, x.exp().reshape(3, 1))
 
 

@@ -176,7 +176,9 @@ def test_result_not_tracked_without_requires_grad(backend: str) -> None:
 
 
 def test_forces_of_lennard_jones(backend: str) -> None:
-    pos = torch.tensor([[0.0, 0.0, 0.0], [1.1, 0.0, 0.0], [0.0, 1.2, 0.1], [0.9, 1.0, 1.0]], dtype=DT)
+    pos = torch.tensor(
+        [[0.0, 0.0, 0.0], [1.1, 0.0, 0.0], [0.0, 1.2, 0.1], [0.9, 1.0, 1.0]], dtype=DT
+    )
 
     def energy(pos):
         i, j = torch.triu_indices(len(pos), len(pos), 1)

@@ -117,5 +117,7 @@ def test_small_batches(backend: str, size: int) -> None:
     assert_tree_close(forces, 3 * xs**2)
     with pytest.raises(RuntimeError, match="randomness"):
         ta.vmap(lambda x: x + torch.rand(()), backend=backend)(xs)
-    same = ta.vmap(lambda x: x + torch.rand(3), randomness="same", backend=backend)(torch.zeros(size, 3))
+    same = ta.vmap(lambda x: x + torch.rand(3), randomness="same", backend=backend)(
+        torch.zeros(size, 3)
+    )
     assert all(torch.equal(same[0], row) for row in same)
