@@ -44,23 +44,25 @@ class BatchedArgs:
 
     def sample(self, index: int) -> Tuple[Any, ...]:
         """The argument tuple of batch element ``index``."""
-        return tree_unflatten(
+        args: Tuple[Any, ...] = tree_unflatten(
             [
                 leaf if d is None else leaf.select(d, index)
                 for leaf, d in zip(self.leaves, self.dims)
             ],
             self.spec,
         )
+        return args
 
     def narrow(self, start: int, length: int) -> Tuple[Any, ...]:
         """The argument tuple of batch elements ``start`` to ``start + length``."""
-        return tree_unflatten(
+        args: Tuple[Any, ...] = tree_unflatten(
             [
                 leaf if d is None else leaf.narrow(d, start, length)
                 for leaf, d in zip(self.leaves, self.dims)
             ],
             self.spec,
         )
+        return args
 
     def placeholder(self) -> Tuple[Any, ...]:
         """Zero-filled arguments of one batch element (for batch size 0)."""
@@ -71,7 +73,8 @@ class BatchedArgs:
             else:
                 shape = leaf.shape[:d] + leaf.shape[d + 1 :]
                 leaves.append(leaf.new_zeros(shape))
-        return tree_unflatten(leaves, self.spec)
+        args: Tuple[Any, ...] = tree_unflatten(leaves, self.spec)
+        return args
 
 
 def flatten_args(func: Callable[..., Any], in_dims: Any, args: Tuple[Any, ...]) -> BatchedArgs:

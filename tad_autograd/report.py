@@ -37,12 +37,13 @@ class _InverseSixth(torch.autograd.Function):
     """r2 -> r2**-3, written the old way (forward(ctx, ...)), as many codes do."""
 
     @staticmethod
-    def forward(ctx: Any, r2: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, r2: torch.Tensor) -> torch.Tensor:  # type: ignore[override,unused-ignore]
         ctx.save_for_backward(r2)
         return r2**-3
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override,unused-ignore]
+        r2: torch.Tensor
         (r2,) = ctx.saved_tensors
         return grad * (-3.0) * r2**-4
 
@@ -75,7 +76,7 @@ def lennard_jones_custom(pos: torch.Tensor) -> torch.Tensor:
     >>> bool(torch.isclose(lennard_jones_custom(p), lennard_jones(p)))
     True
     """
-    inv6 = _InverseSixth.apply(_pair_r2(pos))
+    inv6: torch.Tensor = _InverseSixth.apply(_pair_r2(pos))  # type: ignore[no-untyped-call]
     return (4 * (inv6**2 - inv6)).sum()
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from packaging.version import Version
 
@@ -205,7 +205,7 @@ def resolve(
     )
 
 
-_CACHE: Dict[tuple, Resolution] = {}
+_CACHE: Dict[Tuple[Any, ...], Resolution] = {}
 _CACHE_VERSION = [-1]
 
 

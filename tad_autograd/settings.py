@@ -38,7 +38,7 @@ ENV_VAR = "TAD_AUTOGRAD_BACKEND"
 # os.environ keeps its contents in a dict; reading it directly avoids the
 # KeyError that os.environ.get raises and catches when the variable is unset.
 _ENV_DATA = getattr(os.environ, "_data", None)
-_ENV_KEY = os.environ.encodekey(ENV_VAR) if hasattr(os.environ, "encodekey") else None  # type: ignore[attr-defined]
+_ENV_KEY = os.environ.encodekey(ENV_VAR) if hasattr(os.environ, "encodekey") else None
 if not isinstance(_ENV_DATA, dict) or _ENV_KEY is None:
     _ENV_DATA = None
 
@@ -58,7 +58,7 @@ def read_env() -> Optional[str]:
     """
     if _ENV_DATA is not None:
         value = _ENV_DATA.get(_ENV_KEY)
-        return None if value is None else os.environ.decodevalue(value)  # type: ignore[attr-defined]
+        return None if value is None else os.environ.decodevalue(value)
     return os.environ.get(ENV_VAR)
 
 

@@ -19,16 +19,16 @@ def _is_namedtuple(x: Any) -> bool:
     return isinstance(x, tuple) and hasattr(type(x), "_fields")
 
 
-def flatten(tree: Any) -> Tuple[List[Any], Any, List[tuple]]:
+def flatten(tree: Any) -> Tuple[List[Any], Any, List[Tuple[Any, ...]]]:
     """Flatten ``tree`` into ``(leaves, spec, paths)``.
 
     ``spec`` is a hashable, comparable description of the structure; ``paths``
     gives, for each leaf, the tuple of keys leading to it.
     """
     leaves: List[Any] = []
-    paths: List[tuple] = []
+    paths: List[Tuple[Any, ...]] = []
 
-    def rec(node: Any, path: tuple) -> Any:
+    def rec(node: Any, path: Tuple[Any, ...]) -> Any:
         if isinstance(node, torch.Size):
             leaves.append(node)
             paths.append(path)
@@ -80,7 +80,7 @@ def tree_map(fn: Callable[[Any], Any], tree: Any) -> Any:
     return unflatten(spec, [fn(x) for x in leaves])
 
 
-def render_path(path: tuple) -> str:
+def render_path(path: Tuple[Any, ...]) -> str:
     """``(0, 'a')`` -> ``"[0]['a']"``; the empty path is ``"<root>"``."""
     if not path:
         return "<root>"
@@ -106,7 +106,8 @@ def spec_repr(spec: Any) -> str:
     if kind == "dict":
         return "{" + ", ".join(f"{k!r}: {spec_repr(c)}" for k, c in zip(spec[1], spec[2])) + "}"
     if kind == "namedtuple":
-        return spec[1].__name__ + "(" + ", ".join(spec_repr(c) for c in spec[2]) + ")"
+        name: str = spec[1].__name__
+        return name + "(" + ", ".join(spec_repr(c) for c in spec[2]) + ")"
     raise AssertionError(kind)
 
 

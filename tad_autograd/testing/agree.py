@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type, Union, cast
 
 import torch
 
@@ -226,8 +226,8 @@ def _short_repr(obj: Any, limit: int = 2000) -> str:
     return r if len(r) <= limit else r[:limit] + " ...<truncated>"
 
 
-def _args_summary(args: tuple, kwargs: dict) -> str:
-    def one(x):
+def _args_summary(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> str:
+    def one(x: Any) -> Any:
         return _tree.tree_map(lambda t: _ShapeRepr(t) if isinstance(t, torch.Tensor) else t, x)
 
     parts = [_short_repr(one(a), 200) for a in args]
@@ -251,16 +251,17 @@ def _describe_error(exc: BaseException) -> str:
 
 
 def _make_transformed(
-    transform: Union[str, Callable],
-    func: Callable,
+    transform: Union[str, Callable[..., Any]],
+    func: Callable[..., Any],
     backend: Optional[str],
     argnums: Any,
-    transform_kwargs: dict,
-) -> Callable:
+    transform_kwargs: Dict[str, Any],
+) -> Callable[..., Any]:
     import tad_autograd as ta
 
     if callable(transform):
-        return transform(func, backend=backend, **transform_kwargs)
+        transformed: Callable[..., Any] = transform(func, backend=backend, **transform_kwargs)
+        return transformed
     if transform == "jacrev":
         return ta.jacrev(func, argnums=argnums, backend=backend, **transform_kwargs)
     if transform == "hessian":
@@ -273,15 +274,15 @@ def _make_transformed(
 
 
 def assert_backends_agree(
-    func: Callable,
+    func: Callable[..., Any],
     *args: Any,
     argnums: Any = 0,
-    transform: Union[str, Callable] = "jacrev",
+    transform: Union[str, Callable[..., Any]] = "jacrev",
     backends: Optional[Sequence[str]] = None,
     rtol: Optional[float] = None,
     atol: Optional[float] = None,
     errors: str = "raise",
-    call_kwargs: Optional[dict] = None,
+    call_kwargs: Optional[Dict[str, Any]] = None,
     **transform_kwargs: Any,
 ) -> Agreement:
     """Run a transform of ``func`` with several backends and assert the answers agree.
@@ -354,7 +355,7 @@ def assert_backends_agree(
     names = list(ta.available_backends() if backends is None else backends)
     if not names:
         raise ValueError("backends is empty: nothing to compare")
-    fallback_warning = getattr(ta, "BackendFallbackWarning", None)
+    fallback_warning: Optional[Type[Warning]] = getattr(ta, "BackendFallbackWarning", None)
 
     agreement = Agreement(reference=None)
     for name in names:
@@ -371,7 +372,8 @@ def assert_backends_agree(
             if caught:
                 rest = []
                 for w in caught:
-                    if issubclass(w.category, fallback_warning):
+                    # caught is only recorded when fallback_warning is not None
+                    if issubclass(w.category, cast(Type[Warning], fallback_warning)):
                         agreement.warnings.setdefault(label, []).append(str(w.message))
                     else:
                         rest.append(w)
@@ -397,12 +399,12 @@ def assert_backends_agree(
     )
     sections: List[str] = []
     if errors == "raise":
-        for label, exc in agreement.errors.items():
-            sections.append(f"  backend {label!r} raised {_describe_error(exc)}")
+        for label, err in agreement.errors.items():
+            sections.append(f"  backend {label!r} raised {_describe_error(err)}")
     elif not agreement.results:
         sections.append("  every backend raised:")
-        for label, exc in agreement.errors.items():
-            sections.append(f"    {label!r}: {type(exc).__name__}: {exc}")
+        for label, err in agreement.errors.items():
+            sections.append(f"    {label!r}: {type(err).__name__}: {err}")
 
     ref = agreement.reference
     if ref is not None:
@@ -436,7 +438,7 @@ def assert_backends_agree(
 # --------------------------------------------------------------------------
 # independent references
 # --------------------------------------------------------------------------
-def reference_jacobian(func: Callable, *args: Any, argnums: Any = 0) -> Any:
+def reference_jacobian(func: Callable[..., Any], *args: Any, argnums: Any = 0) -> Any:
     """``jacrev(func, argnums)(*args)`` computed with ``torch.autograd.functional.jacobian``.
 
     Independent of every ``tad_autograd`` backend; returns the structure
@@ -453,11 +455,13 @@ def reference_jacobian(func: Callable, *args: Any, argnums: Any = 0) -> Any:
     """
     flat_func, flat_in, rebuild = flat_function(func, args, argnums)
     with torch.enable_grad():
-        jac = torch.autograd.functional.jacobian(flat_func, flat_in)
+        jac = torch.autograd.functional.jacobian(flat_func, flat_in)  # type: ignore[no-untyped-call]
     return rebuild(jac)
 
 
-def flat_function(func: Callable, args: tuple, argnums: Any) -> Tuple[Callable, tuple, Callable]:
+def flat_function(
+    func: Callable[..., Any], args: Tuple[Any, ...], argnums: Any
+) -> Tuple[Callable[..., Tuple[Any, ...]], Tuple[Any, ...], Callable[[Any], Any]]:
     """Flatten ``func`` at ``argnums`` for tools that want tensors in, tensors out.
 
     Returns ``(flat_func, flat_inputs, rebuild)``: ``flat_func(*flat_inputs)``
@@ -476,7 +480,8 @@ def flat_function(func: Callable, args: tuple, argnums: Any) -> Tuple[Callable, 
     n = len(args)
     single = isinstance(argnums, int)
     positions = [(a % n if -n <= a < n else a) for a in ((argnums,) if single else argnums)]
-    in_specs, in_leaves_per_arg = [], []
+    in_specs: List[Any] = []
+    in_leaves_per_arg: List[List[Any]] = []
     for p in positions:
         leaves, spec, _ = _tree.flatten(args[p])
         in_specs.append(spec)
@@ -485,7 +490,7 @@ def flat_function(func: Callable, args: tuple, argnums: Any) -> Tuple[Callable, 
     flat_in = tuple(t for leaves in in_leaves_per_arg for t in leaves)
     box: Dict[str, Any] = {}
 
-    def flat_func(*flat):
+    def flat_func(*flat: Any) -> Tuple[Any, ...]:
         new_args = list(args)
         k = 0
         for p, spec, c in zip(positions, in_specs, counts):
@@ -496,7 +501,7 @@ def flat_function(func: Callable, args: tuple, argnums: Any) -> Tuple[Callable, 
         box["spec"] = spec
         return tuple(leaves)
 
-    def rebuild(jac):
+    def rebuild(jac: Any) -> Any:
         if "spec" not in box:
             flat_func(*flat_in)
         rows = []
@@ -512,7 +517,9 @@ def flat_function(func: Callable, args: tuple, argnums: Any) -> Tuple[Callable, 
     return flat_func, flat_in, rebuild
 
 
-def reference_vmap(func: Callable, in_dims: Any = 0, out_dims: Any = 0) -> Callable:
+def reference_vmap(
+    func: Callable[..., Any], in_dims: Any = 0, out_dims: Any = 0
+) -> Callable[..., Any]:
     """A Python-loop ``vmap``: call ``func`` per sample and stack the outputs.
 
     Keyword arguments are passed through unbatched.
@@ -525,7 +532,7 @@ def reference_vmap(func: Callable, in_dims: Any = 0, out_dims: Any = 0) -> Calla
     tensor([3., 5., 7.])
     """
 
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         dims_tree = tuple([in_dims] * len(args)) if not isinstance(in_dims, tuple) else in_dims
         leaves, spec, _ = _tree.flatten(tuple(args))
         dims = _tree.broadcast_prefix(dims_tree, tuple(args))

@@ -20,7 +20,7 @@ Examples
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Tuple
 
 import torch
 
@@ -31,6 +31,9 @@ from .agree import (
     flat_function,
     reference_jacobian,
 )
+
+if TYPE_CHECKING:
+    from ..backends.base import Backend
 
 __all__ = [
     "transform_backends",
@@ -47,7 +50,7 @@ __all__ = [
 ]
 
 
-def _registry_backend(name: str):
+def _registry_backend(name: str) -> Backend:
     from ..registry import REGISTRY
 
     return REGISTRY.get(name)
@@ -162,7 +165,7 @@ def check_jacrev_jacrev_backends_agree(
 
     a = program.argnums
 
-    def jacjac(f, backend):
+    def jacjac(f: Callable[..., Any], backend: Optional[str]) -> Callable[..., Any]:
         return ta.jacrev(ta.jacrev(f, argnums=a, backend=backend), argnums=a, backend=backend)
 
     jacjac.__name__ = "jacrev(jacrev)"
@@ -215,7 +218,7 @@ def check_vmap_jacrev_backends_agree(call: Any, backends: Optional[Sequence[str]
 
     a = call.func.argnums
 
-    def vmap_jac(f, backend):
+    def vmap_jac(f: Callable[..., Any], backend: Optional[str]) -> Callable[..., Any]:
         return ta.vmap(
             ta.jacrev(f, argnums=a, backend=backend),
             in_dims=call.in_dims,
@@ -246,7 +249,7 @@ def check_jacrev_vmap_backends_agree(call: Any, backends: Optional[Sequence[str]
 
     a = call.func.argnums
 
-    def jac_vmap(f, backend):
+    def jac_vmap(f: Callable[..., Any], backend: Optional[str]) -> Callable[..., Any]:
         return ta.jacrev(
             ta.vmap(f, in_dims=call.in_dims, out_dims=call.out_dims, backend=backend),
             argnums=a,
@@ -356,7 +359,7 @@ def check_old_style_function(program: Any, transform: str = "jacrev") -> None:
             expected_name="torch.autograd.functional.jacobian",
         )
 
-        def run(name):
+        def run(name: str) -> Any:
             return ta.jacrev(program, argnums=program.argnums, backend=name)(*program.args)
     elif transform == "vmap":
         args = program.args
@@ -371,7 +374,7 @@ def check_old_style_function(program: Any, transform: str = "jacrev") -> None:
             program, *batched, transform="vmap", in_dims=in_dims, backends=loop_backends() + (AUTO,)
         )
 
-        def run(name):
+        def run(name: str) -> Any:
             return ta.vmap(program, in_dims=in_dims, backend=name)(*batched)
     else:
         raise ValueError(f"transform must be 'jacrev' or 'vmap', got {transform!r}")

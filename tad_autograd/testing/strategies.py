@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 from hypothesis import strategies as st
@@ -76,12 +76,13 @@ class OldStyleSin(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x):  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override,unused-ignore]
         ctx.save_for_backward(x)
         return torch.sin(x)
 
     @staticmethod
-    def backward(ctx, g):  # type: ignore[override]
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override,unused-ignore]
+        x: torch.Tensor
         (x,) = ctx.saved_tensors
         return g * torch.cos(x)
 
@@ -98,16 +99,19 @@ if NEW_STYLE_FUNCTIONS_SUPPORTED:
         generate_vmap_rule = True
 
         @staticmethod
-        def forward(x):  # type: ignore[override]
+        def forward(x: torch.Tensor) -> torch.Tensor:  # type: ignore[override,unused-ignore]
             return x * torch.sigmoid(x)
 
         @staticmethod
-        def setup_context(ctx, inputs, output):  # type: ignore[override]
+        def setup_context(  # type: ignore[override,unused-ignore]
+            ctx: Any, inputs: Tuple[Any, ...], output: Any
+        ) -> None:
             (x,) = inputs
             ctx.save_for_backward(x)
 
         @staticmethod
-        def backward(ctx, g):  # type: ignore[override]
+        def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override,unused-ignore]
+            x: torch.Tensor
             (x,) = ctx.saved_tensors
             s = torch.sigmoid(x)
             return g * (s + x * s * (1 - s))
@@ -119,16 +123,16 @@ else:  # pragma: no cover - torch 1.13
 # --------------------------------------------------------------------------
 # program steps
 # --------------------------------------------------------------------------
-def _exp_tanh(x):
+def _exp_tanh(x: torch.Tensor) -> torch.Tensor:
     return torch.exp(torch.tanh(x))
 
 
-def _x_tanh_x(x):
+def _x_tanh_x(x: torch.Tensor) -> torch.Tensor:
     return x * torch.tanh(x)
 
 
 # name -> (callable, rendering template, bound function, squashing?)
-_UNARY: Dict[str, Tuple[Callable, str, Callable[[float], float]]] = {
+_UNARY: Dict[str, Tuple[Callable[[torch.Tensor], torch.Tensor], str, Callable[[float], float]]] = {
     "sin": (torch.sin, "sin({})", lambda b: min(b, 1.0)),
     "cos": (torch.cos, "cos({})", lambda b: 1.0),
     "tanh": (torch.tanh, "tanh({})", lambda b: min(b, 1.0)),
@@ -146,7 +150,7 @@ class _Step:
     shape: Tuple[int, ...]
     bound: float
     text: str  # rendering of the right-hand side
-    fn: Callable[[List[torch.Tensor], tuple], torch.Tensor]
+    fn: Callable[[List[torch.Tensor], Tuple[Any, ...]], torch.Tensor]
 
 
 def _numel(shape: Sequence[int]) -> int:
@@ -162,7 +166,7 @@ def _fmt_shape(shape: Sequence[int]) -> str:
 
 def _broadcast(a: Tuple[int, ...], b: Tuple[int, ...]) -> Optional[Tuple[int, ...]]:
     try:
-        return tuple(torch.broadcast_shapes(a, b))
+        return tuple(torch.broadcast_shapes(a, b))  # type: ignore[no-untyped-call,unused-ignore]
     except RuntimeError:
         return None
 
@@ -207,21 +211,21 @@ class Program:
     def __init__(
         self,
         *,
-        seed,
-        dtype,
-        device,
-        arg_kinds,
-        arg_shapes,
-        steps,
-        output_ids,
-        out_spec,
-        out_kind,
-        passthrough,
-        argnums,
-        constants,
-        flags,
-        make_arg_leaf,
-    ):
+        seed: int,
+        dtype: torch.dtype,
+        device: Union[str, torch.device],
+        arg_kinds: List[str],
+        arg_shapes: List[List[Tuple[int, ...]]],
+        steps: List[_Step],
+        output_ids: List[int],
+        out_spec: Any,
+        out_kind: str,
+        passthrough: Optional[int],
+        argnums: Union[int, Tuple[int, ...]],
+        constants: Dict[str, torch.Tensor],
+        flags: Set[str],
+        make_arg_leaf: Callable[[Tuple[int, ...], torch.Generator], torch.Tensor],
+    ) -> None:
         self.seed = seed
         self.dtype = dtype
         self.device = torch.device(device)
@@ -252,7 +256,7 @@ class Program:
         return len(self._arg_kinds) + (1 if self.passthrough is not None else 0)
 
     @property
-    def input_shapes(self) -> tuple:
+    def input_shapes(self) -> Tuple[Any, ...]:
         shapes = tuple(
             self._arg_tree(i, [torch.Size(s) for s in self._arg_shapes[i]])
             for i in range(len(self._arg_kinds))
@@ -265,7 +269,7 @@ class Program:
             self._out_spec, [torch.Size(self._steps[i].shape) for i in self._output_ids]
         )
 
-    def _arg_tree(self, i: int, leaves: list) -> Any:
+    def _arg_tree(self, i: int, leaves: List[Any]) -> Any:
         kind = self._arg_kinds[i]
         if kind == "tensor":
             return leaves[0]
@@ -273,7 +277,7 @@ class Program:
             return tuple(leaves)
         return {k: v for k, v in zip("ab", leaves)}
 
-    def make_args(self, generator: torch.Generator) -> tuple:
+    def make_args(self, generator: torch.Generator) -> Tuple[Any, ...]:
         """Fresh random example arguments of the right shapes (values in [-1, 1])."""
         args = []
         for i in range(len(self._arg_kinds)):
@@ -285,7 +289,7 @@ class Program:
         return tuple(args)
 
     # -- evaluation --------------------------------------------------------
-    def __call__(self, *args, scale=None):
+    def __call__(self, *args: Any, scale: Optional[torch.Tensor] = None) -> Any:
         if len(args) != self.num_args:
             raise TypeError(f"program takes {self.num_args} positional arguments, got {len(args)}")
         vals: List[torch.Tensor] = []
@@ -404,13 +408,13 @@ def float_dtypes(
 
 @st.composite
 def argnums_for(
-    draw,
+    draw: st.DrawFn,
     num_args: int,
     tensor_positions: Sequence[int],
     *,
     allow_tuple: bool = True,
     allow_negative: bool = True,
-):
+) -> Union[int, Tuple[int, ...]]:
     """``argnums`` values: an int or a tuple of distinct positions, maybe negative.
 
     Parameters
@@ -451,7 +455,7 @@ def argnums_for(
 
 @st.composite
 def programs(
-    draw,
+    draw: st.DrawFn,
     *,
     dtypes: Sequence[torch.dtype] = (torch.float32, torch.float64),
     device: str = "cpu",
@@ -465,7 +469,7 @@ def programs(
     new_style_functions: bool = True,
     old_style_functions: bool = False,
     argnums: bool = True,
-):
+) -> Program:
     """Random differentiable programs (:class:`Program` objects).
 
     Parameters
@@ -519,16 +523,16 @@ def programs(
     gen = torch.Generator().manual_seed(seed)
     dev = torch.device(device)
 
-    def rand(shape, low=-1.0, high=1.0):
+    def rand(shape: Sequence[int], low: float = -1.0, high: float = 1.0) -> torch.Tensor:
         t = torch.rand(shape, generator=gen, dtype=torch.float64) * (high - low) + low
         return t.to(dtype=dtype, device=dev)
 
-    def make_arg_leaf(shape, g):
+    def make_arg_leaf(shape: Sequence[int], g: torch.Generator) -> torch.Tensor:
         t = torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1
         return t.to(dtype=dtype, device=dev)
 
     constants: Dict[str, torch.Tensor] = {}
-    flags: set = set()
+    flags: Set[str] = set()
 
     def const(prefix: str, value: torch.Tensor) -> str:
         name = f"{prefix}{sum(1 for k in constants if k.startswith(prefix))}"
@@ -986,7 +990,16 @@ class VmapCall:
         A ``chunk_size`` to pass to ``vmap`` (results must not depend on it).
     """
 
-    def __init__(self, func, args, in_dims, out_dims, kwargs, batch_size, chunk_size):
+    def __init__(
+        self,
+        func: Program,
+        args: Tuple[Any, ...],
+        in_dims: Any,
+        out_dims: Any,
+        kwargs: Dict[str, Any],
+        batch_size: int,
+        chunk_size: Optional[int],
+    ) -> None:
         self.func = func
         self.args = args
         self.in_dims = in_dims
@@ -995,15 +1008,15 @@ class VmapCall:
         self.batch_size = batch_size
         self.chunk_size = chunk_size
 
-    def vmap_kwargs(self) -> dict:
+    def vmap_kwargs(self) -> Dict[str, Any]:
         """Keyword arguments for ``vmap`` itself: ``in_dims``, ``out_dims``, ``chunk_size``."""
         return {"in_dims": self.in_dims, "out_dims": self.out_dims, "chunk_size": self.chunk_size}
 
-    def sample_args(self, b: int) -> tuple:
+    def sample_args(self, b: int) -> Tuple[Any, ...]:
         """Positional arguments of sample ``b`` (batch dimensions removed)."""
         return _select_sample(self.args, self.in_dims, b)
 
-    def reference(self, func: Optional[Callable] = None, out_dims: Any = None) -> Any:
+    def reference(self, func: Optional[Callable[..., Any]] = None, out_dims: Any = None) -> Any:
         """Python-loop reference for ``vmap(func, in_dims, out_dims)(*args, **kwargs)``.
 
         ``func`` defaults to :attr:`func` and ``out_dims`` to :attr:`out_dims`.
@@ -1014,7 +1027,7 @@ class VmapCall:
         return _stack_outputs(outs, out_dims)
 
     def __repr__(self) -> str:
-        def shape_tree(x):
+        def shape_tree(x: Any) -> str:
             return _render_tree(
                 _tree.tree_map(
                     lambda t: (
@@ -1036,14 +1049,15 @@ class VmapCall:
         )
 
 
-def _select_sample(args: tuple, in_dims: Any, b: int) -> tuple:
+def _select_sample(args: Tuple[Any, ...], in_dims: Any, b: int) -> Tuple[Any, ...]:
     leaves, spec, _ = _tree.flatten(tuple(args))
     dims = _tree.broadcast_prefix(
         in_dims if not isinstance(in_dims, (int, type(None))) else tuple([in_dims] * len(args)),
         tuple(args),
     )
     out = [leaf if d is None else leaf.select(d, b) for leaf, d in zip(leaves, dims)]
-    return _tree.unflatten(spec, out)
+    sample: Tuple[Any, ...] = _tree.unflatten(spec, out)
+    return sample
 
 
 def _stack_outputs(outs: List[Any], out_dims: Any) -> Any:
@@ -1056,14 +1070,14 @@ def _stack_outputs(outs: List[Any], out_dims: Any) -> Any:
 
 @st.composite
 def vmap_calls(
-    draw,
+    draw: st.DrawFn,
     programs_strategy: Optional[st.SearchStrategy] = None,
     *,
     max_batch_size: int = 4,
     random_out_dims: bool = True,
     with_kwargs: bool = True,
     with_chunk_size: bool = True,
-):
+) -> VmapCall:
     """Random ``vmap`` calls (:class:`VmapCall` objects) over random programs.
 
     ``in_dims`` mixes ints (negative included), ``None`` and, for pytree
@@ -1153,7 +1167,7 @@ def vmap_calls(
     out_dims: Any = 0
     if random_out_dims:
 
-        def min_ndim(tree) -> int:
+        def min_ndim(tree: Any) -> int:
             return min(len(s) for s in _tree.flatten(tree)[0])
 
         if prog.out_kind in ("tuple", "nested") and draw(st.booleans()):
