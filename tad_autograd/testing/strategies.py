@@ -150,7 +150,7 @@ class _Step:
     shape: Tuple[int, ...]
     bound: float
     text: str  # rendering of the right-hand side
-    fn: Callable[[List[torch.Tensor], Tuple[Any, ...]], torch.Tensor]
+    fn: Callable[..., torch.Tensor]  # called as fn(vals, args); lambdas bind extra defaults
 
 
 def _numel(shape: Sequence[int]) -> int:
@@ -568,7 +568,7 @@ def programs(
     use_new = new_style_functions and NEW_STYLE_FUNCTIONS_SUPPORTED
 
     # ---- operations --------------------------------------------------------
-    def pick(pred=lambda s: True) -> Optional[int]:
+    def pick(pred: Callable[[_Step], bool] = lambda s: True) -> Optional[int]:
         cands = [k for k, s in enumerate(steps) if pred(s)]
         if not cands:
             return None
