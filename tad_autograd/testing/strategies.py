@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union, cast
 
 import torch
 from hypothesis import strategies as st
@@ -556,6 +556,7 @@ def programs(
         arg_kinds.append(kind)
         arg_shapes.append(leaf_shapes)
         for j, s in enumerate(leaf_shapes):
+            getter: Callable[..., Any]
             if kind == "tensor":
                 text, getter = f"x{i}", (lambda args, i=i: args[i])
             elif kind == "tuple":
@@ -574,6 +575,12 @@ def programs(
             return None
         return draw(st.sampled_from(cands))
 
+    def pick_always(pred: Callable[[_Step], bool] = lambda s: True) -> int:
+        """:func:`pick` where a candidate always exists (no predicate, or one `a` meets)."""
+        chosen = pick(pred)
+        assert chosen is not None
+        return chosen
+
     def unary(src: int) -> _Step:
         s = steps[src]
         names = [n for n, (_, _, bf) in _UNARY.items() if bf(s.bound) <= BOUND_MAX]
@@ -587,16 +594,16 @@ def programs(
         )
 
     def op_binary() -> Optional[_Step]:
-        a = pick()
+        a = pick_always()
         sa = steps[a]
-        b = pick(
+        b = pick_always(
             lambda s: (
                 _broadcast(sa.shape, s.shape) is not None
-                and _numel(_broadcast(sa.shape, s.shape)) <= MAX_NUMEL
+                and _numel(cast(Tuple[int, ...], _broadcast(sa.shape, s.shape))) <= MAX_NUMEL
             )
         )
         sb = steps[b]
-        shape = _broadcast(sa.shape, sb.shape)
+        shape = cast(Tuple[int, ...], _broadcast(sa.shape, sb.shape))
         ops = [
             o
             for o, bd in (
@@ -659,7 +666,7 @@ def programs(
         )
 
     def op_linear() -> Optional[_Step]:
-        src = pick()
+        src = pick_always()
         s = steps[src]
         out_shape = draw(shapes(max_ndim=max_ndim, max_side=max_side))
         n_in, n_out = max(_numel(s.shape), 1), _numel(out_shape)
@@ -683,7 +690,7 @@ def programs(
         return tuple(d - ndim if draw(st.booleans()) else d for d in dims)
 
     def op_reduce() -> Optional[_Step]:
-        src = pick()
+        src = pick_always()
         s = steps[src]
         nd = len(s.shape)
         kind = draw(st.sampled_from(["sum", "mean", "cumsum"]))
@@ -759,24 +766,24 @@ def programs(
                 return None
             idx = torch.tensor(idx_list, dtype=torch.long, device=dev)
             name = const("I", idx)
-            key = (slice(None),) * d + (idx,)
+            key = tuple([slice(None)] * d + [cast(Any, idx)])
             text = f"v{src}" + _index_text(nd, d, f"{name}={idx_list}")
         return _Step(shape, s.bound, text, lambda vals, args, src=src, key=key: vals[src][key])
 
     def op_where() -> Optional[_Step]:
-        a = pick()
+        a = pick_always()
         sa = steps[a]
         b = pick(
             lambda s: (
                 s is not sa
                 and _broadcast(sa.shape, s.shape) is not None
-                and _numel(_broadcast(sa.shape, s.shape)) <= MAX_NUMEL
+                and _numel(cast(Tuple[int, ...], _broadcast(sa.shape, s.shape))) <= MAX_NUMEL
             )
         )
         if b is None:
             return None
         sb = steps[b]
-        shape = _broadcast(sa.shape, sb.shape)
+        shape = cast(Tuple[int, ...], _broadcast(sa.shape, sb.shape))
         mask = torch.rand(shape, generator=gen) < 0.5
         mask = mask.to(dev)
         name = const("M", mask)
@@ -788,7 +795,7 @@ def programs(
         )
 
     def op_norm() -> Optional[_Step]:
-        src = pick()
+        src = pick_always()
         s = steps[src]
         nd = len(s.shape)
         if nd == 0 or draw(st.booleans()):
@@ -843,7 +850,7 @@ def programs(
         )
 
     def op_expand() -> Optional[_Step]:
-        src = pick(lambda s: len(s.shape) < max_ndim + 1)
+        src = pick_always(lambda s: len(s.shape) < max_ndim + 1)
         s = steps[src]
         d = draw(st.integers(0, len(s.shape)))
         k = draw(st.integers(1, 3))
@@ -858,11 +865,11 @@ def programs(
         )
 
     def op_stack() -> Optional[_Step]:
-        a = pick()
+        a = pick_always()
         sa = steps[a]
         if 2 * _numel(sa.shape) > MAX_NUMEL:
             return None
-        b = pick(lambda s: s.shape == sa.shape)
+        b = pick_always(lambda s: s.shape == sa.shape)
         d = draw(st.integers(-len(sa.shape) - 1, len(sa.shape)))
         dp = d % (len(sa.shape) + 1)
         shape = sa.shape[:dp] + (2,) + sa.shape[dp:]
@@ -878,7 +885,7 @@ def programs(
         if not styles:
             return None
         style = draw(st.sampled_from(styles))
-        src = pick()
+        src = pick_always()
         s = steps[src]
         if style == "old":
             flags.add("old_style_function")
@@ -886,17 +893,17 @@ def programs(
                 s.shape,
                 min(s.bound, 1.0),
                 f"OldStyleSin.apply(v{src})",
-                lambda vals, args, src=src: OldStyleSin.apply(vals[src]),
+                lambda vals, args, src=src: OldStyleSin.apply(vals[src]),  # type: ignore[no-untyped-call]
             )
         flags.add("new_style_function")
         return _Step(
             s.shape,
             s.bound,
             f"NewStyleSiLU.apply(v{src})",
-            lambda vals, args, src=src: NewStyleSiLU.apply(vals[src]),
+            lambda vals, args, src=src: NewStyleSiLU.apply(vals[src]),  # type: ignore[no-untyped-call]
         )
 
-    op_table = {
+    op_table: Dict[str, Optional[Callable[[], Optional[_Step]]]] = {
         "unary": None,
         "binary": op_binary,
         "matmul": op_matmul_weight,
@@ -915,10 +922,11 @@ def programs(
     for _ in range(n_ops):
         kind = draw(st.sampled_from(list(op_table)))
         step = None
-        if op_table[kind] is not None:
-            step = op_table[kind]()
+        make = op_table[kind]
+        if make is not None:
+            step = make()
         if step is None:
-            step = unary(pick())
+            step = unary(pick_always())
         steps.append(step)
 
     # ---- outputs ------------------------------------------------------------
