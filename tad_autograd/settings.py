@@ -81,7 +81,8 @@ class _Global:
 GLOBAL = _Global()
 
 
-def _validated(name: Optional[str], parameter: str) -> Optional[str]:
+def validated(name: Optional[str], parameter: str) -> Optional[str]:
+    """Canonical name for ``name`` (``None`` = automatic); raise if unknown or unavailable."""
     canonical = REGISTRY.canonical(name)
     if canonical is not None:
         availability = REGISTRY.get(canonical).availability()
@@ -121,7 +122,7 @@ def set_backend(name: Optional[str]) -> None:
     >>> ta.get_backend()
     'auto'
     """
-    GLOBAL.name = _validated(name, "set_backend(name)")
+    GLOBAL.name = validated(name, "set_backend(name)")
 
 
 def get_backend() -> str:
@@ -178,7 +179,7 @@ def use_backend(name: Optional[str]) -> Iterator[None]:
     tensor([[1., 0.],
             [0., 1.]])
     """
-    token = CONTEXT.set((_validated(name, "use_backend(name)"), ORIGIN_BLOCK))
+    token = CONTEXT.set((validated(name, "use_backend(name)"), ORIGIN_BLOCK))
     try:
         yield
     finally:

@@ -20,11 +20,11 @@ from ._pytree import tree_flatten
 from .backends.autograd import VectorisedAutograd
 from .backends.base import Backend
 from .devices import device_type_of
-from .errors import BackendFallbackWarning, BackendUnavailableError
+from .errors import BackendFallbackWarning
 from .fallback import MEMORY, add_hint, recognise
 from .registry import REGISTRY
 from .resolver import Resolution, resolve_cached
-from .settings import CONTEXT, ORIGIN_AUTOMATIC, ORIGIN_AUTOMATIC_EAGER, ORIGIN_EXPLICIT
+from .settings import CONTEXT, ORIGIN_AUTOMATIC, ORIGIN_AUTOMATIC_EAGER, ORIGIN_EXPLICIT, validated
 
 __all__ = [
     "Transformed",
@@ -84,15 +84,7 @@ def check_randomness(randomness: Any) -> None:
 
 def check_backend(backend: Optional[str]) -> Optional[str]:
     """Validate a ``backend=`` argument now; return the canonical name (``None`` = automatic)."""
-    name = REGISTRY.canonical(backend)
-    if name is not None:
-        availability = REGISTRY.get(name).availability()
-        if not availability.ok:
-            raise BackendUnavailableError(
-                f"backend={backend!r} is unavailable: {availability.reason}; fix: "
-                f"{availability.fix}"
-            )
-    return name
+    return validated(backend, "backend")
 
 
 def check_differentiable(args: Tuple[Any, ...], argnums: Any, name: str) -> None:

@@ -18,7 +18,7 @@ unchunked ones; peak memory falls with the chunk.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 
@@ -34,6 +34,20 @@ __all__ = [
     "jacrev_tensor_args_only",
     "vmap_batch_of_one_guard",
 ]
+
+
+def _on_primals(
+    func: Callable[..., Any], args: Tuple[Any, ...], positions: Tuple[int, ...]
+) -> Callable[..., Any]:
+    """``func`` as a function of the arguments at ``positions`` only (the others fixed)."""
+
+    def on_primals(*primals: Any) -> Any:
+        new_args = list(args)
+        for p, value in zip(positions, primals):
+            new_args[p] = value
+        return func(*new_args)
+
+    return on_primals
 
 
 def chunked_jacrev(
@@ -69,11 +83,7 @@ def chunked_jacrev(
     def jacobian_fn(*args: Any) -> Any:
         positions = check_argnums(argnums, len(args))
 
-        def on_primals(*primals: Any) -> Any:
-            new_args = list(args)
-            for p, value in zip(positions, primals):
-                new_args[p] = value
-            return func(*new_args)
+        on_primals = _on_primals(func, args, positions)
 
         primals = tuple(args[p] for p in positions)
         if has_aux:
@@ -275,11 +285,7 @@ def jacrev_tensor_args_only(
             return direct(*args)
         positions = check_argnums(argnums, len(args))
 
-        def on_primals(*primals: Any) -> Any:
-            new_args = list(args)
-            for p, value in zip(positions, primals):
-                new_args[p] = value
-            return func(*new_args)
+        on_primals = _on_primals(func, args, positions)
 
         local: ArgnumsT = 0 if isinstance(argnums, int) else tuple(range(len(positions)))
         return jacrev(on_primals, local, **kwargs)(*(args[p] for p in positions))
