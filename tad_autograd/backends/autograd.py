@@ -289,21 +289,21 @@ def _jacrev(
     vmap: Optional[Callable[..., Any]] = None,
     chunk_size: Optional[int] = None,
 ) -> Any:
-    positions = check_argnums(argnums, len(args))
     outer_grad = torch.is_grad_enabled()
+    nargs = len(args)
     new_args = list(args)
-    in_specs = []
-    inputs: List[torch.Tensor] = []
-    sizes = []
-    external = False
-    for p in positions:
-        leaves, spec = flatten(args[p])
-        prepared = [prepare_input(leaf, p) for leaf in leaves]
-        external = external or any(leaf.requires_grad for leaf in leaves)
-        new_args[p] = unflatten(prepared, spec)
-        in_specs.append(spec)
-        sizes.append(len(prepared))
-        inputs.extend(prepared)
+    in_specs: Optional[List[Any]] = None  # None: argnums is an int and its argument a tensor
+    sizes = [1]
+    single = type(argnums) is int and -nargs <= argnums < nargs
+    if single and isinstance(args[argnums], torch.Tensor):
+        # the common case (forces, Jacobians of one tensor): no pytree bookkeeping
+        p = argnums % nargs
+        x = prepare_input(args[p], p)
+        new_args[p] = x
+        inputs = [x]
+        external = args[p].requires_grad
+    else:
+        in_specs, sizes, inputs, external = _prepare_inputs(argnums, args, new_args)
 
     if outer_grad:
         result = func(*new_args)
@@ -311,53 +311,110 @@ def _jacrev(
         with torch.enable_grad():
             result = func(*new_args)
     if has_aux:
-        if not (isinstance(result, tuple) and len(result) == 2):
-            raise RuntimeError(
-                "jacrev(f, ...)(*args): output of function f should be a tuple: "
-                "(output, aux) if has_aux is True" + _HAS_AUX_HINT.format(got=type(result).__name__)
-            )
-        result, aux = result
-        for leaf in tree_flatten(aux)[0]:
-            if not isinstance(leaf, torch.Tensor):
-                raise RuntimeError(
-                    "jacrev(f, ..., has_aux=True): aux must be a tensor or a pytree of "
-                    f"tensors. Expected tensors, got unsupported type {type(leaf)}"
-                )
-    out_leaves, out_spec = flatten(result)
-    check_outputs(out_leaves)
+        result, aux = _split_aux(result)
+    if isinstance(result, torch.Tensor):
+        out_leaves, out_spec = [result], None
+    else:
+        out_leaves, out_spec = tree_flatten(result)
+        check_outputs(out_leaves)
 
     if outer_grad and not external:
-        ours = {id(x) for x in inputs}
         external = any(isinstance(a, torch.Tensor) and a.requires_grad for a in args) or (
-            _depends_on_other_leaves([o for o in out_leaves if o.requires_grad], ours)
+            _depends_on_other_leaves(
+                [o for o in out_leaves if o.requires_grad], {id(x) for x in inputs}
+            )
         )
     create_graph = outer_grad and external
 
-    per_output = None
-    if vmap is not None and sum(o.numel() for o in out_leaves if o.requires_grad) > LOOP_MAX_ROWS:
-        per_output = _vectorised_rows(out_leaves, inputs, create_graph, vmap, chunk_size)
-    if per_output is None:
-        last = len(out_leaves) - 1
-        per_output = [
-            _rows(o, inputs, create_graph, retain=create_graph or k < last)
-            for k, o in enumerate(out_leaves)
-        ]
-
-    nested = []
-    for _o, jac in zip(out_leaves, per_output):
-        per_arg = []
-        start = 0
-        for spec, count in zip(in_specs, sizes):
-            per_arg.append(unflatten(jac[start : start + count], spec))
-            start += count
-        nested.append(per_arg[0] if isinstance(argnums, int) else tuple(per_arg))
-    jacobian = unflatten(nested, out_spec)
+    if out_spec is None and len(inputs) == 1 and result.numel() == 1:
+        # a scalar (an energy): one backward pass, nothing to vectorise or stack
+        jac = _scalar_gradient(result, inputs[0], create_graph)
+        jacobian = jac if in_specs is None else unflatten_jacobian([jac], argnums, in_specs, sizes)
+    else:
+        per_output = None
+        rows = sum(o.numel() for o in out_leaves if o.requires_grad)
+        if vmap is not None and rows > LOOP_MAX_ROWS:
+            per_output = _vectorised_rows(out_leaves, inputs, create_graph, vmap, chunk_size)
+        if per_output is None:
+            last = len(out_leaves) - 1
+            per_output = [
+                _rows(o, inputs, create_graph, retain=create_graph or k < last)
+                for k, o in enumerate(out_leaves)
+            ]
+        if in_specs is None:
+            nested = [jac[0] for jac in per_output]
+        else:
+            nested = [unflatten_jacobian(jac, argnums, in_specs, sizes) for jac in per_output]
+        jacobian = unflatten(nested, out_spec)
     if has_aux:
         if not create_graph:
             aux_leaves, aux_spec = tree_flatten(aux)
             aux = tree_unflatten([a.detach() for a in aux_leaves], aux_spec)
         return jacobian, aux
     return jacobian
+
+
+def _prepare_inputs(
+    argnums: ArgnumsT, args: Tuple[Any, ...], new_args: List[Any]
+) -> Tuple[List[Any], List[int], List[torch.Tensor], bool]:
+    """Differentiable stand-ins for the (pytree) arguments at ``argnums``, put into ``new_args``.
+
+    Returns the input specs, the number of leaves per argument, all stand-in
+    leaves, and whether any original leaf requires grad.
+    """
+    in_specs = []
+    sizes = []
+    inputs: List[torch.Tensor] = []
+    external = False
+    for p in check_argnums(argnums, len(args)):
+        leaves, spec = flatten(args[p])
+        prepared = [prepare_input(leaf, p) for leaf in leaves]
+        external = external or any(leaf.requires_grad for leaf in leaves)
+        new_args[p] = unflatten(prepared, spec)
+        in_specs.append(spec)
+        sizes.append(len(prepared))
+        inputs.extend(prepared)
+    return in_specs, sizes, inputs, external
+
+
+def unflatten_jacobian(
+    jac: List[torch.Tensor], argnums: ArgnumsT, in_specs: List[Any], sizes: List[int]
+) -> Any:
+    """One output's Jacobian leaves (one per input leaf) as the argnums tuple of input pytrees."""
+    per_arg = []
+    start = 0
+    for spec, count in zip(in_specs, sizes):
+        per_arg.append(unflatten(jac[start : start + count], spec))
+        start += count
+    return per_arg[0] if isinstance(argnums, int) else tuple(per_arg)
+
+
+def _split_aux(result: Any) -> Tuple[Any, Any]:
+    """``(output, aux)`` from a ``has_aux`` function's result, checked."""
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise RuntimeError(
+            "jacrev(f, ...)(*args): output of function f should be a tuple: "
+            "(output, aux) if has_aux is True" + _HAS_AUX_HINT.format(got=type(result).__name__)
+        )
+    for leaf in tree_flatten(result[1])[0]:
+        if not isinstance(leaf, torch.Tensor):
+            raise RuntimeError(
+                "jacrev(f, ..., has_aux=True): aux must be a tensor or a pytree of "
+                f"tensors. Expected tensors, got unsupported type {type(leaf)}"
+            )
+    return result[0], result[1]
+
+
+def _scalar_gradient(output: torch.Tensor, x: torch.Tensor, create_graph: bool) -> torch.Tensor:
+    """d output / d x for a one-element ``output``, shaped ``output.shape + x.shape``."""
+    if not output.requires_grad:
+        return output.new_zeros(output.shape + x.shape, dtype=x.dtype, device=x.device)
+    (g,) = torch.autograd.grad(
+        output, x, retain_graph=create_graph, create_graph=create_graph, allow_unused=True
+    )
+    if g is None:
+        g = torch.zeros_like(x)
+    return g if output.dim() == 0 else g.reshape(output.shape + x.shape)
 
 
 #: Up to this many Jacobian rows, a loop of backward passes beats one vectorised pass.
@@ -384,6 +441,15 @@ def _vectorised_rows(
     numels = [o.numel() for o in live]
     total = sum(numels)
     step = total if chunk_size is None else chunk_size
+    if len(outputs) == 1 and len(live) == 1 and len(inputs) == 1 and step >= total:
+        # the common case (one tensor in, one out, no chunks): nothing to split or join
+        try:
+            return [[_all_rows(live[0], inputs[0], create_graph, vmap)]]
+        except RuntimeError as error:
+            if recognise(error) is None:
+                raise
+            _log.info("backward pass not vectorisable (%s); using a loop of backward passes", error)
+            return None
 
     def vjp(*cotangents: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         grads = torch.autograd.grad(
@@ -432,6 +498,29 @@ def _vectorised_rows(
     return result
 
 
+def _all_rows(
+    output: torch.Tensor, x: torch.Tensor, create_graph: bool, vmap: Callable[..., Any]
+) -> torch.Tensor:
+    """d output / d x, shaped ``output.shape + x.shape``, by ``vmap`` over one backward pass."""
+
+    def vjp(cotangent: torch.Tensor) -> torch.Tensor:
+        (g,) = torch.autograd.grad(
+            output, x, cotangent, retain_graph=True, create_graph=create_graph, allow_unused=True
+        )
+        return torch.zeros_like(x) if g is None else g
+
+    n = output.numel()
+    basis = torch.eye(n, dtype=output.dtype, device=output.device)
+    if output.dim() != 1:
+        basis = basis.view((n,) + output.shape)
+    if torch.is_grad_enabled():
+        rows = vmap(vjp)(basis)
+    else:
+        with torch.enable_grad():
+            rows = vmap(vjp)(basis)
+    return rows if output.dim() == 1 else rows.reshape(output.shape + x.shape)
+
+
 def _basis(
     outputs: List[torch.Tensor], numels: List[int], start: int, size: int
 ) -> List[torch.Tensor]:
@@ -443,15 +532,13 @@ def _basis(
     >>> [b.tolist() for b in _basis([torch.zeros(2), torch.zeros(1)], [2, 1], 1, 2)]
     [[[0.0, 1.0], [0.0, 0.0]], [[0.0], [1.0]]]
     """
-    device = outputs[0].device if outputs else None
-    rows = torch.arange(start, start + size, device=device)
     basis = []
     offset = 0
     for o, n in zip(outputs, numels):
         b = o.new_zeros((size, n))
-        local = rows - offset
-        hit = (local >= 0) & (local < n)
-        b[torch.arange(size, device=b.device)[hit], local[hit]] = 1
+        k = start - offset  # row r of the chunk has its one in column r + k of this output
+        if -size < k < n:
+            b.diagonal(k).fill_(1)
         basis.append(b.view((size,) + o.shape))
         offset += n
     return basis
@@ -466,25 +553,25 @@ def _rows(
         return [
             output.new_zeros(output.shape + x.shape, dtype=x.dtype, device=x.device) for x in inputs
         ]
-    with torch.enable_grad():
-        if n == 1:
-            grads = torch.autograd.grad(
-                output,
-                inputs,
-                torch.ones_like(output),
-                retain_graph=retain,
-                create_graph=create_graph,
-                allow_unused=True,
-            )
-            return [
-                (g if g is not None else torch.zeros_like(x)).reshape(output.shape + x.shape)
-                for g, x in zip(grads, inputs)
-            ]
+    # create_graph is only ever asked for with grad mode on: a scalar needs no enable_grad
+    if n == 1:
+        grads = torch.autograd.grad(
+            output, inputs, retain_graph=retain, create_graph=create_graph, allow_unused=True
+        )
+        return [
+            (g if g is not None else torch.zeros_like(x)).reshape(output.shape + x.shape)
+            for g, x in zip(grads, inputs)
+        ]
+    columns: List[List[Optional[torch.Tensor]]] = [[] for _ in inputs]
+    with torch.enable_grad():  # the row slices must be part of the graph, even under no_grad
         flat = output.reshape(-1)
-        columns: List[List[Optional[torch.Tensor]]] = [[] for _ in inputs]
         for j in range(n):
             grads = torch.autograd.grad(
-                flat[j], inputs, retain_graph=True, create_graph=create_graph, allow_unused=True
+                flat[j],
+                inputs,
+                retain_graph=retain or j < n - 1,
+                create_graph=create_graph,
+                allow_unused=True,
             )
             for col, g in zip(columns, grads):
                 col.append(g)
