@@ -104,10 +104,13 @@ def flatten_args(func: Callable[..., Any], in_dims: Any, args: Tuple[Any, ...]) 
     >>> flatten_args(len, (0, None), (torch.zeros(3, 2), 1.0)).size
     3
     """
-    head = f"vmap({_name(func)}, in_dims={in_dims}, ...)(<inputs>)"
+
+    def head() -> str:  # built only for a message
+        return f"vmap({_name(func)}, in_dims={in_dims}, ...)(<inputs>)"
+
     if not isinstance(in_dims, (int, tuple)) or isinstance(in_dims, bool):
         raise ValueError(
-            f"{head}: expected `in_dims` to be int or a (potentially nested) tuple "
+            f"{head()}: expected `in_dims` to be int or a (potentially nested) tuple "
             f"matching the structure of inputs, got: {type(in_dims)}."
         )
     if len(args) == 0:
@@ -125,7 +128,7 @@ def flatten_args(func: Callable[..., Any], in_dims: Any, args: Tuple[Any, ...]) 
         )
     except IncompatibleStructure:
         raise ValueError(
-            f"{head}: in_dims is not compatible with the structure of `inputs`. "
+            f"{head()}: in_dims is not compatible with the structure of `inputs`. "
             f"in_dims is {in_dims!r} but inputs have the structure {spec}."
         ) from None
     dims: List[Optional[int]] = []
@@ -137,18 +140,19 @@ def flatten_args(func: Callable[..., Any], in_dims: Any, args: Tuple[Any, ...]) 
             continue
         if not isinstance(d, int) or isinstance(d, bool):
             raise ValueError(
-                f"{head}: in_dims must be int or None for every input, got {d!r} of type {type(d)}."
+                f"{head()}: in_dims must be int or None for every input, got {d!r} of type "
+                f"{type(d)}."
             )
         if not isinstance(leaf, torch.Tensor):
             raise ValueError(
-                f"{head}: Got in_dim={d} for an input but the input is of type "
+                f"{head()}: Got in_dim={d} for an input but the input is of type "
                 f"{type(leaf)}. We cannot vmap over non-Tensor arguments, please use "
                 "None as the respective in_dim"
             )
         ndim = leaf.dim()
         if not -ndim <= d < ndim:
             raise ValueError(
-                f"{head}: Got in_dim={d} for some input, but that input is a Tensor "
+                f"{head()}: Got in_dim={d} for some input, but that input is a Tensor "
                 f"of dimensionality {ndim} so expected in_dim to satisfy "
                 f"-{ndim} <= in_dim < {ndim}."
             )
@@ -157,7 +161,7 @@ def flatten_args(func: Callable[..., Any], in_dims: Any, args: Tuple[Any, ...]) 
         sizes.append(leaf.shape[d])
     if not sizes:
         raise ValueError(
-            f"{head}: at least one of the inputs must be batched (in_dims={in_dims!r} maps "
+            f"{head()}: at least one of the inputs must be batched (in_dims={in_dims!r} maps "
             "none of them): Expected at least one Tensor to vmap over"
         )
     size = sizes[0]

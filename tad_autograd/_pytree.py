@@ -6,10 +6,10 @@ as in :mod:`torch.func`.
 
 from __future__ import annotations
 
-from typing import Any, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import torch
-from torch.utils._pytree import tree_flatten, tree_unflatten
+from torch.utils import _pytree
 
 __all__ = [
     "tree_flatten",
@@ -19,6 +19,44 @@ __all__ = [
     "broadcast_prefix",
     "IncompatibleStructure",
 ]
+
+
+#: torch's specs of a bare tensor and of flat tuples of n tensors, built once.
+_LEAF_SPEC = _pytree.tree_flatten(torch.zeros(()))[1]
+_TUPLE_SPECS: Dict[int, Any] = {}
+
+
+def tree_flatten(tree: Any) -> Tuple[List[Any], Any]:
+    """:func:`torch.utils._pytree.tree_flatten`, fast for a tensor or a flat tuple of tensors.
+
+    The specs are torch's own, so they work with torch's functions too.
+
+    Examples
+    --------
+    >>> import torch
+    >>> leaves, spec = tree_flatten((torch.zeros(1), torch.ones(1)))
+    >>> len(leaves), spec == _pytree.tree_flatten((1, 2))[1]
+    (2, True)
+    >>> tree_unflatten(*tree_flatten({"a": (1, [2])}))
+    {'a': (1, [2])}
+    """
+    if isinstance(tree, torch.Tensor):
+        return [tree], _LEAF_SPEC
+    if type(tree) is tuple and all(isinstance(t, torch.Tensor) for t in tree):
+        spec = _TUPLE_SPECS.get(len(tree))
+        if spec is None:
+            spec = _TUPLE_SPECS[len(tree)] = _pytree.tree_flatten(tree)[1]
+        return list(tree), spec
+    return _pytree.tree_flatten(tree)
+
+
+def tree_unflatten(leaves: List[Any], spec: Any) -> Any:
+    """:func:`torch.utils._pytree.tree_unflatten`, fast for specs cached by :func:`tree_flatten`."""
+    if spec is _LEAF_SPEC and len(leaves) == 1:
+        return leaves[0]
+    if spec is _TUPLE_SPECS.get(len(leaves)):
+        return tuple(leaves)
+    return _pytree.tree_unflatten(leaves, spec)
 
 
 def flatten(tree: Any) -> Tuple[List[Any], Any]:

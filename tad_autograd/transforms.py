@@ -161,6 +161,10 @@ class Transformed:
         self._argnums = argnums
         self._in_dims = in_dims
         self._explicit: Optional[Tuple[int, Backend, Callable[..., Any], Tuple[str, str]]] = None
+        # the last automatic run: (resolution, memory generation, candidate, callable, context)
+        self._automatic: Optional[
+            Tuple[Resolution, int, int, Callable[..., Any], Tuple[str, str]]
+        ] = None
         if isinstance(func, Transformed):
             self._user_func: Callable[..., Any] = func._user_func
             self._chain: Tuple[str, ...] = (kind,) + func._chain
@@ -221,17 +225,34 @@ class Transformed:
                 resolution.backend.name,
                 resolution.source,
             )
-        if not resolution.automatic:
-            if self._backend is not None:
-                backend = resolution.backend
-                self._explicit = (
-                    REGISTRY.version,
-                    backend,
-                    self._transformed(backend, {}),
-                    (backend.name, ORIGIN_EXPLICIT),
-                )
-            return self._run_explicit(resolution, args, kwargs)
-        return self._run_automatic(resolution, device_type, args, kwargs)
+        if resolution.automatic:
+            fast = self._automatic
+            if (
+                fast is not None
+                and fast[0] is resolution
+                and fast[1] == MEMORY.generation
+                and (self._kwargs_in_call or not kwargs)
+            ):
+                # the same choice as on the last call: no memory look-up, nothing rebuilt
+                token = CONTEXT.set(fast[4])
+                try:
+                    return fast[3](*args, **kwargs)
+                except Exception as error:
+                    failed = error
+                finally:
+                    CONTEXT.reset(token)
+                self._fall_back(failed, fast[2], resolution.candidates, device_type, stacklevel=3)
+                return self._run_automatic(resolution, device_type, args, kwargs, fast[2] + 1)
+            return self._run_automatic(resolution, device_type, args, kwargs)
+        if self._backend is not None:
+            backend = resolution.backend
+            self._explicit = (
+                REGISTRY.version,
+                backend,
+                self._transformed(backend, {}),
+                (backend.name, ORIGIN_EXPLICIT),
+            )
+        return self._run_explicit(resolution, args, kwargs)
 
     def _clarify(self, error: BaseException) -> None:
         """Reword torch's messages for mistakes to name the parameter, value and what is allowed.
@@ -297,36 +318,62 @@ class Transformed:
         device_type: str,
         args: Tuple[Any, ...],
         kwargs: Dict[str, Any],
+        start: Optional[int] = None,
     ) -> Any:
+        """Run on the automatic choice; on an untransformable function, on the next candidate.
+
+        ``start`` skips candidates already tried in this call; by default the
+        call starts at the backend remembered for this function, if any.
+        """
         candidates = resolution.candidates
-        key = (self._chain, device_type)
-        start = 0
-        remembered = MEMORY.recall(self._user_func, key)
-        if remembered is not None:
-            for i, b in enumerate(candidates):
-                if b.name == remembered:
-                    start = i
-                    break
-        last = len(candidates) - 1
-        for i in range(start, last + 1):
+        generation = MEMORY.generation
+        if start is None:
+            start = 0
+            remembered = MEMORY.recall(self._user_func, (self._chain, device_type))
+            if remembered is not None:
+                for i, b in enumerate(candidates):
+                    if b.name == remembered:
+                        start = i
+                        break
+        for i in range(start, len(candidates)):
             backend = candidates[i] if self._transforms_only else candidates[i].for_automatic()
+            origin = self._automatic_origin(backend)
             try:
-                return self._run(backend, self._automatic_origin(backend), args, kwargs)
+                result = self._run(backend, origin, args, kwargs)
             except Exception as error:
-                entry = recognise(error)
-                if entry is None or i == last:
-                    self._clarify(error)
-                    raise
-                nxt = candidates[i + 1]
-                message = (
-                    f"{getattr(self._user_func, '__qualname__', self._user_func)!r} cannot be "
-                    f"transformed by backend {backend.name!r} ({entry.reason}); using "
-                    f"{nxt.name!r} instead for {self.__name__} on {device_type}. Choose a "
-                    "backend explicitly to avoid the retry, or silence this warning with "
-                    "warnings.filterwarnings('ignore', "
-                    "category=tad_autograd.BackendFallbackWarning)."
-                )
-                _log.info("fallback: %s", message)
-                if MEMORY.remember(self._user_func, key, nxt.name):
-                    warnings.warn(message, BackendFallbackWarning, stacklevel=3)
+                self._fall_back(error, i, candidates, device_type, stacklevel=4)
+                continue
+            if not kwargs or self._kwargs_in_call:
+                fn = self._transformed(backend, {})
+                self._automatic = (resolution, generation, i, fn, (backend.name, origin))
+            return result
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _fall_back(
+        self,
+        error: Exception,
+        i: int,
+        candidates: Tuple[Backend, ...],
+        device_type: str,
+        stacklevel: int,
+    ) -> None:
+        """After candidate ``i`` failed with ``error``: raise it, or warn and remember the next.
+
+        ``stacklevel`` points the warning at the user's call.
+        """
+        entry = recognise(error)
+        if entry is None or i == len(candidates) - 1:
+            self._clarify(error)
+            raise error
+        backend, nxt = candidates[i], candidates[i + 1]
+        message = (
+            f"{getattr(self._user_func, '__qualname__', self._user_func)!r} cannot be "
+            f"transformed by backend {backend.name!r} ({entry.reason}); using "
+            f"{nxt.name!r} instead for {self.__name__} on {device_type}. Choose a "
+            "backend explicitly to avoid the retry, or silence this warning with "
+            "warnings.filterwarnings('ignore', "
+            "category=tad_autograd.BackendFallbackWarning)."
+        )
+        _log.info("fallback: %s", message)
+        if MEMORY.remember(self._user_func, (self._chain, device_type), nxt.name):
+            warnings.warn(message, BackendFallbackWarning, stacklevel=stacklevel)

@@ -122,14 +122,17 @@ class VectorisedAutograd(AutogradBackend):
     ) -> Callable[..., Any]:
         vmap = self._vmap
         transforms = self.transforms
+        inside: List[Callable[..., Any]] = []  # the transform's jacrev, built on first need
 
         def jacobian_fn(*args: Any) -> Any:
             if _transforms_active():
-                # Called inside a function transform applied by the user (e.g. a raw
-                # torch.func.vmap): autograd cannot run there, the transform can.
-                return transforms.jacrev(func, argnums, has_aux=has_aux, chunk_size=chunk_size)(
-                    *args
-                )
+                # Called inside a function transform (a vmap around it, or the user's
+                # own torch.func transform): autograd cannot run there, the transform can.
+                if not inside:
+                    inside.append(
+                        transforms.jacrev(func, argnums, has_aux=has_aux, chunk_size=chunk_size)
+                    )
+                return inside[0](*args)
             return _jacrev(func, argnums, has_aux, args, vmap, chunk_size)
 
         return jacobian_fn
@@ -294,8 +297,11 @@ def _jacrev(
     new_args = list(args)
     in_specs: Optional[List[Any]] = None  # None: argnums is an int and its argument a tensor
     sizes = [1]
-    single = type(argnums) is int and -nargs <= argnums < nargs
-    if single and isinstance(args[argnums], torch.Tensor):
+    if (
+        isinstance(argnums, int)
+        and -nargs <= argnums < nargs
+        and isinstance(args[argnums], torch.Tensor)
+    ):
         # the common case (forces, Jacobians of one tensor): no pytree bookkeeping
         p = argnums % nargs
         x = prepare_input(args[p], p)
@@ -513,6 +519,7 @@ def _all_rows(
     basis = torch.eye(n, dtype=output.dtype, device=output.device)
     if output.dim() != 1:
         basis = basis.view((n,) + output.shape)
+    rows: torch.Tensor
     if torch.is_grad_enabled():
         rows = vmap(vjp)(basis)
     else:
@@ -594,12 +601,42 @@ _RANDOM_MESSAGE = (
 )
 
 
+def _state_key(state: torch.Tensor) -> Any:
+    """A generator state as bytes (compared faster than the tensor), or the tensor itself.
+
+    Examples
+    --------
+    >>> import torch
+    >>> _state_key(torch.get_rng_state()) == _state_key(torch.get_rng_state())
+    True
+    """
+    try:
+        return state.numpy().tobytes()
+    except (RuntimeError, ImportError):  # torch built without numpy support
+        return _TensorKey(state)
+
+
+class _TensorKey:
+    """Equality of two tensors by value."""
+
+    __slots__ = ("tensor",)
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor = tensor
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _TensorKey) and torch.equal(self.tensor, other.tensor)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class _RngStates:
     """Snapshot of the generators a call may draw from (CPU and used accelerators)."""
 
     def __init__(self, devices: Set[torch.device]):
         self.cuda = sorted({d.index or 0 for d in devices if d.type == "cuda"})
         self.cpu = torch.get_rng_state()
+        self.cpu_key = _state_key(self.cpu)
         self.gpu = [torch.cuda.get_rng_state(i) for i in self.cuda]
 
     def restore(self) -> None:
@@ -608,7 +645,7 @@ class _RngStates:
             torch.cuda.set_rng_state(state, i)
 
     def changed(self) -> bool:
-        if not torch.equal(torch.get_rng_state(), self.cpu):
+        if _state_key(torch.get_rng_state()) != self.cpu_key:
             return True
         return any(
             not torch.equal(torch.cuda.get_rng_state(i), s) for i, s in zip(self.cuda, self.gpu)
