@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any, Optional, Tuple, Union
+from typing import Any, NamedTuple, Optional, Tuple, Union
 
 import torch
 
@@ -18,9 +17,10 @@ from .settings import CONTEXT, ENV_VAR, GLOBAL
 __all__ = ["Explanation", "explain"]
 
 
-@dataclass(frozen=True)
-class Explanation:
+class Explanation(NamedTuple):
     """What :func:`explain` found; ``str()`` gives the readable account.
+
+    An immutable named tuple.
 
     Attributes
     ----------

@@ -17,21 +17,31 @@ import logging
 import re
 import threading
 import weakref
-from dataclasses import dataclass
 from functools import cache
-from typing import Any, Callable, Dict, Optional, Pattern, Tuple, Type
+from typing import Any, Callable, Dict, NamedTuple, Optional, Pattern, Tuple, Type
 
 __all__ = ["Untransformable", "UNTRANSFORMABLE", "recognise", "Memory", "MEMORY", "add_hint"]
 
 _log = logging.getLogger("tad_autograd")
 
 
-@dataclass(frozen=True)
-class Untransformable:
+class Untransformable(NamedTuple):
     """One kind of error that means a function cannot be transformed.
 
-    ``pattern`` is the regular expression (searched in ``str(error)``); it is
-    compiled on first use, so importing the library compiles nothing.
+    An immutable named tuple.  ``pattern`` is the regular expression
+    (searched in ``str(error)``); it is compiled on first use, so importing
+    the library compiles nothing.
+
+    Attributes
+    ----------
+    key : str
+        A short, stable name for the kind of error.
+    exception : type
+        The exception class the error must be an instance of.
+    pattern : str
+        The regular expression searched in ``str(error)``.
+    reason : str
+        What the user's function does that cannot be transformed, for messages.
     """
 
     key: str
@@ -178,6 +188,8 @@ class Memory:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._store: weakref.WeakKeyDictionary[Any, Dict[Any, str]] = weakref.WeakKeyDictionary()
+        #: Changes whenever something is remembered or forgotten, so callers may cache recalls.
+        self.generation = 0
 
     def recall(self, func: Callable[..., Any], key: Any) -> Optional[str]:
         """The backend remembered for ``func`` under ``key``, if any."""
@@ -198,6 +210,7 @@ class Memory:
                 return True
             new = (sub, key) not in entries
             entries[(sub, key)] = backend_name
+            self.generation += 1
             return new
 
     def describe(self) -> Tuple[str, ...]:
@@ -215,6 +228,7 @@ class Memory:
         """Forget everything."""
         with self._lock:
             self._store = weakref.WeakKeyDictionary()
+            self.generation += 1
 
 
 #: The process-wide fallback memory.

@@ -11,12 +11,9 @@ look-up.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
-from packaging.version import Version
-
-from ._torch_info import TORCH_VERSION, module_exists
+from ._torch_info import TORCH_VERSION, Version, module_exists
 from .backends.base import Backend
 from .errors import BackendUnavailableError, UnknownBackendError
 from .registry import REGISTRY, Registry
@@ -34,9 +31,10 @@ __all__ = ["Resolution", "resolve", "resolve_cached", "clear_cache"]
 _log = logging.getLogger("tad_autograd")
 
 
-@dataclass(frozen=True)
-class Resolution:
+class Resolution(NamedTuple):
     """The outcome of resolving a call.
+
+    An immutable named tuple.
 
     Attributes
     ----------
@@ -66,7 +64,7 @@ class Resolution:
     inherited_automatic: bool = False
     inherited_eager: bool = False
     candidates: Tuple[Backend, ...] = ()
-    notes: Tuple[str, ...] = field(default=())
+    notes: Tuple[str, ...] = ()
 
 
 def resolve(
@@ -98,7 +96,8 @@ def resolve(
     registry : Registry
         The registered backends.
     torch_version : Version
-        The torch release to decide for.
+        The torch release to decide for (a ``Version`` from
+        ``tad_autograd._torch_info``).
     module_exists : callable
         ``module_exists(name) -> bool``.
     transforms_only : bool
@@ -117,7 +116,7 @@ def resolve(
 
     Examples
     --------
-    >>> from packaging.version import Version
+    >>> from tad_autograd._torch_info import Version
     >>> from tad_autograd.registry import REGISTRY
     >>> r = resolve(argument=None, context=None, global_setting=None, environment=None,
     ...             device_type="cpu", registry=REGISTRY, torch_version=Version("1.13.1"),

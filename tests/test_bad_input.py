@@ -28,10 +28,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Type, U
 
 import pytest
 import torch
-from packaging.version import Version
 
 import tad_autograd as ta
-from tad_autograd._torch_info import TORCH_VERSION
+from tad_autograd._torch_info import TORCH_VERSION, Version
 from tad_autograd.backends.base import Availability, Backend
 from tad_autograd.errors import BackendUnavailableError, UnknownBackendError
 from tad_autograd.registry import REGISTRY

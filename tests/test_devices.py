@@ -10,9 +10,9 @@ from typing import Callable
 
 import pytest
 import torch
-from packaging.version import Version
 
 import tad_autograd as ta
+from tad_autograd._torch_info import Version
 from tad_autograd.devices import TRANSFORM_SUPPORT, device_type_of, transforms_supported
 from tad_autograd.registry import _default_registry
 from tad_autograd.resolver import Resolution, resolve

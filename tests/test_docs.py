@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from packaging.version import Version
 
 import tad_autograd as ta
+from tad_autograd._torch_info import TORCH_VERSION, Version
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -32,7 +32,7 @@ PAGES = sorted(DOCS.glob("*.rst"))
 EXAMPLES = DOCS / "examples"
 
 REQUIRES_TORCH2 = doctest.register_optionflag("REQUIRES_TORCH2")
-TORCH2 = Version(Version(torch.__version__.split("+")[0]).base_version) >= Version("2.0")
+TORCH2 = TORCH_VERSION >= Version("2.0")
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 
 #: Pages whose examples need an optional test dependency.

@@ -4,6 +4,8 @@
   module beyond those ``import torch`` itself already loads (on torch 2.x
   ``import torch`` loads ``torch.func``; on 1.13 it loads none of them).
 * It emits no warning.
+* Where ``import torch`` already loads torch's vendored ``packaging``, it does
+  not import the top-level ``packaging`` (a few milliseconds).
 * ``TAD_AUTOGRAD_BACKEND`` set *after* the import is honoured, by
   ``get_backend``, ``explain`` and the calls themselves.
 * The time it adds to ``import torch`` is recorded (``-s`` shows it, and the
@@ -72,6 +74,7 @@ with warnings.catch_warnings(record=True) as caught:
     t2 = time.perf_counter()
 print(json.dumps({
     "torch": torch.__version__,
+    "vendored_packaging": "torch._vendor.packaging.version" in all_after_torch,
     "after_torch": after_torch,
     "after_tad": functorch_modules(),
     "added": sorted(set(sys.modules) - all_after_torch),
@@ -90,6 +93,8 @@ print(json.dumps({
         if not m.startswith("tad_autograd") and ("functorch" in m or m.startswith("torch.func"))
     ]
     assert result["warnings"] == [], result["warnings"]
+    if result["vendored_packaging"]:
+        assert "packaging" not in result["added"], "imported packaging; torch vendors it"
     # Recorded, never asserted: what the import adds to `import torch`.
     besides = [m for m in result["added"] if not m.startswith("tad_autograd")]
     record_property("import_torch_s", round(result["torch_s"], 4))

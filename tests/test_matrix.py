@@ -15,10 +15,9 @@ from typing import Any, Iterator, List
 
 import pytest
 import torch
-from packaging.version import Version
 
 import tad_autograd as ta
-from tad_autograd._torch_info import TORCH_VERSION, module_exists
+from tad_autograd._torch_info import TORCH_VERSION, Version, module_exists
 from tad_autograd.errors import BackendUnavailableError
 from tad_autograd.registry import REGISTRY
 from tad_autograd.resolver import resolve_cached

@@ -11,9 +11,9 @@ import os
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import pytest
-from packaging.version import Version
 
 import tad_autograd as ta
+from tad_autograd._torch_info import Version
 from tad_autograd.backends.autograd import AutogradBackend
 from tad_autograd.backends.base import Availability, Backend
 from tad_autograd.errors import BackendUnavailableError, UnknownBackendError

@@ -18,6 +18,13 @@ missing from a checkout.  This directive
 * adds ``results.png`` when ``results.md`` does not already show it;
 * renders a note instead of failing when the files are absent, so the docs
   build (with ``-W``) never depends on a benchmark run.
+
+Named tuples (:class:`~tad_autograd.explain.Explanation`,
+:class:`~tad_autograd.backends.Availability`) document their fields in an
+``Attributes`` section.  numpydoc shows an attribute's own docstring instead
+of that section's description whenever the attribute has one, and every
+named-tuple field has the generated "Alias for field number N"; those
+generated docstrings are removed before numpydoc reads the class.
 """
 
 from __future__ import annotations
@@ -137,7 +144,21 @@ def _escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("*", "\\*").replace("`", "\\`").replace("|", "\\|")
 
 
+def _named_tuple_fields_as_written(
+    app: Any, what: str, name: str, obj: Any, options: Any, lines: List[str]
+) -> None:
+    """Drop the generated field docstrings of a named tuple (see the module docstring)."""
+    if what != "class" or not isinstance(obj, type) or not issubclass(obj, tuple):
+        return
+    for field in getattr(obj, "_fields", ()):
+        descriptor = obj.__dict__.get(field)
+        if descriptor is not None and (descriptor.__doc__ or "").startswith("Alias for field"):
+            descriptor.__doc__ = None
+
+
 def setup(app: Any) -> Dict[str, Any]:
     app.add_directive("benchmark-results", BenchmarkResults)
     app.add_directive("device-support-table", DeviceSupportTable)
+    # before numpydoc's own handler (default priority 500)
+    app.connect("autodoc-process-docstring", _named_tuple_fields_as_written, priority=400)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

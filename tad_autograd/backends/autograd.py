@@ -262,20 +262,23 @@ def _depends_on_other_leaves(outputs: Sequence[torch.Tensor], ours: Set[int]) ->
     captured model parameters.
     """
     stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
-    seen: Set[int] = set()
+    seen: Set[Any] = set()
+    push, mark = stack.append, seen.add
     while stack:
-        node = stack.pop()
-        for nxt, _ in node.next_functions:
-            if nxt is None or id(nxt) in seen:
+        for nxt, _ in stack.pop().next_functions:
+            if nxt is None or nxt in seen:
                 continue
-            seen.add(id(nxt))
-            variable = getattr(nxt, "variable", None)
-            if variable is not None:
-                if id(variable) not in ours:
+            mark(nxt)
+            if type(nxt) is _ACCUMULATE_GRAD:
+                if id(nxt.variable) not in ours:  # type: ignore[attr-defined]
                     return True
-                continue
-            stack.append(nxt)
+            else:
+                push(nxt)
     return False
+
+
+#: The graph node of a leaf tensor that requires grad.
+_ACCUMULATE_GRAD = torch._C._functions.AccumulateGrad  # type: ignore[attr-defined]
 
 
 _HAS_AUX_HINT = (

@@ -15,12 +15,9 @@ the exception types :mod:`torch.func` uses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Callable, NamedTuple, Optional, Tuple, Union
 
-from packaging.version import Version
-
-from .._torch_info import TORCH_VERSION, module_exists
+from .._torch_info import TORCH_VERSION, Version, module_exists
 
 __all__ = ["Availability", "Backend", "ArgnumsT", "InDimsT", "OutDimsT"]
 
@@ -29,9 +26,19 @@ InDimsT = Any
 OutDimsT = Any
 
 
-@dataclass(frozen=True)
-class Availability:
+class Availability(NamedTuple):
     """Whether a backend can run, and if not, why and what would fix it.
+
+    An immutable named tuple.
+
+    Attributes
+    ----------
+    ok : bool
+        The backend can run here.
+    reason : str
+        If not, why (empty when it can).
+    fix : str
+        If not, what would make it run (empty when it can).
 
     Examples
     --------
@@ -80,8 +87,9 @@ class Backend:
 
         Parameters
         ----------
-        torch_version : packaging.version.Version
-            The torch release to judge; the installed one by default.
+        torch_version : Version
+            The torch release to judge; the installed one by default (a
+            ``Version`` from ``tad_autograd._torch_info``).
         module_exists : callable
             ``module_exists(name) -> bool``; lets tests pretend a package is
             (not) installed.

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from packaging.version import Version
-
-from .._torch_info import TORCH_VERSION, module_exists
+from .._torch_info import TORCH_VERSION, Version, module_exists
 from .base import ArgnumsT, Availability, Backend, InDimsT, OutDimsT
 
 __all__ = ["FuncBackend"]

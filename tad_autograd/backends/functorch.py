@@ -17,11 +17,9 @@ from __future__ import annotations
 import inspect
 import threading
 from functools import cache
-from typing import Any, Callable, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
-from packaging.version import Version
-
-from .._torch_info import TORCH_VERSION, module_exists
+from .._torch_info import TORCH_VERSION, Version, module_exists
 from ._chunking import (
     checked_outputs,
     chunked_jacrev,
@@ -47,11 +45,18 @@ _JACREV_NEEDS_TENSOR_ARGS = _DEPRECATED_FROM <= TORCH_VERSION < Version("2.1")
 _Transform = Callable[..., Callable[..., Any]]
 
 
-class _Transforms(NamedTuple):
-    jacrev: _Transform
-    vjp: Callable[..., Any]
-    vmap: _Transform
-    native_chunks: bool
+class _Transforms:
+    """The library functions the backend calls (a plain class: cheaper to define at import)."""
+
+    __slots__ = ("jacrev", "vjp", "vmap", "native_chunks")
+
+    def __init__(
+        self, jacrev: _Transform, vjp: Callable[..., Any], vmap: _Transform, native_chunks: bool
+    ) -> None:
+        self.jacrev = jacrev
+        self.vjp = vjp
+        self.vmap = vmap
+        self.native_chunks = native_chunks
 
 
 @cache
