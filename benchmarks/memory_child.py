@@ -1,6 +1,7 @@
 """Memory measurements, run in a fresh interpreter by the ``memory`` section.
 
-Sets up W (n, n) and x in place (no transient copies), warms the chosen
+Sets up f(x) = A tanh(B x), A (n, H) and B (H, n) with a wide hidden layer
+H = ``hidden`` (default 32 n), in place (no transient copies), warms the chosen
 method up on a tiny problem (so lazy imports and one-time allocations are not
 counted), records the baseline, computes the Jacobian once and prints the
 peak minus the baseline as JSON, one line per chunk size.
@@ -32,6 +33,8 @@ from benchmarks import problems
 
 
 def build(method: str, chunk):
+    if method == "tad:auto":
+        return lambda f: ta.jacrev(f, chunk_size=chunk)
     if method.startswith("tad:"):
         backend = method[4:]
         return lambda f: ta.jacrev(f, backend=backend, chunk_size=chunk)
@@ -67,18 +70,22 @@ def _maxrss_mb() -> float:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--method", required=True)
-    p.add_argument("--n", type=int, default=2048)
+    p.add_argument("--n", type=int, default=512)
+    p.add_argument("--hidden", type=int, default=0, help="H (default 32 n)")
     p.add_argument("--chunks", default="none", help="comma-separated: none,64,16,4,1")
     a = p.parse_args()
     chunks = [None if c == "none" else int(c) for c in a.chunks.split(",")]
     torch.set_num_threads(1)
+    hidden = a.hidden or 32 * a.n
     g = torch.Generator().manual_seed(0)
-    w = torch.empty(a.n, a.n, dtype=torch.float64).normal_(generator=g).div_(a.n**0.5)
+    wa = torch.empty(a.n, hidden, dtype=torch.float64).normal_(generator=g).div_(hidden**0.5)
+    wb = torch.empty(hidden, a.n, dtype=torch.float64).normal_(generator=g).div_(a.n**0.5)
     x = torch.empty(a.n, dtype=torch.float64).normal_(generator=g)
-    f = problems.make_tanh(w)
-    w_small, x_small = problems.tanh_layer(8)
+    f = problems.make_wide(wa, wb)
+    small_a, small_b = wa[:8, :64].contiguous(), wb[:64, :8].contiguous()
+    f_small, x_small = problems.make_wide(small_a, small_b), x[:8].clone()
     for chunk in chunks:  # warm-up: lazy imports, allocator
-        build(a.method, chunk)(problems.make_tanh(w_small))(x_small)
+        build(a.method, chunk)(f_small)(x_small)
     for k, chunk in enumerate(chunks):
         jac = build(a.method, chunk)(f)
         reset = _reset_hwm()

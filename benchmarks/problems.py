@@ -70,6 +70,15 @@ def make_tanh(w: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     return f
 
 
+def make_wide(a: torch.Tensor, b: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """f(x) = A tanh(B x): a Jacobian whose rows each need a wide (hidden-size) backward pass."""
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return a @ torch.tanh(b @ x)
+
+    return f
+
+
 def batch_of_clusters(batch: int, n_atoms: int, seed: int = 0) -> torch.Tensor:
     """(B, N, 3) float64: ``batch`` independently jittered clusters."""
     return torch.stack([cluster(n_atoms, seed + b) for b in range(batch)])

@@ -125,7 +125,7 @@ def summary_lines(data: Dict[str, Any]) -> List[str]:
     if mem:
         bad = [m for m, ok in mem["falls_with_chunk"].items() if not ok]
         out.append(
-            "| peak memory falls as chunk_size shrinks | "
+            "| peak memory never rises as chunk_size shrinks (falls unless at the floor) | "
             f"{'yes' if not bad else 'no for ' + ', '.join(bad)} "
             f"| | all backends |"
         )
@@ -279,7 +279,8 @@ def memory_lines(sec: Dict[str, Any]) -> List[str]:
         out.append("| " + " | ".join(row) + " |")
     out += [
         "",
-        "Falls as the chunk shrinks: "
+        "Never rises as the chunk shrinks, and falls unless already at the floor (a backend "
+        "that works one row at a time whatever the chunk): "
         + ", ".join(f"{m}: {'yes' if ok else 'NO'}" for m, ok in sec["falls_with_chunk"].items()),
         "",
     ]

@@ -551,9 +551,10 @@ _LAUNCHER = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
 
 def section_memory(cfg: Config) -> Dict[str, Any]:
     """Peak RSS of a fresh process computing a large Jacobian, per backend and chunk_size."""
-    n = 768 if cfg.quick else 1024
+    n = 128 if cfg.quick else 256
+    hidden = 32 * n
     chunks: List[Optional[int]] = [None, 16, 1] if cfg.quick else [None, 64, 16, 4, 1]
-    methods = [f"tad:{b}" for b in backends()] + ([] if cfg.quick else ["peer:func.jacrev"])
+    methods = [f"tad:{b}" for b in backends()] + [AUTO] + ([] if cfg.quick else ["peer:func.jacrev"])
     # full: one fresh process per (method, chunk), ru_maxrss as the measure;
     # quick: one process per method measuring every chunk (VmHWM reset between them)
     runs = (
@@ -575,6 +576,8 @@ def section_memory(cfg: Config) -> Dict[str, Any]:
             method,
             "--n",
             str(n),
+            "--hidden",
+            str(hidden),
             "--chunks",
             spec,
         ]
@@ -605,22 +608,24 @@ def section_memory(cfg: Config) -> Dict[str, Any]:
     for method in methods:
         ds = [r.get("delta_mb") for r in rows if r["method"] == method]
         ok = all(d is not None for d in ds)
-        # chunks run from None (all rows at once) down to 1: the peak must not grow, and must fall
-        # overall
-        monotone[method] = (
-            ok and all(b <= a * 1.05 + 1.0 for a, b in zip(ds, ds[1:])) and ds[-1] < ds[0]
-        )
+        # chunks run from None (all rows at once) down to 1: the peak must never grow (beyond
+        # 5 % + 1 MB of allocator noise); a backend that always works one row at a time (the
+        # autograd loop) stays flat at the floor, every other one must fall overall
+        never_grows = ok and all(b <= a * 1.05 + 1.0 for a, b in zip(ds, ds[1:]))
+        flat = ok and max(ds) <= min(ds) * 1.05 + 1.0
+        monotone[method] = never_grows and (flat or ds[-1] < ds[0])
     return {
         "kind": "memory",
         "n": n,
         "result_mb": n * n * 8 / 2**20,
+        "hidden": hidden,
         "chunks": chunks,
         "rows": rows,
         "falls_with_chunk": monotone,
         "measure": "ru_maxrss, one fresh process per row"
         if not cfg.quick
         else "VmHWM reset per row, one fresh process per method",
-        "title": f"Peak memory: jacrev of tanh(W x), n={n}, float64",
+        "title": f"Peak memory: jacrev of A tanh(B x), n={n}, hidden {hidden}, float64",
     }
 
 

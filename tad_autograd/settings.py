@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 from contextvars import ContextVar
-from typing import Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 from .errors import BackendUnavailableError, UnknownBackendError
 from .registry import REGISTRY
@@ -81,11 +81,17 @@ class _Global:
 GLOBAL = _Global()
 
 
+_AVAILABILITY: Dict[Tuple[int, str], Any] = {}
+
+
 def validated(name: Optional[str], parameter: str) -> Optional[str]:
     """Canonical name for ``name`` (``None`` = automatic); raise if unknown or unavailable."""
     canonical = REGISTRY.canonical(name)
     if canonical is not None:
-        availability = REGISTRY.get(canonical).availability()
+        key = (REGISTRY.version, canonical)
+        availability = _AVAILABILITY.get(key)
+        if availability is None:  # fixed for a process, until the registry changes
+            availability = _AVAILABILITY[key] = REGISTRY.get(canonical).availability()
         if not availability.ok:
             raise BackendUnavailableError(
                 f"{parameter}={name!r}: backend {canonical!r} is unavailable: "
