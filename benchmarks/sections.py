@@ -554,7 +554,9 @@ def section_memory(cfg: Config) -> Dict[str, Any]:
     n = 128 if cfg.quick else 256
     hidden = 32 * n
     chunks: List[Optional[int]] = [None, 16, 1] if cfg.quick else [None, 64, 16, 4, 1]
-    methods = [f"tad:{b}" for b in backends()] + [AUTO] + ([] if cfg.quick else ["peer:func.jacrev"])
+    methods = [f"tad:{b}" for b in backends()] + [AUTO]
+    if not cfg.quick:
+        methods.append("peer:func.jacrev")
     # full: one fresh process per (method, chunk), ru_maxrss as the measure;
     # quick: one process per method measuring every chunk (VmHWM reset between them)
     runs = (

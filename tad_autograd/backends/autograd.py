@@ -328,17 +328,22 @@ def _jacrev(
         check_outputs(out_leaves)
 
     if outer_grad and not external:
-        external = any(isinstance(a, torch.Tensor) and a.requires_grad for a in args) or (
-            _depends_on_other_leaves(
-                [o for o in out_leaves if o.requires_grad], {id(x) for x in inputs}
-            )
-        )
+        if nargs > 1:
+            external = any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+        if not external:
+            live = out_leaves if out_spec is None else [o for o in out_leaves if o.requires_grad]
+            ours = {id(inputs[0])} if len(inputs) == 1 else {id(x) for x in inputs}
+            external = _depends_on_other_leaves(live, ours)
     create_graph = outer_grad and external
 
-    if out_spec is None and len(inputs) == 1 and result.numel() == 1:
+    single = out_spec is None and len(inputs) == 1
+    if single and result.numel() == 1:
         # a scalar (an energy): one backward pass, nothing to vectorise or stack
         jac = _scalar_gradient(result, inputs[0], create_graph)
         jacobian = jac if in_specs is None else unflatten_jacobian([jac], argnums, in_specs, sizes)
+    elif single and in_specs is None and (vmap is None or result.numel() <= LOOP_MAX_ROWS):
+        # a few rows of one tensor: a short loop of backward passes
+        jacobian = _rows(result, inputs, create_graph, retain=create_graph)[0]
     else:
         per_output = None
         rows = sum(o.numel() for o in out_leaves if o.requires_grad)
