@@ -203,6 +203,42 @@ def test_remembered_per_function_weakly() -> None:
     assert MEMORY.describe() == ()
 
 
+def test_fallback_after_earlier_success_warns_at_the_call_and_is_right() -> None:
+    """A function that becomes untransformable after transformed calls (the cached choice).
+
+    The warning points at the caller's line on both the first-call and the
+    cached path, and the result is the autograd backend's.
+    """
+    old_style = [False]
+
+    def f(v: torch.Tensor) -> torch.Tensor:
+        return OldStyleExp.apply(v) if old_style[0] else v.exp()
+
+    batched = ta.vmap(f)
+    x = torch.linspace(0.0, 1.0, 4, dtype=DT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_tree_close(batched(x), x.exp())  # transformed, and cached
+        assert_tree_close(batched(x), x.exp())
+    old_style[0] = True
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = batched(x)
+    assert_tree_close(result, x.exp())
+    assert [w.category for w in caught] == [ta.BackendFallbackWarning]
+    assert caught[0].filename == __file__
+    assert MEMORY.recall(f, (("vmap",), "cpu")) == "autograd"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # remembered: no retry, no second warning
+        assert_tree_close(batched(x), x.exp())
+
+    g = ta.vmap(lambda v: OldStyleExp.apply(v))  # the first call falls back
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        g(x)
+    assert [w.filename for w in caught] == [__file__]
+
+
 def test_bound_methods_are_remembered_and_not_kept_alive() -> None:
     class Model:
         def energy(self, v):
