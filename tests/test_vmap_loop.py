@@ -1,0 +1,28 @@
+"""The batch loop (autograd backend, small automatic batches) detects random ops without numpy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tad_autograd as ta
+
+
+@pytest.fixture
+def torch_without_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``Tensor.numpy`` fail as it does on a torch built without numpy."""
+
+    def no_numpy(self: torch.Tensor, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("Numpy is not available")
+
+    monkeypatch.setattr(torch.Tensor, "numpy", no_numpy)
+
+
+@pytest.mark.usefixtures("torch_without_numpy")
+@pytest.mark.parametrize("backend", ["autograd", None])
+def test_random_op_detected_without_numpy(backend: str) -> None:
+    x = torch.ones(2, 3, dtype=torch.float64)  # batch of 2: the automatic choice loops too
+    with pytest.raises(RuntimeError, match="randomness error mode"):
+        ta.vmap(lambda v: v + torch.rand(3, dtype=v.dtype), backend=backend)(x)
+    result = ta.vmap(lambda v: v.sum(), backend=backend)(x)
+    assert torch.equal(result, torch.full((2,), 3.0, dtype=torch.float64))
