@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 from .._torch_info import TORCH_VERSION, Version, module_exists
+from ._chunking import jacrev_tensor_args_only, vmap_with_out_dims
 from .base import ArgnumsT, Availability, Backend, InDimsT, OutDimsT
 
 __all__ = ["FuncBackend"]
 
 _MINIMUM = Version("2.0")
+_TORCH_FUNC: List[Any] = []  # torch.func, imported when the backend first runs
+
+
+def _torch_func() -> Any:
+    """:mod:`torch.func` (imported on first use, so importing the library does not)."""
+    if not _TORCH_FUNC:
+        import torch.func
+
+        _TORCH_FUNC.append(torch.func)
+    return _TORCH_FUNC[0]
+
+
 _JACREV_NEEDS_TENSOR_ARGS = _MINIMUM <= TORCH_VERSION < Version("2.1")
 
 
@@ -57,8 +70,7 @@ class FuncBackend(Backend):
         return self._automatic
 
     def _raw_vmap(self) -> Callable[..., Any]:
-        from torch.func import vmap
-
+        vmap: Callable[..., Any] = _torch_func().vmap
         return vmap
 
     def jacrev(
@@ -69,15 +81,15 @@ class FuncBackend(Backend):
         has_aux: bool,
         chunk_size: Optional[int],
     ) -> Callable[..., Any]:
-        from torch.func import jacrev
-
+        jacrev = _torch_func().jacrev
         if _JACREV_NEEDS_TENSOR_ARGS:  # torch 2.0: see _chunking.jacrev_tensor_args_only
-            from ._chunking import jacrev_tensor_args_only
-
             return jacrev_tensor_args_only(
                 jacrev, func, argnums, has_aux=has_aux, chunk_size=chunk_size
             )
-        return jacrev(func, argnums, has_aux=has_aux, chunk_size=chunk_size)
+        jacobian_fn: Callable[..., Any] = jacrev(
+            func, argnums, has_aux=has_aux, chunk_size=chunk_size
+        )
+        return jacobian_fn
 
     def vmap(
         self,
@@ -88,8 +100,6 @@ class FuncBackend(Backend):
         *,
         chunk_size: Optional[int],
     ) -> Callable[..., Any]:
-        from torch.func import vmap
-
-        from ._chunking import vmap_with_out_dims
-
-        return vmap_with_out_dims(vmap, func, in_dims, out_dims, randomness, chunk_size=chunk_size)
+        return vmap_with_out_dims(
+            _torch_func().vmap, func, in_dims, out_dims, randomness, chunk_size=chunk_size
+        )
