@@ -5,16 +5,19 @@ A *cell* is one point of a grid (a problem, a size, a dtype) with several
 method is first run once, checked against the reference (``allclose``) and
 marked ``ok``, ``mismatch`` or ``error``; then the methods that ran are
 timed round-robin in the same process: each round times every method once
-(in a rotated order), each time as the mean of ``inner`` back-to-back calls
-chosen so one sample lasts ``sample_s``.  Rounds continue until the cell has
-used ``budget_s`` (at least ``min_rounds`` rounds).  The statistic is the
-median over rounds; ``paired`` ratios are medians of per-round ratios, which
-cancel slow drifts in machine load.
+(in a new shuffled order, so that no method always runs after the same
+other method and inherits its cache and allocator state), each time as the
+mean of ``inner`` back-to-back calls chosen so one sample lasts
+``sample_s``.  Rounds continue until the cell has used ``budget_s`` (at
+least ``min_rounds`` rounds).  The statistic is the median over rounds;
+``paired`` ratios are medians of per-round ratios, which cancel slow drifts
+in machine load.
 """
 
 from __future__ import annotations
 
 import gc
+import random
 import statistics
 import time
 import traceback
@@ -130,6 +133,7 @@ def time_interleaved(
     wall: Dict[str, List[float]] = {n: [] for n in names}
     other = "wall" if s.clock == "cpu" else "cpu"
     clock, other_clock = CLOCKS[s.clock], CLOCKS[other]
+    shuffle = random.Random(0).shuffle  # reproducible orders
     gc.collect()
     gc_was = gc.isenabled()
     gc.disable()
@@ -139,8 +143,9 @@ def time_interleaved(
         while rounds < s.max_rounds and (
             rounds < min_rounds or time.perf_counter() - start < s.budget_s
         ):
-            k = rounds % len(names)
-            for n in names[k:] + names[:k]:
+            order = names[:]
+            shuffle(order)  # a new order each round: no method always follows the same one
+            for n in order:
                 fn, m = methods[n], inner[n]
                 o0 = other_clock()
                 t0 = clock()

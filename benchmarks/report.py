@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from typing import Any, Dict, List, Optional
 
 from benchmarks.harness import AUTO, PEER_PREFIX, strip_samples
@@ -75,6 +76,33 @@ def auto_cells_over(data: Dict[str, Any], limit: float = AUTO_TARGET) -> List[Di
     return rows
 
 
+def noise_floor(data: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """An A/A control: ``tad:func`` / ``tad:functorch`` per grid cell, where both are the same.
+
+    On torch >= 2.0 both backends call the same :mod:`torch.func` functions,
+    so their ratio shows how far two identical methods drift apart in one
+    cell; ``None`` on older torch or without both backends.
+    """
+    ratios = []
+    for name in GRID_ORDER:
+        sec = data["sections"].get(name)
+        if not sec or int(str(sec["meta"].get("torch", "0")).split(".")[0]) < 2:
+            continue
+        for cell in sec["cells"]:
+            a = cell["methods"].get("tad:func", {}).get("median_s")
+            b = cell["methods"].get("tad:functorch", {}).get("median_s")
+            if a and b:
+                ratios.append(a / b)
+    if not ratios:
+        return None
+    return {
+        "median": statistics.median(ratios),
+        "min": min(ratios),
+        "max": max(ratios),
+        "cells": len(ratios),
+    }
+
+
 def summary_lines(data: Dict[str, Any]) -> List[str]:
     S = data["sections"]
     out = ["## CONTRACT §8 summary", ""]
@@ -120,6 +148,14 @@ def summary_lines(data: Dict[str, Any]) -> List[str]:
             f"{imp['added_by_tad_ms']:.1f} ms{flag} | delta of medians "
             f"{imp['delta_of_medians_ms']:.0f} ms | "
             f"< {imp['target_ms']:.0f} ms |"
+        )
+    noise = noise_floor(data)
+    if noise:
+        out.append(
+            "| noise floor: tad:func / tad:functorch over the grid (the very same torch "
+            f"functions on torch >= 2.0) | median {fmt_ratio(noise['median'])}, range "
+            f"{fmt_ratio(noise['min'])}-{fmt_ratio(noise['max'])} | {noise['cells']} cells | "
+            "(1.0x) |"
         )
     mem = S.get("memory")
     if mem:
