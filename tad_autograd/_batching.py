@@ -12,7 +12,7 @@ import torch
 
 from ._pytree import IncompatibleStructure, broadcast_prefix, tree_flatten, tree_unflatten
 
-__all__ = ["BatchedArgs", "flatten_args", "split_outputs", "join_outputs"]
+__all__ = ["BatchedArgs", "flatten_args", "split_outputs", "join_outputs", "check_out_dim"]
 
 
 def _name(func: Callable[..., Any]) -> str:
@@ -229,6 +229,19 @@ def split_outputs(
     return leaves, dims, spec
 
 
+def check_out_dim(out_dims: Any, d: int, ndim: int) -> None:
+    """Raise ``IndexError`` (as :func:`torch.func.vmap`) if ``d`` is no dim of an ``ndim``-d output.
+
+    ``ndim`` counts the batch dimension; ``out_dims`` is named in the message.
+    """
+    if not -ndim <= d < ndim:
+        raise IndexError(
+            f"vmap(..., out_dims={out_dims!r}): out_dims {d} is out of range for an "
+            f"output with {ndim} dimensions including the batch dimension "
+            f"(expected to be in range of [{-ndim}, {ndim - 1}], but got {d})"
+        )
+
+
 def join_outputs(
     samples: Sequence[List[Any]], dims: List[Optional[int]], spec: Any, join: Callable[..., Any]
 ) -> Any:
@@ -251,12 +264,6 @@ def join_outputs(
             joined.append(samples[0][k])
         else:
             parts = [s[k] for s in samples]
-            ndim = parts[0].dim() + (1 if join is torch.stack else 0)
-            if not -ndim <= d < ndim:
-                raise IndexError(
-                    f"vmap(..., out_dims={dims!r}): out_dims {d} is out of range for an "
-                    f"output with {ndim} dimensions including the batch dimension "
-                    f"(expected to be in range of [{-ndim}, {ndim - 1}], but got {d})"
-                )
+            check_out_dim(dims, d, parts[0].dim() + (1 if join is torch.stack else 0))
             joined.append(join(parts, d))
     return tree_unflatten(joined, spec)

@@ -22,7 +22,7 @@ from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 
-from .._batching import flatten_args, join_outputs, split_outputs
+from .._batching import check_out_dim, flatten_args, join_outputs, split_outputs
 from .._pytree import tree_flatten, tree_unflatten
 from .autograd import _basis, check_argnums, check_outputs
 from .base import ArgnumsT, InDimsT, OutDimsT
@@ -237,13 +237,7 @@ def vmap_with_out_dims(
         result = []
         for leaf, d in zip(leaves, dims):
             if d:
-                ndim = leaf.dim()
-                if not -ndim <= d < ndim:
-                    raise IndexError(
-                        f"vmap(..., out_dims={out_dims!r}): out_dims {d} is out of range for "
-                        f"an output with {ndim} dimensions including the batch dimension "
-                        f"(expected to be in range of [{-ndim}, {ndim - 1}], but got {d})"
-                    )
+                check_out_dim(out_dims, d, leaf.dim())
                 leaf = leaf.movedim(0, d)
             result.append(leaf)
         return tree_unflatten(result, spec)
