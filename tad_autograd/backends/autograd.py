@@ -336,14 +336,11 @@ def _jacrev(
             external = _depends_on_other_leaves(live, ours)
     create_graph = outer_grad and external
 
-    single = out_spec is None and len(inputs) == 1
-    if single and result.numel() == 1:
-        # a scalar (an energy): one backward pass, nothing to vectorise or stack
-        jac = _scalar_gradient(result, inputs[0], create_graph)
+    if out_spec is None and len(inputs) == 1 and (vmap is None or result.numel() <= LOOP_MAX_ROWS):
+        # one tensor in and out, a scalar (an energy) or a few rows: one backward pass or a
+        # short loop of them, nothing to vectorise or regroup
+        jac = _rows(result, inputs, create_graph, retain=create_graph)[0]
         jacobian = jac if in_specs is None else unflatten_jacobian([jac], argnums, in_specs, sizes)
-    elif single and in_specs is None and (vmap is None or result.numel() <= LOOP_MAX_ROWS):
-        # a few rows of one tensor: a short loop of backward passes
-        jacobian = _rows(result, inputs, create_graph, retain=create_graph)[0]
     else:
         per_output = None
         rows = sum(o.numel() for o in out_leaves if o.requires_grad)
@@ -419,18 +416,6 @@ def _split_aux(result: Any) -> Tuple[Any, Any]:
     return result[0], result[1]
 
 
-def _scalar_gradient(output: torch.Tensor, x: torch.Tensor, create_graph: bool) -> torch.Tensor:
-    """d output / d x for a one-element ``output``, shaped ``output.shape + x.shape``."""
-    if not output.requires_grad:
-        return output.new_zeros(output.shape + x.shape, dtype=x.dtype, device=x.device)
-    (g,) = torch.autograd.grad(
-        output, x, retain_graph=create_graph, create_graph=create_graph, allow_unused=True
-    )
-    if g is None:
-        g = torch.zeros_like(x)
-    return g if output.dim() == 0 else g.reshape(output.shape + x.shape)
-
-
 #: Up to this many Jacobian rows, a loop of backward passes beats one vectorised pass.
 LOOP_MAX_ROWS = 4
 
@@ -451,19 +436,30 @@ def _vectorised_rows(
     """
     from ..fallback import recognise
 
+    try:
+        return _batched_rows(outputs, inputs, create_graph, vmap, chunk_size)
+    except RuntimeError as error:
+        if recognise(error) is None:
+            raise
+        _log.info("backward pass not vectorisable (%s); using a loop of backward passes", error)
+        return None
+
+
+def _batched_rows(
+    outputs: List[torch.Tensor],
+    inputs: List[torch.Tensor],
+    create_graph: bool,
+    vmap: Callable[..., Any],
+    chunk_size: Optional[int],
+) -> List[List[torch.Tensor]]:
+    """The work of :func:`_vectorised_rows`, ``chunk_size`` rows per ``vmap`` call."""
     live = [o for o in outputs if o.requires_grad]
     numels = [o.numel() for o in live]
     total = sum(numels)
     step = total if chunk_size is None else chunk_size
     if len(outputs) == 1 and len(live) == 1 and len(inputs) == 1 and step >= total:
         # the common case (one tensor in, one out, no chunks): nothing to split or join
-        try:
-            return [[_all_rows(live[0], inputs[0], create_graph, vmap)]]
-        except RuntimeError as error:
-            if recognise(error) is None:
-                raise
-            _log.info("backward pass not vectorisable (%s); using a loop of backward passes", error)
-            return None
+        return [[_all_rows(live[0], inputs[0], create_graph, vmap)]]
 
     def vjp(*cotangents: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         grads = torch.autograd.grad(
@@ -478,24 +474,14 @@ def _vectorised_rows(
 
     batched = vmap(vjp)
     pieces: List[List[torch.Tensor]] = [[] for _ in inputs]
-    try:
-        with torch.enable_grad():
-            for start in range(0, total, step):
-                size = min(step, total - start)
-                for piece, rows in zip(pieces, batched(*_basis(live, numels, start, size))):
-                    piece.append(rows)
-    except RuntimeError as error:
-        if recognise(error) is None:
-            raise
-        _log.info("backward pass not vectorisable (%s); using a loop of backward passes", error)
-        return None
+    with torch.enable_grad():
+        for start in range(0, total, step):
+            size = min(step, total - start)
+            for piece, rows in zip(pieces, batched(*_basis(live, numels, start, size))):
+                piece.append(rows)
     per_input = [torch.cat(p) if len(p) > 1 else p[0] for p in pieces]
     result = []
-    k = 0
-    offsets = []
-    for o in live:
-        offsets.append(k)
-        k += o.numel()
+    offsets = [sum(numels[:i]) for i in range(len(numels))]
     live_index = {id(o): i for i, o in enumerate(live)}
     for o in outputs:
         if id(o) not in live_index:
@@ -569,10 +555,12 @@ def _rows(
             output.new_zeros(output.shape + x.shape, dtype=x.dtype, device=x.device) for x in inputs
         ]
     # create_graph is only ever asked for with grad mode on: a scalar needs no enable_grad
-    if n == 1:
+    if n == 1:  # no grad_outputs: torch checks a given one's shape in Python
         grads = torch.autograd.grad(
             output, inputs, retain_graph=retain, create_graph=create_graph, allow_unused=True
         )
+        if output.dim() == 0:  # the gradient already has the Jacobian's shape
+            return [g if g is not None else torch.zeros_like(x) for g, x in zip(grads, inputs)]
         return [
             (g if g is not None else torch.zeros_like(x)).reshape(output.shape + x.shape)
             for g, x in zip(grads, inputs)
