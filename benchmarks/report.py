@@ -7,6 +7,8 @@ import math
 import statistics
 from typing import Any, Dict, List, Optional
 
+from packaging.version import Version
+
 from benchmarks.harness import AUTO, PEER_PREFIX, strip_samples
 
 GRID_ORDER = ("forces", "jacobian", "hessian", "vmap")
@@ -86,7 +88,7 @@ def noise_floor(data: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     ratios = []
     for name in GRID_ORDER:
         sec = data["sections"].get(name)
-        if not sec or int(str(sec["meta"].get("torch", "0")).split(".")[0]) < 2:
+        if not sec or Version(sec["meta"].get("torch", "0")).major < 2:
             continue
         for cell in sec["cells"]:
             a = cell["methods"].get("tad:func", {}).get("median_s")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional
+from functools import cache
+from typing import Any, Callable, Optional
 
 from .._torch_info import TORCH_VERSION, Version, module_exists
 from ._chunking import jacrev_tensor_args_only, vmap_with_out_dims
@@ -11,16 +12,14 @@ from .base import ArgnumsT, Availability, Backend, InDimsT, OutDimsT
 __all__ = ["FuncBackend"]
 
 _MINIMUM = Version("2.0")
-_TORCH_FUNC: List[Any] = []  # torch.func, imported when the backend first runs
 
 
+@cache
 def _torch_func() -> Any:
     """:mod:`torch.func` (imported on first use, so importing the library does not)."""
-    if not _TORCH_FUNC:
-        import torch.func
+    import torch.func
 
-        _TORCH_FUNC.append(torch.func)
-    return _TORCH_FUNC[0]
+    return torch.func
 
 
 _JACREV_NEEDS_TENSOR_ARGS = _MINIMUM <= TORCH_VERSION < Version("2.1")
