@@ -233,6 +233,14 @@ def check_out_dim(out_dims: Any, d: int, ndim: int) -> None:
     """Raise ``IndexError`` (as :func:`torch.func.vmap`) if ``d`` is no dim of an ``ndim``-d output.
 
     ``ndim`` counts the batch dimension; ``out_dims`` is named in the message.
+
+    Examples
+    --------
+    >>> check_out_dim(-1, -1, 2)
+    >>> check_out_dim(2, 2, 2)
+    Traceback (most recent call last):
+    ...
+    IndexError: vmap(..., out_dims=2): out_dims 2 is out of range for an output with 2 ...
     """
     if not -ndim <= d < ndim:
         raise IndexError(
