@@ -2,6 +2,11 @@
 
 ``backend`` is parametrized over every registered backend; a backend that
 cannot run with the installed torch is skipped with the reason.
+
+``--device cuda`` (or ``TAD_AUTOGRAD_TEST_DEVICE=cuda``) runs the suite on
+another device: it becomes torch's default device (torch >= 2.0), so every
+tensor the tests and the property strategies create lives there.  Run it on
+``tests`` alone: the doctests print CPU tensors.
 """
 
 from __future__ import annotations
@@ -18,6 +23,25 @@ from tad_autograd.registry import REGISTRY
 from tad_autograd.settings import ENV_VAR, GLOBAL
 
 ALL_BACKENDS = REGISTRY.names()
+DEVICE_ENV_VAR = "TAD_AUTOGRAD_TEST_DEVICE"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--device",
+        default=os.environ.get(DEVICE_ENV_VAR, "cpu"),
+        help=f"torch device the tests create their tensors on (default ${DEVICE_ENV_VAR} or cpu)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    device = torch.device(config.getoption("--device"))
+    if device.type == "cpu":
+        return
+    if not hasattr(torch, "set_default_device"):
+        raise pytest.UsageError(f"--device {device} needs torch >= 2.0 (torch.set_default_device)")
+    torch.empty(0, device=device)  # fails here, clearly, when the device is missing
+    torch.set_default_device(device)
 
 
 @pytest.fixture(params=[*ALL_BACKENDS, None], ids=[*ALL_BACKENDS, "auto"])
@@ -60,7 +84,8 @@ def _seed() -> None:
 
 def pytest_report_header(config: pytest.Config) -> str:
     lines = [
-        f"torch {torch.__version__}; tad_autograd backends available: {ta.available_backends()}"
+        f"torch {torch.__version__}; tad_autograd backends available: {ta.available_backends()}; "
+        f"test device: {config.getoption('--device')}"
     ]
     for b in REGISTRY.backends():
         a = b.availability()

@@ -6,7 +6,7 @@ needed; where a device is really present (CUDA), one end-to-end check runs.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 import torch
@@ -117,11 +117,111 @@ def test_explain_with_device_argument() -> None:
     assert ta.explain(device=torch.device("cpu")).backend != "autograd"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_end_to_end() -> None:
-    x = torch.randn(4, device="cuda", dtype=torch.float64)
+# --------------------------------------------------------------------------- a real accelerator
+# Runs wherever CUDA is present, whatever --device says: torch's default device
+# is pinned to the CPU inside, so a tensor the library creates without naming
+# a device would land on the wrong one and fail here.
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture
+def cpu_default_device() -> Iterator[None]:
+    """torch's default device is the CPU for the test, restored afterwards."""
+    previous = torch.empty(()).device
+    if hasattr(torch, "set_default_device"):
+        torch.set_default_device("cpu")
+    yield
+    if hasattr(torch, "set_default_device"):
+        torch.set_default_device(previous)
+
+
+def _pair_energy(pos: torch.Tensor) -> torch.Tensor:
+    d = (
+        pos[:, None, :]
+        - pos[None, :, :]
+        + torch.eye(pos.shape[0], dtype=pos.dtype, device=pos.device)[..., None]
+    )
+    return (1.0 / (d * d).sum(-1)).triu(1).sum()
+
+
+def _on(device: str, *tensors: torch.Tensor) -> tuple:
+    return tuple(t.to(device) for t in tensors)
+
+
+ACCELERATOR_CASES: dict = {
+    "jacrev, one row per output": lambda d, b: ta.jacrev(torch.sin, backend=b)(
+        *_on(d, torch.linspace(-1, 1, 4, dtype=torch.float64))
+    ),
+    "jacrev, pytree output, chunks": lambda d, b: ta.jacrev(
+        lambda x, y: {"a": x.sin() * y.sum(), "b": (x @ y.T).exp()},
+        argnums=(0, 1),
+        chunk_size=3,
+        backend=b,
+    )(
+        *_on(
+            d,
+            torch.linspace(-1, 1, 6, dtype=torch.float64).reshape(2, 3),
+            torch.ones(2, 3, dtype=torch.float64),
+        )
+    ),
+    "forces": lambda d, b: ta.jacrev(_pair_energy, backend=b)(
+        *_on(d, torch.arange(12, dtype=torch.float64).reshape(4, 3).sin() * 3)
+    ),
+    "hessian": lambda d, b: ta.hessian(_pair_energy, backend=b)(
+        *_on(d, torch.arange(9, dtype=torch.float32).reshape(3, 3).cos() * 3)
+    ),
+    "vmap, out_dims and chunks": lambda d, b: ta.vmap(
+        lambda x, y: (x * y).sum(0), in_dims=(1, None), out_dims=0, chunk_size=2, backend=b
+    )(*_on(d, torch.arange(15.0).reshape(3, 5), torch.ones(3))),
+    "vmap of jacrev": lambda d, b: ta.vmap(ta.jacrev(_pair_energy), backend=b)(
+        *_on(d, torch.arange(72, dtype=torch.float64).reshape(6, 4, 3).sin() * 3)
+    ),
+}
+
+
+@needs_cuda
+@pytest.mark.parametrize("case", list(ACCELERATOR_CASES))
+def test_cuda_results_stay_on_the_device_and_match_the_cpu(
+    case: str, backend: str | None, cpu_default_device: None
+) -> None:
+    compute = ACCELERATOR_CASES[case]
+    expected = compute("cpu", "autograd")
+    actual = compute("cuda", backend)
+    for a, e in zip(*(torch.utils._pytree.tree_flatten(t)[0] for t in (actual, expected))):
+        assert a.device.type == "cuda"
+        torch.testing.assert_close(a.cpu(), e)
+
+
+@needs_cuda
+def test_cuda_automatic_choice_and_fallback(cpu_default_device: None) -> None:
+    """Automatic mode transforms on CUDA and still falls back, right, for an old-style Function."""
+    from _helpers import OldStyleExp
+
+    x = torch.linspace(-1, 1, 5, dtype=torch.float64, device="cuda")
     assert ta.explain(x).backend != "autograd"
-    for backend in ta.available_backends():
-        jac = ta.jacrev(torch.sin, backend=backend)(x)
-        assert jac.device == x.device
-        torch.testing.assert_close(jac, torch.diag(x.cos()))
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return OldStyleExp.apply(x).sum(0)
+
+    batch = torch.stack([x, 2 * x, 3 * x])
+    with pytest.warns(ta.BackendFallbackWarning):
+        got = ta.vmap(ta.jacrev(f))(batch)
+    torch.testing.assert_close(got, batch.exp())
+    assert got.device.type == "cuda"
+
+
+@needs_cuda
+def test_cuda_jacobian_stays_differentiable_in_captured_parameters(
+    backend: str | None, cpu_default_device: None
+) -> None:
+    w = torch.linspace(0.5, 1.5, 9, dtype=torch.float64, device="cuda").reshape(3, 3)
+    w.requires_grad_(True)
+    x = torch.linspace(-1, 1, 3, dtype=torch.float64, device="cuda")
+    jac = ta.jacrev(lambda x: torch.tanh(w @ x), backend=backend)(x)
+    (grad_w,) = torch.autograd.grad(jac.sum(), w)
+    w_cpu = w.detach().cpu().requires_grad_(True)
+    expected = torch.autograd.grad(
+        ta.jacrev(lambda x: torch.tanh(w_cpu @ x), backend="autograd")(x.cpu()).sum(), w_cpu
+    )[0]
+    torch.testing.assert_close(grad_w.cpu(), expected)

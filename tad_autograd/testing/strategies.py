@@ -458,7 +458,7 @@ def programs(
     draw: st.DrawFn,
     *,
     dtypes: Sequence[torch.dtype] = (torch.float32, torch.float64),
-    device: str = "cpu",
+    device: Union[str, torch.device, None] = None,
     max_args: int = 3,
     max_ops: int = 6,
     max_ndim: int = 3,
@@ -476,8 +476,11 @@ def programs(
     ----------
     dtypes : sequence of torch.dtype
         Floating dtypes to choose from (one per program).
-    device : str
-        Device of the example arguments and constants.
+    device : str or torch.device, optional
+        Device of the example arguments and constants; by default torch's
+        default device (the CPU unless ``torch.set_default_device`` moved it).
+        The values are drawn on the CPU and moved, so a program is the same on
+        every device.
     max_args, max_ops : int
         Largest number of tensor arguments and of operations.
     max_ndim, max_side : int
@@ -521,14 +524,14 @@ def programs(
     dtype = draw(float_dtypes(dtypes))
     seed = draw(st.integers(0, 2**31 - 2))
     gen = torch.Generator().manual_seed(seed)
-    dev = torch.device(device)
+    dev = torch.device(device) if device is not None else torch.empty(()).device
 
     def rand(shape: Sequence[int], low: float = -1.0, high: float = 1.0) -> torch.Tensor:
-        t = torch.rand(shape, generator=gen, dtype=torch.float64) * (high - low) + low
+        t = torch.rand(shape, generator=gen, dtype=torch.float64, device="cpu") * (high - low) + low
         return t.to(dtype=dtype, device=dev)
 
     def make_arg_leaf(shape: Sequence[int], g: torch.Generator) -> torch.Tensor:
-        t = torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1
+        t = torch.rand(shape, generator=g, dtype=torch.float64, device="cpu") * 2 - 1
         return t.to(dtype=dtype, device=dev)
 
     constants: Dict[str, torch.Tensor] = {}
@@ -784,7 +787,7 @@ def programs(
             return None
         sb = steps[b]
         shape = cast(Tuple[int, ...], _broadcast(sa.shape, sb.shape))
-        mask = torch.rand(shape, generator=gen) < 0.5
+        mask = torch.rand(shape, generator=gen, device="cpu") < 0.5
         mask = mask.to(dev)
         name = const("M", mask)
         return _Step(
@@ -961,7 +964,7 @@ def programs(
     return Program(
         seed=seed,
         dtype=dtype,
-        device=device,
+        device=dev,
         arg_kinds=arg_kinds,
         arg_shapes=arg_shapes,
         steps=steps,
@@ -1185,7 +1188,7 @@ def vmap_calls(
 
     kwargs = {}
     if with_kwargs and draw(st.booleans()):
-        scale = torch.rand((), generator=gen, dtype=torch.float64) + 0.5
+        scale = torch.rand((), generator=gen, dtype=torch.float64, device="cpu") + 0.5
         kwargs["scale"] = scale.to(dtype=prog.dtype, device=prog.device)
     chunk = draw(st.one_of(st.none(), st.integers(1, B))) if with_chunk_size else None
     return VmapCall(prog, args, in_dims, out_dims, kwargs, B, chunk)
