@@ -91,9 +91,12 @@ def cluster(n: int = 8, device: str = "cpu") -> torch.Tensor:
     g = torch.Generator().manual_seed(7)
     side = int(round(n ** (1 / 3) + 0.5))
     grid = torch.stack(
-        torch.meshgrid(*(torch.arange(side, dtype=torch.float64),) * 3, indexing="ij"), -1
+        torch.meshgrid(
+            *(torch.arange(side, dtype=torch.float64, device="cpu"),) * 3, indexing="ij"
+        ),
+        -1,
     ).reshape(-1, 3)[:n]
-    jitter = 0.05 * torch.randn(n, 3, generator=g, dtype=torch.float64)
+    jitter = 0.05 * torch.randn(n, 3, generator=g, dtype=torch.float64, device="cpu")
     return (1.12 * grid + jitter).to(device)
 
 

@@ -30,6 +30,7 @@ import pytest
 import torch
 
 import tad_autograd as ta
+from tad_autograd._rng import RngStates
 from tad_autograd._torch_info import TORCH_VERSION, Version
 from tad_autograd.backends.base import Availability, Backend
 from tad_autograd.errors import BackendUnavailableError, UnknownBackendError
@@ -609,7 +610,7 @@ class _Snapshot:
     def __init__(self, args: Tuple[Any, ...], setting: str) -> None:
         self.setting = setting
         self.grad_mode = torch.is_grad_enabled()
-        self.rng = torch.get_rng_state()
+        self.rng = RngStates(t.device for t in _leaves(args))
         self.tensors = [
             (
                 t,
@@ -624,7 +625,7 @@ class _Snapshot:
     def check(self, backend: Optional[str]) -> None:
         assert ta.get_backend() == self.setting, "the backend setting changed"
         assert torch.is_grad_enabled() == self.grad_mode, "the grad mode changed"
-        assert torch.equal(torch.get_rng_state(), self.rng), "the global RNG state changed"
+        assert not self.rng.changed(), "a global RNG state changed"
         _functorch_level_inactive()
         for i, (t, requires_grad, grad, value, version) in enumerate(self.tensors):
             assert t.requires_grad == requires_grad, f"input leaf {i}: requires_grad changed"

@@ -92,7 +92,7 @@ def test_autograd_backend_supports_every_device(device_type: str) -> None:
 
 
 def test_device_type_of() -> None:
-    x = torch.zeros(1)
+    x = torch.zeros(1, device="cpu")
     assert device_type_of((x,)) == "cpu"
     assert device_type_of((1, "a", [None, {"k": (x,)}])) == "cpu"
     assert device_type_of((), {"x": x}) == "cpu"
@@ -225,3 +225,25 @@ def test_cuda_jacobian_stays_differentiable_in_captured_parameters(
         ta.jacrev(lambda x: torch.tanh(w_cpu @ x), backend="autograd")(x.cpu()).sum(), w_cpu
     )[0]
     torch.testing.assert_close(grad_w.cpu(), expected)
+
+
+@needs_cuda
+@pytest.mark.parametrize("chunk_size", [None, 1, 2])
+def test_cuda_randomness_same_in_every_chunk(
+    backend: str | None, chunk_size: int | None, cpu_default_device: None
+) -> None:
+    """torch's own chunking replays only the CPU generator; each CUDA chunk must draw alike too."""
+    x = torch.zeros(5, 3, dtype=torch.float64, device="cuda")
+    out = ta.vmap(
+        lambda r: r + torch.rand_like(r), randomness="same", chunk_size=chunk_size, backend=backend
+    )(x)
+    assert torch.equal(out, out[:1].expand_as(out))
+
+
+@needs_cuda
+def test_cuda_random_draws_are_errors_by_default(
+    backend: str | None, cpu_default_device: None
+) -> None:
+    x = torch.zeros(3, 2, device="cuda")
+    with pytest.raises(RuntimeError, match="randomness"):
+        ta.vmap(lambda r: r + torch.rand_like(r), backend=backend)(x)

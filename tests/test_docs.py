@@ -65,6 +65,13 @@ def test_there_are_pages() -> None:
         assert expected in names
 
 
+# the examples print CPU tensors: with another default device (--device) their output differs
+cpu_examples = pytest.mark.skipif(
+    torch.empty(()).device.type != "cpu", reason="the documented outputs are CPU tensors"
+)
+
+
+@cpu_examples
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
 def test_page_examples(page: Path) -> None:
     for module in NEEDS.get(page.name, ()):
@@ -157,6 +164,7 @@ def _pytest_subprocess(tmp_path: Path, *args: str) -> subprocess.CompletedProces
     )
 
 
+@cpu_examples
 @pytest.mark.parametrize("example", sorted(EXAMPLES.glob("test_*.py")), ids=lambda p: p.name)
 def test_example_test_files(example: Path, tmp_path: Path) -> None:
     """The example test modules shown in the docs pass under pytest with the plugin."""

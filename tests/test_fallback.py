@@ -196,7 +196,7 @@ def test_remembered_per_function_weakly() -> None:
     f = make()
     with pytest.warns(ta.BackendFallbackWarning):
         ta.vmap(f)(torch.ones(4, dtype=DT))
-    assert MEMORY.recall(f, (("vmap",), "cpu")) == "autograd"
+    assert MEMORY.recall(f, (("vmap",), torch.empty(()).device.type)) == "autograd"
     assert len(MEMORY.describe()) == 1
     del f
     gc.collect()
@@ -227,7 +227,7 @@ def test_fallback_after_earlier_success_warns_at_the_call_and_is_right() -> None
     assert_tree_close(result, x.exp())
     assert [w.category for w in caught] == [ta.BackendFallbackWarning]
     assert caught[0].filename == __file__
-    assert MEMORY.recall(f, (("vmap",), "cpu")) == "autograd"
+    assert MEMORY.recall(f, (("vmap",), torch.empty(()).device.type)) == "autograd"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # remembered: no retry, no second warning
         assert_tree_close(batched(x), x.exp())

@@ -24,6 +24,7 @@ import torch
 
 from .._batching import check_out_dim, flatten_args, join_outputs, split_outputs
 from .._pytree import tree_flatten, tree_unflatten
+from .._rng import RngStates
 from .autograd import _basis, check_argnums, check_outputs
 from .base import ArgnumsT, InDimsT, OutDimsT
 
@@ -138,7 +139,8 @@ def chunked_vmap(
     """Run ``vmap(func, in_dims, out_dims, randomness)`` over chunks of the batch.
 
     With ``randomness="same"`` every chunk starts from the same generator
-    state, so every element sees the same draws, as in :func:`torch.func.vmap`.
+    states (the CPU's and those of the arguments' CUDA devices), so every
+    element sees the same draws, as in :func:`torch.func.vmap` without chunks.
 
     Examples
     --------
@@ -156,13 +158,17 @@ def chunked_vmap(
         batched = flatten_args(func, in_dims, args)
         if batched.size <= chunk_size:
             return batched_func(*args, **kwargs)
-        state = torch.get_rng_state() if randomness == "same" else None
+        states = (
+            RngStates({leaf.device for leaf in batched.leaves if isinstance(leaf, torch.Tensor)})
+            if randomness == "same"
+            else None
+        )
         chunks = []
         dims: List[Optional[int]] = []
         spec = None
         for start in range(0, batched.size, chunk_size):
-            if state is not None:
-                torch.set_rng_state(state)
+            if states is not None and start:
+                states.restore()
             part = batched_func(
                 *batched.narrow(start, min(chunk_size, batched.size - start)), **kwargs
             )
@@ -214,6 +220,10 @@ def vmap_with_out_dims(
     it is moved to ``out_dims`` here, as :func:`torch.func.vmap` specifies,
     also for outputs that do not depend on the batched inputs.
 
+    A ``chunk_size`` with ``randomness="same"`` goes through
+    :func:`chunked_vmap`: torch's own chunking replays only the CPU
+    generator, so on CUDA each chunk would draw different values.
+
     Examples
     --------
     >>> import torch
@@ -227,6 +237,8 @@ def vmap_with_out_dims(
     >>> vmap_with_out_dims(vmap, lambda x: c, 0, 1, "error")(torch.ones(4)).shape
     torch.Size([2, 4, 3])
     """
+    if randomness == "same" and kwargs.get("chunk_size") is not None:
+        return chunked_vmap(vmap, func, in_dims, out_dims, randomness, kwargs["chunk_size"])
     if not _moves(out_dims):
         return vmap(func, in_dims, out_dims, randomness, **kwargs)
     batched_func = vmap(func, in_dims, _first(out_dims), randomness, **kwargs)

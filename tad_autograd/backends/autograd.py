@@ -17,6 +17,7 @@ import torch
 
 from .._batching import BatchedArgs, flatten_args, join_outputs, split_outputs
 from .._pytree import flatten, tree_flatten, tree_unflatten, unflatten
+from .._rng import RngStates
 from .base import ArgnumsT, Backend, InDimsT, OutDimsT
 
 __all__ = [
@@ -597,57 +598,6 @@ _RANDOM_MESSAGE = (
 )
 
 
-def _state_key(state: torch.Tensor) -> Any:
-    """A generator state as bytes (compared faster than the tensor), or the tensor itself.
-
-    Examples
-    --------
-    >>> import torch
-    >>> _state_key(torch.get_rng_state()) == _state_key(torch.get_rng_state())
-    True
-    """
-    try:
-        return state.numpy().tobytes()
-    except (RuntimeError, ImportError):  # torch built without numpy support
-        return _TensorKey(state)
-
-
-class _TensorKey:
-    """Equality of two tensors by value."""
-
-    __slots__ = ("tensor",)
-
-    def __init__(self, tensor: torch.Tensor):
-        self.tensor = tensor
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _TensorKey) and torch.equal(self.tensor, other.tensor)
-
-    __hash__ = None  # type: ignore[assignment]
-
-
-class _RngStates:
-    """Snapshot of the generators a call may draw from (CPU and used accelerators)."""
-
-    def __init__(self, devices: Set[torch.device]):
-        self.cuda = sorted({d.index or 0 for d in devices if d.type == "cuda"})
-        self.cpu = torch.get_rng_state()
-        self.cpu_key = _state_key(self.cpu)
-        self.gpu = [torch.cuda.get_rng_state(i) for i in self.cuda]
-
-    def restore(self) -> None:
-        torch.set_rng_state(self.cpu)
-        for i, state in zip(self.cuda, self.gpu):
-            torch.cuda.set_rng_state(state, i)
-
-    def changed(self) -> bool:
-        if _state_key(torch.get_rng_state()) != self.cpu_key:
-            return True
-        return any(
-            not torch.equal(torch.cuda.get_rng_state(i), s) for i, s in zip(self.cuda, self.gpu)
-        )
-
-
 def _vmap(
     func: Callable[..., Any],
     in_dims: InDimsT,
@@ -658,7 +608,7 @@ def _vmap(
 ) -> Any:
     batched = flatten_args(func, in_dims, args)
     devices = {leaf.device for leaf in batched.leaves if isinstance(leaf, torch.Tensor)}
-    states = _RngStates(devices)
+    states = RngStates(devices)
     try:
         if batched.size == 0:
             return _empty_batch(func, out_dims, batched, kwargs)
