@@ -199,13 +199,12 @@ class Transformed:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self._argnums is not None:
             check_differentiable(args, self._argnums, self._kind)
-        explicit = self._explicit
-        if (
-            explicit is not None
-            and explicit[0] == REGISTRY.version
-            and (self._kwargs_in_call or not kwargs)
-        ):
-            # backend= argument: it wins over every setting, so nothing else is consulted.
+        if self._backend is not None and (self._kwargs_in_call or not kwargs):
+            # backend= argument: it wins over every setting and every device type, so
+            # nothing else is consulted, and the transformed callable is built once.
+            explicit = self._explicit
+            if explicit is None or explicit[0] != REGISTRY.version:
+                explicit = self._explicit = self._explicit_choice()
             token = CONTEXT.set(explicit[3])
             try:
                 return explicit[2](*args, **kwargs)
@@ -244,15 +243,20 @@ class Transformed:
                 self._fall_back(failed, fast[2], resolution.candidates, device_type, stacklevel=3)
                 return self._run_automatic(resolution, device_type, args, kwargs, fast[2] + 1)
             return self._run_automatic(resolution, device_type, args, kwargs)
-        if self._backend is not None:
-            backend = resolution.backend
-            self._explicit = (
-                REGISTRY.version,
-                backend,
-                self._transformed(backend, {}),
-                (backend.name, ORIGIN_EXPLICIT),
-            )
         return self._run_explicit(resolution, args, kwargs)
+
+    def _explicit_choice(self) -> Tuple[int, Backend, Callable[..., Any], Tuple[str, str]]:
+        """For a ``backend=`` argument: (registry version, backend, callable, context)."""
+        # the device type plays no part in an argument's resolution (it only names the backend)
+        resolution = resolve_cached(self._backend, "", self._transforms_only)
+        backend = resolution.backend
+        _log.debug("%s: backend %r (%s)", self.__name__, backend.name, resolution.source)
+        return (
+            REGISTRY.version,
+            backend,
+            self._transformed(backend, {}),
+            (backend.name, ORIGIN_EXPLICIT),
+        )
 
     def _clarify(self, error: BaseException) -> None:
         """Reword torch's messages for mistakes to name the parameter, value and what is allowed.
