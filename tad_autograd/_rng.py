@@ -58,19 +58,23 @@ class RngStates:
     """
 
     def __init__(self, devices: Iterable[torch.device]):
-        self.cuda = sorted({d.index or 0 for d in devices if d.type == "cuda"})
         self.cpu = torch.get_rng_state()
         self.cpu_key = _state_key(self.cpu)
-        self.gpu = [torch.cuda.get_rng_state(i) for i in self.cuda]
+        # the devices' generator objects themselves: torch.cuda.get_rng_state(i) would
+        # switch the current device there and back on every call
+        self.generators = [
+            torch.cuda.default_generators[i]
+            for i in sorted({d.index or 0 for d in devices if d.type == "cuda"})
+        ]
+        self.states = [g.get_state() for g in self.generators]
+        self.keys = [_state_key(state) for state in self.states]
 
     def restore(self) -> None:
         torch.set_rng_state(self.cpu)
-        for i, state in zip(self.cuda, self.gpu):
-            torch.cuda.set_rng_state(state, i)
+        for generator, state in zip(self.generators, self.states):
+            generator.set_state(state)
 
     def changed(self) -> bool:
         if _state_key(torch.get_rng_state()) != self.cpu_key:
             return True
-        return any(
-            not torch.equal(torch.cuda.get_rng_state(i), s) for i, s in zip(self.cuda, self.gpu)
-        )
+        return any(_state_key(g.get_state()) != k for g, k in zip(self.generators, self.keys))

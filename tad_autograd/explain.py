@@ -8,7 +8,7 @@ from typing import Any, NamedTuple, Optional, Tuple, Union
 import torch
 
 from ._torch_info import TORCH_VERSION
-from .backends.autograd import LOOP_MAX_BATCH
+from .backends.autograd import LOOP_MAX_BATCH, LOOP_MAX_BATCH_ACCELERATOR
 from .devices import device_type_of
 from .fallback import MEMORY
 from .registry import REGISTRY
@@ -102,7 +102,8 @@ def explain(*args: Any, device: Optional[Union[str, torch.device]] = None) -> Ex
             f"Automatic jacrev/hessian on {resolution.backend.name!r}: an eager forward pass, "
             "then one backward pass for a scalar output, a loop for a few rows, otherwise "
             f"one backward pass vectorised with {resolution.backend.name!r}'s vmap; "
-            f"vmap loops over batches of at most {LOOP_MAX_BATCH} and otherwise uses "
+            f"vmap loops over batches of at most {LOOP_MAX_BATCH} on the CPU and "
+            f"{LOOP_MAX_BATCH_ACCELERATOR} on an accelerator, and otherwise uses "
             f"{resolution.backend.name!r} directly."
         )
     if resolution.automatic and len(resolution.candidates) > 1:

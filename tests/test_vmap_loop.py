@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -26,3 +28,25 @@ def test_random_op_detected_without_numpy(backend: str) -> None:
         ta.vmap(lambda v: v + torch.rand(3, dtype=v.dtype), backend=backend)(x)
     result = ta.vmap(lambda v: v.sum(), backend=backend)(x)
     assert torch.equal(result, torch.full((2,), 3.0, dtype=torch.float64))
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_automatic_vmap_loops_over_small_batches_only(device: str) -> None:
+    """Up to the device's loop size no transform runs, so ``.item()`` needs no fallback."""
+    from tad_autograd.backends.autograd import LOOP_MAX_BATCH, LOOP_MAX_BATCH_ACCELERATOR
+
+    largest = LOOP_MAX_BATCH if device == "cpu" else LOOP_MAX_BATCH_ACCELERATOR
+
+    def f(v: torch.Tensor) -> torch.Tensor:
+        return v * v.sum().item()
+
+    looped = torch.ones(largest, 3, device=device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(ta.vmap(f)(looped), 3 * looped)
+    vectorised = torch.ones(largest + 1, 3, device=device)
+    with pytest.warns(ta.BackendFallbackWarning, match="item"):
+        torch.testing.assert_close(ta.vmap(f)(vectorised), 3 * vectorised)

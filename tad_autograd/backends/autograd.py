@@ -154,7 +154,7 @@ class VectorisedAutograd(AutogradBackend):
 
         def batched_fn(*args: Any, **kwargs: Any) -> Any:
             size = _batch_size_hint(in_dims, args)
-            if size is None or size > LOOP_MAX_BATCH or _transforms_active():
+            if size is None or size > _loop_max_batch(args[0]) or _transforms_active():
                 return vectorised(*args, **kwargs)
             from ..settings import CONTEXT
 
@@ -176,8 +176,15 @@ def _transforms_active() -> bool:
     return bool(active()) if active is not None else False
 
 
-#: Up to this batch size, an automatic ``vmap`` loops (no transform overhead).
+#: Up to this batch size, an automatic ``vmap`` on the CPU loops (no transform overhead).
 LOOP_MAX_BATCH = 2
+#: The same on an accelerator, where each looped sample launches its own kernels.
+LOOP_MAX_BATCH_ACCELERATOR = 1
+
+
+def _loop_max_batch(first: torch.Tensor) -> int:
+    """The largest batch an automatic ``vmap`` loops over, for a batch on ``first``'s device."""
+    return LOOP_MAX_BATCH if first.device.type == "cpu" else LOOP_MAX_BATCH_ACCELERATOR
 
 
 def _eager_origin() -> str:
