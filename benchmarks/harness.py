@@ -12,6 +12,11 @@ mean of ``inner`` back-to-back calls chosen so one sample lasts
 least ``min_rounds`` rounds).  The statistic is the median over rounds;
 ``paired`` ratios are medians of per-round ratios, which cancel slow drifts
 in machine load.
+
+On an asynchronous device (CUDA) ``Settings.sync`` waits for the queued
+work: it is called after the ``inner`` calls of every sample, before the
+clock is read, and likewise after the calibration and first (checking)
+calls, so a sample covers the device work it launched.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ class Settings:
     min_rounds: int = 5
     max_rounds: int = 2000
     slow_cap_s: float = 20.0  # a method slower than cap/min_rounds per call gets 3 rounds
+    #: waits for asynchronous device work (``torch.cuda.synchronize`` on CUDA); None on CPU
+    sync: Optional[Callable[[], None]] = None
 
 
 def tolerance(dtype: torch.dtype) -> float:
@@ -53,11 +60,16 @@ def tolerance(dtype: torch.dtype) -> float:
 
 
 def compare(value: Any, reference: torch.Tensor, dtype: torch.dtype) -> Optional[float]:
-    """Max error relative to max|reference|, or None when ``value`` is not a matching tensor."""
+    """Max error relative to max|reference|, or None when ``value`` is not a matching tensor.
+
+    ``value`` must be on the reference's device (a method that silently moved
+    the result elsewhere does not match); the error is computed there.
+    """
     if (
         not isinstance(value, torch.Tensor)
         or value.shape != reference.shape
         or value.dtype != dtype
+        or value.device != reference.device
     ):
         return None
     ref = reference.to(torch.float64)
@@ -66,9 +78,15 @@ def compare(value: Any, reference: torch.Tensor, dtype: torch.dtype) -> Optional
 
 
 def check(
-    methods: Dict[str, Callable[[], Any]], reference: torch.Tensor, dtype: torch.dtype
+    methods: Dict[str, Callable[[], Any]],
+    reference: torch.Tensor,
+    dtype: torch.dtype,
+    sync: Optional[Callable[[], None]] = None,
 ) -> Dict[str, Dict[str, Any]]:
-    """Run every method once (the warm-up) and compare it with ``reference``."""
+    """Run every method once (the warm-up) and compare it with ``reference``.
+
+    ``sync`` (see :class:`Settings`) is called before the first call's time is read.
+    """
     out: Dict[str, Dict[str, Any]] = {}
     tol = tolerance(dtype)
     for name, fn in methods.items():
@@ -78,6 +96,8 @@ def check(
             try:
                 t0 = time.perf_counter()
                 value = fn()
+                if sync is not None:
+                    sync()  # inside the try: an asynchronous device error surfaces here
                 rec["first_call_s"] = time.perf_counter() - t0
             except Exception as error:  # noqa: BLE001 - recorded, not hidden
                 rec["status"] = "error"
@@ -96,7 +116,10 @@ def check(
                 f"{type(value).__name__} {getattr(value, 'shape', '')} "
                 f"{getattr(value, 'dtype', '')}"
             )
-            rec["error"] = f"expected tensor {tuple(reference.shape)} {dtype}, got {got}"
+            got += f" on {value.device}" if isinstance(value, torch.Tensor) else ""
+            rec["error"] = (
+                f"expected tensor {tuple(reference.shape)} {dtype} on {reference.device}, got {got}"
+            )
         else:
             rec["max_rel_err"] = err
             if err > tol:
@@ -106,9 +129,11 @@ def check(
     return out
 
 
-def _once(fn: Callable[[], Any]) -> float:
+def _once(fn: Callable[[], Any], sync: Optional[Callable[[], None]] = None) -> float:
     t0 = time.perf_counter()
     fn()
+    if sync is not None:
+        sync()
     return time.perf_counter() - t0
 
 
@@ -120,10 +145,11 @@ def time_interleaved(
     if not names:
         return {}
     # calibrate: per-call time (after the checking warm-up); slow methods are not re-run
+    sync = s.sync
     per_call = {}
     for n in names:
-        t = _once(methods[n])
-        per_call[n] = max(t if t > 0.05 else min(t, _once(methods[n])), 1e-7)
+        t = _once(methods[n], sync)
+        per_call[n] = max(t if t > 0.05 else min(t, _once(methods[n], sync)), 1e-7)
     inner = {n: max(1, int(round(s.sample_s / per_call[n]))) for n in names}
     round_cost = sum(per_call[n] * inner[n] for n in names)
     min_rounds = (
@@ -151,6 +177,8 @@ def time_interleaved(
                 t0 = clock()
                 for _ in range(m):
                     fn()
+                if sync is not None:
+                    sync()  # the device work of the m calls belongs to this sample
                 t1 = clock()
                 samples[n].append((t1 - t0) / m)
                 wall[n].append((other_clock() - o0) / m)
@@ -193,7 +221,7 @@ def run_cell(
 
     Ratios are of ``subject`` to the fastest correct peer.
     """
-    results = check(methods, reference, dtype)
+    results = check(methods, reference, dtype, s.sync)
     runnable = {n: f for n, f in methods.items() if results[n]["status"] != "error"}
     timings = time_interleaved(runnable, s)
     for n, t in timings.items():

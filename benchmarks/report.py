@@ -37,6 +37,46 @@ def _mark(rec: Dict[str, Any]) -> str:
     return t if rec["status"] == "ok" else f"{t} MISMATCH"
 
 
+def device_label(meta: Dict[str, Any]) -> str:
+    """``cpu`` or e.g. ``cuda (NVIDIA H100 80GB HBM3)``; results older than ``--device``: cpu."""
+    device = meta.get("device", "cpu")
+    return f"{device} ({meta['device_name']})" if meta.get("device_name") else device
+
+
+def section_devices(data: Dict[str, Any]) -> Dict[str, List[str]]:
+    """Device label -> the sections measured on it, in report order."""
+    out: Dict[str, List[str]] = {}
+    for name in SECTION_ORDER:
+        sec = data["sections"].get(name)
+        if sec:
+            out.setdefault(device_label(sec.get("meta", {})), []).append(name)
+    return out
+
+
+def _is_cuda(sec: Dict[str, Any]) -> bool:
+    return str(sec.get("meta", {}).get("device", sec.get("device", "cpu"))).startswith("cuda")
+
+
+def device_lines(data: Dict[str, Any]) -> List[str]:
+    """The report's device statement: one device, or a warning that sections were mixed."""
+    devices = section_devices(data)
+    if len(devices) > 1:
+        parts = "; ".join(f"{d}: {', '.join(names)}" for d, names in devices.items())
+        return [
+            f"**Devices: MIXED** ({parts}). Do not compare figures across devices.",
+            "",
+        ]
+    device = next(iter(devices), "cpu")
+    if device.startswith("cuda"):
+        return [
+            f"**Device: {device}.** Every problem ran on the GPU; times are wall-clock times "
+            "that include the GPU work (`torch.cuda.synchronize()` before the clock is read), "
+            "memory is the CUDA allocator's peak. Not comparable with the CPU results.",
+            "",
+        ]
+    return [f"**Device: {device}.**", ""]
+
+
 def load(path: str) -> Dict[str, Any]:
     try:
         with open(path) as fh:
@@ -107,7 +147,7 @@ def noise_floor(data: Dict[str, Any]) -> Optional[Dict[str, Any]]:
 
 def summary_lines(data: Dict[str, Any]) -> List[str]:
     S = data["sections"]
-    out = ["## CONTRACT §8 summary", ""]
+    out = [f"## CONTRACT §8 summary — {' / '.join(section_devices(data)) or 'cpu'}", ""]
     out += ["| measurement | ratio (median/median) | paired ratio | target |", "|---|---|---|---|"]
     for key in ("dispatch", "fallback"):
         sec = S.get(key)
@@ -162,8 +202,9 @@ def summary_lines(data: Dict[str, Any]) -> List[str]:
     mem = S.get("memory")
     if mem:
         bad = [m for m, ok in mem["falls_with_chunk"].items() if not ok]
+        what = "peak CUDA memory" if _is_cuda(mem) else "peak memory"
         out.append(
-            "| peak memory never rises as chunk_size shrinks (falls unless at the floor) | "
+            f"| {what} never rises as chunk_size shrinks (falls unless at the floor) | "
             f"{'yes' if not bad else 'no for ' + ', '.join(bad)} "
             f"| | all backends |"
         )
@@ -295,13 +336,20 @@ def memory_lines(sec: Dict[str, Any]) -> List[str]:
     for r in sec["rows"]:
         if r["method"] not in methods:
             methods.append(r["method"])
-    head = ["chunk_size"] + [f"{m} (MB)" for m in methods]
+    cuda = _is_cuda(sec)
+    unit = "CUDA peak MB" if cuda else "MB"
+    head = ["chunk_size"] + [f"{m} ({unit})" for m in methods]
+    what = (
+        "Peak CUDA memory allocated minus the allocation after setup and warm-up"
+        if cuda
+        else "Peak RSS minus the RSS after setup and warm-up"
+    )
     out = [
         f"## memory: {sec['title']}",
         "",
-        f"Peak RSS minus the RSS after setup and warm-up ({sec.get('measure', '')}); time of the "
+        f"{what} ({sec.get('measure', '')}); time of the "
         "call in "
-        f"brackets. The Jacobian itself is {sec['result_mb']:.0f} MB.",
+        f"brackets. The Jacobian itself is {sec['result_mb']:.1f} MB.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -313,7 +361,8 @@ def memory_lines(sec: Dict[str, Any]) -> List[str]:
             if r is None or r.get("delta_mb") is None:
                 row.append("ERROR")
             else:
-                row.append(f"{r['delta_mb']:.1f} ({r['time_s']:.2f} s)")
+                t = fmt_time(r["time_s"]) if cuda else f"{r['time_s']:.2f} s"
+                row.append(f"{r['delta_mb']:.1f} ({t})")
         out.append("| " + " | ".join(row) + " |")
     out += [
         "",
@@ -327,7 +376,13 @@ def memory_lines(sec: Dict[str, Any]) -> List[str]:
 
 def write_markdown(path: str, data: Dict[str, Any]) -> None:
     S = data["sections"]
-    lines = ["# tad_autograd benchmarks", ""]
+    devices = section_devices(data)
+    title = "# tad_autograd benchmarks"
+    if len(devices) > 1:
+        title += " — MIXED devices"
+    elif devices and next(iter(devices)) != "cpu":
+        title += f" on {next(iter(devices))}"
+    lines = [title, ""] + device_lines(data)
     metas = {}
     for name in SECTION_ORDER:
         if name in S:
@@ -342,7 +397,8 @@ def write_markdown(path: str, data: Dict[str, Any]) -> None:
     for key, names in metas.items():
         m = json.loads(key)
         lines.append(
-            f"- sections {', '.join(names)}: mode `{m['mode']}`, torch {m['torch']}, Python "
+            f"- sections {', '.join(names)}: device **{device_label(m)}**, mode `{m['mode']}`, "
+            f"torch {m['torch']}{', CUDA ' + m['cuda'] if m.get('cuda') else ''}, Python "
             f"{m['python']}, "
             f"{m['threads']} torch thread(s), {m['cpus']} CPUs, backends "
             f"{', '.join(m['backends'])}, "
@@ -453,7 +509,9 @@ def write_plot(path: str, data: Dict[str, Any]) -> Optional[str]:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=6, loc="best")
     fig.suptitle(
-        "tad_autograd vs peers (solid: tad_autograd, thick: automatic; dashed: peers)", fontsize=11
+        "tad_autograd vs peers (solid: tad_autograd, thick: automatic; dashed: peers), on "
+        + " / ".join(section_devices({"sections": {n: S[n] for n in grids}})),
+        fontsize=11,
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -1,9 +1,11 @@
 """Run the tad_autograd benchmarks: ``python -m benchmarks [--quick] [--only forces,dispatch]``.
 
 Also runnable as ``python benchmarks/run.py``.  Writes
-``docs/benchmarks/results{,-quick}.{json,md,png}``; with ``--only`` the
-named sections replace their previous results in those files and the others
-are kept, so one section can be re-run after a change.
+``docs/benchmarks/results{,-quick}.{json,md,png}`` (with ``--device cuda``:
+``results-cuda{,-quick}.*``); with ``--only`` the named sections replace
+their previous results in those files and the others are kept, so one
+section can be re-run after a change.  ``--device cuda`` runs every problem
+on the GPU, timed by the wall clock after ``torch.cuda.synchronize()``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import os
 import platform
 import sys
 import time
-from typing import List, Optional
+from functools import partial
+from typing import Any, Callable, Dict, List, Optional
 
 if __package__ in (None, ""):  # python benchmarks/run.py
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -40,6 +43,35 @@ def _source_hash() -> str:
     return h.hexdigest()[:12]
 
 
+DEVICE_TYPES = ("cpu", "cuda")
+
+
+def device_problem(name: str) -> Optional[str]:
+    """Why the benchmarks cannot run on device ``name`` here, or None when they can."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError) as error:
+        return f"--device {name}: not a torch device ({error})"
+    if dev.type not in DEVICE_TYPES:
+        return f"--device {name}: only {' and '.join(DEVICE_TYPES)} are supported"
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            return (
+                f"--device {name}: CUDA is not available here (torch {torch.__version__}, "
+                f"built for CUDA {torch.version.cuda}); run on a machine with an NVIDIA GPU "
+                "and a CUDA build of torch"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            return f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here"
+    return None
+
+
+def default_prefix(device_type: str, quick: bool) -> str:
+    """docs/benchmarks/results[-<device type>][-quick]: a GPU run never overwrites CPU results."""
+    name = "results" if device_type == "cpu" else f"results-{device_type}"
+    return os.path.join(REPO, "docs", "benchmarks", name + ("-quick" if quick else ""))
+
+
 def parse(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
@@ -61,6 +93,12 @@ def parse(argv: Optional[List[str]]) -> argparse.Namespace:
         help="seconds of timing per grid cell (default 0.25 quick, 0.8 full)",
     )
     p.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device of every problem: cpu (default) or cuda[:i]; on cuda the clock is "
+        "wall time after torch.cuda.synchronize() and memory is the CUDA allocator's peak",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -70,19 +108,36 @@ def parse(argv: Optional[List[str]]) -> argparse.Namespace:
         "--clock",
         choices=("cpu", "wall"),
         default=None,
-        help="cpu = process CPU time (default with 1 thread: robust to other load), wall = "
-        "perf_counter",
+        help="cpu = process CPU time (default with 1 thread on the CPU: robust to other load), "
+        "wall = perf_counter (default with several threads; always with --device cuda)",
     )
     p.add_argument(
         "--out",
         default=None,
-        help="output prefix (default docs/benchmarks/results or results-quick)",
+        help="output prefix (default docs/benchmarks/results or results-quick; "
+        "results-<device type>[-quick] on another device, e.g. results-cuda)",
     )
     p.add_argument(
         "--fresh", action="store_true", help="do not merge with an existing results JSON"
     )
     p.add_argument("--list", action="store_true", help="list the sections and exit")
     return p.parse_args(argv)
+
+
+def _warn_mixed_devices(data: Dict[str, Any], chosen: List[str], device: str, prefix: str) -> None:
+    """Warn when the kept sections of the merged results were measured on another device."""
+    kept = {
+        name: sec.get("meta", {}).get("device", "cpu")
+        for name, sec in data["sections"].items()
+        if name not in chosen
+    }
+    others = sorted({d for d in kept.values() if d != device})
+    if others:
+        print(
+            f"warning: {prefix}.json keeps sections measured on {', '.join(others)}; the report "
+            "will mark the devices as mixed (use --fresh or another --out to keep them apart)",
+            file=sys.stderr,
+        )
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -98,30 +153,51 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"unknown section(s) {unknown}; choose from {list(SECTIONS)}", file=sys.stderr)
         return 2
     chosen = [s for s in only if s not in skip]
+    problem = device_problem(a.device)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    dev = torch.device(a.device)
+    cuda = dev.type == "cuda"
+    if cuda and a.clock == "cpu":
+        print(
+            "--clock cpu cannot time --device cuda: the GPU's work is not CPU time of this "
+            "process; leave --clock out (wall time after torch.cuda.synchronize() is used)",
+            file=sys.stderr,
+        )
+        return 2
     dtypes = tuple((a.dtypes or ("float64" if a.quick else "float32,float64")).split(","))
     budget = a.budget if a.budget is not None else (0.25 if a.quick else 0.8)
-    clock = a.clock or ("cpu" if a.threads == 1 else "wall")
+    clock = "wall" if cuda else a.clock or ("cpu" if a.threads == 1 else "wall")
+    sync: Optional[Callable[[], None]] = None
+    if cuda:  # cuda:N: synchronise that device (torch.cuda.synchronize() waits for the current)
+        sync = torch.cuda.synchronize if dev.index is None else partial(torch.cuda.synchronize, dev)
     settings = Settings(
         clock=clock,
         budget_s=budget,
         sample_s=0.003 if a.quick else 0.005,
         min_rounds=5 if a.quick else 7,
         slow_cap_s=3.0 if a.quick else 15.0,
+        sync=sync,
     )
     torch.set_num_threads(a.threads)
-    prefix = a.out or os.path.join(
-        REPO, "docs", "benchmarks", "results-quick" if a.quick else "results"
-    )
-    os.makedirs(os.path.dirname(prefix), exist_ok=True)
+    prefix = a.out or default_prefix(dev.type, a.quick)
+    os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
     data = {"sections": {}} if a.fresh else report.load(prefix + ".json")
     data.setdefault("sections", {})
+    _warn_mixed_devices(data, chosen, str(dev), prefix)
     import tad_autograd as ta
 
     cfg = Config(
-        quick=a.quick, dtypes=dtypes, settings=settings, log=lambda s: print(s, flush=True)
+        quick=a.quick,
+        dtypes=dtypes,
+        settings=settings,
+        log=lambda s: print(s, flush=True),
+        device=str(dev),
     )
     meta = {
         "mode": "quick" if a.quick else "full",
+        "device": str(dev),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "threads": a.threads,
@@ -132,7 +208,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         "clock": clock,
         "dtypes": list(dtypes),
     }
+    if cuda:
+        meta["device_name"] = torch.cuda.get_device_name(dev)
+        meta["cuda"] = torch.version.cuda
     meta["tad_autograd_source_sha1"] = _source_hash()
+    print(f"device {report.device_label(meta)}, clock {clock}, {a.threads} torch thread(s)")
     t_all = time.perf_counter()
     for name in chosen:
         print(f"[{name}]", flush=True)

@@ -1,4 +1,9 @@
-"""The benchmark sections: four timing grids and the CONTRACT §8 special measurements."""
+"""The benchmark sections: four timing grids and the CONTRACT §8 special measurements.
+
+Every problem is built on the CPU exactly as on a CPU run (same seeds, float64
+master data) and then moved to ``Config.device`` with the benchmarked dtype;
+references are computed on that device in float64 from the moved data.
+"""
 
 from __future__ import annotations
 
@@ -29,9 +34,20 @@ class Config:
     dtypes: Tuple[str, ...]
     settings: Settings
     log: Callable[[str], None] = print
+    #: where every problem tensor lives, e.g. "cpu" or "cuda" (``python -m benchmarks --device``)
+    device: str = "cpu"
 
     def sizes(self, section: str) -> List[int]:
         return (QUICK_SIZES if self.quick else FULL_SIZES)[section]
+
+    @property
+    def cuda(self) -> bool:
+        """True when the benchmarks run on a CUDA device."""
+        return torch.device(self.device).type == "cuda"
+
+    def put(self, t: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """CPU master data on the benchmark device, cast to ``dtype``."""
+        return t.to(device=self.device, dtype=dtype)
 
 
 FULL_SIZES = {
@@ -171,9 +187,9 @@ def _grid(
 
 def section_forces(cfg: Config) -> Dict[str, Any]:
     def build(n: int, dtype: torch.dtype):
-        pos = problems.cluster(n).to(dtype)
-        f = problems.lj_energy(n)
-        ref = grad_loop(problems.lj_energy(n), pos.double())
+        pos = cfg.put(problems.cluster(n), dtype)
+        f = problems.lj_energy(n, cfg.device)
+        ref = grad_loop(problems.lj_energy(n, cfg.device), pos.double())
         return jacobian_methods(f, pos), ref
 
     out = _grid(cfg, "forces", build, "N")
@@ -184,7 +200,7 @@ def section_forces(cfg: Config) -> Dict[str, Any]:
 def section_jacobian(cfg: Config) -> Dict[str, Any]:
     def build(n: int, dtype: torch.dtype):
         w, x = problems.tanh_layer(n)
-        w, x = w.to(dtype), x.to(dtype)
+        w, x = cfg.put(w, dtype), cfg.put(x, dtype)
         ref = grad_loop(problems.make_tanh(w.double()), x.double())
         return jacobian_methods(problems.make_tanh(w), x), ref
 
@@ -195,9 +211,9 @@ def section_jacobian(cfg: Config) -> Dict[str, Any]:
 
 def section_hessian(cfg: Config) -> Dict[str, Any]:
     def build(n: int, dtype: torch.dtype):
-        pos = problems.cluster(n, seed=1).to(dtype)
-        ref = hessian_double_loop(problems.morse_energy(n), pos.double())
-        return hessian_methods(problems.morse_energy(n), pos), ref
+        pos = cfg.put(problems.cluster(n, seed=1), dtype)
+        ref = hessian_double_loop(problems.morse_energy(n, cfg.device), pos.double())
+        return hessian_methods(problems.morse_energy(n, cfg.device), pos), ref
 
     out = _grid(cfg, "hessian", build, "N")
     out["title"] = (
@@ -209,9 +225,9 @@ def section_hessian(cfg: Config) -> Dict[str, Any]:
 
 def section_vmap(cfg: Config) -> Dict[str, Any]:
     def build(b: int, dtype: torch.dtype):
-        pos = problems.batch_of_clusters(b, VMAP_ATOMS).to(dtype)
-        ref = batched_forces_loop(problems.lj_energy(VMAP_ATOMS), pos.double())
-        return vmap_methods(problems.lj_energy(VMAP_ATOMS), pos), ref
+        pos = cfg.put(problems.batch_of_clusters(b, VMAP_ATOMS), dtype)
+        ref = batched_forces_loop(problems.lj_energy(VMAP_ATOMS, cfg.device), pos.double())
+        return vmap_methods(problems.lj_energy(VMAP_ATOMS, cfg.device), pos), ref
 
     out = _grid(cfg, "vmap", build, "B")
     out["title"] = (
@@ -233,6 +249,7 @@ def _special_settings(cfg: Config, budget_s: float) -> Settings:
         min_rounds=30,
         max_rounds=100000,
         slow_cap_s=s.slow_cap_s,
+        sync=s.sync,
     )
 
 
@@ -264,8 +281,9 @@ def _pairs(
 def section_dispatch(cfg: Config) -> Dict[str, Any]:
     """tad_autograd(backend="func") vs torch.func at n=2, built per call and pre-built."""
     w, x = problems.tanh_layer(2)
+    xb = cfg.put(torch.stack([x, 2 * x]))  # a batch of 2 vectors of size 2
+    w, x = cfg.put(w), cfg.put(x)
     f = problems.make_tanh(w)
-    xb = torch.stack([x, 2 * x])  # a batch of 2 vectors of size 2
     s = _special_settings(cfg, 3.0 if cfg.quick else 10.0)
     groups = []
 
@@ -291,7 +309,7 @@ def section_dispatch(cfg: Config) -> Dict[str, Any]:
         ("jacrev", jac, grad_loop(f, x), "jacrev"),
         ("vmap", vm, torch.tanh(xb @ w.T), "vmap"),
     ):
-        results = check(methods, ref, torch.float64)
+        results = check(methods, ref, torch.float64, s.sync)
         ok = {n: fn for n, fn in methods.items() if results[n]["status"] != "error"}
         for n, t in time_interleaved(ok, s).items():
             results[n].update(t)
@@ -323,7 +341,7 @@ def section_autograd(cfg: Config) -> Dict[str, Any]:
         dtype = DTYPES[dname]
         for n in cfg.sizes("autograd"):
             w, x = problems.tanh_layer(n)
-            w, x = w.to(dtype), x.to(dtype)
+            w, x = cfg.put(w, dtype), cfg.put(x, dtype)
             f = problems.make_tanh(w)
             ref = grad_loop(problems.make_tanh(w.double()), x.double())
             jb = ta.jacrev(f, backend="autograd")
@@ -357,6 +375,7 @@ def section_fallback(cfg: Config) -> Dict[str, Any]:
     s = _special_settings(cfg, 2.0 if cfg.quick else 5.0)
     for n in cfg.sizes("fallback"):
         w, x = problems.tanh_layer(n)
+        w, x = cfg.put(w), cfg.put(x)
         f = problems.make_fallback_fn(w)
         ref = grad_loop(f, x)
         ja, jg = ta.jacrev(f), ta.jacrev(f, backend="autograd")
@@ -380,7 +399,7 @@ def section_fallback(cfg: Config) -> Dict[str, Any]:
         }
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ta.BackendFallbackWarning)
-            results = check(methods, ref, torch.float64)
+            results = check(methods, ref, torch.float64, s.sync)
             ok = {k: fn for k, fn in methods.items() if results[k]["status"] != "error"}
             for k, t in time_interleaved(ok, s).items():
                 results[k].update(t)
@@ -547,42 +566,71 @@ def _num(v: Optional[float]) -> float:
 
 
 _LAUNCHER = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
+_CUDA_MEASURE = (
+    "torch.cuda.max_memory_allocated - memory_allocated, reset per row, one process per method"
+)
+
+
+def _memory_command(
+    method: str, n: int, hidden: int, chunks: Sequence[Optional[int]], cfg: Config
+) -> List[str]:
+    """The command line of one ``benchmarks.memory_child`` process."""
+    child = [
+        sys.executable,
+        "-m",
+        "benchmarks.memory_child",
+        "--method",
+        method,
+        "--n",
+        str(n),
+        "--hidden",
+        str(hidden),
+        "--chunks",
+        ",".join("none" if c is None else str(c) for c in chunks),
+    ]
+    if cfg.cuda:
+        # CUDA memory statistics are per process and resettable: no launcher needed
+        return child + ["--device", cfg.device]
+    # Linux carries the parent's ru_maxrss over exec: start the child through a launcher
+    return [sys.executable, "-c", _LAUNCHER] + child
+
+
+def _log_memory_row(cfg: Config, rec: Dict[str, Any]) -> None:
+    head = f"  memory {rec['method']:18s} chunk={str(rec['chunk_size']):5s} "
+    if cfg.cuda:
+        cfg.log(
+            head + f"CUDA peak - baseline = {_num(rec.get('delta_mb')):7.1f} MB "
+            f"({rec.get('time_s', float('nan')):.3f} s)"
+        )
+        return
+    cfg.log(
+        head + f"peak - baseline = "
+        f"{_num(rec.get('delta_mb')):7.1f} MB (ru_maxrss "
+        f"{rec.get('maxrss_delta_mb', float('nan')):.1f}, "
+        f"VmHWM {rec.get('hwm_delta_mb', float('nan')):.1f}; "
+        f"{rec.get('time_s', float('nan')):.2f} s)"
+    )
 
 
 def section_memory(cfg: Config) -> Dict[str, Any]:
-    """Peak RSS of a fresh process computing a large Jacobian, per backend and chunk_size."""
+    """Peak RSS (CUDA: allocator peak) of a process computing a large Jacobian, per chunk_size."""
     n = 128 if cfg.quick else 256
     hidden = 32 * n
     chunks: List[Optional[int]] = [None, 16, 1] if cfg.quick else [None, 64, 16, 4, 1]
     methods = [f"tad:{b}" for b in backends()] + [AUTO]
     if not cfg.quick:
         methods.append("peer:func.jacrev")
-    # full: one fresh process per (method, chunk), ru_maxrss as the measure;
-    # quick: one process per method measuring every chunk (VmHWM reset between them)
+    # CPU full: one fresh process per (method, chunk), ru_maxrss as the measure;
+    # CPU quick: one process per method measuring every chunk (VmHWM reset between them);
+    # CUDA: one process per method, torch.cuda peak statistics reset before every chunk
     runs = (
-        [(m, [c]) for m in methods for c in chunks]
-        if not cfg.quick
-        else [(m, chunks) for m in methods]
+        [(m, chunks) for m in methods]
+        if cfg.quick or cfg.cuda
+        else [(m, [c]) for m in methods for c in chunks]
     )
     rows = []
     for method, cs in runs:
-        spec = ",".join("none" if c is None else str(c) for c in cs)
-        cmd = [
-            sys.executable,
-            "-c",
-            _LAUNCHER,
-            sys.executable,
-            "-m",
-            "benchmarks.memory_child",
-            "--method",
-            method,
-            "--n",
-            str(n),
-            "--hidden",
-            str(hidden),
-            "--chunks",
-            spec,
-        ]
+        cmd = _memory_command(method, n, hidden, cs, cfg)
         # a fixed mmap threshold: every large tensor is mmapped and returned to the OS when freed
         # (glibc's adaptive threshold would otherwise recycle freed blocks unseen by the RSS)
         env = dict(_child_env(), MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="131072")
@@ -593,19 +641,16 @@ def section_memory(cfg: Config) -> Dict[str, Any]:
             lines += [{"chunk_size": c, "error": err} for c in cs[len(lines) :]]
         for rec in lines:
             rec["method"] = method
-            rec["delta_mb"] = (
-                rec.get("maxrss_delta_mb", rec.get("hwm_delta_mb"))
-                if len(cs) == 1
-                else rec.get("hwm_delta_mb")
-            )
+            if cfg.cuda:
+                rec["delta_mb"] = rec.get("cuda_delta_mb")
+            else:
+                rec["delta_mb"] = (
+                    rec.get("maxrss_delta_mb", rec.get("hwm_delta_mb"))
+                    if len(cs) == 1
+                    else rec.get("hwm_delta_mb")
+                )
             rows.append(rec)
-            cfg.log(
-                f"  memory {method:18s} chunk={str(rec['chunk_size']):5s} peak - baseline = "
-                f"{_num(rec.get('delta_mb')):7.1f} MB (ru_maxrss "
-                f"{rec.get('maxrss_delta_mb', float('nan')):.1f}, "
-                f"VmHWM {rec.get('hwm_delta_mb', float('nan')):.1f}; "
-                f"{rec.get('time_s', float('nan')):.2f} s)"
-            )
+            _log_memory_row(cfg, rec)
     monotone = {}
     for method in methods:
         ds = [r.get("delta_mb") for r in rows if r["method"] == method]
@@ -616,18 +661,24 @@ def section_memory(cfg: Config) -> Dict[str, Any]:
         never_grows = ok and all(b <= a * 1.05 + 1.0 for a, b in zip(ds, ds[1:]))
         flat = ok and max(ds) <= min(ds) * 1.05 + 1.0
         monotone[method] = never_grows and (flat or ds[-1] < ds[0])
+    if cfg.cuda:
+        measure = _CUDA_MEASURE
+    elif cfg.quick:
+        measure = "VmHWM reset per row, one fresh process per method"
+    else:
+        measure = "ru_maxrss, one fresh process per row"
+    title = f"Peak memory: jacrev of A tanh(B x), n={n}, hidden {hidden}, float64"
     return {
         "kind": "memory",
+        "device": cfg.device,
         "n": n,
         "result_mb": n * n * 8 / 2**20,
         "hidden": hidden,
         "chunks": chunks,
         "rows": rows,
         "falls_with_chunk": monotone,
-        "measure": "ru_maxrss, one fresh process per row"
-        if not cfg.quick
-        else "VmHWM reset per row, one fresh process per method",
-        "title": f"Peak memory: jacrev of A tanh(B x), n={n}, hidden {hidden}, float64",
+        "measure": measure,
+        "title": title if not cfg.cuda else f"{title}, on {cfg.device}",
     }
 
 
