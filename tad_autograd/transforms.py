@@ -178,11 +178,10 @@ class Transformed:
     def _transformed(self, backend: Backend, kwargs: Dict[str, Any]) -> Callable[..., Any]:
         if kwargs and not self._kwargs_in_call:
             return self._build(backend, functools.partial(self.__wrapped__, **kwargs))
-        try:
-            return self._built[backend]
-        except KeyError:
+        fn = self._built.get(backend)
+        if fn is None:  # the first call on this backend (no KeyError raised and caught)
             fn = self._built[backend] = self._build(backend, self.__wrapped__)
-            return fn
+        return fn
 
     def _run(
         self, backend: Backend, origin: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]

@@ -96,7 +96,7 @@ def test_device_type_of() -> None:
     assert device_type_of((x,)) == "cpu"
     assert device_type_of((1, "a", [None, {"k": (x,)}])) == "cpu"
     assert device_type_of((), {"x": x}) == "cpu"
-    assert device_type_of((3.0,)) == "cpu"
+    assert device_type_of((3.0,)) == torch.empty(()).device.type  # no tensor: the default
     meta = torch.zeros(1, device="meta")
     assert device_type_of((meta, x)) == "meta"
     assert device_type_of(([meta], x)) == "cpu"  # a bare tensor argument wins over a nested one
