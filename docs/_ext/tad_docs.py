@@ -6,16 +6,18 @@
     never drift from the table the resolver uses.
 
 ``.. benchmark-results::``
-    Includes the benchmark report if it exists.
+    Includes the benchmark report if it exists; ``:report: results-cuda``
+    picks another report of the folder (default ``results``).
 
 The benchmark suite (``benchmarks/``) writes ``docs/benchmarks/results.md``
-and ``docs/benchmarks/results.png``; they are generated files and may be
-missing from a checkout.  This directive
+and ``docs/benchmarks/results.png`` (``results-cuda.*`` with ``--device
+cuda``); they are generated files and may be missing from a checkout.  This
+directive
 
-* parses ``results.md`` as Markdown when ``myst_parser`` is installed, with
+* parses the report as Markdown when ``myst_parser`` is installed, with
   relative image links rewritten so that they resolve from the including page;
   without ``myst_parser`` it shows the Markdown source verbatim;
-* adds ``results.png`` when ``results.md`` does not already show it;
+* adds the plot (``results.png``) when the report does not already show it;
 * renders a note instead of failing when the files are absent, so the docs
   build (with ``-W``) never depends on a benchmark run.
 
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from docutils import nodes
+from docutils.parsers.rst import directives
 from docutils.statemachine import StringList
 from docutils.utils import new_document
 from sphinx.util.docutils import SphinxDirective
@@ -46,13 +49,15 @@ class BenchmarkResults(SphinxDirective):
     has_content = False
     required_arguments = 0
     optional_arguments = 1  # the folder, relative to this page; default "benchmarks"
+    option_spec = {"report": directives.unchanged}  # the file stem; default "results"
 
     def run(self) -> List[nodes.Node]:
         folder_rel = self.arguments[0] if self.arguments else "benchmarks"
+        stem = self.options.get("report", "results")
         here = Path(self.env.doc2path(self.env.docname)).parent
         folder = here / folder_rel
-        markdown = folder / "results.md"
-        plot = folder / "results.png"
+        markdown = folder / f"{stem}.md"
+        plot = folder / f"{stem}.png"
         for path in (markdown, plot):
             self.env.note_dependency(str(path))
 
@@ -65,25 +70,25 @@ class BenchmarkResults(SphinxDirective):
                     ".. note::",
                     "",
                     "   No benchmark results in this checkout yet:",
-                    f"   ``docs/{folder_rel}/results.md``",
+                    f"   ``docs/{folder_rel}/{stem}.md``",
                     "   is written by the benchmark suite in ``benchmarks/`` and included here",
                     "   when present.",
                 ]
             )
         elif "myst_parser" in self.env.app.extensions:
             result += self._markdown(text, folder_rel, markdown)
-            shows_plot = "results.png" in text
+            shows_plot = plot.name in text
         else:
             result += self._rst(
                 [
-                    f".. literalinclude:: {folder_rel}/results.md",
+                    f".. literalinclude:: {folder_rel}/{stem}.md",
                     "   :language: markdown",
                 ]
             )
         if plot.is_file() and not shows_plot:
             result += self._rst(
                 [
-                    f".. figure:: {folder_rel}/results.png",
+                    f".. figure:: {folder_rel}/{stem}.png",
                     "   :alt: benchmark results",
                     "   :width: 100%",
                 ]
