@@ -40,7 +40,10 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     if not hasattr(torch, "set_default_device"):
         raise pytest.UsageError(f"--device {device} needs torch >= 2.0 (torch.set_default_device)")
-    torch.empty(0, device=device)  # fails here, clearly, when the device is missing
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as error:  # no such device in this build or machine
+        raise pytest.UsageError(f"--device {device}: {error}") from None
     torch.set_default_device(device)
 
 
