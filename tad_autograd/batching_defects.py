@@ -1,0 +1,137 @@
+"""Ops whose batching rule gives wrong values on some torch releases (CONTRACT §3).
+
+Automatic mode is never less correct than plain autograd: where the
+installed torch is known to vectorise an op wrongly, automatic mode does not
+vectorise through it.  Each :class:`BatchingDefect` names the op, the torch
+releases it is wrong on, how it shows in a forward graph (the autograd node
+class names the eager strategy sees when it walks the graph) and which torch
+callables produce it (what a call running inside a function transform
+watches for).
+
+The table is produced and checked by the project's OpInfo differential test
+(``tests/opdb``): on every torch of the matrix it runs each op under
+``jacrev``, ``vmap`` and ``vmap(jacrev)`` on the transform backends, compares
+with a row loop of :func:`torch.autograd.grad` and finite differences, and
+fails when a wrong result is missing from this table or an entry here no
+longer reproduces.
+
+Examples
+--------
+>>> from tad_autograd._torch_info import Version
+>>> [d.op for d in defects_for(Version("2.13.0"))]
+['cdist']
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any, Callable, FrozenSet, NamedTuple, Optional, Tuple
+
+from ._torch_info import TORCH_VERSION, Version
+
+__all__ = [
+    "BatchingDefect",
+    "BATCHING_DEFECTS",
+    "defects_for",
+    "ACTIVE_DEFECTS",
+    "defective_nodes",
+    "defective_callables",
+]
+
+
+class BatchingDefect(NamedTuple):
+    """One op whose batched derivative is wrong on a range of torch releases.
+
+    An immutable named tuple.
+
+    Attributes
+    ----------
+    op : str
+        The OpInfo name of the op (``op.name`` or ``op.name.variant``).
+    since : str
+        The first torch release known to be wrong (inclusive).
+    fixed_in : str or None
+        The first torch release known to be right again (exclusive end), or
+        ``None`` while no fixed release is known.
+    nodes : frozenset of str
+        Autograd node class names that reveal the op in a forward graph.
+    callables : tuple of str
+        Dotted names of the torch callables that run the op (``torch.cdist``).
+    what : str
+        What goes wrong, as measured (for messages and the docs).
+    """
+
+    op: str
+    since: str
+    fixed_in: Optional[str]
+    nodes: FrozenSet[str]
+    callables: Tuple[str, ...]
+    what: str
+
+    def applies_to(self, torch_version: Version) -> bool:
+        """Whether ``torch_version`` is in the defect's range."""
+        if torch_version < Version(self.since):
+            return False
+        return self.fixed_in is None or torch_version < Version(self.fixed_in)
+
+
+#: Every known defect, on any torch release of the matrix.
+BATCHING_DEFECTS: Tuple[BatchingDefect, ...] = (
+    BatchingDefect(
+        op="cdist",
+        since="1.13",
+        fixed_in=None,
+        nodes=frozenset({"CdistBackward0", "CdistBackwardBackward0"}),
+        callables=("torch.cdist", "torch.functional.cdist", "torch._C._VariableFunctions.cdist"),
+        what=(
+            "the batched backward of cdist (vmap over its vjp, as in jacrev) gives wrong "
+            "values: 2.6 absolute error against finite differences on a 5 x 3 input"
+        ),
+    ),
+)
+
+
+def defects_for(torch_version: Version = TORCH_VERSION) -> Tuple[BatchingDefect, ...]:
+    """The defects that apply to ``torch_version`` (the installed torch by default)."""
+    return tuple(d for d in BATCHING_DEFECTS if d.applies_to(torch_version))
+
+
+#: The defects of the installed torch.
+ACTIVE_DEFECTS: Tuple[BatchingDefect, ...] = defects_for()
+
+
+def defective_nodes() -> FrozenSet[str]:
+    """Autograd node class names of the installed torch's defective ops.
+
+    Examples
+    --------
+    >>> isinstance(defective_nodes(), frozenset)
+    True
+    """
+    return _NODES
+
+
+_NODES: FrozenSet[str] = frozenset(n for d in ACTIVE_DEFECTS for n in d.nodes)
+
+
+@cache
+def defective_callables() -> FrozenSet[Callable[..., Any]]:
+    """The torch callables of the installed torch's defective ops (resolved on first use).
+
+    Examples
+    --------
+    >>> import torch
+    >>> torch.cdist in defective_callables() or not ACTIVE_DEFECTS
+    True
+    """
+    import torch
+
+    found = set()
+    for defect in ACTIVE_DEFECTS:
+        for dotted in defect.callables:
+            obj: Any = torch
+            for part in dotted.split(".")[1:]:
+                obj = getattr(obj, part, None)
+            if obj is not None:
+                found.add(obj)
+    return frozenset(found)
