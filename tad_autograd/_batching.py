@@ -187,18 +187,17 @@ def split_outputs(
     if isinstance(out_dims, (int, type(None))) and not isinstance(out_dims, bool):
         dims = [out_dims] * len(leaves)
     elif isinstance(out_dims, (tuple, list)):
-        try:
-            dims = broadcast_prefix(
-                tuple(out_dims) if isinstance(output, tuple) else out_dims, output
-            )
-        except IncompatibleStructure:
-            if len(leaves) == 1 and len(out_dims) == 1:
-                dims = [out_dims[0]]
-            else:
+        if isinstance(output, torch.Tensor) and type(out_dims) is tuple and len(out_dims) == 1:
+            dims = [out_dims[0]]  # torch.func takes a 1-tuple for a bare tensor output
+        else:
+            try:
+                dims = broadcast_prefix(out_dims, output)
+            except IncompatibleStructure:
                 raise ValueError(
                     f"vmap({_name(func)}, ..., out_dims={out_dims})(<inputs>): out_dims is "
-                    "not compatible with the structure of `outputs`. out_dims is "
-                    f"{out_dims!r} but outputs have the structure {spec}."
+                    f"not compatible with the structure of `outputs`. out_dims is "
+                    f"{out_dims!r} (a {type(out_dims).__name__}) but outputs have the "
+                    f"structure {spec}."
                 ) from None
     elif isinstance(out_dims, dict):
         try:

@@ -1,16 +1,21 @@
-"""Snapshots of torch's random generators: the CPU one and the accelerators a call uses.
+"""Snapshots of torch's random generators: the CPU one, the accelerators', explicit ones.
 
 vmap's ``randomness`` flags need them: ``"same"`` replays one state for every
-batch element (or every chunk) and ``"error"`` must notice any draw.  A
-tensor on a CUDA device draws from that device's generator, not the CPU's, so
-a snapshot covers the CUDA devices of the arguments as well.
+batch element (or every chunk) and ``"error"`` must notice any draw; the
+automatic fallback restores them before its retry, so the function's draws
+happen once.  A tensor on a CUDA device draws from that device's generator,
+not the CPU's, so a snapshot covers the CUDA devices of the arguments as
+well, and the explicit :class:`torch.Generator` objects a call can see
+(:func:`visible_generators`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
+
+from ._pytree import tree_flatten
 
 
 def _state_key(state: torch.Tensor) -> Any:
@@ -57,15 +62,18 @@ class RngStates:
     True
     """
 
-    def __init__(self, devices: Iterable[torch.device]):
+    def __init__(
+        self, devices: Iterable[torch.device], explicit: Sequence[torch.Generator] = ()
+    ) -> None:
         self.cpu = torch.get_rng_state()
         self.cpu_key = _state_key(self.cpu)
         # the devices' generator objects themselves: torch.cuda.get_rng_state(i) would
         # switch the current device there and back on every call
-        self.generators = [
+        self.generators: List[torch.Generator] = [
             torch.cuda.default_generators[i]
             for i in sorted({d.index or 0 for d in devices if d.type == "cuda"})
         ]
+        self.generators += [g for g in explicit if all(g is not h for h in self.generators)]
         self.states = [g.get_state() for g in self.generators]
         self.keys = [_state_key(state) for state in self.states]
 
@@ -78,3 +86,68 @@ class RngStates:
         if _state_key(torch.get_rng_state()) != self.cpu_key:
             return True
         return any(_state_key(g.get_state()) != k for g, k in zip(self.generators, self.keys))
+
+
+def all_devices_states(explicit: Sequence[torch.Generator] = ()) -> RngStates:
+    """A snapshot of every generator a call might draw from: the CPU's, each initialised
+    CUDA device's, and ``explicit`` ones.
+
+    Examples
+    --------
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> states = all_devices_states([g])
+    >>> first = torch.rand(2, generator=g)
+    >>> states.restore()
+    >>> torch.equal(torch.rand(2, generator=g), first)
+    True
+    """
+    devices: List[torch.device] = []
+    if torch.cuda.is_initialized():
+        devices = [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    return RngStates(devices, explicit)
+
+
+def visible_generators(
+    func: Callable[..., Any], args: Sequence[Any], kwargs: Optional[Dict[str, Any]] = None
+) -> List[torch.Generator]:
+    """The explicit :class:`torch.Generator` objects a call of ``func`` can see.
+
+    Those among the arguments (any pytree leaf), the keyword arguments, the
+    cells of ``func``'s closure, its default values and the module globals its
+    code names.  Generators reached only through other objects or functions
+    are not found.
+
+    Examples
+    --------
+    >>> import torch
+    >>> g = torch.Generator()
+    >>> visible_generators(lambda x: torch.rand(2, generator=g), (1,)) == [g]
+    True
+    """
+    found: List[torch.Generator] = []
+
+    def add(obj: Any) -> None:
+        if isinstance(obj, torch.Generator) and all(obj is not f for f in found):
+            found.append(obj)
+
+    for leaf in tree_flatten((tuple(args), kwargs or {}))[0]:
+        add(leaf)
+    while hasattr(func, "__wrapped__"):
+        func = func.__wrapped__
+    func = getattr(func, "__func__", func)  # a bound method's function
+    for cell in getattr(func, "__closure__", None) or ():
+        try:
+            add(cell.cell_contents)
+        except ValueError:  # an empty cell
+            pass
+    for value in getattr(func, "__defaults__", None) or ():
+        add(value)
+    for value in (getattr(func, "__kwdefaults__", None) or {}).values():
+        add(value)
+    code = getattr(func, "__code__", None)
+    namespace = getattr(func, "__globals__", None)
+    if code is not None and namespace is not None:
+        for name in code.co_names:
+            add(namespace.get(name))
+    return found

@@ -25,7 +25,7 @@ Examples
 from __future__ import annotations
 
 from functools import cache
-from typing import Any, Callable, FrozenSet, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, NamedTuple, Optional, Tuple
 
 from ._torch_info import TORCH_VERSION, Version
 
@@ -115,8 +115,10 @@ _NODES: FrozenSet[str] = frozenset(n for d in ACTIVE_DEFECTS for n in d.nodes)
 
 
 @cache
-def defective_callables() -> FrozenSet[Callable[..., Any]]:
-    """The torch callables of the installed torch's defective ops (resolved on first use).
+def defective_callables() -> Dict[Callable[..., Any], BatchingDefect]:
+    """The torch callables of the installed torch's defective ops, each with its defect.
+
+    Resolved on first use.
 
     Examples
     --------
@@ -126,12 +128,12 @@ def defective_callables() -> FrozenSet[Callable[..., Any]]:
     """
     import torch
 
-    found = set()
+    found = {}
     for defect in ACTIVE_DEFECTS:
         for dotted in defect.callables:
             obj: Any = torch
             for part in dotted.split(".")[1:]:
                 obj = getattr(obj, part, None)
             if obj is not None:
-                found.add(obj)
-    return frozenset(found)
+                found[obj] = defect
+    return found

@@ -150,6 +150,25 @@ def recognise(error: BaseException) -> Optional[Untransformable]:
     return None
 
 
+def describe(error: BaseException) -> str:
+    """Why a transform failed, in words: a recognised kind's reason, else the error's first line.
+
+    Only wording: whether to fall back never depends on it.
+
+    Examples
+    --------
+    >>> describe(RuntimeError("vmap: It looks like you're calling .item() on a Tensor."))
+    '.item() called under vmap'
+    >>> describe(KeyError("unheard of"))
+    "KeyError: 'unheard of'"
+    """
+    entry = recognise(error)
+    if entry is not None:
+        return entry.reason
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:200] if lines else ''}".rstrip(": ")
+
+
 _HINT = (
     "tad_autograd: backend={name!r} was chosen explicitly, so there is no automatic "
     "fallback; this function cannot be transformed ({reason}), and backend='autograd' "

@@ -16,12 +16,14 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
+from ._eager_jacobian import inference_mode_derivatives
 from ._pytree import tree_flatten
+from ._transform_failures import failed_inside_transform
 from .backends.autograd import VectorisedAutograd
 from .backends.base import Backend
 from .devices import device_type_of
 from .errors import BackendFallbackWarning
-from .fallback import MEMORY, add_hint, recognise
+from .fallback import MEMORY, add_hint, describe, recognise
 from .registry import REGISTRY
 from .resolver import Resolution, resolve_cached
 from .settings import CONTEXT, ORIGIN_AUTOMATIC, ORIGIN_AUTOMATIC_EAGER, ORIGIN_EXPLICIT, validated
@@ -100,14 +102,21 @@ def check_differentiable(args: Tuple[Any, ...], argnums: Any, name: str) -> None
         arg = args[argnums]
         if isinstance(arg, torch.Tensor) and arg.is_floating_point():
             if torch.is_inference_mode_enabled():
-                _inference_mode_error(name)
+                _check_inference_mode(name)
             return
+    seen: Dict[int, int] = {}
     for n in (argnums,) if isinstance(argnums, int) else argnums:
         if not -nargs <= n < nargs:
             raise RuntimeError(
                 f"{name}: argnums={argnums!r} is out of range: got argnum={n}, but only "
                 f"{nargs} positional inputs (allowed: {-nargs} <= argnum < {nargs})"
             )
+        if n % nargs in seen:
+            raise RuntimeError(
+                f"{name}: argnums elements must be unique, got argnums={argnums!r}: "
+                f"{seen[n % nargs]} and {n} both name positional input {n % nargs} of {nargs}"
+            )
+        seen[n % nargs] = n
         arg = args[n]
         leaves = (arg,) if isinstance(arg, torch.Tensor) else tree_flatten(arg)[0]
         for leaf in leaves:
@@ -123,14 +132,17 @@ def check_differentiable(args: Tuple[Any, ...], argnums: Any, name: str) -> None
                     "only Tensors of floating point dtype can require gradients"
                 )
     if torch.is_inference_mode_enabled():
-        _inference_mode_error(name)
+        _check_inference_mode(name)
 
 
-def _inference_mode_error(name: str) -> None:
-    raise RuntimeError(
-        f"{name}: cannot differentiate inside torch.inference_mode() (some torch "
-        "versions silently return zeros there); use torch.no_grad() instead"
-    )
+def _check_inference_mode(name: str) -> None:
+    """Inside ``torch.inference_mode()``: fine where torch.func differentiates there, else raise."""
+    if not inference_mode_derivatives():
+        raise RuntimeError(
+            f"{name}: cannot differentiate inside torch.inference_mode() with torch "
+            f"{torch.__version__} (its function transforms silently return zeros there); "
+            "use torch.no_grad() instead"
+        )
 
 
 class Transformed:
@@ -239,8 +251,10 @@ class Transformed:
                     failed = error
                 finally:
                     CONTEXT.reset(token)
-                self._fall_back(failed, fast[2], resolution.candidates, device_type, stacklevel=3)
-                return self._run_automatic(resolution, device_type, args, kwargs, fast[2] + 1)
+                self._check_retryable(failed, fast[2], resolution.candidates)
+                return self._run_automatic(
+                    resolution, device_type, args, kwargs, fast[2] + 1, (fast[2], failed)
+                )
             return self._run_automatic(resolution, device_type, args, kwargs)
         return self._run_explicit(resolution, args, kwargs)
 
@@ -322,11 +336,15 @@ class Transformed:
         args: Tuple[Any, ...],
         kwargs: Dict[str, Any],
         start: Optional[int] = None,
+        failed: Optional[Tuple[int, Exception]] = None,
     ) -> Any:
-        """Run on the automatic choice; on an untransformable function, on the next candidate.
+        """Run on the automatic choice; after a failure inside a transform, on the next candidate.
 
-        ``start`` skips candidates already tried in this call; by default the
-        call starts at the backend remembered for this function, if any.
+        ``start`` skips candidates already tried in this call (``failed`` is
+        the last one's index and exception); by default the call starts at
+        the backend remembered for this function, if any.  A retry that
+        succeeds warns once per function and is remembered; one that fails
+        raises its own exception with the transform's as its context.
         """
         candidates = resolution.candidates
         generation = MEMORY.generation
@@ -344,39 +362,59 @@ class Transformed:
             try:
                 result = self._run(backend, origin, args, kwargs)
             except Exception as error:
-                self._fall_back(error, i, candidates, device_type, stacklevel=4)
+                if failed is not None:
+                    _attach_context(error, failed[1])
+                self._check_retryable(error, i, candidates)
+                failed = (i, error)
                 continue
+            if failed is not None:
+                self._warn_fallback(failed[1], candidates[failed[0]], backend, device_type)
             if not kwargs or self._kwargs_in_call:
                 fn = self._transformed(backend, {})
                 self._automatic = (resolution, generation, i, fn, (backend.name, origin))
             return result
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _fall_back(
-        self,
-        error: Exception,
-        i: int,
-        candidates: Tuple[Backend, ...],
-        device_type: str,
-        stacklevel: int,
-    ) -> None:
-        """After candidate ``i`` failed with ``error``: raise it, or warn and remember the next.
+    def _check_retryable(self, error: Exception, i: int, candidates: Tuple[Backend, ...]) -> None:
+        """Raise ``error`` unless candidate ``i`` failed inside a transform and a next one exists.
 
-        ``stacklevel`` points the warning at the user's call.
+        Structural (CONTRACT §3): only an exception that escaped a function
+        transform is retried, whatever it says; one from eager code is the
+        user's own and propagates.
         """
-        entry = recognise(error)
-        if entry is None or i == len(candidates) - 1:
+        if i == len(candidates) - 1 or not (
+            candidates[i].is_transform and failed_inside_transform(error)
+        ):
             self._clarify(error)
             raise error
-        backend, nxt = candidates[i], candidates[i + 1]
+
+    def _warn_fallback(
+        self, error: Exception, failed: Backend, used: Backend, device_type: str
+    ) -> None:
+        """After a successful retry: remember it, and warn once per function (at the caller).
+
+        Torch's message texts only word the warning's reason.
+        """
         message = (
             f"{getattr(self._user_func, '__qualname__', self._user_func)!r} cannot be "
-            f"transformed by backend {backend.name!r} ({entry.reason}); using "
-            f"{nxt.name!r} instead for {self.__name__} on {device_type}. Choose a "
+            f"transformed by backend {failed.name!r} ({describe(error)}); using "
+            f"{used.name!r} instead for {self.__name__} on {device_type}. Choose a "
             "backend explicitly to avoid the retry, or silence this warning with "
             "warnings.filterwarnings('ignore', "
             "category=tad_autograd.BackendFallbackWarning)."
         )
         _log.info("fallback: %s", message)
-        if MEMORY.remember(self._user_func, (self._chain, device_type), nxt.name):
-            warnings.warn(message, BackendFallbackWarning, stacklevel=stacklevel)
+        if MEMORY.remember(self._user_func, (self._chain, device_type), used.name):
+            # stack: here, _run_automatic, __call__, the caller
+            warnings.warn(message, BackendFallbackWarning, stacklevel=4)
+
+
+def _attach_context(error: BaseException, transform_error: BaseException) -> None:
+    """Make ``transform_error`` part of ``error``'s context chain (at its end)."""
+    last = error
+    for _ in range(32):
+        if last.__context__ is None or last.__context__ is transform_error:
+            break
+        last = last.__context__
+    if last.__context__ is None and last is not transform_error:
+        last.__context__ = transform_error

@@ -23,9 +23,10 @@ from typing import Any, Callable, List, Optional, Tuple
 import torch
 
 from .._batching import check_out_dim, flatten_args, join_outputs, split_outputs
+from .._eager_jacobian import check_argnums, check_outputs
 from .._pytree import tree_flatten, tree_unflatten
 from .._rng import RngStates
-from .autograd import _basis, check_argnums, check_outputs
+from .._rows import basis
 from .base import ArgnumsT, InDimsT, OutDimsT
 
 __all__ = [
@@ -100,12 +101,12 @@ def chunked_jacrev(
         pieces: List[List[torch.Tensor]] = [[] for _ in flat_primals]
         for start in range(0, total, chunk_size):
             size = min(chunk_size, total - start)
-            basis = tree_unflatten(_basis(out_leaves, numels, start, size), out_spec)
+            rows = tree_unflatten(basis(out_leaves, numels, start, size), out_spec)
             if size == 1:  # no vmap at all, as torch.func does for chunk_size=1
-                squeezed = tree_unflatten([b.squeeze(0) for b in tree_flatten(basis)[0]], out_spec)
+                squeezed = tree_unflatten([b.squeeze(0) for b in tree_flatten(rows)[0]], out_spec)
                 cotangents = [c.unsqueeze(0) for c in tree_flatten(vjp_fn(squeezed))[0]]
             else:
-                cotangents = tree_flatten(vmap(vjp_fn)(basis))[0]
+                cotangents = tree_flatten(vmap(vjp_fn)(rows))[0]
             for piece, c in zip(pieces, cotangents):
                 piece.append(c)
 

@@ -124,7 +124,14 @@ class FunctorchBackend(Backend):
         return self._automatic
 
     def _raw_vmap(self) -> Callable[..., Any]:
-        return _transforms().vmap
+        vmap = _transforms().vmap
+        if not _SERIALISE:
+            return vmap
+
+        def serialised_vmap(*args: Any, **kwargs: Any) -> Callable[..., Any]:
+            return _serialised(vmap(*args, **kwargs))
+
+        return serialised_vmap
 
     def jacrev(
         self,

@@ -1,0 +1,114 @@
+"""Walks over an eager forward graph: what the Jacobian's rows depend on.
+
+The eager strategies run the user's function under ordinary autograd and then
+differentiate its outputs.  Two questions about the recorded graph decide how:
+
+* does it reach a leaf requiring grad other than the differentiated inputs
+  (a captured parameter, or an input of an enclosing Jacobian)?  Then the
+  Jacobian must itself be differentiable (``create_graph=True``), as it is
+  under :mod:`torch.func`;
+* does it contain an op whose batched derivative torch computes wrongly
+  (:mod:`tad_autograd.batching_defects`)?  Then its rows must not be
+  vectorised.
+
+The stand-in leaves an eager Jacobian creates for its inputs are marked when
+that Jacobian returns (:func:`retire`): a finished Jacobian's stand-ins are
+nobody's parameters, so a Jacobian of a Jacobian carries no graph where
+:mod:`torch.func`'s carries none.
+"""
+
+from __future__ import annotations
+
+from typing import Any, FrozenSet, Iterable, Sequence, Set
+
+import torch
+
+from .batching_defects import defective_nodes
+
+__all__ = ["reaches_other_leaves", "retire", "defective_ops_in", "ACCUMULATE_GRAD"]
+
+#: The graph node of a leaf tensor that requires grad.
+ACCUMULATE_GRAD = torch._C._functions.AccumulateGrad  # type: ignore[attr-defined]
+
+#: Attribute set on the stand-in leaves of a finished eager Jacobian.
+_RETIRED = "_tad_autograd_retired"
+
+
+def retire(stand_ins: Iterable[torch.Tensor]) -> None:
+    """Mark the stand-in leaves of a finished Jacobian: no later graph walk counts them.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.zeros(2, requires_grad=True)
+    >>> retire([x])
+    >>> reaches_other_leaves([x * 2], set())
+    False
+    """
+    for x in stand_ins:
+        if x.is_leaf:
+            setattr(x, _RETIRED, True)
+
+
+def reaches_other_leaves(outputs: Sequence[torch.Tensor], ours: Set[int]) -> bool:
+    """Whether the graph of ``outputs`` reaches a live leaf requiring grad besides ``ours``.
+
+    ``ours`` holds the ``id`` of the caller's own stand-in leaves.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.zeros(2, requires_grad=True)
+    >>> w = torch.ones(2, requires_grad=True)
+    >>> reaches_other_leaves([x * w], {id(x)})
+    True
+    >>> reaches_other_leaves([x * 2], {id(x)})
+    False
+    """
+    stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
+    seen: Set[Any] = set()
+    push, mark = stack.append, seen.add
+    while stack:
+        for nxt, _ in stack.pop().next_functions:
+            if nxt is None or nxt in seen:
+                continue
+            mark(nxt)
+            if type(nxt) is ACCUMULATE_GRAD:
+                leaf = nxt.variable
+                if id(leaf) not in ours and not getattr(leaf, _RETIRED, False):
+                    return True
+            else:
+                push(nxt)
+    return False
+
+
+def defective_ops_in(outputs: Sequence[torch.Tensor]) -> FrozenSet[str]:
+    """Names of the graph nodes of ``outputs`` whose batched derivative torch gets wrong.
+
+    Empty (and free) on a torch without known defects.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.rand(3, 2, requires_grad=True)
+    >>> sorted(defective_ops_in([torch.cdist(x, x)]))  # doctest: +SKIP
+    ['CdistBackward0']
+    >>> defective_ops_in([x.sin()])
+    frozenset()
+    """
+    bad = defective_nodes()
+    if not bad:
+        return frozenset()
+    found = set()
+    stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
+    seen: Set[Any] = set(stack)
+    while stack:
+        node = stack.pop()
+        name = type(node).__name__
+        if name in bad:
+            found.add(name)
+        for nxt, _ in node.next_functions:
+            if nxt is not None and nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return frozenset(found)

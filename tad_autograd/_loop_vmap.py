@@ -1,0 +1,136 @@
+"""``vmap`` as a Python loop over the batch, with :func:`torch.func.vmap`'s semantics.
+
+The ``"autograd"`` backend's ``vmap`` and the automatic strategy for small
+batches.  Every sample is a fresh, contiguous tensor (as the function would
+see an unbatched input: storage-dependent ops such as ``as_strided`` give
+what they give outside ``vmap``); the outputs are stacked along ``out_dims``.
+``randomness`` covers the CPU generator, the arguments' CUDA devices and the
+explicit generators the call can see (:func:`tad_autograd._rng.visible_generators`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from ._batching import BatchedArgs, flatten_args, join_outputs, split_outputs
+from ._pytree import tree_unflatten
+from ._rng import RngStates, visible_generators
+
+__all__ = ["loop_vmap"]
+
+_RANDOM_MESSAGE = (
+    "vmap: called random operation while in randomness error mode. Please either "
+    "use the 'same' or 'different' randomness flags on vmap or perform the "
+    "randomness operation out of vmap"
+)
+
+
+def _sample(batched: BatchedArgs, index: int) -> Tuple[Any, ...]:
+    """Batch element ``index`` as fresh tensors (no view into the batch's storage)."""
+    args: Tuple[Any, ...] = tree_unflatten(
+        [
+            leaf
+            if d is None
+            else leaf.select(d, index).clone(memory_format=torch.contiguous_format)
+            for leaf, d in zip(batched.leaves, batched.dims)
+        ],
+        batched.spec,
+    )
+    return args
+
+
+def loop_vmap(
+    func: Callable[..., Any],
+    in_dims: Any,
+    out_dims: Any,
+    randomness: str,
+    args: Tuple[Any, ...],
+    kwargs: Dict[str, Any],
+) -> Any:
+    """``vmap(func, in_dims, out_dims, randomness)(*args, **kwargs)`` by a loop.
+
+    Examples
+    --------
+    >>> import torch
+    >>> loop_vmap(torch.sum, 0, 0, "error", (torch.ones(3, 2),), {})
+    tensor([2., 2., 2.])
+    """
+    batched = flatten_args(func, in_dims, args)
+    devices = {leaf.device for leaf in batched.leaves if isinstance(leaf, torch.Tensor)}
+    generators = visible_generators(func, args, kwargs) if randomness != "different" else []
+    states = RngStates(devices, generators)
+    try:
+        if batched.size == 0:
+            return _empty_batch(func, out_dims, batched, kwargs)
+        samples = []
+        dims: List[Optional[int]] = []
+        spec = None
+        for b in range(batched.size):
+            if randomness == "same" and b > 0:
+                states.restore()  # every element draws what the first drew
+            output = func(*_sample(batched, b), **kwargs)
+            leaves, leaf_dims, leaf_spec = split_outputs(func, out_dims, output)
+            if spec is None:
+                dims, spec = leaf_dims, leaf_spec
+            elif leaf_spec != spec:
+                raise ValueError(
+                    f"vmap: the outputs of batch elements 0 and {b} have different "
+                    f"structures ({spec} and {leaf_spec})"
+                )
+            samples.append(leaves)
+        if randomness == "error" and states.changed():
+            raise RuntimeError(_RANDOM_MESSAGE)
+        _check_unbatched(func, samples, dims)
+    except BaseException:
+        states.restore()
+        raise
+    return join_outputs(samples, dims, spec, torch.stack)
+
+
+def _check_unbatched(func: Callable[..., Any], samples: List[List[Any]], dims: List[Any]) -> None:
+    """Raise ``ValueError`` (as torch.func) for an ``out_dims=None`` output that varies per sample.
+
+    An output mapped to ``None`` must not depend on the batch: the same
+    object, or equal values, in every sample.  (With one sample nothing
+    can be told apart; the first sample's output is returned.)
+    """
+    for k, d in enumerate(dims):
+        if d is not None or len(samples) < 2:
+            continue
+        first = samples[0][k]
+        for s in samples[1:]:
+            other = s[k]
+            if other is first:
+                continue
+            same = (
+                isinstance(first, torch.Tensor)
+                and isinstance(other, torch.Tensor)
+                and first.shape == other.shape
+                and torch.equal(first, other)
+            ) or (not isinstance(first, torch.Tensor) and other == first)
+            if not same:
+                name = getattr(func, "__name__", repr(func))
+                raise ValueError(
+                    f"vmap({name}, ...): `{name}` can not return a BatchedTensor when "
+                    f"out_dim is None (output {k} differs between batch elements; "
+                    "use an int out_dims for it)"
+                )
+
+
+def _empty_batch(
+    func: Callable[..., Any], out_dims: Any, batched: BatchedArgs, kwargs: Dict[str, Any]
+) -> Any:
+    """Batch size 0: run one zero-filled element for the output shapes only."""
+    output = func(*batched.placeholder(), **kwargs)
+    leaves, dims, spec = split_outputs(func, out_dims, output)
+    joined = []
+    for leaf, d in zip(leaves, dims):
+        if d is None:
+            joined.append(leaf)
+        else:
+            joined.append(
+                leaf.detach().unsqueeze(d % (leaf.dim() + 1)).narrow(d % (leaf.dim() + 1), 0, 0)
+            )
+    return tree_unflatten(joined, spec)

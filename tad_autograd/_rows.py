@@ -1,0 +1,196 @@
+"""The rows of a Jacobian from an eager forward graph: backward passes, looped or vectorised.
+
+Given outputs recorded under ordinary autograd and the leaves they were
+computed from, :func:`rows` runs one :func:`torch.autograd.grad` per output
+element (one in all for a scalar), and :func:`vectorised_rows` runs one
+backward pass batched over all rows with a transform library's ``vmap``.  A
+backward pass that cannot be vectorised (any exception inside the ``vmap``,
+whatever its message) is left to the loop, which either succeeds or raises
+the user's real error from plain autograd.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, List, Optional, Tuple
+
+import torch
+
+from ._rng import RngStates
+
+__all__ = ["LOOP_MAX_ROWS", "basis", "rows", "vectorised_rows"]
+
+_log = logging.getLogger("tad_autograd")
+
+#: Up to this many Jacobian rows, a loop of backward passes beats one vectorised pass.
+LOOP_MAX_ROWS = 4
+
+
+def basis(
+    outputs: List[torch.Tensor], numels: List[int], start: int, size: int
+) -> List[torch.Tensor]:
+    """Rows ``start:start + size`` of the identity over all output elements, split per output.
+
+    Built with ``zeros`` and a diagonal fill, which every dtype supports
+    (``torch.eye`` lacks bfloat16 on some releases).
+
+    Examples
+    --------
+    >>> import torch
+    >>> [b.tolist() for b in basis([torch.zeros(2), torch.zeros(1)], [2, 1], 1, 2)]
+    [[[0.0, 1.0], [0.0, 0.0]], [[0.0], [1.0]]]
+    """
+    parts = []
+    offset = 0
+    for o, n in zip(outputs, numels):
+        b = o.new_zeros((size, n))
+        k = start - offset  # row r of the chunk has its one in column r + k of this output
+        if -size < k < n:
+            b.diagonal(k).fill_(1)
+        parts.append(b.view((size,) + o.shape))
+        offset += n
+    return parts
+
+
+def rows(
+    output: torch.Tensor, inputs: List[torch.Tensor], create_graph: bool, retain: bool = True
+) -> List[torch.Tensor]:
+    """d output / d input for each input by a loop of backward passes.
+
+    Each result is shaped ``output.shape + input.shape``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.tensor([1.0, 2.0], requires_grad=True)
+    >>> rows(x ** 2, [x], create_graph=False)[0]
+    tensor([[2., 0.],
+            [0., 4.]])
+    """
+    n = output.numel()
+    if n == 0 or not output.requires_grad:
+        return [
+            output.new_zeros(output.shape + x.shape, dtype=x.dtype, device=x.device) for x in inputs
+        ]
+    # create_graph is only ever asked for with grad mode on: a scalar needs no enable_grad
+    if n == 1:  # no grad_outputs: torch checks a given one's shape in Python
+        grads = torch.autograd.grad(
+            output, inputs, retain_graph=retain, create_graph=create_graph, allow_unused=True
+        )
+        if output.dim() == 0:  # the gradient already has the Jacobian's shape
+            return [g if g is not None else torch.zeros_like(x) for g, x in zip(grads, inputs)]
+        return [
+            (g if g is not None else torch.zeros_like(x)).reshape(output.shape + x.shape)
+            for g, x in zip(grads, inputs)
+        ]
+    columns: List[List[Optional[torch.Tensor]]] = [[] for _ in inputs]
+    with torch.enable_grad():  # the row slices must be part of the graph, even under no_grad
+        flat = output.reshape(-1)
+        for j in range(n):
+            grads = torch.autograd.grad(
+                flat[j],
+                inputs,
+                retain_graph=retain or j < n - 1,
+                create_graph=create_graph,
+                allow_unused=True,
+            )
+            for col, g in zip(columns, grads):
+                col.append(g)
+    out = []
+    for x, col in zip(inputs, columns):
+        if all(g is None for g in col):
+            out.append(output.new_zeros(output.shape + x.shape, dtype=x.dtype, device=x.device))
+            continue
+        filled = [g if g is not None else torch.zeros_like(x) for g in col]
+        out.append(torch.stack(filled).reshape(output.shape + x.shape))
+    return out
+
+
+def vectorised_rows(
+    outputs: List[torch.Tensor],
+    inputs: List[torch.Tensor],
+    create_graph: bool,
+    vmap: Callable[..., Callable[..., Tuple[torch.Tensor, ...]]],
+    chunk_size: Optional[int],
+) -> Optional[List[List[torch.Tensor]]]:
+    """All Jacobian rows by ``vmap`` over one backward pass; ``None`` if that fails.
+
+    Returns, per output, the list of d output / d input (shaped
+    ``output.shape + input.shape``).  Whatever the vectorised backward raises
+    (a custom ``autograd.Function`` whose backward calls ``.item()``, an op
+    without a batching rule, anything else), the generators it may have
+    drawn from are restored and ``None`` tells the caller to loop instead.
+
+    Examples
+    --------
+    >>> import torch
+    >>> try:
+    ...     from torch.func import vmap
+    ... except ImportError:  # torch 1.13
+    ...     from functorch import vmap
+    >>> x = torch.tensor([1.0, 2.0], requires_grad=True)
+    >>> vectorised_rows([x ** 2], [x], False, vmap, None)[0][0]
+    tensor([[2., 0.],
+            [0., 4.]])
+    """
+    states = RngStates({x.device for x in inputs})
+    try:
+        with torch.enable_grad():
+            return _batched_rows(outputs, inputs, create_graph, vmap, chunk_size)
+    except Exception as error:  # structural: the loop decides whether it is the user's error
+        states.restore()
+        _log.info(
+            "backward pass not vectorisable (%s: %s); using a loop of backward passes",
+            type(error).__name__,
+            error,
+        )
+        return None
+
+
+def _batched_rows(
+    outputs: List[torch.Tensor],
+    inputs: List[torch.Tensor],
+    create_graph: bool,
+    vmap: Callable[..., Callable[..., Tuple[torch.Tensor, ...]]],
+    chunk_size: Optional[int],
+) -> List[List[torch.Tensor]]:
+    """The work of :func:`vectorised_rows`, ``chunk_size`` rows per ``vmap`` call."""
+    live = [o for o in outputs if o.requires_grad]
+    numels = [o.numel() for o in live]
+    total = sum(numels)
+    step = total if chunk_size is None else chunk_size
+
+    def vjp(*cotangents: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        grads = torch.autograd.grad(
+            live,
+            inputs,
+            cotangents,
+            retain_graph=True,
+            create_graph=create_graph,
+            allow_unused=True,
+        )
+        return tuple(g if g is not None else torch.zeros_like(x) for g, x in zip(grads, inputs))
+
+    batched = vmap(vjp)
+    pieces: List[List[torch.Tensor]] = [[] for _ in inputs]
+    for start in range(0, total, step):
+        size = min(step, total - start)
+        for piece, part in zip(pieces, batched(*basis(live, numels, start, size))):
+            piece.append(part)
+    per_input = [torch.cat(p) if len(p) > 1 else p[0] for p in pieces]
+    result = []
+    offsets = [sum(numels[:i]) for i in range(len(numels))]
+    live_index = {id(o): i for i, o in enumerate(live)}
+    for o in outputs:
+        if id(o) not in live_index:
+            result.append([o.new_zeros(o.shape + x.shape, dtype=x.dtype) for x in inputs])
+            continue
+        i = live_index[id(o)]
+        start, n = offsets[i], numels[i]
+        result.append(
+            [
+                part[start : start + n].reshape(o.shape + x.shape)
+                for part, x in zip(per_input, inputs)
+            ]
+        )
+    return result

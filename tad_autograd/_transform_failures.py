@@ -1,0 +1,112 @@
+"""How an automatic strategy tells that a call failed *inside* a function transform.
+
+The automatic fallback (CONTRACT §3) is structural: an exception that left a
+function transform (``vmap``, or a transform library's ``jacrev`` nested in
+one) is retried on the autograd backend, whatever its message says; an
+exception from eager code (the user's function run under plain autograd) is
+the user's own and propagates.  The strategies that run a transform mark
+what escapes it with :func:`mark_inside_transform`; the fallback asks
+:func:`failed_inside_transform`.
+
+:class:`DefectWatch` is the other source of such failures: while an automatic
+strategy runs a transform library's ``jacrev`` inside a transform, it raises
+:class:`DefectiveBatchingError` when the function calls an op whose batched
+derivative the installed torch gets wrong, so the enclosing automatic call
+retries on plain autograd instead of returning a wrong number.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from torch.overrides import TorchFunctionMode
+
+from .batching_defects import ACTIVE_DEFECTS, defective_callables
+
+__all__ = [
+    "mark_inside_transform",
+    "failed_inside_transform",
+    "DefectiveBatchingError",
+    "DefectWatch",
+]
+
+_MARK = "_tad_autograd_inside_transform"
+
+
+def mark_inside_transform(error: BaseException) -> None:
+    """Record that ``error`` escaped a function transform.
+
+    Examples
+    --------
+    >>> error = RuntimeError("any words at all")
+    >>> mark_inside_transform(error)
+    >>> failed_inside_transform(error)
+    True
+    """
+    try:
+        setattr(error, _MARK, True)
+    except (AttributeError, TypeError):  # pragma: no cover - exceptions without a __dict__
+        pass
+
+
+def failed_inside_transform(error: BaseException) -> bool:
+    """Whether ``error`` escaped a function transform (see :func:`mark_inside_transform`).
+
+    Examples
+    --------
+    >>> failed_inside_transform(ValueError("the user's own error"))
+    False
+    """
+    return bool(getattr(error, _MARK, False))
+
+
+class DefectiveBatchingError(RuntimeError):
+    """A function calls an op whose batched derivative the installed torch computes wrongly.
+
+    Raised only inside automatic strategies, which then retry on plain
+    autograd; users see it only as the reason of a fallback warning.
+
+    Examples
+    --------
+    >>> str(DefectiveBatchingError("cdist", "wrong values")).startswith("torch")
+    True
+    """
+
+    def __init__(self, op: str, what: str) -> None:
+        import torch
+
+        super().__init__(
+            f"torch {torch.__version__} computes the batched derivative of {op} wrongly "
+            f"({what}); not vectorised"
+        )
+        self.op = op
+
+
+class DefectWatch(TorchFunctionMode):
+    """A torch function mode that raises :class:`DefectiveBatchingError` on a defective op.
+
+    Examples
+    --------
+    >>> import torch
+    >>> with DefectWatch():
+    ...     _ = torch.sin(torch.zeros(1))
+    >>> DefectWatch.needed() == bool(ACTIVE_DEFECTS)
+    True
+    """
+
+    @staticmethod
+    def needed() -> bool:
+        """Whether the installed torch has any defect to watch for."""
+        return bool(ACTIVE_DEFECTS)
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Tuple[Any, ...],
+        args: Tuple[Any, ...] = (),
+        kwargs: Optional[Dict[str, Any]] = None,
+    ) -> Any:
+        defect = defective_callables().get(func)
+        if defect is not None:
+            raise DefectiveBatchingError(defect.op, defect.what)
+        return func(*args, **(kwargs or {}))

@@ -1,0 +1,157 @@
+"""Calling contexts and differentiability (CONTRACT §4), against an independent reference.
+
+Every backend and automatic mode; the reference is a row loop of
+``torch.autograd.grad`` on the eager function (never another backend).
+
+* under ``torch.no_grad()`` the derivative is computed, also for inputs
+  that require grad or are non-leaf, and carries no graph;
+* ``aux`` stays differentiable with respect to a captured parameter, as under
+  ``torch.func``; a Jacobian of a Jacobian of inputs that require no grad
+  carries no graph;
+* inside ``torch.inference_mode()``: the derivative where the installed
+  ``torch.func`` computes it, a ``RuntimeError`` where it returns zeros.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import pytest
+import torch
+
+import tad_autograd as ta
+from tad_autograd._eager_jacobian import inference_mode_derivatives
+
+F64 = torch.float64
+
+
+def reference_jacobian(func: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Any:
+    """d func / d x by a loop of ``torch.autograd.grad`` over the output's elements."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        out = func(x)
+        rows = [
+            torch.autograd.grad(out.reshape(-1)[i], x, retain_graph=True, allow_unused=True)[0]
+            for i in range(out.numel())
+        ]
+    rows = [torch.zeros_like(x) if r is None else r for r in rows]
+    return torch.stack(rows).reshape(out.shape + x.shape)
+
+
+def reference_hessian(func: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Any:
+    """The Hessian of a scalar ``func`` by a loop over the rows of its create_graph gradient."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(func(x), x, create_graph=True)
+        rows = [torch.autograd.grad(g[i], x, retain_graph=True)[0] for i in range(g.numel())]
+    return torch.stack(rows)
+
+
+def energy(x: torch.Tensor) -> torch.Tensor:
+    return (x.sin() * x.roll(1)).sum()
+
+
+def field(x: torch.Tensor) -> torch.Tensor:
+    return torch.tanh(x) * x.sum() + x.roll(1) ** 2  # 6 rows: the vectorised path in automatic
+
+
+def _kw(backend: Optional[str]) -> Any:
+    return {} if backend is None else {"backend": backend}
+
+
+INPUTS = {
+    "plain": lambda: torch.linspace(0.1, 0.9, 6, dtype=F64),
+    "requires-grad leaf": lambda: torch.linspace(0.1, 0.9, 6, dtype=F64).requires_grad_(True),
+    "non-leaf": lambda: torch.linspace(0.1, 0.9, 6, dtype=F64).requires_grad_(True) * 1.0,
+    "view": lambda: torch.linspace(0.1, 1.7, 12, dtype=F64).reshape(6, 2)[:, 0],
+}
+
+
+@pytest.mark.parametrize("kind", list(INPUTS))
+def test_no_grad_still_differentiates(backend: Optional[str], kind: str) -> None:
+    x = INPUTS[kind]()
+    with torch.no_grad():
+        jac = ta.jacrev(field, **_kw(backend))(x)
+        hess = ta.hessian(energy, **_kw(backend))(x)
+        jac_aux, aux = ta.jacrev(lambda t: (field(t), t.sum()), has_aux=True, **_kw(backend))(x)
+        j0, j1 = ta.jacrev(lambda a, b: a * b.sum(), argnums=(0, 1), **_kw(backend))(x, x)
+        batched = ta.vmap(ta.jacrev(field), **_kw(backend))(torch.stack([x, x * 0.5, x + 1]))
+    torch.testing.assert_close(jac, reference_jacobian(field, x))
+    torch.testing.assert_close(jac_aux, reference_jacobian(field, x))
+    torch.testing.assert_close(hess, reference_hessian(energy, x))
+    torch.testing.assert_close(j0, reference_jacobian(lambda a: a * x.sum(), x))
+    torch.testing.assert_close(j1, reference_jacobian(lambda b: x * b.sum(), x))
+    expected = torch.stack([reference_jacobian(field, s) for s in (x, x * 0.5, x + 1)])
+    torch.testing.assert_close(batched, expected)
+    for result in (jac, hess, jac_aux, aux, j0, j1, batched):
+        assert not result.requires_grad, "a result computed under no_grad carries a graph"
+
+
+def test_aux_differentiable_wrt_captured_parameter(backend: Optional[str]) -> None:
+    w = torch.tensor(2.0, dtype=F64, requires_grad=True)
+    x = torch.linspace(0.1, 0.9, 6, dtype=F64)
+    _, aux = ta.jacrev(lambda t: (t.sin(), w * 3 + t.sum().detach()), has_aux=True, **_kw(backend))(
+        x
+    )
+    assert aux.requires_grad, "aux lost its graph to the captured parameter"
+    (grad,) = torch.autograd.grad(aux, w)
+    torch.testing.assert_close(grad, torch.tensor(3.0, dtype=F64))
+
+
+def test_aux_of_inputs_only_carries_no_graph(backend: Optional[str]) -> None:
+    x = torch.linspace(0.1, 0.9, 6, dtype=F64)
+    _, aux = ta.jacrev(lambda t: (t.sin(), t.cos()), has_aux=True, **_kw(backend))(x)
+    assert not aux.requires_grad
+    torch.testing.assert_close(aux, x.cos())
+
+
+def test_nested_jacobian_carries_no_graph(backend: Optional[str]) -> None:
+    a = torch.linspace(0.1, 0.9, 4, dtype=F64)
+    c = torch.linspace(1.1, 1.9, 4, dtype=F64)
+    inner = ta.jacrev(lambda p, q: (p * q * q).sum(), 1, **_kw(backend))
+    result = ta.jacrev(inner, 0, **_kw(backend))(a, c)
+    assert not result.requires_grad, "jacrev(jacrev(f, 1), 0) keeps a graph torch.func has not"
+    torch.testing.assert_close(result, torch.diag(2 * c))
+
+
+def test_nested_jacobian_keeps_graph_to_parameters(backend: Optional[str]) -> None:
+    w = torch.tensor(1.5, dtype=F64, requires_grad=True)
+    x = torch.linspace(0.1, 0.9, 4, dtype=F64)
+    hess = ta.hessian(lambda t: w * (t**3).sum(), **_kw(backend))(x)
+    assert hess.requires_grad
+    (grad,) = torch.autograd.grad(hess.sum(), w)
+    torch.testing.assert_close(grad, (6 * x).sum())
+
+
+@pytest.mark.parametrize("transform", ["jacrev", "hessian", "vmap(jacrev)"])
+def test_inference_mode(backend: Optional[str], transform: str) -> None:
+    x = torch.linspace(0.1, 0.9, 6, dtype=F64)
+    build = {
+        "jacrev": lambda: ta.jacrev(field, **_kw(backend)),
+        "hessian": lambda: ta.hessian(energy, **_kw(backend)),
+        "vmap(jacrev)": lambda: ta.vmap(ta.jacrev(field), **_kw(backend)),
+    }[transform]
+    arg = torch.stack([x, x + 1, x * 2]) if transform == "vmap(jacrev)" else x
+    if transform == "jacrev":
+        expected = reference_jacobian(field, x)
+    elif transform == "hessian":
+        expected = reference_hessian(energy, x)
+    else:
+        expected = torch.stack([reference_jacobian(field, s) for s in arg])
+    fn = build()
+    with torch.inference_mode():
+        arg = arg.clone()  # an inference tensor, as users have there
+        if not inference_mode_derivatives():
+            with pytest.raises(RuntimeError, match="inference_mode"):
+                fn(arg)
+            return
+        result = fn(arg)
+    torch.testing.assert_close(result, expected)
+
+
+def test_bfloat16_vectorised_rows(backend: Optional[str]) -> None:
+    """Six rows take automatic mode's vectorised path; torch.eye lacks bfloat16 on torch 2.0."""
+    x = torch.linspace(0.1, 0.9, 6)
+    result = ta.jacrev(torch.sin, **_kw(backend))(x.to(torch.bfloat16))
+    assert result.dtype == torch.bfloat16
+    torch.testing.assert_close(result.float(), torch.diag(x.cos()), rtol=2e-2, atol=2e-2)
