@@ -9,6 +9,7 @@ import torch
 
 from ._torch_info import TORCH_VERSION
 from .backends.autograd import LOOP_MAX_BATCH, LOOP_MAX_BATCH_ACCELERATOR
+from .batching_defects import ACTIVE_DEFECTS
 from .devices import device_type_of
 from .fallback import MEMORY
 from .registry import REGISTRY
@@ -105,6 +106,13 @@ def explain(*args: Any, device: Optional[Union[str, torch.device]] = None) -> Ex
             f"vmap loops over batches of at most {LOOP_MAX_BATCH} on the CPU and "
             f"{LOOP_MAX_BATCH_ACCELERATOR} on an accelerator, and otherwise uses "
             f"{resolution.backend.name!r} directly."
+        )
+    if resolution.automatic and ACTIVE_DEFECTS:
+        lines.append(
+            f"torch {TORCH_VERSION} computes the batched derivative of these ops wrongly, so "
+            "automatic mode never vectorises through them (a loop of backward passes, or "
+            "the autograd backend inside a vmap, instead): "
+            + "; ".join(f"{d.op} ({d.what})" for d in ACTIVE_DEFECTS)
         )
     if resolution.automatic and len(resolution.candidates) > 1:
         lines.append(

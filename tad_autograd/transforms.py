@@ -18,7 +18,7 @@ import torch
 
 from ._eager_jacobian import inference_mode_derivatives
 from ._pytree import tree_flatten
-from ._transform_failures import failed_inside_transform
+from ._transform_failures import DefectWatch, failed_inside_transform
 from .backends.autograd import VectorisedAutograd
 from .backends.base import Backend
 from .devices import device_type_of
@@ -311,12 +311,19 @@ class Transformed:
     ) -> Any:
         backend = resolution.backend
         origin = ORIGIN_EXPLICIT
+        watch = False
         if resolution.inherited_automatic:
             origin = ORIGIN_AUTOMATIC
             if resolution.inherited_eager and not self._transforms_only:
                 backend = backend.for_automatic()
                 origin = self._automatic_origin(backend)
+            else:
+                # a derivative inside an automatic transform: never through a defective op
+                watch = self._kind != "vmap" and backend.is_transform and DefectWatch.needed()
         try:
+            if watch:
+                with DefectWatch():
+                    return self._run(backend, origin, args, kwargs)
             return self._run(backend, origin, args, kwargs)
         except Exception as error:
             self._clarify(error)

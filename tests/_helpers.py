@@ -33,6 +33,32 @@ def assert_tree_close(
         )
 
 
+def reference_jacobian(func: Any, x: torch.Tensor) -> torch.Tensor:
+    """d func / d x by a loop of ``torch.autograd.grad`` over the output's elements.
+
+    An independent reference: plain autograd on the eager function, nothing of the library.
+    """
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        out = func(x)
+        rows = [
+            torch.autograd.grad(out.reshape(-1)[i], x, retain_graph=True, allow_unused=True)[0]
+            for i in range(out.numel())
+        ]
+    rows = [torch.zeros_like(x) if r is None else r for r in rows]
+    return torch.stack(rows).reshape(out.shape + x.shape)
+
+
+def reference_hessian(func: Any, x: torch.Tensor) -> torch.Tensor:
+    """The Hessian of a scalar ``func`` by a loop over the rows of its create_graph gradient."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(func(x), x, create_graph=True)
+        g = g.reshape(-1)
+        rows = [torch.autograd.grad(g[i], x, retain_graph=True)[0] for i in range(g.numel())]
+    return torch.stack(rows).reshape(x.shape + x.shape)
+
+
 class OldStyleExp(torch.autograd.Function):
     """exp(x) written the old way: forward(ctx, x); only plain autograd can transform it."""
 

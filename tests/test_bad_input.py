@@ -57,6 +57,14 @@ def _X() -> torch.Tensor:
     return torch.arange(12, dtype=torch.float64).reshape(4, 3) / 7
 
 
+def _X2() -> torch.Tensor:
+    """A batch of two: automatic mode loops over it instead of transforming."""
+    return _X()[:2]
+
+
+_GENERATOR = torch.Generator().manual_seed(0)
+
+
 def _Y() -> torch.Tensor:
     return torch.arange(15, dtype=torch.float64).reshape(5, 3) / 7
 
@@ -154,6 +162,14 @@ CASES: List[Case] = [
         lambda: (_x(), _x()),
         RuntimeError,
         ("argnum", "5", "2 positional input"),
+    ),
+    Case(
+        "argnums-duplicate-after-normalising",
+        JAC,
+        _jac(_mul, (0, -2)),
+        lambda: (_x(), _x()),
+        RuntimeError,
+        ("argnums", "(0, -2)", "unique"),
     ),
     Case(
         "argnums-float",
@@ -274,6 +290,25 @@ CASES: List[Case] = [
         ]
     ),
     # ---- the function returns a non-tensor
+    *[
+        Case(
+            f"returns-{dtype}-tensor",
+            JAC,
+            _jac(lambda t, dtype=dtype: (t > 0).to(dtype)),
+            _one(_x),
+            RuntimeError,
+            ("output", str(dtype).replace("torch.", ""), "floating"),
+        )
+        for dtype in (torch.int64, torch.bool)
+    ],
+    Case(
+        "returns-complex-tensor",
+        JAC,
+        _jac(lambda t: t.to(torch.complex128)),
+        _one(_x),
+        RuntimeError,
+        ("output", "complex", "real"),
+    ),
     Case(
         "returns-float",
         JAC,
@@ -358,6 +393,14 @@ CASES: List[Case] = [
         _one(_X),
         RuntimeError,
         ("randomness", "None", "'same'"),
+    ),
+    Case(
+        "random-op-from-explicit-generator-with-randomness-error",
+        VMAP,
+        _vm(lambda t: t + torch.rand((), dtype=t.dtype, generator=_GENERATOR)),
+        _one(_X2),
+        RuntimeError,
+        ("randomness", "error", "'same'"),
     ),
     Case(
         "random-op-with-randomness-error",
@@ -515,6 +558,23 @@ CASES: List[Case] = [
         _one(_X),
         ValueError,
         ("out_dims", "(0, 0)", "structure"),
+    ),
+    Case(
+        "out_dims-None-for-a-batched-output",
+        VMAP,
+        _vm(_sq, out_dims=None),
+        _one(_X2),
+        ValueError,
+        # functorch 1.13 rejects out_dims=None as such ("must be an int ...")
+        ("out_dim", "None", ("BatchedTensor", "must be an int")),
+    ),
+    Case(
+        "out_dims-list-for-a-tuple-output",
+        VMAP,
+        _vm(lambda t: (t, t * 2), out_dims=[0, 0]),
+        _one(_X2),
+        ValueError,
+        ("out_dims", "[0, 0]", "structure"),
     ),
     # ---- vmap of a function returning a non-tensor
     Case(

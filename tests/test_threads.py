@@ -76,7 +76,6 @@ def test_threads_get_right_answers(backend: Optional[str], case: Any) -> None:
     if errors:
         raise errors[0]
     for k in range(N_THREADS):
+        where = f"{name}, thread {k}, backend {backend}"
         for got in results[k]:
-            torch.testing.assert_close(
-                got, expected[k], msg=lambda m: f"{name}, thread {k}, backend {backend}: {m}"
-            )
+            torch.testing.assert_close(got, expected[k], msg=lambda m: f"{where}: {m}")  # noqa: B023

@@ -358,8 +358,9 @@ def checked_outputs(func: Callable[..., Any], has_aux: bool, name: str) -> Calla
     """``func``, raising torch 2.x's ``RuntimeError`` for outputs ``jacrev`` cannot take.
 
     functorch 1.13 reports ``None`` outputs or a missing ``(output, aux)``
-    tuple in words that do not say what was expected; current torch says
-    "Expected f(*primals) to return only tensors".
+    tuple in words that do not say what was expected (current torch says
+    "Expected f(*primals) to return only tensors"), and returns a real
+    Jacobian for a complex output where torch.func raises.
 
     Examples
     --------
@@ -387,6 +388,7 @@ def checked_outputs(func: Callable[..., Any], has_aux: bool, name: str) -> Calla
                     f"{name}: Expected f(*primals) to return only tensors, got unsupported "
                     f"type {type(leaf)}"
                 )
+        check_outputs(leaves, name)  # functorch 1.13 takes complex outputs silently
         return output
 
     return checked

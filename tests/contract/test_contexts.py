@@ -14,37 +14,16 @@ Every backend and automatic mode; the reference is a row loop of
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import pytest
 import torch
+from _helpers import reference_hessian, reference_jacobian
 
 import tad_autograd as ta
 from tad_autograd._eager_jacobian import inference_mode_derivatives
 
 F64 = torch.float64
-
-
-def reference_jacobian(func: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Any:
-    """d func / d x by a loop of ``torch.autograd.grad`` over the output's elements."""
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        out = func(x)
-        rows = [
-            torch.autograd.grad(out.reshape(-1)[i], x, retain_graph=True, allow_unused=True)[0]
-            for i in range(out.numel())
-        ]
-    rows = [torch.zeros_like(x) if r is None else r for r in rows]
-    return torch.stack(rows).reshape(out.shape + x.shape)
-
-
-def reference_hessian(func: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Any:
-    """The Hessian of a scalar ``func`` by a loop over the rows of its create_graph gradient."""
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        (g,) = torch.autograd.grad(func(x), x, create_graph=True)
-        rows = [torch.autograd.grad(g[i], x, retain_graph=True)[0] for i in range(g.numel())]
-    return torch.stack(rows)
 
 
 def energy(x: torch.Tensor) -> torch.Tensor:
