@@ -198,3 +198,15 @@ def test_loop_samples_are_fresh_tensors() -> None:
     expected = torch.stack([first_two(s.clone()) for s in x])
     for backend in (None, "autograd"):
         torch.testing.assert_close(ta.vmap(first_two, backend=backend)(x), expected)
+
+
+def test_fallback_reads_no_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every message unrecognisable (a torch that rewords them all), nothing changes."""
+    import tad_autograd.fallback as fallback
+
+    monkeypatch.setattr(fallback, "recognise", lambda error: None)
+    x = torch.rand(4, 3, dtype=F64)
+    f = FUNCTION_TRANSFORM_FAILURES["item"]
+    with pytest.warns(ta.BackendFallbackWarning):
+        result = ta.vmap(ta.jacrev(f))(x)
+    torch.testing.assert_close(result, torch.stack([reference_jacobian(f, s) for s in x]))
