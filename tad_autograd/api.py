@@ -9,14 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Tuple, Union
 
+from ._checks import check_argnums_type, check_backend, check_chunk_size, check_randomness
 from .backends.base import Backend
-from .transforms import (
-    Transformed,
-    check_argnums_type,
-    check_backend,
-    check_chunk_size,
-    check_randomness,
-)
+from .transforms import Transformed
 
 __all__ = ["jacrev", "vmap", "hessian", "fjacrev", "fvmap"]
 

@@ -14,10 +14,7 @@ import logging
 import warnings
 from typing import Any, Callable, Dict, Optional, Tuple
 
-import torch
-
-from ._eager_jacobian import inference_mode_derivatives
-from ._pytree import tree_flatten
+from ._checks import check_differentiable
 from ._transform_failures import DefectWatch, failed_inside_transform
 from .backends.autograd import VectorisedAutograd
 from .backends.base import Backend
@@ -26,123 +23,11 @@ from .errors import BackendFallbackWarning
 from .fallback import MEMORY, add_hint, describe, recognise
 from .registry import REGISTRY
 from .resolver import Resolution, resolve_cached
-from .settings import CONTEXT, ORIGIN_AUTOMATIC, ORIGIN_AUTOMATIC_EAGER, ORIGIN_EXPLICIT, validated
+from .settings import CONTEXT, ORIGIN_AUTOMATIC, ORIGIN_AUTOMATIC_EAGER, ORIGIN_EXPLICIT
 
-__all__ = [
-    "Transformed",
-    "check_argnums_type",
-    "check_chunk_size",
-    "check_randomness",
-    "check_backend",
-]
+__all__ = ["Transformed"]
 
 _log = logging.getLogger("tad_autograd")
-_RANDOMNESS = ("error", "different", "same")
-
-
-def check_argnums_type(argnums: Any) -> None:
-    """Raise ``RuntimeError`` (as :func:`torch.func.jacrev`) for a malformed ``argnums``."""
-    if isinstance(argnums, int) and not isinstance(argnums, bool):
-        return
-    if not isinstance(argnums, tuple):
-        raise RuntimeError(
-            f"argnums must be int or Tuple[int, ...], got: {type(argnums)} ({argnums!r})"
-        )
-    if len(argnums) == 0:
-        raise RuntimeError("argnums must be non-empty, got argnums=()")
-    for n in argnums:
-        if not isinstance(n, int) or isinstance(n, bool):
-            raise RuntimeError(
-                f"argnums must be int or Tuple[int, ...], got: {argnums!r} containing {type(n)}"
-            )
-    if len(set(argnums)) != len(argnums):
-        raise RuntimeError(f"argnums elements must be unique, got {argnums!r}")
-
-
-def check_chunk_size(chunk_size: Any, transform: str) -> None:
-    """``chunk_size`` must be ``None`` or a positive int."""
-    if chunk_size is None:
-        return
-    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool):
-        raise TypeError(
-            f"{transform}: `chunk_size` must be None or a positive int, got "
-            f"{chunk_size!r} of type {type(chunk_size).__name__}"
-        )
-    if chunk_size <= 0:
-        raise ValueError(
-            f"{transform}: `chunk_size` should be greater than 0 (None or a positive int), "
-            f"got {chunk_size}"
-        )
-
-
-def check_randomness(randomness: Any) -> None:
-    """``randomness`` must be one of ``"error"``, ``"different"``, ``"same"``."""
-    if randomness not in _RANDOMNESS:
-        raise RuntimeError(
-            "Only allowed values for randomness are 'error', 'different', or 'same'. "
-            f"Got randomness={randomness!r}"
-        )
-
-
-def check_backend(backend: Optional[str]) -> Optional[str]:
-    """Validate a ``backend=`` argument now; return the canonical name (``None`` = automatic)."""
-    return validated(backend, "backend")
-
-
-def check_differentiable(args: Tuple[Any, ...], argnums: Any, name: str) -> None:
-    """Check the arguments at ``argnums`` before any backend sees them.
-
-    Raises the exception types :func:`torch.func.jacrev` raises on current
-    torch (``RuntimeError`` for ``argnums`` out of range and for
-    non-floating-point tensors, ``ValueError`` for non-tensors), so every
-    backend and torch version reports a mistake alike.
-    """
-    nargs = len(args)
-    if type(argnums) is int and -nargs <= argnums < nargs:  # the common case, fast
-        arg = args[argnums]
-        if isinstance(arg, torch.Tensor) and arg.is_floating_point():
-            if torch.is_inference_mode_enabled():
-                _check_inference_mode(name)
-            return
-    seen: Dict[int, int] = {}
-    for n in (argnums,) if isinstance(argnums, int) else argnums:
-        if not -nargs <= n < nargs:
-            raise RuntimeError(
-                f"{name}: argnums={argnums!r} is out of range: got argnum={n}, but only "
-                f"{nargs} positional inputs (allowed: {-nargs} <= argnum < {nargs})"
-            )
-        if n % nargs in seen:
-            raise RuntimeError(
-                f"{name}: argnums elements must be unique, got argnums={argnums!r}: "
-                f"{seen[n % nargs]} and {n} both name positional input {n % nargs} of {nargs}"
-            )
-        seen[n % nargs] = n
-        arg = args[n]
-        leaves = (arg,) if isinstance(arg, torch.Tensor) else tree_flatten(arg)[0]
-        for leaf in leaves:
-            if not isinstance(leaf, torch.Tensor):
-                raise ValueError(
-                    f"{name}: the argument at argnums position {n} must be a floating-point "
-                    f"tensor or a pytree of them; got {type(leaf)}. Thing passed to "
-                    "transform API must be Tensor"
-                )
-            if not leaf.is_floating_point():
-                raise RuntimeError(
-                    f"{name}: the argument at argnums position {n} has dtype {leaf.dtype}; "
-                    "only Tensors of floating point dtype can require gradients"
-                )
-    if torch.is_inference_mode_enabled():
-        _check_inference_mode(name)
-
-
-def _check_inference_mode(name: str) -> None:
-    """Inside ``torch.inference_mode()``: fine where torch.func differentiates there, else raise."""
-    if not inference_mode_derivatives():
-        raise RuntimeError(
-            f"{name}: cannot differentiate inside torch.inference_mode() with torch "
-            f"{torch.__version__} (its function transforms silently return zeros there); "
-            "use torch.no_grad() instead"
-        )
 
 
 class Transformed:
