@@ -28,7 +28,7 @@ try:
 except ImportError:  # older torch (1.13, 2.0): no vendored packaging
     from packaging.version import Version  # type: ignore[assignment, no-redef, unused-ignore]
 
-__all__ = ["TORCH_VERSION", "Version", "module_exists"]
+__all__ = ["TORCH_VERSION", "Version", "module_exists", "transforms_active"]
 
 #: The installed torch release, without local build tags (``2.13.0+cpu`` -> ``2.13.0``).
 TORCH_VERSION: Version = Version(Version(torch.__version__.split("+")[0]).base_version)
@@ -59,3 +59,17 @@ def module_exists(name: str) -> bool:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):
         return False
+
+
+_ARE_TRANSFORMS_ACTIVE = getattr(torch._C, "_are_functorch_transforms_active", None)
+
+
+def transforms_active() -> bool:
+    """Whether a function transform (``vmap``, ``grad``, ...) is running around this call.
+
+    Examples
+    --------
+    >>> transforms_active()
+    False
+    """
+    return bool(_ARE_TRANSFORMS_ACTIVE()) if _ARE_TRANSFORMS_ACTIVE is not None else False

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, Tuple, Union
 
 from ._checks import check_argnums_type, check_backend, check_chunk_size, check_randomness
-from .backends.base import Backend
+from .strategies import Strategy
 from .transforms import Transformed
 
 __all__ = ["jacrev", "vmap", "hessian", "fjacrev", "fvmap"]
@@ -33,7 +33,7 @@ def _jacrev(
         raise TypeError(f"{name}: has_aux must be a bool, got {has_aux!r}")
     backend = check_backend(backend)
 
-    def build(b: Backend, f: Callable[..., Any]) -> Callable[..., Any]:
+    def build(b: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
         return b.jacrev(f, argnums, has_aux=has_aux, chunk_size=chunk_size)
 
     return Transformed(
@@ -55,7 +55,7 @@ def _vmap(
     check_chunk_size(chunk_size, name)
     backend = check_backend(backend)
 
-    def build(b: Backend, f: Callable[..., Any]) -> Callable[..., Any]:
+    def build(b: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
         return b.vmap(f, in_dims, out_dims, randomness, chunk_size=chunk_size)
 
     return Transformed(
@@ -267,7 +267,7 @@ def hessian(
     check_chunk_size(chunk_size, "hessian")
     name = check_backend(backend)
 
-    def build(b: Backend, f: Callable[..., Any]) -> Callable[..., Any]:
+    def build(b: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
         inner = b.jacrev(f, argnums, has_aux=False, chunk_size=chunk_size)
         return b.jacrev(inner, argnums, has_aux=False, chunk_size=chunk_size)
 

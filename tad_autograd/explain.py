@@ -8,13 +8,13 @@ from typing import Any, NamedTuple, Optional, Tuple, Union
 import torch
 
 from ._torch_info import TORCH_VERSION
-from .backends.autograd import LOOP_MAX_BATCH, LOOP_MAX_BATCH_ACCELERATOR
 from .batching_defects import ACTIVE_DEFECTS
 from .devices import device_type_of
 from .fallback import MEMORY
 from .registry import REGISTRY
 from .resolver import Resolution, resolve
 from .settings import CONTEXT, ENV_VAR, GLOBAL
+from .strategies import LOOP_MAX_BATCH, LOOP_MAX_BATCH_ACCELERATOR, strategy_for
 
 __all__ = ["Explanation", "explain"]
 
@@ -35,12 +35,17 @@ class Explanation(NamedTuple):
     lines : tuple of str
         The account: settings consulted, backends skipped and why, remembered
         fallbacks.
+    strategy : str
+        How ``jacrev``/``hessian``/``vmap`` calls run on the backend:
+        ``"transform"``, ``"loop"`` or ``"eager-vectorised"``
+        (:mod:`tad_autograd.strategies`).
     """
 
     backend: str
     source: str
     device_type: str
     lines: Tuple[str, ...]
+    strategy: str = ""
 
     def __str__(self) -> str:
         return "\n".join(self.lines)
@@ -97,8 +102,12 @@ def explain(*args: Any, device: Optional[Union[str, torch.device]] = None) -> Ex
         "  5. automatic choice",
     ]
     lines += [f"  - {note}" for note in resolution.notes]
-    strategy = resolution.backend.for_automatic()
-    if resolution.automatic and strategy is not resolution.backend:
+    strategy = strategy_for(resolution.backend, automatic=resolution.automatic)
+    lines.append(
+        f"Strategy: {strategy.name!r} on backend {resolution.backend.name!r} "
+        "(jacrev/hessian/vmap; fjacrev/fvmap always use 'transform')."
+    )
+    if strategy.name == "eager-vectorised":
         lines.append(
             f"Automatic jacrev/hessian on {resolution.backend.name!r}: an eager forward pass, "
             "then one backward pass for a scalar output, a loop for a few rows, otherwise "
@@ -125,4 +134,6 @@ def explain(*args: Any, device: Optional[Union[str, torch.device]] = None) -> Ex
         lines += [f"  - {line}" for line in remembered]
     else:
         lines.append("No remembered fallbacks.")
-    return Explanation(resolution.backend.name, resolution.source, device_type, tuple(lines))
+    return Explanation(
+        resolution.backend.name, resolution.source, device_type, tuple(lines), strategy.name
+    )

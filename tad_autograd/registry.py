@@ -9,7 +9,10 @@ from __future__ import annotations
 import threading
 from typing import Dict, Optional, Tuple
 
+from .backends.autograd import AutogradBackend
 from .backends.base import Backend
+from .backends.func import FuncBackend
+from .backends.functorch import FunctorchBackend
 from .errors import UnknownBackendError
 
 __all__ = [
@@ -106,10 +109,6 @@ class Registry:
 
 
 def _default_registry() -> Registry:
-    from .backends.autograd import AutogradBackend
-    from .backends.func import FuncBackend
-    from .backends.functorch import FunctorchBackend
-
     registry = Registry()
     registry.register(FuncBackend(), priority=300)
     registry.register(FunctorchBackend(), priority=200)

@@ -16,7 +16,6 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from ._checks import check_differentiable
 from ._transform_failures import DefectWatch, failed_inside_transform
-from .backends.autograd import VectorisedAutograd
 from .backends.base import Backend
 from .devices import device_type_of
 from .errors import BackendFallbackWarning
@@ -24,6 +23,7 @@ from .fallback import MEMORY, add_hint, describe, recognise
 from .registry import REGISTRY
 from .resolver import Resolution, resolve_cached
 from .settings import CONTEXT, ORIGIN_AUTOMATIC, ORIGIN_AUTOMATIC_EAGER, ORIGIN_EXPLICIT
+from .strategies import Strategy, strategy_for
 
 __all__ = ["Transformed"]
 
@@ -37,7 +37,7 @@ class Transformed:
         self,
         kind: str,
         func: Callable[..., Any],
-        build: Callable[[Backend, Callable[..., Any]], Callable[..., Any]],
+        build: Callable[[Strategy, Callable[..., Any]], Callable[..., Any]],
         backend: Optional[str],
         transforms_only: bool,
         kwargs_in_call: bool,
@@ -54,10 +54,10 @@ class Transformed:
         self._backend = backend
         self._transforms_only = transforms_only
         self._kwargs_in_call = kwargs_in_call
-        self._built: Dict[Backend, Callable[..., Any]] = {}
+        self._built: Dict[Strategy, Callable[..., Any]] = {}
         self._argnums = argnums
         self._in_dims = in_dims
-        self._explicit: Optional[Tuple[int, Backend, Callable[..., Any], Tuple[str, str]]] = None
+        self._explicit: Optional[Tuple[int, Strategy, Callable[..., Any], Tuple[str, str]]] = None
         # the last automatic run: (resolution, memory generation, candidate, callable, context)
         self._automatic: Optional[
             Tuple[Resolution, int, int, Callable[..., Any], Tuple[str, str]]
@@ -72,19 +72,20 @@ class Transformed:
     def __repr__(self) -> str:
         return f"<tad_autograd {self.__name__}, backend={self._backend or 'auto'}>"
 
-    def _transformed(self, backend: Backend, kwargs: Dict[str, Any]) -> Callable[..., Any]:
+    def _transformed(self, strategy: Strategy, kwargs: Dict[str, Any]) -> Callable[..., Any]:
         if kwargs and not self._kwargs_in_call:
-            return self._build(backend, functools.partial(self.__wrapped__, **kwargs))
-        fn = self._built.get(backend)
-        if fn is None:  # the first call on this backend (no KeyError raised and caught)
-            fn = self._built[backend] = self._build(backend, self.__wrapped__)
+            return self._build(strategy, functools.partial(self.__wrapped__, **kwargs))
+        fn = self._built.get(strategy)
+        if fn is None:  # the first call with this strategy (no KeyError raised and caught)
+            fn = self._built[strategy] = self._build(strategy, self.__wrapped__)
+            _log.debug("%s: built on %r", self.__name__, strategy)
         return fn
 
     def _run(
-        self, backend: Backend, origin: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]
+        self, strategy: Strategy, origin: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]
     ) -> Any:
-        fn = self._transformed(backend, kwargs)
-        token = CONTEXT.set((backend.name, origin))
+        fn = self._transformed(strategy, kwargs)
+        token = CONTEXT.set((strategy.backend.name, origin))
         try:
             if kwargs and self._kwargs_in_call:
                 return fn(*args, **kwargs)
@@ -106,7 +107,7 @@ class Transformed:
                 return explicit[2](*args, **kwargs)
             except Exception as error:
                 self._clarify(error)
-                self._hint(explicit[1], error)
+                self._hint(explicit[1].backend, error)
                 raise
             finally:
                 CONTEXT.reset(token)
@@ -143,16 +144,17 @@ class Transformed:
             return self._run_automatic(resolution, device_type, args, kwargs)
         return self._run_explicit(resolution, args, kwargs)
 
-    def _explicit_choice(self) -> Tuple[int, Backend, Callable[..., Any], Tuple[str, str]]:
-        """For a ``backend=`` argument: (registry version, backend, callable, context)."""
+    def _explicit_choice(self) -> Tuple[int, Strategy, Callable[..., Any], Tuple[str, str]]:
+        """For a ``backend=`` argument: (registry version, strategy, callable, context)."""
         # the device type plays no part in an argument's resolution (it only names the backend)
         resolution = resolve_cached(self._backend, "", self._transforms_only)
         backend = resolution.backend
-        _log.debug("%s: backend %r (%s)", self.__name__, backend.name, resolution.source)
+        strategy = strategy_for(backend, automatic=False)
+        _log.debug("%s: %r (%s)", self.__name__, strategy, resolution.source)
         return (
             REGISTRY.version,
-            backend,
-            self._transformed(backend, {}),
+            strategy,
+            self._transformed(strategy, {}),
             (backend.name, ORIGIN_EXPLICIT),
         )
 
@@ -195,30 +197,30 @@ class Transformed:
         self, resolution: Resolution, args: Tuple[Any, ...], kwargs: Dict[str, Any]
     ) -> Any:
         backend = resolution.backend
+        eager = resolution.inherited_eager and not self._transforms_only
+        strategy = strategy_for(backend, automatic=eager)
         origin = ORIGIN_EXPLICIT
         watch = False
         if resolution.inherited_automatic:
-            origin = ORIGIN_AUTOMATIC
-            if resolution.inherited_eager and not self._transforms_only:
-                backend = backend.for_automatic()
-                origin = self._automatic_origin(backend)
-            else:
-                # a derivative inside an automatic transform: never through a defective op
-                watch = self._kind != "vmap" and backend.is_transform and DefectWatch.needed()
+            origin = self._automatic_origin(strategy) if eager else ORIGIN_AUTOMATIC
+            # a derivative inside an automatic transform: never through a defective op
+            watch = (
+                not eager and self._kind != "vmap" and backend.is_transform and DefectWatch.needed()
+            )
         try:
             if watch:
                 with DefectWatch():
-                    return self._run(backend, origin, args, kwargs)
-            return self._run(backend, origin, args, kwargs)
+                    return self._run(strategy, origin, args, kwargs)
+            return self._run(strategy, origin, args, kwargs)
         except Exception as error:
             self._clarify(error)
             if not resolution.inherited_automatic:
                 self._hint(backend, error)
             raise
 
-    def _automatic_origin(self, backend: Backend) -> str:
+    def _automatic_origin(self, strategy: Strategy) -> str:
         """How nested transforms see an automatic choice: eager forward, or inside a transform."""
-        eager = self._kind != "vmap" and isinstance(backend, VectorisedAutograd)
+        eager = self._kind != "vmap" and strategy.eager
         return ORIGIN_AUTOMATIC_EAGER if eager else ORIGIN_AUTOMATIC
 
     def _run_automatic(
@@ -249,10 +251,12 @@ class Transformed:
                         start = i
                         break
         for i in range(start, len(candidates)):
-            backend = candidates[i] if self._transforms_only else candidates[i].for_automatic()
-            origin = self._automatic_origin(backend)
+            strategy = strategy_for(
+                candidates[i], automatic=True, transforms_only=self._transforms_only
+            )
+            origin = self._automatic_origin(strategy)
             try:
-                result = self._run(backend, origin, args, kwargs)
+                result = self._run(strategy, origin, args, kwargs)
             except Exception as error:
                 if failed is not None:
                     _attach_context(error, failed[1])
@@ -260,10 +264,15 @@ class Transformed:
                 failed = (i, error)
                 continue
             if failed is not None:
-                self._warn_fallback(failed[1], candidates[failed[0]], backend, device_type)
+                self._warn_fallback(
+                    failed[1],
+                    strategy_for(candidates[failed[0]], automatic=True),
+                    strategy,
+                    device_type,
+                )
             if not kwargs or self._kwargs_in_call:
-                fn = self._transformed(backend, {})
-                self._automatic = (resolution, generation, i, fn, (backend.name, origin))
+                fn = self._transformed(strategy, {})
+                self._automatic = (resolution, generation, i, fn, (strategy.backend.name, origin))
             return result
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -281,7 +290,7 @@ class Transformed:
             raise error
 
     def _warn_fallback(
-        self, error: Exception, failed: Backend, used: Backend, device_type: str
+        self, error: Exception, failed: Strategy, used: Strategy, device_type: str
     ) -> None:
         """After a successful retry: remember it, and warn once per function (at the caller).
 
@@ -289,14 +298,15 @@ class Transformed:
         """
         message = (
             f"{getattr(self._user_func, '__qualname__', self._user_func)!r} cannot be "
-            f"transformed by backend {failed.name!r} ({describe(error)}); using "
-            f"{used.name!r} instead for {self.__name__} on {device_type}. Choose a "
+            f"transformed by backend {failed.backend.name!r} (strategy {failed.name!r}: "
+            f"{describe(error)}); using backend {used.backend.name!r} (strategy "
+            f"{used.name!r}) instead for {self.__name__} on {device_type}. Choose a "
             "backend explicitly to avoid the retry, or silence this warning with "
             "warnings.filterwarnings('ignore', "
             "category=tad_autograd.BackendFallbackWarning)."
         )
         _log.info("fallback: %s", message)
-        if MEMORY.remember(self._user_func, (self._chain, device_type), used.name):
+        if MEMORY.remember(self._user_func, (self._chain, device_type), used.backend.name):
             # stack: here, _run_automatic, __call__, the caller
             warnings.warn(message, BackendFallbackWarning, stacklevel=4)
 

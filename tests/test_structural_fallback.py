@@ -25,7 +25,7 @@ import torch
 from _helpers import reference_hessian, reference_jacobian
 
 import tad_autograd as ta
-from tad_autograd.backends.autograd import _transforms_active
+from tad_autograd._torch_info import transforms_active as _transforms_active
 from tad_autograd.batching_defects import ACTIVE_DEFECTS
 from tad_autograd.fallback import MEMORY
 

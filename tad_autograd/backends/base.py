@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple, Optional, Tuple, Union
 
 from .._torch_info import TORCH_VERSION, Version, module_exists
+from ..devices import transforms_supported
 
 __all__ = ["Availability", "Backend", "ArgnumsT", "InDimsT", "OutDimsT"]
 
@@ -104,13 +105,13 @@ class Backend:
         """Whether automatic mode may choose this backend, and if not, why."""
         return True, ""
 
-    def for_automatic(self) -> Backend:
-        """The strategy this backend runs when chosen automatically (itself by default).
+    def vmap_primitive(self) -> Optional[Callable[..., Any]]:
+        """The transform library's own ``vmap(func, in_dims=0, ...)``, for internal batching.
 
-        Transform backends return a :class:`~tad_autograd.backends.autograd.VectorisedAutograd`
-        over themselves: faster Jacobians, same results.
+        ``None`` for backends without function transforms.  The strategies
+        batch backward passes with it (:mod:`tad_autograd.strategies`).
         """
-        return self
+        return None
 
     def supports_device(self, device_type: str) -> bool:
         """Tell whether this backend handles tensors on ``device_type``.
@@ -118,8 +119,6 @@ class Backend:
         Transform backends consult the device table of
         :mod:`tad_autograd.devices`; the autograd loop runs everywhere.
         """
-        from ..devices import transforms_supported
-
         return (not self.is_transform) or transforms_supported(device_type)
 
     def jacrev(

@@ -45,7 +45,6 @@ class FuncBackend(Backend):
     name = "func"
     aliases = ("torch.func",)
     is_transform = True
-    _automatic: Optional[Backend] = None
 
     def availability(
         self,
@@ -61,14 +60,7 @@ class FuncBackend(Backend):
             )
         return Availability(True)
 
-    def for_automatic(self) -> Backend:
-        if self._automatic is None:
-            from .autograd import VectorisedAutograd
-
-            self._automatic = VectorisedAutograd(self, self._raw_vmap())
-        return self._automatic
-
-    def _raw_vmap(self) -> Callable[..., Any]:
+    def vmap_primitive(self) -> Callable[..., Any]:
         vmap: Callable[..., Any] = _torch_func().vmap
         return vmap
 

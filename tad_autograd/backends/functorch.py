@@ -92,7 +92,6 @@ class FunctorchBackend(Backend):
 
     name = "functorch"
     is_transform = True
-    _automatic: Optional[Backend] = None
 
     def availability(
         self,
@@ -116,14 +115,7 @@ class FunctorchBackend(Backend):
             )
         return True, ""
 
-    def for_automatic(self) -> Backend:
-        if self._automatic is None:
-            from .autograd import VectorisedAutograd
-
-            self._automatic = VectorisedAutograd(self, self._raw_vmap())
-        return self._automatic
-
-    def _raw_vmap(self) -> Callable[..., Any]:
+    def vmap_primitive(self) -> Callable[..., Any]:
         vmap = _transforms().vmap
         if not _SERIALISE:
             return vmap
