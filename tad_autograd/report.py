@@ -28,6 +28,7 @@ from .fallback import describe
 from .registry import REGISTRY
 from .resolver import resolve
 from .settings import CONTEXT, ENV_VAR, GLOBAL
+from .strategies import strategy_for
 
 __all__ = ["main", "lennard_jones", "lennard_jones_custom", "cluster"]
 
@@ -223,8 +224,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             environment=None,
             device_type=device_type,
             registry=REGISTRY,
-        ).backend.name
-        out(f"  {device_type:<14} -> {chosen}")
+        ).backend
+        strategy = strategy_for(chosen, automatic=True).name
+        out(f"  {device_type:<14} -> {chosen.name} (strategy {strategy!r})")
     out(
         "\nself-check: forces and Hessian with every backend (torch "
         f"{TORCH_VERSION}); reference = 'autograd', tolerance {TOLERANCE:g} relative"
