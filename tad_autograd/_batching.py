@@ -6,7 +6,7 @@ mistake reads the same whichever backend runs the call.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -250,7 +250,11 @@ def check_out_dim(out_dims: Any, d: int, ndim: int) -> None:
 
 
 def join_outputs(
-    samples: Sequence[List[Any]], dims: List[Optional[int]], spec: Any, join: Callable[..., Any]
+    samples: Sequence[List[Any]],
+    dims: List[Optional[int]],
+    spec: Any,
+    join: Callable[..., Any],
+    given: Optional[Dict[int, Any]] = None,
 ) -> Any:
     """Join per-sample (or per-chunk) output leaves along their ``out_dims``.
 
@@ -264,10 +268,14 @@ def join_outputs(
         The output structure.
     join : callable
         ``torch.stack`` for samples, ``torch.cat`` for chunks.
+    given : dict, optional
+        Leaves already joined, by index (not joined again).
     """
     joined = []
     for k, d in enumerate(dims):
-        if d is None:
+        if given and k in given:
+            joined.append(given[k])
+        elif d is None:
             joined.append(samples[0][k])
         else:
             parts = [s[k] for s in samples]

@@ -26,7 +26,7 @@ import torch
 
 from ._graph import defective_ops_in, reaches_other_leaves, retire
 from ._pytree import flatten, tree_flatten, tree_unflatten, unflatten
-from ._rows import LOOP_MAX_ROWS, rows, vectorised_rows
+from ._rows import LOOP_MAX_ROWS, joint_rows, rows, vectorised_rows
 
 __all__ = [
     "eager_jacobian",
@@ -204,7 +204,8 @@ def _in_inference_mode(
             "jacrev: cannot differentiate inside torch.inference_mode() with this torch "
             "(its torch.func returns zeros there); use torch.no_grad() instead"
         )
-    with torch.inference_mode(False):
+    # the derivative as torch.func's there: computed, carrying no graph (grad mode is off)
+    with torch.inference_mode(False), torch.no_grad():
         leaves, spec = tree_flatten(args)
         plain = [
             t.clone() if isinstance(t, torch.Tensor) and t.is_inference() else t for t in leaves
@@ -283,6 +284,11 @@ def _rows_of(
         vectorised = vectorised_rows(out_leaves, inputs, create_graph, vmap, chunk_size)
         if vectorised is not None:
             return vectorised
+    if create_graph and len(out_leaves) > 1:
+        # several outputs: their rows from one joint backward pass, whose graphs are
+        # torch.func's (a cheaper pass per output would leave constant blocks without one)
+        with torch.enable_grad():
+            return joint_rows(out_leaves, inputs, create_graph, None)
     last = len(out_leaves) - 1
     return [
         rows(o, inputs, create_graph, retain=create_graph or k < last)

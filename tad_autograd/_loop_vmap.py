@@ -27,18 +27,13 @@ _RANDOM_MESSAGE = (
 )
 
 
-def _sample(batched: BatchedArgs, index: int) -> Tuple[Any, ...]:
-    """Batch element ``index`` as fresh tensors (no view into the batch's storage)."""
-    args: Tuple[Any, ...] = tree_unflatten(
-        [
-            leaf
-            if d is None
-            else leaf.select(d, index).clone(memory_format=torch.contiguous_format)
-            for leaf, d in zip(batched.leaves, batched.dims)
-        ],
-        batched.spec,
-    )
-    return args
+def _sample(batched: BatchedArgs, index: int) -> List[Any]:
+    """Batch element ``index``'s leaves as fresh tensors (no view into the batch's storage)."""
+    fresh = torch.contiguous_format
+    return [
+        leaf if d is None else leaf.select(d, index).clone(memory_format=fresh)
+        for leaf, d in zip(batched.leaves, batched.dims)
+    ]
 
 
 def loop_vmap(
@@ -65,12 +60,15 @@ def loop_vmap(
         if batched.size == 0:
             return _empty_batch(func, out_dims, batched, kwargs)
         samples = []
+        inputs = []
         dims: List[Optional[int]] = []
         spec = None
         for b in range(batched.size):
             if randomness == "same" and b > 0:
                 states.restore()  # every element draws what the first drew
-            output = func(*_sample(batched, b), **kwargs)
+            sample = _sample(batched, b)
+            inputs.append(sample)
+            output = func(*tree_unflatten(sample, batched.spec), **kwargs)
             leaves, leaf_dims, leaf_spec = split_outputs(func, out_dims, output)
             if spec is None:
                 dims, spec = leaf_dims, leaf_spec
@@ -86,7 +84,31 @@ def loop_vmap(
     except BaseException:
         states.restore()
         raise
-    return join_outputs(samples, dims, spec, torch.stack)
+    given = _returned_inputs(samples, inputs, batched, dims)
+    return join_outputs(samples, dims, spec, torch.stack, given)
+
+
+def _returned_inputs(
+    samples: List[List[Any]],
+    inputs: List[List[Any]],
+    batched: BatchedArgs,
+    dims: List[Optional[int]],
+) -> Dict[int, torch.Tensor]:
+    """Outputs that are a batched input itself in every sample: that input, as in torch.func.
+
+    ``torch.func.vmap(lambda x: x)(xs)`` returns ``xs`` (a view of it, when
+    ``out_dims`` moves the batch dimension), not a copy.
+    """
+    first = {id(leaf): i for i, leaf in enumerate(inputs[0]) if batched.dims[i] is not None}
+    given: Dict[int, torch.Tensor] = {}
+    for k, d in enumerate(dims):
+        i = first.get(id(samples[0][k])) if first else None
+        if d is None or i is None:
+            continue
+        if all(s[k] is inp[i] for s, inp in zip(samples, inputs)):
+            leaf, source = batched.leaves[i], batched.dims[i]
+            given[k] = leaf if d % leaf.dim() == source else leaf.movedim(source, d)
+    return given
 
 
 def _check_unbatched(func: Callable[..., Any], samples: List[List[Any]], dims: List[Any]) -> None:

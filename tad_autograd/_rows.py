@@ -18,7 +18,7 @@ import torch
 
 from ._rng import RngStates
 
-__all__ = ["LOOP_MAX_ROWS", "basis", "rows", "vectorised_rows"]
+__all__ = ["LOOP_MAX_ROWS", "basis", "rows", "vectorised_rows", "joint_rows"]
 
 _log = logging.getLogger("tad_autograd")
 
@@ -136,7 +136,7 @@ def vectorised_rows(
     states = RngStates({x.device for x in inputs})
     try:
         with torch.enable_grad():
-            return _batched_rows(outputs, inputs, create_graph, vmap, chunk_size)
+            return joint_rows(outputs, inputs, create_graph, vmap, chunk_size)
     except Exception as error:  # structural: the loop decides whether it is the user's error
         states.restore()
         _log.info(
@@ -147,50 +147,73 @@ def vectorised_rows(
         return None
 
 
-def _batched_rows(
+def joint_rows(
     outputs: List[torch.Tensor],
     inputs: List[torch.Tensor],
     create_graph: bool,
-    vmap: Callable[..., Callable[..., Tuple[torch.Tensor, ...]]],
-    chunk_size: Optional[int],
+    vmap: Optional[Callable[..., Callable[..., Tuple[torch.Tensor, ...]]]],
+    chunk_size: Optional[int] = None,
 ) -> List[List[torch.Tensor]]:
-    """The work of :func:`vectorised_rows`, ``chunk_size`` rows per ``vmap`` call."""
+    """Every row from one backward pass over *all* outputs, as :func:`torch.func.jacrev` does.
+
+    Each row is the vector-Jacobian product of one basis vector over the
+    concatenated outputs (zero on every output but one), so its graph (with
+    ``create_graph``) is the one :mod:`torch.func` builds: a block of a
+    constant output is differentiable when its neighbours' are.  With
+    ``vmap`` the rows are batched, ``chunk_size`` at a time; without, looped.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.tensor([1.0, 2.0], requires_grad=True)
+    >>> w = torch.tensor(3.0, requires_grad=True)
+    >>> ident, scaled = joint_rows([x * 1, x * w], [x], create_graph=True, vmap=None)
+    >>> ident[0].requires_grad, scaled[0].requires_grad
+    (True, True)
+    """
     live = [o for o in outputs if o.requires_grad]
-    numels = [o.numel() for o in live]
+    if not live:
+        return [[o.new_zeros(o.shape + x.shape, dtype=x.dtype) for x in inputs] for o in outputs]
+    numels = [o.numel() for o in outputs]
     total = sum(numels)
-    step = total if chunk_size is None else chunk_size
+    step = total if chunk_size is None or vmap is None else chunk_size
+    is_live = [o.requires_grad for o in outputs]
 
     def vjp(*cotangents: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         grads = torch.autograd.grad(
             live,
             inputs,
-            cotangents,
+            [c for c, keep in zip(cotangents, is_live) if keep],
             retain_graph=True,
             create_graph=create_graph,
             allow_unused=True,
         )
         return tuple(g if g is not None else torch.zeros_like(x) for g, x in zip(grads, inputs))
 
-    batched = vmap(vjp)
+    batched = vmap(vjp) if vmap is not None else _looped(vjp)
     pieces: List[List[torch.Tensor]] = [[] for _ in inputs]
     for start in range(0, total, step):
         size = min(step, total - start)
-        for piece, part in zip(pieces, batched(*basis(live, numels, start, size))):
+        for piece, part in zip(pieces, batched(*basis(outputs, numels, start, size))):
             piece.append(part)
     per_input = [torch.cat(p) if len(p) > 1 else p[0] for p in pieces]
     result = []
-    offsets = [sum(numels[:i]) for i in range(len(numels))]
-    live_index = {id(o): i for i, o in enumerate(live)}
-    for o in outputs:
-        if id(o) not in live_index:
-            result.append([o.new_zeros(o.shape + x.shape, dtype=x.dtype) for x in inputs])
-            continue
-        i = live_index[id(o)]
-        start, n = offsets[i], numels[i]
+    start = 0
+    for o, n in zip(outputs, numels):
         result.append(
-            [
-                part[start : start + n].reshape(o.shape + x.shape)
-                for part, x in zip(per_input, inputs)
-            ]
+            [p[start : start + n].reshape(o.shape + x.shape) for p, x in zip(per_input, inputs)]
         )
+        start += n
     return result
+
+
+def _looped(
+    vjp: Callable[..., Tuple[torch.Tensor, ...]],
+) -> Callable[..., Tuple[torch.Tensor, ...]]:
+    """``vjp`` applied to each row of its batched arguments, stacked: a ``vmap`` by a loop."""
+
+    def looped(*cotangents: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        rows = [vjp(*(c[r] for c in cotangents)) for r in range(cotangents[0].shape[0])]
+        return tuple(torch.stack(parts) for parts in zip(*rows))
+
+    return looped

@@ -134,3 +134,40 @@ def test_bfloat16_vectorised_rows(backend: Optional[str]) -> None:
     result = ta.jacrev(torch.sin, **_kw(backend))(x.to(torch.bfloat16))
     assert result.dtype == torch.bfloat16
     torch.testing.assert_close(result.float(), torch.diag(x.cos()), rtol=2e-2, atol=2e-2)
+
+
+def test_constant_block_is_differentiable_as_under_torch_func(backend: Optional[str]) -> None:
+    """torch.func computes all rows in one joint backward pass: every block has a graph."""
+    x = torch.tensor([0.3, -0.2], dtype=F64, requires_grad=True)
+    identity, sine = ta.jacrev(lambda t: (t, t.sin()), **_kw(backend))(x)
+    assert identity.requires_grad and sine.requires_grad
+    torch.testing.assert_close(identity, torch.eye(2, dtype=F64))
+    (grad,) = torch.autograd.grad(identity.sum() + sine.sum(), x)
+    torch.testing.assert_close(grad, -x.detach().sin())
+
+
+def test_hessian_blocks_carry_graphs_as_jacrev_of_jacrev(backend: Optional[str]) -> None:
+    a = torch.tensor(0.3, dtype=F64, requires_grad=True)
+    b = torch.tensor(0.5, dtype=F64, requires_grad=True)
+    blocks = ta.hessian(lambda p, q: q.sin(), (0, 1), **_kw(backend))(a, b)
+    assert [[t.requires_grad for t in row] for row in blocks] == [[False, True], [False, True]]
+    torch.testing.assert_close(blocks[1][1], -b.detach().sin())
+
+
+def test_aux_carries_no_graph_in_inference_mode(backend: Optional[str]) -> None:
+    if not inference_mode_derivatives():
+        pytest.skip("this torch's torch.func does not differentiate inside inference_mode")
+    w = torch.tensor(1.25, dtype=F64, requires_grad=True)
+    x = torch.tensor([0.3, -0.2], dtype=F64)
+    with torch.inference_mode():
+        jac, aux = ta.jacrev(lambda t: (t.sin(), t.sum() * w), has_aux=True, **_kw(backend))(x)
+    assert not aux.requires_grad and not jac.requires_grad
+    torch.testing.assert_close(jac, torch.diag(x.cos()))
+
+
+def test_vmap_returns_an_input_itself(backend: Optional[str]) -> None:
+    xs = torch.randn(3, 2, dtype=F64, requires_grad=True)
+    with torch.no_grad():
+        sine, same = ta.vmap(lambda t: (t.sin(), t), **_kw(backend))(xs)
+    assert same is xs
+    torch.testing.assert_close(sine, xs.detach().sin())
