@@ -20,10 +20,11 @@ Examples
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from . import _tree
 from .agree import (
     AUTO,
     assert_backends_agree,
@@ -31,9 +32,7 @@ from .agree import (
     flat_function,
     reference_jacobian,
 )
-
-if TYPE_CHECKING:
-    from ..backends.base import Backend
+from .fuzz_reference import loop_backends, transform_backends
 
 __all__ = [
     "transform_backends",
@@ -50,42 +49,41 @@ __all__ = [
 ]
 
 
-def _registry_backend(name: str) -> Backend:
-    from ..registry import REGISTRY
+def _against_reference(agreement: Any, expected: Any, label: str) -> None:
+    """Every result of ``agreement`` equals the independent reference ``expected``
+    (backend-vs-backend agreement alone proves nothing: func and functorch share code)."""
+    for name, got in agreement.results.items():
+        assert_trees_close(
+            got, expected, actual_name=f"{label}({name})", expected_name=f"reference {label}"
+        )
 
-    return REGISTRY.get(name)
+
+def _reference(op: str, func: Any, args: Any, **kw: Any) -> Any:
+    from .fuzz_reference import REFERENCE, build_operator
+
+    out = build_operator(REFERENCE, op, func, **kw)(*args)
+    return _tree.tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, out)
 
 
-def transform_backends() -> Tuple[str, ...]:
-    """Available backends built on function transforms (``is_transform``).
+def _check_composition(
+    op: str,
+    label: str,
+    func: Any,
+    args: Any,
+    backends: Optional[Sequence[str]],
+    chunk_size: Optional[int] = None,
+    **kw: Any,
+) -> None:
+    from .fuzz_reference import LibraryOps, build_operator
 
-    Examples
-    --------
-    >>> "autograd" in transform_backends()
-    False
-    """
-    import tad_autograd as ta
+    def transform(f: Callable[..., Any], backend: Optional[str]) -> Callable[..., Any]:
+        return build_operator(LibraryOps(backend, chunk_size), op, f, **kw)
 
-    return tuple(
-        n for n in ta.available_backends() if getattr(_registry_backend(n), "is_transform", True)
+    transform.__name__ = label
+    agreement = assert_backends_agree(
+        func, *args, transform=transform, backends=_backends_for(func, backends)
     )
-
-
-def loop_backends() -> Tuple[str, ...]:
-    """Available backends that are not function transforms (e.g. ``"autograd"``).
-
-    Examples
-    --------
-    >>> "autograd" in loop_backends()
-    True
-    """
-    import tad_autograd as ta
-
-    return tuple(
-        n
-        for n in ta.available_backends()
-        if not getattr(_registry_backend(n), "is_transform", True)
-    )
+    _against_reference(agreement, _reference(op, func, args, **kw), label)
 
 
 def _backends_for(program: Any, backends: Optional[Sequence[str]]) -> Optional[Sequence[str]]:
@@ -99,7 +97,7 @@ def _backends_for(program: Any, backends: Optional[Sequence[str]]) -> Optional[S
 def check_jacrev_backends_agree(
     program: Any, backends: Optional[Sequence[str]] = None, chunk_size: Optional[int] = None
 ) -> None:
-    """Every backend gives the same ``jacrev(program, program.argnums)(*program.args)``.
+    """Backends match the reference ``jacrev(program, program.argnums)(*program.args)``.
 
     Programs with an old-style ``autograd.Function`` are only run on the
     loop backends and ``"auto"`` unless ``backends`` is given.
@@ -114,7 +112,7 @@ def check_jacrev_backends_agree(
     ...     check_jacrev_backends_agree(x)
     >>> test()
     """
-    assert_backends_agree(
+    agreement = assert_backends_agree(
         program,
         *program.args,
         argnums=program.argnums,
@@ -122,10 +120,12 @@ def check_jacrev_backends_agree(
         backends=_backends_for(program, backends),
         chunk_size=chunk_size,
     )
+    expected = reference_jacobian(program, *program.args, argnums=program.argnums)
+    _against_reference(agreement, expected, "jacrev")
 
 
 def check_hessian_backends_agree(program: Any, backends: Optional[Sequence[str]] = None) -> None:
-    """Every backend gives the same ``hessian(program, program.argnums)(*program.args)``.
+    """Backends match the reference ``hessian(program, program.argnums)(*program.args)``.
 
     Examples
     --------
@@ -137,19 +137,21 @@ def check_hessian_backends_agree(program: Any, backends: Optional[Sequence[str]]
     ...     check_hessian_backends_agree(x)
     >>> test()
     """
-    assert_backends_agree(
+    agreement = assert_backends_agree(
         program,
         *program.args,
         argnums=program.argnums,
         transform="hessian",
         backends=_backends_for(program, backends),
     )
+    expected = _reference("hessian", program, program.args, argnums=program.argnums)
+    _against_reference(agreement, expected, "hessian")
 
 
 def check_jacrev_jacrev_backends_agree(
     program: Any, backends: Optional[Sequence[str]] = None
 ) -> None:
-    """Every backend gives the same ``jacrev(jacrev(program, a), a)(*args)``.
+    """Backends match the reference ``jacrev(jacrev(program, a), a)(*args)``.
 
     Examples
     --------
@@ -161,21 +163,20 @@ def check_jacrev_jacrev_backends_agree(
     ...     check_jacrev_jacrev_backends_agree(x)
     >>> test()
     """
-    import tad_autograd as ta
-
     a = program.argnums
-
-    def jacjac(f: Callable[..., Any], backend: Optional[str]) -> Callable[..., Any]:
-        return ta.jacrev(ta.jacrev(f, argnums=a, backend=backend), argnums=a, backend=backend)
-
-    jacjac.__name__ = "jacrev(jacrev)"
-    assert_backends_agree(
-        program, *program.args, transform=jacjac, backends=_backends_for(program, backends)
+    _check_composition(
+        "jacrev_jacrev",
+        "jacrev(jacrev)",
+        program,
+        program.args,
+        backends,
+        argnums=a,
+        outer_argnums=a,
     )
 
 
 def check_vmap_backends_agree(call: Any, backends: Optional[Sequence[str]] = None) -> None:
-    """Every backend gives the same ``vmap(call.func, ...)(*call.args, **call.kwargs)``.
+    """Backends match the reference ``vmap(call.func, ...)(*call.args, **call.kwargs)``.
 
     ``in_dims``, ``out_dims`` and ``chunk_size`` come from ``call.vmap_kwargs()``.
 
@@ -189,7 +190,7 @@ def check_vmap_backends_agree(call: Any, backends: Optional[Sequence[str]] = Non
     ...     check_vmap_backends_agree(x)
     >>> test()
     """
-    assert_backends_agree(
+    agreement = assert_backends_agree(
         call.func,
         *call.args,
         transform="vmap",
@@ -197,10 +198,11 @@ def check_vmap_backends_agree(call: Any, backends: Optional[Sequence[str]] = Non
         backends=_backends_for(call.func, backends),
         **call.vmap_kwargs(),
     )
+    _against_reference(agreement, call.reference(), "vmap")
 
 
 def check_vmap_jacrev_backends_agree(call: Any, backends: Optional[Sequence[str]] = None) -> None:
-    """Every backend gives the same ``vmap(jacrev(f, argnums), in_dims)(*args)``.
+    """Backends match the reference ``vmap(jacrev(f, argnums), in_dims)(*args)``.
 
     ``call.kwargs`` are not used (``jacrev`` takes positional arguments only).
 
@@ -214,26 +216,20 @@ def check_vmap_jacrev_backends_agree(call: Any, backends: Optional[Sequence[str]
     ...     check_vmap_jacrev_backends_agree(x)
     >>> test()
     """
-    import tad_autograd as ta
-
-    a = call.func.argnums
-
-    def vmap_jac(f: Callable[..., Any], backend: Optional[str]) -> Callable[..., Any]:
-        return ta.vmap(
-            ta.jacrev(f, argnums=a, backend=backend),
-            in_dims=call.in_dims,
-            chunk_size=call.chunk_size,
-            backend=backend,
-        )
-
-    vmap_jac.__name__ = "vmap(jacrev)"
-    assert_backends_agree(
-        call.func, *call.args, transform=vmap_jac, backends=_backends_for(call.func, backends)
+    _check_composition(
+        "vmap_jacrev",
+        "vmap(jacrev)",
+        call.func,
+        call.args,
+        backends,
+        call.chunk_size,
+        argnums=call.func.argnums,
+        in_dims=call.in_dims,
     )
 
 
 def check_jacrev_vmap_backends_agree(call: Any, backends: Optional[Sequence[str]] = None) -> None:
-    """Every backend gives the same ``jacrev(vmap(f, in_dims, out_dims), argnums)(*args)``.
+    """Backends match the reference ``jacrev(vmap(f, in_dims, out_dims), argnums)(*args)``.
 
     Examples
     --------
@@ -245,20 +241,15 @@ def check_jacrev_vmap_backends_agree(call: Any, backends: Optional[Sequence[str]
     ...     check_jacrev_vmap_backends_agree(x)
     >>> test()
     """
-    import tad_autograd as ta
-
-    a = call.func.argnums
-
-    def jac_vmap(f: Callable[..., Any], backend: Optional[str]) -> Callable[..., Any]:
-        return ta.jacrev(
-            ta.vmap(f, in_dims=call.in_dims, out_dims=call.out_dims, backend=backend),
-            argnums=a,
-            backend=backend,
-        )
-
-    jac_vmap.__name__ = "jacrev(vmap)"
-    assert_backends_agree(
-        call.func, *call.args, transform=jac_vmap, backends=_backends_for(call.func, backends)
+    _check_composition(
+        "jacrev_vmap",
+        "jacrev(vmap)",
+        call.func,
+        call.args,
+        backends,
+        argnums=call.func.argnums,
+        in_dims=call.in_dims,
+        out_dims=call.out_dims,
     )
 
 

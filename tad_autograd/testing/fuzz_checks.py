@@ -1,0 +1,363 @@
+"""Checks of the differential fuzzer: every backend and automatic mode vs references.
+
+:func:`check_case` runs one :class:`~tad_autograd.testing.fuzz.FuzzCase` on
+the independent reference (row loop of ``torch.autograd.grad``, Python-loop
+``vmap``), on ``torch.func``/``functorch`` directly and on every available
+backend plus automatic mode, in the case's calling context and with its kind
+of inputs, and asserts CONTRACT sections 4 and 6:
+
+* automatic mode and ``"autograd"`` return the reference's answer (same
+  structure, dtype, shape, device; float64 rtol 1e-10, float32 1e-5, half
+  types loosely against a float32 reference);
+* an explicit transform backend returns that answer, or raises where
+  ``torch.func`` (``functorch`` on 1.13) raises on the same call;
+* under ``inference_mode``: where ``torch.func`` on this torch returns the
+  right derivative every backend does; elsewhere every backend raises a
+  ``RuntimeError`` naming inference mode - never zeros;
+* every result's ``requires_grad`` equals ``torch.func``'s where that is right;
+* the call leaves the inputs' values, ``requires_grad``, ``.grad``, version
+  counters, grad mode and the RNG state (beyond the function's own draws,
+  once) as they were; only automatic mode may warn ``BackendFallbackWarning``.
+
+Examples
+--------
+>>> from hypothesis import given, settings
+>>> from tad_autograd.testing.fuzz_case import fuzz_cases
+>>> @settings(max_examples=2, deadline=None, database=None)
+... @given(fuzz_cases("jacrev", features=(), contexts=("plain",)))
+... def test(case):
+...     check_case(case, backends=["autograd"])
+>>> test()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import warnings
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import torch
+
+from . import _tree
+from .agree import default_tolerances
+from .fuzz_case import FuzzCase
+from .fuzz_reference import REFERENCE, LibraryOps, build_operator, direct_ops, transform_backends
+
+__all__ = ["check_case", "inference_supported", "prepare_inputs"]
+
+_SEED = 1234
+
+
+def prepare_inputs(args: Any, kind: str) -> Tuple[Any, List[torch.Tensor]]:
+    """Fresh copies of ``args`` of input ``kind``, and every tensor the caller owns.
+
+    ``kind``: ``plain``, ``leaf`` (requires grad), ``nonleaf`` (``base * 1``),
+    ``view`` (a strided slice of a bigger tensor).
+
+    Examples
+    --------
+    >>> import torch
+    >>> (x,), owned = prepare_inputs((torch.ones(2),), "view")
+    >>> x.is_contiguous(), len(owned)
+    (False, 2)
+    """
+    owned: List[torch.Tensor] = []
+
+    def one(t: Any) -> Any:
+        if not isinstance(t, torch.Tensor):
+            return t
+        t = t.detach().clone()
+        if kind == "leaf":
+            t.requires_grad_(True)
+        elif kind == "nonleaf":
+            base = t.requires_grad_(True)
+            owned.append(base)
+            t = base * 1
+        elif kind == "view":
+            big = torch.stack([t, torch.zeros_like(t)], dim=-1)
+            owned.append(big)
+            t = big[..., 0]
+        elif kind != "plain":
+            raise ValueError(f"unknown input kind {kind!r}")
+        owned.append(t)
+        return t
+
+    return _tree.tree_map(one, args), owned
+
+
+def _context(name: str) -> Any:
+    return {
+        "plain": contextlib.nullcontext,
+        "no_grad": torch.no_grad,
+        "enable_grad": torch.enable_grad,
+        "inference_mode": torch.inference_mode,
+    }[name]()
+
+
+class _Outcome:
+    def __init__(self) -> None:
+        self.value: Any = None
+        self.error: Optional[BaseException] = None
+        self.fallback_warnings: List[str] = []
+        self.side_effects: List[str] = []
+        self.rng_before: Optional[torch.Tensor] = None
+        self.rng_after: Optional[torch.Tensor] = None
+
+
+def _snapshot(owned: List[torch.Tensor]) -> List[Tuple[Any, ...]]:
+    return [(t.detach().clone(), t.requires_grad, _grad(t), t._version) for t in owned]
+
+
+def _grad(t: torch.Tensor) -> Optional[torch.Tensor]:
+    if not t.is_leaf or t.grad is None:
+        return None
+    return t.grad.clone()
+
+
+def _diff_snapshot(owned: List[torch.Tensor], snap: List[Tuple[Any, ...]]) -> List[str]:
+    problems = []
+    for i, (t, (val, rg, grad, ver)) in enumerate(zip(owned, snap)):
+        if not torch.equal(t.detach(), val):
+            problems.append(f"input tensor #{i} changed its values")
+        if t.requires_grad != rg:
+            problems.append(f"input tensor #{i}: requires_grad {rg} -> {t.requires_grad}")
+        now = _grad(t)
+        if (now is None) != (grad is None) or (grad is not None and not torch.equal(now, grad)):
+            problems.append(f"input tensor #{i}: .grad changed")
+        if t._version != ver:
+            problems.append(f"input tensor #{i}: _version {ver} -> {t._version}")
+    return problems
+
+
+def _aux_param(case: FuzzCase, dtype: torch.dtype) -> torch.Tensor:
+    return torch.tensor(1.25, dtype=dtype, device=case.program.device, requires_grad=True)
+
+
+def _function(case: FuzzCase, program: Any, w: torch.Tensor) -> Callable[..., Any]:
+    if case.op != "jacrev_aux":
+        return program  # type: ignore[no-any-return]
+
+    def with_aux(*args: Any) -> Any:
+        out = program(*args)
+        return out, {"aux": _tree.flatten(out)[0][-1].sum() * w}
+
+    return with_aux
+
+
+def _run(ns: Any, case: FuzzCase, program: Any, args: Any, kind: str, context: str) -> _Outcome:
+    from tad_autograd import BackendFallbackWarning
+
+    res = _Outcome()
+    program.reset()
+    call_args, owned = prepare_inputs(args, kind)
+    w = _aux_param(case, program.io_dtype)
+    fn = build_operator(
+        ns,
+        case.op,
+        _function(case, program, w),
+        argnums=case.argnums,
+        outer_argnums=case.outer_argnums,
+        in_dims=case.in_dims,
+        out_dims=case.out_dims,
+    )
+    snap = _snapshot(owned + [w])
+    torch.manual_seed(_SEED)
+    res.rng_before = torch.get_rng_state()
+    with _context(context):
+        modes = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
+        with warnings.catch_warnings(record=True) as rec:
+            # torch's own warnings in the references are not the library's
+            warnings.simplefilter("error" if isinstance(ns, LibraryOps) else "ignore")
+            warnings.simplefilter("always", BackendFallbackWarning)
+            try:
+                res.value = fn(*call_args)
+            except Exception as exc:  # judged by the caller, never swallowed
+                res.error = exc
+        after = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
+    res.rng_after = torch.get_rng_state()
+    if after != modes:
+        res.side_effects.append(f"(grad mode, inference mode) {modes} -> {after}")
+    res.side_effects += _diff_snapshot(owned + [w], snap)
+    res.fallback_warnings = [str(r.message) for r in rec]
+    return res
+
+
+def _tols(dtype: torch.dtype) -> Tuple[float, float]:
+    if dtype in (torch.float16, torch.bfloat16):
+        return 2e-2, 1e-2
+    return default_tolerances(dtype)
+
+
+def _assert_matches(actual: Any, expected: Any, io_dtype: torch.dtype, what: str) -> None:
+    a_leaves, a_spec, _ = _tree.flatten(actual)
+    e_leaves, e_spec, _ = _tree.flatten(expected)
+    assert a_spec == e_spec, (
+        f"{what}: structure {_tree.spec_repr(a_spec)} != reference {_tree.spec_repr(e_spec)}"
+    )
+    rtol, atol = _tols(io_dtype)
+    for i, (a, e) in enumerate(zip(a_leaves, e_leaves)):
+        if not isinstance(e, torch.Tensor):
+            assert a == e, f"{what}: leaf {i}: {a!r} != {e!r}"
+            continue
+        assert isinstance(a, torch.Tensor), f"{what}: leaf {i} is {type(a).__name__}, not a tensor"
+        want_dtype = io_dtype if io_dtype in (torch.float16, torch.bfloat16) else e.dtype
+        assert (a.dtype, a.shape, a.device) == (want_dtype, e.shape, e.device), (
+            f"{what}: leaf {i}: dtype/shape/device {(a.dtype, tuple(a.shape), a.device)} != "
+            f"{(want_dtype, tuple(e.shape), e.device)}"
+        )
+        torch.testing.assert_close(
+            a.detach().to(e.dtype),
+            e,
+            rtol=rtol,
+            atol=atol,
+            msg=lambda m, i=i: f"{what}: leaf {i}: {m}",
+        )
+
+
+def _matches(actual: Any, expected: Any, io_dtype: torch.dtype) -> bool:
+    try:
+        _assert_matches(actual, expected, io_dtype, "")
+    except AssertionError:
+        return False
+    return True
+
+
+@functools.cache
+def inference_supported(op: str) -> bool:
+    """Does ``torch.func`` (``functorch`` on 1.13) return the right ``op`` under inference mode?
+
+    Probed once per operator on ``f(x, y) = sin(x * y)``.
+
+    Examples
+    --------
+    >>> inference_supported("vmap")
+    True
+    """
+    direct = direct_ops()
+    if direct is None:  # pragma: no cover
+        return False
+    x = torch.linspace(-1, 1, 6, dtype=torch.float64).reshape(2, 3)
+
+    def f(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.sin(a * b)
+
+    def fn(ns: Any) -> Callable[..., Any]:
+        return build_operator(ns, op if op != "jacrev_aux" else "jacrev", f, argnums=0)
+
+    expected = fn(REFERENCE)(x, x + 0.5)
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's own (e.g. jit deprecation on first jvp)
+        try:
+            got = fn(direct)(x, x + 0.5)
+        except RuntimeError:
+            return False
+    return _matches(got, expected.detach(), torch.float64)
+
+
+def _detach(tree: Any) -> Any:
+    return _tree.tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, tree)
+
+
+def _requires_grad(tree: Any) -> List[Any]:
+    return [
+        t.requires_grad if isinstance(t, torch.Tensor) else None for t in _tree.flatten(tree)[0]
+    ]
+
+
+def _describe(exc: BaseException) -> str:
+    notes = "".join(f"\n  note: {n}" for n in getattr(exc, "__notes__", ()))
+    return f"{type(exc).__name__}: {exc}{notes}"
+
+
+def check_case(case: FuzzCase, backends: Optional[Sequence[Optional[str]]] = None) -> None:
+    """Run ``case`` on every backend and automatic mode; assert CONTRACT sections 4 and 6.
+
+    Parameters
+    ----------
+    case : FuzzCase
+    backends : sequence of (str or None), optional
+        Default: every available backend and ``None`` (automatic mode).
+
+    Examples
+    --------
+    >>> from hypothesis import find
+    >>> from tad_autograd.testing.fuzz_case import fuzz_cases
+    >>> case = find(fuzz_cases("jacrev", contexts=("no_grad",)), lambda c: True)
+    >>> check_case(case, backends=["autograd", None])
+    """
+    import tad_autograd as ta
+
+    if backends is None:
+        backends = list(ta.available_backends()) + [None]
+    prog = case.program
+    half = prog.io_dtype in (torch.float16, torch.bfloat16)
+    ref_prog = prog.with_io_dtype(torch.float32) if half else prog
+    ref_args = ref_prog.cast_args(case.args, torch.float32) if half else case.args
+    ref = _run(REFERENCE, case, ref_prog, ref_args, "plain", "enable_grad")
+    if ref.error is not None:
+        raise AssertionError(
+            f"the reference itself failed: {_describe(ref.error)}\n{case!r}"
+        ) from ref.error
+    expected = _detach(ref.value)
+    direct_ns = direct_ops()
+    direct = (
+        _run(direct_ns, case, prog, case.args, case.input_kind, case.context) if direct_ns else None
+    )
+    direct_ok = (
+        direct is not None
+        and direct.error is None
+        and _matches(direct.value, expected, prog.io_dtype)
+    )
+    random = "random" in prog.features
+    transforms = set(transform_backends())
+    for backend in backends:
+        lib = _run(
+            LibraryOps(backend, case.chunk_size),
+            case,
+            prog,
+            case.args,
+            case.input_kind,
+            case.context,
+        )
+        what = (
+            f"{case.op}(backend={backend!r}) in context {case.context!r}, {case.input_kind} inputs"
+        )
+        report = f"\n{case!r}"
+        assert not lib.side_effects, f"{what}: side effects {lib.side_effects}{report}"
+        if backend is not None:
+            assert not lib.fallback_warnings, (
+                f"{what}: explicit backend warned {lib.fallback_warnings}"
+            )
+        if random and lib.error is None:
+            assert torch.equal(lib.rng_after, ref.rng_after), (
+                f"{what}: RNG state differs from one run of the function's own draws{report}"
+            )
+        elif not random:
+            assert torch.equal(lib.rng_after, lib.rng_before), f"{what}: RNG state changed{report}"
+        if case.context == "inference_mode" and not inference_supported(case.op):
+            err = lib.error
+            assert err is not None, (
+                f"{what}: torch.func cannot differentiate under inference_mode on torch "
+                f"{torch.__version__}; expected a RuntimeError, got a value "
+                f"(ref match: {_matches(lib.value, expected, prog.io_dtype)}){report}"
+            )
+            assert isinstance(err, RuntimeError) and "inference" in str(err).lower(), (
+                f"{what}: expected a RuntimeError naming inference mode, "
+                f"got {_describe(err)}{report}"
+            )
+            continue
+        if lib.error is not None:
+            allowed = backend in transforms and not direct_ok
+            if not allowed:
+                raise AssertionError(
+                    f"{what} raised, but the reference (and torch.func where it applies: "
+                    f"{'ok' if direct_ok else 'n/a'}) computes it: {_describe(lib.error)}{report}"
+                ) from lib.error
+            continue
+        _assert_matches(lib.value, expected, prog.io_dtype, f"{what} vs row-loop reference{report}")
+        if direct_ok and direct is not None:
+            got, want = _requires_grad(lib.value), _requires_grad(direct.value)
+            assert got == want, (
+                f"{what}: requires_grad per result leaf {got} != torch.func's {want}{report}"
+            )
