@@ -12,10 +12,12 @@ tensor the tests and the property strategies create lives there.  Run it on
 from __future__ import annotations
 
 import os
+import warnings as _warnings
 from typing import Iterator
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 import tad_autograd as ta
 from tad_autograd.fallback import MEMORY
@@ -23,6 +25,34 @@ from tad_autograd.registry import REGISTRY
 from tad_autograd.settings import ENV_VAR, GLOBAL
 
 ALL_BACKENDS = REGISTRY.names()
+
+# Hypothesis profiles of the property tests and the fuzzer.  ``ci`` (default): few
+# derandomized examples per property, no example database, so the suite is fast and
+# reproducible.  ``thorough``: >= 1000 examples per property.  Choose with
+# TAD_AUTOGRAD_HYPOTHESIS_PROFILE.
+_HYPOTHESIS = dict(
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+    ],
+    print_blob=True,
+)
+settings.register_profile("ci", max_examples=25, derandomize=True, database=None, **_HYPOTHESIS)
+settings.register_profile("thorough", max_examples=1000, **_HYPOTHESIS)
+settings.load_profile(os.environ.get("TAD_AUTOGRAD_HYPOTHESIS_PROFILE", "ci"))
+
+# When a hypothesis test fails, its pytest plugin imports ``hypothesis.extra._patching``
+# (and so ``libcst``) inside the test's ``filterwarnings = error`` context; libcst's import
+# emits a third-party DeprecationWarning that would turn the failure report into an
+# INTERNALERROR.  Import it here, once, outside that context.
+with _warnings.catch_warnings():
+    _warnings.simplefilter("ignore")
+    try:
+        import hypothesis.extra._patching  # noqa: F401
+    except Exception:  # pragma: no cover - libcst not installed
+        pass
 DEVICE_ENV_VAR = "TAD_AUTOGRAD_TEST_DEVICE"
 
 
