@@ -1,5 +1,6 @@
 """Benchmarks of tad_autograd against its peers (CONTRACT §8).
 
-Run ``python -m benchmarks --quick`` (under 3 minutes) or ``python -m benchmarks``
-(full grid) from the repository root; see ``benchmarks/README.md``.
+Run ``python -m benchmarks --quick`` (about 2.5 minutes on 2 busy CPU cores) or
+``python -m benchmarks`` (full grid) from the repository root; results go to
+``build/benchmarks/`` (``--save``: ``docs/benchmarks/``); see ``benchmarks/README.md``.
 """

@@ -2,7 +2,8 @@
 
 A *cell* is one point of a grid (a problem, a size, a dtype) with several
 *methods* (zero-argument callables computing the same quantity).  Every
-method is first run once, checked against the reference (``allclose``) and
+method is first run once, checked against the reference
+(:func:`torch.testing.assert_close`, see :func:`compare`) and
 marked ``ok``, ``mismatch`` or ``error``; then the methods that ran are
 timed round-robin in the same process: each round times every method once
 (in a new shuffled order, so that no method always runs after the same
@@ -28,7 +29,7 @@ import time
 import traceback
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -59,22 +60,48 @@ def tolerance(dtype: torch.dtype) -> float:
     return 1e-9 if dtype == torch.float64 else 1e-4
 
 
-def compare(value: Any, reference: torch.Tensor, dtype: torch.dtype) -> Optional[float]:
-    """Max error relative to max|reference|, or None when ``value`` is not a matching tensor.
+def compare(
+    value: Any, reference: torch.Tensor, dtype: torch.dtype
+) -> Tuple[Optional[float], Optional[str]]:
+    """Check ``value`` with :func:`torch.testing.assert_close`; return ``(error, why)``.
 
-    ``value`` must be on the reference's device (a method that silently moved
-    the result elsewhere does not match); the error is computed there.
+    ``value`` must equal the reference cast to ``dtype`` in shape, dtype and
+    device (a method that silently moved the result elsewhere does not
+    match), hold no NaN, and lie within ``tolerance(dtype) * max |ref|`` of it
+    everywhere (``rtol=0``).  ``error`` is max |err| / max |ref| against the
+    float64 reference (``None`` when the attributes differ); ``why`` is
+    ``None`` when the value matches, else why not, in one line.
     """
-    if (
-        not isinstance(value, torch.Tensor)
-        or value.shape != reference.shape
-        or value.dtype != dtype
-        or value.device != reference.device
-    ):
-        return None
+    expected = reference.to(dtype)
+    if not isinstance(value, torch.Tensor):
+        return None, (
+            f"expected tensor {tuple(reference.shape)} {dtype} on {reference.device}, "
+            f"got {type(value).__name__}"
+        )
+    value = value.detach()
     ref = reference.to(torch.float64)
     scale = float(ref.abs().max()) or 1.0
-    return float((value.detach().to(torch.float64) - ref).abs().max()) / scale
+    tol = tolerance(dtype)
+    alike = (value.shape, value.dtype, value.device) == (
+        expected.shape,
+        expected.dtype,
+        expected.device,
+    )
+    err = float((value.to(torch.float64) - ref).abs().max()) / scale if alike else None
+
+    def why(message: str) -> str:
+        if err is not None:
+            return f"max |err| / max |ref| = {err:.2e} > {tol:.0e}"
+        return (
+            f"{message.strip().splitlines()[0]} (expected {tuple(reference.shape)} {dtype} "
+            f"on {reference.device}, got {tuple(value.shape)} {value.dtype} on {value.device})"
+        )
+
+    try:
+        torch.testing.assert_close(value, expected, rtol=0.0, atol=tol * scale, msg=why)
+    except AssertionError as error:
+        return err, str(error)
+    return err, None
 
 
 def check(
@@ -88,7 +115,6 @@ def check(
     ``sync`` (see :class:`Settings`) is called before the first call's time is read.
     """
     out: Dict[str, Dict[str, Any]] = {}
-    tol = tolerance(dtype)
     for name, fn in methods.items():
         rec: Dict[str, Any] = {"status": "ok"}
         with warnings.catch_warnings(record=True) as caught:
@@ -109,22 +135,12 @@ def check(
             rec["warnings"] = sorted(
                 {f"{w.category.__name__}: {str(w.message)[:120]}" for w in caught}
             )
-        err = compare(value, reference, dtype)
-        if err is None:
-            rec["status"] = "mismatch"
-            got = (
-                f"{type(value).__name__} {getattr(value, 'shape', '')} "
-                f"{getattr(value, 'dtype', '')}"
-            )
-            got += f" on {value.device}" if isinstance(value, torch.Tensor) else ""
-            rec["error"] = (
-                f"expected tensor {tuple(reference.shape)} {dtype} on {reference.device}, got {got}"
-            )
-        else:
+        err, why = compare(value, reference, dtype)
+        if err is not None:
             rec["max_rel_err"] = err
-            if err > tol:
-                rec["status"] = "mismatch"
-                rec["error"] = f"max |err| / max |ref| = {err:.2e} > {tol:.0e}"
+        if why is not None:
+            rec["status"] = "mismatch"
+            rec["error"] = why
         out[name] = rec
     return out
 

@@ -1,11 +1,14 @@
 """Run the tad_autograd benchmarks: ``python -m benchmarks [--quick] [--only forces,dispatch]``.
 
 Also runnable as ``python benchmarks/run.py``.  Writes
-``docs/benchmarks/results{,-quick}.{json,md,png}`` (with ``--device cuda``:
-``results-cuda{,-quick}.*``); with ``--only`` the named sections replace
-their previous results in those files and the others are kept, so one
-section can be re-run after a change.  ``--device cuda`` runs every problem
-on the GPU, timed by the wall clock after ``torch.cuda.synchronize()``.
+``build/benchmarks/results{,-quick}.{json,md,png}`` (git-ignored; with
+``--device cuda``: ``results-cuda{,-quick}.*``); ``--save`` writes the same
+files to ``docs/benchmarks/`` instead, the committed results the docs show.
+With ``--only`` the named sections replace their previous results in those
+files and the others are kept, so one section can be re-run after a change.
+``--device cuda`` runs every problem on the GPU, timed by the wall clock
+after ``torch.cuda.synchronize()``.  The plot needs matplotlib
+(``pip install -e ".[bench]"``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch  # noqa: E402
 
 from benchmarks import report  # noqa: E402
 from benchmarks.harness import Settings  # noqa: E402
+from benchmarks.plot import PlotUnavailable  # noqa: E402
 from benchmarks.sections import REPO, SECTIONS, Config  # noqa: E402
 
 
@@ -66,10 +70,18 @@ def device_problem(name: str) -> Optional[str]:
     return None
 
 
-def default_prefix(device_type: str, quick: bool) -> str:
-    """docs/benchmarks/results[-<device type>][-quick]: a GPU run never overwrites CPU results."""
+#: where results go by default (git-ignored), and with ``--save`` (committed, shown by the docs)
+BUILD_DIR = os.path.join(REPO, "build", "benchmarks")
+SAVE_DIR = os.path.join(REPO, "docs", "benchmarks")
+
+
+def default_prefix(device_type: str, quick: bool, save: bool = False) -> str:
+    """<dir>/results[-<device type>][-quick]: a GPU run never overwrites CPU results.
+
+    ``<dir>`` is ``build/benchmarks`` (git-ignored), or ``docs/benchmarks`` with ``save``.
+    """
     name = "results" if device_type == "cpu" else f"results-{device_type}"
-    return os.path.join(REPO, "docs", "benchmarks", name + ("-quick" if quick else ""))
+    return os.path.join(SAVE_DIR if save else BUILD_DIR, name + ("-quick" if quick else ""))
 
 
 def parse(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -79,7 +91,9 @@ def parse(argv: Optional[List[str]]) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--quick", action="store_true", help="fewer sizes, float64 only, shorter cells (< 3 min)"
+        "--quick",
+        action="store_true",
+        help="fewer sizes, float64 only, shorter cells (about 2.5 min on 2 busy CPU cores)",
     )
     p.add_argument("--only", default="", help=f"comma-separated sections: {','.join(SECTIONS)}")
     p.add_argument("--skip", default="", help="comma-separated sections to leave out")
@@ -111,11 +125,18 @@ def parse(argv: Optional[List[str]]) -> argparse.Namespace:
         help="cpu = process CPU time (default with 1 thread on the CPU: robust to other load), "
         "wall = perf_counter (default with several threads; always with --device cuda)",
     )
-    p.add_argument(
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
         "--out",
         default=None,
-        help="output prefix (default docs/benchmarks/results or results-quick; "
+        help="output prefix (default build/benchmarks/results or results-quick; "
         "results-<device type>[-quick] on another device, e.g. results-cuda)",
+    )
+    where.add_argument(
+        "--save",
+        action="store_true",
+        help="write to docs/benchmarks/ (the committed results the docs include) instead of "
+        "build/benchmarks/",
     )
     p.add_argument(
         "--fresh", action="store_true", help="do not merge with an existing results JSON"
@@ -181,7 +202,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         sync=sync,
     )
     torch.set_num_threads(a.threads)
-    prefix = a.out or default_prefix(dev.type, a.quick)
+    prefix = a.out or default_prefix(dev.type, a.quick, a.save)
     os.makedirs(os.path.dirname(prefix) or ".", exist_ok=True)
     data = {"sections": {}} if a.fresh else report.load(prefix + ".json")
     data.setdefault("sections", {})
@@ -228,7 +249,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         report.save_json(prefix + ".json", data)
         report.write_markdown(prefix + ".md", data)
         print(f"[{name}] done in {time.perf_counter() - t0:.0f} s", flush=True)
-    png = report.write_plot(prefix + ".png", data)
+    try:
+        png = report.write_plot(prefix + ".png", data)
+    except PlotUnavailable as error:
+        png = None
+        stale = (
+            f" ({prefix}.png, if any, is from an earlier run)"
+            if os.path.exists(prefix + ".png")
+            else ""
+        )
+        print(f"note: {error}{stale}", file=sys.stderr)
     print(
         f"total {time.perf_counter() - t_all:.0f} s; wrote {prefix}.json, {prefix}.md"
         + (f", {png}" if png else "")

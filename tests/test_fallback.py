@@ -138,7 +138,9 @@ def test_automatic_mode_falls_back_once(key: str, caplog: pytest.LogCaptureFixtu
             first = _call(transform, fn, args)
     else:
         with caplog.at_level(logging.INFO, logger="tad_autograd"):
-            with pytest.warns(ta.BackendFallbackWarning, match="using backend 'autograd'") as record:
+            with pytest.warns(
+                ta.BackendFallbackWarning, match="using backend 'autograd'"
+            ) as record:
                 first = _call(transform, fn, args)
         assert len(record) == 1
         assert any("fallback" in r.message for r in caplog.records if r.levelno == logging.INFO)
