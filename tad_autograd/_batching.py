@@ -97,6 +97,8 @@ def flatten_args(func: Callable[..., Any], in_dims: Any, args: Tuple[Any, ...]) 
     ------
     ValueError
         For every mistake :func:`torch.func.vmap` rejects with ``ValueError``.
+    TypeError
+        For a bool ``in_dims``, which :func:`torch.func.vmap` rejects with ``TypeError``.
 
     Examples
     --------
@@ -108,7 +110,12 @@ def flatten_args(func: Callable[..., Any], in_dims: Any, args: Tuple[Any, ...]) 
     def head() -> str:  # built only for a message
         return f"vmap({_name(func)}, in_dims={in_dims}, ...)(<inputs>)"
 
-    if not isinstance(in_dims, (int, tuple)) or isinstance(in_dims, bool):
+    if isinstance(in_dims, bool):  # torch.func fails on it with a TypeError
+        raise TypeError(
+            f"{head()}: expected `in_dims` to be int or a (potentially nested) tuple "
+            f"matching the structure of inputs, got the bool {in_dims!r}."
+        )
+    if not isinstance(in_dims, (int, tuple)):
         raise ValueError(
             f"{head()}: expected `in_dims` to be int or a (potentially nested) tuple "
             f"matching the structure of inputs, got: {type(in_dims)}."
@@ -138,7 +145,11 @@ def flatten_args(func: Callable[..., Any], in_dims: Any, args: Tuple[Any, ...]) 
         if d is None:
             dims.append(None)
             continue
-        if not isinstance(d, int) or isinstance(d, bool):
+        if isinstance(d, bool):  # torch.func fails on it with a TypeError
+            raise TypeError(
+                f"{head()}: in_dims must be int or None for every input, got the bool {d!r}."
+            )
+        if not isinstance(d, int):
             raise ValueError(
                 f"{head()}: in_dims must be int or None for every input, got {d!r} of type "
                 f"{type(d)}."

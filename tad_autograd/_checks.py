@@ -22,6 +22,7 @@ __all__ = [
     "check_chunk_size",
     "check_randomness",
     "check_backend",
+    "check_in_dims_type",
     "check_differentiable",
 ]
 
@@ -70,6 +71,25 @@ def check_randomness(randomness: Any) -> None:
             "Only allowed values for randomness are 'error', 'different', or 'same'. "
             f"Got randomness={randomness!r}"
         )
+
+
+def check_in_dims_type(in_dims: Any) -> None:
+    """Raise ``TypeError`` (as :func:`torch.func.vmap` does) for a bool anywhere in ``in_dims``.
+
+    Examples
+    --------
+    >>> check_in_dims_type((0, None, (1, -1)))
+    >>> check_in_dims_type((0, True))
+    Traceback (most recent call last):
+    ...
+    TypeError: vmap: in_dims=(0, True) holds the bool True; expected an int or None ...
+    """
+    for d in tree_flatten(in_dims)[0]:
+        if isinstance(d, bool):
+            raise TypeError(
+                f"vmap: in_dims={in_dims!r} holds the bool {d!r}; expected an int or None for "
+                "each input (a (potentially nested) tuple matching the inputs)"
+            )
 
 
 def check_backend(backend: Optional[str]) -> Optional[str]:

@@ -20,7 +20,7 @@ returns matches :func:`torch.func.jacrev` in every calling context:
 from __future__ import annotations
 
 from functools import cache
-from typing import Any, Callable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 
@@ -264,7 +264,13 @@ def _jacobian(
             nested = [unflatten_jacobian(jac, argnums, in_specs, sizes) for jac in jacobian]
             jacobian = nested[0] if out_spec is None else unflatten(nested, out_spec)
         if has_aux:
-            return jacobian, _aux_like_torch_func(aux, ours, outer_grad)
+            if in_specs is None:
+                originals = [args[argnums % nargs]]
+            else:
+                positions = check_argnums(argnums, nargs)
+                originals = [leaf for p in positions for leaf in flatten(args[p])[0]]
+            aliases = {id(s): o for s, o in zip(inputs, originals)}
+            return jacobian, _aux_like_torch_func(aux, ours, outer_grad, aliases)
         return jacobian
     finally:
         retire(inputs)
@@ -296,18 +302,25 @@ def _rows_of(
     ]
 
 
-def _aux_like_torch_func(aux: Any, ours: Set[int], outer_grad: bool) -> Any:
-    """``aux`` with a graph only where torch.func's keeps one: to leaves outside the call."""
+def _aux_like_torch_func(
+    aux: Any, ours: Set[int], outer_grad: bool, aliases: Dict[int, Any]
+) -> Any:
+    """``aux`` with a graph only where torch.func's keeps one: to leaves outside the call.
+
+    A stand-in returned as it is comes back as the caller's own input, as from
+    torch.func (``aliases`` maps the stand-ins' ids to the inputs).
+    """
     leaves, spec = tree_flatten(aux)
-    kept = [
-        a
-        if isinstance(a, torch.Tensor)
-        and outer_grad
-        and a.requires_grad
-        and reaches_other_leaves([a], ours)
-        else (a.detach() if isinstance(a, torch.Tensor) else a)
-        for a in leaves
-    ]
+    kept = []
+    for a in leaves:
+        if not isinstance(a, torch.Tensor):
+            kept.append(a)
+        elif id(a) in aliases:
+            kept.append(aliases[id(a)])
+        elif outer_grad and a.requires_grad and reaches_other_leaves([a], ours):
+            kept.append(a)
+        else:
+            kept.append(a.detach())
     return tree_unflatten(kept, spec)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any, FrozenSet, Iterable, Sequence, Set
 
 import torch
+from torch.autograd.function import BackwardCFunction
 
 from .batching_defects import defective_nodes
 
@@ -83,8 +84,11 @@ def reaches_other_leaves(outputs: Sequence[torch.Tensor], ours: Set[int]) -> boo
 
 
 def defective_ops_in(outputs: Sequence[torch.Tensor]) -> FrozenSet[str]:
-    """Names of the graph nodes of ``outputs`` whose batched derivative torch gets wrong.
+    """What in the graph of ``outputs`` may have a batched derivative torch gets wrong.
 
+    The names of nodes of the installed torch's defective ops, and the custom
+    ``autograd.Function`` nodes, whose Python backward may call one of them
+    unseen (the autograd engine runs it outside any torch function mode).
     Empty (and free) on a torch without known defects.
 
     Examples
@@ -105,10 +109,14 @@ def defective_ops_in(outputs: Sequence[torch.Tensor]) -> FrozenSet[str]:
     while stack:
         node = stack.pop()
         name = type(node).__name__
-        if name in bad:
+        if name in bad or isinstance(node, _CUSTOM_FUNCTION):
             found.add(name)
         for nxt, _ in node.next_functions:
             if nxt is not None and nxt not in seen:
                 seen.add(nxt)
                 stack.append(nxt)
     return frozenset(found)
+
+
+#: The graph node class of every custom ``torch.autograd.Function``.
+_CUSTOM_FUNCTION = BackwardCFunction

@@ -10,6 +10,7 @@ explicit generators the call can see (:func:`tad_autograd._rng.visible_generator
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -18,7 +19,7 @@ from ._batching import BatchedArgs, flatten_args, join_outputs, split_outputs
 from ._pytree import tree_unflatten
 from ._rng import RngStates, visible_generators
 
-__all__ = ["loop_vmap"]
+__all__ = ["loop_vmap", "STRICT_UNBATCHED"]
 
 _RANDOM_MESSAGE = (
     "vmap: called random operation while in randomness error mode. Please either "
@@ -58,7 +59,11 @@ def loop_vmap(
     states = RngStates(devices, generators)
     try:
         if batched.size == 0:
-            return _empty_batch(func, out_dims, batched, kwargs)
+            result = _empty_batch(func, out_dims, batched, kwargs)
+            if randomness == "error" and states.changed():
+                raise RuntimeError(_RANDOM_MESSAGE)
+            states.restore()  # no sample: no draw
+            return result
         samples = []
         inputs = []
         dims: List[Optional[int]] = []
@@ -68,7 +73,9 @@ def loop_vmap(
                 states.restore()  # every element draws what the first drew
             sample = _sample(batched, b)
             inputs.append(sample)
+            versions = [_version(t) for t in sample]
             output = func(*tree_unflatten(sample, batched.spec), **kwargs)
+            _write_back(batched, b, sample, versions)
             leaves, leaf_dims, leaf_spec = split_outputs(func, out_dims, output)
             if spec is None:
                 dims, spec = leaf_dims, leaf_spec
@@ -80,7 +87,7 @@ def loop_vmap(
             samples.append(leaves)
         if randomness == "error" and states.changed():
             raise RuntimeError(_RANDOM_MESSAGE)
-        _check_unbatched(func, samples, dims)
+        _check_unbatched(func, samples, dims, STRICT_UNBATCHED.get())
     except BaseException:
         states.restore()
         raise
@@ -111,34 +118,69 @@ def _returned_inputs(
     return given
 
 
-def _check_unbatched(func: Callable[..., Any], samples: List[List[Any]], dims: List[Any]) -> None:
+def _version(t: Any) -> Optional[int]:
+    """A tensor's version counter; ``None`` for non-tensors and inference tensors (none kept)."""
+    if isinstance(t, torch.Tensor) and not t.is_inference():
+        return int(t._version)
+    return None
+
+
+def _write_back(
+    batched: BatchedArgs, index: int, sample: List[Any], versions: List[Optional[int]]
+) -> None:
+    """Copy a sample the function updated in place back into its batch, as under torch.func."""
+    for leaf, d, fresh, version in zip(batched.leaves, batched.dims, sample, versions):
+        if d is not None and version is not None and fresh._version != version:
+            leaf.select(d, index).copy_(fresh)
+
+
+#: Set while automatic mode retries a failed transform on the loop: an ``out_dims=None``
+#: output must then be the same object in every sample (equal values could hide a
+#: batched output that the transform rightly refused).
+STRICT_UNBATCHED: ContextVar[bool] = ContextVar("tad_autograd_strict_unbatched", default=False)
+
+
+def _check_unbatched(
+    func: Callable[..., Any], samples: List[List[Any]], dims: List[Any], strict: bool = False
+) -> None:
     """Raise ``ValueError`` (as torch.func) for an ``out_dims=None`` output that varies per sample.
 
     An output mapped to ``None`` must not depend on the batch: the same
-    object, or equal values, in every sample.  (With one sample nothing
-    can be told apart; the first sample's output is returned.)
+    object, or (unless ``strict``) equal values, in every sample.  (With one
+    sample and not ``strict``, nothing can be told apart; the first sample's
+    output is returned.)
     """
     for k, d in enumerate(dims):
-        if d is not None or len(samples) < 2:
+        if d is not None:
             continue
         first = samples[0][k]
+        if strict:  # only the same object in every sample proves an output unbatched
+            proven = len(samples) > 1 and all(s[k] is first for s in samples[1:])
+            if proven or not isinstance(first, torch.Tensor):
+                continue
+            _raise_batched_none(func, k)
         for s in samples[1:]:
             other = s[k]
             if other is first:
                 continue
-            same = (
-                isinstance(first, torch.Tensor)
-                and isinstance(other, torch.Tensor)
-                and first.shape == other.shape
-                and torch.equal(first, other)
-            ) or (not isinstance(first, torch.Tensor) and other == first)
-            if not same:
-                name = getattr(func, "__name__", repr(func))
-                raise ValueError(
-                    f"vmap({name}, ...): `{name}` can not return a BatchedTensor when "
-                    f"out_dim is None (output {k} differs between batch elements; "
-                    "use an int out_dims for it)"
+            if isinstance(first, torch.Tensor):
+                same = (
+                    isinstance(other, torch.Tensor)
+                    and first.shape == other.shape
+                    and torch.equal(first, other)
                 )
+            else:
+                same = other == first
+            if not same:
+                _raise_batched_none(func, k)
+
+
+def _raise_batched_none(func: Callable[..., Any], k: int) -> None:
+    name = getattr(func, "__name__", repr(func))
+    raise ValueError(
+        f"vmap({name}, ...): `{name}` can not return a BatchedTensor when out_dim is None "
+        f"(output {k} depends on the batch; use an int out_dims for it)"
+    )
 
 
 def _empty_batch(

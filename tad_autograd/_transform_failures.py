@@ -63,8 +63,10 @@ def failed_inside_transform(error: BaseException) -> bool:
 class DefectiveBatchingError(RuntimeError):
     """A function calls an op whose batched derivative the installed torch computes wrongly.
 
-    Raised only inside automatic strategies, which then retry on plain
-    autograd; users see it only as the reason of a fallback warning.
+    Raised only inside automatic strategies, which then loop or retry on plain
+    autograd; users see it as the reason of a fallback warning, or as the error
+    of an automatic ``jacrev`` run inside a function transform the library does
+    not control (``torch.func.vmap(ta.jacrev(f))``), which cannot fall back.
 
     Examples
     --------
@@ -77,7 +79,9 @@ class DefectiveBatchingError(RuntimeError):
 
         super().__init__(
             f"torch {torch.__version__} computes the batched derivative of {op} wrongly "
-            f"({what}); not vectorised"
+            f"({what}); tad_autograd does not vectorise through it. Inside a function "
+            "transform of your own (e.g. torch.func.vmap around tad_autograd.jacrev) it "
+            "cannot fall back: use tad_autograd.vmap, or backend='autograd'"
         )
         self.op = op
 

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Tuple, Union
 
-from ._checks import check_argnums_type, check_backend, check_chunk_size, check_randomness
+from ._checks import (
+    check_argnums_type,
+    check_backend,
+    check_chunk_size,
+    check_in_dims_type,
+    check_randomness,
+)
 from .strategies import Strategy
 from .transforms import Transformed
 
@@ -52,6 +58,7 @@ def _vmap(
     name: str,
 ) -> Transformed:
     check_randomness(randomness)
+    check_in_dims_type(in_dims)
     check_chunk_size(chunk_size, name)
     backend = check_backend(backend)
 

@@ -191,7 +191,8 @@ class EagerVectorisedStrategy(Strategy):
 
         def batched_fn(*args: Any, **kwargs: Any) -> Any:
             size = _batch_size_hint(in_dims, args) if loops else None
-            if size is None or size > _loop_max_batch(args[0]) or transforms_active():
+            # an empty batch goes to the transform too: the loop must make up a sample
+            if size is None or not 0 < size <= _loop_max_batch(args[0]) or transforms_active():
                 return _marked(vectorised, func, args, kwargs)
             token = CONTEXT.set(context)  # the loop runs func eagerly
             try:

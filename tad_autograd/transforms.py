@@ -15,6 +15,7 @@ import warnings
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from ._checks import check_differentiable
+from ._loop_vmap import STRICT_UNBATCHED
 from ._transform_failures import DefectWatch, failed_inside_transform
 from .backends.base import Backend
 from .devices import device_type_of
@@ -255,6 +256,9 @@ class Transformed:
                 candidates[i], automatic=True, transforms_only=self._transforms_only
             )
             origin = self._automatic_origin(strategy)
+            # a retry: an out_dims=None output must prove itself unbatched (the transform
+            # may have refused it rightly, and equal values in the loop prove nothing)
+            strict = STRICT_UNBATCHED.set(True) if failed is not None else None
             try:
                 result = self._run(strategy, origin, args, kwargs)
             except Exception as error:
@@ -263,6 +267,9 @@ class Transformed:
                 self._check_retryable(error, i, candidates)
                 failed = (i, error)
                 continue
+            finally:
+                if strict is not None:
+                    STRICT_UNBATCHED.reset(strict)
             if failed is not None:
                 self._warn_fallback(
                     failed[1],

@@ -25,7 +25,7 @@ import torch
 from .._batching import check_out_dim, flatten_args, join_outputs, split_outputs
 from .._eager_jacobian import check_argnums, check_outputs
 from .._pytree import tree_flatten, tree_unflatten
-from .._rng import RngStates
+from .._rng import RngStates, visible_generators
 from .._rows import basis
 from .base import ArgnumsT, InDimsT, OutDimsT
 
@@ -140,8 +140,9 @@ def chunked_vmap(
     """Run ``vmap(func, in_dims, out_dims, randomness)`` over chunks of the batch.
 
     With ``randomness="same"`` every chunk starts from the same generator
-    states (the CPU's and those of the arguments' CUDA devices), so every
-    element sees the same draws, as in :func:`torch.func.vmap` without chunks.
+    states (the CPU's, those of the arguments' CUDA devices and the explicit
+    generators the call can see), so every element sees the same draws, as in
+    :func:`torch.func.vmap` without chunks.
 
     Examples
     --------
@@ -160,7 +161,10 @@ def chunked_vmap(
         if batched.size <= chunk_size:
             return batched_func(*args, **kwargs)
         states = (
-            RngStates({leaf.device for leaf in batched.leaves if isinstance(leaf, torch.Tensor)})
+            RngStates(
+                {leaf.device for leaf in batched.leaves if isinstance(leaf, torch.Tensor)},
+                visible_generators(func, args, kwargs),
+            )
             if randomness == "same"
             else None
         )
