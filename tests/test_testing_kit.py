@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import collections
 import textwrap
 import warnings
 
@@ -17,6 +18,7 @@ import torch
 from hypothesis import HealthCheck, find, given, settings
 
 import tad_autograd as ta
+from tad_autograd._pytree import tree_flatten, tree_unflatten
 from tad_autograd.backends.autograd import AutogradBackend
 from tad_autograd.registry import unregister_backend
 from tad_autograd.testing import (
@@ -233,6 +235,40 @@ def test_assert_trees_close_reports():
         assert_trees_close(nan, torch.tensor([0.0, 1.0]))
 
 
+def test_assert_trees_close_paths_and_dtypes():
+    pair = collections.namedtuple("pair", "x y")
+    a = pair(torch.zeros(2), {"k": torch.ones(3, dtype=torch.int64)})
+    b = pair(torch.zeros(2), {"k": torch.tensor([1, 2, 1])})
+    with pytest.raises(
+        AssertionError,
+        match=r"leaf \.y\['k'\]: values differ at 1 of 3 elements; "
+        r"largest abs diff 1.000e\+00 at index \(1,\) \(1 vs 2\)",
+    ):
+        assert_trees_close(a, b)
+    with pytest.raises(AssertionError, match=r"structure differs: pair\(T, \{'k': T\}\) vs"):
+        assert_trees_close(a, (a.x, a.y))
+    x = torch.ones(3, dtype=torch.float64)  # float64: |a - b| <= 1e-12 + 1e-10 * |b|
+    assert_trees_close(x * (1 + 5e-11), x)
+    with pytest.raises(AssertionError, match=r"allowed: \|a - b\| <= 1e-12 \+ 1e-10 \* \|b\|"):
+        assert_trees_close(x * (1 + 5e-10), x)
+    z = torch.ones(2, dtype=torch.complex128)
+    assert_trees_close(z, z.clone())
+    with pytest.raises(AssertionError, match="values differ at 2 of 2 elements"):
+        assert_trees_close(z * 1j, z)
+
+
+@settings(max_examples=10, derandomize=True, database=None, deadline=None)
+@given(vmap_calls())
+def test_vmap_call_reference_is_the_reference_loop(call):
+    """``VmapCall.reference`` and ``reference_vmap`` are one loop, over ``sample_args``."""
+    expected = reference_vmap(call.func, call.in_dims, call.out_dims)(*call.args, **call.kwargs)
+    assert_trees_close(call.reference(), expected, rtol=0, atol=0)
+    stacked = tree_flatten(call.reference(out_dims=0))[0]
+    for b in range(call.batch_size):
+        sample = tree_flatten(call.func(*call.sample_args(b), **call.kwargs))[0]
+        assert_trees_close([t[b] for t in stacked], sample, rtol=0, atol=0)
+
+
 def test_references():
     x = x64(2, 3)
     jac = reference_jacobian(lambda d, k: {"y": d["a"] * k}, {"a": x}, 3)
@@ -294,11 +330,9 @@ def test_properties_pass_without_the_wrong_backend():
 @given(programs(old_style_functions=True))
 def test_programs_are_well_formed(program):
     out = program(*program.args)
-    from tad_autograd.testing import _tree
-
-    leaves, _, _ = _tree.flatten(out)
-    shapes = _tree.flatten(program.output_shapes)[0]
-    assert [tuple(t.shape) for t in leaves] == [tuple(s) for s in shapes]
+    leaves, spec = tree_flatten(out)
+    assert tree_unflatten([t.shape for t in leaves], spec) == program.output_shapes
+    assert tree_unflatten([t.dim() for t in leaves], spec) == program.output_ndims
     for t in leaves:
         assert t.dtype == program.dtype and torch.isfinite(t).all()
         assert float(t.abs().max()) <= 16 if t.numel() else True

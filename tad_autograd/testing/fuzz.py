@@ -56,7 +56,8 @@ import torch
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from . import _tree
+from .._pytree import tree_flatten, tree_unflatten
+from .reference import map_tensors
 from .strategies import Program, programs
 
 __all__ = [
@@ -151,7 +152,7 @@ class FuzzProgram:
         }
         self.features: FrozenSet[str] = frozenset(features) | frozenset(flags)
         with torch.no_grad():
-            self._main_shape = _tree.flatten(base(*base.args))[0][-1].shape
+            self._main_shape = tree_flatten(base(*base.args))[0][-1].shape
         self.options = dict(options)
         self.io_dtype = io_dtype if io_dtype is not None else base.dtype
         self.args = self.cast_args(base.args, self.io_dtype)
@@ -179,10 +180,7 @@ class FuzzProgram:
 
     @staticmethod
     def cast_args(args: Any, dtype: torch.dtype) -> Any:
-        return _tree.tree_map(
-            lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t,
-            args,
-        )
+        return map_tensors(lambda t: t.to(dtype) if t.is_floating_point() else t, args)
 
     def reset(self) -> None:
         """Recreate the captured buffer (run before each top-level call)."""
@@ -197,7 +195,7 @@ class FuzzProgram:
         if "input_view" in feats and isinstance(args[0], torch.Tensor):
             args[0] = _view(args[0], opt["input_view"], keep_shape=True)
         out = self.base(*args, **kwargs)
-        leaves, spec, _ = _tree.flatten(out)
+        leaves, spec = tree_flatten(out)
         y = leaves[-1]
         if "inplace_intermediate" in feats:
             t = y.clone()
@@ -224,7 +222,7 @@ class FuzzProgram:
         if "output_view" in feats:
             y = _view(y, opt["output_view"], keep_shape=False)
         leaves[-1] = y
-        out = _tree.unflatten(spec, leaves)
+        out = tree_unflatten(leaves, spec)
         if self.io_dtype != self.base.dtype:
             out = self.cast_args(out, self.io_dtype)
         return out

@@ -23,8 +23,6 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 import torch
 from hypothesis import strategies as st
 
-from . import _tree
-from .agree import flat_function
 from .fuzz import (
     CONTEXTS,
     FEATURES,
@@ -34,6 +32,7 @@ from .fuzz import (
     FuzzProgram,
     fuzz_programs,
 )
+from .reference import flat_function, map_tensors
 from .strategies import VmapCall, vmap_calls
 
 __all__ = ["FuzzCase", "fuzz_cases", "check_finite_differences"]
@@ -75,9 +74,7 @@ class FuzzCase:
             raise TypeError(f"unknown FuzzCase fields {sorted(kw)}")
 
     def __repr__(self) -> str:
-        shapes = _tree.tree_map(
-            lambda t: tuple(t.shape) if isinstance(t, torch.Tensor) else t, self.args
-        )
+        shapes = map_tensors(lambda t: tuple(t.shape), self.args)
         return (
             f"FuzzCase(op={self.op!r}, argnums={self.argnums!r}, "
             f"outer_argnums={self.outer_argnums!r}, in_dims={self.in_dims!r}, "

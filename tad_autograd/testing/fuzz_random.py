@@ -30,8 +30,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from . import _tree
-from .agree import default_tolerances
+from .._pytree import tree_flatten
+from .compare import default_tolerances
 
 __all__ = ["check_vmap_randomness", "noisy"]
 
@@ -50,7 +50,7 @@ def noisy(program: Callable[..., Any]) -> Callable[..., Any]:
     """
 
     def g(*args: Any) -> Any:
-        y = _tree.flatten(program(*args))[0][-1]
+        y = tree_flatten(program(*args))[0][-1]
         noise = torch.rand_like(y)
         return y * (1 + noise / 4), noise
 
@@ -84,7 +84,7 @@ def check_vmap_randomness(
         backends = list(ta.available_backends()) + [None]
     g = noisy(call.func)
     # the loop reference of the deterministic part and one eager draw
-    y_loop = call.reference(lambda *a: _tree.flatten(call.func(*a))[0][-1], out_dims=0)
+    y_loop = call.reference(lambda *a: tree_flatten(call.func(*a))[0][-1], out_dims=0)
     torch.manual_seed(_SEED)
     _, one_draw = g(*call.sample_args(0))
     after_one = torch.get_rng_state()

@@ -29,8 +29,8 @@ from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 
-from . import _tree
-from .agree import reference_vmap
+from .._pytree import tree_flatten, tree_unflatten
+from .reference import reference_vmap
 
 __all__ = [
     "REFERENCE",
@@ -70,11 +70,11 @@ def ref_jacrev(func: Callable[..., Any], argnums: Any = 0, *, has_aux: bool = Fa
             new_args = list(args)
             specs, inputs, counts = [], [], []
             for p in positions:
-                leaves, spec, _ = _tree.flatten(args[p])
+                leaves, spec = tree_flatten(args[p])
                 fresh = [
                     x.view_as(x) if x.requires_grad else x.detach().requires_grad_() for x in leaves
                 ]
-                new_args[p] = _tree.unflatten(spec, fresh)
+                new_args[p] = tree_unflatten(fresh, spec)
                 specs.append(spec)
                 counts.append(len(fresh))
                 inputs.extend(fresh)
@@ -82,7 +82,7 @@ def ref_jacrev(func: Callable[..., Any], argnums: Any = 0, *, has_aux: bool = Fa
             aux = None
             if has_aux:
                 out, aux = out
-            out_leaves, out_spec, _ = _tree.flatten(out)
+            out_leaves, out_spec = tree_flatten(out)
             rows_per_out = []
             for o in out_leaves:
                 flat_o = o.reshape(-1)
@@ -107,10 +107,10 @@ def ref_jacrev(func: Callable[..., Any], argnums: Any = 0, *, has_aux: bool = Fa
                 ]
                 per_arg, k = [], 0
                 for spec, c in zip(specs, counts):
-                    per_arg.append(_tree.unflatten(spec, blocks[k : k + c]))
+                    per_arg.append(tree_unflatten(blocks[k : k + c], spec))
                     k += c
                 rows_per_out.append(per_arg[0] if isinstance(argnums, int) else tuple(per_arg))
-            jac = _tree.unflatten(out_spec, rows_per_out)
+            jac = tree_unflatten(rows_per_out, out_spec)
         return (jac, aux) if has_aux else jac
 
     return wrapper

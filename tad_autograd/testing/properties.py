@@ -24,15 +24,10 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from . import _tree
-from .agree import (
-    AUTO,
-    assert_backends_agree,
-    assert_trees_close,
-    flat_function,
-    reference_jacobian,
-)
+from .agree import AUTO, assert_backends_agree
+from .compare import assert_trees_close
 from .fuzz_reference import loop_backends, transform_backends
+from .reference import flat_function, map_tensors, reference_jacobian
 
 __all__ = [
     "transform_backends",
@@ -62,7 +57,7 @@ def _reference(op: str, func: Any, args: Any, **kw: Any) -> Any:
     from .fuzz_reference import REFERENCE, build_operator
 
     out = build_operator(REFERENCE, op, func, **kw)(*args)
-    return _tree.tree_map(lambda t: t.detach() if isinstance(t, torch.Tensor) else t, out)
+    return map_tensors(lambda t: t.detach(), out)
 
 
 def _check_composition(
