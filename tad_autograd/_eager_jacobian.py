@@ -255,13 +255,14 @@ def _jacobian(
         create_graph = outer_grad and (
             external or reaches_other_leaves([o for o in out_leaves if o.requires_grad], ours)
         )
-        jacobian = _rows_of(out_leaves, out_spec, inputs, create_graph, vmap, chunk_size)
+        per_output = _rows_of(out_leaves, out_spec, inputs, create_graph, vmap, chunk_size)
+        jacobian: Any
         if in_specs is None and out_spec is None:
-            jacobian = jacobian[0][0]
+            jacobian = per_output[0][0]
         elif in_specs is None:
-            jacobian = unflatten([jac[0] for jac in jacobian], out_spec)
+            jacobian = unflatten([jac[0] for jac in per_output], out_spec)
         else:
-            nested = [unflatten_jacobian(jac, argnums, in_specs, sizes) for jac in jacobian]
+            nested = [unflatten_jacobian(jac, argnums, in_specs, sizes) for jac in per_output]
             jacobian = nested[0] if out_spec is None else unflatten(nested, out_spec)
         if has_aux:
             if in_specs is None:

@@ -75,7 +75,7 @@ def reaches_other_leaves(outputs: Sequence[torch.Tensor], ours: Set[int]) -> boo
                 continue
             mark(nxt)
             if type(nxt) is ACCUMULATE_GRAD:
-                leaf = nxt.variable
+                leaf = nxt.variable  # type: ignore[attr-defined]
                 if id(leaf) not in ours and not getattr(leaf, _RETIRED, False):
                     return True
             else:

@@ -103,7 +103,7 @@ def all_devices_states(explicit: Sequence[torch.Generator] = ()) -> RngStates:
     True
     """
     devices: List[torch.device] = []
-    if torch.cuda.is_initialized():
+    if torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         devices = [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
     return RngStates(devices, explicit)
 

@@ -189,12 +189,12 @@ class FuzzProgram:
     # -- evaluation ---------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         feats, opt = self.features, self.options
-        args = list(args)
+        values = list(args)
         if self.io_dtype != self.base.dtype:
-            args = list(self.cast_args(tuple(args), self.base.dtype))
-        if "input_view" in feats and isinstance(args[0], torch.Tensor):
-            args[0] = _view(args[0], opt["input_view"], keep_shape=True)
-        out = self.base(*args, **kwargs)
+            values = list(self.cast_args(tuple(values), self.base.dtype))
+        if "input_view" in feats and isinstance(values[0], torch.Tensor):
+            values[0] = _view(values[0], opt["input_view"], keep_shape=True)
+        out = self.base(*values, **kwargs)
         leaves, spec = tree_flatten(out)
         y = leaves[-1]
         if "inplace_intermediate" in feats:

@@ -124,7 +124,9 @@ def _diff_snapshot(owned: List[torch.Tensor], snap: List[Tuple[Any, ...]]) -> Li
         if t.requires_grad != rg:
             problems.append(f"input tensor #{i}: requires_grad {rg} -> {t.requires_grad}")
         now = _grad(t)
-        if (now is None) != (grad is None) or (grad is not None and not torch.equal(now, grad)):
+        if (now is None) != (grad is None) or (
+            now is not None and grad is not None and not torch.equal(now, grad)
+        ):
             problems.append(f"input tensor #{i}: .grad changed")
         if t._version != ver:
             problems.append(f"input tensor #{i}: _version {ver} -> {t._version}")
@@ -212,7 +214,7 @@ def _assert_matches(actual: Any, expected: Any, io_dtype: torch.dtype, what: str
             e,
             rtol=rtol,
             atol=atol,
-            msg=lambda m, i=i: f"{what}: leaf {i}: {m}",
+            msg=functools.partial(_leaf_message, f"{what}: leaf {i}"),
         )
 
 
@@ -328,8 +330,9 @@ def check_case(case: FuzzCase, backends: Optional[Sequence[Optional[str]]] = Non
             assert not lib.fallback_warnings, (
                 f"{what}: explicit backend warned {lib.fallback_warnings}"
             )
+        assert lib.rng_after is not None and lib.rng_before is not None
         if random and lib.error is None:
-            assert torch.equal(lib.rng_after, ref.rng_after), (
+            assert ref.rng_after is not None and torch.equal(lib.rng_after, ref.rng_after), (
                 f"{what}: RNG state differs from one run of the function's own draws{report}"
             )
         elif not random:
@@ -373,3 +376,7 @@ def _view_flag_under_no_grad(case: Any, backend: Optional[str]) -> bool:
     without a graph differs).
     """
     return case.op == "vmap" and case.context == "no_grad" and backend in ("autograd", None)
+
+
+def _leaf_message(where: str, message: str) -> str:
+    return f"{where}: {message}"
