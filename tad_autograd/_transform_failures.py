@@ -98,10 +98,14 @@ class DefectWatch(TorchFunctionMode):
     True
     """
 
+    def __init__(self, stage: Optional[str] = None) -> None:
+        super().__init__()
+        self._callables = defective_callables(stage)
+
     @staticmethod
-    def needed() -> bool:
-        """Whether the installed torch has any defect to watch for."""
-        return bool(ACTIVE_DEFECTS)
+    def needed(stage: Optional[str] = None) -> bool:
+        """Whether the installed torch has any defect (of ``stage``, if given) to watch for."""
+        return any(stage is None or d.stage == stage for d in ACTIVE_DEFECTS)
 
     def __torch_function__(
         self,
@@ -110,7 +114,7 @@ class DefectWatch(TorchFunctionMode):
         args: Tuple[Any, ...] = (),
         kwargs: Optional[Dict[str, Any]] = None,
     ) -> Any:
-        defect = defective_callables().get(func)
+        defect = self._callables.get(func)
         if defect is not None:
             raise DefectiveBatchingError(defect.op, defect.what)
         return func(*args, **(kwargs or {}))

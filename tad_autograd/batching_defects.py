@@ -59,6 +59,10 @@ class BatchingDefect(NamedTuple):
         Dotted names of the torch callables that run the op (``torch.cdist``).
     what : str
         What goes wrong, as measured (for messages and the docs).
+    stage : str
+        ``"derivative"``: the batched derivative is wrong (automatic mode does
+        not vectorise backward passes through the op); ``"forward"``: ``vmap``
+        of the op itself is wrong (automatic mode does not ``vmap`` it).
     """
 
     op: str
@@ -67,6 +71,7 @@ class BatchingDefect(NamedTuple):
     nodes: FrozenSet[str]
     callables: Tuple[str, ...]
     what: str
+    stage: str = "derivative"
 
     def applies_to(self, torch_version: Version) -> bool:
         """Whether ``torch_version`` is in the defect's range."""
@@ -86,8 +91,6 @@ BATCHING_DEFECTS: Tuple[BatchingDefect, ...] = (
             "torch.cdist",
             "torch.functional.cdist",
             "torch._C._VariableFunctions.cdist",
-            "torch._cdist_forward",
-            "torch._cdist_backward",
             "torch.ops.aten.cdist",
             "torch.ops.aten.cdist.default",
             "torch.ops.aten._cdist_forward",
@@ -99,7 +102,7 @@ BATCHING_DEFECTS: Tuple[BatchingDefect, ...] = (
             "the batched backward of cdist (vmap over its vjp, as in jacrev) gives wrong "
             "values: 2.6 absolute error against finite differences on a 5 x 3 input; "
             "in the OpInfo sweep 2.0 (jacrev and vmap(jacrev) of cdist with p=1, OpInfo "
-            "sample 16, 5 x 5 inputs) on torch 1.13.1, 2.0.0 and 2.13.0"
+            "sample 16: 5 x 5 x 2 and 5 x 6 x 2 inputs) on torch 1.13.1, 2.0.0 and 2.13.0"
         ),
     ),
     BatchingDefect(
@@ -114,8 +117,9 @@ BATCHING_DEFECTS: Tuple[BatchingDefect, ...] = (
         what=(
             "vmap with dropout_p > 0 ignores randomness='error' and draws a different "
             "dropout mask for each sample: the first sample equals an eager call, the "
-            "others differ by up to 17.8 (OpInfo sample 1, a 4 x 3 x 8 query, dropout_p=0.5)"
+            "others differ by up to 17.8 (OpInfo sample 1, a 5 x 4 x 6 query, dropout_p=0.5)"
         ),
+        stage="forward",
     ),
     BatchingDefect(
         op="nn.functional.scaled_dot_product_attention",
@@ -131,6 +135,7 @@ BATCHING_DEFECTS: Tuple[BatchingDefect, ...] = (
             "dropout mask for each sample: the first sample equals an eager call, the "
             "others differ by up to 17.8 (OpInfo sample 1, a 4 x 3 x 8 query, dropout_p=0.5)"
         ),
+        stage="forward",
     ),
 )
 
@@ -159,10 +164,11 @@ _NODES: FrozenSet[str] = frozenset(n for d in ACTIVE_DEFECTS for n in d.nodes)
 
 
 @cache
-def defective_callables() -> Dict[Callable[..., Any], BatchingDefect]:
+def defective_callables(stage: Optional[str] = None) -> Dict[Callable[..., Any], BatchingDefect]:
     """The torch callables of the installed torch's defective ops, each with its defect.
 
-    Resolved on first use.
+    Only those of ``stage`` (``"derivative"`` or ``"forward"``) if given.  Resolved on
+    first use.
 
     Examples
     --------
@@ -174,6 +180,8 @@ def defective_callables() -> Dict[Callable[..., Any], BatchingDefect]:
 
     found = {}
     for defect in ACTIVE_DEFECTS:
+        if stage is not None and defect.stage != stage:
+            continue
         for dotted in defect.callables:
             obj: Any = torch
             for part in dotted.split(".")[1:]:

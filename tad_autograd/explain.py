@@ -118,10 +118,10 @@ def explain(*args: Any, device: Optional[Union[str, torch.device]] = None) -> Ex
         )
     if resolution.automatic and ACTIVE_DEFECTS:
         lines.append(
-            f"torch {TORCH_VERSION} computes the batched derivative of these ops wrongly, so "
-            "automatic mode never vectorises through them (a loop of backward passes, or "
-            "the autograd backend inside a vmap, instead): "
-            + "; ".join(f"{d.op} ({d.what})" for d in ACTIVE_DEFECTS)
+            f"torch {TORCH_VERSION} batches these ops wrongly, so automatic mode never "
+            "vectorises through them (a loop of backward passes, or the autograd backend's "
+            "loop for a vmap, instead): "
+            + "; ".join(f"{d.op} ({d.stage}: {d.what})" for d in ACTIVE_DEFECTS)
         )
     if resolution.automatic and len(resolution.candidates) > 1:
         lines.append(

@@ -186,6 +186,8 @@ class EagerVectorisedStrategy(Strategy):
         chunk_size: Optional[int],
     ) -> Callable[..., Any]:
         vectorised = self.backend.vmap(func, in_dims, out_dims, randomness, chunk_size=chunk_size)
+        if DefectWatch.needed("forward"):  # never vmap an op this torch batches wrongly
+            vectorised = _watched(vectorised, "forward")
         context = (self.backend.name, ORIGIN_AUTOMATIC_EAGER)
         loops = _loopable(out_dims)
 
@@ -241,6 +243,16 @@ def strategy_for(backend: Backend, *, automatic: bool, transforms_only: bool = F
         }[kind]
         strategy = _STRATEGIES[key] = cls(backend)
     return strategy
+
+
+def _watched(fn: Callable[..., Any], stage: str) -> Callable[..., Any]:
+    """``fn`` run under a :class:`DefectWatch` for the defects of ``stage``."""
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        with DefectWatch(stage):
+            return fn(*args, **kwargs)
+
+    return watched
 
 
 def _marked(

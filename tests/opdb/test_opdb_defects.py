@@ -1,0 +1,86 @@
+"""The table of known-wrong batching rules stays true to the installed torch (CONTRACT §3).
+
+Every entry of ``tad_autograd.batching_defects.BATCHING_DEFECTS`` that applies
+to the installed torch must reproduce in the OpInfo sweep (a transform backend
+gives a wrong number, adjudicated against the autograd reference and finite
+differences), and must name autograd nodes that appear in the op's graph and
+torch callables that exist; otherwise the entry is stale.  The sweep tries
+further samples of a table op until one reproduces (``MAX_DEFECT_SAMPLES``).
+Wrong results missing from the table fail in ``test_opdb_rules``.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+import pytest
+from _opdb_cases import graph_nodes
+from _opdb_sweep import CaseResult, Sweep, reproduces, resolves
+
+from tad_autograd.batching_defects import BatchingDefect, defects_for
+
+pytestmark = pytest.mark.slow
+
+
+def _swept(sweep: Sweep, defect: BatchingDefect) -> List[CaseResult]:
+    return [r for r in sweep.results if r.case.name == defect.op]
+
+
+def _reproducing(sweep: Sweep, defect: BatchingDefect) -> List[CaseResult]:
+    return [r for r in _swept(sweep, defect) if reproduces(r)]
+
+
+def test_defects_of_this_torch_reproduce(sweep: Sweep) -> None:
+    """Each entry for this torch gives a wrong result on a transform backend; else it is stale."""
+    stale = []
+    for d in defects_for():
+        swept = _swept(sweep, d)
+        if not swept:
+            stale.append(f"  {d.op}: not in the sweep (no such op, or no sample within bounds)")
+        elif not _reproducing(sweep, d):
+            stale.append(
+                f"  {d.op}: every transform backend agreed (or raised) on the "
+                f"{len(swept)} samples tried: {[r.case.label for r in swept]}"
+            )
+    assert not stale, (
+        f"BATCHING_DEFECTS entries for torch {sweep.torch_version} that do not reproduce "
+        "(stale: narrow since/fixed_in or remove them):\n" + "\n".join(stale)
+    )
+
+
+def test_defect_entries_name_graph_nodes_and_callables(sweep: Sweep) -> None:
+    """An entry's callables exist and its nodes appear in the op's graph.
+
+    Where the batched backward is wrong (the defect shows under ``jacrev``), one
+    of the nodes must be in the forward graph, where the eager strategy looks.
+    An entry wrong only under ``vmap`` of the forward may name no nodes.
+    """
+    problems = []
+    for d in defects_for():
+        for dotted in d.callables:
+            if not dotted.startswith("torch.") or not resolves(dotted):
+                problems.append(f"  {d.op}: callable {dotted!r} does not resolve from torch")
+        if not d.callables:
+            problems.append(f"  {d.op}: no callables")
+        cases = _reproducing(sweep, d)
+        if not cases:
+            continue  # stale: test_defects_of_this_torch_reproduce says so
+        forward, backward = graph_nodes(cases[0].case)
+        missing = d.nodes - forward - backward
+        if missing:
+            problems.append(
+                f"  {d.op}: {sorted(missing)} in neither the forward graph {sorted(forward)} nor "
+                f"the create_graph gradient graph {sorted(backward)}"
+            )
+        in_jacrev = any(
+            o.kind == "wrong" and t == "jacrev" for r in cases for (t, _), o in r.outcomes.items()
+        )
+        if in_jacrev and not d.nodes & forward:
+            problems.append(
+                f"  {d.op}: its batched backward is wrong, yet none of {sorted(d.nodes)} is in "
+                f"the forward graph {sorted(forward)}"
+            )
+    assert not problems, (
+        f"BATCHING_DEFECTS entries for torch {sweep.torch_version} that do not describe the op:\n"
+        + "\n".join(problems)
+    )
