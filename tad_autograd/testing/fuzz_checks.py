@@ -40,6 +40,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import torch
 
 from .._pytree import tree_flatten
+from .._torch_info import TORCH_VERSION
 from .compare import default_tolerances, spec_repr
 from .fuzz_case import FuzzCase
 from .fuzz_reference import REFERENCE, LibraryOps, build_operator, direct_ops, transform_backends
@@ -373,9 +374,14 @@ def _view_flag_under_no_grad(case: Any, backend: Optional[str]) -> bool:
     carries no ``requires_grad``; ``torch.func.vmap`` returns an output that is a view
     of an unbatched input requiring grad as such a view, and views made under
     ``no_grad`` keep their base's flag (the values agree; only the flag of a tensor
-    without a graph differs).
+    without a graph differs).  On torch 1.13 the ``functorch`` backend copies too for a
+    batch of one (it works around functorch's batch-of-one bug by doubling the batch), and
+    every backend joins chunks by concatenation (torch.func too).
     """
-    return case.op == "vmap" and case.context == "no_grad" and backend in ("autograd", None)
+    copies = ("autograd", None) if TORCH_VERSION.major >= 2 else ("autograd", None, "functorch")
+    # chunks are joined by concatenation (a copy) in torch.func too; the reference runs unchunked
+    copying = backend in copies or case.chunk_size is not None
+    return case.op == "vmap" and case.context == "no_grad" and copying
 
 
 def _leaf_message(where: str, message: str) -> str:
