@@ -16,8 +16,9 @@ tensor([2., 4.])
 from .api import fjacrev, fvmap, hessian, jacrev, vmap
 from .errors import BackendFallbackWarning, BackendUnavailableError, UnknownBackendError
 from .explain import explain
-from .registry import available_backends, register_backend
+from .registry import available_backends, register_backend, unregister_backend
 from .settings import get_backend, set_backend, use_backend
+from .tensor_kinds import is_batched, is_transformed
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,9 @@ __all__ = [
     "available_backends",
     "explain",
     "register_backend",
+    "unregister_backend",
+    "is_transformed",
+    "is_batched",
     "BackendFallbackWarning",
     "UnknownBackendError",
     "BackendUnavailableError",

@@ -11,6 +11,9 @@ fails on the plain model or automatic mode or the autograd backend on either.
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import platform
 import statistics
 import sys
@@ -23,9 +26,9 @@ import torch
 from . import api
 from ._torch_info import TORCH_VERSION
 from .devices import TRANSFORM_SUPPORT
-from .errors import BackendFallbackWarning
+from .errors import BackendFallbackWarning, BackendUnavailableError, UnknownBackendError
 from .fallback import describe
-from .registry import REGISTRY
+from .registry import REGISTRY, available_backends
 from .resolver import resolve
 from .settings import CONTEXT, ENV_VAR, GLOBAL
 from .strategies import strategy_for
@@ -127,9 +130,13 @@ def _devices() -> List[str]:
     return devices
 
 
-def _self_check(device: str, out: Callable[[str], None]) -> bool:
+def _self_check(
+    device: str, out: Callable[[str], None], quick: bool = False
+) -> Tuple[bool, List[Dict[str, Any]]]:
+    """Forces and Hessian with every backend; ``(passed, one record per model and backend)``."""
     pos = cluster(8, device)
     ok = True
+    records: List[Dict[str, Any]] = []
     names = [b.name for b in REGISTRY.backends() if b.availability().ok]
     for label, model, transformable in (
         ("Lennard-Jones, plain torch", lennard_jones, True),
@@ -138,9 +145,11 @@ def _self_check(device: str, out: Callable[[str], None]) -> bool:
         out(f"\n  {label} ({pos.shape[0]} atoms, float64, {device}):")
         out(f"    {'backend':<12} {'forces+Hessian':>16}  {'max |diff| vs autograd':>22}")
         results: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
-        rows: List[Tuple[str, str, Optional[float]]] = []
+        rows: List[Tuple[str, Optional[float]]] = []
         for name in [*names, "auto"]:
             backend = None if name == "auto" else name
+            record: Dict[str, Any] = {"device": device, "model": label, "backend": name}
+            records.append(record)
 
             # `compute` only runs within this iteration, so the late binding of `model` is moot
             def compute(backend: Optional[str] = backend) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -152,8 +161,8 @@ def _self_check(device: str, out: Callable[[str], None]) -> bool:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", BackendFallbackWarning)
                     results[name] = compute()
-                    seconds = _median_time(compute)
-                rows.append((name, f"{seconds * 1e3:12.2f} ms", None))
+                    seconds = None if quick else _median_time(compute)
+                rows.append((name, seconds))
             except Exception as error:  # noqa: BLE001 - reported, and judged below
                 # an explicit transform backend may refuse an untransformable model, with
                 # any error (structural, as the fallback); the words only describe it
@@ -161,80 +170,168 @@ def _self_check(device: str, out: Callable[[str], None]) -> bool:
                     not transformable and backend is not None and backend != "autograd"
                 )
                 ok = ok and expected_refusal
-                why = describe(error)
-                rows.append((name, "refused" if expected_refusal else "FAILED", None))
-                out(f"    {name:<12} {'refused' if expected_refusal else 'FAILED':>16}  ({why})")
+                record.update(outcome="refused" if expected_refusal else "FAILED")
+                record["reason"] = describe(error)
+                out(f"    {name:<12} {record['outcome']:>16}  ({record['reason']})")
                 continue
         reference = results.get("autograd")
-        for name, timing, _ in rows:
-            if name not in results or reference is None:
+        for name, seconds in rows:
+            if reference is None:
                 continue
             diff = _max_diff(results[name], reference)
             agree = diff <= TOLERANCE * max(1.0, float(reference[1].abs().max()))
             ok = ok and agree
+            record = next(r for r in records if r["backend"] == name and r["model"] == label)
+            record.update(outcome="agree" if agree else "DISAGREE", max_diff=diff)
+            record["seconds"] = seconds
+            timing = "(--quick)" if seconds is None else f"{seconds * 1e3:12.2f} ms"
             out(f"    {name:<12} {timing:>16}  {diff:22.3e}{'' if agree else '  DISAGREE'}")
-    return ok
+    return ok, records
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tad_autograd",
+        description=(
+            "Report the installed torch, devices, backends (with why not), the backend and "
+            "strategy a call would use per device type under the setting in force, and a "
+            "self-check that differentiates a Lennard-Jones cluster with every backend.  "
+            "Exit status: 0 when every backend agrees, 1 when not, 2 for a bad setting."
+        ),
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--quick", action="store_true", help="skip the timings")
+    return parser
+
+
+def _setting() -> Dict[str, Any]:
+    """The backend setting in force, where it comes from, and why it is unusable (if it is)."""
+    env = os.environ.get(ENV_VAR)
+    context = CONTEXT.get()
+    if context is not None:
+        value, source = context[0] or "auto", "use_backend"
+    elif GLOBAL.name is not None:
+        value, source = GLOBAL.name, "set_backend"
+    elif env and env != "auto":
+        value, source = env, ENV_VAR
+    else:
+        value, source = "auto", "default (nothing set)"
+    setting: Dict[str, Any] = {"value": value, "source": source, "error": None}
+    try:
+        resolve(
+            argument=None,
+            context=context,
+            global_setting=GLOBAL.name,
+            environment=env,
+            device_type="cpu",
+            registry=REGISTRY,
+        )
+    except (UnknownBackendError, BackendUnavailableError) as error:
+        setting["error"] = f"{error}. Fix: choose one of {list(available_backends())} or 'auto'" + (
+            f" (or unset {ENV_VAR})" if source == ENV_VAR else ""
+        )
+    return setting
+
+
+def _choices(setting: Dict[str, Any]) -> List[Dict[str, str]]:
+    """Per device type: the backend and strategy a call would use under the setting in force."""
+    rows = []
+    for device_type in ["cpu", "cuda", *[d for d in TRANSFORM_SUPPORT if d not in ("cpu", "cuda")]]:
+        resolution = resolve(
+            argument=None,
+            context=CONTEXT.get(),
+            global_setting=GLOBAL.name,
+            environment=os.environ.get(ENV_VAR),
+            device_type=device_type,
+            registry=REGISTRY,
+        )
+        strategy = strategy_for(resolution.backend, automatic=resolution.automatic).name
+        rows.append(
+            {
+                "device_type": device_type,
+                "backend": resolution.backend.name,
+                "strategy": strategy,
+                "source": resolution.source,
+            }
+        )
+    return rows
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Print the report; return 0 when every backend agrees, 1 otherwise.
+    """Print the report; return 0 when every backend agrees, 1 otherwise, 2 for a bad setting.
 
     Examples
     --------
     >>> import contextlib, io
     >>> with contextlib.redirect_stdout(io.StringIO()) as text:
-    ...     status = main([])
+    ...     status = main(["--quick"])
     >>> status, "self-check: PASSED" in text.getvalue()
     (0, True)
     """
-    out = print
+    args = _parser().parse_args(list(argv) if argv is not None else None)
+    lines: List[str] = []
+    out: Callable[[str], None] = lines.append if args.json else print
+    data: Dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "devices": _devices(),
+        "setting": _setting(),
+    }
     out("tad_autograd report")
     out("===================")
-    out(f"python   {platform.python_version()} ({platform.platform()})")
-    cuda = torch.version.cuda or "none"
-    out(
-        f"torch    {torch.__version__} (CUDA {cuda}, git "
-        f"{getattr(torch.version, 'git_version', '?')[:10]})"
-    )
-    out(f"devices  {', '.join(_devices())}")
-    out(
-        f"setting  {CONTEXT.get() or GLOBAL.name or 'auto'} "
-        f"({ENV_VAR}={__import__('os').environ.get(ENV_VAR, '') or 'unset'})"
-    )
+    out(f"python   {data['python']} ({data['platform']})")
+    out(f"torch    {torch.__version__} (CUDA {torch.version.cuda or 'none'})")
+    out(f"devices  {', '.join(data['devices'])}")
+    setting = data["setting"]
+    out(f"setting  {setting['value']} (from {setting['source']})")
+    if setting["error"] is not None:
+        out(f"\nERROR: the backend setting cannot be used: {setting['error']}")
+        if args.json:
+            print(json.dumps(data, indent=2))
+        return 2
+    data["backends"] = []
     out("\nbackends (highest priority first):")
     for priority, backend in REGISTRY.priorities():
         availability = backend.availability()
         auto_ok, why = backend.automatic_ok()
+        data["backends"].append(
+            {
+                "name": backend.name,
+                "priority": priority,
+                "available": availability.ok,
+                "reason": availability.reason,
+                "fix": availability.fix,
+                "automatic": availability.ok and auto_ok,
+                "not_automatic_because": why,
+            }
+        )
         status = "available" if availability.ok else f"unavailable: {availability.reason}"
         if availability.ok and not auto_ok:
             status += f" (not automatic: {why})"
         out(f"  {backend.name:<10} priority {priority:<4} {status}")
-    out("\nautomatic choice per device type:")
-    device_types = [
-        "cpu",
-        "cuda",
-        *[d for d in TRANSFORM_SUPPORT if d not in ("cpu", "cuda")],
-        "other",
-    ]
-    for device_type in device_types:
-        chosen = resolve(
-            argument=None,
-            context=None,
-            global_setting=None,
-            environment=None,
-            device_type=device_type,
-            registry=REGISTRY,
-        ).backend
-        strategy = strategy_for(chosen, automatic=True).name
-        out(f"  {device_type:<14} -> {chosen.name} (strategy {strategy!r})")
+    data["choice_per_device_type"] = _choices(setting)
+    out(f"\nbackend a call would use, per device type (setting: {setting['value']}):")
+    for row in data["choice_per_device_type"]:
+        out(
+            f"  {row['device_type']:<14} -> {row['backend']} (strategy {row['strategy']!r}; "
+            f"{row['source']})"
+        )
     out(
         "\nself-check: forces and Hessian with every backend (torch "
         f"{TORCH_VERSION}); reference = 'autograd', tolerance {TOLERANCE:g} relative"
     )
     ok = True
+    data["self_check"] = []
     for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
-        ok = _self_check(device, out) and ok
+        passed, records = _self_check(device, out, args.quick)
+        ok = ok and passed
+        data["self_check"] += records
+    data["passed"] = ok
     out(f"\nself-check: {'PASSED' if ok else 'FAILED'}")
+    if args.json:
+        print(json.dumps(data, indent=2))
     return 0 if ok else 1
 
 
