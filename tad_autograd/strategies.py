@@ -39,7 +39,7 @@ from ._loop_vmap import loop_vmap
 from ._pytree import tree_flatten
 from ._rng import RngStates, visible_generators
 from ._torch_info import transforms_active
-from ._transform_failures import DefectWatch, mark_inside_transform
+from ._transform_failures import DefectiveBatchingError, DefectWatch, mark_inside_transform
 from .backends.base import ArgnumsT, Backend, InDimsT, OutDimsT
 from .settings import CONTEXT, ORIGIN_AUTOMATIC_EAGER
 
@@ -186,7 +186,10 @@ class EagerVectorisedStrategy(Strategy):
         chunk_size: Optional[int],
     ) -> Callable[..., Any]:
         vectorised = self.backend.vmap(func, in_dims, out_dims, randomness, chunk_size=chunk_size)
-        if DefectWatch.needed("forward"):  # never vmap an op this torch batches wrongly
+        if randomness != "different" and DefectWatch.needed("forward"):
+            # never vmap an op this torch batches wrongly (today: random ops that ignore
+            # randomness, on torch 1.13 and 2.0; a Python-level watch on every op, paid on
+            # those releases only, since a function that reseeds hides its draws from _marked)
             vectorised = _watched(vectorised, "forward")
         context = (self.backend.name, ORIGIN_AUTOMATIC_EAGER)
         loops = _loopable(out_dims)
@@ -195,7 +198,7 @@ class EagerVectorisedStrategy(Strategy):
             size = _batch_size_hint(in_dims, args) if loops else None
             # an empty batch goes to the transform too: the loop must make up a sample
             if size is None or not 0 < size <= _loop_max_batch(args[0]) or transforms_active():
-                return _marked(vectorised, func, args, kwargs)
+                return _marked(vectorised, func, args, kwargs, randomness == "error")
             token = CONTEXT.set(context)  # the loop runs func eagerly
             try:
                 return loop_vmap(func, in_dims, out_dims, randomness, args, kwargs)
@@ -256,14 +259,28 @@ def _watched(fn: Callable[..., Any], stage: str) -> Callable[..., Any]:
 
 
 def _marked(
-    transformed: Callable[..., Any], func: Callable[..., Any], args: Any, kwargs: Any
+    transformed: Callable[..., Any],
+    func: Callable[..., Any],
+    args: Any,
+    kwargs: Any,
+    no_draws: bool = False,
 ) -> Any:
-    """``transformed(*args, **kwargs)``; what escapes it is marked, with the RNG restored."""
+    """``transformed(*args, **kwargs)``; what escapes it is marked, with the RNG restored.
+
+    With ``no_draws`` (``randomness="error"``) a transform that drew random numbers
+    without raising has batched a random op wrongly (e.g. scaled_dot_product_attention
+    with dropout on torch 1.13 and 2.0): that is a failure inside the transform too.
+    """
     leaves = args if all(isinstance(a, torch.Tensor) for a in args) else tree_flatten(args)[0]
     devices = {a.device for a in leaves if isinstance(a, torch.Tensor)}
     states = RngStates(devices, visible_generators(func, args, kwargs))
     try:
-        return transformed(*args, **kwargs)
+        result = transformed(*args, **kwargs)
+        if no_draws and states.changed():
+            raise DefectiveBatchingError(
+                "a random operation", "it drew random numbers under randomness='error'"
+            )
+        return result
     except Exception as error:
         states.restore()
         mark_inside_transform(error)
