@@ -220,3 +220,12 @@ def test_sphinx_build_has_no_warnings(tmp_path: Path) -> None:
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    # no reStructuredText markup may leak into the rendered text (e.g. ``Function``s)
+    leaks = []
+    for page in sorted((tmp_path / "html").rglob("*.html")):
+        text = re.sub(r"<(pre|code)[^>]*>.*?</\1>", "", page.read_text(), flags=re.S)
+        text = re.sub(r"<[^>]+>", "", text)
+        for line in text.splitlines():
+            if "``" in line:
+                leaks.append(f"{page.name}: {line.strip()[:120]}")
+    assert not leaks, "markup leaks into the rendered pages:\n" + "\n".join(leaks)

@@ -62,6 +62,10 @@ def _index_text(ndim: int, dim: int, item: str) -> str:
 class Program:
     """A random differentiable program produced by :func:`programs`.
 
+    Calling ``program(*args, scale=None)`` evaluates it; the keyword ``scale``
+    (a tensor broadcastable to every output, not batched by ``vmap``)
+    multiplies every output leaf.
+
     Attributes
     ----------
     args : tuple
@@ -87,10 +91,6 @@ class Program:
         The output pytree of ``int`` (each output leaf's number of dimensions).
     constants : dict
         Fixed weights (``W*``), masks (``M*``) and index tensors (``I*``).
-
-    Calling ``program(*args, scale=None)`` evaluates it; the keyword ``scale``
-    (a tensor broadcastable to every output, not batched by ``vmap``)
-    multiplies every output leaf.
     """
 
     def __init__(
