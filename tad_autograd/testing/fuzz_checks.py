@@ -369,7 +369,7 @@ def check_case(case: FuzzCase, backends: Optional[Sequence[Optional[str]]] = Non
 def _view_flag_under_no_grad(case: Any, backend: Optional[str]) -> bool:
     """Whether ``requires_grad`` parity is a known, documented difference for ``case``.
 
-    Under ``no_grad`` the loop ``vmap`` (the ``"autograd"`` backend, and automatic
+    Under ``no_grad`` (and ``inference_mode``) the loop ``vmap`` (the ``"autograd"`` backend, and automatic
     mode for small batches) stacks each sample's outputs into a new tensor, which
     carries no ``requires_grad``; ``torch.func.vmap`` returns an output that is a view
     of an unbatched input requiring grad as such a view, and views made under
@@ -381,7 +381,7 @@ def _view_flag_under_no_grad(case: Any, backend: Optional[str]) -> bool:
     copies = ("autograd", None) if TORCH_VERSION.major >= 2 else ("autograd", None, "functorch")
     # chunks are joined by concatenation (a copy) in torch.func too; the reference runs unchunked
     copying = backend in copies or case.chunk_size is not None
-    return case.op == "vmap" and case.context == "no_grad" and copying
+    return case.op == "vmap" and case.context in ("no_grad", "inference_mode") and copying
 
 
 def _leaf_message(where: str, message: str) -> str:
