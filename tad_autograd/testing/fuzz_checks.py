@@ -369,8 +369,9 @@ def check_case(case: FuzzCase, backends: Optional[Sequence[Optional[str]]] = Non
 def _view_flag_under_no_grad(case: Any, backend: Optional[str]) -> bool:
     """Whether ``requires_grad`` parity is a known, documented difference for ``case``.
 
-    Under ``no_grad`` (and ``inference_mode``) the loop ``vmap`` (the ``"autograd"`` backend, and automatic
-    mode for small batches) stacks each sample's outputs into a new tensor, which
+    Under ``no_grad`` (and ``inference_mode``) the loop ``vmap`` (the ``"autograd"``
+    backend, and automatic mode for small batches) stacks each sample's outputs into a
+    new tensor, which
     carries no ``requires_grad``; ``torch.func.vmap`` returns an output that is a view
     of an unbatched input requiring grad as such a view, and views made under
     ``no_grad`` keep their base's flag (the values agree; only the flag of a tensor
