@@ -1,13 +1,17 @@
-"""Automatic fallback: which errors mean "this function cannot be transformed".
+"""Automatic fallback: the words for "this function cannot be transformed", and the memory.
 
-Only errors listed in :data:`UNTRANSFORMABLE` make an automatic call retry
-with the next backend; every other exception (the user's own ``ValueError``,
-a shape error in their code) propagates unchanged and is never retried.
-Each entry is provoked for real by a test on every torch of the matrix.
+Whether an automatic call is retried on the ``"autograd"`` backend is decided
+structurally (:mod:`tad_autograd._transform_failures`): any exception that
+escaped a function transform is retried, whatever its message says.  The
+known kinds of such errors in :data:`UNTRANSFORMABLE` only *word* the reason
+in the warning (:func:`describe`) and the note on an explicit backend's error
+(:func:`add_hint`); each is provoked for real by a test on every torch of the
+matrix, and a torch release that rewords them changes nothing but the words.
 
-The decision is remembered per function (weakly: closures and bound methods
-are not kept alive) so later calls go straight to the working backend, and
-the :class:`~tad_autograd.BackendFallbackWarning` is issued once per function.
+A successful retry is remembered per function (weakly: closures and bound
+methods are not kept alive) so later calls go straight to the working
+backend, and the :class:`~tad_autograd.BackendFallbackWarning` is issued once
+per function.
 """
 
 from __future__ import annotations
