@@ -236,9 +236,10 @@ def _jacobian(
         x = prepare_input(args[p], p)
         new_args[p] = x
         inputs = [x]
-        external = args[p].requires_grad
+        originals = [args[p]]
+        external = originals[0].requires_grad
     else:
-        in_specs, sizes, inputs, external = _prepare_inputs(argnums, args, new_args)
+        in_specs, sizes, inputs, originals, external = _prepare_inputs(argnums, args, new_args)
     try:
         result = func(*new_args)
         if has_aux:
@@ -255,7 +256,7 @@ def _jacobian(
         create_graph = outer_grad and (
             external or reaches_other_leaves([o for o in out_leaves if o.requires_grad], ours)
         )
-        per_output = _rows_of(out_leaves, out_spec, inputs, create_graph, vmap, chunk_size)
+        per_output = _rows_of(out_leaves, inputs, create_graph, vmap, chunk_size)
         jacobian: Any
         if in_specs is None and out_spec is None:
             jacobian = per_output[0][0]
@@ -265,11 +266,6 @@ def _jacobian(
             nested = [unflatten_jacobian(jac, argnums, in_specs, sizes) for jac in per_output]
             jacobian = nested[0] if out_spec is None else unflatten(nested, out_spec)
         if has_aux:
-            if in_specs is None:
-                originals = [args[argnums % nargs]]
-            else:
-                positions = check_argnums(argnums, nargs)
-                originals = [leaf for p in positions for leaf in flatten(args[p])[0]]
             aliases = {id(s): o for s, o in zip(inputs, originals)}
             return jacobian, _aux_like_torch_func(aux, ours, outer_grad, aliases)
         return jacobian
@@ -279,7 +275,6 @@ def _jacobian(
 
 def _rows_of(
     out_leaves: List[torch.Tensor],
-    out_spec: Any,
     inputs: List[torch.Tensor],
     create_graph: bool,
     vmap: Optional[Callable[..., Any]],
@@ -327,15 +322,17 @@ def _aux_like_torch_func(
 
 def _prepare_inputs(
     argnums: ArgnumsT, args: Tuple[Any, ...], new_args: List[Any]
-) -> Tuple[List[Any], List[int], List[torch.Tensor], bool]:
+) -> Tuple[List[Any], List[int], List[torch.Tensor], List[torch.Tensor], bool]:
     """Differentiable stand-ins for the (pytree) arguments at ``argnums``, put into ``new_args``.
 
     Returns the input specs, the number of leaves per argument, all stand-in
-    leaves, and whether any original leaf requires grad.
+    leaves, the original leaves they stand in for, and whether any original
+    leaf requires grad.
     """
     in_specs = []
     sizes = []
     inputs: List[torch.Tensor] = []
+    originals: List[torch.Tensor] = []
     external = False
     for p in check_argnums(argnums, len(args)):
         leaves, spec = flatten(args[p])
@@ -345,7 +342,8 @@ def _prepare_inputs(
         in_specs.append(spec)
         sizes.append(len(prepared))
         inputs.extend(prepared)
-    return in_specs, sizes, inputs, external
+        originals.extend(leaves)
+    return in_specs, sizes, inputs, originals, external
 
 
 def unflatten_jacobian(

@@ -109,7 +109,7 @@ def _returned_inputs(
     first = {id(leaf): i for i, leaf in enumerate(inputs[0]) if batched.dims[i] is not None}
     given: Dict[int, torch.Tensor] = {}
     for k, d in enumerate(dims):
-        i = first.get(id(samples[0][k])) if first else None
+        i = first.get(id(samples[0][k]))
         if d is None or i is None:
             continue
         if all(s[k] is inp[i] for s, inp in zip(samples, inputs)):

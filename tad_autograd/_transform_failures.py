@@ -32,6 +32,9 @@ __all__ = [
 
 _MARK = "_tad_autograd_inside_transform"
 
+#: The stages of the installed torch's defects (asked on hot paths, so computed once).
+_STAGES = frozenset(d.stage for d in ACTIVE_DEFECTS)
+
 
 def mark_inside_transform(error: BaseException) -> None:
     """Record that ``error`` escaped a function transform.
@@ -105,7 +108,7 @@ class DefectWatch(TorchFunctionMode):
     @staticmethod
     def needed(stage: Optional[str] = None) -> bool:
         """Whether the installed torch has any defect (of ``stage``, if given) to watch for."""
-        return any(stage is None or d.stage == stage for d in ACTIVE_DEFECTS)
+        return bool(_STAGES) if stage is None else stage in _STAGES
 
     def __torch_function__(
         self,

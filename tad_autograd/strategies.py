@@ -208,7 +208,7 @@ class EagerVectorisedStrategy(Strategy):
         return batched_fn
 
 
-_STRATEGIES: Dict[Tuple[Backend, str], Strategy] = {}
+_STRATEGIES: Dict[Tuple[Backend, bool], Strategy] = {}
 
 
 def strategy_for(backend: Backend, *, automatic: bool, transforms_only: bool = False) -> Strategy:
@@ -230,21 +230,16 @@ def strategy_for(backend: Backend, *, automatic: bool, transforms_only: bool = F
     >>> strategy_for(REGISTRY.get("autograd"), automatic=False).name
     'loop'
     """
-    if not backend.is_transform:
-        kind = "loop"
-    elif automatic and not transforms_only and backend.vmap_primitive() is not None:
-        kind = "eager-vectorised"
-    else:
-        kind = "transform"
-    key = (backend, kind)
+    key = (backend, automatic and not transforms_only)
     strategy = _STRATEGIES.get(key)
-    if strategy is None:
-        cls = {
-            "loop": LoopStrategy,
-            "eager-vectorised": EagerVectorisedStrategy,
-            "transform": TransformStrategy,
-        }[kind]
-        strategy = _STRATEGIES[key] = cls(backend)
+    if strategy is None:  # decided once per backend and kind, off the per-call path
+        if not backend.is_transform:
+            strategy = LoopStrategy(backend)
+        elif key[1] and backend.vmap_primitive() is not None:
+            strategy = EagerVectorisedStrategy(backend)
+        else:
+            strategy = TransformStrategy(backend)
+        _STRATEGIES[key] = strategy
     return strategy
 
 
