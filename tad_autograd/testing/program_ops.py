@@ -115,10 +115,7 @@ def op_matmul_weight(pb: ProgramBuilder) -> Optional[_Step]:
     if _numel(shape) > MAX_NUMEL:
         return None
     w = pb.rand((n, k)) * math.sqrt(3.0 / n)  # uniform with variance 1/n
-    bound = s.bound * float(w.abs().sum(0).max())
-    if bound > BOUND_MAX:
-        w = w * (BOUND_MAX / bound)
-        bound = BOUND_MAX
+    w, bound = _bounded_weight(w, s.bound)
     name = pb.const("W", w)
     return _Step(
         shape,
@@ -155,10 +152,7 @@ def op_linear(pb: ProgramBuilder) -> Optional[_Step]:
     out_shape = pb.draw_shape()
     n_in, n_out = max(_numel(s.shape), 1), _numel(out_shape)
     w = pb.rand((n_in, n_out)) * math.sqrt(3.0 / n_in)
-    bound = s.bound * float(w.abs().sum(0).max())
-    if bound > BOUND_MAX:
-        w = w * (BOUND_MAX / bound)
-        bound = BOUND_MAX
+    w, bound = _bounded_weight(w, s.bound)
     name = pb.const("W", w)
     return _Step(
         tuple(out_shape),
@@ -255,3 +249,11 @@ def op_norm(pb: ProgramBuilder) -> Optional[_Step]:
             torch.stack([vals[src], torch.ones_like(vals[src])], -1), dim=ndims
         ),
     )
+
+
+def _bounded_weight(w: torch.Tensor, input_bound: float) -> Tuple[torch.Tensor, float]:
+    """``w`` scaled down so that ``x @ w`` stays within ``BOUND_MAX``; and that bound."""
+    bound = input_bound * float(w.abs().sum(0).max())
+    if bound > BOUND_MAX:
+        return w * (BOUND_MAX / bound), BOUND_MAX
+    return w, bound
