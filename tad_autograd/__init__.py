@@ -1,6 +1,8 @@
-"""tad_autograd: ``jacrev``, ``vmap`` and ``hessian`` that work the same on every torch.
+"""tad_autograd: every derivative operator and ``vmap``, the same on every torch.
 
-One import gives PyTorch users function transforms that behave as
+One import gives PyTorch users ``jacrev``, ``jacfwd``, ``jacobian``, ``grad``,
+``grad_and_value``, ``vjp``, ``jvp``, ``linearize``, ``hessian``, ``hvp`` and
+``vmap`` that behave as
 :mod:`torch.func` does, on torch 1.13 to the current release, on any device,
 through any function (custom ``autograd.Function``s, ``.item()``, in-place
 updates included).  A resolver picks the fastest correct backend at call
@@ -16,6 +18,8 @@ tensor([2., 4.])
 from .api import fjacrev, fvmap, hessian, jacrev, vmap
 from .errors import BackendFallbackWarning, BackendUnavailableError, UnknownBackendError
 from .explain import explain
+from .operators import grad, grad_and_value, jacfwd, jacobian
+from .products import hvp, jvp, linearize, vjp
 from .registry import available_backends, register_backend, unregister_backend
 from .settings import get_backend, set_backend, use_backend
 from .tensor_kinds import is_batched, is_transformed
@@ -24,8 +28,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "jacrev",
-    "vmap",
+    "jacfwd",
+    "jacobian",
+    "grad",
+    "grad_and_value",
+    "vjp",
+    "jvp",
+    "linearize",
     "hessian",
+    "hvp",
+    "vmap",
     "fjacrev",
     "fvmap",
     "set_backend",

@@ -24,6 +24,8 @@ __all__ = [
     "check_backend",
     "check_in_dims_type",
     "check_differentiable",
+    "check_has_aux",
+    "check_inference_mode",
 ]
 
 _RANDOMNESS = ("error", "different", "same")
@@ -139,6 +141,18 @@ def check_differentiable(args: Tuple[Any, ...], argnums: Any, name: str) -> None
                     f"{name}: the argument at argnums position {n} has dtype {leaf.dtype}; "
                     "only Tensors of floating point dtype can require gradients"
                 )
+    if torch.is_inference_mode_enabled():
+        _check_inference_mode(name)
+
+
+def check_has_aux(has_aux: Any, name: str) -> None:
+    """``has_aux`` must be a bool (``TypeError``)."""
+    if not isinstance(has_aux, bool):
+        raise TypeError(f"{name}: has_aux must be a bool, got {has_aux!r}")
+
+
+def check_inference_mode(name: str) -> None:
+    """Inside ``torch.inference_mode()``, raise where torch.func returns zeros (else nothing)."""
     if torch.is_inference_mode_enabled():
         _check_inference_mode(name)
 

@@ -19,12 +19,12 @@ returns matches :func:`torch.func.jacrev` in every calling context:
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 
 from ._graph import defective_ops_in, reaches_other_leaves, retire
+from ._grad_modes import inference_mode_derivatives
 from ._pytree import flatten, tree_flatten, tree_unflatten, unflatten
 from ._rows import LOOP_MAX_ROWS, joint_rows, rows, vectorised_rows
 
@@ -33,6 +33,7 @@ __all__ = [
     "check_argnums",
     "check_outputs",
     "prepare_input",
+    "stand_ins",
     "inference_mode_derivatives",
 ]
 
@@ -97,6 +98,20 @@ def prepare_input(x: Any, position: int) -> torch.Tensor:
     return x.detach().requires_grad_(True)
 
 
+def stand_ins(leaves: Sequence[torch.Tensor]) -> Tuple[List[torch.Tensor], bool]:
+    """Differentiable stand-ins of ``leaves`` (grad mode on), and whether any requires grad.
+
+    Examples
+    --------
+    >>> import torch
+    >>> [x.requires_grad for x in stand_ins([torch.zeros(1)])[0]]
+    [True]
+    """
+    return [prepare_input(x, i) for i, x in enumerate(leaves)], any(
+        x.requires_grad for x in leaves
+    )
+
+
 def check_outputs(leaves: Sequence[Any], name: str = "jacrev") -> None:
     """Raise ``RuntimeError`` as :func:`torch.func.jacrev` does for outputs it cannot take.
 
@@ -133,30 +148,6 @@ def check_outputs(leaves: Sequence[Any], name: str = "jacrev") -> None:
             f"{name}(f, ...): All outputs of f must be floating-point or complex Tensors, "
             f"got Tensor with dtype {leaf.dtype} (output {i})"
         )
-
-
-@cache
-def inference_mode_derivatives() -> bool:
-    """Whether the installed :mod:`torch.func` differentiates inside ``torch.inference_mode()``.
-
-    Decided once by trying it: some releases return zeros there (functorch
-    on torch 1.13, torch 2.0), newer ones the derivative.
-
-    Examples
-    --------
-    >>> isinstance(inference_mode_derivatives(), bool)
-    True
-    """
-    try:
-        from torch.func import grad
-    except ImportError:  # torch 1.13: functorch returns zeros there
-        return False
-    with torch.inference_mode():
-        try:
-            value = grad(lambda x: (x * x).sum())(torch.ones(1))
-        except RuntimeError:
-            return False
-    return bool(value.item() == 2.0)
 
 
 def eager_jacobian(

@@ -26,7 +26,13 @@ from torch.autograd.function import BackwardCFunction
 
 from .batching_defects import defective_nodes
 
-__all__ = ["reaches_other_leaves", "retire", "defective_ops_in", "ACCUMULATE_GRAD"]
+__all__ = [
+    "reaches_other_leaves",
+    "retire",
+    "defective_ops_in",
+    "has_custom_functions",
+    "ACCUMULATE_GRAD",
+]
 
 #: The graph node of a leaf tensor that requires grad.
 ACCUMULATE_GRAD = torch._C._functions.AccumulateGrad  # type: ignore[attr-defined]
@@ -116,6 +122,33 @@ def defective_ops_in(outputs: Sequence[torch.Tensor]) -> FrozenSet[str]:
                 seen.add(nxt)
                 stack.append(nxt)
     return frozenset(found)
+
+
+def has_custom_functions(outputs: Sequence[torch.Tensor]) -> bool:
+    """Whether the graph of ``outputs`` holds a custom ``autograd.Function`` node.
+
+    Its Python backward may compute outside autograd (NumPy, ``.item()``), so
+    differentiating *through* that backward (the double-vjp trick) could
+    silently miss terms; a plain backward pass through it is exact.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.zeros(2, requires_grad=True)
+    >>> has_custom_functions([x.sin()])
+    False
+    """
+    stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
+    seen: Set[Any] = set(stack)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, _CUSTOM_FUNCTION):
+            return True
+        for nxt, _ in node.next_functions:
+            if nxt is not None and nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return False
 
 
 #: The graph node class of every custom ``torch.autograd.Function``.

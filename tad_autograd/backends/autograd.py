@@ -5,14 +5,19 @@ differentiates every function ordinary autograd can, including custom
 ``autograd.Function`` subclasses written the old way (``forward(ctx, ...)``),
 ``.item()`` calls, data-dependent control flow and in-place updates.  It is
 slower than the transform backends for wide Jacobians (one backward pass per
-output element) and as fast as any for gradients of scalars.
+output element) and as fast as any for gradients of scalars.  Forward mode
+uses :mod:`torch.autograd.forward_ad` dual numbers, and reverse mode where an
+op has no forward-AD rule (:mod:`tad_autograd._forward_mode`); ``hvp`` is
+reverse over reverse.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 from .._eager_jacobian import eager_jacobian
+from .._eager_products import eager_grad_and_value, eager_hvp, eager_vjp
+from .._forward_mode import eager_jacfwd, eager_jvp, eager_linearize
 from .._loop_vmap import loop_vmap
 from .base import ArgnumsT, Backend, InDimsT, OutDimsT
 
@@ -62,3 +67,48 @@ class AutogradBackend(Backend):
             return loop_vmap(func, in_dims, out_dims, randomness, args, kwargs)
 
         return batched_fn
+
+    def vjp(self, func: Callable[..., Any], primals: Tuple[Any, ...], *, has_aux: bool) -> Any:
+        return eager_vjp(func, primals, has_aux)
+
+    def jvp(
+        self,
+        func: Callable[..., Any],
+        primals: Tuple[Any, ...],
+        tangents: Tuple[Any, ...],
+        *,
+        has_aux: bool,
+    ) -> Any:
+        return eager_jvp(func, primals, tangents, has_aux)
+
+    def grad_and_value(
+        self, func: Callable[..., Any], argnums: ArgnumsT, *, has_aux: bool
+    ) -> Callable[..., Any]:
+        def grad_and_value_fn(*args: Any) -> Any:
+            return eager_grad_and_value(func, argnums, has_aux, args)
+
+        return grad_and_value_fn
+
+    def jacfwd(
+        self,
+        func: Callable[..., Any],
+        argnums: ArgnumsT,
+        *,
+        has_aux: bool,
+        randomness: str,
+        chunk_size: Optional[int],
+    ) -> Callable[..., Any]:
+        def jacobian_fn(*args: Any) -> Any:
+            return eager_jacfwd(func, argnums, has_aux, randomness, args)
+
+        return jacobian_fn
+
+    def linearize(
+        self, func: Callable[..., Any], primals: Tuple[Any, ...]
+    ) -> Tuple[Any, Callable[..., Any]]:
+        return eager_linearize(func, primals)
+
+    def hvp(
+        self, func: Callable[..., Any], primals: Tuple[Any, ...], tangents: Tuple[Any, ...]
+    ) -> Tuple[Any, Any]:
+        return eager_hvp(func, primals, tangents)

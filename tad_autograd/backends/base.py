@@ -2,10 +2,13 @@
 
 A backend is a small object: a ``name``, whether it can run on the installed
 torch (and if not, why and what would fix it), which device types it
-supports, and two transforms, ``jacrev`` and ``vmap``, that return callables
-with the exact semantics of :func:`torch.func.jacrev` and
-:func:`torch.func.vmap`.  ``hessian`` and the public argument handling live in
-:mod:`tad_autograd.transforms`, once for all backends.
+supports, and its operators, each with the exact semantics of its
+:mod:`torch.func` namesake.  Every backend supplies the primitives -- ``vjp``,
+``jvp``, ``vmap`` -- and ``jacrev`` and ``grad_and_value``; the other operators
+(``grad``, ``jacfwd``, ``linearize``, ``hvp``) are derived from those here,
+once for all backends (:mod:`tad_autograd._derived`), and a backend overrides
+one where its library has it natively.  ``hessian`` and the public argument
+handling live in :mod:`tad_autograd.transforms`.
 
 Arguments reach a backend already checked where the check costs nothing per
 call (``argnums`` type, ``chunk_size``, ``randomness``); the per-call checks
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple, Optional, Tuple, Union
 
+from .._derived import grad_from_grad_and_value, hvp_from_jvp, jacfwd_from_jvp, linearize_from_jvp
 from .._torch_info import TORCH_VERSION, Version, module_exists
 from ..devices import transforms_supported
 
@@ -143,6 +147,77 @@ class Backend:
     ) -> Callable[..., Any]:
         """Return ``func`` vectorised over the dimensions ``in_dims``."""
         raise NotImplementedError
+
+    # -- primitives and operators with torch.func's semantics ------------------------------
+
+    def vjp(self, func: Callable[..., Any], primals: Tuple[Any, ...], *, has_aux: bool) -> Any:
+        """``torch.func.vjp(func, *primals, has_aux=has_aux)``: ``(output, vjp_fn[, aux])``."""
+        raise NotImplementedError
+
+    def jvp(
+        self,
+        func: Callable[..., Any],
+        primals: Tuple[Any, ...],
+        tangents: Tuple[Any, ...],
+        *,
+        has_aux: bool,
+    ) -> Any:
+        """``torch.func.jvp(func, primals, tangents, has_aux=has_aux)``."""
+        raise NotImplementedError
+
+    def grad_and_value(
+        self, func: Callable[..., Any], argnums: ArgnumsT, *, has_aux: bool
+    ) -> Callable[..., Any]:
+        """``torch.func.grad_and_value(func, argnums, has_aux)``."""
+        raise NotImplementedError
+
+    def grad(
+        self, func: Callable[..., Any], argnums: ArgnumsT, *, has_aux: bool
+    ) -> Callable[..., Any]:
+        """``torch.func.grad(func, argnums, has_aux)``; derived from :meth:`grad_and_value`."""
+        return grad_from_grad_and_value(self.grad_and_value(func, argnums, has_aux=has_aux), has_aux)
+
+    def jacfwd(
+        self,
+        func: Callable[..., Any],
+        argnums: ArgnumsT,
+        *,
+        has_aux: bool,
+        randomness: str,
+        chunk_size: Optional[int],
+    ) -> Callable[..., Any]:
+        """``torch.func.jacfwd``, with ``chunk_size``; derived: ``vmap`` of :meth:`jvp`."""
+        vmap = self.vmap_primitive()
+        if vmap is None:
+            raise NotImplementedError(f"{self.name}: jacfwd needs a vmap or its own jacfwd")
+
+        def jvp(f: Callable[..., Any], p: Any, t: Any, has_aux: bool = False) -> Any:
+            return self.jvp(f, p, t, has_aux=has_aux)
+
+        return jacfwd_from_jvp(jvp, vmap, func, argnums, has_aux, randomness, chunk_size)
+
+    def linearize(
+        self, func: Callable[..., Any], primals: Tuple[Any, ...]
+    ) -> Tuple[Any, Callable[..., Any]]:
+        """``torch.func.linearize(func, *primals)``; derived: :meth:`jvp` at each call."""
+
+        def jvp(f: Callable[..., Any], p: Any, t: Any, has_aux: bool = False) -> Any:
+            return self.jvp(f, p, t, has_aux=has_aux)
+
+        return linearize_from_jvp(jvp, func, primals)
+
+    def hvp(
+        self, func: Callable[..., Any], primals: Tuple[Any, ...], tangents: Tuple[Any, ...]
+    ) -> Tuple[Any, Any]:
+        """``(func(*primals), H @ tangents)``; derived: forward over reverse."""
+
+        def jvp(f: Callable[..., Any], p: Any, t: Any, has_aux: bool = False) -> Any:
+            return self.jvp(f, p, t, has_aux=has_aux)
+
+        def grad_and_value(f: Callable[..., Any], argnums: ArgnumsT) -> Callable[..., Any]:
+            return self.grad_and_value(f, argnums, has_aux=False)
+
+        return hvp_from_jvp(jvp, grad_and_value, func, primals, tangents)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"

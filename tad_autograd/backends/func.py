@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import cache
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 from .._torch_info import TORCH_VERSION, Version, module_exists
 from ._chunking import jacrev_tensor_args_only, vmap_with_out_dims
@@ -81,6 +81,55 @@ class FuncBackend(Backend):
             func, argnums, has_aux=has_aux, chunk_size=chunk_size
         )
         return jacobian_fn
+
+    def vjp(self, func: Callable[..., Any], primals: Tuple[Any, ...], *, has_aux: bool) -> Any:
+        return _torch_func().vjp(func, *primals, has_aux=has_aux)
+
+    def jvp(
+        self,
+        func: Callable[..., Any],
+        primals: Tuple[Any, ...],
+        tangents: Tuple[Any, ...],
+        *,
+        has_aux: bool,
+    ) -> Any:
+        return _torch_func().jvp(func, primals, tangents, has_aux=has_aux)
+
+    def grad_and_value(
+        self, func: Callable[..., Any], argnums: ArgnumsT, *, has_aux: bool
+    ) -> Callable[..., Any]:
+        fn: Callable[..., Any] = _torch_func().grad_and_value(func, argnums, has_aux=has_aux)
+        return fn
+
+    def grad(
+        self, func: Callable[..., Any], argnums: ArgnumsT, *, has_aux: bool
+    ) -> Callable[..., Any]:
+        fn: Callable[..., Any] = _torch_func().grad(func, argnums, has_aux=has_aux)
+        return fn
+
+    def jacfwd(
+        self,
+        func: Callable[..., Any],
+        argnums: ArgnumsT,
+        *,
+        has_aux: bool,
+        randomness: str,
+        chunk_size: Optional[int],
+    ) -> Callable[..., Any]:
+        if chunk_size is not None:  # torch.func.jacfwd has no chunk_size: vmap(jvp) in chunks
+            return super().jacfwd(
+                func, argnums, has_aux=has_aux, randomness=randomness, chunk_size=chunk_size
+            )
+        fn: Callable[..., Any] = _torch_func().jacfwd(
+            func, argnums, has_aux=has_aux, randomness=randomness
+        )
+        return fn
+
+    def linearize(
+        self, func: Callable[..., Any], primals: Tuple[Any, ...]
+    ) -> Tuple[Any, Callable[..., Any]]:
+        result: Tuple[Any, Callable[..., Any]] = _torch_func().linearize(func, *primals)
+        return result
 
     def vmap(
         self,

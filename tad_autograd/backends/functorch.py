@@ -9,7 +9,9 @@ users a deprecation warning they did not cause.  It is never chosen
 automatically on torch >= 2.0.
 
 functorch 1.13 has no ``chunk_size``; the backend supplies it
-(:mod:`tad_autograd.backends._chunking`).
+(:mod:`tad_autograd.backends._chunking`).  No functorch release has
+``linearize`` or ``hvp``: they are derived from ``jvp`` and ``grad_and_value``
+(:mod:`tad_autograd._derived`), as is ``jacfwd`` with a ``chunk_size``.
 """
 
 from __future__ import annotations
@@ -48,13 +50,15 @@ _Transform = Callable[..., Callable[..., Any]]
 class _Transforms:
     """The library functions the backend calls (a plain class: cheaper to define at import)."""
 
-    __slots__ = ("jacrev", "vjp", "vmap", "native_chunks")
+    __slots__ = ("jacrev", "vjp", "vmap", "jvp", "jacfwd", "grad", "grad_and_value", "native_chunks")
 
-    def __init__(
-        self, jacrev: _Transform, vjp: Callable[..., Any], vmap: _Transform, native_chunks: bool
-    ) -> None:
-        self.jacrev = jacrev
-        self.vjp = vjp
+    def __init__(self, library: Any, vmap: _Transform, native_chunks: bool) -> None:
+        self.jacrev: _Transform = library.jacrev
+        self.vjp: Callable[..., Any] = library.vjp
+        self.jvp: Callable[..., Any] = library.jvp
+        self.jacfwd: _Transform = library.jacfwd
+        self.grad: _Transform = library.grad
+        self.grad_and_value: _Transform = library.grad_and_value
         self.vmap = vmap
         self.native_chunks = native_chunks
 
@@ -64,18 +68,27 @@ def _transforms() -> _Transforms:
     import functorch
 
     if TORCH_VERSION >= _DEPRECATED_FROM:
-        # What functorch.jacrev/vjp/vmap call after their FutureWarning.
+        # What functorch's functions call after their FutureWarning.
+        from types import SimpleNamespace
+
         from torch._functorch import eager_transforms
 
         try:
-            from torch._functorch.apis import vmap
-        except ImportError:  # torch 2.0: functorch.vmap is torch.vmap's implementation
+            from torch._functorch.apis import grad, grad_and_value, vmap
+        except ImportError:  # torch 2.0: all in eager_transforms; vmap is torch.vmap's
+            from torch._functorch.eager_transforms import grad, grad_and_value  # type: ignore[attr-defined, no-redef, unused-ignore]
             from torch._functorch.vmap import vmap  # type: ignore[attr-defined, no-redef, unused-ignore]
-        return _Transforms(eager_transforms.jacrev, eager_transforms.vjp, vmap, True)
+        library = SimpleNamespace(
+            jacrev=eager_transforms.jacrev,
+            vjp=eager_transforms.vjp,
+            jvp=eager_transforms.jvp,
+            jacfwd=eager_transforms.jacfwd,
+            grad=grad,
+            grad_and_value=grad_and_value,
+        )
+        return _Transforms(library, vmap, True)
     native = "chunk_size" in inspect.signature(functorch.jacrev).parameters
-    return _Transforms(
-        functorch.jacrev, functorch.vjp, vmap_batch_of_one_guard(functorch.vmap), native
-    )
+    return _Transforms(functorch, vmap_batch_of_one_guard(functorch.vmap), native)
 
 
 class FunctorchBackend(Backend):
@@ -145,6 +158,46 @@ class FunctorchBackend(Backend):
         chunk_size: Optional[int],
     ) -> Callable[..., Any]:
         return _serialised(self._vmap(func, in_dims, out_dims, randomness, chunk_size=chunk_size))
+
+    def vjp(self, func: Callable[..., Any], primals: Tuple[Any, ...], *, has_aux: bool) -> Any:
+        return _serialised(_transforms().vjp)(func, *primals, has_aux=has_aux)
+
+    def jvp(
+        self,
+        func: Callable[..., Any],
+        primals: Tuple[Any, ...],
+        tangents: Tuple[Any, ...],
+        *,
+        has_aux: bool,
+    ) -> Any:
+        return _serialised(_transforms().jvp)(func, primals, tangents, has_aux=has_aux)
+
+    def grad_and_value(
+        self, func: Callable[..., Any], argnums: ArgnumsT, *, has_aux: bool
+    ) -> Callable[..., Any]:
+        return _serialised(_transforms().grad_and_value(func, argnums, has_aux=has_aux))
+
+    def grad(
+        self, func: Callable[..., Any], argnums: ArgnumsT, *, has_aux: bool
+    ) -> Callable[..., Any]:
+        return _serialised(_transforms().grad(func, argnums, has_aux=has_aux))
+
+    def jacfwd(
+        self,
+        func: Callable[..., Any],
+        argnums: ArgnumsT,
+        *,
+        has_aux: bool,
+        randomness: str,
+        chunk_size: Optional[int],
+    ) -> Callable[..., Any]:
+        if chunk_size is not None:  # no functorch jacfwd has chunk_size: vmap(jvp) in chunks
+            return super().jacfwd(
+                func, argnums, has_aux=has_aux, randomness=randomness, chunk_size=chunk_size
+            )
+        return _serialised(
+            _transforms().jacfwd(func, argnums, has_aux=has_aux, randomness=randomness)
+        )
 
     def _jacrev(
         self,

@@ -1,0 +1,192 @@
+"""Operators derived from a transform library's primitives: ``jvp``, ``vjp`` and ``vmap``.
+
+A backend with function transforms supplies its native operators where its
+torch has them; what it lacks is built here, once for all backends, from the
+primitives (the idea of DifferentiationInterface.jl: every operator from a
+pushforward and a pullback):
+
+* ``jacfwd`` with ``chunk_size`` (no :mod:`torch.func` release has it):
+  ``vmap`` of ``jvp`` over chunks of the input basis;
+* ``linearize`` (functorch on torch 1.13 has none): ``jvp`` at each call;
+* ``hvp`` (no release has it): forward over reverse, ``jvp`` of
+  ``grad_and_value``, so the value comes for free;
+* ``grad`` from ``grad_and_value``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional, Tuple
+
+import torch
+
+from ._eager_jacobian import check_argnums, check_outputs, unflatten_jacobian
+from ._pytree import flatten, tree_flatten, tree_unflatten, unflatten
+
+__all__ = ["jacfwd_from_jvp", "linearize_from_jvp", "hvp_from_jvp", "grad_from_grad_and_value"]
+
+Jvp = Callable[..., Any]
+
+
+def grad_from_grad_and_value(grad_and_value_fn: Callable[..., Any], has_aux: bool) -> Any:
+    """``grad``'s callable from a ``grad_and_value`` callable: the value dropped.
+
+    Examples
+    --------
+    >>> import torch
+    >>> g = grad_from_grad_and_value(lambda x: (2 * x, x * x), False)
+    >>> g(torch.ones(1))
+    tensor([2.])
+    """
+
+    def grad_fn(*args: Any) -> Any:
+        gradient, value = grad_and_value_fn(*args)
+        return (gradient, value[1]) if has_aux else gradient
+
+    return grad_fn
+
+
+def jacfwd_from_jvp(
+    jvp: Jvp,
+    vmap: Callable[..., Any],
+    func: Callable[..., Any],
+    argnums: Any,
+    has_aux: bool,
+    randomness: str,
+    chunk_size: Optional[int],
+) -> Callable[..., Any]:
+    """``jacfwd`` as ``vmap(jvp)`` over the input basis, ``chunk_size`` columns at a time.
+
+    Examples
+    --------
+    >>> import torch
+    >>> try:
+    ...     from torch.func import jvp, vmap
+    ... except ImportError:  # torch 1.13
+    ...     from functorch import jvp, vmap
+    >>> jacfwd_from_jvp(jvp, vmap, torch.sin, 0, False, "error", 1)(torch.zeros(2))
+    tensor([[1., 0.],
+            [0., 1.]])
+    """
+
+    def jacobian_fn(*args: Any) -> Any:
+        nums = check_argnums(argnums, len(args))
+        in_specs, sizes, leaves = [], [], []
+        for p in nums:
+            arg_leaves, arg_spec = flatten(args[p])
+            in_specs.append(arg_spec)
+            sizes.append(len(arg_leaves))
+            leaves.extend(arg_leaves)
+
+        def of_leaves(*xs: torch.Tensor) -> Any:
+            new_args, start = list(args), 0
+            for p, spec, count in zip(nums, in_specs, sizes):
+                new_args[p] = unflatten(list(xs[start : start + count]), spec)
+                start += count
+            return func(*new_args)
+
+        def push(*tangents: torch.Tensor) -> Any:
+            result = jvp(of_leaves, tuple(leaves), tangents, has_aux=has_aux)
+            return (result[1], result[2]) if has_aux else result[1]
+
+        total = sum(x.numel() for x in leaves)
+        step = total if chunk_size is None else chunk_size
+        pieces: List[Any] = []
+        aux = None
+        batched = vmap(push, randomness=randomness)
+        for start in range(0, max(total, 1), max(step, 1)):
+            size = min(step, total - start)
+            if size <= 0:  # no input elements: one pass for the output's shape
+                size = 1
+            basis = _basis(leaves, total, start, size)
+            out = batched(*basis)
+            if has_aux:
+                out, aux_chunk = out
+                if aux is None:
+                    aux_leaves, aux_spec = tree_flatten(aux_chunk)
+                    aux = tree_unflatten([a[0] for a in aux_leaves], aux_spec)
+            pieces.append(out)
+        out_leaves_per_piece = [flatten(piece) for piece in pieces]
+        out_spec = out_leaves_per_piece[0][1]
+        columns = [
+            torch.cat([lp[0][k] for lp in out_leaves_per_piece])[:total]
+            for k in range(len(out_leaves_per_piece[0][0]))
+        ]
+        check_outputs(columns, "jacfwd")
+        per_output = []
+        for col in columns:
+            out_shape = col.shape[1:]
+            matrix = col.reshape(total, -1).transpose(0, 1)
+            blocks, offset = [], 0
+            for x in leaves:
+                blocks.append(matrix[:, offset : offset + x.numel()].reshape(out_shape + x.shape))
+                offset += x.numel()
+            per_output.append(unflatten_jacobian(blocks, argnums, in_specs, sizes))
+        jacobian = per_output[0] if out_spec is None else unflatten(per_output, out_spec)
+        return (jacobian, aux) if has_aux else jacobian
+
+    return jacobian_fn
+
+
+def _basis(leaves: List[torch.Tensor], total: int, start: int, size: int) -> List[torch.Tensor]:
+    """Columns ``start:start + size`` of the identity over all input elements, per leaf."""
+    parts, offset = [], 0
+    for x in leaves:
+        n = x.numel()
+        b = x.new_zeros((size, n))
+        k = start - offset
+        if total and -size < k < n:
+            b.diagonal(k).fill_(1)
+        parts.append(b.view((size,) + x.shape))
+        offset += n
+    return parts
+
+
+def linearize_from_jvp(
+    jvp: Jvp, func: Callable[..., Any], primals: Tuple[Any, ...]
+) -> Tuple[Any, Callable[..., Any]]:
+    """``linearize``: the output now, and a ``jvp_fn(*tangents)`` that calls ``jvp``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> try:
+    ...     from torch.func import jvp
+    ... except ImportError:  # torch 1.13
+    ...     from functorch import jvp
+    >>> out, jvp_fn = linearize_from_jvp(jvp, torch.sin, (torch.zeros(2),))
+    >>> jvp_fn(torch.ones(2))
+    tensor([1., 1.])
+    """
+    leaves, spec = tree_flatten(primals)
+    zeros = tree_unflatten([torch.zeros_like(x) for x in leaves], spec)
+    output = jvp(func, primals, zeros)[0]
+
+    def jvp_fn(*tangents: Any) -> Any:
+        return jvp(func, primals, tangents)[1]
+
+    return output, jvp_fn
+
+
+def hvp_from_jvp(
+    jvp: Jvp,
+    grad_and_value: Callable[..., Any],
+    func: Callable[..., Any],
+    primals: Tuple[Any, ...],
+    tangents: Tuple[Any, ...],
+) -> Tuple[Any, Any]:
+    """``(func(*primals), H @ tangents)`` by forward over reverse: ``jvp`` of ``grad_and_value``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> try:
+    ...     from torch.func import grad_and_value, jvp
+    ... except ImportError:  # torch 1.13
+    ...     from functorch import grad_and_value, jvp
+    >>> hvp_from_jvp(jvp, grad_and_value, lambda x: (x ** 3).sum(),
+    ...              (torch.tensor([1.0, 2.0]),), (torch.ones(2),))
+    (tensor(9.), (tensor([ 6., 12.]),))
+    """
+    gradient = grad_and_value(func, tuple(range(len(primals))))
+    _, product, value = jvp(gradient, primals, tangents, has_aux=True)
+    return value, product

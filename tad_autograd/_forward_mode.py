@@ -1,0 +1,320 @@
+"""Forward-mode derivatives without function transforms: ``jvp``, ``jacfwd``, ``linearize``.
+
+The autograd backend's forward mode.  It pushes tangents through the
+function with :mod:`torch.autograd.forward_ad` dual numbers.  Where an op or
+a custom ``autograd.Function`` has no forward-AD rule (old-style Functions
+without ``jvp`` included), the dual-number pass raises; then, with every
+random generator the call can see restored, the same product comes from
+reverse mode instead:
+
+* the double-vjp trick: ``J^T v`` is built with a graph for a dummy ``v``, and
+  differentiating it with respect to ``v`` along ``t`` gives ``J t``.  Exact
+  for built-in ops, whose backward formulas are differentiable or raise;
+* rows of backward passes (``J`` itself, then ``J t``) when the graph holds a
+  custom ``autograd.Function``, whose Python backward may compute outside
+  autograd, so that differentiating *through* it could silently miss terms.
+
+The decision is structural: whatever the dual-number pass raises, reverse
+mode is tried; if that fails too, its exception propagates with the first
+one as its context.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.autograd.forward_ad as fwAD
+
+from ._eager_jacobian import (
+    check_argnums,
+    check_outputs,
+    eager_jacobian,
+    stand_ins,
+    unflatten_jacobian,
+)
+from ._graph import has_custom_functions, reaches_other_leaves, retire
+from ._grad_modes import outside_inference_mode
+from ._operand_checks import check_primals_tangents, check_tensor_outputs, split_aux
+from ._pytree import flatten, tree_flatten, tree_unflatten, unflatten
+from ._rng import RngStates, visible_generators
+from ._rows import rows
+from ._torch_info import forward_ad_ready
+
+__all__ = ["eager_jvp", "eager_jacfwd", "eager_linearize"]
+
+
+def _devices(leaves: Sequence[Any]) -> set:  # type: ignore[type-arg]
+    return {x.device for x in leaves if isinstance(x, torch.Tensor)}
+
+
+def eager_jvp(
+    func: Callable[..., Any], primals: Tuple[Any, ...], tangents: Tuple[Any, ...], has_aux: bool
+) -> Any:
+    """``torch.func.jvp(func, primals, tangents, has_aux=has_aux)`` without transforms.
+
+    Examples
+    --------
+    >>> import torch
+    >>> eager_jvp(torch.sin, (torch.zeros(2),), (torch.ones(2),), False)
+    (tensor([0., 0.]), tensor([1., 1.]))
+    """
+    p_leaves, t_leaves, spec = check_primals_tangents(primals, tangents, "jvp")
+    forward_ad_ready()
+    if torch.is_inference_mode_enabled():
+        return outside_inference_mode(
+            "jvp", lambda p, t: eager_jvp(func, p, t, has_aux), primals, tangents
+        )
+    states = RngStates(_devices(p_leaves), visible_generators(func, primals))
+    try:
+        return _dual_jvp(func, p_leaves, t_leaves, spec, has_aux)
+    except Exception:  # no forward-AD rule somewhere (or the user's error: reverse tells)
+        states.restore()
+        return _reverse_jvp(func, p_leaves, t_leaves, spec, has_aux)
+
+
+def _dual_jvp(
+    func: Callable[..., Any],
+    p_leaves: List[torch.Tensor],
+    t_leaves: List[torch.Tensor],
+    spec: Any,
+    has_aux: bool,
+) -> Any:
+    with fwAD.dual_level():
+        duals = [fwAD.make_dual(p, t) for p, t in zip(p_leaves, t_leaves)]
+        result = func(*tree_unflatten(duals, spec))
+        if has_aux:
+            result, aux = split_aux(result, "jvp")
+        out_leaves, out_spec = tree_flatten(result)
+        check_tensor_outputs(out_leaves, "jvp")
+        primal_out, tangent_out = [], []
+        for o in out_leaves:
+            primal, tangent = fwAD.unpack_dual(o)
+            primal_out.append(primal)
+            tangent_out.append(tangent if tangent is not None else torch.zeros_like(primal))
+        if has_aux:
+            aux_leaves, aux_spec = tree_flatten(aux)
+            aux = tree_unflatten([fwAD.unpack_dual(a).primal for a in aux_leaves], aux_spec)
+    output = tree_unflatten(primal_out, out_spec), tree_unflatten(tangent_out, out_spec)
+    return output + (aux,) if has_aux else output
+
+
+def _reverse_jvp(
+    func: Callable[..., Any],
+    p_leaves: List[torch.Tensor],
+    t_leaves: List[torch.Tensor],
+    spec: Any,
+    has_aux: bool,
+) -> Any:
+    """``J t`` from reverse mode: double-vjp over built-in ops, rows through custom ones."""
+    outer_grad = torch.is_grad_enabled()
+    with torch.enable_grad():
+        inputs, external = stand_ins(p_leaves)
+        try:
+            result = func(*tree_unflatten(list(inputs), spec))
+            if has_aux:
+                result, aux = split_aux(result, "jvp")
+            out_leaves, out_spec = tree_flatten(result)
+            check_tensor_outputs(out_leaves, "jvp")
+            ours = {id(x) for x in inputs}
+            live = [o for o in out_leaves if o.requires_grad]
+            keep = outer_grad and (external or reaches_other_leaves(live, ours))
+            create = keep or (outer_grad and any(t.requires_grad for t in t_leaves))
+            products = _products(out_leaves, inputs, t_leaves, create)
+            primal = [o if keep else o.detach() for o in out_leaves]
+            output = tree_unflatten(primal, out_spec), tree_unflatten(products, out_spec)
+            if not has_aux:
+                return output
+            aux_leaves, aux_spec = tree_flatten(aux)
+            kept = [a if keep or not isinstance(a, torch.Tensor) else a.detach() for a in aux_leaves]
+            return output + (tree_unflatten(kept, aux_spec),)
+        finally:
+            retire(inputs)
+
+
+def _products(
+    outputs: List[torch.Tensor],
+    inputs: List[torch.Tensor],
+    tangents: List[torch.Tensor],
+    create_graph: bool,
+) -> List[torch.Tensor]:
+    """``J t`` for each output, from the recorded graph."""
+    live = [o for o in outputs if o.requires_grad]
+    if not live:
+        return [torch.zeros_like(o.detach()) for o in outputs]
+    if has_custom_functions(live):
+        result = []
+        for o in outputs:
+            total = torch.zeros(o.numel(), dtype=o.dtype, device=o.device)
+            for r, x, t in zip(rows(o, inputs, create_graph), inputs, tangents):
+                total = total + r.reshape(o.numel(), x.numel()) @ t.reshape(-1).to(r.dtype)
+            result.append(total.reshape(o.shape))
+        return result
+    dummies = [torch.zeros_like(o.detach(), requires_grad=True) for o in live]
+    grads = torch.autograd.grad(live, inputs, dummies, create_graph=True, allow_unused=True)
+    pairs = [(g, t) for g, t in zip(grads, tangents) if g is not None and g.requires_grad]
+    jv: Sequence[Optional[torch.Tensor]] = [None] * len(live)
+    if pairs:
+        jv = torch.autograd.grad(
+            [g for g, _ in pairs],
+            dummies,
+            [t for _, t in pairs],
+            create_graph=create_graph,
+            allow_unused=True,
+        )
+    by_id = {id(o): (j if j is not None else torch.zeros_like(o.detach())) for o, j in zip(live, jv)}
+    return [by_id.get(id(o), torch.zeros_like(o.detach())) for o in outputs]
+
+
+def eager_jacfwd(
+    func: Callable[..., Any],
+    argnums: Any,
+    has_aux: bool,
+    randomness: str,
+    args: Tuple[Any, ...],
+) -> Any:
+    """``torch.func.jacfwd(func, argnums, has_aux, randomness=...)(*args)`` by columns.
+
+    One dual-number forward pass per input element.  ``randomness="same"``
+    replays the random generators for every column; ``"error"`` raises if the
+    function draws random numbers; ``"different"`` lets each column draw.  A
+    function without forward-AD rules gets its Jacobian from reverse mode.
+
+    Examples
+    --------
+    >>> import torch
+    >>> eager_jacfwd(torch.sin, 0, False, "error", (torch.zeros(2),))
+    tensor([[1., 0.],
+            [0., 1.]])
+    """
+    nums = check_argnums(argnums, len(args))
+    forward_ad_ready()
+    if torch.is_inference_mode_enabled():
+        return outside_inference_mode(
+            "jacfwd", lambda a: eager_jacfwd(func, argnums, has_aux, randomness, a), args
+        )
+    in_specs, sizes, leaves = [], [], []
+    for p in nums:
+        arg_leaves, arg_spec = flatten(args[p])
+        in_specs.append(arg_spec)
+        sizes.append(len(arg_leaves))
+        leaves.extend(arg_leaves)
+    states = RngStates(_devices(leaves), visible_generators(func, args))
+    try:
+        columns, out_leaves, out_spec, aux = _columns(
+            func, args, nums, in_specs, sizes, leaves, has_aux, randomness, states
+        )
+    except _RandomInErrorMode:
+        states.restore()
+        raise RuntimeError(
+            "jacfwd: called a random operation with randomness='error'; use "
+            "randomness='same' or 'different', or draw outside jacfwd"
+        ) from None
+    except Exception:  # no forward-AD rule somewhere (or the user's error: reverse tells)
+        states.restore()
+        return eager_jacobian(func, argnums, has_aux, args)
+    check_outputs(out_leaves, "jacfwd")
+    per_output = []
+    for k, o in enumerate(out_leaves):
+        if columns:
+            stacked = torch.stack([c[k].reshape(-1) for c in columns], dim=-1)
+        else:
+            stacked = o.new_zeros((o.numel(), 0))
+        blocks, start = [], 0
+        for x in leaves:
+            blocks.append(stacked[:, start : start + x.numel()].reshape(o.shape + x.shape))
+            start += x.numel()
+        per_output.append(unflatten_jacobian(blocks, argnums, in_specs, sizes))
+    jacobian = per_output[0] if out_spec is None else unflatten(per_output, out_spec)
+    return (jacobian, aux) if has_aux else jacobian
+
+
+class _RandomInErrorMode(Exception):
+    """The function drew random numbers under ``randomness="error"``."""
+
+
+def _columns(
+    func: Callable[..., Any],
+    args: Tuple[Any, ...],
+    nums: Tuple[int, ...],
+    in_specs: List[Any],
+    sizes: List[int],
+    leaves: List[torch.Tensor],
+    has_aux: bool,
+    randomness: str,
+    states: RngStates,
+) -> Tuple[List[List[torch.Tensor]], List[torch.Tensor], Any, Any]:
+    """The Jacobian's columns, one dual-number pass each (at least one pass)."""
+    total = sum(x.numel() for x in leaves)
+    columns: List[List[torch.Tensor]] = []
+    out_leaves: List[torch.Tensor] = []
+    out_spec: Any = None
+    aux: Any = None
+    for j in range(max(total, 1)):
+        if j and randomness == "same":
+            states.restore()
+        tangents = [torch.zeros_like(x) for x in leaves]
+        if total:
+            offset = 0
+            for t in tangents:
+                if offset <= j < offset + t.numel():
+                    t.view(-1)[j - offset] = 1
+                offset += t.numel()
+        with fwAD.dual_level():
+            duals = [fwAD.make_dual(x, t) for x, t in zip(leaves, tangents)]
+            new_args, start = list(args), 0
+            for p, spec, count in zip(nums, in_specs, sizes):
+                new_args[p] = unflatten(duals[start : start + count], spec)
+                start += count
+            result = func(*new_args)
+            if j == 0 and randomness == "error" and states.changed():
+                raise _RandomInErrorMode
+            if has_aux:
+                result, aux_j = split_aux(result, "jacfwd")
+            flat, spec_j = flatten(result)
+            check_tensor_outputs(flat, "jacfwd")
+            unpacked = [fwAD.unpack_dual(o) for o in flat]
+            if j == 0:
+                out_leaves = [u.primal for u in unpacked]
+                out_spec = spec_j
+                if has_aux:
+                    aux_leaves, aux_spec = tree_flatten(aux_j)
+                    aux = tree_unflatten(
+                        [fwAD.unpack_dual(a).primal for a in aux_leaves], aux_spec
+                    )
+            if total:
+                columns.append(
+                    [
+                        u.tangent if u.tangent is not None else torch.zeros_like(u.primal)
+                        for u in unpacked
+                    ]
+                )
+    return columns, out_leaves, out_spec, aux
+
+
+def eager_linearize(func: Callable[..., Any], primals: Tuple[Any, ...]) -> Tuple[Any, Any]:
+    """``torch.func.linearize(func, *primals)``: the output and a ``jvp_fn(*tangents)``.
+
+    Each ``jvp_fn`` call pushes its tangents through ``func`` again
+    (:func:`eager_jvp`), so it is exact whatever ``func`` contains.
+
+    Examples
+    --------
+    >>> import torch
+    >>> out, jvp_fn = eager_linearize(torch.sin, (torch.zeros(2),))
+    >>> jvp_fn(torch.ones(2))
+    tensor([1., 1.])
+    """
+    output = eager_jvp(func, primals, tuple(_zeros_like_tree(p) for p in primals), False)[0]
+
+    def jvp_fn(*tangents: Any) -> Any:
+        return eager_jvp(func, primals, tangents, False)[1]
+
+    return output, jvp_fn
+
+
+def _zeros_like_tree(tree: Any) -> Any:
+    leaves, spec = tree_flatten(tree)
+    return tree_unflatten(
+        [torch.zeros_like(x) if isinstance(x, torch.Tensor) else x for x in leaves], spec
+    )

@@ -1,0 +1,115 @@
+"""``jacobian(mode="auto")``: forward or reverse mode, chosen per input shapes.
+
+Forward mode costs one pushforward per input element, reverse mode one
+pullback per output element.  The input size is known before a call, the
+output size only after one; so the first call with given input shapes runs
+reverse mode (always applicable) and counts the outputs, and later calls
+with those shapes run forward mode when the inputs are fewer.  A function
+that fails under forward mode (a custom ``autograd.Function`` without a
+``jvp``, an op without a forward-AD rule) is run in reverse mode, with the
+random generators restored, and stays there: the decision rests on whether
+forward mode raised, never on what it said.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Dict, Tuple
+
+import torch
+
+from ._pytree import tree_flatten
+from ._rng import RngStates, visible_generators
+from ._transform_failures import DefectWatch
+
+__all__ = ["ModeChoosingJacobian"]
+
+_FORWARD, _REVERSE = "forward", "reverse"
+
+
+class ModeChoosingJacobian:
+    """The callable :func:`tad_autograd.jacobian` returns for ``mode="auto"``.
+
+    Examples
+    --------
+    >>> import torch, tad_autograd as ta
+    >>> jac = ta.jacobian(lambda x: torch.cat([x, x, x]))
+    >>> jac(torch.ones(2)).shape, jac(torch.ones(2)).shape
+    (torch.Size([6, 2]), torch.Size([6, 2]))
+    >>> jac.mode_for(torch.ones(2))
+    'forward'
+    """
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        argnums: Any,
+        has_aux: bool,
+        make_reverse: Callable[[Callable[..., Any]], Callable[..., Any]],
+        make_forward: Callable[[Callable[..., Any]], Callable[..., Any]],
+    ) -> None:
+        self.__wrapped__ = func
+        self.__name__ = f"jacobian({getattr(func, '__name__', type(func).__name__)})"
+        self._argnums = argnums
+        self._count = threading.local()
+        counting = self._counting(func, has_aux)
+        self._reverse = make_reverse(counting)
+        self._forward = make_forward(func)
+        self._modes: Dict[Tuple[Any, ...], str] = {}
+
+    def _counting(self, func: Callable[..., Any], has_aux: bool) -> Callable[..., Any]:
+        """``func``, noting how many output elements it returned (per thread)."""
+        count = self._count
+
+        def counted(*args: Any) -> Any:
+            result = func(*args)
+            output = result[0] if has_aux and isinstance(result, tuple) else result
+            count.n = sum(
+                t.numel() for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor)
+            )
+            return result
+
+        counted.__wrapped__ = func  # type: ignore[attr-defined]
+        counted.__qualname__ = getattr(func, "__qualname__", "func")
+        return counted
+
+    def _key(self, args: Tuple[Any, ...]) -> Tuple[Tuple[Any, ...], int]:
+        """Shapes, dtypes and devices of the differentiated leaves, and their element count."""
+        nums = (self._argnums,) if isinstance(self._argnums, int) else self._argnums
+        key, total = [], 0
+        for n in nums:
+            if not (isinstance(n, int) and -len(args) <= n < len(args)):
+                return (), -1  # malformed: reverse mode raises the error
+            for leaf in tree_flatten(args[n])[0]:
+                if isinstance(leaf, torch.Tensor):
+                    key.append((tuple(leaf.shape), leaf.dtype, leaf.device.type))
+                    total += leaf.numel()
+        return tuple(key), total
+
+    def mode_for(self, *args: Any) -> str:
+        """The mode a call with ``args`` would use (``"reverse"`` until outputs are counted)."""
+        return self._modes.get(self._key(args)[0], _REVERSE)
+
+    def __call__(self, *args: Any) -> Any:
+        key, n_in = self._key(args)
+        mode = self._modes.get(key) if n_in >= 0 else _REVERSE
+        if mode == _FORWARD:
+            states = RngStates(
+                {x.device for x in tree_flatten(args)[0] if isinstance(x, torch.Tensor)},
+                visible_generators(self.__wrapped__, args),
+            )
+            try:
+                if DefectWatch.needed():
+                    with DefectWatch():
+                        return self._forward(*args)
+                return self._forward(*args)
+            except Exception:  # not forward-differentiable here: reverse mode, from now on
+                states.restore()
+                self._modes[key] = _REVERSE
+                return self._reverse(*args)
+        self._count.n = None
+        result = self._reverse(*args)
+        n_out = self._count.n
+        if mode is None and n_out is not None:
+            self._modes[key] = _FORWARD if n_in < n_out else _REVERSE
+        return result

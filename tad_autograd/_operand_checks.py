@@ -1,0 +1,178 @@
+"""Checks of the operands of ``vjp``, ``jvp``, ``linearize``, ``hvp`` and ``grad`` (CONTRACT §5).
+
+Every backend runs them before differentiating, so one mistake gets one
+exception type everywhere: the type :mod:`torch.func` raises (``RuntimeError``
+for structure, shape and dtype mismatches and for non-scalar ``grad``
+outputs, ``ValueError`` for non-tensors), with a message naming what was
+given and what is allowed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Tuple
+
+import torch
+
+from ._pytree import tree_flatten
+
+__all__ = [
+    "check_primals",
+    "check_primals_tangents",
+    "check_scalar_output",
+    "check_tensor_outputs",
+    "split_aux",
+]
+
+
+def check_primals(primals: Any, name: str) -> Tuple[List[torch.Tensor], Any]:
+    """The leaves and spec of ``primals``: a tuple of floating-point tensors (or pytrees).
+
+    Examples
+    --------
+    >>> import torch
+    >>> len(check_primals((torch.zeros(2), [torch.ones(1)]), "jvp")[0])
+    2
+    >>> check_primals(torch.zeros(2), "jvp")
+    Traceback (most recent call last):
+    ...
+    RuntimeError: jvp(f, primals, ...): expected primals to be a tuple ...
+    """
+    if not isinstance(primals, tuple):
+        raise RuntimeError(
+            f"{name}(f, primals, ...): expected primals to be a tuple (f(*primals) must be "
+            f"a valid call), got {type(primals).__name__}"
+        )
+    leaves, spec = tree_flatten(primals)
+    for i, leaf in enumerate(leaves):
+        if not isinstance(leaf, torch.Tensor):
+            raise ValueError(
+                f"{name}: every primal must be a tensor (or a pytree of tensors); leaf {i} "
+                f"is {type(leaf)}"
+            )
+        if not (leaf.is_floating_point() or leaf.is_complex()):
+            raise RuntimeError(
+                f"{name}: primal leaf {i} has dtype {leaf.dtype}; only Tensors of floating "
+                "point dtype can be differentiated"
+            )
+    return leaves, spec
+
+
+def check_primals_tangents(
+    primals: Any, tangents: Any, name: str
+) -> Tuple[List[torch.Tensor], List[torch.Tensor], Any]:
+    """Primal and tangent leaves with the primals' spec, checked pairwise.
+
+    ``tangents`` must have the structure of ``primals``, and each tangent the
+    shape, dtype and device of its primal.
+
+    Examples
+    --------
+    >>> import torch
+    >>> check_primals_tangents((torch.zeros(2),), (torch.zeros(3),), "jvp")
+    Traceback (most recent call last):
+    ...
+    RuntimeError: jvp: tangent 0 has shape (3,), its primal (2,); they must be equal
+    """
+    p_leaves, spec = check_primals(primals, name)
+    if not isinstance(tangents, tuple):
+        raise RuntimeError(
+            f"{name}(f, primals, tangents): expected tangents to be a tuple like primals, "
+            f"got {type(tangents).__name__}"
+        )
+    t_leaves, t_spec = tree_flatten(tangents)
+    if t_spec != spec:
+        raise RuntimeError(
+            f"{name}(f, primals, tangents): expected primals and tangents to have the same "
+            f"python structure, got primals {spec} and tangents {t_spec}"
+        )
+    for i, (p, t) in enumerate(zip(p_leaves, t_leaves)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name}: tangent {i} must be a tensor, got {type(t)}")
+        if t.shape != p.shape:
+            raise RuntimeError(
+                f"{name}: tangent {i} has shape {tuple(t.shape)}, its primal "
+                f"{tuple(p.shape)}; they must be equal"
+            )
+        if t.dtype != p.dtype or t.device != p.device:
+            raise RuntimeError(
+                f"{name}: tangent {i} is {t.dtype} on {t.device}, its primal {p.dtype} on "
+                f"{p.device}; they must be equal"
+            )
+    return p_leaves, t_leaves, spec
+
+
+def check_scalar_output(output: Any, name: str) -> torch.Tensor:
+    """``output`` if it is a real floating-point 0-dim tensor, else ``RuntimeError``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> check_scalar_output(torch.ones(2), "grad")
+    Traceback (most recent call last):
+    ...
+    RuntimeError: grad(f)(*args): expected f(*args) to return a scalar tensor, got a tensor ...
+    """
+    if not isinstance(output, torch.Tensor):
+        raise RuntimeError(
+            f"{name}(f)(*args): expected f(*args) to return a tensor, got {type(output)}"
+        )
+    if output.dim() != 0:
+        raise RuntimeError(
+            f"{name}(f)(*args): expected f(*args) to return a scalar tensor, got a tensor "
+            f"with {output.dim()} dims (shape {tuple(output.shape)}); use vjp or jacrev for "
+            "non-scalar outputs"
+        )
+    if not output.is_floating_point():
+        raise RuntimeError(
+            f"{name}(f)(*args): expected f(*args) to return a real floating-point tensor, "
+            f"got dtype {output.dtype}"
+        )
+    return output
+
+
+def check_tensor_outputs(leaves: List[Any], name: str) -> None:
+    """Outputs of ``vjp``/``jvp``: at least one, and tensors only (``RuntimeError``).
+
+    Examples
+    --------
+    >>> check_tensor_outputs([], "vjp")
+    Traceback (most recent call last):
+    ...
+    RuntimeError: vjp(f, ...): expected f to return a tensor or a non-empty pytree of tensors...
+    """
+    if not leaves:
+        raise RuntimeError(
+            f"{name}(f, ...): expected f to return a tensor or a non-empty pytree of tensors, "
+            "got no tensors (e.g. None)"
+        )
+    for i, leaf in enumerate(leaves):
+        if not isinstance(leaf, torch.Tensor):
+            raise RuntimeError(
+                f"{name}(f, ...): expected f to return only tensors, got {type(leaf)} "
+                f"(output {i})"
+            )
+
+
+def split_aux(result: Any, name: str) -> Tuple[Any, Any]:
+    """``(output, aux)`` of a ``has_aux`` function, checked (``RuntimeError``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> split_aux(torch.zeros(1), "vjp")
+    Traceback (most recent call last):
+    ...
+    RuntimeError: vjp(f, ..., has_aux=True): f must return a tuple (output, aux), got Tensor
+    """
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise RuntimeError(
+            f"{name}(f, ..., has_aux=True): f must return a tuple (output, aux), got "
+            f"{type(result).__name__}"
+        )
+    for leaf in tree_flatten(result[1])[0]:
+        if not isinstance(leaf, torch.Tensor):
+            raise RuntimeError(
+                f"{name}(f, ..., has_aux=True): aux must be a tensor or a pytree of tensors, "
+                f"got {type(leaf)}"
+            )
+    return result[0], result[1]

@@ -1,0 +1,258 @@
+"""The gradient and forward-mode transforms: :func:`grad`, :func:`grad_and_value`,
+:func:`jacfwd` and :func:`jacobian`.
+
+Thin, documented functions over :mod:`tad_autograd.transforms` (see
+:mod:`tad_autograd.api` for ``jacrev``, ``vmap`` and ``hessian``); every
+argument is checked here once, when the transform is built.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from ._checks import (
+    check_argnums_type,
+    check_backend,
+    check_chunk_size,
+    check_has_aux,
+    check_randomness,
+)
+from ._mode_choice import ModeChoosingJacobian
+from ._torch_info import forward_ad_ready
+from .api import Argnums, jacrev
+from .strategies import Strategy
+from .transforms import Transformed
+
+__all__ = ["grad", "grad_and_value", "jacfwd", "jacobian"]
+
+_MODES = ("auto", "forward", "reverse")
+
+
+def grad(
+    func: Callable[..., Any],
+    argnums: Argnums = 0,
+    *,
+    has_aux: bool = False,
+    backend: Optional[str] = None,
+) -> Callable[..., Any]:
+    """Gradient of a scalar-valued ``func`` with respect to the arguments at ``argnums``.
+
+    Behaves as :func:`torch.func.grad` on every supported torch and backend.
+
+    Parameters
+    ----------
+    func : callable
+        Returns a 0-dim real floating-point tensor (with ``has_aux=True``,
+        ``(output, aux)``).
+    argnums : int or tuple of int, optional
+        Which positional arguments to differentiate.  Default 0.
+    has_aux : bool, optional
+        ``func`` returns ``(output, aux)``; ``aux`` comes back undifferentiated.
+    backend : str, optional
+        As for :func:`~tad_autograd.jacrev`.
+
+    Returns
+    -------
+    callable
+        Returns the gradient, shaped like the arguments at ``argnums`` (a
+        tuple for tuple ``argnums``); with ``has_aux=True``, ``(gradient, aux)``.
+
+    Raises
+    ------
+    RuntimeError
+        ``func`` does not return a scalar tensor; malformed ``argnums``.
+
+    Examples
+    --------
+    Forces are minus the gradient of the energy:
+
+    >>> import torch, tad_autograd as ta
+    >>> energy = lambda pos: ((pos[1] - pos[0]) ** 2).sum()
+    >>> -ta.grad(energy)(torch.tensor([[0.0, 0.0], [1.0, 0.0]]))
+    tensor([[ 2., -0.],
+            [-2., -0.]])
+    """
+    check_argnums_type(argnums)
+    check_has_aux(has_aux, "grad")
+    name = check_backend(backend)
+
+    def build(s: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
+        return s.grad(f, argnums, has_aux=has_aux)
+
+    return Transformed("grad", func, build, name, False, kwargs_in_call=False, argnums=argnums)
+
+
+def grad_and_value(
+    func: Callable[..., Any],
+    argnums: Argnums = 0,
+    *,
+    has_aux: bool = False,
+    backend: Optional[str] = None,
+) -> Callable[..., Any]:
+    """The gradient of a scalar-valued ``func`` and its value, from one evaluation.
+
+    Behaves as :func:`torch.func.grad_and_value`.
+
+    Returns
+    -------
+    callable
+        Returns ``(gradient, value)``; with ``has_aux=True``,
+        ``(gradient, (value, aux))``.
+
+    Examples
+    --------
+    >>> import torch, tad_autograd as ta
+    >>> ta.grad_and_value(lambda x: (x ** 2).sum())(torch.tensor([1.0, 2.0]))
+    (tensor([2., 4.]), tensor(5.))
+    """
+    check_argnums_type(argnums)
+    check_has_aux(has_aux, "grad_and_value")
+    name = check_backend(backend)
+
+    def build(s: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
+        return s.grad_and_value(f, argnums, has_aux=has_aux)
+
+    return Transformed(
+        "grad_and_value", func, build, name, False, kwargs_in_call=False, argnums=argnums
+    )
+
+
+def jacfwd(
+    func: Callable[..., Any],
+    argnums: Argnums = 0,
+    *,
+    has_aux: bool = False,
+    randomness: str = "error",
+    chunk_size: Optional[int] = None,
+    backend: Optional[str] = None,
+) -> Callable[..., Any]:
+    """Jacobian of ``func`` by forward mode: one pushforward per input element.
+
+    Behaves as :func:`torch.func.jacfwd`, with a ``chunk_size`` on every
+    backend.  Cheaper than :func:`~tad_autograd.jacrev` when the inputs have
+    fewer elements than the outputs (tall Jacobians).  Functions with no
+    forward-AD rule (a custom ``autograd.Function`` without ``jvp``) work on
+    the autograd backend and in automatic mode.
+
+    Parameters
+    ----------
+    func, argnums, has_aux
+        As for :func:`~tad_autograd.jacrev`.
+    randomness : {"error", "same", "different"}, optional
+        Random operations in ``func``: raise (default), the same draws for
+        every input element, or independent ones.
+    chunk_size : int, optional
+        Push this many basis vectors at a time.
+    backend : str, optional
+        As for :func:`~tad_autograd.jacrev`.
+
+    Returns
+    -------
+    callable
+        Returns the Jacobian with :func:`~tad_autograd.jacrev`'s structure.
+
+    Examples
+    --------
+    The derivative of a 3-component dipole-like response with respect to a field:
+
+    >>> import torch, tad_autograd as ta
+    >>> alpha = torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 4.0]])
+    >>> ta.jacfwd(lambda field: alpha @ field)(torch.zeros(3))
+    tensor([[2., 0., 0.],
+            [0., 3., 0.],
+            [0., 0., 4.]])
+    """
+    check_argnums_type(argnums)
+    check_has_aux(has_aux, "jacfwd")
+    check_randomness(randomness)
+    check_chunk_size(chunk_size, "jacfwd")
+    name = check_backend(backend)
+    return _jacfwd(func, argnums, has_aux, randomness, chunk_size, name, False)
+
+
+def _jacfwd(
+    func: Callable[..., Any],
+    argnums: Argnums,
+    has_aux: bool,
+    randomness: str,
+    chunk_size: Optional[int],
+    backend: Optional[str],
+    transforms_only: bool,
+) -> Transformed:
+    forward_ad_ready()
+
+    def build(s: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
+        return s.jacfwd(
+            f, argnums, has_aux=has_aux, randomness=randomness, chunk_size=chunk_size
+        )
+
+    return Transformed(
+        "jacfwd", func, build, backend, transforms_only, kwargs_in_call=False, argnums=argnums
+    )
+
+
+def jacobian(
+    func: Callable[..., Any],
+    argnums: Argnums = 0,
+    *,
+    mode: str = "auto",
+    has_aux: bool = False,
+    chunk_size: Optional[int] = None,
+    backend: Optional[str] = None,
+) -> Callable[..., Any]:
+    """Jacobian of ``func`` by forward or reverse mode, whichever is cheaper.
+
+    Parameters
+    ----------
+    func, argnums, has_aux, chunk_size, backend
+        As for :func:`~tad_autograd.jacrev`.
+    mode : {"auto", "forward", "reverse"}, optional
+        ``"reverse"`` is :func:`~tad_autograd.jacrev`, ``"forward"``
+        :func:`~tad_autograd.jacfwd`.  ``"auto"`` (default) uses forward mode
+        when the differentiated inputs have fewer elements than the outputs
+        and the function runs under forward mode, reverse mode otherwise.  It
+        learns the output size on the first call with given input shapes
+        (which runs reverse mode), and a function that fails under forward
+        mode is switched to reverse mode for good.
+
+    Returns
+    -------
+    callable
+        Returns the Jacobian with :func:`~tad_autograd.jacrev`'s structure.
+
+    Raises
+    ------
+    ValueError
+        ``mode`` not one of the three.
+
+    Examples
+    --------
+    A tall Jacobian (2 inputs, 50 outputs) goes forward from the second call on:
+
+    >>> import torch, tad_autograd as ta
+    >>> grid = torch.linspace(0, 1, 50)
+    >>> jac = ta.jacobian(lambda p: p[0] * torch.exp(-p[1] * grid))
+    >>> jac(torch.tensor([1.0, 2.0])).shape
+    torch.Size([50, 2])
+    >>> jac(torch.tensor([1.0, 2.0])).shape
+    torch.Size([50, 2])
+    """
+    if mode not in _MODES:
+        raise ValueError(f"jacobian: mode must be one of {_MODES}, got {mode!r}")
+    if mode == "reverse":
+        return jacrev(func, argnums, has_aux=has_aux, chunk_size=chunk_size, backend=backend)
+    if mode == "forward":
+        return jacfwd(func, argnums, has_aux=has_aux, chunk_size=chunk_size, backend=backend)
+    check_argnums_type(argnums)
+    check_has_aux(has_aux, "jacobian")
+    check_chunk_size(chunk_size, "jacobian")
+    name = check_backend(backend)
+
+    def make_reverse(f: Callable[..., Any]) -> Callable[..., Any]:
+        return jacrev(f, argnums, has_aux=has_aux, chunk_size=chunk_size, backend=name)
+
+    def make_forward(f: Callable[..., Any]) -> Callable[..., Any]:
+        # transform backends only: a function they cannot push forward goes reverse
+        return _jacfwd(f, argnums, has_aux, "error", chunk_size, name, name is None)
+
+    return ModeChoosingJacobian(func, argnums, has_aux, make_reverse, make_forward)
