@@ -21,6 +21,7 @@ import torch
 
 from ._eager_jacobian import check_argnums, check_outputs, unflatten_jacobian
 from ._pytree import flatten, tree_flatten, tree_unflatten, unflatten
+from ._torch_info import forward_ad_ready
 
 __all__ = ["jacfwd_from_jvp", "linearize_from_jvp", "hvp_from_jvp", "grad_from_grad_and_value"]
 
@@ -67,6 +68,8 @@ def jacfwd_from_jvp(
     tensor([[1., 0.],
             [0., 1.]])
     """
+
+    forward_ad_ready()
 
     def jacobian_fn(*args: Any) -> Any:
         nums = check_argnums(argnums, len(args))
@@ -157,6 +160,7 @@ def linearize_from_jvp(
     >>> jvp_fn(torch.ones(2))
     tensor([1., 1.])
     """
+    forward_ad_ready()
     leaves, spec = tree_flatten(primals)
     zeros = tree_unflatten([torch.zeros_like(x) for x in leaves], spec)
     output = jvp(func, primals, zeros)[0]
@@ -187,6 +191,7 @@ def hvp_from_jvp(
     ...              (torch.tensor([1.0, 2.0]),), (torch.ones(2),))
     (tensor(9.), (tensor([ 6., 12.]),))
     """
+    forward_ad_ready()
     gradient = grad_and_value(func, tuple(range(len(primals))))
     _, product, value = jvp(gradient, primals, tangents, has_aux=True)
     return value, product

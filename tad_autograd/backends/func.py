@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any, Callable, Optional, Tuple
 
-from .._torch_info import TORCH_VERSION, Version, module_exists
+from .._torch_info import TORCH_VERSION, Version, forward_ad_ready, module_exists
 from ._chunking import jacrev_tensor_args_only, vmap_with_out_dims
 from .base import ArgnumsT, Availability, Backend, InDimsT, OutDimsT
 
@@ -93,6 +93,7 @@ class FuncBackend(Backend):
         *,
         has_aux: bool,
     ) -> Any:
+        forward_ad_ready()
         return _torch_func().jvp(func, primals, tangents, has_aux=has_aux)
 
     def grad_and_value(
@@ -116,6 +117,7 @@ class FuncBackend(Backend):
         randomness: str,
         chunk_size: Optional[int],
     ) -> Callable[..., Any]:
+        forward_ad_ready()
         if chunk_size is not None:  # torch.func.jacfwd has no chunk_size: vmap(jvp) in chunks
             return super().jacfwd(
                 func, argnums, has_aux=has_aux, randomness=randomness, chunk_size=chunk_size
@@ -128,6 +130,7 @@ class FuncBackend(Backend):
     def linearize(
         self, func: Callable[..., Any], primals: Tuple[Any, ...]
     ) -> Tuple[Any, Callable[..., Any]]:
+        forward_ad_ready()
         result: Tuple[Any, Callable[..., Any]] = _torch_func().linearize(func, *primals)
         return result
 

@@ -21,7 +21,7 @@ import threading
 from functools import cache
 from typing import Any, Callable, Optional, Tuple
 
-from .._torch_info import TORCH_VERSION, Version, module_exists
+from .._torch_info import TORCH_VERSION, Version, forward_ad_ready, module_exists
 from ._chunking import (
     checked_outputs,
     chunked_jacrev,
@@ -170,6 +170,7 @@ class FunctorchBackend(Backend):
         *,
         has_aux: bool,
     ) -> Any:
+        forward_ad_ready()
         return _serialised(_transforms().jvp)(func, primals, tangents, has_aux=has_aux)
 
     def grad_and_value(
@@ -191,6 +192,7 @@ class FunctorchBackend(Backend):
         randomness: str,
         chunk_size: Optional[int],
     ) -> Callable[..., Any]:
+        forward_ad_ready()
         if chunk_size is not None:  # no functorch jacfwd has chunk_size: vmap(jvp) in chunks
             return super().jacfwd(
                 func, argnums, has_aux=has_aux, randomness=randomness, chunk_size=chunk_size
