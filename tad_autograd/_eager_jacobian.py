@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
+import torch.autograd.forward_ad as fwAD
 
 from ._graph import defective_ops_in, reaches_other_leaves, retire
 from ._grad_modes import inference_mode_derivatives
@@ -34,6 +35,8 @@ __all__ = [
     "check_outputs",
     "prepare_input",
     "stand_ins",
+    "dual_tangent",
+    "any_dual",
     "inference_mode_derivatives",
 ]
 
@@ -95,7 +98,37 @@ def prepare_input(x: Any, position: int) -> torch.Tensor:
         )
     if x.requires_grad:
         return x.view_as(x)
+    tangent = dual_tangent(x)
+    if tangent is not None:  # a forward-mode dual number: keep its tangent
+        return fwAD.make_dual(fwAD.unpack_dual(x).primal.detach().requires_grad_(True), tangent)
     return x.detach().requires_grad_(True)
+
+
+def dual_tangent(x: torch.Tensor) -> Optional[torch.Tensor]:
+    """The forward-mode tangent of ``x`` (a dual number of torch.autograd.forward_ad), or None.
+
+    Free when no dual level is active.  A derivative of a dual input must be
+    computed with ``create_graph=True``, so that the tangent flows through the
+    backward pass (forward over reverse).
+
+    Examples
+    --------
+    >>> import torch
+    >>> import torch.autograd.forward_ad as fwAD
+    >>> dual_tangent(torch.zeros(1)) is None
+    True
+    >>> with fwAD.dual_level():
+    ...     dual_tangent(fwAD.make_dual(torch.zeros(1), torch.ones(1)))
+    tensor([1.])
+    """
+    if fwAD._current_level < 0:
+        return None
+    return fwAD.unpack_dual(x).tangent
+
+
+def any_dual(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether any of ``tensors`` carries a forward-mode tangent (free without a dual level)."""
+    return fwAD._current_level >= 0 and any(dual_tangent(x) is not None for x in tensors)
 
 
 def stand_ins(leaves: Sequence[torch.Tensor]) -> Tuple[List[torch.Tensor], bool]:
@@ -244,10 +277,15 @@ def _jacobian(
             check_outputs(out_leaves)
 
         ours = {id(x) for x in inputs}
-        create_graph = outer_grad and (
-            external or reaches_other_leaves([o for o in out_leaves if o.requires_grad], ours)
+        dual = any_dual(inputs)  # forward over reverse: the tangents flow through the rows
+        create_graph = dual or (
+            outer_grad
+            and (
+                external
+                or reaches_other_leaves([o for o in out_leaves if o.requires_grad], ours)
+            )
         )
-        per_output = _rows_of(out_leaves, inputs, create_graph, vmap, chunk_size)
+        per_output = _rows_of(out_leaves, inputs, create_graph, None if dual else vmap, chunk_size)
         jacobian: Any
         if in_specs is None and out_spec is None:
             jacobian = per_output[0][0]

@@ -14,7 +14,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from ._eager_jacobian import eager_jacobian, stand_ins
+from ._eager_jacobian import any_dual, eager_jacobian, stand_ins
 from ._graph import reaches_other_leaves, retire
 from ._grad_modes import outside_inference_mode
 from ._operand_checks import (
@@ -63,6 +63,7 @@ def eager_vjp(func: Callable[..., Any], primals: Tuple[Any, ...], has_aux: bool)
         check_tensor_outputs(out_leaves, "vjp")
     ours = {id(x) for x in inputs}
     live = [o.requires_grad for o in out_leaves]
+    dual = any_dual(inputs)
     keep = outer_grad and (
         external or reaches_other_leaves([o for o in out_leaves if o.requires_grad], ours)
     )
@@ -83,8 +84,8 @@ def eager_vjp(func: Callable[..., Any], primals: Tuple[Any, ...], has_aux: bool)
                     f"{tuple(o.shape)}, got {got}"
                 )
         if create_graph is None:
-            create_graph = torch.is_grad_enabled() and (
-                keep or any(c.requires_grad for c in ct_leaves)
+            create_graph = dual or (
+                torch.is_grad_enabled() and (keep or any(c.requires_grad for c in ct_leaves))
             )
         pairs = [(o, c) for o, c, k in zip(out_leaves, ct_leaves, live) if k]
         grads: Sequence[Optional[torch.Tensor]] = [None] * len(inputs)
@@ -182,10 +183,13 @@ def eager_hvp(
         try:
             value = check_scalar_output(func(*tree_unflatten(list(inputs), spec)), "hvp")
             ours = {id(x) for x in inputs}
-            keep = outer_grad and (
-                external
-                or any(t.requires_grad for t in t_leaves)
-                or (value.requires_grad and reaches_other_leaves([value], ours))
+            keep = any_dual(inputs) or (
+                outer_grad
+                and (
+                    external
+                    or any(t.requires_grad for t in t_leaves)
+                    or (value.requires_grad and reaches_other_leaves([value], ours))
+                )
             )
             products: Sequence[Optional[torch.Tensor]] = [None] * len(inputs)
             if value.requires_grad:

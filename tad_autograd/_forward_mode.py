@@ -27,6 +27,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from ._eager_jacobian import (
+    any_dual,
     check_argnums,
     check_outputs,
     eager_jacobian,
@@ -119,7 +120,11 @@ def _reverse_jvp(
             ours = {id(x) for x in inputs}
             live = [o for o in out_leaves if o.requires_grad]
             keep = outer_grad and (external or reaches_other_leaves(live, ours))
-            create = keep or (outer_grad and any(t.requires_grad for t in t_leaves))
+            create = (
+                keep
+                or any_dual(inputs)
+                or (outer_grad and any(t.requires_grad for t in t_leaves))
+            )
             products = _products(out_leaves, inputs, t_leaves, create)
             primal = [o if keep else o.detach() for o in out_leaves]
             output = tree_unflatten(primal, out_spec), tree_unflatten(products, out_spec)

@@ -29,7 +29,10 @@ class FuncBackend(Backend):
     """Function transforms from :mod:`torch.func`.
 
     The fastest backend where it works; :mod:`torch.func` is imported only
-    when the backend first runs.
+    when the backend first runs.  ``linearize`` is derived from ``jvp``
+    (:mod:`tad_autograd._derived`): :func:`torch.func.linearize` traces the
+    function with ``make_fx``, which refuses data-dependent Python and warns
+    from inside torch.fx on current releases.
 
     Examples
     --------
@@ -126,13 +129,6 @@ class FuncBackend(Backend):
             func, argnums, has_aux=has_aux, randomness=randomness
         )
         return fn
-
-    def linearize(
-        self, func: Callable[..., Any], primals: Tuple[Any, ...]
-    ) -> Tuple[Any, Callable[..., Any]]:
-        forward_ad_ready()
-        result: Tuple[Any, Callable[..., Any]] = _torch_func().linearize(func, *primals)
-        return result
 
     def vmap(
         self,

@@ -1,0 +1,198 @@
+"""The operators beyond jacrev in the calling contexts users have (CONTRACT §4).
+
+Every backend and automatic mode, against an independent reference (a row
+loop of ``torch.autograd.grad`` on the eager function):
+
+* custom ``autograd.Function``s without a forward-AD rule (written the old
+  way) work on the autograd backend and in automatic mode for every
+  operator, forward mode included, on every torch; an explicit transform
+  backend raises rather than answer wrongly;
+* ``no_grad``: computed, no graph; ``inference_mode``: computed where the
+  installed ``torch.func`` computes it, else ``RuntimeError``;
+* every result requires grad exactly when ``torch.func``'s does (inputs that
+  require grad, captured parameters, nothing);
+* the dtype is kept (float32, bfloat16);
+* compositions: ``jacfwd(jacrev)``, ``vmap(jvp)``, ``vmap(hvp)``, ``vmap(grad)``,
+  ``jvp`` of ``grad``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional
+
+import pytest
+import torch
+from _helpers import OldStyleExp, assert_tree_close, reference_hessian, reference_jacobian
+
+import tad_autograd as ta
+from tad_autograd._eager_jacobian import inference_mode_derivatives
+from tad_autograd._pytree import tree_flatten
+from tad_autograd.registry import REGISTRY
+
+F64 = torch.float64
+
+
+def energy(x: torch.Tensor) -> torch.Tensor:
+    return (x.sin() * x.roll(1)).sum() + (x**3).sum()
+
+
+def field(x: torch.Tensor) -> torch.Tensor:
+    return torch.tanh(x) * x.sum() + x.roll(1) ** 2
+
+
+def _ops(f_vec: Callable[..., Any], f_scalar: Callable[..., Any], backend: Optional[str]):
+    """Each operator at x (and tangent t), as a function of (x, t)."""
+    kw: Dict[str, Any] = {"backend": backend}
+    return {
+        "grad": lambda x, t: ta.grad(f_scalar, **kw)(x),
+        "grad_and_value": lambda x, t: ta.grad_and_value(f_scalar, **kw)(x),
+        "vjp": lambda x, t: ta.vjp(f_vec, x, **kw)[1](t),
+        "jvp": lambda x, t: ta.jvp(f_vec, (x,), (t,), **kw),
+        "linearize": lambda x, t: ta.linearize(f_vec, x, **kw)[1](t),
+        "jacfwd": lambda x, t: ta.jacfwd(f_vec, **kw)(x),
+        "jacobian": lambda x, t: ta.jacobian(f_vec, **kw)(x),
+        "hvp": lambda x, t: ta.hvp(f_scalar, (x,), (t,), **kw),
+    }
+
+
+def _references(f_vec, f_scalar, x, t):
+    jac = reference_jacobian(f_vec, x)
+    grad = reference_jacobian(f_scalar, x)
+    return {
+        "grad": grad,
+        "grad_and_value": (grad, f_scalar(x)),
+        "vjp": (t @ jac,),
+        "jvp": (f_vec(x), jac @ t),
+        "linearize": jac @ t,
+        "jacfwd": jac,
+        "jacobian": jac,
+        "hvp": (f_scalar(x), (reference_hessian(f_scalar, x) @ t,)),
+    }
+
+
+OPS = list(_ops(field, energy, None))
+
+
+@pytest.mark.filterwarnings("ignore::tad_autograd.BackendFallbackWarning")
+@pytest.mark.parametrize("op", OPS)
+def test_old_style_function_in_every_operator(backend: Optional[str], op: str) -> None:
+    def f_vec(x):
+        return OldStyleExp.apply(x) * x.roll(1)
+
+    def f_scalar(x):
+        return (OldStyleExp.apply(x) * x).sum()
+
+    x, t = torch.linspace(0.1, 0.6, 6, dtype=F64), torch.linspace(-1, 1, 6, dtype=F64)
+    call = _ops(f_vec, f_scalar, backend)[op]
+    if backend is not None and REGISTRY.get(backend).is_transform:
+        with pytest.raises(RuntimeError):  # torch.func refuses it; never a wrong number
+            call(x, t)
+        return
+    assert_tree_close(call(x, t), _references(f_vec, f_scalar, x, t)[op])
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_no_grad_still_differentiates(backend: Optional[str], op: str) -> None:
+    x = torch.linspace(0.1, 0.6, 6, dtype=F64).requires_grad_(True)
+    t = torch.linspace(-1, 1, 6, dtype=F64)
+    with torch.no_grad():
+        result = _ops(field, energy, backend)[op](x, t)
+    assert_tree_close(result, _references(field, energy, x, t)[op])
+    assert not any(r.requires_grad for r in tree_flatten(result)[0])
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_inference_mode(backend: Optional[str], op: str) -> None:
+    with torch.inference_mode():
+        x = torch.linspace(0.1, 0.6, 6, dtype=F64)
+        t = torch.linspace(-1, 1, 6, dtype=F64)
+        call = _ops(field, energy, backend)[op]
+        if not inference_mode_derivatives():
+            with pytest.raises(RuntimeError, match="inference_mode"):
+                call(x, t)
+            return
+        result = call(x, t)
+    assert_tree_close(result, _references(field, energy, x.clone(), t.clone())[op])
+
+
+def _torch_func() -> Any:
+    try:
+        import torch.func as library
+    except ImportError:  # torch 1.13
+        import functorch as library
+    return library
+
+
+def _torch_func_ops(w: torch.Tensor) -> Dict[str, Callable[..., Any]]:
+    F = _torch_func()
+
+    def f_vec(x):
+        return field(x) * w
+
+    def f_scalar(x):
+        return energy(x) * w
+
+    return {
+        "grad": lambda x, t: F.grad(f_scalar)(x),
+        "grad_and_value": lambda x, t: F.grad_and_value(f_scalar)(x),
+        "vjp": lambda x, t: F.vjp(f_vec, x)[1](t),
+        "jvp": lambda x, t: F.jvp(f_vec, (x,), (t,)),
+        "linearize": lambda x, t: F.jvp(f_vec, (x,), (t,))[1],
+        "jacfwd": lambda x, t: F.jacfwd(f_vec)(x),
+        "jacobian": lambda x, t: F.jacrev(f_vec)(x),
+        "hvp": lambda x, t: F.jvp(F.grad_and_value(f_scalar), (x,), (t,), has_aux=True)[:2],
+    }
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("needs_grad", ["input", "captured", "nothing"])
+def test_requires_grad_as_torch_func(backend: Optional[str], op: str, needs_grad: str) -> None:
+    w = torch.tensor(1.5, dtype=F64, requires_grad=needs_grad == "captured")
+    x = torch.linspace(0.1, 0.6, 6, dtype=F64).requires_grad_(needs_grad == "input")
+    t = torch.linspace(-1, 1, 6, dtype=F64)
+    ours = _ops(lambda x: field(x) * w, lambda x: energy(x) * w, backend)[op](x, t)
+    theirs = _torch_func_ops(w)[op](x, t)
+    if op == "hvp":  # torch.func: (grad, H t); ours: (value, (H t,))
+        ours, theirs = ours[1][0], theirs[1]
+    assert [r.requires_grad for r in tree_flatten(ours)[0]] == [
+        r.requires_grad for r in tree_flatten(theirs)[0]
+    ]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("op", ["grad", "vjp", "jvp", "jacfwd", "hvp"])
+def test_dtype_is_kept(backend: Optional[str], op: str, dtype: torch.dtype) -> None:
+    x = torch.linspace(0.1, 0.6, 6, dtype=dtype)
+    t = torch.linspace(-1, 1, 6, dtype=dtype)
+    result = _ops(field, energy, backend)[op](x, t)
+    expected = _references(field, energy, x.double(), t.double())[op]
+    for r, e in zip(tree_flatten(result)[0], tree_flatten(expected)[0]):
+        assert r.dtype == dtype
+        tol = 1e-5 if dtype == torch.float32 else 0.1
+        torch.testing.assert_close(r.double(), e, rtol=tol, atol=tol)
+
+
+def test_jacfwd_of_jacrev_is_the_hessian(backend: Optional[str]) -> None:
+    x = torch.linspace(0.1, 0.6, 5, dtype=F64)
+    hess = ta.jacfwd(ta.jacrev(energy, backend=backend), backend=backend)(x)
+    assert_tree_close(hess, reference_hessian(energy, x))
+
+
+def test_vmap_of_jvp_hvp_and_grad(backend: Optional[str]) -> None:
+    xs = torch.linspace(0.1, 1.5, 15, dtype=F64).reshape(3, 5)
+    ts = torch.linspace(-1, 1, 15, dtype=F64).reshape(3, 5)
+    kw = {"backend": backend}
+    jv = ta.vmap(lambda x, t: ta.jvp(field, (x,), (t,), **kw)[1], **kw)(xs, ts)
+    hv = ta.vmap(lambda x, t: ta.hvp(energy, (x,), (t,), **kw)[1][0], **kw)(xs, ts)
+    g = ta.vmap(ta.grad(energy, **kw), **kw)(xs)
+    for i in range(3):
+        assert_tree_close(jv[i], reference_jacobian(field, xs[i]) @ ts[i])
+        assert_tree_close(hv[i], reference_hessian(energy, xs[i]) @ ts[i])
+        assert_tree_close(g[i], reference_jacobian(energy, xs[i]))
+
+
+def test_jvp_of_grad_is_a_hessian_vector_product(backend: Optional[str]) -> None:
+    x, t = torch.linspace(0.1, 0.6, 5, dtype=F64), torch.linspace(-1, 1, 5, dtype=F64)
+    kw = {"backend": backend}
+    _, hv = ta.jvp(ta.grad(energy, **kw), (x,), (t,), **kw)
+    assert_tree_close(hv, reference_hessian(energy, x) @ t)

@@ -1,0 +1,243 @@
+"""CONTRACT §2/§4: grad, grad_and_value, vjp, jvp, linearize, jacfwd, jacobian, hvp.
+
+Written once, run on every backend and automatic mode, each against an
+independent reference: a row loop of ``torch.autograd.grad`` on the eager
+function (``reference_jacobian``/``reference_hessian``) and central finite
+differences in float64.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _helpers import assert_tree_close, reference_hessian, reference_jacobian
+
+import tad_autograd as ta
+
+DT = torch.float64
+
+
+def _energy(x: torch.Tensor) -> torch.Tensor:
+    return (x.sin() * x.roll(1)).sum() + (x**4).sum() / 4
+
+
+def _field(x: torch.Tensor) -> torch.Tensor:
+    w = torch.linspace(-1, 1, 12, dtype=x.dtype).reshape(4, 3)
+    return torch.tanh(w @ x) * x.sum()
+
+
+def _finite_difference_jvp(f, x: torch.Tensor, t: torch.Tensor, eps: float = 1e-6):
+    return (f(x + eps * t) - f(x - eps * t)) / (2 * eps)
+
+
+# -- grad / grad_and_value ---------------------------------------------------------------
+
+
+def test_grad_matches_the_row_loop(backend) -> None:
+    x = torch.randn(5, dtype=DT)
+    assert_tree_close(ta.grad(_energy, backend=backend)(x), reference_jacobian(_energy, x))
+
+
+@pytest.mark.parametrize("argnums", [1, -2, (0, 1), (1, 0)])
+def test_grad_argnums(backend, argnums) -> None:
+    x, y = torch.randn(3, dtype=DT), torch.randn(3, dtype=DT)
+
+    def f(x, y):
+        return (x.exp() * y.sin()).sum()
+
+    g = ta.grad(f, argnums, backend=backend)(x, y)
+    gx = reference_jacobian(lambda x: f(x, y), x)
+    gy = reference_jacobian(lambda y: f(x, y), y)
+    expected = {1: gy, -2: gx, (0, 1): (gx, gy), (1, 0): (gy, gx)}[argnums]
+    assert_tree_close(g, expected)
+
+
+def test_grad_of_a_pytree_and_aux(backend) -> None:
+    params = {"a": torch.randn(2, dtype=DT), "b": torch.randn(3, dtype=DT)}
+
+    def f(p):
+        e = (p["a"] ** 2).sum() + p["b"].sin().sum()
+        return e, {"e": e.detach() * 2}
+
+    g, aux = ta.grad(f, has_aux=True, backend=backend)(params)
+    assert_tree_close(g, {"a": 2 * params["a"], "b": params["b"].cos()})
+    assert_tree_close(aux, {"e": 2 * f(params)[0]})
+
+
+def test_grad_and_value(backend) -> None:
+    x = torch.randn(4, dtype=DT)
+    g, v = ta.grad_and_value(_energy, backend=backend)(x)
+    assert_tree_close((g, v), (reference_jacobian(_energy, x), _energy(x)))
+    g2, (v2, aux) = ta.grad_and_value(
+        lambda x: (_energy(x), x.sum()), has_aux=True, backend=backend
+    )(x)
+    assert_tree_close((g2, v2, aux), (g, v, x.sum()))
+
+
+def test_grad_refuses_a_non_scalar_output(backend) -> None:
+    with pytest.raises(RuntimeError):
+        ta.grad(torch.sin, backend=backend)(torch.randn(3, dtype=DT))
+    with pytest.raises(RuntimeError):
+        ta.grad_and_value(torch.sin, backend=backend)(torch.randn(3, dtype=DT))
+
+
+# -- vjp / jvp / linearize ---------------------------------------------------------------
+
+
+def test_vjp_matches_the_row_loop(backend) -> None:
+    x = torch.randn(3, dtype=DT)
+    out, vjp_fn = ta.vjp(_field, x, backend=backend)
+    ct = torch.randn(4, dtype=DT)
+    assert_tree_close(out, _field(x))
+    expected = ct @ reference_jacobian(_field, x)
+    assert_tree_close(vjp_fn(ct), (expected,))
+    assert_tree_close(vjp_fn(2 * ct), (2 * expected,))  # callable again
+
+
+def test_vjp_of_several_primals_and_outputs_with_aux(backend) -> None:
+    x, y = torch.randn(3, dtype=DT), torch.randn(3, dtype=DT)
+
+    def f(x, y):
+        return (x * y, (x - y).exp().sum()), y.cos()
+
+    (o1, o2), vjp_fn, aux = ta.vjp(f, x, y, has_aux=True, backend=backend)
+    c1, c2 = torch.randn(3, dtype=DT), torch.tensor(0.7, dtype=DT)
+    gx, gy = vjp_fn((c1, c2))
+    assert_tree_close(gx, c1 * y + c2 * (x - y).exp())
+    assert_tree_close(gy, c1 * x - c2 * (x - y).exp())
+    assert_tree_close(aux, y.cos())
+
+
+def test_jvp_matches_the_row_loop_and_finite_differences(backend) -> None:
+    x, t = torch.randn(3, dtype=DT), torch.randn(3, dtype=DT)
+    out, jv = ta.jvp(_field, (x,), (t,), backend=backend)
+    assert_tree_close(out, _field(x))
+    assert_tree_close(jv, reference_jacobian(_field, x) @ t)
+    torch.testing.assert_close(jv, _finite_difference_jvp(_field, x, t), rtol=1e-6, atol=1e-8)
+
+
+def test_jvp_of_several_primals_with_aux(backend) -> None:
+    x, y = torch.randn(2, dtype=DT), torch.randn(2, dtype=DT)
+    tx, ty = torch.randn(2, dtype=DT), torch.randn(2, dtype=DT)
+
+    def f(x, y):
+        return x * y.exp(), {"s": x.sum()}
+
+    out, jv, aux = ta.jvp(f, (x, y), (tx, ty), has_aux=True, backend=backend)
+    assert_tree_close(out, x * y.exp())
+    assert_tree_close(jv, tx * y.exp() + x * y.exp() * ty)
+    assert_tree_close(aux, {"s": x.sum()})
+
+
+def test_linearize(backend) -> None:
+    x = torch.randn(3, dtype=DT)
+    out, jvp_fn = ta.linearize(_field, x, backend=backend)
+    assert_tree_close(out, _field(x))
+    jac = reference_jacobian(_field, x)
+    for _ in range(2):
+        t = torch.randn(3, dtype=DT)
+        assert_tree_close(jvp_fn(t), jac @ t)
+
+
+@pytest.mark.parametrize(
+    "primals, tangents",
+    [
+        ("not a tuple", "not a tuple"),
+        ((torch.zeros(2),), (torch.zeros(3),)),
+        ((torch.zeros(2),), (torch.zeros(2), torch.zeros(2))),
+        ((torch.zeros(2),), (torch.zeros(2, dtype=DT),)),
+    ],
+    ids=["not-tuples", "shape", "structure", "dtype"],
+)
+def test_jvp_and_hvp_refuse_mismatched_operands(backend, primals, tangents) -> None:
+    if primals == "not a tuple":
+        primals, tangents = torch.zeros(2), torch.zeros(2)
+    with pytest.raises(RuntimeError):
+        ta.jvp(torch.sin, primals, tangents, backend=backend)
+    with pytest.raises(RuntimeError):
+        ta.hvp(lambda x: x.sum(), primals, tangents, backend=backend)
+
+
+# -- jacfwd / jacobian -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1, 5])
+def test_jacfwd_matches_the_row_loop(backend, chunk_size) -> None:
+    x = torch.randn(3, dtype=DT)
+    jac = ta.jacfwd(_field, chunk_size=chunk_size, backend=backend)(x)
+    assert_tree_close(jac, reference_jacobian(_field, x))
+
+
+def test_jacfwd_structure_argnums_and_aux(backend) -> None:
+    x, y = torch.randn(2, dtype=DT), torch.randn(3, dtype=DT)
+
+    def f(x, y):
+        return {"o": torch.outer(x, y.sin())}, x.sum()
+
+    jac, aux = ta.jacfwd(f, (1, 0), has_aux=True, backend=backend)(x, y)
+    expected = ta.jacrev(f, (1, 0), has_aux=True, backend="autograd")(x, y)
+    assert_tree_close((jac, aux), expected)
+    assert jac["o"][0].shape == (2, 3, 3) and jac["o"][1].shape == (2, 3, 2)
+
+
+def test_jacfwd_randomness(backend) -> None:
+    x = torch.randn(3, dtype=DT)
+
+    def noisy(x):
+        return x * torch.rand(3, dtype=DT)
+
+    with pytest.raises(RuntimeError):
+        ta.jacfwd(noisy, backend=backend)(x)
+    jac = ta.jacfwd(noisy, randomness="same", backend=backend)(x)
+    assert torch.count_nonzero(jac - torch.diag(torch.diagonal(jac))) == 0
+
+
+@pytest.mark.parametrize("mode", ["auto", "forward", "reverse"])
+def test_jacobian_modes(backend, mode) -> None:
+    grid = torch.linspace(0, 1, 40, dtype=DT)
+
+    def tall(p):
+        return p[0] * torch.exp(-p[1] * grid) + p[2]
+
+    p = torch.tensor([1.0, 2.0, 0.5], dtype=DT)
+    jac = ta.jacobian(tall, mode=mode, backend=backend)
+    for _ in range(2):  # the second call of "auto" runs forward mode
+        assert_tree_close(jac(p), reference_jacobian(tall, p))
+    if mode == "auto":
+        assert jac.mode_for(p) == "forward"
+
+
+def test_jacobian_auto_keeps_reverse_for_wide_functions(backend) -> None:
+    jac = ta.jacobian(_energy, backend=backend)
+    x = torch.randn(6, dtype=DT)
+    jac(x)
+    assert jac.mode_for(x) == "reverse"
+    assert_tree_close(jac(x), reference_jacobian(_energy, x))
+
+
+def test_jacobian_refuses_an_unknown_mode() -> None:
+    with pytest.raises(ValueError, match="mode"):
+        ta.jacobian(torch.sin, mode="sideways")
+
+
+# -- hvp ----------------------------------------------------------------------------------
+
+
+def test_hvp_matches_the_reference_hessian(backend) -> None:
+    x, v = torch.randn(4, dtype=DT), torch.randn(4, dtype=DT)
+    value, (hv,) = ta.hvp(_energy, (x,), (v,), backend=backend)
+    assert_tree_close(value, _energy(x))
+    assert_tree_close(hv, reference_hessian(_energy, x) @ v)
+
+
+def test_hvp_of_two_primals(backend) -> None:
+    x, y = torch.randn(2, dtype=DT), torch.randn(2, dtype=DT)
+    vx, vy = torch.randn(2, dtype=DT), torch.randn(2, dtype=DT)
+
+    def f(x, y):
+        return (x**2 * y.exp()).sum()
+
+    value, (hx, hy) = ta.hvp(f, (x, y), (vx, vy), backend=backend)
+    assert_tree_close(hx, 2 * y.exp() * vx + 2 * x * y.exp() * vy)
+    assert_tree_close(hy, 2 * x * y.exp() * vx + x**2 * y.exp() * vy)
+    assert_tree_close(value, f(x, y))
