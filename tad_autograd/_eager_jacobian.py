@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from ._graph import defective_ops_in, reaches_other_leaves, retire
+from ._graph import defective_ops_in, mark_stand_in_leaf, reaches_other_leaves, retire
 from ._grad_modes import inference_mode_derivatives
 from ._pytree import flatten, tree_flatten, tree_unflatten, unflatten
 from ._rows import LOOP_MAX_ROWS, joint_rows, rows, vectorised_rows
@@ -100,7 +100,10 @@ def prepare_input(x: Any, position: int) -> torch.Tensor:
         return x.view_as(x)
     tangent = dual_tangent(x)
     if tangent is not None:  # a forward-mode dual number: keep its tangent
-        return fwAD.make_dual(fwAD.unpack_dual(x).primal.detach().requires_grad_(True), tangent)
+        leaf = fwAD.unpack_dual(x).primal.detach().requires_grad_(True)
+        stand_in = fwAD.make_dual(leaf, tangent)
+        mark_stand_in_leaf(stand_in, leaf)
+        return stand_in
     return x.detach().requires_grad_(True)
 
 

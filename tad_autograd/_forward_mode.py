@@ -91,13 +91,22 @@ def _dual_jvp(
         primal_out, tangent_out = [], []
         for o in out_leaves:
             primal, tangent = fwAD.unpack_dual(o)
-            primal_out.append(primal)
-            tangent_out.append(tangent if tangent is not None else torch.zeros_like(primal))
+            primal_out.append(_own_graph_dropped(primal))
+            tangent_out.append(
+                _own_graph_dropped(tangent) if tangent is not None else torch.zeros_like(primal)
+            )
         if has_aux:
             aux_leaves, aux_spec = tree_flatten(aux)
             aux = tree_unflatten([fwAD.unpack_dual(a).primal for a in aux_leaves], aux_spec)
     output = tree_unflatten(primal_out, out_spec), tree_unflatten(tangent_out, out_spec)
     return output + (aux,) if has_aux else output
+
+
+def _own_graph_dropped(t: torch.Tensor) -> torch.Tensor:
+    """``t`` without its graph when that reaches only finished stand-ins (nested derivatives)."""
+    if t.grad_fn is not None and not reaches_other_leaves([t], set()):
+        return t.detach()
+    return t
 
 
 def _reverse_jvp(
@@ -280,7 +289,7 @@ def _columns(
             check_tensor_outputs(flat, "jacfwd")
             unpacked = [fwAD.unpack_dual(o) for o in flat]
             if j == 0:
-                out_leaves = [u.primal for u in unpacked]
+                out_leaves = [_own_graph_dropped(u.primal) for u in unpacked]
                 out_spec = spec_j
                 if has_aux:
                     aux_leaves, aux_spec = tree_flatten(aux_j)
@@ -290,7 +299,9 @@ def _columns(
             if total:
                 columns.append(
                     [
-                        u.tangent if u.tangent is not None else torch.zeros_like(u.primal)
+                        _own_graph_dropped(u.tangent)
+                        if u.tangent is not None
+                        else torch.zeros_like(u.primal)
                         for u in unpacked
                     ]
                 )

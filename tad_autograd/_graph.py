@@ -31,6 +31,7 @@ __all__ = [
     "retire",
     "defective_ops_in",
     "has_custom_functions",
+    "mark_stand_in_leaf",
     "ACCUMULATE_GRAD",
 ]
 
@@ -39,6 +40,24 @@ ACCUMULATE_GRAD = torch._C._functions.AccumulateGrad  # type: ignore[attr-define
 
 #: Attribute set on the stand-in leaves of a finished eager Jacobian.
 _RETIRED = "_tad_autograd_retired"
+#: Attribute of a stand-in that is a view of its leaf (a dual number): the leaf.
+_LEAF = "_tad_autograd_stand_in_leaf"
+
+
+def mark_stand_in_leaf(stand_in: torch.Tensor, leaf: torch.Tensor) -> None:
+    """Note that the non-leaf ``stand_in`` was made from our own ``leaf`` (retired with it).
+
+    Examples
+    --------
+    >>> import torch
+    >>> leaf = torch.zeros(1, requires_grad=True)
+    >>> view = leaf.view_as(leaf)
+    >>> mark_stand_in_leaf(view, leaf)
+    >>> retire([view])
+    >>> reaches_other_leaves([view * 2], set())
+    False
+    """
+    setattr(stand_in, _LEAF, leaf)
 
 
 def retire(stand_ins: Iterable[torch.Tensor]) -> None:
@@ -55,6 +74,10 @@ def retire(stand_ins: Iterable[torch.Tensor]) -> None:
     for x in stand_ins:
         if x.is_leaf:
             setattr(x, _RETIRED, True)
+        else:
+            leaf = getattr(x, _LEAF, None)
+            if leaf is not None:
+                setattr(leaf, _RETIRED, True)
 
 
 def reaches_other_leaves(outputs: Sequence[torch.Tensor], ours: Set[int]) -> bool:

@@ -196,3 +196,30 @@ def test_jvp_of_grad_is_a_hessian_vector_product(backend: Optional[str]) -> None
     kw = {"backend": backend}
     _, hv = ta.jvp(ta.grad(energy, **kw), (x,), (t,), **kw)
     assert_tree_close(hv, reference_hessian(energy, x) @ t)
+
+
+@pytest.mark.parametrize("needs_grad", ["input", "captured", "nothing"])
+def test_nested_results_require_grad_as_torch_func(
+    backend: Optional[str], needs_grad: str
+) -> None:
+    F = _torch_func()
+    w = torch.tensor(1.5, dtype=F64, requires_grad=needs_grad == "captured")
+    x = torch.linspace(0.1, 0.6, 5, dtype=F64).requires_grad_(needs_grad == "input")
+    t = torch.linspace(-1, 1, 5, dtype=F64)
+
+    def f(x):
+        return energy(x) * w
+
+    kw = {"backend": backend}
+    ours = {
+        "jvp(grad)": ta.jvp(ta.grad(f, **kw), (x,), (t,), **kw),
+        "jacfwd(jacrev)": ta.jacfwd(ta.jacrev(f, **kw), **kw)(x),
+    }
+    theirs = {
+        "jvp(grad)": F.jvp(F.grad(f), (x,), (t,)),
+        "jacfwd(jacrev)": F.jacfwd(F.jacrev(f))(x),
+    }
+    for name in ours:
+        assert_tree_close(ours[name], theirs[name])
+        got = [r.requires_grad for r in tree_flatten(ours[name])[0]]
+        assert got == [r.requires_grad for r in tree_flatten(theirs[name])[0]], name
