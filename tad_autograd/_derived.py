@@ -28,7 +28,9 @@ __all__ = ["jacfwd_from_jvp", "linearize_from_jvp", "hvp_from_jvp", "grad_from_g
 Jvp = Callable[..., Any]
 
 
-def grad_from_grad_and_value(grad_and_value_fn: Callable[..., Any], has_aux: bool) -> Any:
+def grad_from_grad_and_value(
+    grad_and_value_fn: Callable[..., Any], has_aux: bool
+) -> Callable[..., Any]:
     """``grad``'s callable from a ``grad_and_value`` callable: the value dropped.
 
     Examples

@@ -22,10 +22,10 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
-import torch.autograd.forward_ad as fwAD
 
-from ._graph import defective_ops_in, mark_stand_in_leaf, reaches_other_leaves, retire
+from ._dual import level_active, make_dual, unpack_dual
 from ._grad_modes import inference_mode_derivatives
+from ._graph import defective_ops_in, mark_stand_in_leaf, reaches_other_leaves, retire
 from ._pytree import flatten, tree_flatten, tree_unflatten, unflatten
 from ._rows import LOOP_MAX_ROWS, joint_rows, rows, vectorised_rows
 
@@ -100,8 +100,8 @@ def prepare_input(x: Any, position: int) -> torch.Tensor:
         return x.view_as(x)
     tangent = dual_tangent(x)
     if tangent is not None:  # a forward-mode dual number: keep its tangent
-        leaf = fwAD.unpack_dual(x).primal.detach().requires_grad_(True)
-        stand_in = fwAD.make_dual(leaf, tangent)
+        leaf = unpack_dual(x)[0].detach().requires_grad_(True)
+        stand_in = make_dual(leaf, tangent)
         mark_stand_in_leaf(stand_in, leaf)
         return stand_in
     return x.detach().requires_grad_(True)
@@ -117,21 +117,21 @@ def dual_tangent(x: torch.Tensor) -> Optional[torch.Tensor]:
     Examples
     --------
     >>> import torch
-    >>> import torch.autograd.forward_ad as fwAD
+    >>> from tad_autograd._dual import dual_level, make_dual
     >>> dual_tangent(torch.zeros(1)) is None
     True
-    >>> with fwAD.dual_level():
-    ...     dual_tangent(fwAD.make_dual(torch.zeros(1), torch.ones(1)))
+    >>> with dual_level():
+    ...     dual_tangent(make_dual(torch.zeros(1), torch.ones(1)))
     tensor([1.])
     """
-    if fwAD._current_level < 0:
+    if not level_active():
         return None
-    return fwAD.unpack_dual(x).tangent
+    return unpack_dual(x)[1]
 
 
 def any_dual(tensors: Sequence[torch.Tensor]) -> bool:
     """Whether any of ``tensors`` carries a forward-mode tangent (free without a dual level)."""
-    return fwAD._current_level >= 0 and any(dual_tangent(x) is not None for x in tensors)
+    return level_active() and any(dual_tangent(x) is not None for x in tensors)
 
 
 def stand_ins(leaves: Sequence[torch.Tensor]) -> Tuple[List[torch.Tensor], bool]:
@@ -143,9 +143,7 @@ def stand_ins(leaves: Sequence[torch.Tensor]) -> Tuple[List[torch.Tensor], bool]
     >>> [x.requires_grad for x in stand_ins([torch.zeros(1)])[0]]
     [True]
     """
-    return [prepare_input(x, i) for i, x in enumerate(leaves)], any(
-        x.requires_grad for x in leaves
-    )
+    return [prepare_input(x, i) for i, x in enumerate(leaves)], any(x.requires_grad for x in leaves)
 
 
 def check_outputs(leaves: Sequence[Any], name: str = "jacrev") -> None:
@@ -283,10 +281,7 @@ def _jacobian(
         dual = any_dual(inputs)  # forward over reverse: the tangents flow through the rows
         create_graph = dual or (
             outer_grad
-            and (
-                external
-                or reaches_other_leaves([o for o in out_leaves if o.requires_grad], ours)
-            )
+            and (external or reaches_other_leaves([o for o in out_leaves if o.requires_grad], ours))
         )
         per_output = _rows_of(out_leaves, inputs, create_graph, None if dual else vmap, chunk_size)
         jacobian: Any

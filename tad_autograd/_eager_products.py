@@ -15,8 +15,8 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import torch
 
 from ._eager_jacobian import any_dual, eager_jacobian, stand_ins
-from ._graph import reaches_other_leaves, retire
 from ._grad_modes import outside_inference_mode
+from ._graph import reaches_other_leaves, retire
 from ._operand_checks import (
     check_primals,
     check_primals_tangents,
@@ -69,7 +69,9 @@ def eager_vjp(func: Callable[..., Any], primals: Tuple[Any, ...], has_aux: bool)
     )
     aliases = list(zip(inputs, leaves))
 
-    def vjp_fn(cotangents: Any, retain_graph: bool = True, create_graph: Optional[bool] = None) -> Any:
+    def vjp_fn(
+        cotangents: Any, retain_graph: bool = True, create_graph: Optional[bool] = None
+    ) -> Any:
         ct_leaves, ct_spec = tree_flatten(cotangents)
         if ct_spec != out_spec:
             raise RuntimeError(
@@ -99,7 +101,9 @@ def eager_vjp(func: Callable[..., Any], primals: Tuple[Any, ...], has_aux: bool)
                     create_graph=create_graph,
                     allow_unused=True,
                 )
-        filled = [g if g is not None else torch.zeros_like(x.detach()) for g, x in zip(grads, inputs)]
+        filled = [
+            g if g is not None else torch.zeros_like(x.detach()) for g, x in zip(grads, inputs)
+        ]
         return tree_unflatten(filled, spec)
 
     output = tree_unflatten(_as_returned(out_leaves, keep, aliases), out_spec)

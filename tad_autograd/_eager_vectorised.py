@@ -124,7 +124,9 @@ class EagerVectorisedStrategy(Strategy):
 
         return run
 
-    def grad(self, func: Callable[..., Any], argnums: ArgnumsT, *, has_aux: bool) -> Any:
+    def grad(
+        self, func: Callable[..., Any], argnums: ArgnumsT, *, has_aux: bool
+    ) -> Callable[..., Any]:
         inside = self._inside(lambda: self.backend.grad(func, argnums, has_aux=has_aux))
 
         def grad_fn(*args: Any) -> Any:
@@ -134,9 +136,7 @@ class EagerVectorisedStrategy(Strategy):
 
         return grad_fn
 
-    def grad_and_value(
-        self, func: Callable[..., Any], argnums: ArgnumsT, *, has_aux: bool
-    ) -> Any:
+    def grad_and_value(self, func: Callable[..., Any], argnums: ArgnumsT, *, has_aux: bool) -> Any:
         inside = self._inside(lambda: self.backend.grad_and_value(func, argnums, has_aux=has_aux))
 
         def grad_and_value_fn(*args: Any) -> Any:
@@ -186,9 +186,9 @@ class EagerVectorisedStrategy(Strategy):
         has_aux: bool,
     ) -> Any:
         if transforms_active():
-            return self._inside(
-                lambda: lambda p, t: self.backend.jvp(func, p, t, has_aux=has_aux)
-            )(primals, tangents)
+            return self._inside(lambda: lambda p, t: self.backend.jvp(func, p, t, has_aux=has_aux))(
+                primals, tangents
+            )
         return eager_jvp(func, primals, tangents, has_aux)
 
     def linearize(self, func: Callable[..., Any], primals: Tuple[Any, ...]) -> Any:

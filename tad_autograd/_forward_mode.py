@@ -24,8 +24,8 @@ from __future__ import annotations
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
-import torch.autograd.forward_ad as fwAD
 
+from ._dual import dual_level, make_dual, unpack_dual
 from ._eager_jacobian import (
     any_dual,
     check_argnums,
@@ -34,8 +34,8 @@ from ._eager_jacobian import (
     stand_ins,
     unflatten_jacobian,
 )
-from ._graph import has_custom_functions, reaches_other_leaves, retire
 from ._grad_modes import outside_inference_mode
+from ._graph import has_custom_functions, reaches_other_leaves, retire
 from ._operand_checks import check_primals_tangents, check_tensor_outputs, split_aux
 from ._pytree import flatten, tree_flatten, tree_unflatten, unflatten
 from ._rng import RngStates, visible_generators
@@ -81,8 +81,8 @@ def _dual_jvp(
     spec: Any,
     has_aux: bool,
 ) -> Any:
-    with fwAD.dual_level():
-        duals = [fwAD.make_dual(p, t) for p, t in zip(p_leaves, t_leaves)]
+    with dual_level():
+        duals = [make_dual(p, t) for p, t in zip(p_leaves, t_leaves)]
         result = func(*tree_unflatten(duals, spec))
         if has_aux:
             result, aux = split_aux(result, "jvp")
@@ -90,14 +90,14 @@ def _dual_jvp(
         check_tensor_outputs(out_leaves, "jvp")
         primal_out, tangent_out = [], []
         for o in out_leaves:
-            primal, tangent = fwAD.unpack_dual(o)
+            primal, tangent = unpack_dual(o)
             primal_out.append(_own_graph_dropped(primal))
             tangent_out.append(
                 _own_graph_dropped(tangent) if tangent is not None else torch.zeros_like(primal)
             )
         if has_aux:
             aux_leaves, aux_spec = tree_flatten(aux)
-            aux = tree_unflatten([fwAD.unpack_dual(a).primal for a in aux_leaves], aux_spec)
+            aux = tree_unflatten([unpack_dual(a)[0] for a in aux_leaves], aux_spec)
     output = tree_unflatten(primal_out, out_spec), tree_unflatten(tangent_out, out_spec)
     return output + (aux,) if has_aux else output
 
@@ -130,9 +130,7 @@ def _reverse_jvp(
             live = [o for o in out_leaves if o.requires_grad]
             keep = outer_grad and (external or reaches_other_leaves(live, ours))
             create = (
-                keep
-                or any_dual(inputs)
-                or (outer_grad and any(t.requires_grad for t in t_leaves))
+                keep or any_dual(inputs) or (outer_grad and any(t.requires_grad for t in t_leaves))
             )
             products = _products(out_leaves, inputs, t_leaves, create)
             primal = [o if keep else o.detach() for o in out_leaves]
@@ -140,7 +138,9 @@ def _reverse_jvp(
             if not has_aux:
                 return output
             aux_leaves, aux_spec = tree_flatten(aux)
-            kept = [a if keep or not isinstance(a, torch.Tensor) else a.detach() for a in aux_leaves]
+            kept = [
+                a if keep or not isinstance(a, torch.Tensor) else a.detach() for a in aux_leaves
+            ]
             return output + (tree_unflatten(kept, aux_spec),)
         finally:
             retire(inputs)
@@ -176,7 +176,9 @@ def _products(
             create_graph=create_graph,
             allow_unused=True,
         )
-    by_id = {id(o): (j if j is not None else torch.zeros_like(o.detach())) for o, j in zip(live, jv)}
+    by_id = {
+        id(o): (j if j is not None else torch.zeros_like(o.detach())) for o, j in zip(live, jv)
+    }
     return [by_id.get(id(o), torch.zeros_like(o.detach())) for o in outputs]
 
 
@@ -274,8 +276,8 @@ def _columns(
                 if offset <= j < offset + t.numel():
                     t.view(-1)[j - offset] = 1
                 offset += t.numel()
-        with fwAD.dual_level():
-            duals = [fwAD.make_dual(x, t) for x, t in zip(leaves, tangents)]
+        with dual_level():
+            duals = [make_dual(x, t) for x, t in zip(leaves, tangents)]
             new_args, start = list(args), 0
             for p, spec, count in zip(nums, in_specs, sizes):
                 new_args[p] = unflatten(duals[start : start + count], spec)
@@ -287,21 +289,17 @@ def _columns(
                 result, aux_j = split_aux(result, "jacfwd")
             flat, spec_j = flatten(result)
             check_tensor_outputs(flat, "jacfwd")
-            unpacked = [fwAD.unpack_dual(o) for o in flat]
+            unpacked = [unpack_dual(o) for o in flat]
             if j == 0:
-                out_leaves = [_own_graph_dropped(u.primal) for u in unpacked]
+                out_leaves = [_own_graph_dropped(u[0]) for u in unpacked]
                 out_spec = spec_j
                 if has_aux:
                     aux_leaves, aux_spec = tree_flatten(aux_j)
-                    aux = tree_unflatten(
-                        [fwAD.unpack_dual(a).primal for a in aux_leaves], aux_spec
-                    )
+                    aux = tree_unflatten([unpack_dual(a)[0] for a in aux_leaves], aux_spec)
             if total:
                 columns.append(
                     [
-                        _own_graph_dropped(u.tangent)
-                        if u.tangent is not None
-                        else torch.zeros_like(u.primal)
+                        _own_graph_dropped(u[1]) if u[1] is not None else torch.zeros_like(u[0])
                         for u in unpacked
                     ]
                 )

@@ -64,9 +64,7 @@ class ModeChoosingJacobian:
         def counted(*args: Any) -> Any:
             result = func(*args)
             output = result[0] if has_aux and isinstance(result, tuple) else result
-            count.n = sum(
-                t.numel() for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor)
-            )
+            count.n = sum(t.numel() for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor))
             return result
 
         counted.__wrapped__ = func  # type: ignore[attr-defined]

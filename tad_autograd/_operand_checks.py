@@ -9,7 +9,7 @@ given and what is allowed.
 
 from __future__ import annotations
 
-from typing import Any, List, Tuple
+from typing import Any, Callable, List, Tuple
 
 import torch
 
@@ -21,11 +21,15 @@ __all__ = [
     "check_scalar_output",
     "check_tensor_outputs",
     "split_aux",
+    "with_checked_outputs",
 ]
 
 
 def check_primals(primals: Any, name: str) -> Tuple[List[torch.Tensor], Any]:
     """The leaves and spec of ``primals``: a tuple of floating-point tensors (or pytrees).
+
+    A non-floating-point primal raises ``RuntimeError`` for ``vjp`` and
+    ``ValueError`` for the forward-mode operators, as :mod:`torch.func` does.
 
     Examples
     --------
@@ -50,7 +54,7 @@ def check_primals(primals: Any, name: str) -> Tuple[List[torch.Tensor], Any]:
                 f"is {type(leaf)}"
             )
         if not (leaf.is_floating_point() or leaf.is_complex()):
-            raise RuntimeError(
+            raise (RuntimeError if name == "vjp" else ValueError)(
                 f"{name}: primal leaf {i} has dtype {leaf.dtype}; only Tensors of floating "
                 "point dtype can be differentiated"
             )
@@ -148,8 +152,7 @@ def check_tensor_outputs(leaves: List[Any], name: str) -> None:
     for i, leaf in enumerate(leaves):
         if not isinstance(leaf, torch.Tensor):
             raise RuntimeError(
-                f"{name}(f, ...): expected f to return only tensors, got {type(leaf)} "
-                f"(output {i})"
+                f"{name}(f, ...): expected f to return only tensors, got {type(leaf)} (output {i})"
             )
 
 
@@ -176,3 +179,39 @@ def split_aux(result: Any, name: str) -> Tuple[Any, Any]:
                 f"got {type(leaf)}"
             )
     return result[0], result[1]
+
+
+def with_checked_outputs(func: Callable[..., Any], has_aux: bool, name: str) -> Callable[..., Any]:
+    """``func``, raising ``RuntimeError`` for outputs ``name`` cannot differentiate.
+
+    ``grad``/``grad_and_value`` need a real floating-point scalar, ``jacfwd``
+    real floating-point tensors: :mod:`torch.func` returns zeros for integer
+    outputs there, which the library never does (CONTRACT §5).
+
+    Examples
+    --------
+    >>> import torch
+    >>> with_checked_outputs(lambda x: x.long(), False, "jacfwd")(torch.ones(1))
+    Traceback (most recent call last):
+    ...
+    RuntimeError: jacfwd(f, ...): All outputs of f must be floating-point ... torch.int64 (output 0)
+    """
+
+    def checked(*args: Any) -> Any:
+        result = func(*args)
+        output = split_aux(result, name)[0] if has_aux else result
+        if name == "jacfwd":
+            leaves = tree_flatten(output)[0]
+            check_tensor_outputs(leaves, name)
+            for i, leaf in enumerate(leaves):
+                if not (leaf.is_floating_point() or leaf.is_complex()):
+                    raise RuntimeError(
+                        f"{name}(f, ...): All outputs of f must be floating-point or complex "
+                        f"tensors, got dtype {leaf.dtype} (output {i})"
+                    )
+        else:
+            check_scalar_output(output, name)
+        return result
+
+    checked.__wrapped__ = func  # type: ignore[attr-defined]
+    return checked

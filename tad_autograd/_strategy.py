@@ -52,13 +52,15 @@ class Strategy:
 
     # -- the other operators: the backend's (see tad_autograd.backends.base) ---------------
 
-    def grad(self, func: Callable[..., Any], argnums: ArgnumsT, *, has_aux: bool) -> Any:
+    def grad(
+        self, func: Callable[..., Any], argnums: ArgnumsT, *, has_aux: bool
+    ) -> Callable[..., Any]:
         """``func``'s gradient function, with :func:`torch.func.grad`'s semantics."""
         return self.backend.grad(func, argnums, has_aux=has_aux)
 
     def grad_and_value(
         self, func: Callable[..., Any], argnums: ArgnumsT, *, has_aux: bool
-    ) -> Any:
+    ) -> Callable[..., Any]:
         """With :func:`torch.func.grad_and_value`'s semantics."""
         return self.backend.grad_and_value(func, argnums, has_aux=has_aux)
 

@@ -99,4 +99,4 @@ def forward_ad_ready() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         with fwAD.dual_level():
-            fwAD.make_dual(torch.zeros(1), torch.zeros(1))
+            fwAD.make_dual(torch.zeros(1), torch.zeros(1))  # type: ignore[no-untyped-call]

@@ -105,7 +105,7 @@ def explain(*args: Any, device: Optional[Union[str, torch.device]] = None) -> Ex
     strategy = strategy_for(resolution.backend, automatic=resolution.automatic)
     lines.append(
         f"Strategy: {strategy.name!r} on backend {resolution.backend.name!r} "
-        "(jacrev/hessian/vmap; fjacrev/fvmap always use 'transform')."
+        "(every operator; fjacrev/fvmap always use 'transform')."
     )
     if strategy.name == "eager-vectorised":
         lines.append(
@@ -114,7 +114,9 @@ def explain(*args: Any, device: Optional[Union[str, torch.device]] = None) -> Ex
             f"one backward pass vectorised with {resolution.backend.name!r}'s vmap; "
             f"vmap loops over batches of at most {LOOP_MAX_BATCH} on the CPU and "
             f"{LOOP_MAX_BATCH_ACCELERATOR} on an accelerator, and otherwise uses "
-            f"{resolution.backend.name!r} directly."
+            f"{resolution.backend.name!r} directly.  grad, grad_and_value, vjp, jvp, "
+            "linearize and hvp run eagerly (dual numbers for forward mode); jacfwd of more "
+            f"than a few inputs vectorises its columns with {resolution.backend.name!r}."
         )
     if resolution.automatic and ACTIVE_DEFECTS:
         lines.append(

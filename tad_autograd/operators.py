@@ -18,6 +18,7 @@ from ._checks import (
     check_randomness,
 )
 from ._mode_choice import ModeChoosingJacobian
+from ._operand_checks import with_checked_outputs
 from ._torch_info import forward_ad_ready
 from .api import Argnums, jacrev
 from .strategies import Strategy
@@ -77,7 +78,7 @@ def grad(
     name = check_backend(backend)
 
     def build(s: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
-        return s.grad(f, argnums, has_aux=has_aux)
+        return s.grad(with_checked_outputs(f, has_aux, "grad"), argnums, has_aux=has_aux)
 
     return Transformed("grad", func, build, name, False, kwargs_in_call=False, argnums=argnums)
 
@@ -110,7 +111,9 @@ def grad_and_value(
     name = check_backend(backend)
 
     def build(s: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
-        return s.grad_and_value(f, argnums, has_aux=has_aux)
+        return s.grad_and_value(
+            with_checked_outputs(f, has_aux, "grad_and_value"), argnums, has_aux=has_aux
+        )
 
     return Transformed(
         "grad_and_value", func, build, name, False, kwargs_in_call=False, argnums=argnums
@@ -183,7 +186,11 @@ def _jacfwd(
 
     def build(s: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
         return s.jacfwd(
-            f, argnums, has_aux=has_aux, randomness=randomness, chunk_size=chunk_size
+            with_checked_outputs(f, has_aux, "jacfwd"),
+            argnums,
+            has_aux=has_aux,
+            randomness=randomness,
+            chunk_size=chunk_size,
         )
 
     return Transformed(

@@ -175,7 +175,9 @@ class Backend:
         self, func: Callable[..., Any], argnums: ArgnumsT, *, has_aux: bool
     ) -> Callable[..., Any]:
         """``torch.func.grad(func, argnums, has_aux)``; derived from :meth:`grad_and_value`."""
-        return grad_from_grad_and_value(self.grad_and_value(func, argnums, has_aux=has_aux), has_aux)
+        return grad_from_grad_and_value(
+            self.grad_and_value(func, argnums, has_aux=has_aux), has_aux
+        )
 
     def jacfwd(
         self,

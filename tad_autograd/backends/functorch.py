@@ -50,7 +50,16 @@ _Transform = Callable[..., Callable[..., Any]]
 class _Transforms:
     """The library functions the backend calls (a plain class: cheaper to define at import)."""
 
-    __slots__ = ("jacrev", "vjp", "vmap", "jvp", "jacfwd", "grad", "grad_and_value", "native_chunks")
+    __slots__ = (
+        "jacrev",
+        "vjp",
+        "vmap",
+        "jvp",
+        "jacfwd",
+        "grad",
+        "grad_and_value",
+        "native_chunks",
+    )
 
     def __init__(self, library: Any, vmap: _Transform, native_chunks: bool) -> None:
         self.jacrev: _Transform = library.jacrev

@@ -199,9 +199,7 @@ def test_jvp_of_grad_is_a_hessian_vector_product(backend: Optional[str]) -> None
 
 
 @pytest.mark.parametrize("needs_grad", ["input", "captured", "nothing"])
-def test_nested_results_require_grad_as_torch_func(
-    backend: Optional[str], needs_grad: str
-) -> None:
+def test_nested_results_require_grad_as_torch_func(backend: Optional[str], needs_grad: str) -> None:
     F = _torch_func()
     w = torch.tensor(1.5, dtype=F64, requires_grad=needs_grad == "captured")
     x = torch.linspace(0.1, 0.6, 5, dtype=F64).requires_grad_(needs_grad == "input")

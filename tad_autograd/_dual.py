@@ -1,0 +1,38 @@
+"""Typed access to :mod:`torch.autograd.forward_ad` dual numbers (untyped in torch).
+
+Examples
+--------
+>>> import torch
+>>> with dual_level():
+...     primal, tangent = unpack_dual(make_dual(torch.zeros(1), torch.ones(1)))
+>>> tangent
+tensor([1.])
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import torch
+import torch.autograd.forward_ad as _fwAD
+
+__all__ = ["dual_level", "make_dual", "unpack_dual", "level_active"]
+
+dual_level = _fwAD.dual_level
+
+
+def make_dual(primal: torch.Tensor, tangent: torch.Tensor) -> torch.Tensor:
+    """A dual number with ``primal`` and ``tangent`` (inside :func:`dual_level`)."""
+    dual: torch.Tensor = _fwAD.make_dual(primal, tangent)  # type: ignore[no-untyped-call]
+    return dual
+
+
+def unpack_dual(x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``(primal, tangent)`` of ``x``; the tangent is ``None`` for a plain tensor."""
+    unpacked: Any = _fwAD.unpack_dual(x)  # type: ignore[no-untyped-call]
+    return unpacked.primal, unpacked.tangent
+
+
+def level_active() -> bool:
+    """Whether a dual level is open (dual numbers may exist); a global read."""
+    return bool(_fwAD._current_level >= 0)
