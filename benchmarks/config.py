@@ -49,6 +49,7 @@ FULL_SIZES = {
     "vmap": [1, 4, 16, 64, 256],
     "autograd": [2, 8, 32, 128, 512],
     "fallback": [2, 32, 256],
+    "hvp": [10, 100, 1000],
 }
 QUICK_SIZES = {
     "forces": [10, 100, 1000],
@@ -57,6 +58,7 @@ QUICK_SIZES = {
     "vmap": [1, 16, 256],
     "autograd": [2, 32, 256],
     "fallback": [2, 32],
+    "hvp": [10, 100],
 }
 VMAP_ATOMS = 16
 

@@ -110,16 +110,22 @@ class EagerVectorisedStrategy(Strategy):
 
     # -- the other operators: eager outside transforms, the backend's inside -------------
 
-    def _inside(self, make: Callable[[], Callable[..., Any]]) -> Callable[..., Any]:
-        """``make()``'s operator, built on first need, run under the defect watch if needed."""
+    def _inside(
+        self, make: Callable[[], Callable[..., Any]], stage: Optional[str] = None
+    ) -> Callable[..., Any]:
+        """``make()``'s operator, built on first need, run under the defect watch if needed.
+
+        ``stage``: the defects to watch for (default: all).  A forward-mode
+        Jacobian vmaps the function itself and no backward pass: ``"forward"``.
+        """
         built: List[Callable[..., Any]] = []
 
         def run(*args: Any) -> Any:
             if not built:
                 built.append(make())
-            if not DefectWatch.needed():
+            if not DefectWatch.needed(stage):
                 return built[0](*args)
-            with DefectWatch():
+            with DefectWatch(stage):
                 return built[0](*args)
 
         return run
@@ -158,7 +164,8 @@ class EagerVectorisedStrategy(Strategy):
         inside = self._inside(
             lambda: self.backend.jacfwd(
                 func, argnums, has_aux=has_aux, randomness=randomness, chunk_size=chunk_size
-            )
+            ),
+            "forward",
         )
 
         def jacobian_fn(*args: Any) -> Any:

@@ -188,13 +188,16 @@ def eager_jacfwd(
     has_aux: bool,
     randomness: str,
     args: Tuple[Any, ...],
+    reverse_fallback: bool = True,
 ) -> Any:
     """``torch.func.jacfwd(func, argnums, has_aux, randomness=...)(*args)`` by columns.
 
     One dual-number forward pass per input element.  ``randomness="same"``
     replays the random generators for every column; ``"error"`` raises if the
     function draws random numbers; ``"different"`` lets each column draw.  A
-    function without forward-AD rules gets its Jacobian from reverse mode.
+    function without forward-AD rules gets its Jacobian from reverse mode
+    (unless ``reverse_fallback`` is false: then the dual-number pass's
+    exception propagates, for a caller that chooses the mode itself).
 
     Examples
     --------
@@ -228,6 +231,8 @@ def eager_jacfwd(
         ) from None
     except Exception:  # no forward-AD rule somewhere (or the user's error: reverse tells)
         states.restore()
+        if not reverse_fallback:
+            raise
         return eager_jacobian(func, argnums, has_aux, args)
     check_outputs(out_leaves, "jacfwd")
     per_output = []

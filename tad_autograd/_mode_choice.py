@@ -18,8 +18,11 @@ from typing import Any, Callable, Dict, Tuple
 
 import torch
 
+from ._forward_mode import eager_jacfwd
 from ._pytree import tree_flatten
 from ._rng import RngStates, visible_generators
+from ._rows import LOOP_MAX_ROWS
+from ._torch_info import transforms_active
 from ._transform_failures import DefectWatch
 
 __all__ = ["ModeChoosingJacobian"]
@@ -47,13 +50,16 @@ class ModeChoosingJacobian:
         has_aux: bool,
         make_reverse: Callable[[Callable[..., Any]], Callable[..., Any]],
         make_forward: Callable[[Callable[..., Any]], Callable[..., Any]],
+        automatic: bool = False,
     ) -> None:
         self.__wrapped__ = func
         self.__name__ = f"jacobian({getattr(func, '__name__', type(func).__name__)})"
         self._argnums = argnums
+        self._has_aux = has_aux
+        self._automatic = automatic
         self._count = threading.local()
-        counting = self._counting(func, has_aux)
-        self._reverse = make_reverse(counting)
+        self._counted = make_reverse(self._counting(func, has_aux))  # learns the output size
+        self._reverse = make_reverse(func)
         self._forward = make_forward(func)
         self._modes: Dict[Tuple[Any, ...], str] = {}
 
@@ -73,7 +79,12 @@ class ModeChoosingJacobian:
 
     def _key(self, args: Tuple[Any, ...]) -> Tuple[Tuple[Any, ...], int]:
         """Shapes, dtypes and devices of the differentiated leaves, and their element count."""
-        nums = (self._argnums,) if isinstance(self._argnums, int) else self._argnums
+        argnums = self._argnums
+        if type(argnums) is int and -len(args) <= argnums < len(args):
+            x = args[argnums]
+            if isinstance(x, torch.Tensor):  # the common case, without pytree flattening
+                return ((tuple(x.shape), x.dtype, x.device.type),), x.numel()
+        nums = (argnums,) if isinstance(argnums, int) else argnums
         key, total = [], 0
         for n in nums:
             if not (isinstance(n, int) and -len(args) <= n < len(args)):
@@ -97,17 +108,24 @@ class ModeChoosingJacobian:
                 visible_generators(self.__wrapped__, args),
             )
             try:
-                if DefectWatch.needed():
-                    with DefectWatch():
+                if self._automatic and n_in <= LOOP_MAX_ROWS and not transforms_active():
+                    # a few columns: dual-number passes beat a vmap (as automatic jacfwd)
+                    return eager_jacfwd(
+                        self.__wrapped__, self._argnums, self._has_aux, "error", args, False
+                    )
+                if DefectWatch.needed("forward"):  # vmap of the function itself
+                    with DefectWatch("forward"):
                         return self._forward(*args)
                 return self._forward(*args)
             except Exception:  # not forward-differentiable here: reverse mode, from now on
                 states.restore()
                 self._modes[key] = _REVERSE
                 return self._reverse(*args)
+        if mode is not None:
+            return self._reverse(*args)
         self._count.n = None
-        result = self._reverse(*args)
+        result = self._counted(*args)
         n_out = self._count.n
-        if mode is None and n_out is not None:
+        if n_out is not None and n_in >= 0:
             self._modes[key] = _FORWARD if n_in < n_out else _REVERSE
         return result

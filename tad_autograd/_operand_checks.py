@@ -77,6 +77,21 @@ def check_primals_tangents(
     ...
     RuntimeError: jvp: tangent 0 has shape (3,), its primal (2,); they must be equal
     """
+    if (
+        type(primals) is tuple
+        and type(tangents) is tuple
+        and len(primals) == len(tangents)
+        and all(
+            type(p) is torch.Tensor
+            and type(t) is torch.Tensor
+            and p.is_floating_point()
+            and p.shape == t.shape
+            and p.dtype == t.dtype
+            and p.device == t.device
+            for p, t in zip(primals, tangents)
+        )
+    ):  # the common case: tuples of plain tensors that match
+        return list(primals), list(tangents), tree_flatten(primals)[1]
     p_leaves, spec = check_primals(primals, name)
     if not isinstance(tangents, tuple):
         raise RuntimeError(
@@ -200,6 +215,9 @@ def with_checked_outputs(func: Callable[..., Any], has_aux: bool, name: str) -> 
     def checked(*args: Any) -> Any:
         result = func(*args)
         output = split_aux(result, name)[0] if has_aux else result
+        if isinstance(output, torch.Tensor) and output.is_floating_point():
+            if name == "jacfwd" or output.dim() == 0:  # the common case, checked cheaply
+                return result
         if name == "jacfwd":
             leaves = tree_flatten(output)[0]
             check_tensor_outputs(leaves, name)

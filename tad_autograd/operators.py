@@ -262,4 +262,6 @@ def jacobian(
         # transform backends only: a function they cannot push forward goes reverse
         return _jacfwd(f, argnums, has_aux, "error", chunk_size, name, name is None)
 
-    return ModeChoosingJacobian(func, argnums, has_aux, make_reverse, make_forward)
+    return ModeChoosingJacobian(
+        func, argnums, has_aux, make_reverse, make_forward, automatic=name is None
+    )

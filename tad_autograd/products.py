@@ -14,7 +14,7 @@ from ._checks import check_backend, check_has_aux, check_inference_mode
 from ._operand_checks import check_primals, check_primals_tangents
 from ._torch_info import forward_ad_ready
 from .strategies import Strategy
-from .transforms import Transformed
+from .transforms import Transformed, run_on_named_backend
 
 __all__ = ["vjp", "jvp", "linearize", "hvp"]
 
@@ -29,7 +29,12 @@ def _at_once(
     check_inference_mode(kind)
     if kind != "vjp":
         forward_ad_ready()
-    return Transformed(kind, func, build, check_backend(backend), False, False)(*operands)
+    name = check_backend(backend)
+    if name is not None:
+        if not callable(func):
+            raise TypeError(f"{kind}: expected a callable `func`, got {type(func)}")
+        return run_on_named_backend(name, lambda s: build(s, func)(*operands))
+    return Transformed(kind, func, build, None, False, False)(*operands)
 
 
 def vjp(

@@ -26,7 +26,7 @@ from .resolver import Resolution, resolve_cached
 from .settings import CONTEXT, ORIGIN_AUTOMATIC, ORIGIN_AUTOMATIC_EAGER, ORIGIN_EXPLICIT
 from .strategies import Strategy, strategy_for
 
-__all__ = ["Transformed"]
+__all__ = ["Transformed", "run_on_named_backend"]
 
 _log = logging.getLogger("tad_autograd")
 
@@ -316,6 +316,34 @@ class Transformed:
         if MEMORY.remember(self._user_func, (self._chain, device_type), used.backend.name):
             # stack: here, _run_automatic, __call__, the caller
             warnings.warn(message, BackendFallbackWarning, stacklevel=4)
+
+
+#: Per backend name: (registry version, strategy, context) for a ``backend=`` argument.
+_NAMED: Dict[str, Tuple[int, Strategy, Tuple[str, str]]] = {}
+
+
+def run_on_named_backend(backend: str, call: Callable[[Strategy], Any]) -> Any:
+    """``call(strategy)`` on the backend a ``backend=`` argument names, looked up once.
+
+    For the operators that evaluate at once (``vjp``, ``jvp``, ...): what a
+    :class:`Transformed` does for an explicit backend, without building one
+    per call.  No fallback; an error gets the note that ``"autograd"`` would
+    work where a transform backend refused the function.
+    """
+    entry = _NAMED.get(backend)
+    if entry is None or entry[0] != REGISTRY.version:
+        resolution = resolve_cached(backend, "", False)
+        strategy = strategy_for(resolution.backend, automatic=False)
+        entry = (REGISTRY.version, strategy, (resolution.backend.name, ORIGIN_EXPLICIT))
+        _NAMED[backend] = entry
+    token = CONTEXT.set(entry[2])
+    try:
+        return call(entry[1])
+    except Exception as error:
+        Transformed._hint(entry[1].backend, error)
+        raise
+    finally:
+        CONTEXT.reset(token)
 
 
 def _attach_context(error: BaseException, transform_error: BaseException) -> None:

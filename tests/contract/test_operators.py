@@ -241,3 +241,27 @@ def test_hvp_of_two_primals(backend) -> None:
     assert_tree_close(hx, 2 * y.exp() * vx + 2 * x * y.exp() * vy)
     assert_tree_close(hy, 2 * x * y.exp() * vx + x**2 * y.exp() * vy)
     assert_tree_close(value, f(x, y))
+
+
+@pytest.mark.parametrize("n_in", [2, 6])
+def test_jacobian_auto_goes_reverse_where_forward_mode_fails(backend, n_in) -> None:
+    """A tall function without forward-AD rules: the right Jacobian, no warning."""
+    from _helpers import OldStyleExp
+
+    from tad_autograd.registry import REGISTRY
+
+    if backend is not None and REGISTRY.get(backend).is_transform:
+        pytest.skip("torch.func refuses the old-style Function in either mode")
+    w = torch.linspace(-1, 1, 20 * n_in, dtype=DT).reshape(20, n_in)
+
+    def tall(x):
+        return OldStyleExp.apply(w @ x)
+
+    x = torch.linspace(0.1, 0.5, n_in, dtype=DT)
+    jac = ta.jacobian(tall, backend=backend)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ta.BackendFallbackWarning)
+        for _ in range(3):
+            assert_tree_close(jac(x), reference_jacobian(tall, x))
