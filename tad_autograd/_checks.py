@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from ._eager_jacobian import inference_mode_derivatives
+from ._grad_modes import inference_mode_derivatives
 from ._pytree import tree_flatten
 from .settings import validated
 

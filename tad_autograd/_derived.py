@@ -19,9 +19,11 @@ from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 
-from ._eager_jacobian import check_argnums, check_outputs, unflatten_jacobian
+from ._dual import forward_ad_ready
+from ._eager_jacobian import unflatten_jacobian
 from ._pytree import flatten, tree_flatten, tree_unflatten, unflatten
-from ._torch_info import forward_ad_ready
+from ._rng import RngStates, visible_generators
+from ._stand_ins import check_argnums, check_outputs
 
 __all__ = ["jacfwd_from_jvp", "linearize_from_jvp", "hvp_from_jvp", "grad_from_grad_and_value"]
 
@@ -98,10 +100,18 @@ def jacfwd_from_jvp(
         pieces: List[Any] = []
         aux = None
         batched = vmap(push, randomness=randomness)
+        # "same": every chunk replays the draws of the first, as one vmap would
+        states = (
+            RngStates({x.device for x in leaves}, visible_generators(func, args))
+            if randomness == "same"
+            else None
+        )
         for start in range(0, max(total, 1), max(step, 1)):
             size = min(step, total - start)
             if size <= 0:  # no input elements: one pass for the output's shape
                 size = 1
+            if start and states is not None:
+                states.restore()
             basis = _basis(leaves, total, start, size)
             out = batched(*basis)
             if has_aux:
@@ -120,7 +130,7 @@ def jacfwd_from_jvp(
         per_output = []
         for col in columns:
             out_shape = col.shape[1:]
-            matrix = col.reshape(total, -1).transpose(0, 1)
+            matrix = col.reshape(total, out_shape.numel()).transpose(0, 1)
             blocks, offset = [], 0
             for x in leaves:
                 blocks.append(matrix[:, offset : offset + x.numel()].reshape(out_shape + x.shape))

@@ -11,12 +11,16 @@ tensor([1.])
 
 from __future__ import annotations
 
+import warnings
+from functools import cache
 from typing import Any, Optional, Tuple
 
 import torch
 import torch.autograd.forward_ad as _fwAD
 
-__all__ = ["dual_level", "make_dual", "unpack_dual", "level_active"]
+from ._locks import TRANSFORM_LOCK
+
+__all__ = ["dual_level", "make_dual", "unpack_dual", "level_active", "forward_ad_ready"]
 
 dual_level = _fwAD.dual_level
 
@@ -36,3 +40,21 @@ def unpack_dual(x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
 def level_active() -> bool:
     """Whether a dual level is open (dual numbers may exist); a global read."""
     return bool(_fwAD._current_level >= 0)
+
+
+@cache
+def forward_ad_ready() -> None:
+    """Load torch's forward-AD machinery once, keeping its own deprecation warnings quiet.
+
+    The first dual number of a process makes torch compile decompositions
+    with ``torch.jit.script``, which newer releases deprecate with a warning
+    the user did not cause.  Every forward-mode operator calls this first.
+
+    Examples
+    --------
+    >>> forward_ad_ready()
+    """
+    with TRANSFORM_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with dual_level():
+            make_dual(torch.zeros(1), torch.zeros(1))

@@ -19,169 +19,19 @@ returns matches :func:`torch.func.jacrev` in every calling context:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import torch
 
-from ._dual import level_active, make_dual, unpack_dual
 from ._grad_modes import inference_mode_derivatives
-from ._graph import defective_ops_in, mark_stand_in_leaf, reaches_other_leaves, retire
+from ._graph import defective_ops_in, reaches_other_leaves, retire
 from ._pytree import flatten, tree_flatten, tree_unflatten, unflatten
-from ._rows import LOOP_MAX_ROWS, joint_rows, rows, vectorised_rows
+from ._rows import LOOP_MAX_ROWS, columns_by_double_vjp, joint_rows, rows, vectorised_rows
+from ._stand_ins import any_dual, check_argnums, check_outputs, prepare_input
 
-__all__ = [
-    "eager_jacobian",
-    "check_argnums",
-    "check_outputs",
-    "prepare_input",
-    "stand_ins",
-    "dual_tangent",
-    "any_dual",
-    "inference_mode_derivatives",
-]
+__all__ = ["eager_jacobian", "unflatten_jacobian"]
 
 ArgnumsT = Any
-
-
-def check_argnums(argnums: ArgnumsT, nargs: int) -> Tuple[int, ...]:
-    """Normalise ``argnums`` against ``nargs`` positional arguments.
-
-    Raises ``RuntimeError`` with :func:`torch.func.jacrev`'s wording, also for
-    two entries naming the same argument (``(0, -2)`` of two arguments).
-
-    Examples
-    --------
-    >>> check_argnums(-1, 2)
-    (1,)
-    >>> check_argnums((0, -2), 2)
-    Traceback (most recent call last):
-    ...
-    RuntimeError: argnums elements must be unique, got (0, -2) (both name argument 0 ...
-    """
-    nums = (argnums,) if isinstance(argnums, int) else argnums
-    out = []
-    for n in nums:
-        if not -nargs <= n < nargs:
-            raise RuntimeError(f"Got argnum={n}, but only {nargs} positional inputs")
-        p = n % nargs
-        if p in out:
-            raise RuntimeError(
-                f"argnums elements must be unique, got {argnums!r} (both name argument {p} "
-                f"of the {nargs} positional inputs)"
-            )
-        out.append(p)
-    return tuple(out)
-
-
-def prepare_input(x: Any, position: int) -> torch.Tensor:
-    """A differentiable stand-in for input leaf ``x`` (call with grad mode on).
-
-    A tensor that already requires grad is viewed, so the Jacobian stays
-    differentiable with respect to it; any other floating-point tensor is
-    detached and made to require grad.
-
-    Examples
-    --------
-    >>> import torch
-    >>> prepare_input(torch.zeros(2), 0).requires_grad
-    True
-    """
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(
-            f"argnums: the argument at position {position} must be a floating-point "
-            f"tensor or a pytree of them, got {type(x)}"
-        )
-    if not (x.is_floating_point() or x.is_complex()):
-        raise RuntimeError(
-            "only Tensors of floating point dtype can require gradients "
-            f"(argument at position {position} has dtype {x.dtype})"
-        )
-    if x.requires_grad:
-        return x.view_as(x)
-    tangent = dual_tangent(x)
-    if tangent is not None:  # a forward-mode dual number: keep its tangent
-        leaf = unpack_dual(x)[0].detach().requires_grad_(True)
-        stand_in = make_dual(leaf, tangent)
-        mark_stand_in_leaf(stand_in, leaf)
-        return stand_in
-    return x.detach().requires_grad_(True)
-
-
-def dual_tangent(x: torch.Tensor) -> Optional[torch.Tensor]:
-    """The forward-mode tangent of ``x`` (a dual number of torch.autograd.forward_ad), or None.
-
-    Free when no dual level is active.  A derivative of a dual input must be
-    computed with ``create_graph=True``, so that the tangent flows through the
-    backward pass (forward over reverse).
-
-    Examples
-    --------
-    >>> import torch
-    >>> from tad_autograd._dual import dual_level, make_dual
-    >>> dual_tangent(torch.zeros(1)) is None
-    True
-    >>> with dual_level():
-    ...     dual_tangent(make_dual(torch.zeros(1), torch.ones(1)))
-    tensor([1.])
-    """
-    if not level_active():
-        return None
-    return unpack_dual(x)[1]
-
-
-def any_dual(tensors: Sequence[torch.Tensor]) -> bool:
-    """Whether any of ``tensors`` carries a forward-mode tangent (free without a dual level)."""
-    return level_active() and any(dual_tangent(x) is not None for x in tensors)
-
-
-def stand_ins(leaves: Sequence[torch.Tensor]) -> Tuple[List[torch.Tensor], bool]:
-    """Differentiable stand-ins of ``leaves`` (grad mode on), and whether any requires grad.
-
-    Examples
-    --------
-    >>> import torch
-    >>> [x.requires_grad for x in stand_ins([torch.zeros(1)])[0]]
-    [True]
-    """
-    return [prepare_input(x, i) for i, x in enumerate(leaves)], any(x.requires_grad for x in leaves)
-
-
-def check_outputs(leaves: Sequence[Any], name: str = "jacrev") -> None:
-    """Raise ``RuntimeError`` as :func:`torch.func.jacrev` does for outputs it cannot take.
-
-    No tensors, a non-tensor, an integer or bool tensor, or a complex tensor.
-
-    Examples
-    --------
-    >>> import torch
-    >>> check_outputs([torch.zeros(1)])
-    >>> check_outputs([torch.zeros(1, dtype=torch.long)])
-    Traceback (most recent call last):
-    ...
-    RuntimeError: jacrev(f, ...): All outputs of f must be floating-point or complex Tensors, ...
-    """
-    if len(leaves) == 0:
-        raise RuntimeError(
-            f"{name}(f, ...)(*args): expected f(*args) to return a tensor or a non-empty "
-            "pytree of tensors, got no tensors (e.g. None)"
-        )
-    for i, leaf in enumerate(leaves):
-        if not isinstance(leaf, torch.Tensor):
-            raise RuntimeError(
-                f"{name}(f, ...)(*args): expected f(*args) to return only tensors, "
-                f"got unsupported type {type(leaf)}"
-            )
-        if leaf.is_floating_point():
-            continue
-        if leaf.is_complex():
-            raise RuntimeError(
-                f"{name}: Expected all outputs to be real but received complex tensor at "
-                f"flattened input idx: {i}"
-            )
-        raise RuntimeError(
-            f"{name}(f, ...): All outputs of f must be floating-point or complex Tensors, "
-            f"got Tensor with dtype {leaf.dtype} (output {i})"
-        )
 
 
 def eager_jacobian(
@@ -191,8 +41,14 @@ def eager_jacobian(
     args: Tuple[Any, ...],
     vmap: Optional[Callable[..., Any]] = None,
     chunk_size: Optional[int] = None,
+    columns: bool = False,
 ) -> Any:
     """``jacrev(func, argnums, has_aux=has_aux)(*args)`` from one eager forward pass.
+
+    With ``columns``, the Jacobian comes column by column
+    (:func:`~tad_autograd._rows.columns_by_double_vjp`: one backward pass per
+    *input* element, for tall Jacobians), and from the rows where that cannot
+    be exact.
 
     With ``vmap`` (a transform library's), more than :data:`LOOP_MAX_ROWS`
     rows are computed in one vectorised backward pass, ``chunk_size`` rows at
@@ -207,12 +63,12 @@ def eager_jacobian(
             [0., 1.]])
     """
     if torch.is_inference_mode_enabled():
-        return _in_inference_mode(func, argnums, has_aux, args, vmap, chunk_size)
+        return _in_inference_mode(func, argnums, has_aux, args, vmap, chunk_size, columns)
     outer_grad = torch.is_grad_enabled()
     if outer_grad:
-        return _jacobian(func, argnums, has_aux, args, vmap, chunk_size, True)
+        return _jacobian(func, argnums, has_aux, args, vmap, chunk_size, True, columns)
     with torch.enable_grad():  # the stand-ins and the forward pass must be recorded
-        return _jacobian(func, argnums, has_aux, args, vmap, chunk_size, False)
+        return _jacobian(func, argnums, has_aux, args, vmap, chunk_size, False, columns)
 
 
 def _in_inference_mode(
@@ -222,6 +78,7 @@ def _in_inference_mode(
     args: Tuple[Any, ...],
     vmap: Optional[Callable[..., Any]],
     chunk_size: Optional[int],
+    columns: bool,
 ) -> Any:
     """Inside ``inference_mode``: the derivative where torch.func computes it, else an error."""
     if not inference_mode_derivatives():
@@ -235,7 +92,9 @@ def _in_inference_mode(
         plain = [
             t.clone() if isinstance(t, torch.Tensor) and t.is_inference() else t for t in leaves
         ]
-        return eager_jacobian(func, argnums, has_aux, tree_unflatten(plain, spec), vmap, chunk_size)
+        return eager_jacobian(
+            func, argnums, has_aux, tree_unflatten(plain, spec), vmap, chunk_size, columns
+        )
 
 
 def _jacobian(
@@ -246,6 +105,7 @@ def _jacobian(
     vmap: Optional[Callable[..., Any]],
     chunk_size: Optional[int],
     outer_grad: bool,
+    columns: bool = False,
 ) -> Any:
     nargs = len(args)
     new_args = list(args)
@@ -283,7 +143,13 @@ def _jacobian(
             outer_grad
             and (external or reaches_other_leaves([o for o in out_leaves if o.requires_grad], ours))
         )
-        per_output = _rows_of(out_leaves, inputs, create_graph, None if dual else vmap, chunk_size)
+        per_output = None
+        if columns:
+            per_output = columns_by_double_vjp(out_leaves, inputs, create_graph)
+        if per_output is None:
+            per_output = _rows_of(
+                out_leaves, inputs, create_graph, None if dual else vmap, chunk_size
+            )
         jacobian: Any
         if in_specs is None and out_spec is None:
             jacobian = per_output[0][0]

@@ -14,7 +14,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from ._eager_jacobian import any_dual, eager_jacobian, stand_ins
+from ._eager_jacobian import eager_jacobian
 from ._grad_modes import outside_inference_mode
 from ._graph import reaches_other_leaves, retire
 from ._operand_checks import (
@@ -25,6 +25,7 @@ from ._operand_checks import (
     split_aux,
 )
 from ._pytree import tree_flatten, tree_unflatten
+from ._stand_ins import any_dual, stand_ins
 
 __all__ = ["eager_vjp", "eager_grad", "eager_grad_and_value", "eager_hvp"]
 

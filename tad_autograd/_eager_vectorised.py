@@ -172,7 +172,7 @@ class EagerVectorisedStrategy(Strategy):
             if transforms_active():
                 return inside(*args)
             if _input_numel(args, argnums) <= LOOP_MAX_ROWS:  # a few columns: loop them
-                return eager_jacfwd(func, argnums, has_aux, randomness, args)
+                return eager_jacfwd(func, argnums, has_aux, randomness, args, self._batch)
             return _marked(inside, func, args, {}, randomness == "error")
 
         return jacobian_fn

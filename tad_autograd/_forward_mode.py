@@ -25,22 +25,16 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from ._dual import dual_level, make_dual, unpack_dual
-from ._eager_jacobian import (
-    any_dual,
-    check_argnums,
-    check_outputs,
-    eager_jacobian,
-    stand_ins,
-    unflatten_jacobian,
-)
+from ._dual import dual_level, forward_ad_ready, make_dual, unpack_dual
+from ._eager_jacobian import eager_jacobian, unflatten_jacobian
 from ._grad_modes import outside_inference_mode
 from ._graph import has_custom_functions, reaches_other_leaves, retire
+from ._locks import TRANSFORM_LOCK
 from ._operand_checks import check_primals_tangents, check_tensor_outputs, split_aux
 from ._pytree import flatten, tree_flatten, tree_unflatten, unflatten
 from ._rng import RngStates, visible_generators
 from ._rows import rows
-from ._torch_info import forward_ad_ready
+from ._stand_ins import any_dual, check_argnums, check_outputs, stand_ins
 
 __all__ = ["eager_jvp", "eager_jacfwd", "eager_linearize"]
 
@@ -68,7 +62,8 @@ def eager_jvp(
         )
     states = RngStates(_devices(p_leaves), visible_generators(func, primals))
     try:
-        return _dual_jvp(func, p_leaves, t_leaves, spec, has_aux)
+        with TRANSFORM_LOCK:  # dual levels are process-wide
+            return _dual_jvp(func, p_leaves, t_leaves, spec, has_aux)
     except Exception:  # no forward-AD rule somewhere (or the user's error: reverse tells)
         states.restore()
         return _reverse_jvp(func, p_leaves, t_leaves, spec, has_aux)
@@ -188,16 +183,18 @@ def eager_jacfwd(
     has_aux: bool,
     randomness: str,
     args: Tuple[Any, ...],
-    reverse_fallback: bool = True,
+    vmap: Optional[Callable[..., Any]] = None,
 ) -> Any:
-    """``torch.func.jacfwd(func, argnums, has_aux, randomness=...)(*args)`` by columns.
+    """``torch.func.jacfwd(func, argnums, has_aux, randomness=...)(*args)`` without transforms.
 
-    One dual-number forward pass per input element.  ``randomness="same"``
-    replays the random generators for every column; ``"error"`` raises if the
-    function draws random numbers; ``"different"`` lets each column draw.  A
-    function without forward-AD rules gets its Jacobian from reverse mode
-    (unless ``reverse_fallback`` is false: then the dual-number pass's
-    exception propagates, for a caller that chooses the mode itself).
+    The function runs once, under ordinary autograd, and the Jacobian comes
+    column by column from its graph (the double-vjp trick: one backward pass
+    per input element), or from its rows where that could not be exact (a
+    custom ``autograd.Function`` in the graph); ``vmap`` vectorises the rows.
+    ``randomness="error"`` raises if the function drew random numbers,
+    ``"same"`` gives every column the one draw.  ``"different"`` (a new draw
+    per column) pushes one dual number per column instead, running the
+    function once per input element.
 
     Examples
     --------
@@ -207,6 +204,14 @@ def eager_jacfwd(
             [0., 1.]])
     """
     nums = check_argnums(argnums, len(args))
+    if randomness != "different":
+        leaves = [x for p in nums for x in flatten(args[p])[0] if isinstance(x, torch.Tensor)]
+        states = RngStates(_devices(leaves), visible_generators(func, args))
+        jacobian = eager_jacobian(func, argnums, has_aux, args, vmap, None, columns=True)
+        if randomness == "error" and states.changed():
+            states.restore()
+            raise _random_in_error_mode()
+        return jacobian
     forward_ad_ready()
     if torch.is_inference_mode_enabled():
         return outside_inference_mode(
@@ -220,20 +225,13 @@ def eager_jacfwd(
         leaves.extend(arg_leaves)
     states = RngStates(_devices(leaves), visible_generators(func, args))
     try:
-        columns, out_leaves, out_spec, aux = _columns(
-            func, args, nums, in_specs, sizes, leaves, has_aux, randomness, states
-        )
-    except _RandomInErrorMode:
-        states.restore()
-        raise RuntimeError(
-            "jacfwd: called a random operation with randomness='error'; use "
-            "randomness='same' or 'different', or draw outside jacfwd"
-        ) from None
+        with TRANSFORM_LOCK:  # dual levels are process-wide
+            columns, out_leaves, out_spec, aux = _columns(
+                func, args, nums, in_specs, sizes, leaves, has_aux, randomness, states
+            )
     except Exception:  # no forward-AD rule somewhere (or the user's error: reverse tells)
         states.restore()
-        if not reverse_fallback:
-            raise
-        return eager_jacobian(func, argnums, has_aux, args)
+        return eager_jacobian(func, argnums, has_aux, args, vmap)
     check_outputs(out_leaves, "jacfwd")
     per_output = []
     for k, o in enumerate(out_leaves):
@@ -250,8 +248,11 @@ def eager_jacfwd(
     return (jacobian, aux) if has_aux else jacobian
 
 
-class _RandomInErrorMode(Exception):
-    """The function drew random numbers under ``randomness="error"``."""
+def _random_in_error_mode() -> RuntimeError:
+    return RuntimeError(
+        "jacfwd: called a random operation with randomness='error'; use "
+        "randomness='same' or 'different', or draw outside jacfwd"
+    )
 
 
 def _columns(
@@ -288,8 +289,6 @@ def _columns(
                 new_args[p] = unflatten(duals[start : start + count], spec)
                 start += count
             result = func(*new_args)
-            if j == 0 and randomness == "error" and states.changed():
-                raise _RandomInErrorMode
             if has_aux:
                 result, aux_j = split_aux(result, "jacfwd")
             flat, spec_j = flatten(result)

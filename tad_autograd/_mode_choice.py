@@ -111,7 +111,7 @@ class ModeChoosingJacobian:
                 if self._automatic and n_in <= LOOP_MAX_ROWS and not transforms_active():
                     # a few columns: dual-number passes beat a vmap (as automatic jacfwd)
                     return eager_jacfwd(
-                        self.__wrapped__, self._argnums, self._has_aux, "error", args, False
+                        self.__wrapped__, self._argnums, self._has_aux, "error", args
                     )
                 if DefectWatch.needed("forward"):  # vmap of the function itself
                     with DefectWatch("forward"):

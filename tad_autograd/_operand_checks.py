@@ -196,12 +196,16 @@ def split_aux(result: Any, name: str) -> Tuple[Any, Any]:
     return result[0], result[1]
 
 
+_SCALAR_OUTPUT = frozenset({"grad", "grad_and_value", "hvp"})
+
+
 def with_checked_outputs(func: Callable[..., Any], has_aux: bool, name: str) -> Callable[..., Any]:
     """``func``, raising ``RuntimeError`` for outputs ``name`` cannot differentiate.
 
-    ``grad``/``grad_and_value`` need a real floating-point scalar, ``jacfwd``
-    real floating-point tensors: :mod:`torch.func` returns zeros for integer
-    outputs there, which the library never does (CONTRACT §5).
+    ``grad``/``grad_and_value``/``hvp`` need a real floating-point scalar, the
+    others (``jacfwd``, ``vjp``, ``jvp``, ``linearize``) floating-point or
+    complex tensors: :mod:`torch.func` returns zeros for integer outputs in
+    some, which the library never does (CONTRACT §5).
 
     Examples
     --------
@@ -212,13 +216,15 @@ def with_checked_outputs(func: Callable[..., Any], has_aux: bool, name: str) -> 
     RuntimeError: jacfwd(f, ...): All outputs of f must be floating-point ... torch.int64 (output 0)
     """
 
+    scalar = name in _SCALAR_OUTPUT
+
     def checked(*args: Any) -> Any:
         result = func(*args)
         output = split_aux(result, name)[0] if has_aux else result
         if isinstance(output, torch.Tensor) and output.is_floating_point():
-            if name == "jacfwd" or output.dim() == 0:  # the common case, checked cheaply
+            if not scalar or output.dim() == 0:  # the common case, checked cheaply
                 return result
-        if name == "jacfwd":
+        if not scalar:
             leaves = tree_flatten(output)[0]
             check_tensor_outputs(leaves, name)
             for i, leaf in enumerate(leaves):

@@ -16,9 +16,17 @@ from typing import Callable, List, Optional, Tuple
 
 import torch
 
+from ._graph import has_custom_functions
 from ._rng import RngStates
 
-__all__ = ["LOOP_MAX_ROWS", "basis", "rows", "vectorised_rows", "joint_rows"]
+__all__ = [
+    "LOOP_MAX_ROWS",
+    "basis",
+    "rows",
+    "vectorised_rows",
+    "joint_rows",
+    "columns_by_double_vjp",
+]
 
 _log = logging.getLogger("tad_autograd")
 
@@ -217,3 +225,75 @@ def _looped(
         return tuple(torch.stack(parts) for parts in zip(*rows))
 
     return looped
+
+
+def columns_by_double_vjp(
+    outputs: List[torch.Tensor], inputs: List[torch.Tensor], create_graph: bool
+) -> Optional[List[List[torch.Tensor]]]:
+    """The Jacobian column by column from the recorded graph: forward mode without a rerun.
+
+    ``J^T v`` is built with a graph for dummy cotangents ``v``; differentiating
+    it with respect to ``v`` along the ``k``-th input basis vector gives the
+    ``k``-th column ``J e_k``: one backward pass per input element, and the
+    function ran once.  Exact through built-in ops (their backward formulas
+    are differentiable, or raise); ``None`` when the graph holds a custom
+    ``autograd.Function`` (its Python backward may compute outside autograd)
+    or anything here raises: the caller then takes the rows.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.tensor([1.0, 2.0], requires_grad=True)
+    >>> columns_by_double_vjp([x ** 2], [x], create_graph=False)[0][0]
+    tensor([[2., 0.],
+            [0., 4.]])
+    """
+    live = [o for o in outputs if o.requires_grad]
+    if live and has_custom_functions(live):
+        return None
+    blocks = {
+        (id(o), id(x)): o.new_zeros((o.numel(), x.numel()), dtype=x.dtype)
+        for o in outputs
+        for x in inputs
+    }
+    try:
+        with torch.enable_grad():
+            dummies = [torch.zeros_like(o.detach(), requires_grad=True) for o in live]
+            grads = (
+                torch.autograd.grad(live, inputs, dummies, create_graph=True, allow_unused=True)
+                if live
+                else [None] * len(inputs)
+            )
+            for g, x in zip(grads, inputs):
+                if g is None or not g.requires_grad:
+                    continue  # no output depends on x
+                unit = torch.zeros(x.numel(), dtype=g.dtype, device=g.device)
+                for k in range(x.numel()):
+                    unit.zero_()
+                    unit[k] = 1
+                    column = torch.autograd.grad(
+                        g,
+                        dummies,
+                        unit.view_as(g).clone(),
+                        retain_graph=True,
+                        create_graph=create_graph,
+                        allow_unused=True,
+                    )
+                    for o, c in zip(live, column):
+                        if c is not None:
+                            block = blocks[(id(o), id(x))]
+                            if create_graph:  # keep the column's graph: no in-place write
+                                block = blocks[(id(o), id(x))] = _with_column(block, k, c)
+                            else:
+                                block[:, k] = c.reshape(-1)
+    except Exception as error:  # structural: the rows decide whether it is the user's error
+        _log.info("no double-vjp columns (%s: %s); taking the rows", type(error).__name__, error)
+        return None
+    return [[blocks[(id(o), id(x))].reshape(o.shape + x.shape) for x in inputs] for o in outputs]
+
+
+def _with_column(block: torch.Tensor, k: int, column: torch.Tensor) -> torch.Tensor:
+    """``block`` with column ``k`` replaced, out of place (differentiable)."""
+    mask = torch.zeros(block.shape[1], dtype=block.dtype, device=block.device)
+    mask[k] = 1
+    return block * (1 - mask) + column.reshape(-1, 1) * mask

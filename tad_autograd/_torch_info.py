@@ -19,7 +19,6 @@ True
 from __future__ import annotations
 
 import importlib.util
-import warnings
 from functools import cache
 
 import torch
@@ -34,7 +33,6 @@ __all__ = [
     "Version",
     "module_exists",
     "transforms_active",
-    "forward_ad_ready",
 ]
 
 #: The installed torch release, without local build tags (``2.13.0+cpu`` -> ``2.13.0``).
@@ -80,23 +78,3 @@ def transforms_active() -> bool:
     False
     """
     return bool(_ARE_TRANSFORMS_ACTIVE()) if _ARE_TRANSFORMS_ACTIVE is not None else False
-
-
-@cache
-def forward_ad_ready() -> None:
-    """Load torch's forward-AD machinery once, keeping its own deprecation warnings quiet.
-
-    The first dual number of a process makes torch compile decompositions
-    with ``torch.jit.script``, which newer releases deprecate with a warning
-    the user did not cause.  Every forward-mode operator calls this first.
-
-    Examples
-    --------
-    >>> forward_ad_ready()
-    """
-    import torch.autograd.forward_ad as fwAD
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        with fwAD.dual_level():
-            fwAD.make_dual(torch.zeros(1), torch.zeros(1))  # type: ignore[no-untyped-call]

@@ -8,7 +8,7 @@ argument is checked here once, when the transform is built.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 from ._checks import (
     check_argnums_type,
@@ -17,9 +17,9 @@ from ._checks import (
     check_has_aux,
     check_randomness,
 )
+from ._dual import forward_ad_ready
 from ._mode_choice import ModeChoosingJacobian
 from ._operand_checks import with_checked_outputs
-from ._torch_info import forward_ad_ready
 from .api import Argnums, jacrev
 from .strategies import Strategy
 from .transforms import Transformed
@@ -185,17 +185,36 @@ def _jacfwd(
     forward_ad_ready()
 
     def build(s: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
-        return s.jacfwd(
-            with_checked_outputs(f, has_aux, "jacfwd"),
-            argnums,
-            has_aux=has_aux,
-            randomness=randomness,
-            chunk_size=chunk_size,
-        )
+        checked = with_checked_outputs(f, has_aux, "jacfwd")
+
+        def make(nums: Argnums) -> Callable[..., Any]:
+            return s.jacfwd(
+                checked, nums, has_aux=has_aux, randomness=randomness, chunk_size=chunk_size
+            )
+
+        if all(n >= 0 for n in ((argnums,) if isinstance(argnums, int) else argnums)):
+            return make(argnums)
+        # torch.func.jacfwd returns zeros for a negative argnums: count from the front
+        by_count: Dict[int, Callable[..., Any]] = {}
+
+        def jacobian_fn(*args: Any) -> Any:
+            fn = by_count.get(len(args))
+            if fn is None:
+                fn = by_count[len(args)] = make(_from_the_front(argnums, len(args)))
+            return fn(*args)
+
+        return jacobian_fn
 
     return Transformed(
         "jacfwd", func, build, backend, transforms_only, kwargs_in_call=False, argnums=argnums
     )
+
+
+def _from_the_front(argnums: Argnums, nargs: int) -> Argnums:
+    """``argnums`` with negative entries counted from the front (checked in range already)."""
+    if isinstance(argnums, int):
+        return argnums % nargs
+    return tuple(n % nargs for n in argnums)
 
 
 def jacobian(

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, Tuple
 
 from ._checks import check_backend, check_has_aux, check_inference_mode
-from ._operand_checks import check_primals, check_primals_tangents
-from ._torch_info import forward_ad_ready
+from ._dual import forward_ad_ready
+from ._operand_checks import check_primals, check_primals_tangents, with_checked_outputs
 from .strategies import Strategy
 from .transforms import Transformed, run_on_named_backend
 
@@ -74,7 +74,8 @@ def vjp(
     check_primals(primals, "vjp")
 
     def build(s: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
-        return lambda *p: s.vjp(f, p, has_aux=has_aux)
+        checked = with_checked_outputs(f, has_aux, "vjp")
+        return lambda *p: s.vjp(checked, p, has_aux=has_aux)
 
     return _at_once("vjp", func, backend, build, *primals)
 
@@ -127,7 +128,8 @@ def jvp(
     check_primals_tangents(primals, tangents, "jvp")
 
     def build(s: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
-        return lambda p, t: s.jvp(f, p, t, has_aux=has_aux)
+        checked = with_checked_outputs(f, has_aux, "jvp")
+        return lambda p, t: s.jvp(checked, p, t, has_aux=has_aux)
 
     return _at_once("jvp", func, backend, build, primals, tangents)
 
@@ -156,7 +158,8 @@ def linearize(
     check_primals(primals, "linearize")
 
     def build(s: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
-        return lambda *p: s.linearize(f, p)
+        checked = with_checked_outputs(f, False, "linearize")
+        return lambda *p: s.linearize(checked, p)
 
     result: Tuple[Any, Callable[..., Any]] = _at_once("linearize", func, backend, build, *primals)
     return result
@@ -198,7 +201,8 @@ def hvp(
     check_primals_tangents(primals, tangents, "hvp")
 
     def build(s: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
-        return lambda p, t: s.hvp(f, p, t)
+        checked = with_checked_outputs(f, False, "hvp")
+        return lambda p, t: s.hvp(checked, p, t)
 
     result: Tuple[Any, Any] = _at_once("hvp", func, backend, build, primals, tangents)
     return result

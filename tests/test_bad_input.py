@@ -30,7 +30,7 @@ import pytest
 import torch
 
 import tad_autograd as ta
-from tad_autograd._eager_jacobian import inference_mode_derivatives
+from tad_autograd._grad_modes import inference_mode_derivatives
 from tad_autograd._rng import RngStates
 from tad_autograd._torch_info import TORCH_VERSION, Version
 from tad_autograd.backends.base import Availability, Backend

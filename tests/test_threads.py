@@ -40,6 +40,27 @@ CASES: List[Tuple[str, Callable[[Optional[str]], Callable[[torch.Tensor], Any]],
     ("jacrev", lambda b: ta.jacrev(model, backend=b), 0),
     ("vmap(jacrev) batch 2", lambda b: ta.vmap(ta.jacrev(model), backend=b), 2),
     ("vmap(jacrev) batch 8", lambda b: ta.vmap(ta.jacrev(model), backend=b), 8),
+    ("jacfwd", lambda b: ta.jacfwd(model, backend=b), 0),
+    ("jacobian", lambda b: ta.jacobian(model, backend=b), 0),
+    (
+        "jvp columns",  # each column of the Jacobian as a jvp
+        lambda b: (
+            lambda x: torch.stack(
+                [ta.jvp(model, (x,), (e,), backend=b)[1] for e in torch.eye(16, dtype=x.dtype)], 1
+            )
+        ),
+        0,
+    ),
+    (
+        "vjp rows",
+        lambda b: (
+            lambda x: torch.stack(
+                [ta.vjp(model, x, backend=b)[1](e)[0] for e in torch.eye(16, dtype=x.dtype)]
+            )
+        ),
+        0,
+    ),
+    ("vmap(jacfwd) batch 8", lambda b: ta.vmap(ta.jacfwd(model), backend=b), 8),
 ]
 
 

@@ -23,10 +23,10 @@ from typing import Any, Callable, List, Optional, Tuple
 import torch
 
 from .._batching import check_out_dim, flatten_args, join_outputs, split_outputs
-from .._eager_jacobian import check_argnums, check_outputs
 from .._pytree import tree_flatten, tree_unflatten
 from .._rng import RngStates, visible_generators
 from .._rows import basis
+from .._stand_ins import check_argnums, check_outputs
 from .base import ArgnumsT, InDimsT, OutDimsT
 
 __all__ = [

@@ -5,7 +5,9 @@ from __future__ import annotations
 from functools import cache
 from typing import Any, Callable, Optional, Tuple
 
-from .._torch_info import TORCH_VERSION, Version, forward_ad_ready, module_exists
+from .._dual import forward_ad_ready
+from .._locks import TRANSFORM_LOCK, locked
+from .._torch_info import TORCH_VERSION, Version, module_exists
 from ._chunking import jacrev_tensor_args_only, vmap_with_out_dims
 from .base import ArgnumsT, Availability, Backend, InDimsT, OutDimsT
 
@@ -97,7 +99,8 @@ class FuncBackend(Backend):
         has_aux: bool,
     ) -> Any:
         forward_ad_ready()
-        return _torch_func().jvp(func, primals, tangents, has_aux=has_aux)
+        with TRANSFORM_LOCK:  # dual levels are process-wide
+            return _torch_func().jvp(func, primals, tangents, has_aux=has_aux)
 
     def grad_and_value(
         self, func: Callable[..., Any], argnums: ArgnumsT, *, has_aux: bool
@@ -128,7 +131,7 @@ class FuncBackend(Backend):
         fn: Callable[..., Any] = _torch_func().jacfwd(
             func, argnums, has_aux=has_aux, randomness=randomness
         )
-        return fn
+        return locked(fn)  # dual levels are process-wide
 
     def vmap(
         self,

@@ -17,11 +17,12 @@ functorch 1.13 has no ``chunk_size``; the backend supplies it
 from __future__ import annotations
 
 import inspect
-import threading
 from functools import cache
 from typing import Any, Callable, Optional, Tuple
 
-from .._torch_info import TORCH_VERSION, Version, forward_ad_ready, module_exists
+from .._dual import forward_ad_ready
+from .._locks import TRANSFORM_LOCK, locked
+from .._torch_info import TORCH_VERSION, Version, module_exists
 from ._chunking import (
     checked_outputs,
     chunked_jacrev,
@@ -39,7 +40,7 @@ _DEPRECATED_FROM = Version("2.0")
 #: transforming at once trip "INTERNAL ASSERT FAILED ... DynamicLayer.cpp", so calls
 #: are serialised there (re-entrant, for nested transforms in one thread).
 _SERIALISE = TORCH_VERSION < _DEPRECATED_FROM
-_LOCK = threading.RLock()
+_LOCK = TRANSFORM_LOCK  # shared with forward mode: one lock, no lock-order deadlock
 #: torch 2.0's jacrev fails on non-tensor positional arguments (see jacrev_tensor_args_only).
 _JACREV_NEEDS_TENSOR_ARGS = _DEPRECATED_FROM <= TORCH_VERSION < Version("2.1")
 
@@ -180,7 +181,8 @@ class FunctorchBackend(Backend):
         has_aux: bool,
     ) -> Any:
         forward_ad_ready()
-        return _serialised(_transforms().jvp)(func, primals, tangents, has_aux=has_aux)
+        with TRANSFORM_LOCK:  # dual levels are process-wide
+            return _transforms().jvp(func, primals, tangents, has_aux=has_aux)
 
     def grad_and_value(
         self, func: Callable[..., Any], argnums: ArgnumsT, *, has_aux: bool
@@ -206,9 +208,7 @@ class FunctorchBackend(Backend):
             return super().jacfwd(
                 func, argnums, has_aux=has_aux, randomness=randomness, chunk_size=chunk_size
             )
-        return _serialised(
-            _transforms().jacfwd(func, argnums, has_aux=has_aux, randomness=randomness)
-        )
+        return locked(_transforms().jacfwd(func, argnums, has_aux=has_aux, randomness=randomness))
 
     def _jacrev(
         self,

@@ -25,7 +25,7 @@ import torch
 from _helpers import OldStyleExp, assert_tree_close, reference_hessian, reference_jacobian
 
 import tad_autograd as ta
-from tad_autograd._eager_jacobian import inference_mode_derivatives
+from tad_autograd._grad_modes import inference_mode_derivatives
 from tad_autograd._pytree import tree_flatten
 from tad_autograd.registry import REGISTRY
 

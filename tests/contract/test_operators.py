@@ -265,3 +265,70 @@ def test_jacobian_auto_goes_reverse_where_forward_mode_fails(backend, n_in) -> N
         warnings.simplefilter("error", ta.BackendFallbackWarning)
         for _ in range(3):
             assert_tree_close(jac(x), reference_jacobian(tall, x))
+
+
+@pytest.mark.parametrize("argnums", [-1, (0, -1), (-1, -2)])
+def test_negative_argnums_in_forward_mode(backend, argnums) -> None:
+    """torch.func.jacfwd returns zeros for negative argnums; never here."""
+    x, y = torch.randn(3, dtype=DT), torch.randn(6, dtype=DT)
+
+    def f(x, y):
+        return torch.cat([torch.sin(x) * y.sum()] * 4)
+
+    expected = ta.jacrev(f, argnums, backend="autograd")(x, y)
+    for chunk_size in (None, 2):
+        jac = ta.jacfwd(f, argnums, chunk_size=chunk_size, backend=backend)
+        assert_tree_close(jac(x, y), expected)
+    auto = ta.jacobian(f, argnums, backend=backend)
+    for _ in range(3):  # reverse, then forward from the second call
+        assert_tree_close(auto(x, y), expected)
+
+
+def test_jacfwd_same_randomness_across_chunks(backend) -> None:
+    def f(x):
+        return torch.nn.functional.dropout(x, 0.5, training=True) * x
+
+    x = torch.arange(1.0, 7.0, dtype=DT)
+    torch.manual_seed(0)
+    whole = ta.jacfwd(f, randomness="same", backend=backend)(x)
+    torch.manual_seed(0)
+    chunked = ta.jacfwd(f, randomness="same", chunk_size=2, backend=backend)(x)
+    assert_tree_close(chunked, whole)
+    mask = torch.diagonal(whole) != 0  # one mask for every column: the diagonal is x or 0
+    assert_tree_close(torch.diagonal(whole)[mask], 4 * x[mask])
+
+
+def test_jacfwd_runs_the_function_once(backend) -> None:
+    """In-place updates of captured state happen once, as under torch.func."""
+    state = torch.zeros(3, dtype=DT)
+
+    def f(x):
+        state.add_(1.0)
+        return x * state
+
+    x = torch.tensor([1.0, 2.0, 3.0], dtype=DT)
+    if backend in ("func", "functorch"):  # torch.func refuses to mutate captured tensors
+        with pytest.raises(RuntimeError):
+            ta.jacfwd(f, backend=backend)(x)
+        return
+    jac = ta.jacfwd(f, backend=backend)(x)
+    assert_tree_close(jac, torch.eye(3, dtype=DT))
+    assert_tree_close(state, torch.ones(3, dtype=DT))
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1])
+def test_jacfwd_of_an_empty_input(backend, chunk_size) -> None:
+    jac = ta.jacfwd(lambda x: x * 2, chunk_size=chunk_size, backend=backend)(torch.ones(0))
+    assert jac.shape == (0, 0)
+
+
+def test_integer_outputs_raise_in_every_product(backend) -> None:
+    x = torch.tensor([1.0, 2.0, 3.0], dtype=DT)
+    with pytest.raises(RuntimeError):
+        ta.vjp(lambda x: (x * 2).long(), x, backend=backend)
+    with pytest.raises(RuntimeError):
+        ta.jvp(lambda x: (x * 2).long(), (x,), (x,), backend=backend)
+    with pytest.raises(RuntimeError):
+        ta.hvp(lambda x: (x * 2).sum().long(), (x,), (x,), backend=backend)
+    with pytest.raises(RuntimeError):
+        ta.linearize(lambda x: x > 1, x, backend=backend)

@@ -1,0 +1,171 @@
+"""Differentiable stand-ins for the inputs of an eager derivative, and the checks around them.
+
+Every eager operator (:mod:`tad_autograd._eager_jacobian`,
+:mod:`tad_autograd._eager_products`, :mod:`tad_autograd._forward_mode`) runs
+the user's function on *stand-ins*: a view of an input that requires grad
+(so results stay differentiable with respect to it), a detached leaf of any
+other, and for a forward-mode dual number a dual view of a fresh leaf (so its
+tangent flows through the backward pass).  ``argnums`` and the outputs are
+checked with :func:`torch.func.jacrev`'s exception types.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional, Sequence, Tuple
+
+import torch
+
+from ._dual import level_active, make_dual, unpack_dual
+from ._graph import mark_stand_in_leaf
+
+__all__ = [
+    "check_argnums",
+    "prepare_input",
+    "stand_ins",
+    "dual_tangent",
+    "any_dual",
+    "check_outputs",
+]
+
+ArgnumsT = Any
+
+
+def check_argnums(argnums: ArgnumsT, nargs: int) -> Tuple[int, ...]:
+    """Normalise ``argnums`` against ``nargs`` positional arguments.
+
+    Raises ``RuntimeError`` with :func:`torch.func.jacrev`'s wording, also for
+    two entries naming the same argument (``(0, -2)`` of two arguments).
+
+    Examples
+    --------
+    >>> check_argnums(-1, 2)
+    (1,)
+    >>> check_argnums((0, -2), 2)
+    Traceback (most recent call last):
+    ...
+    RuntimeError: argnums elements must be unique, got (0, -2) (both name argument 0 ...
+    """
+    nums = (argnums,) if isinstance(argnums, int) else argnums
+    out = []
+    for n in nums:
+        if not -nargs <= n < nargs:
+            raise RuntimeError(f"Got argnum={n}, but only {nargs} positional inputs")
+        p = n % nargs
+        if p in out:
+            raise RuntimeError(
+                f"argnums elements must be unique, got {argnums!r} (both name argument {p} "
+                f"of the {nargs} positional inputs)"
+            )
+        out.append(p)
+    return tuple(out)
+
+
+def prepare_input(x: Any, position: int) -> torch.Tensor:
+    """A differentiable stand-in for input leaf ``x`` (call with grad mode on).
+
+    A tensor that already requires grad is viewed, so the Jacobian stays
+    differentiable with respect to it; any other floating-point tensor is
+    detached and made to require grad.
+
+    Examples
+    --------
+    >>> import torch
+    >>> prepare_input(torch.zeros(2), 0).requires_grad
+    True
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(
+            f"argnums: the argument at position {position} must be a floating-point "
+            f"tensor or a pytree of them, got {type(x)}"
+        )
+    if not (x.is_floating_point() or x.is_complex()):
+        raise RuntimeError(
+            "only Tensors of floating point dtype can require gradients "
+            f"(argument at position {position} has dtype {x.dtype})"
+        )
+    if x.requires_grad:
+        return x.view_as(x)
+    tangent = dual_tangent(x)
+    if tangent is not None:  # a forward-mode dual number: keep its tangent
+        leaf = unpack_dual(x)[0].detach().requires_grad_(True)
+        stand_in = make_dual(leaf, tangent)
+        mark_stand_in_leaf(stand_in, leaf)
+        return stand_in
+    return x.detach().requires_grad_(True)
+
+
+def stand_ins(leaves: Sequence[torch.Tensor]) -> Tuple[List[torch.Tensor], bool]:
+    """Differentiable stand-ins of ``leaves`` (grad mode on), and whether any requires grad.
+
+    Examples
+    --------
+    >>> import torch
+    >>> [x.requires_grad for x in stand_ins([torch.zeros(1)])[0]]
+    [True]
+    """
+    return [prepare_input(x, i) for i, x in enumerate(leaves)], any(x.requires_grad for x in leaves)
+
+
+def dual_tangent(x: torch.Tensor) -> Optional[torch.Tensor]:
+    """The forward-mode tangent of ``x`` (a dual number of torch.autograd.forward_ad), or None.
+
+    Free when no dual level is active.  A derivative of a dual input must be
+    computed with ``create_graph=True``, so that the tangent flows through the
+    backward pass (forward over reverse).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tad_autograd._dual import dual_level, make_dual
+    >>> dual_tangent(torch.zeros(1)) is None
+    True
+    >>> with dual_level():
+    ...     dual_tangent(make_dual(torch.zeros(1), torch.ones(1)))
+    tensor([1.])
+    """
+    if not level_active():
+        return None
+    return unpack_dual(x)[1]
+
+
+def any_dual(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether any of ``tensors`` carries a forward-mode tangent (free without a dual level)."""
+    return level_active() and any(dual_tangent(x) is not None for x in tensors)
+
+
+def check_outputs(leaves: Sequence[Any], name: str = "jacrev") -> None:
+    """Raise ``RuntimeError`` as :func:`torch.func.jacrev` does for outputs it cannot take.
+
+    No tensors, a non-tensor, an integer or bool tensor, or a complex tensor.
+
+    Examples
+    --------
+    >>> import torch
+    >>> check_outputs([torch.zeros(1)])
+    >>> check_outputs([torch.zeros(1, dtype=torch.long)])
+    Traceback (most recent call last):
+    ...
+    RuntimeError: jacrev(f, ...): All outputs of f must be floating-point or complex Tensors, ...
+    """
+    if len(leaves) == 0:
+        raise RuntimeError(
+            f"{name}(f, ...)(*args): expected f(*args) to return a tensor or a non-empty "
+            "pytree of tensors, got no tensors (e.g. None)"
+        )
+    for i, leaf in enumerate(leaves):
+        if not isinstance(leaf, torch.Tensor):
+            raise RuntimeError(
+                f"{name}(f, ...)(*args): expected f(*args) to return only tensors, "
+                f"got unsupported type {type(leaf)}"
+            )
+        if leaf.is_floating_point():
+            continue
+        if leaf.is_complex():
+            raise RuntimeError(
+                f"{name}: Expected all outputs to be real but received complex tensor at "
+                f"flattened input idx: {i}"
+            )
+        raise RuntimeError(
+            f"{name}(f, ...): All outputs of f must be floating-point or complex Tensors, "
+            f"got Tensor with dtype {leaf.dtype} (output {i})"
+        )
