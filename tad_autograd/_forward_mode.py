@@ -21,6 +21,7 @@ one as its context.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -30,7 +31,12 @@ from ._eager_jacobian import eager_jacobian, unflatten_jacobian
 from ._grad_modes import outside_inference_mode
 from ._graph import has_custom_functions, reaches_other_leaves, retire
 from ._locks import TRANSFORM_LOCK
-from ._operand_checks import check_primals_tangents, check_tensor_outputs, split_aux
+from ._operand_checks import (
+    check_primals,
+    check_primals_tangents,
+    check_tensor_outputs,
+    split_aux,
+)
 from ._pytree import flatten, tree_flatten, tree_unflatten, unflatten
 from ._rng import RngStates, visible_generators
 from ._rows import rows
@@ -60,13 +66,37 @@ def eager_jvp(
         return outside_inference_mode(
             "jvp", lambda p, t: eager_jvp(func, p, t, has_aux), primals, tangents
         )
+    user = _user_function(func)
+    if _FORWARD_AD_FAILED.get(user, False):
+        return _reverse_jvp(func, p_leaves, t_leaves, spec, has_aux)
     states = RngStates(_devices(p_leaves), visible_generators(func, primals))
     try:
         with TRANSFORM_LOCK:  # dual levels are process-wide
             return _dual_jvp(func, p_leaves, t_leaves, spec, has_aux)
     except Exception:  # no forward-AD rule somewhere (or the user's error: reverse tells)
         states.restore()
-        return _reverse_jvp(func, p_leaves, t_leaves, spec, has_aux)
+        result = _reverse_jvp(func, p_leaves, t_leaves, spec, has_aux)
+        _remember_failure(user)
+        return result
+
+
+#: Functions whose dual-number pass raised once: reverse mode from then on, without the
+#: failed first attempt (whose side effects, other than random draws, cannot be undone).
+_FORWARD_AD_FAILED: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+def _user_function(func: Callable[..., Any]) -> Any:
+    """The user's own function under the library's wrappers (``__wrapped__``)."""
+    while hasattr(func, "__wrapped__"):
+        func = func.__wrapped__
+    return func
+
+
+def _remember_failure(func: Any) -> None:
+    try:
+        _FORWARD_AD_FAILED[func] = True
+    except TypeError:  # not weakly referenceable (a builtin): nothing to remember it by
+        pass
 
 
 def _dual_jvp(
@@ -127,7 +157,7 @@ def _reverse_jvp(
             create = (
                 keep or any_dual(inputs) or (outer_grad and any(t.requires_grad for t in t_leaves))
             )
-            products = _products(out_leaves, inputs, t_leaves, create)
+            products = _linear_map(out_leaves, inputs, create)(t_leaves, create)
             primal = [o if keep else o.detach() for o in out_leaves]
             output = tree_unflatten(primal, out_spec), tree_unflatten(products, out_spec)
             if not has_aux:
@@ -141,40 +171,54 @@ def _reverse_jvp(
             retire(inputs)
 
 
-def _products(
-    outputs: List[torch.Tensor],
-    inputs: List[torch.Tensor],
-    tangents: List[torch.Tensor],
-    create_graph: bool,
-) -> List[torch.Tensor]:
-    """``J t`` for each output, from the recorded graph."""
+def _linear_map(
+    outputs: List[torch.Tensor], inputs: List[torch.Tensor], create_graph: bool
+) -> Callable[[List[torch.Tensor], bool], List[torch.Tensor]]:
+    """``t -> J t`` for each output, from the recorded graph, callable many times.
+
+    Through built-in ops, ``J^T v`` is built once with a graph for dummy
+    cotangents ``v`` and each call differentiates it along ``t``; through a
+    custom ``autograd.Function`` the rows of ``J`` are computed once.  The
+    second argument of the map asks for a differentiable product.
+    """
     live = [o for o in outputs if o.requires_grad]
     if not live:
-        return [torch.zeros_like(o.detach()) for o in outputs]
+        return lambda tangents, create: [torch.zeros_like(o.detach()) for o in outputs]
     if has_custom_functions(live):
-        result = []
-        for o in outputs:
-            total = torch.zeros(o.numel(), dtype=o.dtype, device=o.device)
-            for r, x, t in zip(rows(o, inputs, create_graph), inputs, tangents):
-                total = total + r.reshape(o.numel(), x.numel()) @ t.reshape(-1).to(r.dtype)
-            result.append(total.reshape(o.shape))
-        return result
+        jacobians = [rows(o, inputs, create_graph) for o in outputs]
+
+        def by_rows(tangents: List[torch.Tensor], create: bool) -> List[torch.Tensor]:
+            result = []
+            for o, blocks in zip(outputs, jacobians):
+                total = torch.zeros(o.numel(), dtype=o.dtype, device=o.device)
+                for r, x, t in zip(blocks, inputs, tangents):
+                    total = total + r.reshape(o.numel(), x.numel()) @ t.reshape(-1).to(r.dtype)
+                result.append(total.reshape(o.shape))
+            return result
+
+        return by_rows
     dummies = [torch.zeros_like(o.detach(), requires_grad=True) for o in live]
     grads = torch.autograd.grad(live, inputs, dummies, create_graph=True, allow_unused=True)
-    pairs = [(g, t) for g, t in zip(grads, tangents) if g is not None and g.requires_grad]
-    jv: Sequence[Optional[torch.Tensor]] = [None] * len(live)
-    if pairs:
-        jv = torch.autograd.grad(
-            [g for g, _ in pairs],
-            dummies,
-            [t for _, t in pairs],
-            create_graph=create_graph,
-            allow_unused=True,
-        )
-    by_id = {
-        id(o): (j if j is not None else torch.zeros_like(o.detach())) for o, j in zip(live, jv)
-    }
-    return [by_id.get(id(o), torch.zeros_like(o.detach())) for o in outputs]
+
+    def by_double_vjp(tangents: List[torch.Tensor], create: bool) -> List[torch.Tensor]:
+        pairs = [(g, t) for g, t in zip(grads, tangents) if g is not None and g.requires_grad]
+        jv: Sequence[Optional[torch.Tensor]] = [None] * len(live)
+        if pairs:
+            with torch.enable_grad():
+                jv = torch.autograd.grad(
+                    [g for g, _ in pairs],
+                    dummies,
+                    [t for _, t in pairs],
+                    retain_graph=True,
+                    create_graph=create,
+                    allow_unused=True,
+                )
+        by_id = {
+            id(o): (j if j is not None else torch.zeros_like(o.detach())) for o, j in zip(live, jv)
+        }
+        return [by_id.get(id(o), torch.zeros_like(o.detach())) for o in outputs]
+
+    return by_double_vjp
 
 
 def eager_jacfwd(
@@ -313,8 +357,9 @@ def _columns(
 def eager_linearize(func: Callable[..., Any], primals: Tuple[Any, ...]) -> Tuple[Any, Any]:
     """``torch.func.linearize(func, *primals)``: the output and a ``jvp_fn(*tangents)``.
 
-    Each ``jvp_fn`` call pushes its tangents through ``func`` again
-    (:func:`eager_jvp`), so it is exact whatever ``func`` contains.
+    The function runs once; each ``jvp_fn`` call is a backward pass through
+    the recorded graph (:func:`_linear_map`), exact whatever ``func``
+    contains, with no forward-AD rule needed.
 
     Examples
     --------
@@ -323,16 +368,23 @@ def eager_linearize(func: Callable[..., Any], primals: Tuple[Any, ...]) -> Tuple
     >>> jvp_fn(torch.ones(2))
     tensor([1., 1.])
     """
-    output = eager_jvp(func, primals, tuple(_zeros_like_tree(p) for p in primals), False)[0]
+    p_leaves, spec = check_primals(primals, "linearize")
+    if torch.is_inference_mode_enabled():
+        return outside_inference_mode("linearize", lambda p: eager_linearize(func, p), primals)
+    outer_grad = torch.is_grad_enabled()
+    with torch.enable_grad():
+        inputs, external = stand_ins(p_leaves)
+        result = func(*tree_unflatten(list(inputs), spec))
+        out_leaves, out_spec = tree_flatten(result)
+        check_tensor_outputs(out_leaves, "linearize")
+        live = [o for o in out_leaves if o.requires_grad]
+        ours = {id(x) for x in inputs}
+        keep = any_dual(inputs) or (outer_grad and (external or reaches_other_leaves(live, ours)))
+        apply = _linear_map(out_leaves, inputs, keep)
 
     def jvp_fn(*tangents: Any) -> Any:
-        return eager_jvp(func, primals, tangents, False)[1]
+        t_leaves = check_primals_tangents(primals, tangents, "linearize")[1]
+        create = keep or (torch.is_grad_enabled() and any(t.requires_grad for t in t_leaves))
+        return tree_unflatten(apply(t_leaves, create), out_spec)
 
-    return output, jvp_fn
-
-
-def _zeros_like_tree(tree: Any) -> Any:
-    leaves, spec = tree_flatten(tree)
-    return tree_unflatten(
-        [torch.zeros_like(x) if isinstance(x, torch.Tensor) else x for x in leaves], spec
-    )
+    return tree_unflatten([o if keep else o.detach() for o in out_leaves], out_spec), jvp_fn
