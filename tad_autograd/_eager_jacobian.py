@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 import torch
 
 from ._grad_modes import inference_mode_derivatives
-from ._graph import defective_ops_in, reaches_other_leaves, retire
+from ._graph import custom_backwards_guarded, defective_ops_in, reaches_other_leaves, retire
 from ._pytree import flatten, tree_flatten, tree_unflatten, unflatten
 from ._rows import LOOP_MAX_ROWS, columns_by_double_vjp, joint_rows, rows, vectorised_rows
 from ._stand_ins import any_dual, check_argnums, check_outputs, prepare_input
@@ -144,12 +144,13 @@ def _jacobian(
             and (external or reaches_other_leaves([o for o in out_leaves if o.requires_grad], ours))
         )
         per_output = None
-        if columns:
-            per_output = columns_by_double_vjp(out_leaves, inputs, create_graph)
-        if per_output is None:
-            per_output = _rows_of(
-                out_leaves, inputs, create_graph, None if dual else vmap, chunk_size
-            )
+        with custom_backwards_guarded(out_leaves, create_graph):
+            if columns:
+                per_output = columns_by_double_vjp(out_leaves, inputs, create_graph)
+            if per_output is None:
+                per_output = _rows_of(
+                    out_leaves, inputs, create_graph, None if dual else vmap, chunk_size
+                )
         jacobian: Any
         if in_specs is None and out_spec is None:
             jacobian = per_output[0][0]

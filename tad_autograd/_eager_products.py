@@ -16,7 +16,7 @@ import torch
 
 from ._eager_jacobian import eager_jacobian
 from ._grad_modes import outside_inference_mode
-from ._graph import reaches_other_leaves, retire
+from ._graph import custom_backwards_guarded, reaches_other_leaves, retire
 from ._operand_checks import (
     check_primals,
     check_primals_tangents,
@@ -93,7 +93,7 @@ def eager_vjp(func: Callable[..., Any], primals: Tuple[Any, ...], has_aux: bool)
         pairs = [(o, c) for o, c, k in zip(out_leaves, ct_leaves, live) if k]
         grads: Sequence[Optional[torch.Tensor]] = [None] * len(inputs)
         if pairs:
-            with torch.enable_grad():
+            with torch.enable_grad(), custom_backwards_guarded(out_leaves, create_graph):
                 grads = torch.autograd.grad(
                     [o for o, _ in pairs],
                     inputs,
@@ -198,7 +198,8 @@ def eager_hvp(
             )
             products: Sequence[Optional[torch.Tensor]] = [None] * len(inputs)
             if value.requires_grad:
-                grads = torch.autograd.grad(value, inputs, create_graph=True, allow_unused=True)
+                with custom_backwards_guarded([value], True):
+                    grads = torch.autograd.grad(value, inputs, create_graph=True, allow_unused=True)
                 pairs = [
                     (g, t) for g, t in zip(grads, t_leaves) if g is not None and g.requires_grad
                 ]

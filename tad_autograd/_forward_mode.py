@@ -29,7 +29,7 @@ import torch
 from ._dual import dual_level, forward_ad_ready, make_dual, unpack_dual
 from ._eager_jacobian import eager_jacobian, unflatten_jacobian
 from ._grad_modes import outside_inference_mode
-from ._graph import has_custom_functions, reaches_other_leaves, retire
+from ._graph import custom_backwards_guarded, has_custom_functions, reaches_other_leaves, retire
 from ._locks import TRANSFORM_LOCK
 from ._operand_checks import (
     check_primals,
@@ -185,7 +185,8 @@ def _linear_map(
     if not live:
         return lambda tangents, create: [torch.zeros_like(o.detach()) for o in outputs]
     if has_custom_functions(live):
-        jacobians = [rows(o, inputs, create_graph) for o in outputs]
+        with custom_backwards_guarded(live, create_graph):
+            jacobians = [rows(o, inputs, create_graph) for o in outputs]
 
         def by_rows(tangents: List[torch.Tensor], create: bool) -> List[torch.Tensor]:
             result = []

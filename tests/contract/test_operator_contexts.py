@@ -221,3 +221,63 @@ def test_nested_results_require_grad_as_torch_func(backend: Optional[str], needs
         assert_tree_close(ours[name], theirs[name])
         got = [r.requires_grad for r in tree_flatten(ours[name])[0]]
         assert got == [r.requires_grad for r in tree_flatten(theirs[name])[0]], name
+
+
+def _custom_functions_with_opaque_backward():
+    import numpy as np
+    from torch.autograd.function import once_differentiable
+
+    class NumpyExp(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):  # type: ignore[override]
+            ctx.save_for_backward(x)
+            return x.exp()
+
+        @staticmethod
+        def backward(ctx, g):  # type: ignore[override]
+            (x,) = ctx.saved_tensors
+            return g * torch.from_numpy(np.exp(x.detach().cpu().numpy())).to(g)
+
+    class OnceExp(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):  # type: ignore[override]
+            ctx.save_for_backward(x)
+            return x.exp()
+
+        @staticmethod
+        @once_differentiable
+        def backward(ctx, g):  # type: ignore[override]
+            (x,) = ctx.saved_tensors
+            return g * x.exp()
+
+    return {"numpy backward": NumpyExp, "once_differentiable": OnceExp}
+
+
+@pytest.mark.filterwarnings("ignore::tad_autograd.BackendFallbackWarning")
+@pytest.mark.parametrize("kind", ["numpy backward", "once_differentiable"])
+def test_second_derivatives_through_an_opaque_backward_raise(
+    backend: Optional[str], kind: str
+) -> None:
+    """Plain autograd returns wrong Hessians here (the backward has no graph); never us."""
+    fn = _custom_functions_with_opaque_backward()[kind]
+    x, t = torch.tensor([0.5, 1.0], dtype=F64), torch.ones(2, dtype=F64)
+
+    def f(x):
+        return fn.apply(x).sum()
+
+    kw = {"backend": backend}
+    if backend is not None and REGISTRY.get(backend).is_transform:
+        with pytest.raises(RuntimeError):  # torch.func refuses the old-style Function
+            ta.jacrev(f, **kw)(x)
+    else:  # first derivatives are exact
+        assert_tree_close(ta.jacrev(f, **kw)(x.clone().requires_grad_(True)), x.exp())
+        assert_tree_close(ta.grad(f, **kw)(x), x.exp())
+        assert_tree_close(ta.jvp(fn.apply, (x,), (t,), **kw)[1], x.exp())
+    for second in (
+        lambda: ta.hvp(f, (x,), (t,), **kw),
+        lambda: ta.hessian(f, **kw)(x),
+        lambda: ta.jvp(ta.grad(f, **kw), (x,), (t,), **kw),
+        lambda: ta.jacfwd(ta.jacrev(f, **kw), **kw)(x),
+    ):
+        with pytest.raises(RuntimeError):
+            second()
