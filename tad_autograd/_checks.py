@@ -137,7 +137,8 @@ def check_differentiable(args: Tuple[Any, ...], argnums: Any, name: str) -> None
                     "transform API must be Tensor"
                 )
             if not leaf.is_floating_point():
-                raise RuntimeError(
+                # torch.func: ValueError in forward mode (jacfwd), RuntimeError in reverse
+                raise (ValueError if name == "jacfwd" else RuntimeError)(
                     f"{name}: the argument at argnums position {n} has dtype {leaf.dtype}; "
                     "only Tensors of floating point dtype can require gradients"
                 )

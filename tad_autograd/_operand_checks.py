@@ -47,6 +47,10 @@ def check_primals(primals: Any, name: str) -> Tuple[List[torch.Tensor], Any]:
             f"a valid call), got {type(primals).__name__}"
         )
     leaves, spec = tree_flatten(primals)
+    if not leaves:
+        raise RuntimeError(
+            f"{name}(f, primals, ...): expected at least one primal tensor, got {primals!r}"
+        )
     for i, leaf in enumerate(leaves):
         if not isinstance(leaf, torch.Tensor):
             raise ValueError(
@@ -80,7 +84,7 @@ def check_primals_tangents(
     if (
         type(primals) is tuple
         and type(tangents) is tuple
-        and len(primals) == len(tangents)
+        and 0 < len(primals) == len(tangents)
         and all(
             type(p) is torch.Tensor
             and type(t) is torch.Tensor

@@ -56,6 +56,13 @@ CASES: Tuple[Tuple[str, Call, Type[BaseException], bool], ...] = (
         RuntimeError,
         True,
     ),
+    (
+        "jacfwd-int-input",
+        lambda L, kw: L.jacfwd(torch.sin, **kw)(torch.arange(3)),
+        ValueError,
+        True,
+    ),
+    ("jvp-no-primals", lambda L, kw: L.jvp(torch.sin, (), (), **kw), RuntimeError, True),
     ("jacfwd-argnums-range", lambda L, kw: L.jacfwd(torch.sin, 3, **kw)(_x()), RuntimeError, True),
     (
         "jacfwd-randomness",
