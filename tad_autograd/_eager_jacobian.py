@@ -143,14 +143,13 @@ def _jacobian(
             outer_grad
             and (external or reaches_other_leaves([o for o in out_leaves if o.requires_grad], ours))
         )
-        per_output = None
-        with custom_backwards_guarded(out_leaves, create_graph):
-            if columns:
-                per_output = columns_by_double_vjp(out_leaves, inputs, create_graph)
-            if per_output is None:
-                per_output = _rows_of(
-                    out_leaves, inputs, create_graph, None if dual else vmap, chunk_size
+        if create_graph:  # a graph others may differentiate: no opaque custom backwards
+            with custom_backwards_guarded(out_leaves, True):
+                per_output = _derivatives(
+                    out_leaves, inputs, create_graph, None if dual else vmap, chunk_size, columns
                 )
+        else:
+            per_output = _derivatives(out_leaves, inputs, False, vmap, chunk_size, columns)
         jacobian: Any
         if in_specs is None and out_spec is None:
             jacobian = per_output[0][0]
@@ -165,6 +164,22 @@ def _jacobian(
         return jacobian
     finally:
         retire(inputs)
+
+
+def _derivatives(
+    out_leaves: List[torch.Tensor],
+    inputs: List[torch.Tensor],
+    create_graph: bool,
+    vmap: Optional[Callable[..., Any]],
+    chunk_size: Optional[int],
+    columns: bool,
+) -> List[List[torch.Tensor]]:
+    """Per output leaf, d output / d input for each input: by columns if asked, else rows."""
+    if columns:
+        per_output = columns_by_double_vjp(out_leaves, inputs, create_graph)
+        if per_output is not None:
+            return per_output
+    return _rows_of(out_leaves, inputs, create_graph, vmap, chunk_size)
 
 
 def _rows_of(
