@@ -174,6 +174,31 @@ def test_example_test_files(example: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_dftd3_example_runs() -> None:
+    """``docs/examples/dftd3_forces.py`` (docs/dftd3.rst): a downstream model on every backend.
+
+    The script asserts each result against its reference itself and prints the
+    timings (never asserted); it needs ``tad-dftd3``, from the ``docs`` extra.
+    """
+    pytest.importorskip(
+        "tad_dftd3", reason="tad-dftd3 is not installed (it comes with the docs extra)"
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = _pythonpath(env)
+    env.pop("TAD_AUTOGRAD_BACKEND", None)
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "dftd3_forces.py"), "--rounds", "3"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "automatic  correct: forces, hessian, vmap(hessian), parameter sweep" in proc.stdout
+    assert "timings" in proc.stdout
+
+
 def test_report_command_runs() -> None:
     """``python -m tad_autograd`` (getting started) runs and reports the torch version."""
     if not (ROOT / "tad_autograd" / "__main__.py").is_file():
