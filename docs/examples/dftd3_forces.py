@@ -22,7 +22,7 @@ measured, never asserted).
 
 Run it from a checkout with::
 
-    python docs/examples/dftd3_forces.py [--rounds N]
+    python docs/examples/dftd3_forces.py [--rounds N] [--threads N]
 
 It exits non-zero when a result is wrong, or when automatic mode or the
 ``"autograd"`` backend fails; a transform backend that cannot handle a
@@ -266,10 +266,17 @@ def backend_label(backend: Optional[str]) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = parser.parse_args(argv)
+    # Tensors of a few atoms gain nothing from intra-op threads, and on a busy
+    # machine waiting for them dominates every timing: one thread by default.
+    torch.set_num_threads(args.threads)
 
     backends: List[Optional[str]] = [*ta.available_backends(), None]
-    print(f"torch {torch.__version__}, tad-dftd3 {d3.__version__}, float64, CPU")
+    print(
+        f"torch {torch.__version__}, tad-dftd3 {d3.__version__}, float64, CPU, "
+        f"{torch.get_num_threads()} thread(s)"
+    )
     print(f"backends: {', '.join(backend_label(b) for b in backends)}")
     explanation = ta.explain(POSITIONS)
     print(f"automatic mode: backend {explanation.backend!r}, strategy {explanation.strategy!r}")
