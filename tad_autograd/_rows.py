@@ -16,6 +16,7 @@ from typing import Callable, List, Optional, Tuple
 
 import torch
 
+from ._engine import scalar_grad
 from ._graph import has_custom_functions
 from ._rng import RngStates
 
@@ -81,10 +82,8 @@ def rows(
             output.new_zeros(output.shape + x.shape, dtype=x.dtype, device=x.device) for x in inputs
         ]
     # create_graph is only ever asked for with grad mode on: a scalar needs no enable_grad
-    if n == 1:  # no grad_outputs: torch checks a given one's shape in Python
-        grads = torch.autograd.grad(
-            output, inputs, retain_graph=retain, create_graph=create_graph, allow_unused=True
-        )
+    if n == 1:  # one backward pass, straight into the engine
+        grads = scalar_grad(output, inputs, retain, create_graph)
         if output.dim() == 0:  # the gradient already has the Jacobian's shape
             return [g if g is not None else torch.zeros_like(x) for g, x in zip(grads, inputs)]
         return [
