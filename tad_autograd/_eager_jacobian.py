@@ -176,7 +176,7 @@ def _derivatives(
 ) -> List[List[torch.Tensor]]:
     """Per output leaf, d output / d input for each input: by columns if asked, else rows."""
     if columns:
-        per_output = columns_by_double_vjp(out_leaves, inputs, create_graph)
+        per_output = columns_by_double_vjp(out_leaves, inputs, create_graph, vmap, chunk_size)
         if per_output is not None:
             return per_output
     return _rows_of(out_leaves, inputs, create_graph, vmap, chunk_size)

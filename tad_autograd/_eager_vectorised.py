@@ -171,8 +171,9 @@ class EagerVectorisedStrategy(Strategy):
         def jacobian_fn(*args: Any) -> Any:
             if transforms_active():
                 return inside(*args)
-            if _input_numel(args, argnums) <= LOOP_MAX_ROWS:  # a few columns: loop them
-                return eager_jacfwd(func, argnums, has_aux, randomness, args, self._batch)
+            if randomness != "different" and _input_numel(args, argnums) <= LOOP_MAX_ROWS:
+                # a few columns: from one eager pass (a vmap of jvp costs more there)
+                return eager_jacfwd(func, argnums, has_aux, randomness, args)
             return _marked(inside, func, args, {}, randomness == "error")
 
         return jacobian_fn

@@ -229,13 +229,15 @@ def eager_jacfwd(
     randomness: str,
     args: Tuple[Any, ...],
     vmap: Optional[Callable[..., Any]] = None,
+    chunk_size: Optional[int] = None,
 ) -> Any:
     """``torch.func.jacfwd(func, argnums, has_aux, randomness=...)(*args)`` without transforms.
 
     The function runs once, under ordinary autograd, and the Jacobian comes
     column by column from its graph (the double-vjp trick: one backward pass
     per input element), or from its rows where that could not be exact (a
-    custom ``autograd.Function`` in the graph); ``vmap`` vectorises the rows.
+    custom ``autograd.Function`` in the graph); ``vmap`` vectorises them,
+    ``chunk_size`` at a time.
     ``randomness="error"`` raises if the function drew random numbers,
     ``"same"`` gives every column the one draw.  ``"different"`` (a new draw
     per column) pushes one dual number per column instead, running the
@@ -252,7 +254,7 @@ def eager_jacfwd(
     if randomness != "different":
         leaves = [x for p in nums for x in flatten(args[p])[0] if isinstance(x, torch.Tensor)]
         states = RngStates(_devices(leaves), visible_generators(func, args))
-        jacobian = eager_jacobian(func, argnums, has_aux, args, vmap, None, columns=True)
+        jacobian = eager_jacobian(func, argnums, has_aux, args, vmap, chunk_size, columns=True)
         if randomness == "error" and states.changed():
             states.restore()
             raise _random_in_error_mode()

@@ -103,16 +103,15 @@ class ModeChoosingJacobian:
         key, n_in = self._key(args)
         mode = self._modes.get(key) if n_in >= 0 else _REVERSE
         if mode == _FORWARD:
+            if self._automatic and n_in <= LOOP_MAX_ROWS and not transforms_active():
+                # a few columns from one eager pass (as automatic jacfwd); nothing to fail
+                func, argnums = self.__wrapped__, self._argnums
+                return eager_jacfwd(func, argnums, self._has_aux, "error", args)
             states = RngStates(
                 {x.device for x in tree_flatten(args)[0] if isinstance(x, torch.Tensor)},
                 visible_generators(self.__wrapped__, args),
             )
             try:
-                if self._automatic and n_in <= LOOP_MAX_ROWS and not transforms_active():
-                    # a few columns: dual-number passes beat a vmap (as automatic jacfwd)
-                    return eager_jacfwd(
-                        self.__wrapped__, self._argnums, self._has_aux, "error", args
-                    )
                 if DefectWatch.needed("forward"):  # vmap of the function itself
                     with DefectWatch("forward"):
                         return self._forward(*args)

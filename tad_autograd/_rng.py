@@ -131,8 +131,9 @@ def visible_generators(
         if isinstance(obj, torch.Generator) and all(obj is not f for f in found):
             found.append(obj)
 
-    for leaf in tree_flatten((tuple(args), kwargs or {}))[0]:
-        add(leaf)
+    if kwargs or not all(isinstance(a, torch.Tensor) for a in args):  # else: no generator there
+        for leaf in tree_flatten((tuple(args), kwargs or {}))[0]:
+            add(leaf)
     while hasattr(func, "__wrapped__"):
         func = func.__wrapped__
     func = getattr(func, "__func__", func)  # a bound method's function

@@ -12,12 +12,12 @@ the user's real error from plain autograd.
 from __future__ import annotations
 
 import logging
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
 from ._engine import scalar_grad
-from ._graph import has_custom_functions
+from ._graph import defective_ops_in, has_custom_functions
 from ._rng import RngStates
 
 __all__ = [
@@ -227,13 +227,18 @@ def _looped(
 
 
 def columns_by_double_vjp(
-    outputs: List[torch.Tensor], inputs: List[torch.Tensor], create_graph: bool
+    outputs: List[torch.Tensor],
+    inputs: List[torch.Tensor],
+    create_graph: bool,
+    vmap: Optional[Callable[..., Callable[..., Tuple[torch.Tensor, ...]]]] = None,
+    chunk_size: Optional[int] = None,
 ) -> Optional[List[List[torch.Tensor]]]:
     """The Jacobian column by column from the recorded graph: forward mode without a rerun.
 
     ``J^T v`` is built with a graph for dummy cotangents ``v``; differentiating
     it with respect to ``v`` along the ``k``-th input basis vector gives the
-    ``k``-th column ``J e_k``: one backward pass per input element, and the
+    ``k``-th column ``J e_k``: one backward pass per input element (batched
+    with ``vmap``, ``chunk_size`` at a time, for more than a few), and the
     function ran once.  Exact through built-in ops (their backward formulas
     are differentiable, or raise); ``None`` when the graph holds a custom
     ``autograd.Function`` (its Python backward may compute outside autograd)
@@ -250,49 +255,61 @@ def columns_by_double_vjp(
     live = [o for o in outputs if o.requires_grad]
     if live and has_custom_functions(live):
         return None
-    blocks = {
-        (id(o), id(x)): o.new_zeros((o.numel(), x.numel()), dtype=x.dtype)
-        for o in outputs
-        for x in inputs
-    }
+    batch = vmap if vmap is not None and not defective_ops_in(live) else None
+    per_input: List[Optional[List[torch.Tensor]]] = []
     try:
         with torch.enable_grad():
             dummies = [torch.zeros_like(o.detach(), requires_grad=True) for o in live]
-            grads = (
+            grads: Sequence[Optional[torch.Tensor]] = (
                 torch.autograd.grad(live, inputs, dummies, create_graph=True, allow_unused=True)
                 if live
                 else [None] * len(inputs)
             )
             for g, x in zip(grads, inputs):
-                if g is None or not g.requires_grad:
-                    continue  # no output depends on x
-                unit = torch.zeros(x.numel(), dtype=g.dtype, device=g.device)
-                for k in range(x.numel()):
-                    unit.zero_()
-                    unit[k] = 1
-                    column = torch.autograd.grad(
-                        g,
-                        dummies,
-                        unit.view_as(g).clone(),
-                        retain_graph=True,
-                        create_graph=create_graph,
-                        allow_unused=True,
-                    )
-                    for o, c in zip(live, column):
-                        if c is not None:
-                            block = blocks[(id(o), id(x))]
-                            if create_graph:  # keep the column's graph: no in-place write
-                                block = blocks[(id(o), id(x))] = _with_column(block, k, c)
-                            else:
-                                block[:, k] = c.reshape(-1)
+                if g is None or not g.requires_grad or x.numel() == 0:
+                    per_input.append(None)  # no output depends on x
+                    continue
+                per_input.append(_columns_of(g, dummies, create_graph, batch, chunk_size))
     except Exception as error:  # structural: the rows decide whether it is the user's error
         _log.info("no double-vjp columns (%s: %s); taking the rows", type(error).__name__, error)
         return None
-    return [[blocks[(id(o), id(x))].reshape(o.shape + x.shape) for x in inputs] for o in outputs]
+    result = []
+    for o in outputs:
+        k = next((i for i, o2 in enumerate(live) if o2 is o), None)
+        blocks = []
+        for x, cols in zip(inputs, per_input):
+            if k is None or cols is None:
+                blocks.append(o.new_zeros(o.shape + x.shape, dtype=x.dtype))
+            else:
+                blocks.append(cols[k].reshape(o.shape + x.shape))
+        result.append(blocks)
+    return result
 
 
-def _with_column(block: torch.Tensor, k: int, column: torch.Tensor) -> torch.Tensor:
-    """``block`` with column ``k`` replaced, out of place (differentiable)."""
-    mask = torch.zeros(block.shape[1], dtype=block.dtype, device=block.device)
-    mask[k] = 1
-    return block * (1 - mask) + column.reshape(-1, 1) * mask
+def _columns_of(
+    g: torch.Tensor,
+    dummies: List[torch.Tensor],
+    create_graph: bool,
+    vmap: Optional[Callable[..., Callable[..., Tuple[torch.Tensor, ...]]]],
+    chunk_size: Optional[int],
+) -> List[torch.Tensor]:
+    """Per dummy (output), the (output elements, input elements) block d output / d input."""
+    n = g.numel()
+
+    def column(unit: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        found = torch.autograd.grad(
+            g, dummies, unit, retain_graph=True, create_graph=create_graph, allow_unused=True
+        )
+        return tuple(c if c is not None else torch.zeros_like(d) for c, d in zip(found, dummies))
+
+    eye = g.new_zeros((n, n))
+    eye.diagonal().fill_(1)
+    units = eye.view((n,) + g.shape)
+    if vmap is not None and n > LOOP_MAX_ROWS:
+        step = n if chunk_size is None else chunk_size
+        parts = [vmap(column)(units[s : s + step]) for s in range(0, n, step)]
+        stacked = [torch.cat([p[k] for p in parts]) for k in range(len(dummies))]
+    else:
+        cols = [column(units[j]) for j in range(n)]
+        stacked = [torch.stack([c[k] for c in cols]) for k in range(len(dummies))]
+    return [s.reshape(n, d.numel()).transpose(0, 1) for s, d in zip(stacked, dummies)]
