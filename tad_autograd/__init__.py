@@ -16,12 +16,15 @@ tensor([2., 4.])
 """
 
 from .api import fjacrev, fvmap, hessian, jacrev, vmap
+from .colouring import colouring, colouring_lower_bound
 from .errors import BackendFallbackWarning, BackendUnavailableError, UnknownBackendError
 from .explain import explain
 from .operators import grad, grad_and_value, jacfwd, jacobian
 from .products import hvp, jvp, linearize, vjp
 from .registry import available_backends, register_backend, unregister_backend
 from .settings import get_backend, set_backend, use_backend
+from .sparse_api import sparse_hessian, sparse_jacobian
+from .sparsity_detection import detect_sparsity
 from .tensor_kinds import is_batched, is_transformed
 
 __version__ = "0.1.0"
@@ -38,6 +41,11 @@ __all__ = [
     "hessian",
     "hvp",
     "vmap",
+    "sparse_jacobian",
+    "sparse_hessian",
+    "detect_sparsity",
+    "colouring",
+    "colouring_lower_bound",
     "fjacrev",
     "fvmap",
     "set_backend",

@@ -27,17 +27,40 @@ of colour group ``c`` -- at ``C[c, v]`` or ``C[v, c]`` respectively.
 from __future__ import annotations
 
 from collections import defaultdict, deque
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
 from .sparse_patterns import Pattern
 
-__all__ = ["Decompression", "direct_plan", "substitution_plan", "InvalidColouring"]
+__all__ = [
+    "Decompression",
+    "Substitution",
+    "direct_plan",
+    "substitution_plan",
+    "InvalidColouring",
+]
 
 
 class InvalidColouring(ValueError):
     """A colouring that does not allow the decompression asked for (a bug, never user input)."""
+
+
+class Substitution(NamedTuple):
+    """The index tensors of the substitution plan (see the module docstring)."""
+
+    terms: torch.Tensor  #: flat index into ``C`` of each term, trees in depth-first order
+    sign: torch.Tensor  #: float64 +-1 of each term: (-1) ** depth
+    slot: torch.Tensor  #: each term's position in the work array
+    tree: torch.Tensor  #: each term's tree
+    closers: torch.Tensor  #: each tree's closing position (minus the tree's sum)
+    starts: torch.Tensor  #: per edge: prefix index of its subtree's first term
+    ends: torch.Tensor  #: per edge: prefix index after its subtree's last term
+    edge_sign: torch.Tensor  #: per edge: (-1) ** depth of its lower vertex
+    order: torch.Tensor  #: from ``[direct values, edge values]`` to pattern order
+
+    def to(self, device: torch.device) -> Substitution:
+        return Substitution(*(t.to(device) for t in self))
 
 
 class Decompression:
@@ -45,71 +68,43 @@ class Decompression:
 
     Parameters
     ----------
-    layout : {"colour_major", "colour_minor"}
-        ``C`` has shape ``(k, n)`` (one row per colour) or ``(n, k)``.
-    n, k : int
-        Vertices (rows of ``B``) and colours.
     direct : torch.Tensor
-        ``(m, 2)`` int64: ``(vertex, colour)`` of the entries read directly.
-    substitution : tuple of tensors, optional
-        For the acyclic plan: ``(term_vc, term_sign, term_slot, term_tree, closer_slot,
-        edge_range, edge_sign)``.
-    order : torch.Tensor, optional
-        Permutation from ``[direct entries, substituted entries]`` to pattern order.
+        int64 flat indices into ``C`` of the entries read directly (every
+        entry for a direct plan, the diagonal for a substitution plan).
+    substitution : Substitution, optional
+        The rest of a substitution plan.
     """
 
-    def __init__(
-        self,
-        layout: str,
-        n: int,
-        k: int,
-        direct: torch.Tensor,
-        substitution: Optional[Tuple[torch.Tensor, ...]] = None,
-        order: Optional[torch.Tensor] = None,
-    ) -> None:
-        self.layout = layout
-        self.n, self.k = n, k
-        self._direct = self._flat(direct)
-        self._sub = None
-        if substitution is not None:
-            term_vc, *rest = substitution
-            self._sub = (self._flat(term_vc), *rest)
-        self._order = order
-        self._on: Dict[torch.device, Tuple[Optional[torch.Tensor], ...]] = {}
+    def __init__(self, direct: torch.Tensor, substitution: Optional[Substitution] = None) -> None:
+        self._direct = direct
+        self._sub = substitution
+        self._on: Dict[torch.device, Tuple[torch.Tensor, Optional[Substitution]]] = {}
 
-    def _flat(self, vc: torch.Tensor) -> torch.Tensor:
-        v, c = vc[:, 0], vc[:, 1]
-        return c * self.n + v if self.layout == "colour_major" else v * self.k + c
-
-    def _tensors(self, device: torch.device) -> Tuple[Optional[torch.Tensor], ...]:
+    def _tensors(self, device: torch.device) -> Tuple[torch.Tensor, Optional[Substitution]]:
         found = self._on.get(device)
         if found is None:
-            sub = () if self._sub is None else self._sub
-            moved = [t.to(device) for t in (self._direct, *sub)]
-            order = None if self._order is None else self._order.to(device)
-            found = self._on[device] = (*moved, order)
+            sub = None if self._sub is None else self._sub.to(device)
+            found = self._on[device] = (self._direct.to(device), sub)
         return found
 
     def __call__(self, compressed: torch.Tensor) -> torch.Tensor:
         """The values of the pattern's entries (a 1-D tensor of ``compressed``'s dtype)."""
         flat = compressed.reshape(-1)
-        tensors = self._tensors(flat.device)
+        index, sub = self._tensors(flat.device)
         # index_select, not flat[index]: advanced indexing is ~500x slower on some CPU builds
-        direct = flat.index_select(0, tensors[0])
-        if self._sub is None:
+        direct = flat.index_select(0, index)
+        if sub is None:
             return direct
-        term_index, sign, slot, tree, closer, edge_range, edge_sign, order = tensors[1:]
-        assert isinstance(order, torch.Tensor)  # for mypy: set with a substitution
-        wide = torch.float64
-        terms = flat.index_select(0, term_index).to(wide) * sign
-        sums = torch.zeros(int(closer.numel()), dtype=wide, device=flat.device)
-        sums = sums.index_add(0, tree, terms)
-        work = torch.zeros(int(slot.numel() + closer.numel()), dtype=wide, device=flat.device)
-        work = work.index_copy(0, slot, terms).index_copy(0, closer, -sums)
-        prefix = torch.cat([torch.zeros(1, dtype=wide, device=flat.device), work.cumsum(0)])
-        ends = prefix.index_select(0, edge_range[:, 1]) - prefix.index_select(0, edge_range[:, 0])
-        edges = (edge_sign * ends).to(flat.dtype)
-        return torch.cat([direct, edges]).index_select(0, order)
+        f64, device = torch.float64, flat.device
+        terms = flat.index_select(0, sub.terms).to(f64) * sub.sign
+        sums = torch.zeros(sub.closers.numel(), dtype=f64, device=device)
+        sums = sums.index_add(0, sub.tree, terms)
+        work = torch.zeros(sub.slot.numel() + sub.closers.numel(), dtype=f64, device=device)
+        work = work.index_copy(0, sub.slot, terms).index_copy(0, sub.closers, -sums)
+        prefix = torch.cat([torch.zeros(1, dtype=f64, device=device), work.cumsum(0)])
+        ends = prefix.index_select(0, sub.ends) - prefix.index_select(0, sub.starts)
+        edges = (sub.edge_sign * ends).to(flat.dtype)
+        return torch.cat([direct, edges]).index_select(0, sub.order)
 
 
 def direct_plan(p: Pattern, colours: Sequence[int], kind: str, layout: str) -> Decompression:
@@ -142,25 +137,30 @@ def direct_plan(p: Pattern, colours: Sequence[int], kind: str, layout: str) -> D
         swapped = torch.stack([cols, col[rows] if rows.numel() else rows], 1)
         other = _alone(swapped, k)
         if not bool((unique | other).all()):
-            raise InvalidColouring("not a star colouring: an entry is recoverable from neither side")
+            raise InvalidColouring(
+                "not a star colouring: an entry is recoverable from neither side"
+            )
         vc = torch.where(unique[:, None], vc, swapped)
     elif not bool(unique.all()):
         raise InvalidColouring(f"not a {kind} colouring: two entries share a (vertex, colour)")
     n = p.size()[1] if kind == "row" else p.size()[0]
-    return Decompression(layout, n, k, vc)
+    v, c = vc[:, 0], vc[:, 1]
+    return Decompression(c * n + v if layout == "colour_major" else v * k + c)
 
 
 def _alone(vc: torch.Tensor, k: int) -> torch.Tensor:
     """For each (vertex, colour) row: whether no other row has the same pair."""
     if vc.shape[0] == 0:
         return torch.zeros(0, dtype=torch.bool)
-    _, inverse, counts = torch.unique(vc[:, 0] * max(k, 1) + vc[:, 1], return_inverse=True,
-                                      return_counts=True)
-    return counts[inverse] == 1
+    _, inverse, counts = torch.unique(
+        vc[:, 0] * max(k, 1) + vc[:, 1], return_inverse=True, return_counts=True
+    )
+    alone: torch.Tensor = counts[inverse].eq(1)
+    return alone
 
 
 def substitution_plan(p: Pattern, colours: Sequence[int]) -> Decompression:
-    """The plan of a symmetric pattern ``p`` under an acyclic colouring (layout colour-major).
+    """The plan of a symmetric pattern ``p`` under an acyclic colouring (``C = S^T H``).
 
     Raises :class:`InvalidColouring` when two vertices of one colour are
     adjacent or the vertices of two colours contain a cycle.
@@ -215,20 +215,22 @@ def substitution_plan(p: Pattern, colours: Sequence[int]) -> Decompression:
     source[torch.tensor(off, dtype=torch.int64)] = len(diag) + torch.tensor(
         entry_edge, dtype=torch.int64
     )
-    long = dict(dtype=torch.int64)
-    sub = (
-        torch.tensor(term_vc, **long).reshape(-1, 2),
-        torch.tensor(term_sign, dtype=torch.float64),
-        torch.tensor(term_slot, **long),
-        torch.tensor(term_tree, **long),
-        torch.tensor(closer, **long),
-        torch.tensor(edge_range, **long).reshape(-1, 2),
-        torch.tensor(edge_sign, dtype=torch.float64),
-    )
     col = torch.tensor(colour, dtype=torch.int64)
-    k = int(col.max()) + 1 if col.numel() else 0
-    d = torch.tensor([rows[e] for e in diag], dtype=torch.int64)
-    return Decompression("colour_major", n, k, torch.stack([d, col[d]], 1), sub, source)
+    diagonal = torch.tensor([rows[e] for e in diag], dtype=torch.int64)
+    vc = torch.tensor(term_vc, dtype=torch.int64).reshape(-1, 2)
+    span = torch.tensor(edge_range, dtype=torch.int64).reshape(-1, 2)
+    sub = Substitution(
+        terms=vc[:, 1] * n + vc[:, 0],
+        sign=torch.tensor(term_sign, dtype=torch.float64),
+        slot=torch.tensor(term_slot, dtype=torch.int64),
+        tree=torch.tensor(term_tree, dtype=torch.int64),
+        closers=torch.tensor(closer, dtype=torch.int64),
+        starts=span[:, 0].contiguous(),
+        ends=span[:, 1].contiguous(),
+        edge_sign=torch.tensor(edge_sign, dtype=torch.float64),
+        order=source,
+    )
+    return Decompression(col[diagonal] * n + diagonal if diag else diagonal, sub)
 
 
 def _trees(edges: List[Tuple[int, int]], colour: List[int], n: int) -> List[List[int]]:

@@ -94,9 +94,7 @@ class Pattern:
         self.rows = rows
         self.cols = cols
         self.shape = None if shape is None else (int(shape[0]), int(shape[1]))
-        self.min_shape = (
-            (int(rows.max()) + 1, int(cols.max()) + 1) if rows.numel() else (0, 0)
-        )
+        self.min_shape = (int(rows.max()) + 1, int(cols.max()) + 1) if rows.numel() else (0, 0)
 
     @property
     def nnz(self) -> int:
@@ -251,7 +249,9 @@ def _from_pairs(pairs: torch.Tensor, name: str) -> Pattern:
         )
     pairs = pairs.detach().to("cpu", torch.int64)
     if pairs.numel() and int(pairs.min()) < 0:
-        raise ValueError(f"{name}: index pairs must be non-negative, got minimum {int(pairs.min())}")
+        raise ValueError(
+            f"{name}: index pairs must be non-negative, got minimum {int(pairs.min())}"
+        )
     return Pattern(pairs[:, 0], pairs[:, 1], None)
 
 
