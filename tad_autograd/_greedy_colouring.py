@@ -105,7 +105,9 @@ class _Graph:
         if len(self.groups) == n:
             self.adj = full
         else:
-            self.adj = [sorted({group[w] for w in full[m[0]]}) for m in self.groups]
+            self.adj = [
+                sorted({group[w] for w in full[m[0]]} - {g}) for g, m in enumerate(self.groups)
+            ]
 
     def order(self, order: str) -> List[int]:
         return _order(torch.tensor([len(a) for a in self.adj], dtype=torch.int64), order)

@@ -173,8 +173,6 @@ class SparseDerivative:
                 f"{self._name}: the argument at argnums={argnums} must be one tensor, got "
                 f"{type(x).__name__}; pass its leaves one at a time"
             )
-        if x.is_complex():
-            raise NotImplementedError(f"{self._name}: complex inputs are not supported")
         n_in = x.numel()
         if self.mode == "hessian":
             self.pattern.check_fits((n_in, n_in), "the Hessian of func")

@@ -1,0 +1,275 @@
+"""CONTRACT §10: sparse Jacobians and Hessians, on every backend and in automatic mode.
+
+Each model's result is compared with the dense result of the same backend
+*and* with independent references (a row loop of ``torch.autograd.grad``,
+``torch.autograd.functional``, finite differences through ``gradcheck``).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from _helpers import OldStyleExp
+from _sparse_models import (
+    DT,
+    HESSIAN_MODELS,
+    JACOBIAN_MODELS,
+    band,
+    banded_rhs,
+    chain_energy,
+    column_dense,
+    functional_hessian,
+    gradcheck_sparse,
+    reference_jacobian,
+)
+
+import tad_autograd as ta
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype = DT) -> None:
+    f64 = dtype == torch.float64
+    torch.testing.assert_close(
+        actual.detach(),
+        expected.detach().to(dtype),
+        rtol=1e-10 if f64 else 1e-5,
+        atol=1e-12 if f64 else 1e-6,
+    )
+
+
+def _check_layout(result: torch.Tensor, pattern: torch.Tensor) -> None:
+    """A coalesced COO tensor whose entries are exactly the pattern's, sorted row-major."""
+    assert result.layout == torch.sparse_coo and result.is_coalesced()
+    assert result.shape == pattern.shape
+    rows, cols = pattern.nonzero(as_tuple=True)
+    assert torch.equal(result.indices(), torch.stack([rows, cols]))
+
+
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+@pytest.mark.parametrize("model", list(JACOBIAN_MODELS))
+def test_sparse_jacobian_equals_dense_and_reference(backend, model: str, mode: str) -> None:
+    func, pattern, x = JACOBIAN_MODELS[model]()
+    reference = reference_jacobian(func, x)
+    assert not reference[~pattern].any(), "the model's pattern misses a non-zero"
+    jac = ta.sparse_jacobian(func, pattern, mode=mode, backend=backend)
+    result = jac(x)
+    _check_layout(result, pattern)
+    _close(result.to_dense(), reference)
+    _close(result.to_dense(), ta.jacrev(func, backend=backend)(x).reshape(pattern.shape))
+    assert jac.n_colours >= jac.lower_bound and jac.mode == mode
+
+
+@pytest.mark.parametrize("model", list(JACOBIAN_MODELS))
+def test_sparse_jacobian_matches_finite_differences(backend, model: str) -> None:
+    func, pattern, x = JACOBIAN_MODELS[model]()
+    assert gradcheck_sparse(func, ta.sparse_jacobian(func, pattern, backend=backend)(x), x)
+
+
+@pytest.mark.parametrize("model", list(HESSIAN_MODELS))
+def test_sparse_hessian_equals_dense_and_reference(backend, model: str) -> None:
+    _check_hessian(backend, model, "symmetric")
+
+
+@pytest.mark.parametrize("kind", ["star", "column"])
+@pytest.mark.parametrize("model", list(HESSIAN_MODELS))
+def test_other_hessian_colourings_automatic_mode(model: str, kind: str) -> None:
+    _check_hessian(None, model, kind)
+
+
+def _check_hessian(backend, model: str, kind: str) -> None:
+    energy, pattern, x = HESSIAN_MODELS[model]()
+    reference = functional_hessian(energy, x)
+    assert not reference[~pattern].any(), "the model's pattern misses a non-zero"
+    hess = ta.sparse_hessian(energy, pattern, kind=kind, backend=backend)
+    result = hess(x)
+    _check_layout(result, pattern)
+    _close(result.to_dense(), reference)
+    n = x.numel()
+    _close(result.to_dense(), ta.hessian(energy, backend=backend)(x).reshape(n, n))
+
+
+@pytest.mark.parametrize("model", list(HESSIAN_MODELS))
+def test_sparse_hessian_matches_finite_differences_of_the_gradient(backend, model: str) -> None:
+    energy, pattern, x = HESSIAN_MODELS[model]()
+
+    def gradient(t: torch.Tensor) -> torch.Tensor:  # plain autograd: independent of the library
+        with torch.enable_grad():
+            t = t.detach().requires_grad_(True)
+            return torch.autograd.grad(energy(t), t)[0].reshape(-1)
+
+    hess = ta.sparse_hessian(energy, pattern, backend=backend)
+    assert gradcheck_sparse(gradient, hess(x), x)
+
+
+def test_cutoff_hessian_needs_fewer_products_than_the_dense_one() -> None:
+    energy, pattern, x = HESSIAN_MODELS["cutoff_pairs"]()
+    counts = {
+        k: ta.sparse_hessian(energy, pattern, kind=k).n_colours
+        for k in ("symmetric", "star", "column")
+    }
+    assert counts["symmetric"] <= counts["star"] <= counts["column"] < x.numel()
+
+
+def test_float32(backend) -> None:
+    func, pattern, x = banded_rhs()
+    reference = reference_jacobian(func, x)
+    for mode in ("forward", "reverse"):
+        result = ta.sparse_jacobian(func, pattern, mode=mode, backend=backend)(x.float())
+        assert result.dtype == torch.float32
+        _close(result.to_dense(), reference, torch.float32)
+    energy, hpattern, y = chain_energy()
+    result = ta.sparse_hessian(energy, hpattern, backend=backend)(y.float())
+    assert result.dtype == torch.float32
+    _close(result.to_dense(), functional_hessian(energy, y), torch.float32)
+
+
+def test_argnums_kwargs_and_shapes(backend) -> None:
+    """A (3, 4) argument at argnums=1, a (2, 6) output, keyword arguments passed through."""
+    w = torch.randn(12, 12, dtype=DT) * band(12, 1)
+
+    def f(scale, x, *, shift):
+        return (scale * torch.tanh(w @ x.reshape(-1) + shift)).reshape(2, 6)
+
+    x, scale = torch.randn(3, 4, dtype=DT), torch.tensor(2.0, dtype=DT)
+    pattern = band(12, 1)
+    for argnums in (1, -1):
+        result = ta.sparse_jacobian(f, pattern, argnums, backend=backend)(scale, x, shift=0.5)
+        expected = reference_jacobian(lambda t: f(scale, t, shift=0.5), x)
+        _close(result.to_dense(), expected)
+
+    def energy(scale, x, *, shift):
+        return scale * ((x.reshape(-1)[1:] - x.reshape(-1)[:-1] + shift) ** 4).sum()
+
+    result = ta.sparse_hessian(energy, pattern, 1, backend=backend)(scale, x, shift=0.5)
+    _close(result.to_dense(), functional_hessian(lambda t: energy(scale, t, shift=0.5), x))
+
+
+def test_old_style_function_in_automatic_mode_and_autograd_backend() -> None:
+    """A function only plain autograd can differentiate: automatic mode falls back."""
+    func, pattern, x = banded_rhs(10, 1)
+
+    def f(u):
+        return func(u) * OldStyleExp.apply(u)
+
+    reference = reference_jacobian(f, x)
+    for mode in ("forward", "reverse"):
+        _close(
+            ta.sparse_jacobian(f, pattern, mode=mode, backend="autograd")(x).to_dense(), reference
+        )
+        jac = ta.sparse_jacobian(f, pattern, mode=mode)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ta.BackendFallbackWarning)
+            first = jac(x)
+        _close(first.to_dense(), reference)
+        _close(jac(x).to_dense(), reference)  # remembered: no second warning (errors here)
+
+
+def test_index_pairs_take_their_shape_from_the_call(backend) -> None:
+    """Pairs carry no shape: trailing rows and columns without entries come from func."""
+    x = torch.randn(6, dtype=DT)
+
+    def f(x):
+        return torch.cat([x[:3] ** 2, torch.zeros(4, dtype=x.dtype)])
+
+    pairs = [(0, 0), (1, 1), (2, 2)]
+    result = ta.sparse_jacobian(f, pairs, backend=backend)(x)
+    assert result.shape == (7, 6)
+    _close(result.to_dense(), reference_jacobian(f, x))
+    as_tensor = ta.sparse_jacobian(f, torch.tensor(pairs), mode="forward", backend=backend)(x)
+    _close(as_tensor.to_dense(), result.to_dense())
+
+
+def test_sparse_tensor_patterns_and_results_as_patterns() -> None:
+    func, pattern, x = JACOBIAN_MODELS["random"]()
+    first = ta.sparse_jacobian(func, pattern)(x)
+    with warnings.catch_warnings():  # torch's "CSR support is in beta" on creating one
+        warnings.simplefilter("ignore", UserWarning)
+        csr = pattern.double().to_sparse_csr()
+    for again in (first, csr, pattern.to_sparse()):
+        _close(ta.sparse_jacobian(func, again)(x).to_dense(), first.to_dense())
+
+
+def test_empty_pattern_gives_zeros(backend) -> None:
+    x = torch.randn(4, dtype=DT)
+    result = ta.sparse_jacobian(
+        lambda t: t.sum().reshape(1) * 0, torch.zeros(1, 4, dtype=torch.bool), backend=backend
+    )(x)
+    assert result.shape == (1, 4) and result._nnz() == 0
+    hess = ta.sparse_hessian(lambda t: t.sum(), [], backend=backend)(x)
+    assert hess.shape == (4, 4) and hess._nnz() == 0
+
+
+def test_chunk_size_gives_the_same_result(backend) -> None:
+    func, pattern, x = banded_rhs()
+    whole = ta.sparse_jacobian(func, pattern, backend=backend)(x)
+    for mode in ("forward", "reverse"):
+        chunked = ta.sparse_jacobian(func, pattern, mode=mode, chunk_size=2, backend=backend)(x)
+        _close(chunked.to_dense(), whole.to_dense())
+    energy, hpattern, y = chain_energy()
+    h = ta.sparse_hessian(energy, hpattern, chunk_size=1, backend=backend)(y)
+    _close(h.to_dense(), functional_hessian(energy, y))
+
+
+def test_check_option(backend) -> None:
+    func, pattern, x = banded_rhs(12, 2)
+    ta.sparse_jacobian(func, pattern, check=True, backend=backend)(x)  # the right pattern passes
+    narrow = band(12, 1)
+    with pytest.raises(ValueError, match=r"outside the sparsity pattern are not zero: \(0, 2\)"):
+        ta.sparse_jacobian(func, narrow, check=True, backend=backend)(x)
+    energy, hpattern, y = chain_energy(10)
+    ta.sparse_hessian(energy, hpattern, check=True, backend=backend)(y)
+    with pytest.raises(ValueError, match="dense Hessian outside the sparsity pattern"):
+        ta.sparse_hessian(energy, band(10, 1), check=True, backend=backend)(y)
+
+
+def test_auto_mode_takes_the_side_with_fewer_colours() -> None:
+    func, pattern, x = column_dense()
+    forward = ta.sparse_jacobian(func, pattern)
+    assert (forward.mode, forward.n_colours) == ("forward", 2)
+    assert ta.sparse_jacobian(func, pattern, mode="reverse").n_colours == pattern.shape[0]
+    rows = ta.sparse_jacobian(lambda t: t, pattern.T.contiguous())
+    assert (rows.mode, rows.n_colours) == ("reverse", 2)
+    tie = ta.sparse_jacobian(func, band(8, 1))
+    assert tie.mode == "reverse"
+
+
+def test_hessian_pattern_is_symmetrised() -> None:
+    energy, pattern, x = chain_energy(8)
+    upper = pattern.triu()
+    result = ta.sparse_hessian(energy, upper)(x)
+    _check_layout(result, pattern)
+    _close(result.to_dense(), functional_hessian(energy, x))
+
+
+def test_results_are_differentiable_like_the_dense_ones(backend) -> None:
+    func, pattern, x = banded_rhs(10, 1)
+    x = x.clone().requires_grad_(True)
+    for mode in ("forward", "reverse"):
+        sparse = ta.sparse_jacobian(func, pattern, mode=mode, backend=backend)(x)
+        dense = ta.jacrev(func, backend=backend)(x)
+        assert sparse.requires_grad == dense.requires_grad
+        if dense.requires_grad:
+            weights = torch.randn(pattern.shape, dtype=DT) * pattern
+            (got,) = torch.autograd.grad((sparse.to_dense() * weights).sum(), x)
+            (expected,) = torch.autograd.grad((dense * weights).sum(), x)
+            _close(got, expected)
+
+
+def test_no_side_effects(backend) -> None:
+    func, pattern, x = banded_rhs(10, 1)
+    x = x.clone().requires_grad_(True)
+    x.grad = torch.ones_like(x)
+    version, state = x._version, torch.get_rng_state()
+    grad_mode = torch.is_grad_enabled()
+    ta.sparse_jacobian(func, pattern, check=True, backend=backend)(x)
+    energy, hpattern, y = chain_energy(10)
+    ta.sparse_hessian(energy, hpattern, backend=backend)(y)
+    ta.detect_sparsity(func, x, backend=backend)
+    assert x.requires_grad and torch.equal(x.grad, torch.ones_like(x)) and x._version == version
+    assert torch.equal(torch.get_rng_state(), state) and torch.is_grad_enabled() == grad_mode
+    with torch.no_grad():  # derivatives are still computed under no_grad, as in torch.func
+        _close(
+            ta.sparse_jacobian(func, pattern, backend=backend)(x).to_dense(),
+            reference_jacobian(func, x),
+        )
