@@ -13,6 +13,7 @@ from typing import Any, Dict
 
 from benchmarks.harness import strip_samples
 from benchmarks.plot import write_plot
+from benchmarks.plot_sparse import write_sparse_plot
 from benchmarks.report_format import SECTION_ORDER, device_label, device_lines, section_devices
 from benchmarks.report_summary import summary_lines
 from benchmarks.report_tables import (
@@ -22,8 +23,16 @@ from benchmarks.report_tables import (
     memory_lines,
     pairs_lines,
 )
+from benchmarks.sections_sparse import sparse_lines
 
-__all__ = ["device_label", "load", "save_json", "write_markdown", "write_plot"]
+__all__ = [
+    "device_label",
+    "load",
+    "save_json",
+    "write_markdown",
+    "write_plot",
+    "write_sparse_plot",
+]
 
 
 def load(path: str) -> Dict[str, Any]:
@@ -93,5 +102,7 @@ def write_markdown(path: str, data: Dict[str, Any]) -> None:
             lines += import_lines(sec)
         elif sec["kind"] == "memory":
             lines += memory_lines(sec)
+        elif sec["kind"] == "sparse":
+            lines += sparse_lines(sec)
     with open(path, "w") as fh:
         fh.write("\n".join(lines))

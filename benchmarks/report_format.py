@@ -6,7 +6,15 @@ import math
 from typing import Any, Dict, List, Optional
 
 GRID_ORDER = ("forces", "jacobian", "hessian", "vmap")
-SECTION_ORDER = GRID_ORDER + ("dispatch", "fixed", "autograd", "fallback", "import", "memory")
+SECTION_ORDER = GRID_ORDER + (
+    "dispatch",
+    "fixed",
+    "autograd",
+    "fallback",
+    "import",
+    "memory",
+    "sparse",
+)
 AUTO_TARGET = 1.05
 
 

@@ -83,6 +83,22 @@ def fixed_summary_lines(sec: Optional[Dict[str, Any]]) -> List[str]:
     ]
 
 
+def sparse_summary_lines(sec: Optional[Dict[str, Any]]) -> List[str]:
+    """The §8 rows of the sparse section: speed-up over dense at n = 2000 (target >= 20x)."""
+    if not sec:
+        return []
+    out = []
+    for c in sec["cells"]:
+        if c["n"] == 2000 and c.get("speedup") is not None:
+            flag = "" if c["speedup"] >= 20 else " ⚠"
+            out.append(
+                f"| sparse / dense: {c['problem']}, n = 2000, {c['colours']} colours | "
+                f"{fmt_ratio(c['speedup'])} faster{flag} | "
+                f"{fmt_ratio(c.get('paired_speedup'))} faster | ≥ 20x |"
+            )
+    return out
+
+
 def summary_lines(data: Dict[str, Any]) -> List[str]:
     S = data["sections"]
     out = [f"## CONTRACT §8 summary — {' / '.join(section_devices(data)) or 'cpu'}", ""]
@@ -121,6 +137,7 @@ def summary_lines(data: Dict[str, Any]) -> List[str]:
             f"{' ⚠' if over else ''} | {len(over)} cells over {AUTO_TARGET}x | ≤ {AUTO_TARGET}x |"
         )
     out += fixed_summary_lines(S.get("fixed"))
+    out += sparse_summary_lines(S.get("sparse"))
     imp = S.get("import")
     if imp:
         flag = "" if imp["added_by_tad_ms"] < imp["target_ms"] else " ⚠"

@@ -251,6 +251,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"[{name}] done in {time.perf_counter() - t0:.0f} s", flush=True)
     try:
         png = report.write_plot(prefix + ".png", data)
+        # the sparse figure: <prefix>.png when there is no grid figure, else <prefix>-sparse.png
+        sparse_png = report.write_sparse_plot(prefix + ("-sparse.png" if png else ".png"), data)
+        png = ", ".join(p for p in (png, sparse_png) if p) or None
     except PlotUnavailable as error:
         png = None
         stale = (

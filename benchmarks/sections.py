@@ -8,6 +8,7 @@ each one's docstring.  They live in one module per family:
 * :mod:`benchmarks.sections_operators` — modes (forward vs reverse), operators, hvp;
 * :mod:`benchmarks.sections_pairs` — dispatch, autograd, fallback;
 * :mod:`benchmarks.sections_fixed` — the fixed cost of a pre-built automatic call;
+* :mod:`benchmarks.sections_sparse` — sparse Jacobians and Hessians by colouring vs dense;
 * :mod:`benchmarks.sections_process` — import, memory (fresh interpreters).
 """
 
@@ -21,6 +22,7 @@ from benchmarks.sections_grid import section_forces, section_hessian, section_ja
 from benchmarks.sections_operators import section_hvp, section_modes, section_operators
 from benchmarks.sections_pairs import section_autograd, section_dispatch, section_fallback
 from benchmarks.sections_process import section_import, section_memory
+from benchmarks.sections_sparse import section_sparse
 
 __all__ = ["REPO", "SECTIONS", "Config"]
 
@@ -32,6 +34,7 @@ SECTIONS: Dict[str, Callable[[Config], Dict[str, Any]]] = {
     "modes": section_modes,
     "operators": section_operators,
     "hvp": section_hvp,
+    "sparse": section_sparse,
     "dispatch": section_dispatch,
     "fixed": section_fixed,
     "autograd": section_autograd,

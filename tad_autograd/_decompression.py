@@ -179,15 +179,14 @@ def substitution_plan(p: Pattern, colours: Sequence[int]) -> Decompression:
     """
     n = p.size()[0]
     colour = list(colours)
-    rows, cols = p.rows.tolist(), p.cols.tolist()
-    diag = [e for e, (i, j) in enumerate(zip(rows, cols)) if i == j]
-    key = {}  # (low, high) -> edge id
-    edges: List[Tuple[int, int]] = []
-    for i, j in zip(rows, cols):
-        if i < j:
-            key[(i, j)] = len(edges)
-            edges.append((i, j))
-    trees = _trees(edges, colour, n)
+    rows, cols = p.rows, p.cols
+    on_diagonal = rows == cols
+    low, high = torch.minimum(rows, cols), torch.maximum(rows, cols)
+    # one id per edge {i, j}, shared by the entries (i, j) and (j, i)
+    keys, entry_edge = torch.unique(
+        (low * n + high)[~on_diagonal], sorted=True, return_inverse=True
+    )
+    edges = list(zip((keys // n).tolist(), (keys % n).tolist()))
     term_vc: List[Tuple[int, int]] = []
     term_sign: List[float] = []
     term_slot: List[int] = []
@@ -195,28 +194,23 @@ def substitution_plan(p: Pattern, colours: Sequence[int]) -> Decompression:
     closer: List[int] = []
     edge_range = [(0, 0)] * len(edges)
     edge_sign = [0.0] * len(edges)
-    for t, tree_edges in enumerate(trees):
+    for t, tree_edges in enumerate(_trees(edges, colour, n)):
         base = len(term_slot) + len(closer)
-        for pos, (d, parent, depth, size) in enumerate(_preorder(tree_edges, edges)):
+        for pos, (d, parent, e, depth, size) in enumerate(_preorder(tree_edges, edges)):
             sign = -1.0 if depth % 2 else 1.0
             term_vc.append((d, colour[parent]))
             term_sign.append(sign)
             term_slot.append(base + pos)
             term_tree.append(t)
-            e = key[(min(d, parent), max(d, parent))]
             edge_range[e] = (base + pos, base + pos + size)
             edge_sign[e] = sign
         closer.append(len(term_slot) + len(closer))
-    entry_edge = [key[(min(i, j), max(i, j))] for i, j in zip(rows, cols) if i != j]
-    off = [e for e, (i, j) in enumerate(zip(rows, cols)) if i != j]
     # values come out as [diagonal entries, edge values]; ``order`` puts them in pattern order
-    source = torch.empty(len(rows), dtype=torch.int64)
-    source[torch.tensor(diag, dtype=torch.int64)] = torch.arange(len(diag))
-    source[torch.tensor(off, dtype=torch.int64)] = len(diag) + torch.tensor(
-        entry_edge, dtype=torch.int64
-    )
+    diagonal = rows[on_diagonal]
+    source = torch.empty(rows.numel(), dtype=torch.int64)
+    source[on_diagonal] = torch.arange(diagonal.numel())
+    source[~on_diagonal] = diagonal.numel() + entry_edge
     col = torch.tensor(colour, dtype=torch.int64)
-    diagonal = torch.tensor([rows[e] for e in diag], dtype=torch.int64)
     vc = torch.tensor(term_vc, dtype=torch.int64).reshape(-1, 2)
     span = torch.tensor(edge_range, dtype=torch.int64).reshape(-1, 2)
     sub = Substitution(
@@ -230,7 +224,7 @@ def substitution_plan(p: Pattern, colours: Sequence[int]) -> Decompression:
         edge_sign=torch.tensor(edge_sign, dtype=torch.float64),
         order=source,
     )
-    return Decompression(col[diagonal] * n + diagonal if diag else diagonal, sub)
+    return Decompression(col[diagonal] * n + diagonal if diagonal.numel() else diagonal, sub)
 
 
 def _trees(edges: List[Tuple[int, int]], colour: List[int], n: int) -> List[List[int]]:
@@ -260,32 +254,38 @@ def _trees(edges: List[Tuple[int, int]], colour: List[int], n: int) -> List[List
 
 def _preorder(
     tree_edges: List[int], edges: List[Tuple[int, int]]
-) -> List[Tuple[int, int, int, int]]:
-    """(vertex, parent, depth, subtree size) of every non-root vertex, in depth-first preorder."""
-    adj: Dict[int, List[int]] = defaultdict(list)
+) -> List[Tuple[int, int, int, int, int]]:
+    """(vertex, parent, edge to the parent, depth, subtree size) of every non-root vertex.
+
+    In depth-first preorder from a centre of the tree, so every subtree is a contiguous run.
+    """
+    if len(tree_edges) == 1:  # most trees of irregular patterns: one edge
+        e = tree_edges[0]
+        return [(edges[e][0], edges[e][1], e, 1, 1)]
+    adj: Dict[int, List[Tuple[int, int]]] = defaultdict(list)
     for e in tree_edges:
         i, j = edges[e]
-        adj[i].append(j)
-        adj[j].append(i)
+        adj[i].append((j, e))
+        adj[j].append((i, e))
     root = _centre(adj)
-    out: List[Tuple[int, int, int, int]] = []
+    out: List[Tuple[int, int, int, int, int]] = []
     index: Dict[int, int] = {}
-    stack = [(root, -1, 0)]
+    stack = [(root, -1, -1, 0)]
     while stack:
-        v, up, depth = stack.pop()
+        v, up, e, depth = stack.pop()
         if up >= 0:
             index[v] = len(out)
-            out.append((v, up, depth, 1))
-        stack.extend((w, v, depth + 1) for w in adj[v] if w != up)
+            out.append((v, up, e, depth, 1))
+        stack.extend((w, v, f, depth + 1) for w, f in adj[v] if w != up)
     for pos in range(len(out) - 1, -1, -1):  # subtree sizes, children before parents
-        v, up, depth, size = out[pos]
+        up, size = out[pos][1], out[pos][4]
         if up in index:
             u = index[up]
-            out[u] = (out[u][0], out[u][1], out[u][2], out[u][3] + size)
+            out[u] = out[u][:4] + (out[u][4] + size,)
     return out
 
 
-def _centre(adj: Dict[int, List[int]]) -> int:
+def _centre(adj: Dict[int, List[Tuple[int, int]]]) -> int:
     """A centre of a tree: the last vertex left when leaves are peeled layer by layer."""
     degree = {v: len(nb) for v, nb in adj.items()}
     layer = deque(v for v, d in degree.items() if d <= 1)
@@ -293,7 +293,7 @@ def _centre(adj: Dict[int, List[int]]) -> int:
     while layer:
         v = layer.popleft()
         last = v
-        for w in adj[v]:
+        for w, _ in adj[v]:
             degree[w] -= 1
             if degree[w] == 1:
                 layer.append(w)
