@@ -63,7 +63,11 @@ def write_sparse_plot(path: str, data: Dict[str, Any]) -> Optional[str]:
         ax.set_ylabel("time per call [s]")
         ax.set_title(f"{panel}: sparse (numbers: colours) vs dense", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=6.5, loc="upper left")
+        ax.legend(fontsize=6.5, loc="lower right" if panel == "Lennard-Jones" else "upper left")
+        sizes = sorted({c["n"] for c in sec["cells"] if c["problem"] in names})
+        ax.set_xticks(sizes)
+        ax.set_xticklabels([str(s) for s in sizes])
+        ax.minorticks_off()
     meta = sec.get("meta", {})
     fig.suptitle(
         "tad_autograd sparse derivatives, automatic mode, float64, torch "

@@ -45,7 +45,7 @@ from benchmarks.report_format import fmt_ratio, fmt_time
 FULL = {"banded": [500, 2000, 8000], "atoms": [1000, 2000, 4000]}
 QUICK = {"banded": [500, 2000], "atoms": [300]}
 #: Dense derivatives whose estimated time per call exceeds this are not timed (seconds).
-DENSE_BUDGET = {"full": 100.0, "quick": 20.0}
+DENSE_BUDGET = {"full": 150.0, "quick": 20.0}
 #: Elements of the largest intermediate per chunk of the dense derivative (256 MB in float64).
 CHUNK_ELEMENTS = 32_000_000
 

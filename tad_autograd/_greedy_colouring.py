@@ -24,8 +24,8 @@ __all__ = [
     "ORDERS",
 ]
 
-#: The vertex orders of the greedy colourings.
-ORDERS = ("largest_first", "natural")
+#: The vertex orders of the greedy colourings ("best": both, the one with fewer colours).
+ORDERS = ("best", "largest_first", "natural")
 
 
 def _lists(index: torch.Tensor, other: torch.Tensor, count: int) -> List[List[int]]:

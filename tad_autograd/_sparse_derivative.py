@@ -9,6 +9,7 @@ documented behaviour.
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -67,8 +68,6 @@ class SparseDerivative:
         self.kind = kind
         self.colours = colours
         self.n_colours = colour_count(colours)
-        bound_kind = "symmetric" if kind in ("symmetric", "star") else kind
-        self.lower_bound = colouring_lower_bound(pattern, kind=bound_kind)
         self._argnums = argnums
         self._check = check
         self._backend = backend
@@ -89,6 +88,12 @@ class SparseDerivative:
             self._compressed = jacrev(
                 self._reduced, argnums, chunk_size=chunk_size, backend=backend
             )
+
+    @functools.cached_property
+    def lower_bound(self) -> int:
+        """:func:`~tad_autograd.colouring_lower_bound` of the pattern (computed when first read)."""
+        kind = "symmetric" if self.kind in ("symmetric", "star") else self.kind
+        return colouring_lower_bound(self.pattern, kind=kind)
 
     def __repr__(self) -> str:
         return (

@@ -28,9 +28,15 @@ rows (or columns) that never share a non-zero are summed together:
 
 All three algorithms are sequential greedy colourings, each vertex taking the
 smallest colour its already coloured neighbourhood allows, in one of
-:data:`ORDERS`: ``"largest_first"`` (default; vertices by decreasing degree,
-which used as few or fewer colours than the natural order on every pattern of
-the test suite and the benchmarks) or ``"natural"``.  The column colouring
+:data:`ORDERS`: ``"largest_first"`` (vertices by decreasing degree),
+``"natural"`` (by index), or ``"best"`` (default): both, keeping the one with
+fewer colours (the natural order on a tie).  Neither order wins everywhere:
+on the 72 (pattern, kind) pairs of the test suite and the benchmarks,
+largest-first used fewer colours 18 times (mostly random patterns), the
+natural order 10 times (the Lennard-Jones clusters, whose atoms are numbered
+outwards from the centre, so the natural order follows space: 231 against
+285 column colours and 81 against 90 acyclic ones at 4000 atoms), and they
+tied 44 times.  The column colouring
 costs one pass over the entries (each row keeps the set of colours it holds
 as a bit mask); the symmetric ones cost ``sum over v of sum over the
 neighbours w of v of deg(w)``, and first merge *indistinguishable* vertices
@@ -44,7 +50,7 @@ Examples
 >>> import torch
 >>> band = torch.ones(6, 6).tril(1).triu(-1).bool()        # tridiagonal
 >>> colouring(band).tolist()                              # distance-2: 3 colours
-[1, 2, 0, 1, 2, 0]
+[0, 1, 2, 0, 1, 2]
 >>> penta = torch.ones(8, 8).tril(2).triu(-2).bool()       # half-bandwidth 2
 >>> [int(colouring(penta, kind=k).max()) + 1 for k in ("column", "star", "symmetric")]
 [5, 5, 3]
@@ -79,7 +85,7 @@ def _check(kind: Any, order: Any) -> None:
         raise ValueError(f"colouring: order must be one of {ORDERS}, got {order!r}")
 
 
-def colouring(pattern: Any, *, kind: str = "column", order: str = "largest_first") -> torch.Tensor:
+def colouring(pattern: Any, *, kind: str = "column", order: str = "best") -> torch.Tensor:
     """Colour the columns, rows or (symmetrically) the vertices of a sparsity pattern.
 
     Parameters
@@ -95,9 +101,9 @@ def colouring(pattern: Any, *, kind: str = "column", order: str = "largest_first
         square pattern made symmetric (``pattern | pattern.T``), for Hessians
         decompressed by substitution; ``"star"``: a star colouring of it, for
         Hessians read directly.
-    order : {"largest_first", "natural"}, optional
-        The order in which the greedy algorithm colours: by decreasing degree
-        (default) or by index.
+    order : {"best", "largest_first", "natural"}, optional
+        The order in which the greedy algorithm colours: by decreasing degree,
+        by index, or (default) both, keeping the colouring with fewer colours.
 
     Returns
     -------
@@ -127,6 +133,10 @@ def colouring(pattern: Any, *, kind: str = "column", order: str = "largest_first
     """
     _check(kind, order)
     p = as_pattern(pattern, "pattern")
+    if order == "best":
+        first = colouring(p, kind=kind, order="natural")
+        second = colouring(p, kind=kind, order="largest_first")
+        return second if colour_count(second) < colour_count(first) else first
     if kind == "row":
         p = p.transpose()
     if kind in ("symmetric", "star"):

@@ -38,7 +38,7 @@ def patterns(draw, square: bool = False, max_size: int = 9) -> torch.Tensor:
     return pattern
 
 
-orders = st.sampled_from(["largest_first", "natural"])
+orders = st.sampled_from(["best", "largest_first", "natural"])
 
 
 def _column_colouring_ok(pattern: torch.Tensor, colours: List[int]) -> bool:
@@ -197,6 +197,18 @@ def test_banded_symmetric_colourings_beat_column_colourings() -> None:
         }
         assert ta.colouring_lower_bound(pattern) == 2 * b + 1
         assert ta.colouring_lower_bound(pattern, kind="symmetric") == b + 1
+
+
+def test_best_order_keeps_the_colouring_with_fewer_colours() -> None:
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        pattern = torch.rand(40, 40, generator=g) < 0.1
+        for kind in KINDS:
+            counts = [
+                int(ta.colouring(pattern, kind=kind, order=o).max()) + 1
+                for o in ("best", "natural", "largest_first")
+            ]
+            assert counts[0] == min(counts[1:])
 
 
 def test_block_diagonal_and_arrow_head_colour_counts() -> None:
