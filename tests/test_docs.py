@@ -60,6 +60,7 @@ def test_there_are_pages() -> None:
         "testing.rst",
         "migrating.rst",
         "benchmarks.rst",
+        "sparse.rst",
         "api.rst",
     ):
         assert expected in names

@@ -7,6 +7,7 @@ Each model's result is compared with the dense result of the same backend
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import pytest
@@ -26,6 +27,7 @@ from _sparse_models import (
 )
 
 import tad_autograd as ta
+from tad_autograd._grad_modes import inference_mode_derivatives
 
 
 def _close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype = DT) -> None:
@@ -273,3 +275,54 @@ def test_no_side_effects(backend) -> None:
             ta.sparse_jacobian(func, pattern, backend=backend)(x).to_dense(),
             reference_jacobian(func, x),
         )
+
+
+def test_threads_share_one_operator(backend) -> None:
+    """One pre-built operator called from several threads at once gives each its own answer."""
+    func, pattern, _ = banded_rhs(12, 2)
+    energy, hpattern, _ = chain_energy(12)
+    ops = {
+        "forward": ta.sparse_jacobian(func, pattern, mode="forward", backend=backend),
+        "reverse": ta.sparse_jacobian(func, pattern, mode="reverse", backend=backend),
+        "hessian": ta.sparse_hessian(energy, hpattern, backend=backend),
+    }
+    inputs = [torch.randn(12, dtype=DT) for _ in range(4)]
+    errors: list = []
+
+    def work(x: torch.Tensor) -> None:
+        try:
+            for _ in range(3):
+                for name, op in ops.items():
+                    expected = (
+                        functional_hessian(energy, x)
+                        if name == "hessian"
+                        else reference_jacobian(func, x)
+                    )
+                    _close(op(x).to_dense(), expected)
+        except Exception as error:  # noqa: BLE001 - reported below, with the thread's input
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(x,)) for x in inputs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+def test_inference_mode(backend) -> None:
+    """Right values where torch.func differentiates inside inference_mode, else a clear error."""
+    func, pattern, x = banded_rhs(8, 1)
+    energy, hpattern, y = chain_energy(8)
+    jacobian_ref, hessian_ref = reference_jacobian(func, x), functional_hessian(energy, y)
+    with torch.inference_mode():
+        if inference_mode_derivatives():
+            for mode in ("forward", "reverse"):
+                result = ta.sparse_jacobian(func, pattern, mode=mode, backend=backend)(x)
+                _close(result.to_dense(), jacobian_ref)
+            _close(ta.sparse_hessian(energy, hpattern, backend=backend)(y).to_dense(), hessian_ref)
+        else:
+            with pytest.raises(RuntimeError, match="inference_mode"):
+                ta.sparse_jacobian(func, pattern, backend=backend)(x)
+            with pytest.raises(RuntimeError, match="inference_mode"):
+                ta.sparse_hessian(energy, hpattern, backend=backend)(y)
