@@ -13,6 +13,9 @@ SECTION_ORDER = GRID_ORDER + (
     "fallback",
     "import",
     "memory",
+    "modes",
+    "operators",
+    "hvp",
     "sparse",
 )
 AUTO_TARGET = 1.05
