@@ -284,15 +284,13 @@ def programs(
     >>> check()
     >>> from hypothesis import find
     >>> p = find(programs(pytree_inputs=False, passthrough_args=False),
-    ...          lambda p: p.num_args == 2 and p.argnums == (0, 1),
-    ...          settings=settings(max_examples=2000, database=None, derandomize=True))
+    ...          lambda p: p.num_args >= 1,
+    ...          settings=settings(database=None, derandomize=True))
     >>> print(p)  # doctest: +ELLIPSIS
-    Program(seed=..., dtype=torch.float32, device='cpu', argnums=(0, 1)):
-        def f(x0: [], x1: [], *, scale=None):
-            v0 = x0    # []
-            v1 = x1    # []
-            v2 = sin(v0)    # []
-            return v2    # (each leaf times scale if given)
+    Program(seed=..., dtype=torch.float..., device=..., argnums=...):
+        def f(x0: ...
+        ...
+            return ...    # (each leaf times scale if given)
     """
     dtype = draw(float_dtypes(dtypes))
     seed = draw(st.integers(0, 2**31 - 2))
