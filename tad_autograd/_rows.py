@@ -94,13 +94,7 @@ def rows(
     with torch.enable_grad():  # the row slices must be part of the graph, even under no_grad
         flat = output.reshape(-1)
         for j in range(n):
-            grads = torch.autograd.grad(
-                flat[j],
-                inputs,
-                retain_graph=retain or j < n - 1,
-                create_graph=create_graph,
-                allow_unused=True,
-            )
+            grads = scalar_grad(flat[j], inputs, retain or j < n - 1, create_graph)
             for col, g in zip(columns, grads):
                 col.append(g)
     out = []
