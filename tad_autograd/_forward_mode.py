@@ -29,7 +29,8 @@ import torch
 from ._dual import dual_level, forward_ad_ready, make_dual, unpack_dual
 from ._eager_jacobian import eager_jacobian, unflatten_jacobian
 from ._grad_modes import outside_inference_mode
-from ._graph import custom_backwards_guarded, has_custom_functions, reaches_other_leaves, retire
+from ._graph import reaches_other_leaves, retire
+from ._linear_map import linear_map
 from ._locks import TRANSFORM_LOCK
 from ._operand_checks import (
     check_primals,
@@ -39,7 +40,6 @@ from ._operand_checks import (
 )
 from ._pytree import flatten, tree_flatten, tree_unflatten, unflatten
 from ._rng import RngStates, visible_generators
-from ._rows import rows
 from ._stand_ins import any_dual, check_argnums, check_outputs, stand_ins
 
 __all__ = ["eager_jvp", "eager_jacfwd", "eager_linearize"]
@@ -157,7 +157,7 @@ def _reverse_jvp(
             create = (
                 keep or any_dual(inputs) or (outer_grad and any(t.requires_grad for t in t_leaves))
             )
-            products = _linear_map(out_leaves, inputs, create)(t_leaves, create)
+            products = linear_map(out_leaves, inputs, create)(t_leaves, create)
             primal = [o if keep else o.detach() for o in out_leaves]
             output = tree_unflatten(primal, out_spec), tree_unflatten(products, out_spec)
             if not has_aux:
@@ -169,57 +169,6 @@ def _reverse_jvp(
             return output + (tree_unflatten(kept, aux_spec),)
         finally:
             retire(inputs)
-
-
-def _linear_map(
-    outputs: List[torch.Tensor], inputs: List[torch.Tensor], create_graph: bool
-) -> Callable[[List[torch.Tensor], bool], List[torch.Tensor]]:
-    """``t -> J t`` for each output, from the recorded graph, callable many times.
-
-    Through built-in ops, ``J^T v`` is built once with a graph for dummy
-    cotangents ``v`` and each call differentiates it along ``t``; through a
-    custom ``autograd.Function`` the rows of ``J`` are computed once.  The
-    second argument of the map asks for a differentiable product.
-    """
-    live = [o for o in outputs if o.requires_grad]
-    if not live:
-        return lambda tangents, create: [torch.zeros_like(o.detach()) for o in outputs]
-    if has_custom_functions(live):
-        with custom_backwards_guarded(live, create_graph):
-            jacobians = [rows(o, inputs, create_graph) for o in outputs]
-
-        def by_rows(tangents: List[torch.Tensor], create: bool) -> List[torch.Tensor]:
-            result = []
-            for o, blocks in zip(outputs, jacobians):
-                total = torch.zeros(o.numel(), dtype=o.dtype, device=o.device)
-                for r, x, t in zip(blocks, inputs, tangents):
-                    total = total + r.reshape(o.numel(), x.numel()) @ t.reshape(-1).to(r.dtype)
-                result.append(total.reshape(o.shape))
-            return result
-
-        return by_rows
-    dummies = [torch.zeros_like(o.detach(), requires_grad=True) for o in live]
-    grads = torch.autograd.grad(live, inputs, dummies, create_graph=True, allow_unused=True)
-
-    def by_double_vjp(tangents: List[torch.Tensor], create: bool) -> List[torch.Tensor]:
-        pairs = [(g, t) for g, t in zip(grads, tangents) if g is not None and g.requires_grad]
-        jv: Sequence[Optional[torch.Tensor]] = [None] * len(live)
-        if pairs:
-            with torch.enable_grad():
-                jv = torch.autograd.grad(
-                    [g for g, _ in pairs],
-                    dummies,
-                    [t for _, t in pairs],
-                    retain_graph=True,
-                    create_graph=create,
-                    allow_unused=True,
-                )
-        by_id = {
-            id(o): (j if j is not None else torch.zeros_like(o.detach())) for o, j in zip(live, jv)
-        }
-        return [by_id.get(id(o), torch.zeros_like(o.detach())) for o in outputs]
-
-    return by_double_vjp
 
 
 def eager_jacfwd(
@@ -361,7 +310,7 @@ def eager_linearize(func: Callable[..., Any], primals: Tuple[Any, ...]) -> Tuple
     """``torch.func.linearize(func, *primals)``: the output and a ``jvp_fn(*tangents)``.
 
     The function runs once; each ``jvp_fn`` call is a backward pass through
-    the recorded graph (:func:`_linear_map`), exact whatever ``func``
+    the recorded graph (:func:`~tad_autograd._linear_map.linear_map`), exact whatever ``func``
     contains, with no forward-AD rule needed.
 
     Examples
@@ -383,7 +332,7 @@ def eager_linearize(func: Callable[..., Any], primals: Tuple[Any, ...]) -> Tuple
         live = [o for o in out_leaves if o.requires_grad]
         ours = {id(x) for x in inputs}
         keep = any_dual(inputs) or (outer_grad and (external or reaches_other_leaves(live, ours)))
-        apply = _linear_map(out_leaves, inputs, keep)
+        apply = linear_map(out_leaves, inputs, keep)
 
     def jvp_fn(*tangents: Any) -> Any:
         t_leaves = check_primals_tangents(primals, tangents, "linearize")[1]

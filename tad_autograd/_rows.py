@@ -27,6 +27,7 @@ __all__ = [
     "vectorised_rows",
     "joint_rows",
     "columns_by_double_vjp",
+    "transposed_graph",
 ]
 
 _log = logging.getLogger("tad_autograd")
@@ -253,12 +254,7 @@ def columns_by_double_vjp(
     per_input: List[Optional[List[torch.Tensor]]] = []
     try:
         with torch.enable_grad():
-            dummies = [torch.zeros_like(o.detach(), requires_grad=True) for o in live]
-            grads: Sequence[Optional[torch.Tensor]] = (
-                torch.autograd.grad(live, inputs, dummies, create_graph=True, allow_unused=True)
-                if live
-                else [None] * len(inputs)
-            )
+            dummies, grads = transposed_graph(live, inputs)
             for g, x in zip(grads, inputs):
                 if g is None or not g.requires_grad or x.numel() == 0:
                     per_input.append(None)  # no output depends on x
@@ -278,6 +274,35 @@ def columns_by_double_vjp(
                 blocks.append(cols[k].reshape(o.shape + x.shape))
         result.append(blocks)
     return result
+
+
+def transposed_graph(
+    live: List[torch.Tensor], inputs: List[torch.Tensor]
+) -> Tuple[List[torch.Tensor], Sequence[Optional[torch.Tensor]]]:
+    """``J^T v`` per input, recorded with a graph in dummy cotangents ``v``: the double-vjp trick.
+
+    ``J^T v`` is linear in ``v``, so differentiating it with respect to ``v``
+    along ``t`` gives ``J t`` whatever ``v`` is, but only where the backward
+    formulas can be differentiated at ``v``.  Some cannot at zero
+    (``logcumsumexp``'s takes the log of the cotangent: zero gives NaN), so
+    ``v`` is all ones.  Returns the dummies and, per input, ``J^T v`` (``None``
+    where no output depends on it).
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.tensor([0.5, -1.0], requires_grad=True)
+    >>> out = torch.logcumsumexp(x, 0)
+    >>> dummies, (g,) = transposed_graph([out], [x])
+    >>> torch.autograd.grad(g, dummies, torch.tensor([1.0, 0.0]))[0]  # row 0 of J
+    tensor([1., 0.])
+    """
+    if not live:
+        return [], [None] * len(inputs)
+    dummies = [torch.ones_like(o.detach(), requires_grad=True) for o in live]
+    with torch.enable_grad():
+        grads = torch.autograd.grad(live, inputs, dummies, create_graph=True, allow_unused=True)
+    return dummies, grads
 
 
 def _columns_of(

@@ -13,6 +13,7 @@ import torch
 from _helpers import assert_tree_close, reference_hessian, reference_jacobian
 
 import tad_autograd as ta
+from tad_autograd._dual import dual_level, forward_ad_ready, make_dual
 
 DT = torch.float64
 
@@ -137,6 +138,49 @@ def test_linearize(backend) -> None:
     for _ in range(2):
         t = torch.randn(3, dtype=DT)
         assert_tree_close(jvp_fn(t), jac @ t)
+
+
+_Y = torch.linspace(-1, 1, 8, dtype=DT).reshape(4, 2)
+
+#: Ops whose backward formula the eager forward mode's double-vjp trick cannot differentiate:
+#: logcumsumexp's takes the log of the cotangent (singular at zero), cdist's has no derivative.
+_AWKWARD_BACKWARDS = {
+    "logcumsumexp": (lambda x: torch.logcumsumexp(x, 0), (3, 2)),
+    "cdist": (lambda x: torch.cdist(x, _Y), (3, 2)),
+}
+
+
+def _has_forward_formula(f, x: torch.Tensor) -> bool:
+    """Whether torch's own dual numbers get through ``f``: transform backends need that."""
+    forward_ad_ready()
+    try:
+        with dual_level():
+            f(make_dual(x, torch.ones_like(x)))
+    except (RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
+@pytest.mark.parametrize("name", sorted(_AWKWARD_BACKWARDS))
+def test_forward_mode_through_awkward_backward_formulas(backend, name) -> None:
+    f, shape = _AWKWARD_BACKWARDS[name]
+    x = torch.tensor([0.5, -1.0, 2.0, 0.3, -0.2, 1.1], dtype=DT).reshape(shape)
+    t = torch.randn(shape, dtype=DT)
+    jac = reference_jacobian(f, x).reshape(-1, x.numel())
+    forward_formula = _has_forward_formula(f, x)
+    if backend not in (None, "autograd") and not forward_formula:
+        with pytest.raises((RuntimeError, NotImplementedError)):
+            ta.jvp(f, (x,), (t,), backend=backend)
+        return
+    _, jv = ta.jvp(f, (x,), (t,), backend=backend)
+    torch.testing.assert_close(jv.reshape(-1), jac @ t.reshape(-1))
+    torch.testing.assert_close(jv, _finite_difference_jvp(f, x, t), rtol=1e-6, atol=1e-8)
+    assert_tree_close(ta.linearize(f, x, backend=backend)[1](t).reshape(-1), jac @ t.reshape(-1))
+    if backend is None and not forward_formula:  # six inputs: vmap of jvp, then the fallback
+        with pytest.warns(ta.BackendFallbackWarning):
+            assert_tree_close(ta.jacfwd(f)(x).reshape(jac.shape), jac)
+    else:
+        assert_tree_close(ta.jacfwd(f, backend=backend)(x).reshape(jac.shape), jac)
 
 
 @pytest.mark.parametrize(
