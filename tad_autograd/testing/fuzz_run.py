@@ -30,6 +30,7 @@ import torch
 
 from .._pytree import tree_flatten
 from .fuzz_case import FuzzCase
+from .fuzz_products import PRODUCT_OPERATORS, build_product
 from .fuzz_reference import LibraryOps, build_operator
 from .reference import map_tensors
 
@@ -127,6 +128,24 @@ def _aux_param(case: FuzzCase, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _operator(ns: Any, case: FuzzCase, program: Any, w: torch.Tensor) -> Callable[..., Any]:
+    if case.op in PRODUCT_OPERATORS:
+
+        def cast(tree: Any) -> Any:
+            return program.cast_args(tree, program.io_dtype)
+
+        return build_product(
+            ns,
+            case.op,
+            program,
+            argnums=case.argnums,
+            has_aux=case.has_aux,
+            mode=case.mode,
+            randomness=case.randomness,
+            tangents=cast(case.tangents),
+            cotangents=cast(case.cotangents),
+            aux_weight=w,
+            outer_argnums=case.outer_argnums,
+        )
     return build_operator(
         ns,
         case.op,
