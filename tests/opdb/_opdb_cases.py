@@ -68,12 +68,16 @@ class Case:
             "jacrev": f"ta.jacrev(f{kw})(x)",
             "vmap": f"ta.vmap(f{kw})(xs)",
             "vmap(jacrev)": f"ta.vmap(ta.jacrev(f{kw}){kw})(xs)",
+            "jacfwd": f"ta.jacfwd(f{kw}, randomness={'same' if self.random else 'error'!r})(x)",
+            "jvp": f"ta.jvp(f, (x,), (t,){kw})",
         }[transform]
         wrapped = getattr(self.op.gradcheck_wrapper, "__name__", "") != "<lambda>"
         call_op = f"op.gradcheck_wrapper(op.op, {args})" if wrapped else f"op({args})"
+        tangent = "t = torch.linspace(-1, 1.3, x.numel(), dtype=x.dtype).reshape(x.shape); "
         return (
             f"op = {{op_name(o): o for o in op_db}}[{self.name!r}]; f = lambda x: {call_op}; "
-            f"xs = torch.stack([x, 0.9 * x + 0.05, 1.1 * x]); {call}"
+            f"xs = torch.stack([x, 0.9 * x + 0.05, 1.1 * x]); "
+            f"{tangent if transform == 'jvp' else ''}{call}"
         )
 
 
