@@ -246,11 +246,17 @@ class _DirectProducts:
         out = f(*primals)
         return out, lambda *t: self.mod.jvp(f, primals, t)[1]
 
-    def jacfwd(self, f: Fn, argnums: Any, has_aux: bool, randomness: str) -> Any:
-        return self.mod.jacfwd(f, argnums, has_aux=has_aux, randomness=randomness)
+    def jacfwd(self, f: Fn, argnums: Any, has_aux: bool, randomness: str = "error") -> Any:
+        # counted from the front: torch.func.jacfwd returns zeros for negative argnums
+        def jacobian_fn(*args: Any) -> Any:
+            nums = _positions(argnums, len(args))
+            nums_in = nums[0] if isinstance(argnums, int) else tuple(nums)
+            return self.mod.jacfwd(f, nums_in, has_aux=has_aux, randomness=randomness)(*args)
+
+        return jacobian_fn
 
     def jacobian(self, f: Fn, argnums: Any, mode: str, has_aux: bool) -> Any:
-        forward = self.mod.jacfwd(f, argnums, has_aux=has_aux)
+        forward = self.jacfwd(f, argnums, has_aux)
         reverse = self.mod.jacrev(f, argnums, has_aux=has_aux)
         if mode != "auto":
             return forward if mode == "forward" else reverse
