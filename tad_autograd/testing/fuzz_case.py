@@ -47,12 +47,17 @@ class FuzzCase:
     ----------
     program : FuzzProgram
     op : str
-        One of :data:`OPERATORS`.
+        One of :data:`OPERATORS` or of
+        :data:`~tad_autograd.testing.fuzz_products.PRODUCT_OPERATORS`.
     args : tuple
         Positional arguments (batched for the operators in :data:`VMAP_OPERATORS`).
     argnums, outer_argnums
         ``argnums`` of the (inner) ``jacrev``/``hessian``; ``outer_argnums``
         of the outer ``jacrev`` in ``jacrev_jacrev``.
+    has_aux, mode, randomness, tangents, cotangents
+        For the derivative products (:mod:`~tad_autograd.testing.fuzz_products`):
+        ``tangents`` shaped like the arguments at ``argnums`` (a tuple),
+        ``cotangents`` like the program's output.
     in_dims, out_dims, chunk_size
         For the ``vmap`` operators.
     context, input_kind : str
@@ -68,6 +73,11 @@ class FuzzCase:
         self.in_dims: Any = kw.pop("in_dims", 0)
         self.out_dims: Any = kw.pop("out_dims", 0)
         self.chunk_size: Optional[int] = kw.pop("chunk_size", None)
+        self.has_aux: bool = kw.pop("has_aux", False)
+        self.mode: str = kw.pop("mode", "auto")
+        self.randomness: str = kw.pop("randomness", "error")
+        self.tangents: Any = kw.pop("tangents", None)
+        self.cotangents: Any = kw.pop("cotangents", None)
         self.context: str = kw.pop("context")
         self.input_kind: str = kw.pop("input_kind")
         if kw:
@@ -75,8 +85,14 @@ class FuzzCase:
 
     def __repr__(self) -> str:
         shapes = map_tensors(lambda t: tuple(t.shape), self.args)
+        products = ""
+        if self.tangents is not None or self.cotangents is not None:
+            products = (
+                f"has_aux={self.has_aux!r}, mode={self.mode!r}, randomness={self.randomness!r},\n"
+                f"  tangents={self.tangents!r},\n  cotangents={self.cotangents!r},\n  "
+            )
         return (
-            f"FuzzCase(op={self.op!r}, argnums={self.argnums!r}, "
+            f"FuzzCase(op={self.op!r}, argnums={self.argnums!r}, {products}"
             f"outer_argnums={self.outer_argnums!r}, in_dims={self.in_dims!r}, "
             f"out_dims={self.out_dims!r}, chunk_size={self.chunk_size!r}, "
             f"context={self.context!r}, input_kind={self.input_kind!r}, arg_shapes={shapes},\n"

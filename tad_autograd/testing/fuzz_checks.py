@@ -32,7 +32,6 @@ Examples
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import warnings
 from typing import Any, Callable, List, Optional, Sequence, Tuple
@@ -43,148 +42,14 @@ from .._pytree import tree_flatten
 from .._torch_info import TORCH_VERSION
 from .compare import default_tolerances, spec_repr
 from .fuzz_case import FuzzCase
+from .fuzz_pending import pending_bug
+from .fuzz_product_case import expects_random_error
+from .fuzz_products import PRODUCT_OPERATORS, build_product
 from .fuzz_reference import REFERENCE, LibraryOps, build_operator, direct_ops, transform_backends
+from .fuzz_run import prepare_inputs, run_operator
 from .reference import map_tensors
 
 __all__ = ["check_case", "inference_supported", "prepare_inputs"]
-
-_SEED = 1234
-
-
-def prepare_inputs(args: Any, kind: str) -> Tuple[Any, List[torch.Tensor]]:
-    """Fresh copies of ``args`` of input ``kind``, and every tensor the caller owns.
-
-    ``kind``: ``plain``, ``leaf`` (requires grad), ``nonleaf`` (``base * 1``),
-    ``view`` (a strided slice of a bigger tensor).
-
-    Examples
-    --------
-    >>> import torch
-    >>> (x,), owned = prepare_inputs((torch.ones(2),), "view")
-    >>> x.is_contiguous(), len(owned)
-    (False, 2)
-    """
-    owned: List[torch.Tensor] = []
-
-    def one(t: Any) -> Any:
-        if not isinstance(t, torch.Tensor):
-            return t
-        t = t.detach().clone()
-        if kind == "leaf":
-            t.requires_grad_(True)
-        elif kind == "nonleaf":
-            base = t.requires_grad_(True)
-            owned.append(base)
-            t = base * 1
-        elif kind == "view":
-            big = torch.stack([t, torch.zeros_like(t)], dim=-1)
-            owned.append(big)
-            t = big[..., 0]
-        elif kind != "plain":
-            raise ValueError(f"unknown input kind {kind!r}")
-        owned.append(t)
-        return t
-
-    return map_tensors(one, args), owned
-
-
-def _context(name: str) -> Any:
-    return {
-        "plain": contextlib.nullcontext,
-        "no_grad": torch.no_grad,
-        "enable_grad": torch.enable_grad,
-        "inference_mode": torch.inference_mode,
-    }[name]()
-
-
-class _Outcome:
-    def __init__(self) -> None:
-        self.value: Any = None
-        self.error: Optional[BaseException] = None
-        self.fallback_warnings: List[str] = []
-        self.side_effects: List[str] = []
-        self.rng_before: Optional[torch.Tensor] = None
-        self.rng_after: Optional[torch.Tensor] = None
-
-
-def _snapshot(owned: List[torch.Tensor]) -> List[Tuple[Any, ...]]:
-    return [(t.detach().clone(), t.requires_grad, _grad(t), t._version) for t in owned]
-
-
-def _grad(t: torch.Tensor) -> Optional[torch.Tensor]:
-    if not t.is_leaf or t.grad is None:
-        return None
-    return t.grad.clone()
-
-
-def _diff_snapshot(owned: List[torch.Tensor], snap: List[Tuple[Any, ...]]) -> List[str]:
-    problems = []
-    for i, (t, (val, rg, grad, ver)) in enumerate(zip(owned, snap)):
-        if not torch.equal(t.detach(), val):
-            problems.append(f"input tensor #{i} changed its values")
-        if t.requires_grad != rg:
-            problems.append(f"input tensor #{i}: requires_grad {rg} -> {t.requires_grad}")
-        now = _grad(t)
-        if (now is None) != (grad is None) or (
-            now is not None and grad is not None and not torch.equal(now, grad)
-        ):
-            problems.append(f"input tensor #{i}: .grad changed")
-        if t._version != ver:
-            problems.append(f"input tensor #{i}: _version {ver} -> {t._version}")
-    return problems
-
-
-def _aux_param(case: FuzzCase, dtype: torch.dtype) -> torch.Tensor:
-    return torch.tensor(1.25, dtype=dtype, device=case.program.device, requires_grad=True)
-
-
-def _function(case: FuzzCase, program: Any, w: torch.Tensor) -> Callable[..., Any]:
-    if case.op != "jacrev_aux":
-        return program  # type: ignore[no-any-return]
-
-    def with_aux(*args: Any) -> Any:
-        out = program(*args)
-        return out, {"aux": tree_flatten(out)[0][-1].sum() * w}
-
-    return with_aux
-
-
-def _run(ns: Any, case: FuzzCase, program: Any, args: Any, kind: str, context: str) -> _Outcome:
-    from tad_autograd import BackendFallbackWarning
-
-    res = _Outcome()
-    program.reset()
-    call_args, owned = prepare_inputs(args, kind)
-    w = _aux_param(case, program.io_dtype)
-    fn = build_operator(
-        ns,
-        case.op,
-        _function(case, program, w),
-        argnums=case.argnums,
-        outer_argnums=case.outer_argnums,
-        in_dims=case.in_dims,
-        out_dims=case.out_dims,
-    )
-    snap = _snapshot(owned + [w])
-    torch.manual_seed(_SEED)
-    res.rng_before = torch.get_rng_state()
-    with _context(context):
-        modes = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
-        with warnings.catch_warnings(record=True) as rec:
-            # torch's own warnings in the references are not the library's
-            warnings.simplefilter("error" if isinstance(ns, LibraryOps) else "ignore")
-            warnings.simplefilter("always", BackendFallbackWarning)
-            try:
-                res.value = fn(*call_args)
-            except Exception as exc:  # judged by the caller, never swallowed
-                res.error = exc
-        after = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
-    res.rng_after = torch.get_rng_state()
-    if after != modes:
-        res.side_effects.append(f"(grad mode, inference mode) {modes} -> {after}")
-    res.side_effects += _diff_snapshot(owned + [w], snap)
-    res.fallback_warnings = [str(r.message) for r in rec]
-    return res
 
 
 def _tols(dtype: torch.dtype) -> Tuple[float, float]:
@@ -228,10 +93,14 @@ def _matches(actual: Any, expected: Any, io_dtype: torch.dtype) -> bool:
 
 
 @functools.cache
-def inference_supported(op: str) -> bool:
+def inference_supported(op: str, mode: str = "auto") -> bool:
     """Does ``torch.func`` (``functorch`` on 1.13) return the right ``op`` under inference mode?
 
-    Probed once per operator on ``f(x, y) = sin(x * y)``.
+    Probed once per operator (and ``jacobian`` mode) on ``f(x, y) = sin(x * y)``.
+    ``linearize`` is probed as ``jvp``: ``tad_autograd.linearize`` is ``jvp`` at each
+    call on every backend, while :func:`torch.func.linearize` (a ``make_fx`` trace)
+    returns zeros under inference mode on torch 2.13 and raises on 2.0 where its
+    ``jvp`` is right.
 
     Examples
     --------
@@ -247,16 +116,29 @@ def inference_supported(op: str) -> bool:
         return torch.sin(a * b)
 
     def fn(ns: Any) -> Callable[..., Any]:
+        if op in PRODUCT_OPERATORS:
+            return build_product(
+                ns,
+                "jvp" if op == "linearize" else op,
+                f,
+                mode=mode,
+                tangents=(torch.cos(x),),
+                cotangents=torch.sin(x),
+            )
         return build_operator(ns, op if op != "jacrev_aux" else "jacrev", f, argnums=0)
 
-    expected = fn(REFERENCE)(x, x + 0.5)
+    expected = _detach(fn(REFERENCE)(x, x + 0.5))
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch's own (e.g. jit deprecation on first jvp)
         try:
             got = fn(direct)(x, x + 0.5)
-        except RuntimeError:
+        except Exception:  # noqa: BLE001 - any failure: torch.func cannot do it here
             return False
-    return _matches(got, expected.detach(), torch.float64)
+    return _matches(got, expected, torch.float64)
+
+
+def _inference_supported(case: FuzzCase) -> bool:
+    return inference_supported(case.op, case.mode if case.op == "jacobian" else "auto")
 
 
 def _detach(tree: Any) -> Any:
@@ -292,77 +174,193 @@ def check_case(case: FuzzCase, backends: Optional[Sequence[Optional[str]]] = Non
 
     if backends is None:
         backends = list(ta.available_backends()) + [None]
+    judged = _judged(case)
+    for backend in backends:
+        lib = _run_library(case, backend)
+        try:
+            judged.judge(case, backend, lib)
+        except _Failure:
+            if pending_bug(case, backend, lib, judged) is None:
+                raise
+
+
+def _judged(case: FuzzCase) -> _Judged:
     prog = case.program
     half = prog.io_dtype in (torch.float16, torch.bfloat16)
     ref_prog = prog.with_io_dtype(torch.float32) if half else prog
     ref_args = ref_prog.cast_args(case.args, torch.float32) if half else case.args
-    ref = _run(REFERENCE, case, ref_prog, ref_args, "plain", "enable_grad")
+    ref = run_operator(REFERENCE, case, ref_prog, ref_args, "plain", "enable_grad")
     if ref.error is not None:
         raise AssertionError(
             f"the reference itself failed: {_describe(ref.error)}\n{case!r}"
         ) from ref.error
-    expected = _detach(ref.value)
     direct_ns = direct_ops()
     direct = (
-        _run(direct_ns, case, prog, case.args, case.input_kind, case.context) if direct_ns else None
+        run_operator(direct_ns, case, prog, case.args, case.input_kind, case.context)
+        if direct_ns
+        else None
     )
-    direct_ok = (
-        direct is not None
-        and direct.error is None
-        and _matches(direct.value, expected, prog.io_dtype)
+    return _Judged(case, ref, direct)
+
+
+def _run_library(case: FuzzCase, backend: Optional[str]) -> Any:
+    return run_operator(
+        LibraryOps(backend, case.chunk_size),
+        case,
+        case.program,
+        case.args,
+        case.input_kind,
+        case.context,
     )
-    random = "random" in prog.features
-    transforms = set(transform_backends())
-    for backend in backends:
-        lib = _run(
-            LibraryOps(backend, case.chunk_size),
-            case,
-            prog,
-            case.args,
-            case.input_kind,
-            case.context,
+
+
+class _Failure(AssertionError):
+    """A failed check, with its kind (``"value"``, ``"rng"``, ``"requires_grad"``, ...)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _check(ok: bool, kind: str, message: Callable[[], str]) -> None:
+    if not ok:
+        raise _Failure(kind, message())
+
+
+class _Judged:
+    """What a backend's outcome on a case is judged against: the reference and torch.func."""
+
+    def __init__(self, case: FuzzCase, ref: Any, direct: Any) -> None:
+        self.ref = ref
+        self.expected = _detach(ref.value)
+        self.io_dtype = case.program.io_dtype
+        self.direct = direct
+        self.direct_ok = (
+            direct is not None
+            and direct.error is None
+            and _matches(direct.value, self.expected, self.io_dtype)
         )
+        self.transforms = set(transform_backends())
+
+    def matches(self, value: Any) -> bool:
+        return _matches(value, self.expected, self.io_dtype)
+
+    def rerun(self, case: FuzzCase, backend: Optional[str]) -> Any:
+        return _run_library(case, backend)
+
+    def requires_grad(self, lib: Any) -> Tuple[List[Any], List[Any]]:
+        """``requires_grad`` per result leaf of ``lib``, and of torch.func's result."""
+        want = _requires_grad(self.direct.value) if self.direct is not None else []
+        return _requires_grad(lib.value), want
+
+    def failure(self, case: FuzzCase, backend: Optional[str], lib: Any) -> Optional[str]:
+        """The kind of the first check ``lib`` fails (``None``: it passes them all)."""
+        try:
+            self.judge(case, backend, lib)
+        except _Failure as failure:
+            return failure.kind
+        return None
+
+    @staticmethod
+    def again(case: FuzzCase) -> _Judged:
+        """The reference and torch.func's outcome for another case."""
+        return _judged(case)
+
+    def judge(self, case: FuzzCase, backend: Optional[str], lib: Any) -> None:
+        """Raise :class:`_Failure` where ``lib`` (one backend's outcome) breaks the contract."""
+        prog, ref, direct, expected = case.program, self.ref, self.direct, self.expected
         what = (
             f"{case.op}(backend={backend!r}) in context {case.context!r}, {case.input_kind} inputs"
         )
         report = f"\n{case!r}"
-        assert not lib.side_effects, f"{what}: side effects {lib.side_effects}{report}"
-        if backend is not None:
-            assert not lib.fallback_warnings, (
-                f"{what}: explicit backend warned {lib.fallback_warnings}"
-            )
-        assert lib.rng_after is not None and lib.rng_before is not None
+        _check(
+            not lib.side_effects,
+            "side effects",
+            lambda: f"{what}: side effects {lib.side_effects}{report}",
+        )
+        _check(
+            backend is None or not lib.fallback_warnings,
+            "warned",
+            lambda: f"{what}: explicit backend warned {lib.fallback_warnings}",
+        )
+        random = "random" in prog.features
         if random and lib.error is None:
-            assert ref.rng_after is not None and torch.equal(lib.rng_after, ref.rng_after), (
-                f"{what}: RNG state differs from one run of the function's own draws{report}"
+            _check(
+                torch.equal(lib.rng_after, ref.rng_after),
+                "rng",
+                lambda: (
+                    f"{what}: RNG state differs from one run of the function's own draws{report}"
+                ),
             )
         elif not random:
-            assert torch.equal(lib.rng_after, lib.rng_before), f"{what}: RNG state changed{report}"
-        if case.context == "inference_mode" and not inference_supported(case.op):
+            _check(
+                torch.equal(lib.rng_after, lib.rng_before),
+                "rng",
+                lambda: f"{what}: RNG state changed{report}",
+            )
+        if expects_random_error(case):  # jacfwd(randomness="error") of a random function
+            # a RuntimeError, or for a transform backend torch.func's own exception type
+            direct_type = type(direct.error) if direct is not None and direct.error else None
+            ok = isinstance(lib.error, RuntimeError) or (
+                backend in self.transforms
+                and lib.error is not None
+                and type(lib.error) is direct_type
+            )
+            _check(
+                ok,
+                "random error",
+                lambda: (
+                    f"{what}: the function draws random numbers "
+                    f"under randomness='error'; expected a RuntimeError, got "
+                    f"{_describe(lib.error) if lib.error is not None else 'a value'}{report}"
+                ),
+            )
+            return
+        if case.context == "inference_mode" and not _inference_supported(case):
             err = lib.error
-            assert err is not None, (
-                f"{what}: torch.func cannot differentiate under inference_mode on torch "
-                f"{torch.__version__}; expected a RuntimeError, got a value "
-                f"(ref match: {_matches(lib.value, expected, prog.io_dtype)}){report}"
+            _check(
+                err is not None,
+                "inference",
+                lambda: (
+                    f"{what}: torch.func cannot "
+                    f"differentiate under inference_mode on torch {torch.__version__}; expected "
+                    f"a RuntimeError, got a value (ref match: {self.matches(lib.value)}){report}"
+                ),
             )
-            assert isinstance(err, RuntimeError) and "inference" in str(err).lower(), (
-                f"{what}: expected a RuntimeError naming inference mode, "
-                f"got {_describe(err)}{report}"
+            _check(
+                isinstance(err, RuntimeError) and "inference" in str(err).lower(),
+                "inference",
+                lambda: (
+                    f"{what}: expected a RuntimeError naming inference "
+                    f"mode, got {_describe(err)}{report}"
+                ),
             )
-            continue
+            return
         if lib.error is not None:
-            allowed = backend in transforms and not direct_ok
-            if not allowed:
-                raise AssertionError(
-                    f"{what} raised, but the reference (and torch.func where it applies: "
-                    f"{'ok' if direct_ok else 'n/a'}) computes it: {_describe(lib.error)}{report}"
-                ) from lib.error
-            continue
-        _assert_matches(lib.value, expected, prog.io_dtype, f"{what} vs row-loop reference{report}")
-        if direct_ok and direct is not None and not _view_flag_under_no_grad(case, backend):
+            if not (backend in self.transforms and not self.direct_ok):
+                failure = _Failure(
+                    "raised",
+                    f"{what} raised, but the reference (and "
+                    f"torch.func where it applies: "
+                    f"{'ok' if self.direct_ok else 'n/a'}) computes it: "
+                    f"{_describe(lib.error)}{report}",
+                )
+                raise failure from lib.error
+            return
+        try:
+            _assert_matches(
+                lib.value, expected, self.io_dtype, f"{what} vs row-loop reference{report}"
+            )
+        except AssertionError as e:
+            raise _Failure("value", str(e)) from None
+        if self.direct_ok and direct is not None and not _view_flag_under_no_grad(case, backend):
             got, want = _requires_grad(lib.value), _requires_grad(direct.value)
-            assert got == want, (
-                f"{what}: requires_grad per result leaf {got} != torch.func's {want}{report}"
+            _check(
+                got == want,
+                "requires_grad",
+                lambda: (
+                    f"{what}: requires_grad per result leaf {got} != torch.func's {want}{report}"
+                ),
             )
 
 

@@ -1,7 +1,11 @@
 """The cases of the OpInfo sweep: which op, which sample, which function of one tensor.
 
 A case turns one OpInfo sample into ``f(x) = op(x, *sample.args, **sample.kwargs)``
-(its floating-point outputs that autograd differentiates), with ``x`` the
+(its floating-point outputs that autograd differentiates; through the op's
+``gradcheck_wrapper``, as PyTorch's own derivative tests call it, so that
+e.g. ``linalg.eigh`` sees a symmetric ``x + x.mH`` and masked ops zero their
+masked-out outputs: a function whose derivative is defined in every
+direction, which forward and reverse mode must agree on), with ``x`` the
 sample's input in float64 and a batch of :data:`BATCH` samples built from it
 for ``vmap``.  Random ops are made deterministic by seeding inside ``f``.
 """
@@ -64,10 +68,16 @@ class Case:
             "jacrev": f"ta.jacrev(f{kw})(x)",
             "vmap": f"ta.vmap(f{kw})(xs)",
             "vmap(jacrev)": f"ta.vmap(ta.jacrev(f{kw}){kw})(xs)",
+            "jacfwd": f"ta.jacfwd(f{kw}, randomness={'same' if self.random else 'error'!r})(x)",
+            "jvp": f"ta.jvp(f, (x,), (t,){kw})",
         }[transform]
+        wrapped = getattr(self.op.gradcheck_wrapper, "__name__", "") != "<lambda>"
+        call_op = f"op.gradcheck_wrapper(op.op, {args})" if wrapped else f"op({args})"
+        tangent = "t = torch.linspace(-1, 1.3, x.numel(), dtype=x.dtype).reshape(x.shape); "
         return (
-            f"op = {{op_name(o): o for o in op_db}}[{self.name!r}]; f = lambda x: op({args}); "
-            f"xs = torch.stack([x, 0.9 * x + 0.05, 1.1 * x]); {call}"
+            f"op = {{op_name(o): o for o in op_db}}[{self.name!r}]; f = lambda x: {call_op}; "
+            f"xs = torch.stack([x, 0.9 * x + 0.05, 1.1 * x]); "
+            f"{tangent if transform == 'jvp' else ''}{call}"
         )
 
 
@@ -98,10 +108,11 @@ def _output_leaves(out: Any) -> Optional[Tuple[torch.Tensor, ...]]:
 
 def _make_f(op: Any, sample: Any, single: bool, kept: Tuple[int, ...]) -> Callable[..., Any]:
     args, kwargs = sample.args, sample.kwargs
+    wrapper = op.gradcheck_wrapper
 
     def f(x: torch.Tensor) -> Any:
         _seed()  # random ops draw the same numbers in every evaluation
-        out = op(x, *args, **kwargs)
+        out = wrapper(op.op, x, *args, **kwargs)
         return out if single else tuple(out[i] for i in kept)
 
     return f
@@ -142,7 +153,8 @@ def make_case(op: Any, index: int, sample: Any) -> Tuple[Optional[Case], str]:
     try:
         with torch.enable_grad():
             _seed()
-            out = op(x.detach().clone().requires_grad_(True), *sample.args, **sample.kwargs)
+            x_in = x.detach().clone().requires_grad_(True)
+            out = op.gradcheck_wrapper(op.op, x_in, *sample.args, **sample.kwargs)
         leaves = _output_leaves(out)
         if leaves is None:
             return None, "output not tensors"

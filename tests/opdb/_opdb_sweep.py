@@ -4,9 +4,13 @@ References are independent of the library: for ``jacrev`` a row loop of
 :func:`torch.autograd.grad` (:func:`torch.autograd.functional.jacobian` with
 ``vectorize=False``), for ``vmap`` a Python loop over the samples and
 :func:`torch.stack`, for ``vmap(jacrev)`` the Jacobian of each sample,
-stacked.  A result that differs from the reference is adjudicated with
-central finite differences in float64 (``agree-fd`` when it matches them and
-the reference does not).
+stacked.  Forward mode is checked against reverse mode: ``jacfwd`` against the
+same row loop, ``jvp`` (one fixed tangent ``t``) against ``(f(x), J @ t)``
+(:mod:`_opdb_forward`, which also runs torch's plain dual numbers as the
+pseudo-mode ``forward_ad``).  A result that differs from the reference is
+adjudicated with central finite differences in float64 (``agree-fd`` when it
+matches them and the reference does not; the comparisons live in
+:mod:`_opdb_compare`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from _opdb_cases import (
@@ -29,6 +33,14 @@ from _opdb_cases import (
     op_name,
     why_not_swept,
 )
+from _opdb_compare import difference, nonfinite, numerical_jacobian, stack
+from _opdb_forward import (
+    FORWARD,
+    FORWARD_AD,
+    eager_forward,
+    forward_from_jacobian,
+    tangent_of,
+)
 from torch.autograd.functional import jacobian
 
 import tad_autograd as ta
@@ -37,10 +49,9 @@ from tad_autograd.batching_defects import BATCHING_DEFECTS, BatchingDefect, defe
 from tad_autograd.errors import BackendFallbackWarning
 from tad_autograd.registry import REGISTRY
 
-TRANSFORMS = ("jacrev", "vmap", "vmap(jacrev)")
+TRANSFORMS = ("jacrev", "vmap", "vmap(jacrev)", "jacfwd", "jvp")
 RTOL, ATOL = 1e-7, 1e-9  # result against the reference
 FD_RTOL, FD_ATOL = 1e-4, 1e-5  # against central finite differences
-FD_EPS = 1e-6
 #: Function-transform backends: the only ones a batching rule can make wrong.
 _TRANSFORM = frozenset(b for b in REGISTRY.names() if REGISTRY.get(b).is_transform)
 
@@ -51,6 +62,7 @@ class Outcome:
     detail: str = ""
     error: float = 0.0  # max abs difference from the reference
     fd_error: Optional[float] = None  # ... and from finite differences, where computed
+    nonfinite: bool = False  # NaN or infinity where the reference is finite
 
 
 @dataclass(eq=False)
@@ -80,6 +92,10 @@ class Sweep:
     def modes(self) -> Tuple[str, ...]:
         return (*self.backends, "auto")
 
+    def modes_of(self, transform: str) -> Tuple[str, ...]:
+        """The modes run for ``transform``: with plain dual numbers for ``jvp``."""
+        return (*self.modes, FORWARD_AD) if transform == "jvp" else self.modes
+
     def counts(self, transform: str, mode: str) -> Counter:
         c = Counter(
             r.outcomes[transform, mode].kind
@@ -102,73 +118,6 @@ def known_defect(name: str) -> Optional[BatchingDefect]:
     return next((d for d in defects_for() if d.op == name), None)
 
 
-def _leaves(tree: Any) -> Tuple[List[Any], Any]:
-    if isinstance(tree, (tuple, list)):
-        leaves: List[Any] = []
-        specs = []
-        for t in tree:
-            sub, spec = _leaves(t)
-            leaves.extend(sub)
-            specs.append(spec)
-        return leaves, (type(tree).__name__, tuple(specs))
-    return [tree], "tensor" if isinstance(tree, torch.Tensor) else type(tree).__name__
-
-
-def _stack(trees: List[Any]) -> Any:
-    if isinstance(trees[0], torch.Tensor):
-        return torch.stack(trees)
-    return tuple(torch.stack(parts) for parts in zip(*trees))
-
-
-def _difference(
-    result: Any, reference: Any, rtol: float, atol: float
-) -> Tuple[Optional[str], float]:
-    """``(None, d)`` when ``result`` is close to ``reference``, else ``(what differs, d)``."""
-    got, got_spec = _leaves(result)
-    want, want_spec = _leaves(reference)
-    if got_spec != want_spec:
-        return f"structure {got_spec} != reference {want_spec}", float("inf")
-    worst, problem = 0.0, None
-    for i, (g, w) in enumerate(zip(got, want)):
-        if g.shape != w.shape or g.dtype != w.dtype:
-            return (
-                f"leaf {i}: {g.dtype}{tuple(g.shape)} != reference {w.dtype}{tuple(w.shape)}",
-                float("inf"),
-            )
-        if g.layout != w.layout:
-            return f"leaf {i}: layout {g.layout} != reference {w.layout}", float("inf")
-        g, w = g.detach(), w.detach()
-        if g.layout != torch.strided:
-            g, w = g.to_dense(), w.to_dense()
-        if not torch.allclose(g, w, rtol=rtol, atol=atol, equal_nan=True):
-            diff = (g - w).abs().nan_to_num(nan=float("inf")).max().item()
-            worst = max(worst, diff)
-            problem = f"leaf {i}: values differ (max abs diff {worst:.3g})"
-    return problem, worst
-
-
-def _numerical_jacobian(f: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Any:
-    """Central finite differences in the structure of ``f``'s output."""
-    single = isinstance(f(x.clone()), torch.Tensor)
-    flat = x.detach().reshape(-1)
-    columns: List[List[torch.Tensor]] = []
-    with torch.no_grad():
-        for i in range(flat.numel()):
-            plus, minus = flat.clone(), flat.clone()
-            plus[i] += FD_EPS
-            minus[i] -= FD_EPS
-            hi, lo = f(plus.reshape(x.shape)), f(minus.reshape(x.shape))
-            hi, lo = ((hi,), (lo,)) if single else (hi, lo)
-            columns.append([(h - w) / (2 * FD_EPS) for h, w in zip(hi, lo)])
-    jac = tuple(
-        torch.stack([c[k].reshape(-1) for c in columns], dim=-1).reshape(
-            columns[0][k].shape + x.shape
-        )
-        for k in range(len(columns[0]))
-    )
-    return jac[0] if single else jac
-
-
 def _short(error: BaseException) -> str:
     line = (str(error).strip().splitlines() or [""])[0]
     return f"{type(error).__name__}: {line[:160]}"
@@ -182,37 +131,56 @@ class _Runner:
         self.xs = case.batch()
         self._fd: Dict[str, Any] = {}
         self._jacobian: Any = None  # the reference Jacobian of x, the batch's first sample
+        self.tangent = tangent_of(case.x)
 
     def reference(self, transform: str, reuse: bool = True) -> Any:
-        """The independent reference; ``reuse``: take x's Jacobian for the batch's first sample."""
+        """The independent reference; ``reuse``: take x's Jacobian computed before."""
         f, x, xs = self.case.f, self.case.x, self.xs
-        if transform == "jacrev":
-            self._jacobian = jacobian(f, x.clone(), vectorize=False)
+        if transform in ("jacrev", *FORWARD):
+            if not (reuse and transform in FORWARD and self._jacobian is not None):
+                self._jacobian = jacobian(f, x.clone(), vectorize=False)
+            if transform in FORWARD:
+                return self._forward(self._jacobian, transform)
             return self._jacobian
         if transform == "vmap":
             with torch.no_grad():
-                return _stack([f(xi.clone()) for xi in xs])
+                return stack([f(xi.clone()) for xi in xs])
         reuse = reuse and self._jacobian is not None
         first = self._jacobian if reuse else jacobian(f, x.clone(), vectorize=False)
-        return _stack([first] + [jacobian(f, xi.clone(), vectorize=False) for xi in xs[1:]])
+        return stack([first] + [jacobian(f, xi.clone(), vectorize=False) for xi in xs[1:]])
+
+    def _forward(self, jac: Any, transform: str) -> Any:
+        with torch.no_grad():
+            out = self.case.f(self.case.x.clone())
+        return forward_from_jacobian(jac, out, transform, self.tangent)
 
     def finite_differences(self, transform: str) -> Any:
-        if transform not in self._fd:
-            f = self.case.f
-            self._fd[transform] = (
-                _numerical_jacobian(f, self.case.x)
-                if transform == "jacrev"
-                else _stack([_numerical_jacobian(f, xi.clone()) for xi in self.xs])
+        key = "jacrev" if transform in FORWARD else transform
+        f = self.case.f
+        if key not in self._fd:
+            self._fd[key] = (
+                numerical_jacobian(f, self.case.x)
+                if key == "jacrev"
+                else stack([numerical_jacobian(f, xi.clone()) for xi in self.xs])
             )
-        return self._fd[transform]
+        if transform in FORWARD:
+            return self._forward(self._fd[key], transform)
+        return self._fd[key]
 
     def call(self, transform: str, mode: str) -> Any:
         kw: Dict[str, Any] = {} if mode == "auto" else {"backend": mode}
         f = self.case.f
+        if mode == FORWARD_AD:  # plain dual numbers, no library
+            return eager_forward(f, self.case.x.clone(), self.tangent)
         if transform == "jacrev":
             return ta.jacrev(f, **kw)(self.case.x.clone())
         if transform == "vmap":
             return ta.vmap(f, randomness="error", **kw)(self.xs.clone())
+        if transform == "jacfwd":  # f seeds itself: every column sees the same draws
+            randomness = "same" if self.case.random else "error"
+            return ta.jacfwd(f, randomness=randomness, **kw)(self.case.x.clone())
+        if transform == "jvp":
+            return ta.jvp(f, (self.case.x.clone(),), (self.tangent,), **kw)
         inner = ta.jacrev(f, **kw)
         return ta.vmap(inner, randomness="error", **kw)(self.xs.clone())
 
@@ -221,7 +189,7 @@ class _Runner:
             got = self.call(transform, mode)
         except Exception as e:
             return Outcome("error", _short(e))
-        problem, error = _difference(got, reference, RTOL, ATOL)
+        problem, error = difference(got, reference, RTOL, ATOL)
         if problem is None:
             return Outcome("agree")
         if transform == "vmap":  # the eager loop is the ground truth of a forward pass
@@ -229,10 +197,10 @@ class _Runner:
         # Adjudicate with finite differences: autograd's own formula is wrong for a few
         # ops (native_group_norm's backward ignores its mean and rstd outputs).
         fd = self.finite_differences(transform)
-        got_fd, fd_error = _difference(got, fd, FD_RTOL, FD_ATOL)
-        ref_fd, _ = _difference(reference, fd, FD_RTOL, FD_ATOL)
+        got_fd, fd_error = difference(got, fd, FD_RTOL, FD_ATOL)
+        ref_fd, _ = difference(reference, fd, FD_RTOL, FD_ATOL)
         kind = "agree-fd" if got_fd is None and ref_fd is not None else "wrong"
-        return Outcome(kind, problem, error, fd_error)
+        return Outcome(kind, problem, error, fd_error, nonfinite(got, reference))
 
 
 def run_case(case: Case, backends: Tuple[str, ...]) -> CaseResult:
@@ -247,7 +215,7 @@ def run_case(case: Case, backends: Tuple[str, ...]) -> CaseResult:
                 result.skipped[transform] = "reference fails"
                 continue
         outcomes = {}
-        for mode in (*backends, "auto"):
+        for mode in (*backends, "auto", *((FORWARD_AD,) if transform == "jvp" else ())):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 outcomes[transform, mode] = runner.outcome(transform, mode, reference)
@@ -261,7 +229,7 @@ def run_case(case: Case, backends: Tuple[str, ...]) -> CaseResult:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 again = runner.reference(transform, reuse=False)
-            if _difference(again, reference, RTOL, ATOL)[0] is not None:
+            if difference(again, reference, RTOL, ATOL)[0] is not None:
                 result.skipped[transform] = "reference not reproducible"
                 result.fallbacks[transform] = 0
                 continue

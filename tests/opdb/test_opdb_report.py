@@ -1,7 +1,8 @@
 """The OpInfo sweep's counts, printed (also without ``-s``) and recorded as junit properties.
 
-Per transform (``jacrev``, ``vmap``, ``vmap(jacrev)``) and backend (each
-available backend and automatic mode): how many ops agree with the reference,
+Per transform (``jacrev``, ``vmap``, ``vmap(jacrev)``, ``jacfwd``, ``jvp``) and
+backend (each available backend and automatic mode; for ``jvp`` also
+``forward_ad``, torch's plain dual numbers): how many ops agree with the reference,
 agree with finite differences where the reference does not (``agree-fd``),
 raise, or give a wrong number, and how many were skipped and why.  The rules
 are checked in ``test_opdb_rules`` and ``test_opdb_defects``.
@@ -14,6 +15,8 @@ from typing import Any
 
 import pytest
 from _opdb_cases import BATCH, MAX_NUMEL, SAMPLES_PER_OP
+from _opdb_forward import FORWARD_AD
+from _opdb_pending import pending
 from _opdb_sweep import TRANSFORMS, Sweep, known_defect
 
 pytestmark = pytest.mark.slow
@@ -33,7 +36,7 @@ def _report(sweep: Sweep) -> str:
         f"  {'transform':13s} {'backend':10s} " + " ".join(f"{k:>8s}" for k in _KINDS),
     ]
     for transform in TRANSFORMS:
-        for mode in sweep.modes:
+        for mode in sweep.modes_of(transform):
             c = sweep.counts(transform, mode)
             skipped = ", ".join(f"{k}: {v}" for k, v in sorted(c.items()) if k not in _KINDS)
             fallbacks = sum(r.fallbacks[transform] for r in sweep.results)
@@ -44,7 +47,7 @@ def _report(sweep: Sweep) -> str:
                 + (f"   BackendFallbackWarning: {fallbacks}" if mode == "auto" else "")
             )
     for transform in TRANSFORMS:
-        for mode in sweep.modes:
+        for mode in sweep.modes_of(transform):
             fd = sorted({r.case.name for r, _ in sweep.cells(transform, mode, "agree-fd")})
             if fd:
                 lines.append(f"  agree-fd {transform} {mode} (autograd itself is wrong): {fd}")
@@ -52,12 +55,17 @@ def _report(sweep: Sweep) -> str:
                 known = " (BATCHING_DEFECTS)" if known_defect(r.case.name) else ""
                 known = " (automatic mode: never allowed)" if mode == "auto" else known
                 known = " (autograd backend: never allowed)" if mode == "autograd" else known
+                kind = pending(r, o, transform, mode)
+                if kind is not None:
+                    known = f" (pending library fix: {kind})"
+                if mode == FORWARD_AD:
+                    known = " (torch's dual numbers, no library)"
                 fd_err = "" if o.fd_error is None else f", {o.fd_error:.3g} from finite differences"
                 lines.append(
                     f"  wrong{known}: {r.case.label} {transform} {mode}: max abs diff "
                     f"{o.error:.3g} from the reference{fd_err}"
                 )
-    for mode in sweep.modes:
+    for mode in (*sweep.modes, FORWARD_AD):
         errors = Counter(
             o.detail[:100] for t in TRANSFORMS for _, o in sweep.cells(t, mode, "error")
         )
