@@ -21,20 +21,6 @@ PENDING = {
         "logcumsumexp and cholesky_inverse off by 1e-6 to 1e-5), on every backend; automatic "
         "mode and the autograd backend would need a table of such ops to go reverse"
     ),
-    "double-vjp NaN": (
-        "jacfwd (every torch) and jvp (torch 1.13, where logcumsumexp has no forward-mode "
-        "formula) on the autograd backend and in automatic mode give NaN where the reference is "
-        "finite: the eager forward mode's double-vjp trick differentiates a backward formula "
-        "at a zero dummy cotangent, where logcumsumexp's is singular (it takes the log of the "
-        "cotangent)"
-    ),
-    "jvp fallback": (
-        "jvp on the autograd backend and in automatic mode raises or is wrong where torch has "
-        "no forward-mode formula for the op: its reverse-mode fallback (the double-vjp trick) "
-        "raises where the op's backward has no derivative (cdist, pdist, segment_reduce, "
-        "multi_margin_loss, multilabel_margin_loss, embedding_bag); jacfwd, whose fallback is "
-        "rows of backward passes, is right there"
-    ),
 }
 
 
@@ -42,10 +28,6 @@ def pending(r: CaseResult, o: Outcome, transform: str, mode: str) -> str | None:
     """The :data:`PENDING` kind a failing cell belongs to, if any."""
     if o.kind == "wrong" and inherited(r, transform, "wrong"):
         return "forward formula"
-    if o.kind == "wrong" and o.nonfinite and transform in FORWARD and mode in ("autograd", "auto"):
-        return "double-vjp NaN"
-    if transform == "jvp" and mode in ("autograd", "auto") and inherited(r, transform, "error"):
-        return "jvp fallback"
     return None
 
 
