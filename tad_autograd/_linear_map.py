@@ -114,6 +114,14 @@ class _ByRows:
         for o, blocks in zip(self.outputs, self.jacobians()):
             total = torch.zeros(o.numel(), dtype=o.dtype, device=o.device)
             for r, x, t in zip(blocks, self.inputs, tangents):
-                total = total + r.reshape(o.numel(), x.numel()) @ t.reshape(-1).to(r.dtype)
+                total = total + _matvec(r.reshape(o.numel(), x.numel()), t.reshape(-1))
             result.append(total.reshape(o.shape))
         return result
+
+
+def _matvec(matrix: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+    """``matrix @ vector`` in ``matrix``'s dtype, half precisions accumulated in float32
+    (which CPUs of torch < 2.1 also need: they have no half-precision ``addmv``)."""
+    if matrix.dtype in (torch.float16, torch.bfloat16):
+        return (matrix.float() @ vector.float()).to(matrix.dtype)
+    return matrix @ vector.to(matrix.dtype)

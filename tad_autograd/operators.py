@@ -20,6 +20,7 @@ from ._checks import (
 from ._dual import forward_ad_ready
 from ._mode_choice import ModeChoosingJacobian
 from ._operand_checks import with_checked_outputs
+from ._tangent_dtypes import in_output_dtypes, recording_output_dtypes
 from .api import Argnums, jacrev
 from .strategies import Strategy
 from .transforms import Transformed
@@ -185,12 +186,13 @@ def _jacfwd(
     forward_ad_ready()
 
     def build(s: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
-        checked = with_checked_outputs(f, has_aux, "jacfwd")
+        checked = recording_output_dtypes(with_checked_outputs(f, has_aux, "jacfwd"), has_aux)
 
         def make(nums: Argnums) -> Callable[..., Any]:
-            return s.jacfwd(
+            fn = s.jacfwd(
                 checked, nums, has_aux=has_aux, randomness=randomness, chunk_size=chunk_size
             )
+            return in_output_dtypes(fn, has_aux)
 
         if all(n >= 0 for n in ((argnums,) if isinstance(argnums, int) else argnums)):
             return make(argnums)

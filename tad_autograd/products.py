@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional, Tuple
 from ._checks import check_backend, check_has_aux, check_inference_mode
 from ._dual import forward_ad_ready
 from ._operand_checks import check_primals, check_primals_tangents, with_checked_outputs
+from ._tangent_dtypes import like_output, tangents_like_outputs
 from .strategies import Strategy
 from .transforms import Transformed, run_on_named_backend
 
@@ -129,7 +130,7 @@ def jvp(
 
     def build(s: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
         checked = with_checked_outputs(f, has_aux, "jvp")
-        return lambda p, t: s.jvp(checked, p, t, has_aux=has_aux)
+        return lambda p, t: tangents_like_outputs(s.jvp(checked, p, t, has_aux=has_aux))
 
     return _at_once("jvp", func, backend, build, primals, tangents)
 
@@ -159,7 +160,12 @@ def linearize(
 
     def build(s: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
         checked = with_checked_outputs(f, False, "linearize")
-        return lambda *p: s.linearize(checked, p)
+
+        def linearize_at(*p: Any) -> Tuple[Any, Callable[..., Any]]:
+            output, jvp_fn = s.linearize(checked, p)
+            return output, lambda *t: like_output(output, jvp_fn(*t))
+
+        return linearize_at
 
     result: Tuple[Any, Callable[..., Any]] = _at_once("linearize", func, backend, build, *primals)
     return result

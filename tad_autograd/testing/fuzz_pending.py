@@ -32,13 +32,6 @@ __all__ = ["PENDING", "PENDING_HITS", "pending_bug"]
 
 #: The reported bugs, by name: what goes wrong, and a minimal reproducer.
 PENDING: Dict[str, str] = {
-    "float64 tangents": (
-        "forward mode returns float64 tangents for float32 0-dim functions that multiply by a "
-        "Python float (0.5 * torch.cos(x)): torch.func's jvp/jacfwd on every torch, and torch's "
-        "dual numbers (the autograd backend, automatic mode) on 1.13 and 2.0. "
-        "ta.jvp(lambda x: 0.5 * torch.cos(x), (torch.tensor(-0.5),), (torch.tensor(1.0),), "
-        "backend='func')[1].dtype is torch.float64"
-    ),
     "requires_grad of products": (
         "requires_grad differs from torch.func's: vjp under no_grad/inference_mode returns an "
         "output that is a captured leaf requiring grad without requires_grad (torch.func: the "
@@ -57,14 +50,6 @@ PENDING: Dict[str, str] = {
         "ta.jacfwd(lambda v: (v @ v).sum(), chunk_size=1, backend='functorch')"
         "(torch.tensor([0.94, 0.42])) raises 'Could not allocate memory to change Tensor "
         "SizesAndStrides!'"
-    ),
-    "forward-mode fallback in half precision": (
-        "jvp (and the forward-mode operators built on it) of a float16/bfloat16 function "
-        "holding a custom autograd.Function raises on the autograd backend and in automatic "
-        "mode on torch 1.13 and 2.0: the reverse-mode fallback multiplies in half precision, "
-        "which the CPU lacks there ('\"addmv_impl_cpu\" not implemented for 'Half''). "
-        "ta.jvp(lambda x: OldStyleSin.apply(x.float()).half(), (torch.tensor(0.3).half(),), "
-        "(torch.tensor(1.0).half(),))"
     ),
 }
 

@@ -91,6 +91,31 @@ def test_old_style_function_in_every_operator(backend: Optional[str], op: str) -
     assert_tree_close(call(x, t), _references(f_vec, f_scalar, x, t)[op])
 
 
+@pytest.mark.filterwarnings("ignore::tad_autograd.BackendFallbackWarning")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("op", ["jvp", "linearize", "jacfwd", "jacobian", "hvp"])
+def test_old_style_function_in_half_precision(
+    backend: Optional[str], op: str, dtype: torch.dtype
+) -> None:
+    # forward mode through rows of backward passes, multiplied in half precision
+    def f_vec(x):
+        return OldStyleExp.apply(x.float()).to(dtype) * x.roll(1)
+
+    def f_scalar(x):
+        return (OldStyleExp.apply(x.float()).to(dtype) * x).sum()
+
+    x, t = torch.linspace(0.1, 0.6, 6, dtype=dtype), torch.linspace(-1, 1, 6, dtype=dtype)
+    call = _ops(f_vec, f_scalar, backend)[op]
+    if backend is not None and REGISTRY.get(backend).is_transform:
+        with pytest.raises(RuntimeError):  # torch.func refuses it; never a wrong number
+            call(x, t)
+        return
+    expected = _references(f_vec, f_scalar, x.double(), t.double())[op]
+    for r, e in zip(tree_flatten(call(x, t))[0], tree_flatten(expected)[0]):
+        assert r.dtype == dtype
+        torch.testing.assert_close(r.double(), e, rtol=0.05, atol=0.05)
+
+
 @pytest.mark.parametrize("op", OPS)
 def test_no_grad_still_differentiates(backend: Optional[str], op: str) -> None:
     x = torch.linspace(0.1, 0.6, 6, dtype=F64).requires_grad_(True)

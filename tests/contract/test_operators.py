@@ -376,3 +376,27 @@ def test_integer_outputs_raise_in_every_product(backend) -> None:
         ta.hvp(lambda x: (x * 2).sum().long(), (x,), (x,), backend=backend)
     with pytest.raises(RuntimeError):
         ta.linearize(lambda x: x > 1, x, backend=backend)
+
+
+@pytest.mark.parametrize("shape", [(), (1,)])
+def test_forward_mode_results_keep_the_outputs_dtype(backend, shape) -> None:
+    # torch's forward mode computes 0.5 * x for a 0-dim float32 x with a float64 tangent
+    x = torch.full(shape, -0.5)
+    t = torch.ones(shape)
+
+    def f(x):
+        return 0.5 * torch.cos(x) + 1.0
+
+    reference = reference_jacobian(f, x)
+    out, jv = ta.jvp(f, (x,), (t,), backend=backend)
+    assert (out.dtype, jv.dtype) == (torch.float32, torch.float32)
+    torch.testing.assert_close(jv, (reference.reshape(1, 1) @ t.reshape(1)).reshape(shape))
+    for jac in (
+        ta.jacfwd(f, backend=backend)(x),
+        ta.jacobian(f, mode="forward", backend=backend)(x),
+    ):
+        assert jac.dtype == torch.float32
+        torch.testing.assert_close(jac, reference)
+    jac_pair, aux = ta.jacfwd(lambda x: ((f(x), x.double()), x), has_aux=True, backend=backend)(x)
+    assert [j.dtype for j in jac_pair] == [torch.float32, torch.float64]
+    assert ta.linearize(f, x, backend=backend)[1](t).dtype == torch.float32
