@@ -307,12 +307,13 @@ def jacrev_tensor_args_only(
 def vmap_batch_of_one_guard(vmap: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap functorch 1.13's ``vmap`` against its batch-of-one bug.
 
-    On torch 1.13, ``vmap`` over a batch of size 1 of 0-dimensional samples
-    fails inside ``grad``/``vjp``/``jacrev`` through a reduction
-    (``vmap(jacrev(lambda x: x.sum()))(torch.ones(1))`` raises ``RuntimeError:
+    On torch 1.13, ``vmap`` over a batch of size 1 fails inside
+    ``grad``/``vjp``/``jacrev``/``jvp`` through a reduction to a 0-dimensional
+    sample (``vmap(jacrev(lambda x: x.sum()))(torch.ones(1))`` and a ``jacfwd``
+    chunk of one column of ``lambda v: (v @ v).sum()`` raise ``RuntimeError:
     Could not allocate memory to change Tensor SizesAndStrides!``); batch sizes
-    of 2 and more work.  For exactly that case the batch is duplicated and the
-    first half of every output kept; every other call goes straight through.
+    of 2 and more work.  A batch of size 1 is therefore duplicated and the first
+    half of every output kept; every other call goes straight through.
 
     Parameters
     ----------
@@ -335,9 +336,7 @@ def vmap_batch_of_one_guard(vmap: Callable[..., Any]) -> Callable[..., Any]:
 
         def call(*args: Any, **kwargs: Any) -> Any:
             batched = flatten_args(func, in_dims, args)  # torch.func's checks and words
-            if batched.size != 1 or not any(
-                d is not None and leaf.dim() == 1 for leaf, d in zip(batched.leaves, batched.dims)
-            ):
+            if batched.size != 1:
                 return batched_func(*args, **kwargs)
             doubled = tree_unflatten(
                 [

@@ -43,14 +43,6 @@ PENDING: Dict[str, str] = {
         "(jacfwd(lambda x, k: (x / k, x.sin()))(x, 1) with x requiring grad: [False, True], "
         "torch.func.jacfwd: [True, True])"
     ),
-    "chunked jacfwd, functorch 1.13": (
-        "jacfwd with a chunk_size that leaves a chunk of one column fails on the 'functorch' "
-        "backend on torch 1.13 where functorch.jacfwd works: the chunks are vmapped with "
-        "functorch's own vmap, whose batch-of-one bug the library's vmap works around. "
-        "ta.jacfwd(lambda v: (v @ v).sum(), chunk_size=1, backend='functorch')"
-        "(torch.tensor([0.94, 0.42])) raises 'Could not allocate memory to change Tensor "
-        "SizesAndStrides!'"
-    ),
 }
 
 #: How often each entry of :data:`PENDING` was recognised in this process.

@@ -212,6 +212,14 @@ def test_jacfwd_matches_the_row_loop(backend, chunk_size) -> None:
     assert_tree_close(jac, reference_jacobian(_field, x))
 
 
+@pytest.mark.parametrize("chunk_size", [None, 1, 2])
+def test_jacfwd_of_a_scalar_in_chunks(backend, chunk_size) -> None:
+    # a chunk of one column of a scalar output: functorch 1.13's vmap fails on batches of one
+    x = torch.tensor([0.94, 0.42, -0.3], dtype=DT)
+    jac = ta.jacfwd(lambda v: (v @ v).sum(), chunk_size=chunk_size, backend=backend)(x)
+    assert_tree_close(jac, 2 * x)
+
+
 def test_jacfwd_structure_argnums_and_aux(backend) -> None:
     x, y = torch.randn(2, dtype=DT), torch.randn(3, dtype=DT)
 
