@@ -10,7 +10,7 @@ parameters and cotangents or tangents that require grad.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import torch
 
@@ -25,20 +25,9 @@ from ._operand_checks import (
     split_aux,
 )
 from ._pytree import tree_flatten, tree_unflatten
-from ._stand_ins import any_dual, stand_ins
+from ._stand_ins import any_dual, as_returned, stand_ins
 
 __all__ = ["eager_vjp", "eager_grad", "eager_grad_and_value", "eager_hvp"]
-
-
-def _as_returned(
-    outputs: List[torch.Tensor], keep: bool, aliases: Sequence[Tuple[torch.Tensor, torch.Tensor]]
-) -> List[torch.Tensor]:
-    """Outputs as the caller gets them: with their graph only when ``keep``; an input as itself."""
-    out = []
-    for o in outputs:
-        original = next((orig for s, orig in aliases if s is o), None)
-        out.append(original if original is not None else (o if keep else o.detach()))
-    return out
 
 
 def eager_vjp(func: Callable[..., Any], primals: Tuple[Any, ...], has_aux: bool) -> Any:
@@ -68,7 +57,6 @@ def eager_vjp(func: Callable[..., Any], primals: Tuple[Any, ...], has_aux: bool)
     keep = outer_grad and (
         external or reaches_other_leaves([o for o in out_leaves if o.requires_grad], ours)
     )
-    aliases = list(zip(inputs, leaves))
 
     def vjp_fn(
         cotangents: Any, retain_graph: bool = True, create_graph: Optional[bool] = None
@@ -107,7 +95,7 @@ def eager_vjp(func: Callable[..., Any], primals: Tuple[Any, ...], has_aux: bool)
         ]
         return tree_unflatten(filled, spec)
 
-    output = tree_unflatten(_as_returned(out_leaves, keep, aliases), out_spec)
+    output = tree_unflatten(as_returned(out_leaves, keep, inputs, leaves), out_spec)
     if not has_aux:
         return output, vjp_fn
     aux_leaves, aux_spec = tree_flatten(aux)
@@ -119,7 +107,7 @@ def eager_vjp(func: Callable[..., Any], primals: Tuple[Any, ...], has_aux: bool)
         else a
         for a in aux_leaves
     ]
-    return output, vjp_fn, tree_unflatten(_as_returned(kept, True, aliases), aux_spec)
+    return output, vjp_fn, tree_unflatten(as_returned(kept, True, inputs, leaves), aux_spec)
 
 
 def eager_grad(func: Callable[..., Any], argnums: Any, has_aux: bool, args: Tuple[Any, ...]) -> Any:

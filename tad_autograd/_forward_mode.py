@@ -40,7 +40,7 @@ from ._operand_checks import (
 )
 from ._pytree import flatten, tree_flatten, tree_unflatten, unflatten
 from ._rng import RngStates, visible_generators
-from ._stand_ins import any_dual, check_argnums, check_outputs, stand_ins
+from ._stand_ins import any_dual, as_returned, check_argnums, check_outputs, stand_ins
 
 __all__ = ["eager_jvp", "eager_jacfwd", "eager_linearize"]
 
@@ -158,7 +158,7 @@ def _reverse_jvp(
                 keep or any_dual(inputs) or (outer_grad and any(t.requires_grad for t in t_leaves))
             )
             products = linear_map(out_leaves, inputs, create)(t_leaves, create)
-            primal = [o if keep else o.detach() for o in out_leaves]
+            primal = as_returned(out_leaves, keep, inputs, p_leaves)
             output = tree_unflatten(primal, out_spec), tree_unflatten(products, out_spec)
             if not has_aux:
                 return output
@@ -339,4 +339,4 @@ def eager_linearize(func: Callable[..., Any], primals: Tuple[Any, ...]) -> Tuple
         create = keep or (torch.is_grad_enabled() and any(t.requires_grad for t in t_leaves))
         return tree_unflatten(apply(t_leaves, create), out_spec)
 
-    return tree_unflatten([o if keep else o.detach() for o in out_leaves], out_spec), jvp_fn
+    return tree_unflatten(as_returned(out_leaves, keep, inputs, p_leaves), out_spec), jvp_fn

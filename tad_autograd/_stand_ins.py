@@ -106,6 +106,39 @@ def stand_ins(leaves: Sequence[torch.Tensor]) -> Tuple[List[torch.Tensor], bool]
     return [prepare_input(x, i) for i, x in enumerate(leaves)], any(x.requires_grad for x in leaves)
 
 
+def as_returned(
+    outputs: Sequence[torch.Tensor],
+    keep: bool,
+    inputs: Sequence[torch.Tensor],
+    originals: Sequence[torch.Tensor],
+) -> List[torch.Tensor]:
+    """Outputs of an eager call as :mod:`torch.func` returns them.
+
+    A stand-in (the function returned its input) comes back as the caller's
+    ``originals`` entry; a tensor the call did not compute (a captured leaf, a
+    constant) as itself; anything else with its graph only when ``keep``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x, w = torch.zeros(1), torch.ones(1, requires_grad=True)
+    >>> (s,), _ = stand_ins([x])
+    >>> out = as_returned([s, w, s * 2], False, [s], [x])
+    >>> out[0] is x, out[1] is w, out[2].requires_grad
+    (True, True, False)
+    """
+    result = []
+    for o in outputs:
+        original = next((orig for s, orig in zip(inputs, originals) if s is o), None)
+        if original is not None:
+            result.append(original)
+        elif keep or o.grad_fn is None:
+            result.append(o)
+        else:
+            result.append(o.detach())
+    return result
+
+
 def dual_tangent(x: torch.Tensor) -> Optional[torch.Tensor]:
     """The forward-mode tangent of ``x`` (a dual number of torch.autograd.forward_ad), or None.
 
@@ -116,7 +149,8 @@ def dual_tangent(x: torch.Tensor) -> Optional[torch.Tensor]:
     Examples
     --------
     >>> import torch
-    >>> from tad_autograd._dual import dual_level, make_dual
+    >>> from tad_autograd._dual import dual_level, forward_ad_ready, make_dual
+    >>> forward_ad_ready()
     >>> dual_tangent(torch.zeros(1)) is None
     True
     >>> with dual_level():

@@ -39,10 +39,9 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import torch
 
 from .._pytree import tree_flatten
-from .._torch_info import TORCH_VERSION
 from .compare import default_tolerances, spec_repr
 from .fuzz_case import FuzzCase
-from .fuzz_pending import pending_bug
+from .fuzz_grad_flags import requires_grad_as_torch_func, requires_grad_of
 from .fuzz_product_case import expects_random_error
 from .fuzz_products import PRODUCT_OPERATORS, build_product
 from .fuzz_reference import REFERENCE, LibraryOps, build_operator, direct_ops, transform_backends
@@ -145,10 +144,6 @@ def _detach(tree: Any) -> Any:
     return map_tensors(lambda t: t.detach(), tree)
 
 
-def _requires_grad(tree: Any) -> List[Any]:
-    return [t.requires_grad if isinstance(t, torch.Tensor) else None for t in tree_flatten(tree)[0]]
-
-
 def _describe(exc: BaseException) -> str:
     notes = "".join(f"\n  note: {n}" for n in getattr(exc, "__notes__", ()))
     return f"{type(exc).__name__}: {exc}{notes}"
@@ -177,11 +172,7 @@ def check_case(case: FuzzCase, backends: Optional[Sequence[Optional[str]]] = Non
     judged = _judged(case)
     for backend in backends:
         lib = _run_library(case, backend)
-        try:
-            judged.judge(case, backend, lib)
-        except _Failure:
-            if pending_bug(case, backend, lib, judged) is None:
-                raise
+        judged.judge(case, backend, lib)
 
 
 def _judged(case: FuzzCase) -> _Judged:
@@ -250,8 +241,8 @@ class _Judged:
 
     def requires_grad(self, lib: Any) -> Tuple[List[Any], List[Any]]:
         """``requires_grad`` per result leaf of ``lib``, and of torch.func's result."""
-        want = _requires_grad(self.direct.value) if self.direct is not None else []
-        return _requires_grad(lib.value), want
+        want = requires_grad_of(self.direct.value) if self.direct is not None else []
+        return requires_grad_of(lib.value), want
 
     def failure(self, case: FuzzCase, backend: Optional[str], lib: Any) -> Optional[str]:
         """The kind of the first check ``lib`` fails (``None``: it passes them all)."""
@@ -353,34 +344,15 @@ class _Judged:
             )
         except AssertionError as e:
             raise _Failure("value", str(e)) from None
-        if self.direct_ok and direct is not None and not _view_flag_under_no_grad(case, backend):
-            got, want = _requires_grad(lib.value), _requires_grad(direct.value)
+        if self.direct_ok and direct is not None:
+            got, want = requires_grad_of(lib.value), requires_grad_of(direct.value)
             _check(
-                got == want,
+                requires_grad_as_torch_func(case, backend, lib.value, direct.value),
                 "requires_grad",
                 lambda: (
                     f"{what}: requires_grad per result leaf {got} != torch.func's {want}{report}"
                 ),
             )
-
-
-def _view_flag_under_no_grad(case: Any, backend: Optional[str]) -> bool:
-    """Whether ``requires_grad`` parity is a known, documented difference for ``case``.
-
-    Under ``no_grad`` (and ``inference_mode``) the loop ``vmap`` (the ``"autograd"``
-    backend, and automatic mode for small batches) stacks each sample's outputs into a
-    new tensor, which
-    carries no ``requires_grad``; ``torch.func.vmap`` returns an output that is a view
-    of an unbatched input requiring grad as such a view, and views made under
-    ``no_grad`` keep their base's flag (the values agree; only the flag of a tensor
-    without a graph differs).  On torch 1.13 the ``functorch`` backend copies too for a
-    batch of one (it works around functorch's batch-of-one bug by doubling the batch), and
-    every backend joins chunks by concatenation (torch.func too).
-    """
-    copies = ("autograd", None) if TORCH_VERSION.major >= 2 else ("autograd", None, "functorch")
-    # chunks are joined by concatenation (a copy) in torch.func too; the reference runs unchunked
-    copying = backend in copies or case.chunk_size is not None
-    return case.op == "vmap" and case.context in ("no_grad", "inference_mode") and copying
 
 
 def _leaf_message(where: str, message: str) -> str:

@@ -1,0 +1,113 @@
+"""The fuzzer's judgement of ``requires_grad``: each result leaf as torch.func's, with
+two measured, documented exceptions.
+
+Examples
+--------
+>>> import torch
+>>> requires_grad_of((torch.zeros(1, requires_grad=True), 1))
+[True, None]
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+import torch
+
+from .._pytree import tree_flatten
+from .._torch_info import TORCH_VERSION
+
+__all__ = ["requires_grad_of", "requires_grad_as_torch_func"]
+
+
+def requires_grad_of(tree: Any) -> List[Any]:
+    """``requires_grad`` per leaf of ``tree`` (``None`` for a leaf that is not a tensor)."""
+    return [t.requires_grad if isinstance(t, torch.Tensor) else None for t in tree_flatten(tree)[0]]
+
+
+def requires_grad_as_torch_func(case: Any, backend: Optional[str], ours: Any, theirs: Any) -> bool:
+    """Whether each leaf of ``ours`` requires grad as torch.func's ``theirs`` does.
+
+    Two differences are accepted, each where it is checked to hold:
+    :func:`_view_flag_under_no_grad` and :func:`_only_zero_derivatives_lost`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.ones(1, requires_grad=True)
+    >>> requires_grad_as_torch_func(None, None, torch.ones(1), x * 0)  # zero derivative
+    True
+    >>> requires_grad_as_torch_func(None, None, torch.ones(1), x * 2)
+    False
+    """
+    if requires_grad_of(ours) == requires_grad_of(theirs):
+        return True
+    if case is not None and _view_flag_under_no_grad(case, backend):
+        return True
+    return _only_zero_derivatives_lost(ours, theirs)
+
+
+def _only_zero_derivatives_lost(ours: Any, theirs: Any) -> bool:
+    """Whether every leaf whose ``requires_grad`` differs from torch.func's is one that
+    torch.func returns with a graph of zero derivative, and the library without one.
+
+    torch.func's forward-mode formulas touch primals whose terms then vanish
+    (``x / 2``'s tangent is ``t / 2 - 0 * (x / 2) / 2``), so a tangent that does not
+    depend on anything requiring grad may still carry a graph; whether it does
+    depends on each op's formula (``torch.func.linearize`` and ``torch.func.jvp``
+    disagree on the same function).  The library's eager products carry a graph only
+    where the result depends on something requiring grad.  Accepted only where
+    differentiating torch.func's leaf gives zero (or nothing) for every tensor its
+    graph reaches; a leaf that requires grad here but not in torch.func never is.
+    """
+    mine, other = tree_flatten(ours)[0], tree_flatten(theirs)[0]
+    if len(mine) != len(other):
+        return False
+    for a, b in zip(mine, other):
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+            continue
+        if a.requires_grad == b.requires_grad:
+            continue
+        if a.requires_grad or not _zero_derivative(b):
+            return False
+    return True
+
+
+def _zero_derivative(t: torch.Tensor) -> bool:
+    """Whether ``t``'s derivative with respect to every leaf of its graph is zero."""
+    leaves, seen, stack = [], set(), [t.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, torch.Tensor):
+            leaves.append(variable)
+        stack.extend(n for n, _ in node.next_functions)
+    if not leaves:
+        return True
+    with torch.enable_grad():
+        grads = torch.autograd.grad(
+            t, leaves, torch.ones_like(t), retain_graph=True, allow_unused=True
+        )
+    return all(g is None or not bool(g.ne(0).any()) for g in grads)
+
+
+def _view_flag_under_no_grad(case: Any, backend: Optional[str]) -> bool:
+    """Whether ``requires_grad`` parity is a known, documented difference for ``case``.
+
+    Under ``no_grad`` (and ``inference_mode``) the loop ``vmap`` (the ``"autograd"``
+    backend, and automatic mode for small batches) stacks each sample's outputs into a
+    new tensor, which
+    carries no ``requires_grad``; ``torch.func.vmap`` returns an output that is a view
+    of an unbatched input requiring grad as such a view, and views made under
+    ``no_grad`` keep their base's flag (the values agree; only the flag of a tensor
+    without a graph differs).  On torch 1.13 the ``functorch`` backend copies too for a
+    batch of one (it works around functorch's batch-of-one bug by doubling the batch), and
+    every backend joins chunks by concatenation (torch.func too).
+    """
+    copies = ("autograd", None) if TORCH_VERSION.major >= 2 else ("autograd", None, "functorch")
+    # chunks are joined by concatenation (a copy) in torch.func too; the reference runs unchunked
+    copying = backend in copies or case.chunk_size is not None
+    return case.op == "vmap" and case.context in ("no_grad", "inference_mode") and copying
