@@ -270,12 +270,12 @@ def jacrev_tensor_args_only(
 ) -> Callable[..., Any]:
     """``jacrev(func, argnums, **kwargs)`` that lets non-tensor arguments pass through.
 
-    torch 2.0's ``jacrev`` checks every positional argument for a complex
-    dtype and fails on anything without ``.dtype`` (``AttributeError: 'int'
-    object has no attribute 'dtype'``), although only the arguments at
-    ``argnums`` are differentiated.  When some argument is not a tensor, the
-    others are closed over and only the differentiated ones reach ``jacrev``;
-    the result has the same structure.
+    torch 2.0's ``jacrev`` (and ``jacfwd``: pass it as ``jacrev``) checks every
+    positional argument for a complex dtype and fails on anything without
+    ``.dtype`` (``AttributeError: 'int' object has no attribute 'dtype'``),
+    although only the arguments at ``argnums`` are differentiated.  When some
+    argument is not a tensor, the others are closed over and only the
+    differentiated ones reach ``jacrev``; the result has the same structure.
 
     Examples
     --------

@@ -128,9 +128,14 @@ class FuncBackend(Backend):
             return super().jacfwd(
                 func, argnums, has_aux=has_aux, randomness=randomness, chunk_size=chunk_size
             )
-        fn: Callable[..., Any] = _torch_func().jacfwd(
-            func, argnums, has_aux=has_aux, randomness=randomness
-        )
+        jacfwd = _torch_func().jacfwd
+        if _JACREV_NEEDS_TENSOR_ARGS:  # torch 2.0's jacfwd checks every argument's dtype too
+            return locked(
+                jacrev_tensor_args_only(
+                    jacfwd, func, argnums, has_aux=has_aux, randomness=randomness
+                )
+            )
+        fn: Callable[..., Any] = jacfwd(func, argnums, has_aux=has_aux, randomness=randomness)
         return locked(fn)  # dual levels are process-wide
 
     def vmap(

@@ -208,7 +208,14 @@ class FunctorchBackend(Backend):
             return super().jacfwd(
                 func, argnums, has_aux=has_aux, randomness=randomness, chunk_size=chunk_size
             )
-        return locked(_transforms().jacfwd(func, argnums, has_aux=has_aux, randomness=randomness))
+        jacfwd = _transforms().jacfwd
+        if _JACREV_NEEDS_TENSOR_ARGS:  # torch 2.0's jacfwd checks every argument's dtype too
+            return locked(
+                jacrev_tensor_args_only(
+                    jacfwd, func, argnums, has_aux=has_aux, randomness=randomness
+                )
+            )
+        return locked(jacfwd(func, argnums, has_aux=has_aux, randomness=randomness))
 
     def _jacrev(
         self,

@@ -408,3 +408,17 @@ def test_forward_mode_results_keep_the_outputs_dtype(backend, shape) -> None:
     jac_pair, aux = ta.jacfwd(lambda x: ((f(x), x.double()), x), has_aux=True, backend=backend)(x)
     assert [j.dtype for j in jac_pair] == [torch.float32, torch.float64]
     assert ta.linearize(f, x, backend=backend)[1](t).dtype == torch.float32
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1])
+def test_jacfwd_passes_non_tensor_arguments_through(backend, chunk_size) -> None:
+    # torch 2.0's jacfwd reads the dtype of every positional argument
+    x = torch.tensor([0.3, 0.5], dtype=DT)
+
+    def f(k, x, s):
+        return (x / k).sin() * len(s)
+
+    expected = reference_jacobian(lambda x: f(2, x, "ab"), x)
+    jac = ta.jacfwd(f, argnums=1, chunk_size=chunk_size, backend=backend)(2, x, "ab")
+    assert_tree_close(jac, expected)
+    assert_tree_close(ta.jacobian(f, 1, mode="forward", backend=backend)(2, x, "ab"), expected)
