@@ -176,14 +176,12 @@ def eager_hvp(
         try:
             value = check_scalar_output(func(*tree_unflatten(list(inputs), spec)), "hvp")
             ours = {id(x) for x in inputs}
-            keep = any_dual(inputs) or (
+            keep_value = any_dual(inputs) or (
                 outer_grad
-                and (
-                    external
-                    or any(t.requires_grad for t in t_leaves)
-                    or (value.requires_grad and reaches_other_leaves([value], ours))
-                )
+                and (external or (value.requires_grad and reaches_other_leaves([value], ours)))
             )
+            # the products depend on the tangents too; the value does not
+            keep = keep_value or (outer_grad and any(t.requires_grad for t in t_leaves))
             products: Sequence[Optional[torch.Tensor]] = [None] * len(inputs)
             if value.requires_grad:
                 with custom_backwards_guarded([value], True):
@@ -203,7 +201,7 @@ def eager_hvp(
                 (h if keep else h.detach()) if h is not None else torch.zeros_like(x.detach())
                 for h, x in zip(products, inputs)
             ]
-            returned = value if keep and value.requires_grad else value.detach()
+            returned = value if keep_value and value.requires_grad else value.detach()
             return returned, tree_unflatten(filled, spec)
         finally:
             retire(inputs)

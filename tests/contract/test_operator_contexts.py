@@ -170,11 +170,11 @@ def _torch_func_ops(w: torch.Tensor) -> Dict[str, Callable[..., Any]]:
 
 
 @pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("needs_grad", ["input", "captured", "nothing"])
+@pytest.mark.parametrize("needs_grad", ["input", "captured", "tangent", "nothing"])
 def test_requires_grad_as_torch_func(backend: Optional[str], op: str, needs_grad: str) -> None:
     w = torch.tensor(1.5, dtype=F64, requires_grad=needs_grad == "captured")
     x = torch.linspace(0.1, 0.6, 6, dtype=F64).requires_grad_(needs_grad == "input")
-    t = torch.linspace(-1, 1, 6, dtype=F64)
+    t = torch.linspace(-1, 1, 6, dtype=F64).requires_grad_(needs_grad == "tangent")
     ours = _ops(lambda x: field(x) * w, lambda x: energy(x) * w, backend)[op](x, t)
     theirs = _torch_func_ops(w)[op](x, t)
     if op == "hvp":  # torch.func: (grad, H t); ours: (value, (H t,))
