@@ -347,7 +347,7 @@ class _Judged:
         if self.direct_ok and direct is not None:
             got, want = requires_grad_of(lib.value), requires_grad_of(direct.value)
             _check(
-                requires_grad_as_torch_func(case, backend, lib.value, direct.value),
+                requires_grad_as_torch_func(case, backend, lib, direct),
                 "requires_grad",
                 lambda: (
                     f"{what}: requires_grad per result leaf {got} != torch.func's {want}{report}"

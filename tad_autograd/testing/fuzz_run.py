@@ -94,6 +94,8 @@ class Outcome:
         self.side_effects: List[str] = []
         self.rng_before: Optional[torch.Tensor] = None
         self.rng_after: Optional[torch.Tensor] = None
+        #: The tensors the operator was called with (pytree leaves).
+        self.inputs: List[torch.Tensor] = []
 
 
 def _snapshot(owned: List[torch.Tensor]) -> List[Tuple[Any, ...]]:
@@ -178,6 +180,7 @@ def run_operator(
     res = Outcome()
     program.reset()
     call_args, owned = prepare_inputs(args, kind)
+    res.inputs = [t for t in tree_flatten(call_args)[0] if isinstance(t, torch.Tensor)]
     w = _aux_param(case, program.io_dtype)
     fn = _operator(ns, case, program, w)
     snap = _snapshot(owned + [w])
