@@ -53,6 +53,7 @@ def stages_of(kind: str) -> Stages:
     """
     return REVERSE_STAGES + ("tangent",) if kind in _FORWARD_KINDS else REVERSE_STAGES
 
+
 _MARK = "_tad_autograd_inside_transform"
 
 #: The stages of the installed torch's defects (asked on hot paths, so computed once).
@@ -151,7 +152,10 @@ class DefectWatch(TorchFunctionMode):
         args: Tuple[Any, ...] = (),
         kwargs: Optional[Dict[str, Any]] = None,
     ) -> Any:
+        # on every op the function calls: one dict look-up, nothing allocated
         defect = self._callables.get(func)
         if defect is not None and defect.matches(args, kwargs or {}):
             raise DefectiveBatchingError(defect.op, defect.what, defect.stage)
-        return func(*args, **(kwargs or {}))
+        if kwargs:
+            return func(*args, **kwargs)
+        return func(*args)
