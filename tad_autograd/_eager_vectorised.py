@@ -23,8 +23,16 @@ from ._rng import RngStates, visible_generators
 from ._rows import LOOP_MAX_ROWS
 from ._strategy import Strategy
 from ._torch_info import transforms_active
-from ._transform_failures import DefectiveBatchingError, DefectWatch, mark_inside_transform
+from ._transform_failures import (
+    FORWARD_STAGES,
+    REVERSE_STAGES,
+    DefectiveBatchingError,
+    DefectWatch,
+    mark_inside_transform,
+    stages_of,
+)
 from .backends.base import ArgnumsT, Backend, InDimsT, OutDimsT
+from .batching_defects import Stages
 from .settings import CONTEXT, ORIGIN_AUTOMATIC_EAGER
 
 __all__ = ["EagerVectorisedStrategy", "LOOP_MAX_BATCH", "LOOP_MAX_BATCH_ACCELERATOR"]
@@ -69,9 +77,9 @@ class EagerVectorisedStrategy(Strategy):
                     inside.append(
                         backend.jacrev(func, argnums, has_aux=has_aux, chunk_size=chunk_size)
                     )
-                if not DefectWatch.needed():
+                if not DefectWatch.needed(REVERSE_STAGES):
                     return inside[0](*args)
-                with DefectWatch():
+                with DefectWatch(REVERSE_STAGES):
                     return inside[0](*args)
             return eager_jacobian(func, argnums, has_aux, args, vmap, chunk_size)
 
@@ -111,12 +119,14 @@ class EagerVectorisedStrategy(Strategy):
     # -- the other operators: eager outside transforms, the backend's inside -------------
 
     def _inside(
-        self, make: Callable[[], Callable[..., Any]], stage: Optional[str] = None
+        self, make: Callable[[], Callable[..., Any]], stage: Stages = REVERSE_STAGES
     ) -> Callable[..., Any]:
         """``make()``'s operator, built on first need, run under the defect watch if needed.
 
-        ``stage``: the defects to watch for (default: all).  A forward-mode
-        Jacobian vmaps the function itself and no backward pass: ``"forward"``.
+        ``stage``: the defects to watch for (default: the batching defects).  A
+        forward-mode Jacobian vmaps the function itself and pushes tangents, with
+        no backward pass: :data:`FORWARD_STAGES`; products that push tangents
+        (``jvp``, ``linearize``, ``hvp``) watch for every stage.
         """
         built: List[Callable[..., Any]] = []
 
@@ -165,7 +175,7 @@ class EagerVectorisedStrategy(Strategy):
             lambda: self.backend.jacfwd(
                 func, argnums, has_aux=has_aux, randomness=randomness, chunk_size=chunk_size
             ),
-            "forward",
+            FORWARD_STAGES,
         )
 
         def jacobian_fn(*args: Any) -> Any:
@@ -194,23 +204,25 @@ class EagerVectorisedStrategy(Strategy):
         has_aux: bool,
     ) -> Any:
         if transforms_active():
-            return self._inside(lambda: lambda p, t: self.backend.jvp(func, p, t, has_aux=has_aux))(
-                primals, tangents
-            )
+            return self._inside(
+                lambda: lambda p, t: self.backend.jvp(func, p, t, has_aux=has_aux), stages_of("jvp")
+            )(primals, tangents)
         return eager_jvp(func, primals, tangents, has_aux)
 
     def linearize(self, func: Callable[..., Any], primals: Tuple[Any, ...]) -> Any:
         if transforms_active():
-            return self._inside(lambda: lambda *p: self.backend.linearize(func, p))(*primals)
+            return self._inside(
+                lambda: lambda *p: self.backend.linearize(func, p), stages_of("linearize")
+            )(*primals)
         return eager_linearize(func, primals)
 
     def hvp(
         self, func: Callable[..., Any], primals: Tuple[Any, ...], tangents: Tuple[Any, ...]
     ) -> Any:
         if transforms_active():
-            return self._inside(lambda: lambda p, t: self.backend.hvp(func, p, t))(
-                primals, tangents
-            )
+            return self._inside(
+                lambda: lambda p, t: self.backend.hvp(func, p, t), stages_of("hvp")
+            )(primals, tangents)
         return eager_hvp(func, primals, tangents)
 
 

@@ -14,6 +14,11 @@ reverse mode instead:
   custom ``autograd.Function``, whose Python backward may compute outside
   autograd, so that differentiating *through* it could silently miss terms.
 
+The same happens where torch's forward-mode formula for an op is known to be
+wrong (stage ``"tangent"`` of :mod:`tad_autograd.batching_defects`): the
+dual-number pass runs under a :class:`~tad_autograd._transform_failures.DefectWatch`
+for that stage, which raises when the function calls such an op.
+
 The decision is structural: whatever the dual-number pass raises, reverse
 mode is tried; if that fails too, its exception propagates with the first
 one as its context.
@@ -21,6 +26,7 @@ one as its context.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
@@ -41,6 +47,7 @@ from ._operand_checks import (
 from ._pytree import flatten, tree_flatten, tree_unflatten, unflatten
 from ._rng import RngStates, visible_generators
 from ._stand_ins import any_dual, as_returned, check_argnums, check_outputs, stand_ins
+from ._transform_failures import DefectWatch
 
 __all__ = ["eager_jvp", "eager_jacfwd", "eager_linearize"]
 
@@ -72,13 +79,19 @@ def eager_jvp(
     states = RngStates(_devices(p_leaves), visible_generators(func, primals))
     try:
         with TRANSFORM_LOCK:  # dual levels are process-wide
-            return _dual_jvp(func, p_leaves, t_leaves, spec, has_aux)
-    except Exception:  # no forward-AD rule somewhere (or the user's error: reverse tells)
+            if not DefectWatch.needed(_TANGENT):
+                return _dual_jvp(func, p_leaves, t_leaves, spec, has_aux)
+            with DefectWatch(_TANGENT):  # no tangent through an op torch gets wrong
+                return _dual_jvp(func, p_leaves, t_leaves, spec, has_aux)
+    except Exception:  # no forward-AD rule somewhere, a wrong one (or the user's error)
         states.restore()
         result = _reverse_jvp(func, p_leaves, t_leaves, spec, has_aux)
         _remember_failure(user)
         return result
 
+
+#: The defects a dual-number pass watches for: wrong forward-mode formulas.
+_TANGENT = "tangent"
 
 #: Functions whose dual-number pass raised once: reverse mode from then on, without the
 #: failed first attempt (whose side effects, other than random draws, cannot be undone).
@@ -220,12 +233,13 @@ def eager_jacfwd(
         sizes.append(len(arg_leaves))
         leaves.extend(arg_leaves)
     states = RngStates(_devices(leaves), visible_generators(func, args))
+    watch = DefectWatch(_TANGENT) if DefectWatch.needed(_TANGENT) else contextlib.nullcontext()
     try:
-        with TRANSFORM_LOCK:  # dual levels are process-wide
+        with TRANSFORM_LOCK, watch:  # dual levels are process-wide
             columns, out_leaves, out_spec, aux = _columns(
                 func, args, nums, in_specs, sizes, leaves, has_aux, randomness, states
             )
-    except Exception:  # no forward-AD rule somewhere (or the user's error: reverse tells)
+    except Exception:  # no forward-AD rule somewhere, a wrong one (or the user's error)
         states.restore()
         return eager_jacobian(func, argnums, has_aux, args, vmap)
     check_outputs(out_leaves, "jacfwd")

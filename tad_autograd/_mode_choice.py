@@ -23,7 +23,7 @@ from ._pytree import tree_flatten
 from ._rng import RngStates, visible_generators
 from ._rows import LOOP_MAX_ROWS
 from ._torch_info import transforms_active
-from ._transform_failures import DefectWatch
+from ._transform_failures import FORWARD_STAGES, DefectWatch
 
 __all__ = ["ModeChoosingJacobian"]
 
@@ -112,8 +112,9 @@ class ModeChoosingJacobian:
                 visible_generators(self.__wrapped__, args),
             )
             try:
-                if DefectWatch.needed("forward"):  # vmap of the function itself
-                    with DefectWatch("forward"):
+                # vmap of the function itself, and its tangents
+                if DefectWatch.needed(FORWARD_STAGES):
+                    with DefectWatch(FORWARD_STAGES):
                         return self._forward(*args)
                 return self._forward(*args)
             except Exception:  # not forward-differentiable here: reverse mode, from now on

@@ -12,7 +12,9 @@ what escapes it with :func:`mark_inside_transform`; the fallback asks
 strategy runs a transform library's ``jacrev`` inside a transform, it raises
 :class:`DefectiveBatchingError` when the function calls an op whose batched
 derivative the installed torch gets wrong, so the enclosing automatic call
-retries on plain autograd instead of returning a wrong number.
+retries on plain autograd instead of returning a wrong number.  Forward mode
+watches for the ops whose forward-mode formula is wrong (stage ``"tangent"``),
+in the eager dual-number passes too, which then take reverse mode.
 """
 
 from __future__ import annotations
@@ -21,14 +23,36 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from torch.overrides import TorchFunctionMode
 
-from .batching_defects import ACTIVE_DEFECTS, defective_callables
+from .batching_defects import ACTIVE_DEFECTS, Stages, defective_callables
 
 __all__ = [
     "mark_inside_transform",
     "failed_inside_transform",
     "DefectiveBatchingError",
     "DefectWatch",
+    "REVERSE_STAGES",
+    "FORWARD_STAGES",
+    "stages_of",
 ]
+
+#: What a reverse-mode derivative inside a transform watches for: batching defects.
+REVERSE_STAGES = ("derivative", "forward")
+#: What a forward-mode Jacobian watches for: ``vmap`` of the function, and its tangents.
+FORWARD_STAGES = ("forward", "tangent")
+#: Transforms that push tangents (``hvp`` on a transform backend: forward over reverse).
+_FORWARD_KINDS = frozenset({"jacfwd", "jvp", "linearize", "hvp"})
+
+
+def stages_of(kind: str) -> Stages:
+    """The defect stages a transform ``kind`` (``"jacrev"``, ``"jvp"``, ...) must not run into.
+
+    Examples
+    --------
+    >>> stages_of("jacrev"), stages_of("jvp")
+    (('derivative', 'forward'), ('derivative', 'forward', 'tangent'))
+    """
+    return REVERSE_STAGES + ("tangent",) if kind in _FORWARD_KINDS else REVERSE_STAGES
+
 
 _MARK = "_tad_autograd_inside_transform"
 
@@ -77,16 +101,22 @@ class DefectiveBatchingError(RuntimeError):
     True
     """
 
-    def __init__(self, op: str, what: str) -> None:
+    def __init__(self, op: str, what: str, stage: str = "derivative") -> None:
         import torch
 
+        computes, avoids = (
+            ("the forward-mode derivative", "push tangents through it")
+            if stage == "tangent"
+            else ("the batched derivative", "vectorise through it")
+        )
         super().__init__(
-            f"torch {torch.__version__} computes the batched derivative of {op} wrongly "
-            f"({what}); tad_autograd does not vectorise through it. Inside a function "
-            "transform of your own (e.g. torch.func.vmap around tad_autograd.jacrev) it "
-            "cannot fall back: use tad_autograd.vmap, or backend='autograd'"
+            f"torch {torch.__version__} computes {computes} of {op} wrongly ({what}); "
+            f"tad_autograd does not {avoids}. Inside a function transform of your own (e.g. "
+            "torch.func.vmap around tad_autograd.jacrev) it cannot fall back: use "
+            "tad_autograd.vmap, or backend='autograd'"
         )
         self.op = op
+        self.stage = stage
 
 
 class DefectWatch(TorchFunctionMode):
@@ -101,14 +131,19 @@ class DefectWatch(TorchFunctionMode):
     True
     """
 
-    def __init__(self, stage: Optional[str] = None) -> None:
+    def __init__(self, stage: Optional[Stages] = None) -> None:
         super().__init__()
         self._callables = defective_callables(stage)
 
     @staticmethod
-    def needed(stage: Optional[str] = None) -> bool:
-        """Whether the installed torch has any defect (of ``stage``, if given) to watch for."""
-        return bool(_STAGES) if stage is None else stage in _STAGES
+    def needed(stage: Optional[Stages] = None) -> bool:
+        """Whether the installed torch has any defect (of ``stage``, if given) to watch for.
+
+        ``stage``: one stage or a tuple of them.
+        """
+        if stage is None:
+            return bool(_STAGES)
+        return stage in _STAGES if isinstance(stage, str) else not _STAGES.isdisjoint(stage)
 
     def __torch_function__(
         self,
@@ -117,7 +152,10 @@ class DefectWatch(TorchFunctionMode):
         args: Tuple[Any, ...] = (),
         kwargs: Optional[Dict[str, Any]] = None,
     ) -> Any:
+        # on every op the function calls: one dict look-up, nothing allocated
         defect = self._callables.get(func)
-        if defect is not None:
-            raise DefectiveBatchingError(defect.op, defect.what)
-        return func(*args, **(kwargs or {}))
+        if defect is not None and defect.matches(args, kwargs or {}):
+            raise DefectiveBatchingError(defect.op, defect.what, defect.stage)
+        if kwargs:
+            return func(*args, **kwargs)
+        return func(*args)

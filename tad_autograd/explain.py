@@ -118,12 +118,20 @@ def explain(*args: Any, device: Optional[Union[str, torch.device]] = None) -> Ex
             "linearize and hvp run eagerly (dual numbers for forward mode); jacfwd of more "
             f"than a few inputs vectorises its columns with {resolution.backend.name!r}."
         )
-    if resolution.automatic and ACTIVE_DEFECTS:
+    batching = [d for d in ACTIVE_DEFECTS if d.stage != "tangent"]
+    tangent = [d for d in ACTIVE_DEFECTS if d.stage == "tangent"]
+    if resolution.automatic and batching:
         lines.append(
             f"torch {TORCH_VERSION} batches these ops wrongly, so automatic mode never "
             "vectorises through them (a loop of backward passes, or the autograd backend's "
             "loop for a vmap, instead): "
-            + "; ".join(f"{d.op} ({d.stage}: {d.what})" for d in ACTIVE_DEFECTS)
+            + "; ".join(f"{d.op} ({d.stage}: {d.what})" for d in batching)
+        )
+    if resolution.automatic and tangent:
+        lines.append(
+            f"torch {TORCH_VERSION}'s forward-mode formulas for these ops are wrong, so "
+            "automatic mode (and the autograd backend) push no tangents through them "
+            "(reverse mode instead): " + "; ".join(f"{d.op} ({d.what})" for d in tangent)
         )
     if resolution.automatic and len(resolution.candidates) > 1:
         lines.append(

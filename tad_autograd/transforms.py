@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from ._checks import check_differentiable
 from ._loop_vmap import STRICT_UNBATCHED
-from ._transform_failures import DefectWatch, failed_inside_transform
+from ._transform_failures import DefectWatch, failed_inside_transform, stages_of
 from .backends.base import Backend
 from .devices import device_type_of
 from .errors import BackendFallbackWarning
@@ -202,15 +202,19 @@ class Transformed:
         strategy = strategy_for(backend, automatic=eager)
         origin = ORIGIN_EXPLICIT
         watch = False
+        stages = stages_of(self._kind)
         if resolution.inherited_automatic:
             origin = self._automatic_origin(strategy) if eager else ORIGIN_AUTOMATIC
             # a derivative inside an automatic transform: never through a defective op
             watch = (
-                not eager and self._kind != "vmap" and backend.is_transform and DefectWatch.needed()
+                not eager
+                and self._kind != "vmap"
+                and backend.is_transform
+                and DefectWatch.needed(stages)
             )
         try:
             if watch:
-                with DefectWatch():
+                with DefectWatch(stages):
                     return self._run(strategy, origin, args, kwargs)
             return self._run(strategy, origin, args, kwargs)
         except Exception as error:

@@ -113,9 +113,16 @@ class Sweep:
         ]
 
 
-def known_defect(name: str) -> Optional[BatchingDefect]:
-    """The table's entry for op ``name`` on the installed torch, if any."""
-    return next((d for d in defects_for() if d.op == name), None)
+def known_defect(name: str, transform: Optional[str] = None) -> Optional[BatchingDefect]:
+    """The table's entry for op ``name`` on the installed torch, if any.
+
+    With ``transform``: only an entry that explains a wrong ``transform`` (a wrong
+    forward-mode formula, stage ``"tangent"``, explains only ``jacfwd`` and ``jvp``).
+    """
+    for d in defects_for():
+        if d.op == name and (transform is None or d.stage != "tangent" or transform in FORWARD):
+            return d
+    return None
 
 
 def _short(error: BaseException) -> str:
@@ -285,9 +292,21 @@ def _sweep_ops(sweep: Sweep, ops: List[Any]) -> None:
             sweep.skipped_ops[misfit] += 1
 
 
-def reproduces(result: CaseResult) -> bool:
-    """Whether a transform backend (not the autograd loop) gave a wrong result on the case."""
-    return any(o.kind == "wrong" for (_, mode), o in result.outcomes.items() if mode in _TRANSFORM)
+def reproduces(result: CaseResult, kind: Optional[str] = None) -> bool:
+    """Whether the case shows a defect of the table (of ``kind``, if given).
+
+    ``"batching"``: a transform backend (not the autograd loop) gave a wrong
+    result.  ``"tangent"`` (a wrong forward-mode formula): torch's own dual
+    numbers, no library at all, gave a wrong ``jvp``.  ``None``: either.
+    """
+    dual = result.outcomes.get(("jvp", FORWARD_AD))
+    tangent = dual is not None and dual.kind == "wrong"
+    if kind == "tangent":
+        return tangent
+    batched = any(
+        o.kind == "wrong" for (_, mode), o in result.outcomes.items() if mode in _TRANSFORM
+    )
+    return batched or (kind is None and tangent)
 
 
 def resolves(dotted: str) -> bool:

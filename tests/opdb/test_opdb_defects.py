@@ -1,10 +1,13 @@
 """The table of known-wrong batching rules stays true to the installed torch (CONTRACT §3).
 
 Every entry of ``tad_autograd.batching_defects.BATCHING_DEFECTS`` that applies
-to the installed torch must reproduce in the OpInfo sweep (a transform backend
-gives a wrong number, adjudicated against the autograd reference and finite
-differences), and must name autograd nodes that appear in the op's graph and
-torch callables that exist; otherwise the entry is stale.  The sweep tries
+to the installed torch must reproduce in the OpInfo sweep (a batching entry: a
+transform backend gives a wrong number; a ``"tangent"`` entry: torch's own
+dual numbers give a wrong ``jvp``; adjudicated against the autograd reference
+and finite differences), and must name autograd nodes that appear in the op's
+graph and torch callables that exist, one of which the defect watch sees on a
+reproducing sample (called with arguments its ``when`` condition picks);
+otherwise the entry is stale.  The sweep tries
 further samples of a table op until one reproduces (``MAX_DEFECT_SAMPLES``).
 Wrong results missing from the table fail in ``test_opdb_rules``.
 """
@@ -17,6 +20,7 @@ import pytest
 from _opdb_cases import graph_nodes
 from _opdb_sweep import CaseResult, Sweep, reproduces, resolves
 
+from tad_autograd._transform_failures import DefectiveBatchingError, DefectWatch
 from tad_autograd.batching_defects import BatchingDefect, defects_for
 
 pytestmark = pytest.mark.slow
@@ -27,7 +31,8 @@ def _swept(sweep: Sweep, defect: BatchingDefect) -> List[CaseResult]:
 
 
 def _reproducing(sweep: Sweep, defect: BatchingDefect) -> List[CaseResult]:
-    return [r for r in _swept(sweep, defect) if reproduces(r)]
+    stage = "tangent" if defect.stage == "tangent" else "batching"
+    return [r for r in _swept(sweep, defect) if reproduces(r, stage)]
 
 
 def test_defects_of_this_torch_reproduce(sweep: Sweep) -> None:
@@ -38,8 +43,9 @@ def test_defects_of_this_torch_reproduce(sweep: Sweep) -> None:
         if not swept:
             stale.append(f"  {d.op}: not in the sweep (no such op, or no sample within bounds)")
         elif not _reproducing(sweep, d):
+            where = "torch's dual numbers" if d.stage == "tangent" else "every transform backend"
             stale.append(
-                f"  {d.op}: every transform backend agreed (or raised) on the "
+                f"  {d.op} ({d.stage}): {where} agreed (or raised) on the "
                 f"{len(swept)} samples tried: {[r.case.label for r in swept]}"
             )
     assert not stale, (
@@ -65,6 +71,12 @@ def test_defect_entries_name_graph_nodes_and_callables(sweep: Sweep) -> None:
         cases = _reproducing(sweep, d)
         if not cases:
             continue  # stale: test_defects_of_this_torch_reproduce says so
+        try:
+            with DefectWatch(d.stage):
+                cases[0].case.f(cases[0].case.x.clone())
+            problems.append(f"  {d.op}: the defect watch does not see it on {cases[0].case.label}")
+        except DefectiveBatchingError:
+            pass
         forward, backward = graph_nodes(cases[0].case)
         missing = d.nodes - forward - backward
         if missing:

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from _opdb_cases import BATCH, MAX_NUMEL, SAMPLES_PER_OP
 from _opdb_forward import FORWARD_AD
-from _opdb_pending import pending
 from _opdb_sweep import TRANSFORMS, Sweep, known_defect
 
 pytestmark = pytest.mark.slow
@@ -52,12 +51,10 @@ def _report(sweep: Sweep) -> str:
             if fd:
                 lines.append(f"  agree-fd {transform} {mode} (autograd itself is wrong): {fd}")
             for r, o in sweep.cells(transform, mode, "wrong"):
-                known = " (BATCHING_DEFECTS)" if known_defect(r.case.name) else ""
+                defect = known_defect(r.case.name, transform)
+                known = f" (BATCHING_DEFECTS, {defect.stage})" if defect else ""
                 known = " (automatic mode: never allowed)" if mode == "auto" else known
                 known = " (autograd backend: never allowed)" if mode == "autograd" else known
-                kind = pending(r, o, transform, mode)
-                if kind is not None:
-                    known = f" (pending library fix: {kind})"
                 if mode == FORWARD_AD:
                     known = " (torch's dual numbers, no library)"
                 fd_err = "" if o.fd_error is None else f", {o.fd_error:.3g} from finite differences"
