@@ -304,16 +304,15 @@ def jacrev_tensor_args_only(
     return jacobian_fn
 
 
-def vmap_batch_of_one_guard(vmap: Callable[..., Any]) -> Callable[..., Any]:
+def vmap_batch_of_one_guard(vmap: Callable[..., Any], every: bool = False) -> Callable[..., Any]:
     """Wrap functorch 1.13's ``vmap`` against its batch-of-one bug.
 
-    On torch 1.13, ``vmap`` over a batch of size 1 fails inside
-    ``grad``/``vjp``/``jacrev``/``jvp`` through a reduction to a 0-dimensional
-    sample (``vmap(jacrev(lambda x: x.sum()))(torch.ones(1))`` and a ``jacfwd``
-    chunk of one column of ``lambda v: (v @ v).sum()`` raise ``RuntimeError:
-    Could not allocate memory to change Tensor SizesAndStrides!``); batch sizes
-    of 2 and more work.  A batch of size 1 is therefore duplicated and the first
-    half of every output kept; every other call goes straight through.
+    On torch 1.13, ``vmap`` over a batch of one fails through a reduction to a
+    0-dim sample (``vmap(jacrev(lambda x: x.sum()))(torch.ones(1))``, a ``jacfwd``
+    chunk of one column of ``lambda v: (v @ v).sum()``: "Could not allocate memory
+    to change Tensor SizesAndStrides!").  A batch of one 0-dim sample (with ``every``
+    any batch of one: for batches the library made, which no in-place update must
+    reach) is doubled and the first half of every output kept.
 
     Parameters
     ----------
@@ -336,7 +335,10 @@ def vmap_batch_of_one_guard(vmap: Callable[..., Any]) -> Callable[..., Any]:
 
         def call(*args: Any, **kwargs: Any) -> Any:
             batched = flatten_args(func, in_dims, args)  # torch.func's checks and words
-            if batched.size != 1:
+            if batched.size != 1 or not (
+                every
+                or any(d is not None and x.dim() == 1 for x, d in zip(batched.leaves, batched.dims))
+            ):
                 return batched_func(*args, **kwargs)
             doubled = tree_unflatten(
                 [

@@ -20,6 +20,7 @@ import inspect
 from functools import cache
 from typing import Any, Callable, Optional, Tuple
 
+from .._derived import jacfwd_from_jvp
 from .._dual import forward_ad_ready
 from .._locks import TRANSFORM_LOCK, locked
 from .._torch_info import TORCH_VERSION, Version, module_exists
@@ -205,8 +206,20 @@ class FunctorchBackend(Backend):
     ) -> Callable[..., Any]:
         forward_ad_ready()
         if chunk_size is not None:  # no functorch jacfwd has chunk_size: vmap(jvp) in chunks
-            return super().jacfwd(
-                func, argnums, has_aux=has_aux, randomness=randomness, chunk_size=chunk_size
+            if _transforms().native_chunks:  # torch >= 2.0
+                return super().jacfwd(
+                    func, argnums, has_aux=has_aux, randomness=randomness, chunk_size=chunk_size
+                )
+            # functorch 1.13: a chunk of one column of a scalar output needs a doubled batch
+            vmap = vmap_batch_of_one_guard(self.vmap_primitive(), every=True)
+            return jacfwd_from_jvp(
+                lambda f, p, t, has_aux=False: self.jvp(f, p, t, has_aux=has_aux),
+                vmap,
+                func,
+                argnums,
+                has_aux,
+                randomness,
+                chunk_size,
             )
         jacfwd = _transforms().jacfwd
         if _JACREV_NEEDS_TENSOR_ARGS:  # torch 2.0's jacfwd checks every argument's dtype too

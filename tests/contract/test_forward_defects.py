@@ -25,6 +25,9 @@ from tad_autograd._dual import forward_ad_ready
 from tad_autograd.batching_defects import defects_for
 from tad_autograd.registry import REGISTRY
 
+# torch 1.13 warns that scatter_reduce is in beta, once per process
+pytestmark = pytest.mark.filterwarnings("ignore:scatter_reduce.*beta:UserWarning")
+
 F64 = torch.float64
 _IDX_SMALL = torch.tensor([0, 0])
 _IDX_LARGE = torch.tensor([0, 1, 0, 1])
