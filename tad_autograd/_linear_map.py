@@ -26,6 +26,7 @@ from typing import Callable, List, Optional, Sequence
 
 import torch
 
+from ._column_check import ReverseProbe
 from ._graph import custom_backwards_guarded, has_custom_functions
 from ._rows import rows, transposed_graph
 
@@ -64,10 +65,13 @@ def linear_map(
         _log.info("no double-vjp (%s: %s); taking the rows", type(error).__name__, error)
         return by_rows
     broken: List[bool] = []
+    probes: List[ReverseProbe] = []
 
     def by_double_vjp(tangents: List[torch.Tensor], create: bool) -> List[torch.Tensor]:
         if broken:
             return by_rows(tangents, create)
+        if not probes:
+            probes.append(ReverseProbe(live, inputs))
         pairs = [(g, t) for g, t in zip(grads, tangents) if g is not None and g.requires_grad]
         jv: Sequence[Optional[torch.Tensor]] = [None] * len(live)
         if pairs:
@@ -85,9 +89,12 @@ def linear_map(
                 _log.info("double-vjp failed (%s: %s); rows", type(error).__name__, error)
                 broken.append(True)
                 return by_rows(tangents, create)
-        by_id = {
-            id(o): (j if j is not None else torch.zeros_like(o.detach())) for o, j in zip(live, jv)
-        }
+        products = [j if j is not None else torch.zeros_like(o.detach()) for o, j in zip(live, jv)]
+        if not probes[0].agrees(products, tangents):  # a backward formula not differentiable
+            _log.info("double-vjp products disagree with a plain vjp; taking the rows")
+            broken.append(True)
+            return by_rows(tangents, create)
+        by_id = {id(o): j for o, j in zip(live, products)}
         return [by_id.get(id(o), torch.zeros_like(o.detach())) for o in outputs]
 
     return by_double_vjp

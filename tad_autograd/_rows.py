@@ -16,6 +16,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
+from ._column_check import ReverseProbe
 from ._engine import scalar_grad
 from ._graph import defective_ops_in, has_custom_functions
 from ._rng import RngStates
@@ -260,9 +261,15 @@ def columns_by_double_vjp(
                     per_input.append(None)  # no output depends on x
                     continue
                 per_input.append(_columns_of(g, dummies, create_graph, batch, chunk_size))
+        probe = ReverseProbe(live, inputs) if live else None
     except Exception as error:  # structural: the rows decide whether it is the user's error
         _log.info("no double-vjp columns (%s: %s); taking the rows", type(error).__name__, error)
         return None
+    if probe is not None:
+        by_output = [[None if c is None else c[k] for c in per_input] for k in range(len(live))]
+        if not probe.agrees_by_columns(by_output):
+            _log.info("double-vjp columns disagree with a plain vjp; taking the rows")
+            return None
     result = []
     for o in outputs:
         k = next((i for i, o2 in enumerate(live) if o2 is o), None)
