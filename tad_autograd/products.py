@@ -208,7 +208,12 @@ def hvp(
 
     def build(s: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
         checked = with_checked_outputs(f, False, "hvp")
-        return lambda p, t: s.hvp(checked, p, t)
+
+        def value_and_product(p: Any, t: Any) -> Any:
+            value, product = s.hvp(checked, p, t)
+            return value, like_output(p, product)  # H t in the primals' dtypes
+
+        return value_and_product
 
     result: Tuple[Any, Any] = _at_once("hvp", func, backend, build, primals, tangents)
     return result

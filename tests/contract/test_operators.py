@@ -428,6 +428,7 @@ def test_forward_mode_results_keep_the_outputs_dtype(backend, shape) -> None:
     jac_pair, aux = ta.jacfwd(lambda x: ((f(x), x.double()), x), has_aux=True, backend=backend)(x)
     assert [j.dtype for j in jac_pair] == [torch.float32, torch.float64]
     assert ta.linearize(f, x, backend=backend)[1](t).dtype == torch.float32
+    assert ta.hvp(lambda x: f(x).sum(), (x,), (t,), backend=backend)[1][0].dtype == torch.float32
 
 
 @pytest.mark.parametrize("chunk_size", [None, 1])
