@@ -95,7 +95,8 @@ def _only_zero_derivatives_lost(lib: Any, direct: Any, quiet: bool = False) -> b
 
 
 def _zero_derivative(t: torch.Tensor) -> bool:
-    """Whether ``t``'s derivative with respect to every leaf of its graph is zero."""
+    """Whether ``t``'s derivative with respect to every leaf of its graph is zero, or its
+    graph cannot be differentiated at all (a backward pass through it raises)."""
     leaves, seen, stack = [], set(), [t.grad_fn]
     while stack:
         node = stack.pop()
@@ -108,10 +109,13 @@ def _zero_derivative(t: torch.Tensor) -> bool:
         stack.extend(n for n, _ in node.next_functions)
     if not leaves:
         return True
-    with torch.enable_grad():
-        grads = torch.autograd.grad(
-            t, leaves, torch.ones_like(t), retain_graph=True, allow_unused=True
-        )
+    try:
+        with torch.enable_grad():
+            grads = torch.autograd.grad(
+                t, leaves, torch.ones_like(t), retain_graph=True, allow_unused=True
+            )
+    except RuntimeError:  # torch.func's graph itself cannot be differentiated (measured: a
+        return True  # saved tensor it modified in place); its requires_grad promises nothing
     return all(g is None or not bool(g.ne(0).any()) for g in grads)
 
 
