@@ -340,14 +340,15 @@ def vmap_batch_of_one_guard(vmap: Callable[..., Any], every: bool = False) -> Ca
                 or any(d is not None and x.dim() == 1 for x, d in zip(batched.leaves, batched.dims))
             ):
                 return batched_func(*args, **kwargs)
-            doubled = tree_unflatten(
-                [
-                    leaf if d is None else torch.cat([leaf, leaf], d)
-                    for leaf, d in zip(batched.leaves, batched.dims)
-                ],
-                batched.spec,
-            )
-            output = batched_func(*doubled, **kwargs)
+            twice = [
+                x if d is None else torch.cat([x, x], d)
+                for x, d in zip(batched.leaves, batched.dims)
+            ]
+            versions = [t._version for t in twice]
+            output = batched_func(*tree_unflatten(twice, batched.spec), **kwargs)
+            for x, t, d, v in zip(batched.leaves, twice, batched.dims, versions):
+                if d is not None and t._version != v:  # an in-place update reaches the caller
+                    x.copy_(t.narrow(d, 0, 1))
             leaves, dims, spec = split_outputs(func, out_dims, output)
             return tree_unflatten(
                 [leaf if d is None else leaf.narrow(d, 0, 1) for leaf, d in zip(leaves, dims)],

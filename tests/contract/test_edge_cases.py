@@ -81,20 +81,21 @@ def test_out_dims_none_for_a_batched_output_is_refused_in_automatic_mode(batch: 
         ta.vmap(lambda x: x * 2, out_dims=None)(torch.ones(batch, 3))
 
 
+@pytest.mark.parametrize("sample", [(3,), ()], ids=["vectors", "scalars"])
 @pytest.mark.parametrize("batch", [1, 2, 5])
 def test_in_place_update_of_a_batched_input_reaches_the_caller(
-    backend: Optional[str], batch: int
+    backend: Optional[str], batch: int, sample: tuple
 ) -> None:
-    """As under torch.func, whatever the batch size and backend."""
+    """As under torch.func, whatever the batch size, sample shape and backend."""
 
     def bump(x: torch.Tensor) -> torch.Tensor:
         x.add_(1)
         return x * 2
 
-    x = torch.zeros(batch, 3)
+    x = torch.zeros((batch, *sample))
     out = ta.vmap(bump, **_kw(backend))(x)
-    torch.testing.assert_close(x, torch.ones(batch, 3))
-    torch.testing.assert_close(out, torch.full((batch, 3), 2.0))
+    torch.testing.assert_close(x, torch.ones((batch, *sample)))
+    torch.testing.assert_close(out, torch.full((batch, *sample), 2.0))
 
 
 def test_empty_batch(backend: Optional[str]) -> None:
