@@ -37,11 +37,10 @@ __all__ = [
 
 
 def _mismatched(value: Any, dtype: torch.dtype) -> bool:
-    return (
-        isinstance(value, torch.Tensor)
-        and value.dtype != dtype
-        and value.is_floating_point()
-        and dtype.is_floating_point
+    if not isinstance(value, torch.Tensor) or value.dtype == dtype:
+        return False
+    return (value.is_floating_point() and dtype.is_floating_point) or (
+        value.is_complex() and dtype.is_complex
     )
 
 

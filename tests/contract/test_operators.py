@@ -429,6 +429,8 @@ def test_forward_mode_results_keep_the_outputs_dtype(backend, shape) -> None:
     assert [j.dtype for j in jac_pair] == [torch.float32, torch.float64]
     assert ta.linearize(f, x, backend=backend)[1](t).dtype == torch.float32
     assert ta.hvp(lambda x: f(x).sum(), (x,), (t,), backend=backend)[1][0].dtype == torch.float32
+    complex_tangent = ta.jvp(lambda x: x * 1j, (x,), (t,), backend=backend)[1]
+    assert complex_tangent.dtype == torch.complex64
 
 
 @pytest.mark.parametrize("chunk_size", [None, 1])
