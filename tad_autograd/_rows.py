@@ -301,8 +301,8 @@ def transposed_graph(
     >>> x = torch.tensor([0.5, -1.0], requires_grad=True)
     >>> out = torch.logcumsumexp(x, 0)
     >>> dummies, (g,) = transposed_graph([out], [x])
-    >>> torch.autograd.grad(g, dummies, torch.tensor([1.0, 0.0]))[0]  # row 0 of J
-    tensor([1., 0.])
+    >>> torch.autograd.grad(g, dummies, torch.tensor([1.0, 0.0]))[0]  # column 0 of J
+    tensor([1.0000, 0.8176])
     """
     if not live:
         return [], [None] * len(inputs)
