@@ -344,7 +344,7 @@ def vmap_batch_of_one_guard(vmap: Callable[..., Any], every: bool = False) -> Ca
                 x if d is None else torch.cat([x, x], d)
                 for x, d in zip(batched.leaves, batched.dims)
             ]
-            versions = [t._version for t in twice]
+            versions = [None if d is None else t._version for t, d in zip(twice, batched.dims)]
             output = batched_func(*tree_unflatten(twice, batched.spec), **kwargs)
             for x, t, d, v in zip(batched.leaves, twice, batched.dims, versions):
                 if d is not None and t._version != v:  # an in-place update reaches the caller
