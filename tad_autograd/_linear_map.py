@@ -71,7 +71,7 @@ def linear_map(
         if broken:
             return by_rows(tangents, create)
         if not probes:
-            probes.append(ReverseProbe(live, inputs))
+            probes.append(ReverseProbe(dummies, grads))
         pairs = [(g, t) for g, t in zip(grads, tangents) if g is not None and g.requires_grad]
         jv: Sequence[Optional[torch.Tensor]] = [None] * len(live)
         if pairs:

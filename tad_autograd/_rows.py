@@ -16,7 +16,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from ._column_check import ReverseProbe
+from ._column_check import ReverseProbe, probe_cotangents
 from ._engine import scalar_grad
 from ._graph import defective_ops_in, has_custom_functions
 from ._rng import RngStates
@@ -261,7 +261,7 @@ def columns_by_double_vjp(
                     per_input.append(None)  # no output depends on x
                     continue
                 per_input.append(_columns_of(g, dummies, create_graph, batch, chunk_size))
-        probe = ReverseProbe(live, inputs) if live else None
+        probe = ReverseProbe(dummies, grads) if live else None
     except Exception as error:  # structural: the rows decide whether it is the user's error
         _log.info("no double-vjp columns (%s: %s); taking the rows", type(error).__name__, error)
         return None
@@ -292,8 +292,10 @@ def transposed_graph(
     along ``t`` gives ``J t`` whatever ``v`` is, but only where the backward
     formulas can be differentiated at ``v``.  Some cannot at zero
     (``logcumsumexp``'s takes the log of the cotangent: zero gives NaN), so
-    ``v`` is all ones.  Returns the dummies and, per input, ``J^T v`` (``None``
-    where no output depends on it).
+    ``v`` is random in [0.5, 1.5] (the same on every call), which also makes
+    ``J^T v`` a check of the products (:mod:`~tad_autograd._column_check`).
+    Returns the dummies and, per input, ``J^T v`` (``None`` where no output
+    depends on it).
 
     Examples
     --------
@@ -306,7 +308,7 @@ def transposed_graph(
     """
     if not live:
         return [], [None] * len(inputs)
-    dummies = [torch.ones_like(o.detach(), requires_grad=True) for o in live]
+    dummies = [u.requires_grad_(True) for u in probe_cotangents(live)]
     with torch.enable_grad():
         grads = torch.autograd.grad(live, inputs, dummies, create_graph=True, allow_unused=True)
     return dummies, grads
