@@ -132,10 +132,10 @@ def _jacobian(
         if isinstance(result, torch.Tensor):
             out_leaves, out_spec = [result], None
             if not result.is_floating_point():
-                check_outputs(out_leaves)
+                check_outputs(out_leaves, "jacfwd" if columns else "jacrev")
         else:
             out_leaves, out_spec = tree_flatten(result)
-            check_outputs(out_leaves)
+            check_outputs(out_leaves, "jacfwd" if columns else "jacrev")
 
         ours = {id(x) for x in inputs}
         dual = any_dual(inputs)  # forward over reverse: the tangents flow through the rows

@@ -163,3 +163,12 @@ def test_torch_func_raises_the_same_type(case) -> None:
     _, call, exc, _ = case
     with pytest.raises(exc):
         call(func, {})
+
+
+def test_jacfwd_of_a_complex_output_names_jacfwd(backend: Optional[str]) -> None:
+    if backend == "functorch" and torch.__version__ < "2":  # functorch 1.13 computes it
+        expected = torch.eye(3, dtype=F64) * 1j
+        torch.testing.assert_close(ta.jacfwd(lambda x: x * 1j, backend=backend)(_x()), expected)
+        return
+    with pytest.raises(RuntimeError, match="^jacfwd"):
+        ta.jacfwd(lambda x: x * 1j, backend=backend)(_x())
