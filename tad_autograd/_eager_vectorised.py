@@ -27,9 +27,9 @@ from ._transform_failures import (
     FORWARD_STAGES,
     REVERSE_STAGES,
     DefectiveBatchingError,
-    DefectWatch,
     mark_inside_transform,
     stages_of,
+    watch_calls,
 )
 from .backends.base import ArgnumsT, Backend, InDimsT, OutDimsT
 from .batching_defects import Stages
@@ -74,13 +74,11 @@ class EagerVectorisedStrategy(Strategy):
                 # Called inside a function transform (a vmap around it, or the user's
                 # own torch.func transform): autograd cannot run there, the transform can.
                 if not inside:
+                    watched = watch_calls(func, REVERSE_STAGES)
                     inside.append(
-                        backend.jacrev(func, argnums, has_aux=has_aux, chunk_size=chunk_size)
+                        backend.jacrev(watched, argnums, has_aux=has_aux, chunk_size=chunk_size)
                     )
-                if not DefectWatch.needed(REVERSE_STAGES):
-                    return inside[0](*args)
-                with DefectWatch(REVERSE_STAGES):
-                    return inside[0](*args)
+                return inside[0](*args)
             return eager_jacobian(func, argnums, has_aux, args, vmap, chunk_size)
 
         return jacobian_fn
@@ -94,12 +92,14 @@ class EagerVectorisedStrategy(Strategy):
         *,
         chunk_size: Optional[int],
     ) -> Callable[..., Any]:
-        vectorised = self.backend.vmap(func, in_dims, out_dims, randomness, chunk_size=chunk_size)
-        if randomness != "different" and DefectWatch.needed("forward"):
-            # never vmap an op this torch batches wrongly (today: random ops that ignore
-            # randomness, on torch 1.13 and 2.0; a Python-level watch on every op, paid on
-            # those releases only, since a function that reseeds hides its draws from _marked)
-            vectorised = _watched(vectorised, "forward")
+        # never vmap an op this torch batches wrongly (today: random ops that ignore
+        # randomness, on torch 1.13 and 2.0; a Python-level watch on every op of the
+        # function, paid on those releases only, since a function that reseeds hides its
+        # draws from _marked)
+        watched = watch_calls(func, "forward") if randomness != "different" else func
+        vectorised = self.backend.vmap(
+            watched, in_dims, out_dims, randomness, chunk_size=chunk_size
+        )
         context = (self.backend.name, ORIGIN_AUTOMATIC_EAGER)
         loops = _loopable(out_dims)
 
@@ -119,31 +119,32 @@ class EagerVectorisedStrategy(Strategy):
     # -- the other operators: eager outside transforms, the backend's inside -------------
 
     def _inside(
-        self, make: Callable[[], Callable[..., Any]], stage: Stages = REVERSE_STAGES
+        self,
+        make: Callable[[Callable[..., Any]], Callable[..., Any]],
+        func: Callable[..., Any],
+        stage: Stages = REVERSE_STAGES,
     ) -> Callable[..., Any]:
-        """``make()``'s operator, built on first need, run under the defect watch if needed.
+        """``make(f)``'s operator of ``func`` under the defect watch, built on first need.
 
-        ``stage``: the defects to watch for (default: the batching defects).  A
-        forward-mode Jacobian vmaps the function itself and pushes tangents, with
-        no backward pass: :data:`FORWARD_STAGES`; products that push tangents
-        (``jvp``, ``linearize``, ``hvp``) watch for every stage.
+        ``stage``: the defects to watch for in ``func``'s calls (default: the
+        batching defects).  A forward-mode Jacobian vmaps the function itself
+        and pushes tangents, with no backward pass: :data:`FORWARD_STAGES`;
+        products that push tangents (``jvp``, ``linearize``, ``hvp``) watch for
+        every stage.
         """
         built: List[Callable[..., Any]] = []
 
         def run(*args: Any) -> Any:
             if not built:
-                built.append(make())
-            if not DefectWatch.needed(stage):
-                return built[0](*args)
-            with DefectWatch(stage):
-                return built[0](*args)
+                built.append(make(watch_calls(func, stage)))
+            return built[0](*args)
 
         return run
 
     def grad(
         self, func: Callable[..., Any], argnums: ArgnumsT, *, has_aux: bool
     ) -> Callable[..., Any]:
-        inside = self._inside(lambda: self.backend.grad(func, argnums, has_aux=has_aux))
+        inside = self._inside(lambda f: self.backend.grad(f, argnums, has_aux=has_aux), func)
 
         def grad_fn(*args: Any) -> Any:
             if transforms_active():
@@ -153,7 +154,9 @@ class EagerVectorisedStrategy(Strategy):
         return grad_fn
 
     def grad_and_value(self, func: Callable[..., Any], argnums: ArgnumsT, *, has_aux: bool) -> Any:
-        inside = self._inside(lambda: self.backend.grad_and_value(func, argnums, has_aux=has_aux))
+        inside = self._inside(
+            lambda f: self.backend.grad_and_value(f, argnums, has_aux=has_aux), func
+        )
 
         def grad_and_value_fn(*args: Any) -> Any:
             if transforms_active():
@@ -172,9 +175,10 @@ class EagerVectorisedStrategy(Strategy):
         chunk_size: Optional[int],
     ) -> Callable[..., Any]:
         inside = self._inside(
-            lambda: self.backend.jacfwd(
-                func, argnums, has_aux=has_aux, randomness=randomness, chunk_size=chunk_size
+            lambda f: self.backend.jacfwd(
+                f, argnums, has_aux=has_aux, randomness=randomness, chunk_size=chunk_size
             ),
+            func,
             FORWARD_STAGES,
         )
 
@@ -190,7 +194,7 @@ class EagerVectorisedStrategy(Strategy):
 
     def vjp(self, func: Callable[..., Any], primals: Tuple[Any, ...], *, has_aux: bool) -> Any:
         if transforms_active():
-            return self._inside(lambda: lambda *p: self.backend.vjp(func, p, has_aux=has_aux))(
+            return self._inside(lambda f: lambda *p: self.backend.vjp(f, p, has_aux=has_aux), func)(
                 *primals
             )
         return eager_vjp(func, primals, has_aux)
@@ -205,14 +209,16 @@ class EagerVectorisedStrategy(Strategy):
     ) -> Any:
         if transforms_active():
             return self._inside(
-                lambda: lambda p, t: self.backend.jvp(func, p, t, has_aux=has_aux), stages_of("jvp")
+                lambda f: lambda p, t: self.backend.jvp(f, p, t, has_aux=has_aux),
+                func,
+                stages_of("jvp"),
             )(primals, tangents)
         return eager_jvp(func, primals, tangents, has_aux)
 
     def linearize(self, func: Callable[..., Any], primals: Tuple[Any, ...]) -> Any:
         if transforms_active():
             return self._inside(
-                lambda: lambda *p: self.backend.linearize(func, p), stages_of("linearize")
+                lambda f: lambda *p: self.backend.linearize(f, p), func, stages_of("linearize")
             )(*primals)
         return eager_linearize(func, primals)
 
@@ -221,7 +227,7 @@ class EagerVectorisedStrategy(Strategy):
     ) -> Any:
         if transforms_active():
             return self._inside(
-                lambda: lambda p, t: self.backend.hvp(func, p, t), stages_of("hvp")
+                lambda f: lambda p, t: self.backend.hvp(f, p, t), func, stages_of("hvp")
             )(primals, tangents)
         return eager_hvp(func, primals, tangents)
 
@@ -234,16 +240,6 @@ def _input_numel(args: Tuple[Any, ...], argnums: ArgnumsT) -> int:
             return LOOP_MAX_ROWS + 1  # the transform raises torch.func's error
         total += sum(x.numel() for x in tree_flatten(args[n])[0] if isinstance(x, torch.Tensor))
     return total
-
-
-def _watched(fn: Callable[..., Any], stage: str) -> Callable[..., Any]:
-    """``fn`` run under a :class:`DefectWatch` for the defects of ``stage``."""
-
-    def watched(*args: Any, **kwargs: Any) -> Any:
-        with DefectWatch(stage):
-            return fn(*args, **kwargs)
-
-    return watched
 
 
 def _marked(

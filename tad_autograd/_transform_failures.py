@@ -33,6 +33,7 @@ __all__ = [
     "REVERSE_STAGES",
     "FORWARD_STAGES",
     "stages_of",
+    "watch_calls",
 ]
 
 #: What a reverse-mode derivative inside a transform watches for: batching defects.
@@ -159,3 +160,28 @@ class DefectWatch(TorchFunctionMode):
         if kwargs:
             return func(*args, **kwargs)
         return func(*args)
+
+
+def watch_calls(func: Callable[..., Any], stage: Optional[Stages] = None) -> Callable[..., Any]:
+    """``func``, each call of it run under a :class:`DefectWatch` for ``stage``.
+
+    Only the ops the function itself calls are watched, not the transform's
+    own machinery around it (where no user op runs), so the watch costs one
+    dictionary look-up per op of the function.  ``func`` itself where this
+    torch has no such defect.
+
+    Examples
+    --------
+    >>> import torch
+    >>> watch_calls(torch.sin, "derivative")(torch.zeros(1))
+    tensor([0.])
+    """
+    if not DefectWatch.needed(stage):
+        return func
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        with DefectWatch(stage):
+            return func(*args, **kwargs)
+
+    watched.__wrapped__ = func  # type: ignore[attr-defined]
+    return watched

@@ -16,8 +16,14 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from ._checks import check_differentiable
 from ._loop_vmap import STRICT_UNBATCHED
-from ._transform_failures import DefectWatch, failed_inside_transform, stages_of
+from ._transform_failures import (
+    DefectWatch,
+    failed_inside_transform,
+    stages_of,
+    watch_calls,
+)
 from .backends.base import Backend
+from .batching_defects import Stages
 from .devices import device_type_of
 from .errors import BackendFallbackWarning
 from .fallback import MEMORY, add_hint, describe, recognise
@@ -55,7 +61,7 @@ class Transformed:
         self._backend = backend
         self._transforms_only = transforms_only
         self._kwargs_in_call = kwargs_in_call
-        self._built: Dict[Strategy, Callable[..., Any]] = {}
+        self._built: Dict[Any, Callable[..., Any]] = {}  # by strategy (and watched stages)
         self._argnums = argnums
         self._in_dims = in_dims
         self._explicit: Optional[Tuple[int, Strategy, Callable[..., Any], Tuple[str, str]]] = None
@@ -73,19 +79,31 @@ class Transformed:
     def __repr__(self) -> str:
         return f"<tad_autograd {self.__name__}, backend={self._backend or 'auto'}>"
 
-    def _transformed(self, strategy: Strategy, kwargs: Dict[str, Any]) -> Callable[..., Any]:
+    def _transformed(
+        self, strategy: Strategy, kwargs: Dict[str, Any], watch: Optional[Stages] = None
+    ) -> Callable[..., Any]:
+        """The operator on ``strategy``; with ``watch``, the function's calls run under a
+        defect watch for those stages (a derivative inside an automatic transform)."""
         if kwargs and not self._kwargs_in_call:
-            return self._build(strategy, functools.partial(self.__wrapped__, **kwargs))
-        fn = self._built.get(strategy)
+            bound: Callable[..., Any] = functools.partial(self.__wrapped__, **kwargs)
+            return self._build(strategy, bound if watch is None else watch_calls(bound, watch))
+        key = strategy if watch is None else (strategy, watch)
+        fn = self._built.get(key)
         if fn is None:  # the first call with this strategy (no KeyError raised and caught)
-            fn = self._built[strategy] = self._build(strategy, self.__wrapped__)
+            func = self.__wrapped__ if watch is None else watch_calls(self.__wrapped__, watch)
+            fn = self._built[key] = self._build(strategy, func)
             _log.debug("%s: built on %r", self.__name__, strategy)
         return fn
 
     def _run(
-        self, strategy: Strategy, origin: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]
+        self,
+        strategy: Strategy,
+        origin: str,
+        args: Tuple[Any, ...],
+        kwargs: Dict[str, Any],
+        watch: Optional[Stages] = None,
     ) -> Any:
-        fn = self._transformed(strategy, kwargs)
+        fn = self._transformed(strategy, kwargs, watch)
         token = CONTEXT.set((strategy.backend.name, origin))
         try:
             if kwargs and self._kwargs_in_call:
@@ -213,10 +231,7 @@ class Transformed:
                 and DefectWatch.needed(stages)
             )
         try:
-            if watch:
-                with DefectWatch(stages):
-                    return self._run(strategy, origin, args, kwargs)
-            return self._run(strategy, origin, args, kwargs)
+            return self._run(strategy, origin, args, kwargs, stages if watch else None)
         except Exception as error:
             self._clarify(error)
             if not resolution.inherited_automatic:
