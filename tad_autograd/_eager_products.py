@@ -16,7 +16,7 @@ import torch
 
 from ._eager_jacobian import eager_jacobian
 from ._grad_modes import outside_inference_mode
-from ._graph import custom_backwards_guarded, reaches_other_leaves, retire
+from ._graph import custom_backwards_guarded, graph_facts, reaches_other_leaves, retire
 from ._operand_checks import (
     check_primals,
     check_primals_tangents,
@@ -176,15 +176,16 @@ def eager_hvp(
         try:
             value = check_scalar_output(func(*tree_unflatten(list(inputs), spec)), "hvp")
             ours = {id(x) for x in inputs}
+            # one walk: captured leaves reached, and the custom Functions to guard
+            reaches_other, custom_nodes = graph_facts([value], ours)
             keep_value = any_dual(inputs) or (
-                outer_grad
-                and (external or (value.requires_grad and reaches_other_leaves([value], ours)))
+                outer_grad and (external or (value.requires_grad and reaches_other))
             )
             # the products depend on the tangents too; the value does not
             keep = keep_value or (outer_grad and any(t.requires_grad for t in t_leaves))
             products: Sequence[Optional[torch.Tensor]] = [None] * len(inputs)
             if value.requires_grad:
-                with custom_backwards_guarded([value], True):
+                with custom_backwards_guarded([value], True, custom_nodes):
                     grads = torch.autograd.grad(value, inputs, create_graph=True, allow_unused=True)
                 pairs = [
                     (g, t) for g, t in zip(grads, t_leaves) if g is not None and g.requires_grad

@@ -43,6 +43,7 @@ __all__ = [
     "reaches_other_leaves",
     "retire",
     "defective_ops_in",
+    "graph_facts",
     "has_custom_functions",
     "mark_stand_in_leaf",
     "custom_backwards_guarded",
@@ -126,6 +127,40 @@ def reaches_other_leaves(outputs: Sequence[torch.Tensor], ours: Set[int]) -> boo
     return False
 
 
+def graph_facts(outputs: Sequence[torch.Tensor], ours: Set[int]) -> Tuple[bool, List[Any]]:
+    """One walk of the graph of ``outputs``: whether it reaches a live leaf requiring
+    grad besides ``ours`` (:func:`reaches_other_leaves`), and its custom
+    ``autograd.Function`` nodes.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.zeros(2, requires_grad=True)
+    >>> w = torch.ones(2, requires_grad=True)
+    >>> graph_facts([x * w], {id(x)})
+    (True, [])
+    """
+    stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
+    seen: Set[Any] = set(stack)
+    custom: List[Any] = []
+    reaches = False
+    while stack:
+        node = stack.pop()
+        if isinstance(node, _CUSTOM_FUNCTION):
+            custom.append(node)
+        for nxt, _ in node.next_functions:
+            if nxt is None or nxt in seen:
+                continue
+            seen.add(nxt)
+            if type(nxt) is ACCUMULATE_GRAD:
+                leaf = nxt.variable  # type: ignore[attr-defined]
+                if not reaches and id(leaf) not in ours and not getattr(leaf, _RETIRED, False):
+                    reaches = True
+            else:
+                stack.append(nxt)
+    return reaches, custom
+
+
 def defective_ops_in(outputs: Sequence[torch.Tensor]) -> FrozenSet[str]:
     """What in the graph of ``outputs`` may have a batched derivative torch gets wrong.
 
@@ -193,7 +228,9 @@ _CUSTOM_FUNCTION = BackwardCFunction
 
 
 @contextlib.contextmanager
-def custom_backwards_guarded(outputs: Sequence[torch.Tensor], active: bool) -> Iterator[None]:
+def custom_backwards_guarded(
+    outputs: Sequence[torch.Tensor], active: bool, custom_nodes: Optional[List[Any]] = None
+) -> Iterator[None]:
     """During backward passes that build a graph: no silent second derivatives through Python.
 
     A custom ``autograd.Function`` whose backward computes outside autograd
@@ -204,7 +241,8 @@ def custom_backwards_guarded(outputs: Sequence[torch.Tensor], active: bool) -> I
     gradient it returns without a graph, where its incoming gradient or its
     saved tensors have one, is wrapped so that differentiating it raises;
     where a tangent (forward over reverse) would be lost, it raises at once.
-    First derivatives are unchanged.
+    First derivatives are unchanged.  ``custom_nodes``: the custom nodes of
+    the graph, if a :func:`graph_facts` walk already found them.
 
     Examples
     --------
@@ -231,16 +269,8 @@ def custom_backwards_guarded(outputs: Sequence[torch.Tensor], active: bool) -> I
     """
     handles: List[Any] = []
     if active:
-        stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
-        seen: Set[Any] = set(stack)
-        while stack:
-            node = stack.pop()
-            if isinstance(node, _CUSTOM_FUNCTION):
-                handles.append(node.register_hook(_guard(node)))
-            for nxt, _ in node.next_functions:
-                if nxt is not None and nxt not in seen:
-                    seen.add(nxt)
-                    stack.append(nxt)
+        nodes = custom_nodes if custom_nodes is not None else graph_facts(outputs, set())[1]
+        handles = [node.register_hook(_guard(node)) for node in nodes]
     try:
         yield
     finally:
