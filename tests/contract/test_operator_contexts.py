@@ -18,15 +18,23 @@ loop of ``torch.autograd.grad`` on the eager function):
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Dict, Optional
 
 import pytest
 import torch
-from _helpers import OldStyleExp, assert_tree_close, reference_hessian, reference_jacobian
+from _helpers import (
+    OldStyleExp,
+    assert_tree_close,
+    make_new_style_exp,
+    reference_hessian,
+    reference_jacobian,
+)
 
 import tad_autograd as ta
 from tad_autograd._grad_modes import inference_mode_derivatives
 from tad_autograd._pytree import tree_flatten
+from tad_autograd._torch_info import TORCH_VERSION, Version
 from tad_autograd.registry import REGISTRY
 
 F64 = torch.float64
@@ -313,3 +321,31 @@ def test_second_derivatives_through_an_opaque_backward_raise(
     ):
         with pytest.raises(RuntimeError):
             second()
+
+
+@pytest.mark.skipif(
+    TORCH_VERSION.major < 2, reason="new-style autograd.Function needs torch >= 2.0"
+)
+def test_linearize_under_no_grad_of_a_custom_function_of_a_captured_leaf(
+    backend: Optional[str],
+) -> None:
+    # torch.func.jvp lets the Function record a graph under no_grad; linearize must not
+    new_style_exp = make_new_style_exp()
+    w = torch.tensor(0.3, dtype=F64, requires_grad=True)
+    x, t = torch.tensor(0.5, dtype=F64), torch.tensor(1.0, dtype=F64)
+
+    def f(x):
+        return new_style_exp.apply(w), x * 2
+
+    with torch.no_grad():
+        out, jvp_fn = ta.linearize(f, x, backend=backend)
+        product = jvp_fn(t)
+    assert [o.requires_grad for o in (*out, *product)] == [False] * 4  # as plain autograd
+    if TORCH_VERSION >= Version("2.1"):  # torch 2.0's linearize fails on x * 2
+        with torch.no_grad(), warnings.catch_warnings():  # torch.fx's own warning on 2.13
+            warnings.simplefilter("ignore", UserWarning)
+            theirs = torch.func.linearize(f, x)[0]
+        assert [o.requires_grad for o in theirs] == [False, False]
+    assert_tree_close(
+        (out, product), ((w.exp().detach(), 2 * x), (torch.zeros((), dtype=F64), 2 * t))
+    )
