@@ -200,6 +200,8 @@ def check_forward_finite_differences(case: FuzzCase) -> None:
 
     plus, minus = evaluate(_FD_EPS), evaluate(-_FD_EPS)
     numerical = [(a - b) / (2 * _FD_EPS) for a, b in zip(plus, minus)]
+    if "control_flow" in getattr(prog, "features", ()) and _branch_flips(evaluate, numerical):
+        return  # a data-dependent branch switches within the step: no derivative to compare
     prog.reset()
     with _fixed_seed(_SEED):
         product = build_product(
@@ -215,6 +217,18 @@ def check_forward_finite_differences(case: FuzzCase) -> None:
     for i, (a, n) in enumerate(zip(analytic, numerical)):
         where = f"{case.op} reference, leaf {i} vs finite differences"
         torch.testing.assert_close(a, n, rtol=1e-4, atol=1e-6, msg=_message(where, case))
+
+
+def _branch_flips(
+    evaluate: Callable[[float], List[torch.Tensor]], numerical: List[torch.Tensor]
+) -> bool:
+    """Whether differences over a quarter of the step disagree with ``numerical``: the
+    program's ``if`` on a value that is zero up to rounding took the other branch."""
+    quarter = _FD_EPS / 4
+    finer = [(a - b) / (2 * quarter) for a, b in zip(evaluate(quarter), evaluate(-quarter))]
+    return not all(
+        torch.allclose(f, n, rtol=1e-3, atol=1e-4, equal_nan=True) for f, n in zip(finer, numerical)
+    )
 
 
 def _message(where: str, case: FuzzCase) -> Callable[[str], str]:
