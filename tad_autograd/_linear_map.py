@@ -7,9 +7,11 @@ from input tangents to output tangents, callable many times.
 * Over built-in ops, the double-vjp trick: ``J^T v`` is recorded with a graph
   for dummy cotangents ``v`` (:func:`~tad_autograd._rows.transposed_graph`), and
   each product differentiates it with respect to ``v`` along ``t``.  Exact
-  where the backward formulas are differentiable; where one is not (an op
-  whose backward has no derivative, such as ``cdist``'s), that raises, and the
-  map switches to rows for good.
+  where torch differentiates the backward formulas right; where it cannot (an
+  op whose backward has no derivative, such as ``cdist``'s) that raises, and
+  where it does so wrongly (:mod:`~tad_autograd._column_check`: ``u^T (J t)``
+  differs from ``(J^T u)^T t``) the check fails; either way the map switches
+  to rows for good.
 * Rows of ``J`` by backward passes, computed once, where the graph holds a
   custom ``autograd.Function`` (its Python backward may compute outside
   autograd, so differentiating *through* it could silently miss terms) or the
@@ -65,13 +67,11 @@ def linear_map(
         _log.info("no double-vjp (%s: %s); taking the rows", type(error).__name__, error)
         return by_rows
     broken: List[bool] = []
-    probes: List[ReverseProbe] = []
+    probe = ReverseProbe(dummies, grads)  # the dummies are random: J^T v is a plain vjp
 
     def by_double_vjp(tangents: List[torch.Tensor], create: bool) -> List[torch.Tensor]:
         if broken:
             return by_rows(tangents, create)
-        if not probes:
-            probes.append(ReverseProbe(dummies, grads))
         pairs = [(g, t) for g, t in zip(grads, tangents) if g is not None and g.requires_grad]
         jv: Sequence[Optional[torch.Tensor]] = [None] * len(live)
         if pairs:
@@ -90,7 +90,7 @@ def linear_map(
                 broken.append(True)
                 return by_rows(tangents, create)
         products = [j if j is not None else torch.zeros_like(o.detach()) for o, j in zip(live, jv)]
-        if not probes[0].agrees(products, tangents):  # a backward formula not differentiable
+        if not probe.agrees(products, tangents):  # a backward formula not differentiable
             _log.info("double-vjp products disagree with a plain vjp; taking the rows")
             broken.append(True)
             return by_rows(tangents, create)
