@@ -24,7 +24,8 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 import torch
 
 from ._grad_modes import inference_mode_derivatives
-from ._graph import custom_backwards_guarded, defective_ops_in, reaches_other_leaves, retire
+from ._graph import defective_ops_in, reaches_other_leaves, retire
+from ._opaque_backward import custom_backwards_guarded
 from ._pytree import flatten, tree_flatten, tree_unflatten, unflatten
 from ._rows import LOOP_MAX_ROWS, columns_by_double_vjp, joint_rows, rows, vectorised_rows
 from ._stand_ins import any_dual, check_argnums, check_outputs, prepare_input

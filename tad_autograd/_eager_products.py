@@ -16,7 +16,8 @@ import torch
 
 from ._eager_jacobian import eager_jacobian
 from ._grad_modes import outside_inference_mode
-from ._graph import custom_backwards_guarded, graph_facts, reaches_other_leaves, retire
+from ._graph import graph_facts, reaches_other_leaves, retire
+from ._opaque_backward import custom_backwards_guarded
 from ._operand_checks import (
     check_primals,
     check_primals_tangents,

@@ -19,15 +19,11 @@ nobody's parameters, so a Jacobian of a Jacobian carries no graph where
 
 from __future__ import annotations
 
-import contextlib
 from typing import (
     Any,
-    Callable,
     FrozenSet,
     Iterable,
-    Iterator,
     List,
-    Optional,
     Sequence,
     Set,
     Tuple,
@@ -36,7 +32,6 @@ from typing import (
 import torch
 from torch.autograd.function import BackwardCFunction
 
-from ._dual import level_active, unpack_dual
 from .batching_defects import defective_nodes
 
 __all__ = [
@@ -46,7 +41,6 @@ __all__ = [
     "graph_facts",
     "has_custom_functions",
     "mark_stand_in_leaf",
-    "custom_backwards_guarded",
     "ACCUMULATE_GRAD",
 ]
 
@@ -225,94 +219,3 @@ def has_custom_functions(outputs: Sequence[torch.Tensor]) -> bool:
 
 #: The graph node class of every custom ``torch.autograd.Function``.
 _CUSTOM_FUNCTION = BackwardCFunction
-
-
-@contextlib.contextmanager
-def custom_backwards_guarded(
-    outputs: Sequence[torch.Tensor], active: bool, custom_nodes: Optional[List[Any]] = None
-) -> Iterator[None]:
-    """During backward passes that build a graph: no silent second derivatives through Python.
-
-    A custom ``autograd.Function`` whose backward computes outside autograd
-    (NumPy, ``.item()``, ``.detach()``, ``@once_differentiable``) returns
-    gradients without a graph, so differentiating them again would silently
-    drop its terms -- plain autograd returns such wrong Hessians.  With
-    ``active``, each custom node of the graph of ``outputs`` gets a hook: a
-    gradient it returns without a graph, where its incoming gradient or its
-    saved tensors have one, is wrapped so that differentiating it raises;
-    where a tangent (forward over reverse) would be lost, it raises at once.
-    First derivatives are unchanged.  ``custom_nodes``: the custom nodes of
-    the graph, if a :func:`graph_facts` walk already found them.
-
-    Examples
-    --------
-    >>> import torch
-    >>> class Detached(torch.autograd.Function):
-    ...     @staticmethod
-    ...     def forward(ctx, x):
-    ...         ctx.save_for_backward(x)
-    ...         return x ** 2
-    ...     @staticmethod
-    ...     def backward(ctx, g):
-    ...         (x,) = ctx.saved_tensors
-    ...         return g * 2 * x.detach()
-    >>> x = torch.ones(1, requires_grad=True)
-    >>> y = Detached.apply(x).sum()
-    >>> with custom_backwards_guarded([y], active=True):
-    ...     (g,) = torch.autograd.grad(y, x, create_graph=True)
-    >>> g.detach()
-    tensor([2.])
-    >>> torch.autograd.grad(g.sum(), x)
-    Traceback (most recent call last):
-    ...
-    RuntimeError: DetachedBackward: the backward of this custom autograd.Function ...
-    """
-    handles: List[Any] = []
-    if active:
-        nodes = custom_nodes if custom_nodes is not None else graph_facts(outputs, set())[1]
-        handles = [node.register_hook(_guard(node)) for node in nodes]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _guard(node: Any) -> Callable[..., Optional[Tuple[Optional[torch.Tensor], ...]]]:
-    message = (
-        f"{type(node).__name__}: the backward of this custom autograd.Function computes "
-        "outside autograd (NumPy, .item(), .detach() or @once_differentiable), so a "
-        "derivative of its derivative would silently miss terms; write its backward with "
-        "differentiable torch operations (or give the Function a jvp) to take second "
-        "derivatives through it"
-    )
-
-    def hook(
-        grad_inputs: Tuple[Optional[torch.Tensor], ...], grad_outputs: Tuple[Any, ...]
-    ) -> Optional[Tuple[Optional[torch.Tensor], ...]]:
-        if not torch.is_grad_enabled():  # a backward pass that builds no graph
-            return None
-        try:
-            saved = tuple(node.saved_tensors)
-        except RuntimeError:  # already freed
-            saved = ()
-        incoming = [t for t in (*grad_outputs, *saved) if isinstance(t, torch.Tensor)]
-        if level_active() and any(unpack_dual(t)[1] is not None for t in incoming):
-            if any(g is not None and unpack_dual(g)[1] is None for g in grad_inputs):
-                raise RuntimeError(message)
-        if not any(t.requires_grad for t in incoming):
-            return None
-        if all(g is None or g.requires_grad for g in grad_inputs):
-            return None
-        # the refusing node gets the graph's own tensors as inputs too, so that a later
-        # backward pass towards the inputs runs through it (and raises) instead of around it
-        anchors = [t for t in incoming if t.requires_grad]
-        refuse = torch._C._functions.DelayedError(message, 1 + len(anchors))
-        return tuple(
-            refuse(g.detach().requires_grad_(True), *anchors)[0]
-            if g is not None and not g.requires_grad
-            else g
-            for g in grad_inputs
-        )
-
-    return hook

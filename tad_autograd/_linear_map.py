@@ -29,7 +29,8 @@ from typing import Callable, List, Optional, Sequence
 import torch
 
 from ._column_check import ReverseProbe
-from ._graph import custom_backwards_guarded, has_custom_functions
+from ._graph import has_custom_functions
+from ._opaque_backward import custom_backwards_guarded
 from ._rows import rows, transposed_graph
 
 __all__ = ["linear_map"]

@@ -1,0 +1,190 @@
+"""Second derivatives through a custom Function whose backward leaves autograd.
+
+Plain autograd silently drops the Function's terms from such Hessians (zeros
+for ``sin(Cube(x))``, a quarter of the truth for ``Cube(x) * x``); every
+second-order operator must raise a ``RuntimeError`` naming the Function
+instead, however the Function's result enters the function.  Functions whose
+backward is differentiable, or uses its saved tensors only through
+comparisons, keep their exact second derivatives.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Dict, Optional
+
+import numpy as np
+import pytest
+import torch
+from torch.autograd.function import once_differentiable
+
+import tad_autograd as ta
+from tad_autograd.registry import REGISTRY
+
+F64 = torch.float64
+
+
+def _cube(backward: Callable[[Any, torch.Tensor], torch.Tensor], name: str) -> Any:
+    """An old-style Function computing ``x ** 3`` with the given backward."""
+
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x**3
+
+    return type(
+        name,
+        (torch.autograd.Function,),
+        {"forward": staticmethod(forward), "backward": staticmethod(backward)},
+    )
+
+
+def _once(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+    (x,) = ctx.saved_tensors
+    return g * 3 * x**2
+
+
+def _numpy(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+    (x,) = ctx.saved_tensors
+    return g * torch.from_numpy(3 * np.square(x.detach().numpy()))
+
+
+def _detach(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+    (x,) = ctx.saved_tensors
+    return g * 3 * x.detach() ** 2
+
+
+def _no_grad(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+    (x,) = ctx.saved_tensors
+    with torch.no_grad():
+        slope = 3 * x**2
+    return g * slope
+
+
+def _differentiable(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+    (x,) = ctx.saved_tensors
+    return g * 3 * x**2
+
+
+OPAQUE: Dict[str, Any] = {
+    "once_differentiable": _cube(once_differentiable(_once), "OnceCube"),
+    "numpy": _cube(_numpy, "NumpyCube"),
+    "detach": _cube(_detach, "DetachCube"),
+    "no_grad": _cube(_no_grad, "NoGradCube"),
+}
+EXACT = _cube(_differentiable, "ExactCube")
+
+# how the Function's result enters the scalar, and that scalar's true second derivative
+USES: Dict[str, Any] = {
+    "linear": (lambda c, z: c(z).sum(), lambda z: torch.diag(6 * z)),
+    "times input": (lambda c, z: (c(z) * z).sum(), lambda z: torch.diag(12 * z**2)),
+    "sin": (
+        lambda c, z: c(z).sin().sum(),
+        lambda z: torch.diag(-9 * z**4 * (z**3).sin() + 6 * z * (z**3).cos()),
+    ),
+}
+
+X = torch.tensor([0.5, -1.0, 2.0], dtype=F64)
+E0 = torch.tensor([1.0, 0.0, 0.0], dtype=F64)
+
+
+def _second_order(f: Callable[..., Any], kw: Dict[str, Any]) -> Dict[str, Callable[[], Any]]:
+    """Every second-order operator and composition, returning H (or H @ e0 / e0^T H)."""
+    return {
+        "hessian": lambda: ta.hessian(f, **kw)(X),
+        "hvp": lambda: ta.hvp(f, (X,), (E0,), **kw)[1][0],
+        "jacrev(jacrev)": lambda: ta.jacrev(ta.jacrev(f, **kw), **kw)(X),
+        "jacfwd(jacrev)": lambda: ta.jacfwd(ta.jacrev(f, **kw), **kw)(X),
+        "jacobian(grad)": lambda: ta.jacobian(ta.grad(f, **kw), **kw)(X),
+        "jvp(grad)": lambda: ta.jvp(ta.grad(f, **kw), (X,), (E0,), **kw)[1],
+        "vjp(grad)": lambda: ta.vjp(ta.grad(f, **kw), X, **kw)[1](E0)[0],
+        "linearize(grad)": lambda: ta.linearize(ta.grad(f, **kw), X, **kw)[1](E0),
+        "vmap(hessian)": lambda: ta.vmap(ta.hessian(f, **kw), **kw)(X[None])[0],
+    }
+
+
+def _is_transform(backend: Optional[str]) -> bool:
+    return backend is not None and REGISTRY.get(backend).is_transform
+
+
+@pytest.mark.parametrize("use", sorted(USES))
+@pytest.mark.parametrize("kind", sorted(OPAQUE))
+def test_second_order_through_an_opaque_backward_raises(
+    backend: Optional[str], kind: str, use: str
+) -> None:
+    function = OPAQUE[kind]
+    scalar, _ = USES[use]
+
+    def f(z: torch.Tensor) -> torch.Tensor:
+        return scalar(function.apply, z)
+
+    for name, second in _second_order(f, {"backend": backend}).items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ta.BackendFallbackWarning)
+            # torch.func refuses an old-style Function; the others name it
+            match = None if _is_transform(backend) else function.__name__
+            with pytest.raises(RuntimeError, match=match):
+                second()
+                pytest.fail(f"{name} returned a value")
+
+
+@pytest.mark.parametrize("use", sorted(USES))
+def test_first_derivatives_through_an_opaque_backward_stay_exact(
+    backend: Optional[str], use: str
+) -> None:
+    if _is_transform(backend):
+        pytest.skip("torch.func refuses old-style Functions")
+    scalar, _ = USES[use]
+    for function in OPAQUE.values():
+
+        def f(z: torch.Tensor) -> torch.Tensor:
+            return scalar(function.apply, z)
+
+        def g(z: torch.Tensor) -> torch.Tensor:
+            return scalar(lambda t: t**3, z)
+
+        x = X.clone().requires_grad_(True)
+        (reference,) = torch.autograd.grad(g(x), x)
+        torch.testing.assert_close(ta.grad(f, backend=backend)(X), reference)
+        torch.testing.assert_close(ta.jacrev(f, backend=backend)(X), reference)
+
+
+@pytest.mark.parametrize("use", sorted(USES))
+def test_second_order_through_a_differentiable_backward_is_exact(
+    backend: Optional[str], use: str
+) -> None:
+    if _is_transform(backend):
+        pytest.skip("torch.func refuses old-style Functions")
+    scalar, truth = USES[use]
+
+    def f(z: torch.Tensor) -> torch.Tensor:
+        return scalar(EXACT.apply, z)
+
+    hessian = truth(X)
+    expected = {"hvp": hessian[0], "jvp(grad)": hessian[0], "vjp(grad)": hessian[0]}
+    expected["linearize(grad)"] = hessian[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ta.BackendFallbackWarning)
+        for name, second in _second_order(f, {"backend": backend}).items():
+            got = second()
+            torch.testing.assert_close(got, expected.get(name, hessian), msg=name)
+
+
+class _Step(torch.autograd.Function):
+    """``relu(x) ** 2`` whose backward uses its input only through a comparison."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return x.clamp(min=0) ** 2
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return g * 2 * x * (x > 0)
+
+
+def test_a_backward_using_a_mask_is_not_refused(backend: Optional[str]) -> None:
+    if _is_transform(backend):
+        pytest.skip("torch.func refuses old-style Functions")
+    hessian = ta.hessian(lambda z: _Step.apply(z).sum(), backend=backend)(X)
+    torch.testing.assert_close(hessian, torch.diag(2.0 * (X > 0)).to(F64))
