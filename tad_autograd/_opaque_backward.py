@@ -24,7 +24,7 @@ node.
 Examples
 --------
 >>> import torch
->>> from torch.autograd.function import once_differentiable
+>>> from torch.autograd.function import FunctionCtx, once_differentiable
 >>> class Cube(torch.autograd.Function):
 ...     @staticmethod
 ...     def forward(ctx, x):
@@ -50,11 +50,12 @@ RuntimeError: Cube: the backward of this custom autograd.Function ...
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
-from torch.autograd.function import once_differentiable
+from torch.autograd.function import FunctionCtx, once_differentiable
 
 from ._dual import level_active, unpack_dual
 from ._graph import graph_facts
@@ -64,14 +65,25 @@ __all__ = ["custom_backwards_guarded", "opaque_backward_message"]
 #: The code of the wrapper ``@once_differentiable`` puts around a backward.
 _ONCE_DIFFERENTIABLE_CODE = once_differentiable(lambda ctx: None).__code__
 
-#: Tensor methods whose results leave autograd: a backward calling one is opaque.
-_LEAVE_AUTOGRAD: Tuple[Any, ...] = (
-    torch.Tensor.detach,
-    torch.Tensor.detach_,
-    torch.Tensor.numpy,
-    torch.Tensor.item,
-    torch.Tensor.tolist,
-    torch.Tensor.data.__get__,  # type: ignore[attr-defined]
+#: Names of the operations whose results leave autograd: a backward calling one is opaque
+#: (the method, the ``torch.`` function and the ``aten`` op of each share its name).
+_LEAVE_AUTOGRAD = frozenset(
+    {
+        "detach",
+        "detach_",
+        "detach.default",
+        "numpy",
+        "item",
+        "tolist",
+        "__array__",
+        "new_tensor",
+        "tensor",
+    }
+)
+
+#: The Python ``Function.apply`` (torch >= 2.0): ops below it are a nested Function's forward.
+_FUNCTION_APPLY_CODE = getattr(
+    getattr(torch.autograd.Function.apply, "__func__", None), "__code__", None
 )
 
 #: Instance attribute that replaces a node's ``apply`` while it is guarded.
@@ -172,36 +184,45 @@ def _watched_apply(node: Any) -> Callable[..., Any]:
             saved = tuple(node.saved_tensors)
         except RuntimeError:  # already freed: the Function's backward will say so
             saved = ()
-        incoming = [t for t in (*grad_outputs, *saved) if isinstance(t, torch.Tensor)]
+        kept = tuple(vars(node).values())  # tensors the forward kept as ctx attributes
+        incoming = [t for t in (*grad_outputs, *saved, *kept) if isinstance(t, torch.Tensor)]
         tangents_in = level_active() and any(unpack_dual(t)[1] is not None for t in incoming)
         anchors = [t for t in incoming if t.requires_grad]
-        if not anchors and not tangents_in:
+        if not anchors and not tangents_in:  # its gradient is a constant: nothing to miss
             return original(*grad_outputs)
-        watch = _LeavesAutograd()
-        with watch:
+        if _once_differentiable(node):
+            opaque = True
             result = original(*grad_outputs)
-        single = not isinstance(result, tuple)
-        grads: Tuple[Any, ...] = (result,) if single else result
-        tensors = [g for g in grads if isinstance(g, torch.Tensor)]
-        opaque = watch.seen or _once_differentiable(node)
-        message = opaque_backward_message(_function_name(node))
-        if tangents_in and (opaque or any(unpack_dual(g)[1] is None for g in tensors)):
-            raise RuntimeError(message)
-        if not anchors or not (opaque or any(not g.requires_grad for g in tensors)):
+        else:
+            watch = _LeavesAutograd()
+            with watch:
+                result = original(*grad_outputs)
+            opaque = watch.seen
+        if not opaque:
             return result
+        message = opaque_backward_message(_function_name(node))
+        if tangents_in:
+            raise RuntimeError(message)
         # every gradient it returns now refuses to be differentiated; the refusing node
         # gets the graph's own tensors as inputs too, so that a later backward pass
         # towards the inputs runs through it (and raises) instead of around it
         refuse = torch._C._functions.DelayedError(message, 1 + len(anchors))  # type: ignore[attr-defined]
+        single = not isinstance(result, tuple)
         refused = tuple(
             refuse(g.detach().requires_grad_(True), *anchors)[0]
             if isinstance(g, torch.Tensor)
             else g
-            for g in grads
+            for g in ((result,) if single else result)
         )
         return refused[0] if single else refused
 
     return apply
+
+
+#: The code of the watched backward's wrapper: frame walks stop there.
+_WATCHED_APPLY_CODE = next(
+    c for c in _watched_apply.__code__.co_consts if getattr(c, "co_name", None) == "apply"
+)
 
 
 class _LeavesAutograd(torch.overrides.TorchFunctionMode):
@@ -218,6 +239,24 @@ class _LeavesAutograd(torch.overrides.TorchFunctionMode):
         args: Tuple[Any, ...] = (),
         kwargs: Optional[Dict[str, Any]] = None,
     ) -> Any:
-        if not self.seen and (not torch.is_grad_enabled() or func in _LEAVE_AUTOGRAD):
-            self.seen = True
+        if not self.seen:
+            name = getattr(func, "__name__", None)
+            if name in _LEAVE_AUTOGRAD or (
+                not torch.is_grad_enabled() and not _inside_a_function_forward()
+            ):
+                self.seen = True
         return func(*args, **(kwargs or {}))
+
+
+def _inside_a_function_forward() -> bool:
+    """Whether the op being watched runs in the forward of a custom Function (grad mode off
+    there by torch itself), called by the watched backward."""
+    frame: Any = sys._getframe(1)
+    while frame is not None and frame.f_code is not _WATCHED_APPLY_CODE:
+        code = frame.f_code
+        if code is _FUNCTION_APPLY_CODE:
+            return True
+        if code.co_name == "forward" and isinstance(frame.f_locals.get("ctx"), FunctionCtx):
+            return True  # an old-style forward(ctx, ...) (torch 1.13 has no Python apply)
+        frame = frame.f_back
+    return False

@@ -60,6 +60,18 @@ def _no_grad(ctx: Any, g: torch.Tensor) -> torch.Tensor:
     return g * slope
 
 
+def _torch_detach(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+    (x,) = ctx.saved_tensors
+    return g * 3 * torch.detach(x) ** 2
+
+
+def _copy(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+    (x,) = ctx.saved_tensors
+    with warnings.catch_warnings():  # torch recommends detach().clone(): the same copy
+        warnings.simplefilter("ignore", UserWarning)
+        return g * 3 * x.new_tensor(x) ** 2
+
+
 def _differentiable(ctx: Any, g: torch.Tensor) -> torch.Tensor:
     (x,) = ctx.saved_tensors
     return g * 3 * x**2
@@ -70,6 +82,16 @@ OPAQUE: Dict[str, Any] = {
     "numpy": _cube(_numpy, "NumpyCube"),
     "detach": _cube(_detach, "DetachCube"),
     "no_grad": _cube(_no_grad, "NoGradCube"),
+    "torch.detach": _cube(_torch_detach, "TorchDetachCube"),
+    "new_tensor": _cube(_copy, "CopyCube"),
+    "ctx attribute": type(
+        "AttributeCube",
+        (torch.autograd.Function,),
+        {
+            "forward": staticmethod(lambda ctx, x: (setattr(ctx, "x", x), x**3)[1]),
+            "backward": staticmethod(once_differentiable(lambda ctx, g: g * 3 * ctx.x**2)),
+        },
+    ),
 }
 EXACT = _cube(_differentiable, "ExactCube")
 
@@ -136,7 +158,7 @@ def test_first_derivatives_through_an_opaque_backward_stay_exact(
     scalar, _ = USES[use]
     for function in OPAQUE.values():
 
-        def f(z: torch.Tensor) -> torch.Tensor:
+        def f(z: torch.Tensor, function: Any = function) -> torch.Tensor:
             return scalar(function.apply, z)
 
         def g(z: torch.Tensor) -> torch.Tensor:
@@ -188,3 +210,77 @@ def test_a_backward_using_a_mask_is_not_refused(backend: Optional[str]) -> None:
         pytest.skip("torch.func refuses old-style Functions")
     hessian = ta.hessian(lambda z: _Step.apply(z).sum(), backend=backend)(X)
     torch.testing.assert_close(hessian, torch.diag(2.0 * (X > 0)).to(F64))
+
+
+class _Relu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return g * (x > 0)
+
+
+class _Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, w)
+        return x @ w.T
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> Any:  # type: ignore[override]
+        x, w = ctx.saved_tensors
+        return g @ w, g.T @ x
+
+
+class _Slope(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(g, x)
+        return g * 3 * x**2
+
+    @staticmethod
+    def backward(ctx: Any, h: torch.Tensor) -> Any:  # type: ignore[override]
+        g, x = ctx.saved_tensors
+        return h * 3 * x**2, h * g * 6 * x
+
+
+class _NestedCube(torch.autograd.Function):
+    """A backward that calls another custom Function (whose forward runs under no_grad)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return x**3
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return _Slope.apply(g, x)
+
+
+_W1 = torch.linspace(-1.0, 1.0, 12, dtype=F64).reshape(4, 3)
+_W2 = torch.linspace(0.5, -0.5, 8, dtype=F64).reshape(2, 4)
+
+DIFFERENTIABLE: Dict[str, Any] = {
+    "mask only": (lambda z: _Relu.apply(z).sum(), lambda z: z.clamp(min=0).sum()),
+    "frozen layers": (
+        lambda z: _Linear.apply(torch.tanh(_Linear.apply(z[None], _W1)), _W2).sum(),
+        lambda z: (torch.tanh(z[None] @ _W1.T) @ _W2.T).sum(),
+    ),
+    "nested Function": (lambda z: _NestedCube.apply(z).sin().sum(), lambda z: (z**3).sin().sum()),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DIFFERENTIABLE))
+def test_differentiable_backwards_are_not_refused(backend: Optional[str], case: str) -> None:
+    """Linear, mask-only and nested-Function backwards: exact, as plain autograd."""
+    if _is_transform(backend):
+        pytest.skip("torch.func refuses old-style Functions")
+    f, twin = DIFFERENTIABLE[case]
+    reference = torch.autograd.functional.hessian(twin, X)
+    torch.testing.assert_close(ta.hessian(f, backend=backend)(X), reference)
+    torch.testing.assert_close(ta.hvp(f, (X,), (E0,), backend=backend)[1][0], reference[0])
