@@ -110,7 +110,10 @@ def check_primals_tangents(
         )
     for i, (p, t) in enumerate(zip(p_leaves, t_leaves)):
         if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name}: tangent {i} must be a tensor, got {type(t)}")
+            raise RuntimeError(
+                f"{name}: tangents must be tensors (or pytrees of them) like the primals; "
+                f"tangent {i} is {type(t)}"
+            )
         if t.shape != p.shape:
             raise RuntimeError(
                 f"{name}: tangent {i} has shape {tuple(t.shape)}, its primal "
