@@ -137,8 +137,10 @@ def check_differentiable(args: Tuple[Any, ...], argnums: Any, name: str) -> None
                     "transform API must be Tensor"
                 )
             if not leaf.is_floating_point():
-                # torch.func: ValueError in forward mode (jacfwd), RuntimeError in reverse
-                raise (ValueError if name == "jacfwd" else RuntimeError)(
+                # torch.func: ValueError for an integer or bool tensor in forward mode (jacfwd,
+                # and hessian: jacfwd of jacrev), RuntimeError in reverse and for complex ones
+                forward = name in ("jacfwd", "hessian") and not leaf.is_complex()
+                raise (ValueError if forward else RuntimeError)(
                     f"{name}: the argument at argnums position {n} has dtype {leaf.dtype}; "
                     "only Tensors of floating point dtype can require gradients"
                 )

@@ -7,7 +7,8 @@ pushforward and a pullback):
 
 * ``jacfwd`` with ``chunk_size`` (no :mod:`torch.func` release has it):
   ``vmap`` of ``jvp`` over chunks of the input basis;
-* ``linearize`` (functorch on torch 1.13 has none): ``jvp`` at each call;
+* ``linearize``: the Jacobian by ``vmap`` of ``jvp`` from one run of the function
+  (:func:`torch.func.linearize` runs it twice, drawing anew for the products);
 * ``hvp`` (no release has it): forward over reverse, ``jvp`` of
   ``grad_and_value``, so the value comes for free;
 * ``grad`` from ``grad_and_value``.
@@ -21,6 +22,8 @@ import torch
 
 from ._dual import forward_ad_ready
 from ._eager_jacobian import unflatten_jacobian
+from ._linear_map import matvec
+from ._operand_checks import check_primals, check_primals_tangents, check_tensor_outputs
 from ._pytree import flatten, tree_flatten, tree_unflatten, unflatten
 from ._rng import RngStates, visible_generators
 from ._stand_ins import check_argnums, check_outputs
@@ -157,30 +160,64 @@ def _basis(leaves: List[torch.Tensor], total: int, start: int, size: int) -> Lis
 
 
 def linearize_from_jvp(
-    jvp: Jvp, func: Callable[..., Any], primals: Tuple[Any, ...]
+    jvp: Jvp, vmap: Callable[..., Any], func: Callable[..., Any], primals: Tuple[Any, ...]
 ) -> Tuple[Any, Callable[..., Any]]:
-    """``linearize``: the output now, and a ``jvp_fn(*tangents)`` that calls ``jvp``.
+    """``linearize``: the output and the Jacobian from one run of ``func``, then products.
+
+    ``func`` runs once, under ``vmap`` of ``jvp`` over the input basis (draws
+    made once, shared by every column): the output and every column of the
+    Jacobian come from that run, so each ``jvp_fn(*tangents)`` is a
+    matrix-vector product at the original point, whatever later happens to the
+    primals or the random generators.  Complex inputs push their real and
+    imaginary parts as separate columns (``jvp`` is only real-linear).
 
     Examples
     --------
     >>> import torch
     >>> try:
-    ...     from torch.func import jvp
+    ...     from torch.func import jvp, vmap
     ... except ImportError:  # torch 1.13
-    ...     from functorch import jvp
-    >>> out, jvp_fn = linearize_from_jvp(jvp, torch.sin, (torch.zeros(2),))
+    ...     from functorch import jvp, vmap
+    >>> out, jvp_fn = linearize_from_jvp(jvp, vmap, torch.sin, (torch.zeros(2),))
     >>> jvp_fn(torch.ones(2))
     tensor([1., 1.])
     """
     forward_ad_ready()
-    # the output from a plain call, as torch.func.linearize gives it: torch.func.jvp lets a
-    # custom autograd.Function of a tensor requiring grad record a graph under no_grad
-    output = func(*primals)
+    p_leaves, spec = check_primals(primals, "linearize")
+    real = [torch.view_as_real(p.resolve_conj()) if p.is_complex() else p for p in p_leaves]
+
+    def of_real(*xs: torch.Tensor) -> Any:
+        leaves = [torch.view_as_complex(x) if p.is_complex() else x for x, p in zip(xs, p_leaves)]
+        return func(*tree_unflatten(leaves, spec))
+
+    def push(*tangents: torch.Tensor) -> Any:
+        return jvp(of_real, tuple(real), tangents)
+
+    total = sum(x.numel() for x in real)
+    size = max(total, 1)  # no input elements: one zero column for the output's shape
+    output, columns = vmap(push, randomness="same")(*_basis(real, total, 0, size))
+    out_leaves, out_spec = tree_flatten(output)
+    check_tensor_outputs(out_leaves, "linearize")
+    col_leaves = tree_flatten(columns)[0]
+    # the output as a plain call gives it: without a graph under no_grad
+    grad = torch.is_grad_enabled()
+    out_leaves = [o[0] if grad else o[0].detach() for o in out_leaves]
+    matrices = [
+        (c if grad else c.detach()).reshape(size, o.numel())[:total].transpose(0, 1)
+        for c, o in zip(col_leaves, out_leaves)
+    ]
 
     def jvp_fn(*tangents: Any) -> Any:
-        return jvp(func, primals, tangents)[1]
+        t_leaves = check_primals_tangents(primals, tangents, "linearize")[1]
+        flat = [
+            (torch.view_as_real(t.resolve_conj()) if t.is_complex() else t).reshape(-1)
+            for t in t_leaves
+        ]
+        vector = torch.cat(flat) if flat else p_leaves[0].new_zeros(0)
+        products = [matvec(m, vector).reshape(o.shape) for m, o in zip(matrices, out_leaves)]
+        return tree_unflatten(products, out_spec)
 
-    return output, jvp_fn
+    return tree_unflatten(out_leaves, out_spec), jvp_fn
 
 
 def hvp_from_jvp(

@@ -19,6 +19,7 @@ from ._grad_modes import outside_inference_mode
 from ._graph import graph_facts, reaches_other_leaves, retire
 from ._opaque_backward import custom_backwards_guarded
 from ._operand_checks import (
+    check_cotangents,
     check_primals,
     check_primals_tangents,
     check_scalar_output,
@@ -62,19 +63,7 @@ def eager_vjp(func: Callable[..., Any], primals: Tuple[Any, ...], has_aux: bool)
     def vjp_fn(
         cotangents: Any, retain_graph: bool = True, create_graph: Optional[bool] = None
     ) -> Any:
-        ct_leaves, ct_spec = tree_flatten(cotangents)
-        if ct_spec != out_spec:
-            raise RuntimeError(
-                "vjp_fn(cotangents): expected cotangents to have the structure of the "
-                f"function's output, {out_spec}; got {ct_spec}"
-            )
-        for i, (o, c) in enumerate(zip(out_leaves, ct_leaves)):
-            if not isinstance(c, torch.Tensor) or c.shape != o.shape:
-                got = tuple(c.shape) if isinstance(c, torch.Tensor) else type(c)
-                raise RuntimeError(
-                    f"vjp_fn(cotangents): cotangent {i} must be a tensor of the output's shape "
-                    f"{tuple(o.shape)}, got {got}"
-                )
+        ct_leaves = check_cotangents(out_leaves, out_spec, cotangents)
         if create_graph is None:
             create_graph = dual or (
                 torch.is_grad_enabled() and (keep or any(c.requires_grad for c in ct_leaves))

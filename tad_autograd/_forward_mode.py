@@ -323,8 +323,10 @@ def _columns(
 def eager_linearize(func: Callable[..., Any], primals: Tuple[Any, ...]) -> Tuple[Any, Any]:
     """``torch.func.linearize(func, *primals)``: the output and a ``jvp_fn(*tangents)``.
 
-    The function runs once; each ``jvp_fn`` call is a backward pass through
-    the recorded graph (:func:`~tad_autograd._linear_map.linear_map`), exact whatever ``func``
+    The function runs once, on copies of the primals (so the products stay at
+    this point when the caller later updates a primal in place); each
+    ``jvp_fn`` call is a backward pass through the recorded graph
+    (:func:`~tad_autograd._linear_map.linear_map`), exact whatever ``func``
     contains, with no forward-AD rule needed.
 
     Examples
@@ -339,7 +341,9 @@ def eager_linearize(func: Callable[..., Any], primals: Tuple[Any, ...]) -> Tuple
         return outside_inference_mode("linearize", lambda p: eager_linearize(func, p), primals)
     outer_grad = torch.is_grad_enabled()
     with torch.enable_grad():
-        inputs, external = stand_ins(p_leaves)
+        # snapshots: the graph saves what ``func`` saw, so the products stay at this point
+        # when the caller later updates a primal in place
+        inputs, external = stand_ins([p.clone() for p in p_leaves])
         result = func(*tree_unflatten(list(inputs), spec))
         out_leaves, out_spec = tree_flatten(result)
         check_tensor_outputs(out_leaves, "linearize")

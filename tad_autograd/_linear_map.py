@@ -33,7 +33,7 @@ from ._graph import has_custom_functions
 from ._opaque_backward import custom_backwards_guarded
 from ._rows import rows, transposed_graph
 
-__all__ = ["linear_map"]
+__all__ = ["linear_map", "matvec"]
 
 _log = logging.getLogger("tad_autograd")
 
@@ -122,12 +122,12 @@ class _ByRows:
         for o, blocks in zip(self.outputs, self.jacobians()):
             total = torch.zeros(o.numel(), dtype=o.dtype, device=o.device)
             for r, x, t in zip(blocks, self.inputs, tangents):
-                total = total + _matvec(r.reshape(o.numel(), x.numel()), t.reshape(-1))
+                total = total + matvec(r.reshape(o.numel(), x.numel()), t.reshape(-1))
             result.append(total.reshape(o.shape))
         return result
 
 
-def _matvec(matrix: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+def matvec(matrix: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
     """``matrix @ vector`` in ``matrix``'s dtype, half precisions accumulated in float32
     (which CPUs of torch < 2.1 also need: they have no half-precision ``addmv``)."""
     if matrix.dtype in (torch.float16, torch.bfloat16):

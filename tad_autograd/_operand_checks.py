@@ -2,8 +2,9 @@
 
 Every backend runs them before differentiating, so one mistake gets one
 exception type everywhere: the type :mod:`torch.func` raises (``RuntimeError``
-for structure, shape and dtype mismatches and for non-scalar ``grad``
-outputs, ``ValueError`` for non-tensors), with a message naming what was
+for structure, shape and dtype mismatches, for non-tensor tangents and
+for non-scalar ``grad`` outputs, ``TypeError`` for non-tensor cotangents,
+``ValueError`` for non-tensor primals), with a message naming what was
 given and what is allowed.
 """
 
@@ -16,11 +17,13 @@ import torch
 from ._pytree import tree_flatten
 
 __all__ = [
+    "check_cotangents",
     "check_primals",
     "check_primals_tangents",
     "check_scalar_output",
     "check_tensor_outputs",
     "split_aux",
+    "with_checked_cotangents",
     "with_checked_outputs",
 ]
 
@@ -110,7 +113,10 @@ def check_primals_tangents(
         )
     for i, (p, t) in enumerate(zip(p_leaves, t_leaves)):
         if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name}: tangent {i} must be a tensor, got {type(t)}")
+            raise RuntimeError(
+                f"{name}: tangents must be tensors (or pytrees of them) like the primals; "
+                f"tangent {i} is {type(t)}"
+            )
         if t.shape != p.shape:
             raise RuntimeError(
                 f"{name}: tangent {i} has shape {tuple(t.shape)}, its primal "
@@ -118,10 +124,66 @@ def check_primals_tangents(
             )
         if t.dtype != p.dtype or t.device != p.device:
             raise RuntimeError(
-                f"{name}: tangent {i} is {t.dtype} on {t.device}, its primal {p.dtype} on "
-                f"{p.device}; they must be equal"
+                f"{name}: tangent {i} has dtype {t.dtype} on {t.device}, its primal dtype "
+                f"{p.dtype} on {p.device}; the dtype and device must be the primal's"
             )
     return p_leaves, t_leaves, spec
+
+
+def check_cotangents(out_leaves: List[Any], out_spec: Any, cotangents: Any) -> List[Any]:
+    """The leaves of ``vjp_fn``'s ``cotangents``, checked against the output's.
+
+    As :mod:`torch.func`: another structure or shape raises ``RuntimeError``,
+    a leaf that is not a tensor ``TypeError``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> check_cotangents(*tree_flatten(torch.zeros(2)), 1.0)
+    Traceback (most recent call last):
+    ...
+    TypeError: vjp_fn(cotangents): cotangent 0 must be a tensor shaped like output 0 (2,), ...
+    """
+    ct_leaves, ct_spec = tree_flatten(cotangents)
+    if ct_spec != out_spec:
+        raise RuntimeError(
+            "vjp_fn(cotangents): expected cotangents to have the structure of the "
+            f"function's output, {out_spec}; got {ct_spec}"
+        )
+    for i, (o, c) in enumerate(zip(out_leaves, ct_leaves)):
+        if not isinstance(c, torch.Tensor):
+            raise TypeError(
+                f"vjp_fn(cotangents): cotangent {i} must be a tensor shaped like output {i} "
+                f"{tuple(o.shape)}, got {type(c)}"
+            )
+        if c.shape != o.shape:
+            raise RuntimeError(
+                f"vjp_fn(cotangents): cotangent {i} has shape {tuple(c.shape)}; it must have "
+                f"the shape of output {i}, {tuple(o.shape)}"
+            )
+    return ct_leaves
+
+
+def with_checked_cotangents(result: Tuple[Any, ...]) -> Tuple[Any, ...]:
+    """``vjp``'s ``(output, vjp_fn[, aux])`` with ``vjp_fn`` checking its cotangents first.
+
+    Examples
+    --------
+    >>> import torch
+    >>> out, vjp_fn = with_checked_cotangents((torch.ones(2), lambda ct: (ct,)))
+    >>> vjp_fn(torch.ones(3))
+    Traceback (most recent call last):
+    ...
+    RuntimeError: vjp_fn(cotangents): cotangent 0 has shape (3,); it must have the shape ...
+    """
+    out_leaves, out_spec = tree_flatten(result[0])
+    inner = result[1]
+
+    def vjp_fn(cotangents: Any, *args: Any, **kwargs: Any) -> Any:
+        check_cotangents(out_leaves, out_spec, cotangents)
+        return inner(cotangents, *args, **kwargs)
+
+    return (result[0], vjp_fn) + tuple(result[2:])
 
 
 def check_scalar_output(output: Any, name: str) -> torch.Tensor:

@@ -12,7 +12,12 @@ from typing import Any, Callable, Optional, Tuple
 
 from ._checks import check_backend, check_has_aux, check_inference_mode
 from ._dual import forward_ad_ready
-from ._operand_checks import check_primals, check_primals_tangents, with_checked_outputs
+from ._operand_checks import (
+    check_primals,
+    check_primals_tangents,
+    with_checked_cotangents,
+    with_checked_outputs,
+)
 from ._tangent_dtypes import like_output, tangents_like_outputs
 from .strategies import Strategy
 from .transforms import Transformed, run_on_named_backend
@@ -76,7 +81,7 @@ def vjp(
 
     def build(s: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
         checked = with_checked_outputs(f, has_aux, "vjp")
-        return lambda *p: s.vjp(checked, p, has_aux=has_aux)
+        return lambda *p: with_checked_cotangents(s.vjp(checked, p, has_aux=has_aux))
 
     return _at_once("vjp", func, backend, build, *primals)
 

@@ -201,12 +201,15 @@ class Backend:
     def linearize(
         self, func: Callable[..., Any], primals: Tuple[Any, ...]
     ) -> Tuple[Any, Callable[..., Any]]:
-        """``torch.func.linearize(func, *primals)``; derived: :meth:`jvp` at each call."""
+        """``torch.func.linearize(func, *primals)``; derived: ``vmap`` of :meth:`jvp`, once."""
+        vmap = self.vmap_primitive()
+        if vmap is None:
+            raise NotImplementedError(f"{self.name}: linearize needs a vmap or its own linearize")
 
         def jvp(f: Callable[..., Any], p: Any, t: Any, has_aux: bool = False) -> Any:
             return self.jvp(f, p, t, has_aux=has_aux)
 
-        return linearize_from_jvp(jvp, func, primals)
+        return linearize_from_jvp(jvp, vmap, func, primals)
 
     def hvp(
         self, func: Callable[..., Any], primals: Tuple[Any, ...], tangents: Tuple[Any, ...]

@@ -31,10 +31,12 @@ class FuncBackend(Backend):
     """Function transforms from :mod:`torch.func`.
 
     The fastest backend where it works; :mod:`torch.func` is imported only
-    when the backend first runs.  ``linearize`` is derived from ``jvp``
-    (:mod:`tad_autograd._derived`): :func:`torch.func.linearize` traces the
-    function with ``make_fx``, which refuses data-dependent Python and warns
-    from inside torch.fx on current releases.
+    when the backend first runs.  ``linearize`` is derived from ``vmap`` of
+    ``jvp`` (:mod:`tad_autograd._derived`): one run of the function gives the
+    output and the Jacobian.  :func:`torch.func.linearize` runs the function
+    twice (the second time traced with ``make_fx``, which refuses
+    data-dependent Python), so its products do not see the output's random
+    draws.
 
     Examples
     --------
