@@ -109,26 +109,49 @@ class _ByRows:
         self.outputs, self.inputs, self.create_graph = outputs, inputs, create_graph
         self._jacobians: Optional[List[List[torch.Tensor]]] = None
 
-    def jacobians(self) -> List[List[torch.Tensor]]:
+    def jacobians(self) -> List[List[List[torch.Tensor]]]:
+        """Per output, the rows of its real part (and of its imaginary part if complex).
+
+        torch's backward pass of a complex function gives the gradient of a
+        real one, so a complex output takes two sets of rows; a row ``g`` of a
+        real ``y`` (the conjugate-convention gradient) gives
+        ``dy = Re(sum(conj(g) * t))`` for real and complex inputs alike.
+        """
         if self._jacobians is None:
             live = [o for o in self.outputs if o.requires_grad]
             with torch.enable_grad(), custom_backwards_guarded(live, self.create_graph):
-                self._jacobians = [rows(o, self.inputs, self.create_graph) for o in self.outputs]
+                self._jacobians = [
+                    [
+                        rows(part, self.inputs, self.create_graph)
+                        for part in ((o.real, o.imag) if o.is_complex() else (o,))
+                    ]
+                    for o in self.outputs
+                ]
         return self._jacobians
 
     def __call__(self, tangents: List[torch.Tensor], create: bool) -> List[torch.Tensor]:
         result = []
-        for o, blocks in zip(self.outputs, self.jacobians()):
-            total = torch.zeros(o.numel(), dtype=o.dtype, device=o.device)
-            for r, x, t in zip(blocks, self.inputs, tangents):
-                total = total + _matvec(r.reshape(o.numel(), x.numel()), t.reshape(-1))
+        for o, parts in zip(self.outputs, self.jacobians()):
+            totals = []
+            for blocks in parts:
+                total = torch.zeros(o.numel(), dtype=_REAL.get(o.dtype, o.dtype), device=o.device)
+                for r, x, t in zip(blocks, self.inputs, tangents):
+                    total = total + _matvec(r.reshape(o.numel(), x.numel()), t.reshape(-1))
+                totals.append(total)
+            total = torch.complex(totals[0], totals[1]) if o.is_complex() else totals[0]
             result.append(total.reshape(o.shape))
         return result
+
+
+_REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64}
 
 
 def _matvec(matrix: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
     """``matrix @ vector`` in ``matrix``'s dtype, half precisions accumulated in float32
     (which CPUs of torch < 2.1 also need: they have no half-precision ``addmv``)."""
+    if matrix.is_complex():  # a conjugate-convention gradient: Re(conj(g) . t) per row
+        vector = vector if vector.is_complex() else vector.to(matrix.dtype)
+        return matrix.real @ vector.real + matrix.imag @ vector.imag
     if matrix.dtype in (torch.float16, torch.bfloat16):
         return (matrix.float() @ vector.float()).to(matrix.dtype)
-    return matrix @ vector.to(matrix.dtype)
+    return matrix @ (vector.real if vector.is_complex() else vector).to(matrix.dtype)
