@@ -1,4 +1,4 @@
-"""The argument checks every transform makes, once for all backends (CONTRACT §5).
+"""The argument checks every transform makes, once for all backends.
 
 The same mistake gets the same exception type in every backend, the type
 :func:`torch.func` raises, with a message naming the parameter, what was
