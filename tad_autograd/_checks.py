@@ -156,8 +156,9 @@ def check_differentiable(args: Tuple[Any, ...], argnums: Any, name: str) -> None
                     continue
                 raise RuntimeError(
                     f"{name}: Expected all inputs to be real but received complex tensor "
-                    f"(dtype {leaf.dtype}) at argnums position {n}; {name} differentiates "
-                    "real inputs only (grad, grad_and_value, vjp and jvp take complex ones)"
+                    f"(dtype {leaf.dtype}) at argnums position {n}; {name} differentiates real "
+                    "floating point inputs only (grad, grad_and_value, vjp and jvp take "
+                    "complex ones)"
                 )
             if not leaf.is_floating_point():
                 # torch.func: ValueError in forward mode (jacfwd), RuntimeError in reverse

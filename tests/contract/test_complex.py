@@ -228,7 +228,7 @@ def test_torch_func_follows_the_table(op: str, cell: str) -> None:
     expected = TABLE[op][cell]
     if TORCH_VERSION.release[:2] >= MEASURED_ON:
         assert kind == expected, f"torch.func {op} {cell}: {kind} ({value}), table: {expected}"
-    elif expected == "ok":
+    elif expected == "ok" and op != "linearize":  # torch 2.0's fails on Python-number constants
         assert kind == "ok", f"torch.func {op} {cell} raised {value!r}"
 
 
