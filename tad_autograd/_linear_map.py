@@ -107,7 +107,7 @@ class _ByRows:
         self, outputs: List[torch.Tensor], inputs: List[torch.Tensor], create_graph: bool
     ) -> None:
         self.outputs, self.inputs, self.create_graph = outputs, inputs, create_graph
-        self._jacobians: Optional[List[List[torch.Tensor]]] = None
+        self._jacobians: Optional[List[List[List[torch.Tensor]]]] = None
 
     def jacobians(self) -> List[List[List[torch.Tensor]]]:
         """Per output, the rows of its real part (and of its imaginary part if complex).
