@@ -60,7 +60,7 @@ def check_primals(primals: Any, name: str) -> Tuple[List[torch.Tensor], Any]:
         if not (leaf.is_floating_point() or leaf.is_complex()):
             raise (RuntimeError if name == "vjp" else ValueError)(
                 f"{name}: primal leaf {i} has dtype {leaf.dtype}; only Tensors of floating "
-                "point dtype can be differentiated"
+                "point or complex dtype can be differentiated"
             )
     return leaves, spec
 
