@@ -1,4 +1,4 @@
-"""The argument checks every transform makes, once for all backends (CONTRACT §5).
+"""The argument checks every transform makes, once for all backends.
 
 The same mistake gets the same exception type in every backend, the type
 :func:`torch.func` raises, with a message naming the parameter, what was
@@ -29,6 +29,9 @@ __all__ = [
 ]
 
 _RANDOMNESS = ("error", "different", "same")
+
+#: Operators whose differentiated arguments may be complex (as in :mod:`torch.func`).
+_COMPLEX_INPUTS = frozenset({"grad", "grad_and_value"})
 
 
 def check_argnums_type(argnums: Any) -> None:
@@ -105,7 +108,19 @@ def check_differentiable(args: Tuple[Any, ...], argnums: Any, name: str) -> None
     Raises the exception types :func:`torch.func.jacrev` raises on current
     torch (``RuntimeError`` for ``argnums`` out of range and for
     non-floating-point tensors, ``ValueError`` for non-tensors), so every
-    backend and torch version reports a mistake alike.
+    backend and torch version reports a mistake alike.  Complex tensors are
+    differentiable arguments of ``grad`` and ``grad_and_value`` (of a real
+    scalar function); the Jacobian operators refuse them with
+    ``RuntimeError``, as :mod:`torch.func` does.
+
+    Examples
+    --------
+    >>> import torch
+    >>> check_differentiable((torch.zeros(2, dtype=torch.complex64),), 0, "grad")
+    >>> check_differentiable((torch.zeros(2, dtype=torch.complex64),), 0, "jacfwd")
+    Traceback (most recent call last):
+    ...
+    RuntimeError: jacfwd: Expected all inputs to be real but received complex tensor ...
     """
     nargs = len(args)
     if type(argnums) is int and -nargs <= argnums < nargs:  # the common case, fast
@@ -136,13 +151,22 @@ def check_differentiable(args: Tuple[Any, ...], argnums: Any, name: str) -> None
                     f"tensor or a pytree of them; got {type(leaf)}. Thing passed to "
                     "transform API must be Tensor"
                 )
+            if leaf.is_complex():
+                if name in _COMPLEX_INPUTS:
+                    continue
+                raise RuntimeError(
+                    f"{name}: Expected all inputs to be real but received complex tensor "
+                    f"(dtype {leaf.dtype}) at argnums position {n}; {name} differentiates real "
+                    "floating point inputs only (grad, grad_and_value, vjp and jvp take "
+                    "complex ones)"
+                )
             if not leaf.is_floating_point():
                 # torch.func: ValueError for an integer or bool tensor in forward mode (jacfwd,
                 # and hessian: jacfwd of jacrev), RuntimeError in reverse and for complex ones
                 forward = name in ("jacfwd", "hessian") and not leaf.is_complex()
                 raise (ValueError if forward else RuntimeError)(
                     f"{name}: the argument at argnums position {n} has dtype {leaf.dtype}; "
-                    "only Tensors of floating point dtype can require gradients"
+                    "only Tensors of floating point or complex dtype can require gradients"
                 )
     if torch.is_inference_mode_enabled():
         _check_inference_mode(name)

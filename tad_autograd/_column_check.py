@@ -98,16 +98,22 @@ class ReverseProbe:
             scale: Optional[torch.Tensor] = None
             for u, row in zip(self.us, blocks):
                 block = row[i]
-                if block is None or block.is_complex():
+                if block is None:
                     continue
                 b = _wide(block.detach())
-                uu = u.reshape(-1).to(b.dtype)
-                part, size = uu @ b, uu @ b.abs()  # uu is positive
+                if b.is_complex() or u.is_complex():  # Re <u, J e_j> = Re (J^T u)_j
+                    b = b.real if not u.is_complex() else b
+                    uu = u.reshape(-1).to(b.dtype)
+                    part = (uu.conj() @ b).real if b.is_complex() else uu.real @ b
+                    size = uu.abs().to(b.abs().dtype) @ b.abs()
+                else:
+                    uu = u.reshape(-1).to(b.dtype)
+                    part, size = uu @ b, uu @ b.abs()  # uu is positive
                 total = part if total is None else total + part
                 scale = size if scale is None else scale + size
-            if total is None or scale is None or (w is not None and w.is_complex()):
+            if total is None or scale is None:
                 continue
-            rhs = torch.zeros_like(total) if w is None else _wide(w).reshape(-1)
+            rhs = torch.zeros_like(total) if w is None else _wide(w).reshape(-1).real
             if not _close(total, rhs, self.rtol * (scale + rhs.abs())):
                 return False
         return True
@@ -123,12 +129,29 @@ def _dot(
     total = torch.zeros((), dtype=torch.float64)
     scale = torch.zeros((), dtype=torch.float64)
     for x, y in zip(a, b):
-        if x is None or y is None or x.is_complex() or y.is_complex():
+        if x is None or y is None:
             continue
-        xx, yy = x.detach().reshape(-1).double(), y.detach().reshape(-1).double()
-        total = total + (xx @ yy).cpu()
+        xx, yy = _flat_wide(x), _flat_wide(y)
+        if xx.is_complex() or yy.is_complex():  # Re <x, y>: torch's vjp is the adjoint in it
+            total = total + _real_dot(xx, yy).cpu()
+        else:
+            total = total + (xx @ yy).cpu()
         scale = scale + (xx.abs() @ yy.abs()).cpu()
     return total, scale
+
+
+def _flat_wide(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach().reshape(-1)
+    return t.to(torch.complex128) if t.is_complex() else t.double()
+
+
+def _real_dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``Re(sum(conj(x) * y))``, for real or complex ``x`` and ``y``."""
+    if not x.is_complex():
+        return x @ y.real
+    if not y.is_complex():
+        return x.real @ y
+    return x.real @ y.real + x.imag @ y.imag
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, tol: torch.Tensor) -> bool:

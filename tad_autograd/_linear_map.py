@@ -108,23 +108,52 @@ class _ByRows:
         self, outputs: List[torch.Tensor], inputs: List[torch.Tensor], create_graph: bool
     ) -> None:
         self.outputs, self.inputs, self.create_graph = outputs, inputs, create_graph
-        self._jacobians: Optional[List[List[torch.Tensor]]] = None
+        self._jacobians: Optional[List[List[List[torch.Tensor]]]] = None
 
-    def jacobians(self) -> List[List[torch.Tensor]]:
+    def jacobians(self) -> List[List[List[torch.Tensor]]]:
+        """Per output, the rows of its real part (and of its imaginary part if complex).
+
+        torch's backward pass of a complex function gives the gradient of a
+        real one, so a complex output takes two sets of rows; a row ``g`` of a
+        real ``y`` (the conjugate-convention gradient) gives
+        ``dy = Re(sum(conj(g) * t))`` for real and complex inputs alike.
+        """
         if self._jacobians is None:
             live = [o for o in self.outputs if o.requires_grad]
             with torch.enable_grad(), custom_backwards_guarded(live, self.create_graph):
-                self._jacobians = [rows(o, self.inputs, self.create_graph) for o in self.outputs]
+                self._jacobians = [
+                    [
+                        rows(part, self.inputs, self.create_graph)
+                        for part in ((o.real, o.imag) if o.is_complex() else (o,))
+                    ]
+                    for o in self.outputs
+                ]
         return self._jacobians
 
     def __call__(self, tangents: List[torch.Tensor], create: bool) -> List[torch.Tensor]:
         result = []
-        for o, blocks in zip(self.outputs, self.jacobians()):
-            total = torch.zeros(o.numel(), dtype=o.dtype, device=o.device)
-            for r, x, t in zip(blocks, self.inputs, tangents):
-                total = total + matvec(r.reshape(o.numel(), x.numel()), t.reshape(-1))
+        for o, parts in zip(self.outputs, self.jacobians()):
+            totals = []
+            for blocks in parts:
+                total = torch.zeros(o.numel(), dtype=_REAL.get(o.dtype, o.dtype), device=o.device)
+                for r, x, t in zip(blocks, self.inputs, tangents):
+                    total = total + _row_products(r.reshape(o.numel(), x.numel()), t.reshape(-1))
+                totals.append(total)
+            total = torch.complex(totals[0], totals[1]) if o.is_complex() else totals[0]
             result.append(total.reshape(o.shape))
         return result
+
+
+_REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64}
+
+
+def _row_products(rows: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+    """Each gradient row applied to ``vector``: ``Re(conj(g) . t)`` for complex rows (the
+    conjugate-convention gradient of a real part), else :func:`matvec`."""
+    if rows.is_complex():
+        vector = vector if vector.is_complex() else vector.to(rows.dtype)
+        return rows.real @ vector.real + rows.imag @ vector.imag
+    return matvec(rows, vector.real if vector.is_complex() else vector)
 
 
 def matvec(matrix: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:

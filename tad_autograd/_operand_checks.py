@@ -1,4 +1,4 @@
-"""Checks of the operands of ``vjp``, ``jvp``, ``linearize``, ``hvp`` and ``grad`` (CONTRACT §5).
+"""Checks of the operands of ``vjp``, ``jvp``, ``linearize``, ``hvp`` and ``grad``.
 
 Every backend runs them before differentiating, so one mistake gets one
 exception type everywhere: the type :mod:`torch.func` raises (``RuntimeError``
@@ -63,7 +63,7 @@ def check_primals(primals: Any, name: str) -> Tuple[List[torch.Tensor], Any]:
         if not (leaf.is_floating_point() or leaf.is_complex()):
             raise (RuntimeError if name == "vjp" else ValueError)(
                 f"{name}: primal leaf {i} has dtype {leaf.dtype}; only Tensors of floating "
-                "point dtype can be differentiated"
+                "point or complex dtype can be differentiated"
             )
     return leaves, spec
 
@@ -263,15 +263,17 @@ def split_aux(result: Any, name: str) -> Tuple[Any, Any]:
 
 
 _SCALAR_OUTPUT = frozenset({"grad", "grad_and_value", "hvp"})
+#: Operators whose outputs must be real, as in torch.func (functorch 1.13's jacfwd took them).
+_REAL_OUTPUTS = frozenset({"jacfwd"})
 
 
 def with_checked_outputs(func: Callable[..., Any], has_aux: bool, name: str) -> Callable[..., Any]:
     """``func``, raising ``RuntimeError`` for outputs ``name`` cannot differentiate.
 
-    ``grad``/``grad_and_value``/``hvp`` need a real floating-point scalar, the
-    others (``jacfwd``, ``vjp``, ``jvp``, ``linearize``) floating-point or
-    complex tensors: :mod:`torch.func` returns zeros for integer outputs in
-    some, which the library never does (CONTRACT §5).
+    ``grad``/``grad_and_value``/``hvp`` need a real floating-point scalar,
+    ``jacfwd`` real floating-point tensors, the others (``vjp``, ``jvp``,
+    ``linearize``) floating-point or complex tensors: :mod:`torch.func`
+    returns zeros for integer outputs in some, which the library never does.
 
     Examples
     --------
@@ -294,6 +296,12 @@ def with_checked_outputs(func: Callable[..., Any], has_aux: bool, name: str) -> 
             leaves = tree_flatten(output)[0]
             check_tensor_outputs(leaves, name)
             for i, leaf in enumerate(leaves):
+                if leaf.is_complex() and name in _REAL_OUTPUTS:
+                    raise RuntimeError(
+                        f"{name}: Expected all outputs to be real but received complex tensor "
+                        f"at flattened input idx: {i} (dtype {leaf.dtype}); use jvp or vjp "
+                        "for complex outputs"
+                    )
                 if not (leaf.is_floating_point() or leaf.is_complex()):
                     raise RuntimeError(
                         f"{name}(f, ...): All outputs of f must be floating-point or complex "

@@ -181,7 +181,7 @@ class SparseDerivative:
         n_in = x.numel()
         if self.mode == "hessian":
             self.pattern.check_fits((n_in, n_in), "the Hessian of func")
-        if self.n_colours == 0:  # an empty pattern: nothing to differentiate
+        if self.n_colours == 0:  # an empty pattern: nothing to differentiate (check=True: verify)
             return self._empty(args, kwargs, n_in)
         if self.mode == "forward":
             c0 = torch.zeros(self.n_colours, dtype=x.dtype, device=x.device)
@@ -207,7 +207,10 @@ class SparseDerivative:
                 n_out = self._output(self.__wrapped__(*args, **kwargs)).numel()
             self.pattern.check_fits((n_out, n_in), "the Jacobian of func")
         values = torch.zeros(0, dtype=x.dtype, device=x.device)
-        return coo_result(self.pattern, values, (n_out, n_in))
+        result = coo_result(self.pattern, values, (n_out, n_in))
+        if self._check:  # an empty pattern claims the derivative is zero: verify that too
+            self._compare(result, args, kwargs, (n_out, n_in))
+        return result
 
     def _compare(
         self,

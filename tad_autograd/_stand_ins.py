@@ -80,7 +80,7 @@ def prepare_input(x: Any, position: int) -> torch.Tensor:
         )
     if not (x.is_floating_point() or x.is_complex()):
         raise RuntimeError(
-            "only Tensors of floating point dtype can require gradients "
+            "only Tensors of floating point or complex dtype can require gradients "
             f"(argument at position {position} has dtype {x.dtype})"
         )
     if x.requires_grad:

@@ -47,7 +47,8 @@ def grad(
         Returns a 0-dim real floating-point tensor (with ``has_aux=True``,
         ``(output, aux)``).
     argnums : int or tuple of int, optional
-        Which positional arguments to differentiate.  Default 0.
+        Which positional arguments to differentiate (floating-point or
+        complex tensors).  Default 0.
     has_aux : bool, optional
         ``func`` returns ``(output, aux)``; ``aux`` comes back undifferentiated.
     backend : str, optional
@@ -58,6 +59,8 @@ def grad(
     callable
         Returns the gradient, shaped like the arguments at ``argnums`` (a
         tuple for tuple ``argnums``); with ``has_aux=True``, ``(gradient, aux)``.
+        For a complex argument ``z``, torch's conjugate-convention gradient
+        ``df/d(Re z) + i df/d(Im z)``.
 
     Raises
     ------

@@ -225,6 +225,64 @@ def test_check_option(backend) -> None:
         ta.sparse_hessian(energy, band(10, 1), check=True, backend=backend)(y)
 
 
+def _pattern_forms(dense: torch.Tensor) -> dict:
+    """The same pattern in every form ``sparsity`` takes."""
+    pairs = dense.nonzero()
+    return {
+        "bool": dense,
+        "sparse": dense.to(DT).to_sparse(),
+        "pairs-list": [tuple(p) for p in pairs.tolist()],
+        "pairs-tensor": pairs,
+    }
+
+
+@pytest.mark.parametrize("form", ["bool", "sparse", "pairs-list", "pairs-tensor"])
+@pytest.mark.parametrize("empty", [False, True], ids=["missing-entries", "empty"])
+@pytest.mark.parametrize("mode", ["forward", "reverse", "auto"])
+def test_check_verifies_every_pattern_form(backend, form, empty, mode) -> None:
+    """check=True compares with the dense derivative whatever form the pattern takes, an
+    empty pattern (which claims a zero derivative) included."""
+    n = 6
+    func, x = torch.sin, torch.randn(n, dtype=DT)
+    narrow = torch.zeros(n, n, dtype=torch.bool)
+    if not empty:
+        narrow[torch.arange(n - 1), torch.arange(n - 1)] = True  # misses entry (5, 5)
+    sparsity = _pattern_forms(narrow)[form]
+    missed = "6 entries" if empty else r"1 entry .*\(5, 5\)"
+    with pytest.raises(ValueError, match=f"sparse_jacobian\\(check=True\\): {missed}"):
+        ta.sparse_jacobian(func, sparsity, mode=mode, check=True, backend=backend)(x)
+    whole = _pattern_forms(torch.eye(n, dtype=torch.bool))[form]
+    J = ta.sparse_jacobian(func, whole, mode=mode, check=True, backend=backend)(x)
+    _close(J.to_dense(), torch.diag(torch.cos(x)))
+
+
+@pytest.mark.parametrize("form", ["bool", "sparse", "pairs-list", "pairs-tensor"])
+@pytest.mark.parametrize("empty", [False, True], ids=["missing-entries", "empty"])
+def test_check_verifies_every_hessian_pattern_form(backend, form, empty) -> None:
+    n = 5
+    energy, y = (lambda x: (x**3).sum()), torch.randn(n, dtype=DT)
+    narrow = torch.zeros(n, n, dtype=torch.bool)
+    if not empty:
+        narrow[0, 0] = True
+    sparsity = _pattern_forms(narrow)[form]
+    with pytest.raises(ValueError, match=r"sparse_hessian\(check=True\): \d+ entr"):
+        ta.sparse_hessian(energy, sparsity, check=True, backend=backend)(y)
+    whole = _pattern_forms(torch.eye(n, dtype=torch.bool))[form]
+    H = ta.sparse_hessian(energy, whole, check=True, backend=backend)(y)
+    _close(H.to_dense(), torch.diag(6 * y))
+
+
+@pytest.mark.parametrize("form", ["bool", "sparse", "pairs-list", "pairs-tensor"])
+def test_check_passes_an_empty_pattern_of_a_zero_derivative(backend, form) -> None:
+    empty = _pattern_forms(torch.zeros(3, 4, dtype=torch.bool))[form]
+    x = torch.randn(4, dtype=DT)
+    J = ta.sparse_jacobian(lambda x: torch.ones(3, dtype=DT), empty, check=True, backend=backend)(x)
+    assert J._nnz() == 0 and J.shape == (3, 4)
+    hempty = _pattern_forms(torch.zeros(4, 4, dtype=torch.bool))[form]
+    H = ta.sparse_hessian(lambda x: x.sum(), hempty, check=True, backend=backend)(x)
+    assert H._nnz() == 0 and H.shape == (4, 4)
+
+
 def test_auto_mode_takes_the_side_with_fewer_colours() -> None:
     func, pattern, x = column_dense()
     forward = ta.sparse_jacobian(func, pattern)
