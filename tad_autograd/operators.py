@@ -280,8 +280,10 @@ def jacobian(
         return jacrev(f, argnums, has_aux=has_aux, chunk_size=chunk_size, backend=name)
 
     def make_forward(f: Callable[..., Any]) -> Callable[..., Any]:
-        # transform backends only: a function they cannot push forward goes reverse
-        return _jacfwd(f, argnums, has_aux, "error", chunk_size, name, name is None)
+        if name is None:  # columns of one eager pass with its draws, as reverse mode's rows
+            return _jacfwd(f, argnums, has_aux, "same", chunk_size, None, False)
+        # jacfwd's randomness="error": a function that draws stays in reverse mode
+        return _jacfwd(f, argnums, has_aux, "error", chunk_size, name, False)
 
     return ModeChoosingJacobian(
         func, argnums, has_aux, make_reverse, make_forward, automatic=name is None
