@@ -204,8 +204,7 @@ def _recorded(
             if has_aux:
                 aux_leaves, aux_spec = tree_flatten(aux)
                 kept = [
-                    a if keep or not isinstance(a, torch.Tensor) else a.detach()
-                    for a in aux_leaves
+                    a if keep or not isinstance(a, torch.Tensor) else a.detach() for a in aux_leaves
                 ]
                 aux = tree_unflatten(kept, aux_spec)
             else:
