@@ -240,8 +240,11 @@ def jacobian(
         when the differentiated inputs have fewer elements than the outputs
         and the function runs under forward mode, reverse mode otherwise.  It
         learns the output size on the first call with given input shapes
-        (which runs reverse mode), and a function that fails under forward
-        mode is switched to reverse mode for good.
+        (which runs reverse mode).  The function runs once per call: in
+        automatic mode forward mode takes the columns from one recorded
+        forward pass (random draws included); on an explicit backend a
+        function that drew random numbers stays in reverse mode, and one that
+        fails under forward mode is switched to reverse mode for good.
 
     Returns
     -------
