@@ -39,7 +39,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import torch
 
 from ._dual import dual_level, forward_ad_ready, make_dual, unpack_dual
-from ._eager_jacobian import eager_jacobian, unflatten_jacobian
+from ._eager_jacobian import aux_like_torch_func, eager_jacobian, unflatten_jacobian
 from ._grad_modes import outside_inference_mode
 from ._graph import custom_functions_without_jvp, reaches_other_leaves, retire
 from ._linear_map import linear_map
@@ -201,12 +201,9 @@ def _recorded(
             products = [tree_unflatten(apply(list(ts), create), out_spec) for ts in tangent_sets]
             primal = as_returned(out_leaves, keep, inputs, p_leaves)
             duals = (look is None or not look.seen) and not custom_functions_without_jvp(live)
-            if has_aux:
-                aux_leaves, aux_spec = tree_flatten(aux)
-                kept = [
-                    a if keep or not isinstance(a, torch.Tensor) else a.detach() for a in aux_leaves
-                ]
-                aux = tree_unflatten(kept, aux_spec)
+            if has_aux:  # with a graph where torch.func's keeps one: to leaves outside
+                aliases = {id(x): p for x, p in zip(inputs, p_leaves)}
+                aux = aux_like_torch_func(aux, ours, outer_grad, aliases)
             else:
                 aux = None
             return (tree_unflatten(primal, out_spec),), products, aux, duals
