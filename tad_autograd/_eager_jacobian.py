@@ -30,7 +30,7 @@ from ._pytree import flatten, tree_flatten, tree_unflatten, unflatten
 from ._rows import LOOP_MAX_ROWS, columns_by_double_vjp, joint_rows, rows, vectorised_rows
 from ._stand_ins import any_dual, check_argnums, check_outputs, prepare_input
 
-__all__ = ["eager_jacobian", "unflatten_jacobian"]
+__all__ = ["eager_jacobian", "unflatten_jacobian", "aux_like_torch_func"]
 
 ArgnumsT = Any
 
@@ -161,7 +161,7 @@ def _jacobian(
             jacobian = nested[0] if out_spec is None else unflatten(nested, out_spec)
         if has_aux:
             aliases = {id(s): o for s, o in zip(inputs, originals)}
-            return jacobian, _aux_like_torch_func(aux, ours, outer_grad, aliases)
+            return jacobian, aux_like_torch_func(aux, ours, outer_grad, aliases)
         return jacobian
     finally:
         retire(inputs)
@@ -208,9 +208,7 @@ def _rows_of(
     ]
 
 
-def _aux_like_torch_func(
-    aux: Any, ours: Set[int], outer_grad: bool, aliases: Dict[int, Any]
-) -> Any:
+def aux_like_torch_func(aux: Any, ours: Set[int], outer_grad: bool, aliases: Dict[int, Any]) -> Any:
     """``aux`` with a graph only where torch.func's keeps one: to leaves outside the call.
 
     A stand-in returned as it is comes back as the caller's own input, as from

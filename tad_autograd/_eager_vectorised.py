@@ -1,11 +1,12 @@
 """The ``"eager-vectorised"`` strategy: what automatic mode runs on a transform backend.
 
 See :mod:`tad_autograd.strategies`.  Reverse-mode operators (``jacrev``,
-``grad``, ``grad_and_value``, ``vjp``, ``hvp``) and ``jvp``/``linearize`` run
-the user's function once, eagerly, under ordinary autograd (forward-mode dual
-numbers for ``jvp``); only the Jacobian's rows (``jacrev``) or columns
-(``jacfwd`` of more than a few inputs) are vectorised with the backend's
-``vmap``.  Inside a function transform, the backend's own operators run.
+``grad``, ``grad_and_value``, ``vjp``, ``hvp``) and the forward-mode ones
+(``jacfwd``, ``jvp``, ``linearize``) run the user's function once, eagerly,
+under ordinary autograd (see :mod:`tad_autograd._forward_mode`); only the
+Jacobian's rows (``jacrev``) or columns (``jacfwd`` of more than a few inputs)
+are vectorised with the backend's ``vmap``.  Inside a function transform, the
+backend's own operators run.
 """
 
 from __future__ import annotations
@@ -185,10 +186,10 @@ class EagerVectorisedStrategy(Strategy):
         def jacobian_fn(*args: Any) -> Any:
             if transforms_active():
                 return inside(*args)
-            if randomness != "different" and _input_numel(args, argnums) <= LOOP_MAX_ROWS:
-                # a few columns: from one eager pass (a vmap of jvp costs more there)
-                return eager_jacfwd(func, argnums, has_aux, randomness, args)
-            return _marked(inside, func, args, {}, randomness == "error")
+            # the columns of one eager pass (more than a few vectorised): nothing in the
+            # function can refuse that, so it runs once and is never retried
+            vmap = self._batch if _input_numel(args, argnums) > LOOP_MAX_ROWS else None
+            return eager_jacfwd(func, argnums, has_aux, randomness, args, vmap, chunk_size)
 
         return jacobian_fn
 

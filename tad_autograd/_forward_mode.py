@@ -1,27 +1,33 @@
 """Forward-mode derivatives without function transforms: ``jvp``, ``jacfwd``, ``linearize``.
 
-The autograd backend's forward mode.  It pushes tangents through the
-function with :mod:`torch.autograd.forward_ad` dual numbers.  Where an op or
-a custom ``autograd.Function`` has no forward-AD rule (old-style Functions
-without ``jvp`` included), the dual-number pass raises; then, with every
-random generator the call can see restored, the same product comes from
-reverse mode instead:
+The autograd backend's forward mode, and automatic mode's outside function
+transforms.  The user's function runs *once* per call, whatever it contains:
+a path is chosen before the function runs, never by trying one and running
+the function again when it fails (its side effects could not be undone).
 
-* the double-vjp trick: ``J^T v`` is built with a graph for a dummy ``v``, and
-  differentiating it with respect to ``v`` along ``t`` gives ``J t``.  Exact
-  for built-in ops, whose backward formulas are differentiable or raise;
-* rows of backward passes (``J`` itself, then ``J t``) when the graph holds a
-  custom ``autograd.Function``, whose Python backward may compute outside
-  autograd, so that differentiating *through* it could silently miss terms.
-
-The same happens where torch's forward-mode formula for an op is known to be
-wrong (stage ``"tangent"`` of :mod:`tad_autograd.batching_defects`): the
-dual-number pass runs under a :class:`~tad_autograd._transform_failures.DefectWatch`
-for that stage, which raises when the function calls such an op.
-
-The decision is structural: whatever the dual-number pass raises, reverse
-mode is tried; if that fails too, its exception propagates with the first
-one as its context.
+* The first ``jvp`` of a function records an ordinary forward pass and takes
+  the product from the recorded graph (:func:`~tad_autograd._linear_map.linear_map`:
+  the double-vjp trick over built-in ops, rows of backward passes through a
+  custom ``autograd.Function``).  The graph shows whether dual numbers could
+  have pushed the tangents: not through a custom ``autograd.Function``
+  without ``jvp`` (old-style Functions included), nor through an op whose
+  forward-mode formula torch gets wrong (stage ``"tangent"`` of
+  :mod:`tad_autograd.batching_defects`, noted by a
+  :class:`~tad_autograd._transform_failures.DefectWatch` that only looks).
+* Later calls of a function whose graph showed nothing in the way push
+  :mod:`torch.autograd.forward_ad` dual numbers (cheaper); the others keep
+  recording.  Should a later call take a path the first did not (a
+  data-dependent branch into an op without a forward-AD formula, which torch
+  reports as ``NotImplementedError``, or into a defective one), that call is
+  recorded instead, with every random generator restored, and the function
+  records from then on.  Any other exception is the user's own and
+  propagates after the one run.
+* ``jacfwd`` records one forward pass and takes its columns from the graph;
+  with ``randomness="different"`` a function that drew random numbers gets a
+  forward pass of its own for each further column (one draw per column, as
+  ``vmap`` gives).
+* ``linearize`` records one forward pass; each product is one backward pass
+  through it.
 """
 
 from __future__ import annotations
@@ -33,9 +39,9 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import torch
 
 from ._dual import dual_level, forward_ad_ready, make_dual, unpack_dual
-from ._eager_jacobian import eager_jacobian, unflatten_jacobian
+from ._eager_jacobian import aux_like_torch_func, eager_jacobian, unflatten_jacobian
 from ._grad_modes import outside_inference_mode
-from ._graph import reaches_other_leaves, retire
+from ._graph import custom_functions_without_jvp, reaches_other_leaves, retire
 from ._linear_map import linear_map
 from ._locks import TRANSFORM_LOCK
 from ._operand_checks import (
@@ -47,7 +53,7 @@ from ._operand_checks import (
 from ._pytree import flatten, tree_flatten, tree_unflatten, unflatten
 from ._rng import RngStates, visible_generators
 from ._stand_ins import any_dual, as_returned, check_argnums, check_outputs, stand_ins
-from ._transform_failures import DefectWatch
+from ._transform_failures import DefectiveBatchingError, DefectWatch
 
 __all__ = ["eager_jvp", "eager_jacfwd", "eager_linearize"]
 
@@ -60,6 +66,8 @@ def eager_jvp(
     func: Callable[..., Any], primals: Tuple[Any, ...], tangents: Tuple[Any, ...], has_aux: bool
 ) -> Any:
     """``torch.func.jvp(func, primals, tangents, has_aux=has_aux)`` without transforms.
+
+    ``func`` runs once (see the module docstring for which way).
 
     Examples
     --------
@@ -74,28 +82,30 @@ def eager_jvp(
             "jvp", lambda p, t: eager_jvp(func, p, t, has_aux), primals, tangents
         )
     user = _user_function(func)
-    if _FORWARD_AD_FAILED.get(user, False):
-        return _reverse_jvp(func, p_leaves, t_leaves, spec, has_aux)
-    states = RngStates(_devices(p_leaves), visible_generators(func, primals))
-    try:
-        with TRANSFORM_LOCK:  # dual levels are process-wide
-            if not DefectWatch.needed(_TANGENT):
-                return _dual_jvp(func, p_leaves, t_leaves, spec, has_aux)
-            with DefectWatch(_TANGENT):  # no tangent through an op torch gets wrong
-                return _dual_jvp(func, p_leaves, t_leaves, spec, has_aux)
-    except Exception:  # no forward-AD rule somewhere, a wrong one (or the user's error)
-        states.restore()
-        result = _reverse_jvp(func, p_leaves, t_leaves, spec, has_aux)
-        _remember_failure(user)
-        return result
+    if _duals_proven(user):
+        states = RngStates(_devices(p_leaves), visible_generators(func, primals))
+        try:
+            with TRANSFORM_LOCK:  # dual levels are process-wide
+                if not DefectWatch.needed(_TANGENT):
+                    return _dual_jvp(func, p_leaves, t_leaves, spec, has_aux)
+                with DefectWatch(_TANGENT):  # no tangent through an op torch gets wrong
+                    return _dual_jvp(func, p_leaves, t_leaves, spec, has_aux)
+        except (NotImplementedError, DefectiveBatchingError):
+            # a path the recorded call did not take: no forward-AD rule there, or a
+            # wrong one (the types torch and the watch raise, whatever the words)
+            states.restore()
+            _remember(user, False)
+    output, (products,), aux, duals = _recorded(func, p_leaves, spec, has_aux, [t_leaves], "jvp")
+    _remember(user, duals)
+    return output + (products,) + ((aux,) if has_aux else ())
 
 
 #: The defects a dual-number pass watches for: wrong forward-mode formulas.
 _TANGENT = "tangent"
 
-#: Functions whose dual-number pass raised once: reverse mode from then on, without the
-#: failed first attempt (whose side effects, other than random draws, cannot be undone).
-_FORWARD_AD_FAILED: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+#: Per user function: whether the graph of its recorded call showed that dual numbers
+#: can push its tangents.  Later calls push dual numbers only where it did.
+_DUALS: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
 def _user_function(func: Callable[..., Any]) -> Any:
@@ -105,9 +115,17 @@ def _user_function(func: Callable[..., Any]) -> Any:
     return func
 
 
-def _remember_failure(func: Any) -> None:
+def _duals_proven(func: Any) -> bool:
     try:
-        _FORWARD_AD_FAILED[func] = True
+        return _DUALS.get(func, False)
+    except TypeError:  # not weakly referenceable (a builtin): nothing remembered
+        return False
+
+
+def _remember(func: Any, duals: bool) -> None:
+    try:
+        if _DUALS.get(func) is not False:  # a path without dual numbers stays so
+            _DUALS[func] = duals
     except TypeError:  # not weakly referenceable (a builtin): nothing to remember it by
         pass
 
@@ -147,39 +165,48 @@ def _own_graph_dropped(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _reverse_jvp(
+def _recorded(
     func: Callable[..., Any],
     p_leaves: List[torch.Tensor],
-    t_leaves: List[torch.Tensor],
-    spec: Any,
+    spec: Optional[Any],
     has_aux: bool,
-) -> Any:
-    """``J t`` from reverse mode: double-vjp over built-in ops, rows through custom ones."""
+    tangent_sets: Sequence[Sequence[torch.Tensor]],
+    kind: str,
+) -> Tuple[Tuple[Any], List[Any], Any, bool]:
+    """One recorded call of ``func``, and ``J t`` from its graph for each of ``tangent_sets``.
+
+    ``spec``: the primals' structure (``None``: ``func`` takes the leaves).
+    Returns ``((output,), products per tangent set, aux, duals)``: ``duals``
+    tells whether dual numbers could have pushed the tangents through this
+    call (no custom ``autograd.Function`` without ``jvp``, no op whose
+    forward-mode formula torch gets wrong).
+    """
     outer_grad = torch.is_grad_enabled()
+    look = DefectWatch(_TANGENT, look_only=True) if DefectWatch.needed(_TANGENT) else None
     with torch.enable_grad():
         inputs, external = stand_ins(p_leaves)
         try:
-            result = func(*tree_unflatten(list(inputs), spec))
+            with look if look is not None else contextlib.nullcontext():
+                result = func(*(inputs if spec is None else tree_unflatten(list(inputs), spec)))
             if has_aux:
-                result, aux = split_aux(result, "jvp")
+                result, aux = split_aux(result, kind)
             out_leaves, out_spec = tree_flatten(result)
-            check_tensor_outputs(out_leaves, "jvp")
+            check_tensor_outputs(out_leaves, kind)
             ours = {id(x) for x in inputs}
             live = [o for o in out_leaves if o.requires_grad]
             keep = outer_grad and (external or reaches_other_leaves(live, ours))
-            create = (
-                keep or any_dual(inputs) or (outer_grad and any(t.requires_grad for t in t_leaves))
-            )
-            products = linear_map(out_leaves, inputs, create)(t_leaves, create)
+            wants_graph = any(t.requires_grad for ts in tangent_sets for t in ts)
+            create = keep or any_dual(inputs) or (outer_grad and wants_graph)
+            apply = linear_map(out_leaves, inputs, create)
+            products = [tree_unflatten(apply(list(ts), create), out_spec) for ts in tangent_sets]
             primal = as_returned(out_leaves, keep, inputs, p_leaves)
-            output = tree_unflatten(primal, out_spec), tree_unflatten(products, out_spec)
-            if not has_aux:
-                return output
-            aux_leaves, aux_spec = tree_flatten(aux)
-            kept = [
-                a if keep or not isinstance(a, torch.Tensor) else a.detach() for a in aux_leaves
-            ]
-            return output + (tree_unflatten(kept, aux_spec),)
+            duals = (look is None or not look.seen) and not custom_functions_without_jvp(live)
+            if has_aux:  # with a graph where torch.func's keeps one: to leaves outside
+                aliases = {id(x): p for x, p in zip(inputs, p_leaves)}
+                aux = aux_like_torch_func(aux, ours, outer_grad, aliases)
+            else:
+                aux = None
+            return (tree_unflatten(primal, out_spec),), products, aux, duals
         finally:
             retire(inputs)
 
@@ -221,7 +248,6 @@ def eager_jacfwd(
             states.restore()
             raise _random_in_error_mode()
         return jacobian
-    forward_ad_ready()
     if torch.is_inference_mode_enabled():
         return outside_inference_mode(
             "jacfwd", lambda a: eager_jacfwd(func, argnums, has_aux, randomness, a), args
@@ -232,21 +258,21 @@ def eager_jacfwd(
         in_specs.append(arg_spec)
         sizes.append(len(arg_leaves))
         leaves.extend(arg_leaves)
+    of_leaves = _of_leaves(func, args, nums, in_specs, sizes)
+    total = sum(x.numel() for x in leaves)
+    basis = [_basis_vector(leaves, j) for j in range(total)]
     states = RngStates(_devices(leaves), visible_generators(func, args))
-    watch = DefectWatch(_TANGENT) if DefectWatch.needed(_TANGENT) else contextlib.nullcontext()
-    try:
-        with TRANSFORM_LOCK, watch:  # dual levels are process-wide
-            columns, out_leaves, out_spec, aux = _columns(
-                func, args, nums, in_specs, sizes, leaves, has_aux, randomness, states
-            )
-    except Exception:  # no forward-AD rule somewhere, a wrong one (or the user's error)
-        states.restore()
-        return eager_jacobian(func, argnums, has_aux, args, vmap)
+    (output,), columns, aux, _ = _recorded(of_leaves, leaves, None, has_aux, basis, "jacfwd")
+    if total > 1 and states.changed():
+        # it drew random numbers: a forward pass, with draws of its own, for each further column
+        for j in range(1, total):
+            columns[j] = _recorded(of_leaves, leaves, None, has_aux, [basis[j]], "jacfwd")[1][0]
+    out_leaves, out_spec = flatten(output)
     check_outputs(out_leaves, "jacfwd")
     per_output = []
     for k, o in enumerate(out_leaves):
         if columns:
-            stacked = torch.stack([c[k].reshape(-1) for c in columns], dim=-1)
+            stacked = torch.stack([flatten(c)[0][k].reshape(-1) for c in columns], dim=-1)
         else:
             stacked = o.new_zeros((o.numel(), 0))
         blocks, start = [], 0
@@ -265,59 +291,35 @@ def _random_in_error_mode() -> RuntimeError:
     )
 
 
-def _columns(
+def _of_leaves(
     func: Callable[..., Any],
     args: Tuple[Any, ...],
     nums: Tuple[int, ...],
     in_specs: List[Any],
     sizes: List[int],
-    leaves: List[torch.Tensor],
-    has_aux: bool,
-    randomness: str,
-    states: RngStates,
-) -> Tuple[List[List[torch.Tensor]], List[torch.Tensor], Any, Any]:
-    """The Jacobian's columns, one dual-number pass each (at least one pass)."""
-    total = sum(x.numel() for x in leaves)
-    columns: List[List[torch.Tensor]] = []
-    out_leaves: List[torch.Tensor] = []
-    out_spec: Any = None
-    aux: Any = None
-    for j in range(max(total, 1)):
-        if j and randomness == "same":
-            states.restore()
-        tangents = [torch.zeros_like(x) for x in leaves]
-        if total:
-            offset = 0
-            for t in tangents:
-                if offset <= j < offset + t.numel():
-                    t.view(-1)[j - offset] = 1
-                offset += t.numel()
-        with dual_level():
-            duals = [make_dual(x, t) for x, t in zip(leaves, tangents)]
-            new_args, start = list(args), 0
-            for p, spec, count in zip(nums, in_specs, sizes):
-                new_args[p] = unflatten(duals[start : start + count], spec)
-                start += count
-            result = func(*new_args)
-            if has_aux:
-                result, aux_j = split_aux(result, "jacfwd")
-            flat, spec_j = flatten(result)
-            check_tensor_outputs(flat, "jacfwd")
-            unpacked = [unpack_dual(o) for o in flat]
-            if j == 0:
-                out_leaves = [_own_graph_dropped(u[0]) for u in unpacked]
-                out_spec = spec_j
-                if has_aux:
-                    aux_leaves, aux_spec = tree_flatten(aux_j)
-                    aux = tree_unflatten([unpack_dual(a)[0] for a in aux_leaves], aux_spec)
-            if total:
-                columns.append(
-                    [
-                        _own_graph_dropped(u[1]) if u[1] is not None else torch.zeros_like(u[0])
-                        for u in unpacked
-                    ]
-                )
-    return columns, out_leaves, out_spec, aux
+) -> Callable[..., Any]:
+    """``func`` as a function of the differentiated leaves, the other arguments fixed."""
+
+    def of_leaves(*xs: torch.Tensor) -> Any:
+        new_args, start = list(args), 0
+        for p, spec, count in zip(nums, in_specs, sizes):
+            new_args[p] = unflatten(list(xs[start : start + count]), spec)
+            start += count
+        return func(*new_args)
+
+    return of_leaves
+
+
+def _basis_vector(leaves: List[torch.Tensor], j: int) -> List[torch.Tensor]:
+    """The ``j``-th basis vector over all elements of ``leaves``, one tensor per leaf."""
+    tangents, offset = [], 0
+    for x in leaves:
+        t = torch.zeros_like(x)
+        if offset <= j < offset + x.numel():
+            t.view(-1)[j - offset] = 1
+        tangents.append(t)
+        offset += x.numel()
+    return tangents
 
 
 def eager_linearize(func: Callable[..., Any], primals: Tuple[Any, ...]) -> Tuple[Any, Any]:

@@ -40,6 +40,7 @@ __all__ = [
     "defective_ops_in",
     "graph_facts",
     "has_custom_functions",
+    "custom_functions_without_jvp",
     "mark_stand_in_leaf",
     "ACCUMULATE_GRAD",
 ]
@@ -216,6 +217,37 @@ def has_custom_functions(outputs: Sequence[torch.Tensor]) -> bool:
                 stack.append(nxt)
     return False
 
+
+def custom_functions_without_jvp(outputs: Sequence[torch.Tensor]) -> bool:
+    """Whether the graph of ``outputs`` holds a custom ``autograd.Function`` without ``jvp``.
+
+    Dual numbers cannot pass through such a Function (old-style ones included):
+    forward mode must take its products from the recorded graph instead.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.zeros(2, requires_grad=True)
+    >>> custom_functions_without_jvp([x.sin()])
+    False
+    """
+    stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
+    seen: Set[Any] = set(stack)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, _CUSTOM_FUNCTION):
+            cls = getattr(node, "_forward_cls", None)
+            if cls is None or getattr(cls, "jvp", None) is _NO_JVP:
+                return True
+        for nxt, _ in node.next_functions:
+            if nxt is not None and nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return False
+
+
+#: ``jvp`` of a custom Function that does not define one (it raises).
+_NO_JVP = getattr(torch.autograd.Function, "jvp", None)
 
 #: The graph node class of every custom ``torch.autograd.Function``.
 _CUSTOM_FUNCTION = BackwardCFunction

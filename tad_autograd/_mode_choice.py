@@ -4,11 +4,20 @@ Forward mode costs one pushforward per input element, reverse mode one
 pullback per output element.  The input size is known before a call, the
 output size only after one; so the first call with given input shapes runs
 reverse mode (always applicable) and counts the outputs, and later calls
-with those shapes run forward mode when the inputs are fewer.  A function
-that fails under forward mode (a custom ``autograd.Function`` without a
-``jvp``, an op without a forward-AD rule) is run in reverse mode, with the
-random generators restored, and stays there: the decision rests on whether
-forward mode raised, never on what it said.
+with those shapes run forward mode when the inputs are fewer.
+
+The function runs once per call, so the choice is made before it runs:
+
+* automatic mode's forward mode records one eager forward pass and takes
+  the columns from its graph (outside function transforms), which nothing
+  in the function can refuse; random draws happen once, as in reverse mode;
+* on an explicitly chosen backend, forward mode is :func:`jacfwd` with
+  ``randomness="error"``: a function that drew random numbers in the counting
+  call stays in reverse mode.  A function that fails under forward mode for
+  another reason (a custom ``autograd.Function`` without a ``jvp``, an op
+  without a forward-AD rule) is run in reverse mode on that call, with the
+  random generators restored, and stays there: the decision rests on whether
+  forward mode raised, never on what it said.
 """
 
 from __future__ import annotations
@@ -18,10 +27,8 @@ from typing import Any, Callable, Dict, Tuple
 
 import torch
 
-from ._forward_mode import eager_jacfwd
 from ._pytree import tree_flatten
 from ._rng import RngStates, visible_generators
-from ._rows import LOOP_MAX_ROWS
 from ._torch_info import transforms_active
 from ._transform_failures import FORWARD_STAGES, DefectWatch
 
@@ -59,6 +66,7 @@ class ModeChoosingJacobian:
         self._automatic = automatic
         self._count = threading.local()
         self._counted = make_reverse(self._counting(func, has_aux))  # learns the output size
+        self._count.drew = False
         self._reverse = make_reverse(func)
         self._forward = make_forward(func)
         self._modes: Dict[Tuple[Any, ...], str] = {}
@@ -68,7 +76,13 @@ class ModeChoosingJacobian:
         count = self._count
 
         def counted(*args: Any) -> Any:
+            leaves = tree_flatten(args)[0]
+            states = RngStates(
+                {x.device for x in leaves if isinstance(x, torch.Tensor)},
+                visible_generators(func, args),
+            )
             result = func(*args)
+            count.drew = states.changed()  # forward mode with randomness="error" would refuse
             output = result[0] if has_aux and isinstance(result, tuple) else result
             count.n = sum(t.numel() for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor))
             return result
@@ -103,10 +117,9 @@ class ModeChoosingJacobian:
         key, n_in = self._key(args)
         mode = self._modes.get(key) if n_in >= 0 else _REVERSE
         if mode == _FORWARD:
-            if self._automatic and n_in <= LOOP_MAX_ROWS and not transforms_active():
-                # a few columns from one eager pass (as automatic jacfwd); nothing to fail
-                func, argnums = self.__wrapped__, self._argnums
-                return eager_jacfwd(func, argnums, self._has_aux, "error", args)
+            if self._automatic and not transforms_active():
+                # columns from one eager pass with its draws (as reverse mode): nothing to fail
+                return self._forward(*args)
             states = RngStates(
                 {x.device for x in tree_flatten(args)[0] if isinstance(x, torch.Tensor)},
                 visible_generators(self.__wrapped__, args),
@@ -123,9 +136,10 @@ class ModeChoosingJacobian:
                 return self._reverse(*args)
         if mode is not None:
             return self._reverse(*args)
-        self._count.n = None
+        self._count.n, self._count.drew = None, False
         result = self._counted(*args)
         n_out = self._count.n
         if n_out is not None and n_in >= 0:
-            self._modes[key] = _FORWARD if n_in < n_out else _REVERSE
+            forward = n_in < n_out and (self._automatic or not self._count.drew)
+            self._modes[key] = _FORWARD if forward else _REVERSE
         return result

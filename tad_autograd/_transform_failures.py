@@ -123,6 +123,9 @@ class DefectiveBatchingError(RuntimeError):
 class DefectWatch(TorchFunctionMode):
     """A torch function mode that raises :class:`DefectiveBatchingError` on a defective op.
 
+    With ``look_only`` it raises nothing and notes in :attr:`seen` that one was called
+    (to choose a path for later calls without running the function again).
+
     Examples
     --------
     >>> import torch
@@ -132,9 +135,12 @@ class DefectWatch(TorchFunctionMode):
     True
     """
 
-    def __init__(self, stage: Optional[Stages] = None) -> None:
+    def __init__(self, stage: Optional[Stages] = None, look_only: bool = False) -> None:
         super().__init__()
         self._callables = defective_callables(stage)
+        self._look_only = look_only
+        #: Whether the function called a defective op (with ``look_only``, instead of raising).
+        self.seen = False
 
     @staticmethod
     def needed(stage: Optional[Stages] = None) -> bool:
@@ -156,7 +162,9 @@ class DefectWatch(TorchFunctionMode):
         # on every op the function calls: one dict look-up, nothing allocated
         defect = self._callables.get(func)
         if defect is not None and defect.matches(args, kwargs or {}):
-            raise DefectiveBatchingError(defect.op, defect.what, defect.stage)
+            if not self._look_only:
+                raise DefectiveBatchingError(defect.op, defect.what, defect.stage)
+            self.seen = True
         if kwargs:
             return func(*args, **kwargs)
         return func(*args)

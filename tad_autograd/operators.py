@@ -243,8 +243,11 @@ def jacobian(
         when the differentiated inputs have fewer elements than the outputs
         and the function runs under forward mode, reverse mode otherwise.  It
         learns the output size on the first call with given input shapes
-        (which runs reverse mode), and a function that fails under forward
-        mode is switched to reverse mode for good.
+        (which runs reverse mode).  The function runs once per call: in
+        automatic mode forward mode takes the columns from one recorded
+        forward pass (random draws included); on an explicit backend a
+        function that drew random numbers stays in reverse mode, and one that
+        fails under forward mode is switched to reverse mode for good.
 
     Returns
     -------
@@ -283,8 +286,10 @@ def jacobian(
         return jacrev(f, argnums, has_aux=has_aux, chunk_size=chunk_size, backend=name)
 
     def make_forward(f: Callable[..., Any]) -> Callable[..., Any]:
-        # transform backends only: a function they cannot push forward goes reverse
-        return _jacfwd(f, argnums, has_aux, "error", chunk_size, name, name is None)
+        if name is None:  # columns of one eager pass with its draws, as reverse mode's rows
+            return _jacfwd(f, argnums, has_aux, "same", chunk_size, None, False)
+        # jacfwd's randomness="error": a function that draws stays in reverse mode
+        return _jacfwd(f, argnums, has_aux, "error", chunk_size, name, False)
 
     return ModeChoosingJacobian(
         func, argnums, has_aux, make_reverse, make_forward, automatic=name is None
