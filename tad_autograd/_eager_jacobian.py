@@ -221,7 +221,9 @@ def _rows_of(
             return joint_rows(out_leaves, inputs, create_graph, None, None, keep)
     keep = create_graph if retain is None else retain
     last = max((k for k, o in enumerate(out_leaves) if o.requires_grad and o.numel()), default=-1)
-    return [rows(o, inputs, create_graph, retain=keep or k < last) for k, o in enumerate(out_leaves)]
+    return [
+        rows(o, inputs, create_graph, retain=keep or k < last) for k, o in enumerate(out_leaves)
+    ]
 
 
 def graph_jacobian(

@@ -13,6 +13,7 @@ real error from plain autograd.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
@@ -205,10 +206,10 @@ def joint_rows(
     (True, True)
     """
     live = [o for o in outputs if o.requires_grad]
-    if not live:
-        return [[o.new_zeros(o.shape + x.shape, dtype=x.dtype) for x in inputs] for o in outputs]
     numels = [o.numel() for o in outputs]
     total = sum(numels)
+    if not live or total == 0:
+        return [[o.new_zeros(o.shape + x.shape, dtype=x.dtype) for x in inputs] for o in outputs]
     step = total if chunk_size is None or vmap is None else chunk_size
     is_live = [o.requires_grad for o in outputs]
 
@@ -226,11 +227,15 @@ def joint_rows(
         )
         if engine_batched:
             lead = cotangents[0].shape[:1]
-            return tuple(g if g is not None else x.new_zeros(lead + x.shape) for g, x in zip(grads, inputs))
+            return tuple(
+                g if g is not None else x.new_zeros(lead + x.shape) for g, x in zip(grads, inputs)
+            )
         return tuple(g if g is not None else torch.zeros_like(x) for g, x in zip(grads, inputs))
 
     if vmap is GRADS_BATCHED:
-        batched: Callable[..., Tuple[torch.Tensor, ...]] = lambda *c: vjp(*c, engine_batched=True)
+        batched: Callable[..., Tuple[torch.Tensor, ...]] = functools.partial(
+            vjp, engine_batched=True
+        )
     else:
         batched = vmap(vjp) if vmap is not None else _looped(vjp)
     pieces: List[List[torch.Tensor]] = [[] for _ in inputs]

@@ -168,7 +168,9 @@ def any_dual(tensors: Sequence[torch.Tensor]) -> bool:
     return level_active() and any(dual_tangent(x) is not None for x in tensors)
 
 
-def check_outputs(leaves: Sequence[Any], name: str = "jacrev", operand: Optional[str] = None) -> None:
+def check_outputs(
+    leaves: Sequence[Any], name: str = "jacrev", operand: Optional[str] = None
+) -> None:
     """Raise ``RuntimeError`` as :func:`torch.func.jacrev` does for outputs it cannot take.
 
     No tensors, a non-tensor, an integer or bool tensor, or a complex tensor.
@@ -199,7 +201,9 @@ def check_outputs(leaves: Sequence[Any], name: str = "jacrev", operand: Optional
         )
     for i, leaf in enumerate(leaves):
         if not isinstance(leaf, torch.Tensor):
-            raise RuntimeError(f"{call}: {expected} only tensors, got unsupported type {type(leaf)}")
+            raise RuntimeError(
+                f"{call}: {expected} only tensors, got unsupported type {type(leaf)}"
+            )
         if leaf.is_floating_point():
             continue
         if operand is not None:

@@ -354,3 +354,11 @@ def test_flags_must_be_bools(flag: str) -> None:
     x = leaf(3)
     with pytest.raises(TypeError, match=flag):
         ta.graph_jacobian(x.sin(), x, **{flag: None})
+
+
+@pytest.mark.parametrize("retain_graph", [True, False])
+def test_empty_outputs_with_a_graph(retain_graph: bool) -> None:
+    x = leaf(3)
+    outs = (x[:0] * 2, x[:0].exp())
+    jac = ta.graph_jacobian(outs, x, create_graph=True, retain_graph=retain_graph)
+    assert jac[0].shape == (0, 3) and jac[1].shape == (0, 3)
