@@ -3,7 +3,8 @@
 One import gives PyTorch users ``jacrev``, ``jacfwd``, ``jacobian``, ``grad``,
 ``grad_and_value``, ``vjp``, ``jvp``, ``linearize``, ``hessian``, ``hvp`` and
 ``vmap`` that behave as
-:mod:`torch.func` does, on torch 1.13 to the current release, on any device,
+:mod:`torch.func` does (and ``graph_jacobian`` for tensors that already carry
+a graph), on torch 1.13 to the current release, on any device,
 through any function (custom ``autograd.Function``s, ``.item()``, in-place
 updates included).  A resolver picks the fastest correct backend at call
 time; see :func:`explain` for why.
@@ -19,7 +20,7 @@ from .api import fjacrev, fvmap, hessian, jacrev, vmap
 from .colouring import colouring, colouring_lower_bound
 from .errors import BackendFallbackWarning, BackendUnavailableError, UnknownBackendError
 from .explain import explain
-from .operators import grad, grad_and_value, jacfwd, jacobian
+from .operators import grad, grad_and_value, graph_jacobian, jacfwd, jacobian
 from .products import hvp, jvp, linearize, vjp
 from .registry import available_backends, register_backend, unregister_backend
 from .settings import get_backend, set_backend, use_backend
@@ -33,6 +34,7 @@ __all__ = [
     "jacrev",
     "jacfwd",
     "jacobian",
+    "graph_jacobian",
     "grad",
     "grad_and_value",
     "vjp",

@@ -25,6 +25,7 @@ __all__ = [
     "check_in_dims_type",
     "check_differentiable",
     "check_has_aux",
+    "check_flag",
     "check_inference_mode",
 ]
 
@@ -174,8 +175,21 @@ def check_differentiable(args: Tuple[Any, ...], argnums: Any, name: str) -> None
 
 def check_has_aux(has_aux: Any, name: str) -> None:
     """``has_aux`` must be a bool (``TypeError``)."""
-    if not isinstance(has_aux, bool):
-        raise TypeError(f"{name}: has_aux must be a bool, got {has_aux!r}")
+    check_flag(has_aux, "has_aux", name)
+
+
+def check_flag(value: Any, parameter: str, name: str) -> None:
+    """A flag such as ``has_aux`` or ``create_graph`` must be a bool (``TypeError``).
+
+    Examples
+    --------
+    >>> check_flag(None, "create_graph", "graph_jacobian")
+    Traceback (most recent call last):
+    ...
+    TypeError: graph_jacobian: create_graph must be a bool, got None
+    """
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: {parameter} must be a bool, got {value!r}")
 
 
 def check_inference_mode(name: str) -> None:

@@ -15,6 +15,10 @@ returns matches :func:`torch.func.jacrev` in every calling context:
   installed :mod:`torch.func` does (:func:`inference_mode_derivatives`);
 * outputs that are not real floating-point tensors raise ``RuntimeError``,
   as :func:`torch.func.jacrev` does.
+
+:func:`graph_jacobian` is the same computation for outputs the caller has
+already recorded: the rows of their graph, with ``create_graph`` and
+``retain_graph`` as :func:`torch.autograd.grad` takes them.
 """
 
 from __future__ import annotations
@@ -27,10 +31,17 @@ from ._grad_modes import inference_mode_derivatives
 from ._graph import defective_ops_in, reaches_other_leaves, retire
 from ._opaque_backward import custom_backwards_guarded
 from ._pytree import flatten, tree_flatten, tree_unflatten, unflatten
-from ._rows import LOOP_MAX_ROWS, columns_by_double_vjp, joint_rows, rows, vectorised_rows
-from ._stand_ins import any_dual, check_argnums, check_outputs, prepare_input
+from ._rows import (
+    GRADS_BATCHED,
+    LOOP_MAX_ROWS,
+    columns_by_double_vjp,
+    joint_rows,
+    rows,
+    vectorised_rows,
+)
+from ._stand_ins import any_dual, check_argnums, check_graph_inputs, check_outputs, prepare_input
 
-__all__ = ["eager_jacobian", "unflatten_jacobian", "aux_like_torch_func"]
+__all__ = ["eager_jacobian", "graph_jacobian", "unflatten_jacobian", "aux_like_torch_func"]
 
 ArgnumsT = Any
 
@@ -189,23 +200,94 @@ def _rows_of(
     create_graph: bool,
     vmap: Optional[Callable[..., Any]],
     chunk_size: Optional[int],
+    retain: Optional[bool] = None,
 ) -> List[List[torch.Tensor]]:
-    """Per output leaf, d output / d input for each input."""
+    """Per output leaf, d output / d input for each input.
+
+    ``retain``: whether the graph must outlive the rows (``False``: the last
+    backward pass frees it); ``None`` for a graph of our own, kept only for a
+    result with a graph.
+    """
     total = sum(o.numel() for o in out_leaves if o.requires_grad)
+    keep = True if retain is None else retain
     if vmap is not None and total > LOOP_MAX_ROWS and not defective_ops_in(out_leaves):
-        vectorised = vectorised_rows(out_leaves, inputs, create_graph, vmap, chunk_size)
+        vectorised = vectorised_rows(out_leaves, inputs, create_graph, vmap, chunk_size, keep)
         if vectorised is not None:
             return vectorised
     if create_graph and len(out_leaves) > 1:
         # several outputs: their rows from one joint backward pass, whose graphs are
         # torch.func's (a cheaper pass per output would leave constant blocks without one)
         with torch.enable_grad():
-            return joint_rows(out_leaves, inputs, create_graph, None)
-    last = len(out_leaves) - 1
+            return joint_rows(out_leaves, inputs, create_graph, None, None, keep)
+    keep = create_graph if retain is None else retain
+    last = max((k for k, o in enumerate(out_leaves) if o.requires_grad and o.numel()), default=-1)
     return [
-        rows(o, inputs, create_graph, retain=create_graph or k < last)
-        for k, o in enumerate(out_leaves)
+        rows(o, inputs, create_graph, retain=keep or k < last) for k, o in enumerate(out_leaves)
     ]
+
+
+def graph_jacobian(
+    outputs: Any,
+    inputs: Any,
+    create_graph: bool,
+    retain_graph: bool,
+    chunk_size: Optional[int],
+    name: str = "graph_jacobian",
+) -> Any:
+    """The Jacobian of ``outputs`` (tensors that carry a graph) with respect to ``inputs``.
+
+    Leaf ``[i][j]`` (nested as ``outputs``, then as ``inputs``) is
+    d ``outputs[i]`` / d ``inputs[j]``, shaped ``out.shape + in.shape``.  More
+    than :data:`LOOP_MAX_ROWS` rows come from backward passes batched by the
+    autograd engine (:data:`~tad_autograd._rows.GRADS_BATCHED`,
+    ``chunk_size`` rows at a time), unless the graph holds an op whose
+    batched derivative the installed torch may get wrong
+    (:func:`~tad_autograd._graph.defective_ops_in`, custom Functions
+    included) or the batched pass fails: then a loop of backward passes.
+    Arguments are checked by the caller except the leaves, checked here.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.tensor([1.0, 2.0], requires_grad=True)
+    >>> graph_jacobian(x ** 2, x, False, True, None)
+    tensor([[2., 0.],
+            [0., 4.]])
+    """
+    out_leaves, out_spec = flatten(outputs)
+    in_leaves, in_spec = flatten(inputs)
+    check_outputs(out_leaves, name, "outputs")
+    check_graph_inputs(in_leaves, name)
+    for i, o in enumerate(out_leaves):
+        if o.is_inference() and not o.requires_grad:
+            raise RuntimeError(
+                f"{name}: output {i} was computed inside torch.inference_mode(), which records "
+                "no graph, so its derivative cannot be taken (it would silently be zero); "
+                "compute the outputs outside inference mode (torch.no_grad() around other code)"
+            )
+    if torch.is_inference_mode_enabled():  # a graph recorded outside: differentiable as usual
+        with torch.inference_mode(False):
+            per_output = _graph_rows(out_leaves, in_leaves, create_graph, retain_graph, chunk_size)
+    else:
+        per_output = _graph_rows(out_leaves, in_leaves, create_graph, retain_graph, chunk_size)
+    nested = [unflatten(jac, in_spec) for jac in per_output]
+    return unflatten(nested, out_spec)
+
+
+def _graph_rows(
+    out_leaves: List[torch.Tensor],
+    inputs: List[torch.Tensor],
+    create_graph: bool,
+    retain: bool,
+    chunk_size: Optional[int],
+) -> List[List[torch.Tensor]]:
+    """:func:`graph_jacobian`'s blocks, grad mode on (under ``no_grad`` too)."""
+    with torch.enable_grad():
+        if not create_graph:
+            return _rows_of(out_leaves, inputs, False, GRADS_BATCHED, chunk_size, retain)
+        live = [o for o in out_leaves if o.requires_grad]
+        with custom_backwards_guarded(live, True):  # no silent second derivatives
+            return _rows_of(out_leaves, inputs, True, GRADS_BATCHED, chunk_size, retain)
 
 
 def aux_like_torch_func(aux: Any, ours: Set[int], outer_grad: bool, aliases: Dict[int, Any]) -> Any:

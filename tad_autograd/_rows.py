@@ -3,16 +3,19 @@
 Given outputs recorded under ordinary autograd and the leaves they were
 computed from, :func:`rows` runs one :func:`torch.autograd.grad` per output
 element (one in all for a scalar), and :func:`vectorised_rows` runs one
-backward pass batched over all rows with a transform library's ``vmap``.  A
-backward pass that cannot be vectorised (any exception inside the ``vmap``,
-whatever its message) is left to the loop, which either succeeds or raises
-the user's real error from plain autograd.
+backward pass batched over all rows with a transform library's ``vmap``, or
+with the autograd engine's own batching (:data:`GRADS_BATCHED`:
+``torch.autograd.grad(..., is_grads_batched=True)``).  A backward pass that
+cannot be vectorised (any exception inside the ``vmap``, whatever its
+message) is left to the loop, which either succeeds or raises the user's
+real error from plain autograd.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -23,6 +26,7 @@ from ._rng import RngStates
 
 __all__ = [
     "LOOP_MAX_ROWS",
+    "GRADS_BATCHED",
     "basis",
     "rows",
     "vectorised_rows",
@@ -35,6 +39,24 @@ _log = logging.getLogger("tad_autograd")
 
 #: Up to this many Jacobian rows, a loop of backward passes beats one vectorised pass.
 LOOP_MAX_ROWS = 4
+
+
+class _GradsBatched:
+    """The ``vmap`` argument that batches rows in the autograd engine itself.
+
+    With it, :func:`joint_rows` and :func:`vectorised_rows` run each chunk of
+    rows as one ``torch.autograd.grad(..., is_grads_batched=True)``: no
+    transform library is involved, so the graph may hold anything the engine
+    can run (its batching falls back to a loop for ops without a batching
+    rule).
+    """
+
+    def __repr__(self) -> str:
+        return "GRADS_BATCHED"
+
+
+#: Rows batched by the autograd engine (``is_grads_batched=True``) instead of a ``vmap``.
+GRADS_BATCHED: Any = _GradsBatched()
 
 
 def basis(
@@ -115,6 +137,7 @@ def vectorised_rows(
     create_graph: bool,
     vmap: Callable[..., Callable[..., Tuple[torch.Tensor, ...]]],
     chunk_size: Optional[int],
+    retain: bool = True,
 ) -> Optional[List[List[torch.Tensor]]]:
     """All Jacobian rows by ``vmap`` over one backward pass; ``None`` if that fails.
 
@@ -123,6 +146,8 @@ def vectorised_rows(
     (a custom ``autograd.Function`` whose backward calls ``.item()``, an op
     without a batching rule, anything else), the generators it may have
     drawn from are restored and ``None`` tells the caller to loop instead.
+    ``vmap`` may be :data:`GRADS_BATCHED`; ``retain=False`` frees the graph
+    with the last row (see :func:`joint_rows`).
 
     Examples
     --------
@@ -139,7 +164,7 @@ def vectorised_rows(
     states = RngStates({x.device for x in inputs})
     try:
         with torch.enable_grad():
-            return joint_rows(outputs, inputs, create_graph, vmap, chunk_size)
+            return joint_rows(outputs, inputs, create_graph, vmap, chunk_size, retain)
     except Exception as error:  # structural: the loop decides whether it is the user's error
         states.restore()
         _log.info(
@@ -156,6 +181,7 @@ def joint_rows(
     create_graph: bool,
     vmap: Optional[Callable[..., Callable[..., Tuple[torch.Tensor, ...]]]],
     chunk_size: Optional[int] = None,
+    retain: bool = True,
 ) -> List[List[torch.Tensor]]:
     """Every row from one backward pass over *all* outputs, as :func:`torch.func.jacrev` does.
 
@@ -163,7 +189,12 @@ def joint_rows(
     concatenated outputs (zero on every output but one), so its graph (with
     ``create_graph``) is the one :mod:`torch.func` builds: a block of a
     constant output is differentiable when its neighbours' are.  With
-    ``vmap`` the rows are batched, ``chunk_size`` at a time; without, looped.
+    ``vmap`` the rows are batched, ``chunk_size`` at a time (by the autograd
+    engine for :data:`GRADS_BATCHED`); without, looped.
+
+    With ``retain=False`` the last row comes from a backward pass of its own
+    that frees the graph: every batched pass before it keeps the graph, so
+    that a caller whose batched pass fails can still take the rows by a loop.
 
     Examples
     --------
@@ -175,30 +206,48 @@ def joint_rows(
     (True, True)
     """
     live = [o for o in outputs if o.requires_grad]
-    if not live:
-        return [[o.new_zeros(o.shape + x.shape, dtype=x.dtype) for x in inputs] for o in outputs]
     numels = [o.numel() for o in outputs]
     total = sum(numels)
+    if not live or total == 0:
+        return [[o.new_zeros(o.shape + x.shape, dtype=x.dtype) for x in inputs] for o in outputs]
     step = total if chunk_size is None or vmap is None else chunk_size
     is_live = [o.requires_grad for o in outputs]
 
-    def vjp(*cotangents: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    def vjp(
+        *cotangents: torch.Tensor, keep_graph: bool = True, engine_batched: bool = False
+    ) -> Tuple[torch.Tensor, ...]:
         grads = torch.autograd.grad(
             live,
             inputs,
             [c for c, keep in zip(cotangents, is_live) if keep],
-            retain_graph=True,
+            retain_graph=keep_graph,
             create_graph=create_graph,
             allow_unused=True,
+            is_grads_batched=engine_batched,
         )
+        if engine_batched:
+            lead = cotangents[0].shape[:1]
+            return tuple(
+                g if g is not None else x.new_zeros(lead + x.shape) for g, x in zip(grads, inputs)
+            )
         return tuple(g if g is not None else torch.zeros_like(x) for g, x in zip(grads, inputs))
 
-    batched = vmap(vjp) if vmap is not None else _looped(vjp)
+    if vmap is GRADS_BATCHED:
+        batched: Callable[..., Tuple[torch.Tensor, ...]] = functools.partial(
+            vjp, engine_batched=True
+        )
+    else:
+        batched = vmap(vjp) if vmap is not None else _looped(vjp)
     pieces: List[List[torch.Tensor]] = [[] for _ in inputs]
-    for start in range(0, total, step):
-        size = min(step, total - start)
+    end = total if retain else total - 1
+    for start in range(0, end, step):
+        size = min(step, end - start)
         for piece, part in zip(pieces, batched(*basis(outputs, numels, start, size))):
             piece.append(part)
+    if not retain:  # the last row on its own, freeing the graph
+        last = vjp(*(b[0] for b in basis(outputs, numels, total - 1, 1)), keep_graph=False)
+        for piece, part in zip(pieces, last):
+            piece.append(part.unsqueeze(0))
     per_input = [torch.cat(p) if len(p) > 1 else p[0] for p in pieces]
     result = []
     start = 0

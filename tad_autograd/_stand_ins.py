@@ -25,6 +25,7 @@ __all__ = [
     "dual_tangent",
     "any_dual",
     "check_outputs",
+    "check_graph_inputs",
 ]
 
 ArgnumsT = Any
@@ -167,10 +168,14 @@ def any_dual(tensors: Sequence[torch.Tensor]) -> bool:
     return level_active() and any(dual_tangent(x) is not None for x in tensors)
 
 
-def check_outputs(leaves: Sequence[Any], name: str = "jacrev") -> None:
+def check_outputs(
+    leaves: Sequence[Any], name: str = "jacrev", operand: Optional[str] = None
+) -> None:
     """Raise ``RuntimeError`` as :func:`torch.func.jacrev` does for outputs it cannot take.
 
     No tensors, a non-tensor, an integer or bool tensor, or a complex tensor.
+    ``operand``: the parameter the outputs were given as (``graph_jacobian``'s
+    ``outputs``), for the message; ``None``: they were returned by ``f``.
 
     Examples
     --------
@@ -180,20 +185,33 @@ def check_outputs(leaves: Sequence[Any], name: str = "jacrev") -> None:
     Traceback (most recent call last):
     ...
     RuntimeError: jacrev(f, ...): All outputs of f must be floating-point or complex Tensors, ...
+    >>> check_outputs([1.0], "graph_jacobian", "outputs")
+    Traceback (most recent call last):
+    ...
+    RuntimeError: graph_jacobian: expected `outputs` to hold only tensors, got unsupported ...
     """
+    if operand is None:
+        call, expected = f"{name}(f, ...)(*args)", "expected f(*args) to return"
+    else:
+        call, expected = name, f"expected `{operand}` to hold"
     if len(leaves) == 0:
         raise RuntimeError(
-            f"{name}(f, ...)(*args): expected f(*args) to return a tensor or a non-empty "
-            "pytree of tensors, got no tensors (e.g. None)"
+            f"{call}: {expected} a tensor or a non-empty pytree of tensors, got no tensors "
+            "(e.g. None)"
         )
     for i, leaf in enumerate(leaves):
         if not isinstance(leaf, torch.Tensor):
             raise RuntimeError(
-                f"{name}(f, ...)(*args): expected f(*args) to return only tensors, "
-                f"got unsupported type {type(leaf)}"
+                f"{call}: {expected} only tensors, got unsupported type {type(leaf)}"
             )
         if leaf.is_floating_point():
             continue
+        if operand is not None:
+            kind = "complex (only real outputs are differentiated, as by jacrev)"
+            raise RuntimeError(
+                f"{name}: every leaf of `{operand}` must be a real floating-point tensor; "
+                f"leaf {i} is {kind if leaf.is_complex() else f'of dtype {leaf.dtype}'}"
+            )
         if leaf.is_complex():
             raise RuntimeError(
                 f"{name}: Expected all outputs to be real but received complex tensor at "
@@ -203,3 +221,46 @@ def check_outputs(leaves: Sequence[Any], name: str = "jacrev") -> None:
             f"{name}(f, ...): All outputs of f must be floating-point or complex Tensors, "
             f"got Tensor with dtype {leaf.dtype} (output {i})"
         )
+
+
+def check_graph_inputs(leaves: Sequence[Any], name: str) -> None:
+    """The ``inputs`` of a Jacobian of recorded outputs: tensors that require grad.
+
+    Raises what :func:`torch.func.jacrev` raises for the same mistake in its
+    differentiated arguments (``ValueError`` for a non-tensor,
+    ``RuntimeError`` for an integer or bool tensor) and, as
+    :func:`torch.autograd.grad` does, ``RuntimeError`` for a tensor that does
+    not require grad: no graph can lead to it.
+
+    Examples
+    --------
+    >>> import torch
+    >>> check_graph_inputs([torch.zeros(1, requires_grad=True)], "graph_jacobian")
+    >>> check_graph_inputs([torch.zeros(1)], "graph_jacobian")
+    Traceback (most recent call last):
+    ...
+    RuntimeError: graph_jacobian: input 0 (shape (1,)) does not require grad, ...
+    """
+    if len(leaves) == 0:
+        raise RuntimeError(
+            f"{name}: expected `inputs` to be a tensor or a non-empty pytree of tensors, "
+            "got no tensors"
+        )
+    for i, leaf in enumerate(leaves):
+        if not isinstance(leaf, torch.Tensor):
+            raise ValueError(
+                f"{name}: every leaf of `inputs` must be a floating-point or complex tensor; "
+                f"input {i} is {type(leaf)}"
+            )
+        if not (leaf.is_floating_point() or leaf.is_complex()):
+            raise RuntimeError(
+                f"{name}: input {i} has dtype {leaf.dtype}; only Tensors of floating point "
+                "dtype can require gradients"
+            )
+        if not leaf.requires_grad:
+            raise RuntimeError(
+                f"{name}: input {i} (shape {tuple(leaf.shape)}) does not require grad, so no "
+                "graph leads to it (torch.autograd.grad raises 'One of the differentiated "
+                "Tensors does not require grad'); call requires_grad_() on it before computing "
+                "the outputs"
+            )

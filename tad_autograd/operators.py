@@ -1,5 +1,6 @@
 """The gradient and forward-mode transforms: :func:`grad`, :func:`grad_and_value`,
-:func:`jacfwd` and :func:`jacobian`.
+:func:`jacfwd` and :func:`jacobian`; and :func:`graph_jacobian`, the Jacobian
+of tensors that already carry a graph.
 
 Thin, documented functions over :mod:`tad_autograd.transforms` (see
 :mod:`tad_autograd.api` for ``jacrev``, ``vmap`` and ``hessian``); every
@@ -14,10 +15,12 @@ from ._checks import (
     check_argnums_type,
     check_backend,
     check_chunk_size,
+    check_flag,
     check_has_aux,
     check_randomness,
 )
 from ._dual import forward_ad_ready
+from ._eager_jacobian import graph_jacobian as _graph_jacobian
 from ._mode_choice import ModeChoosingJacobian
 from ._operand_checks import with_checked_outputs
 from ._tangent_dtypes import in_output_dtypes, recording_output_dtypes
@@ -25,7 +28,7 @@ from .api import Argnums, jacrev
 from .strategies import Strategy
 from .transforms import Transformed
 
-__all__ = ["grad", "grad_and_value", "jacfwd", "jacobian"]
+__all__ = ["grad", "grad_and_value", "jacfwd", "jacobian", "graph_jacobian"]
 
 _MODES = ("auto", "forward", "reverse")
 
@@ -294,3 +297,95 @@ def jacobian(
     return ModeChoosingJacobian(
         func, argnums, has_aux, make_reverse, make_forward, automatic=name is None
     )
+
+
+def graph_jacobian(
+    outputs: Any,
+    inputs: Any,
+    *,
+    create_graph: bool = False,
+    retain_graph: bool = True,
+    chunk_size: Optional[int] = None,
+) -> Any:
+    """The Jacobian of tensors that already carry a graph, with respect to tensors in it.
+
+    Where :func:`~tad_autograd.jacrev` differentiates a function, this
+    differentiates results computed earlier under ordinary autograd (an
+    energy and the positions it came from), as a loop of
+    :func:`torch.autograd.grad` calls would, but vectorised: the rows come
+    from backward passes batched by the autograd engine
+    (``torch.autograd.grad(..., is_grads_batched=True)``), and from a loop of
+    backward passes where the graph holds an op whose batched derivative the
+    installed torch is known to get wrong, a custom ``autograd.Function``
+    (whose backward may hide one), or where the batched pass fails.
+
+    Parameters
+    ----------
+    outputs : Tensor or pytree of Tensors
+        Real floating-point tensors computed from ``inputs``.  An output
+        without a graph (a constant) has a zero Jacobian.
+    inputs : Tensor or pytree of Tensors
+        Floating-point or complex tensors that require grad (leaves or not).
+        An input the outputs do not depend on gets zeros, as in
+        :func:`torch.func.jacrev`.
+    create_graph : bool, optional
+        Record the derivative's own graph, so the result can be
+        differentiated again (a Hessian from a gradient).  Default ``False``.
+        A custom Function whose backward cannot be differentiated then makes
+        that later derivative raise instead of silently missing terms.
+    retain_graph : bool, optional
+        Keep the graph of ``outputs`` for further backward passes.  Default
+        ``True`` (unlike :func:`torch.autograd.grad`); ``False`` frees it with
+        the last backward pass, after which another derivative through it
+        raises torch's error.
+    chunk_size : int, optional
+        Batch at most this many rows per backward pass to bound memory
+        (``None``: all at once).  The result is the same.
+
+    Returns
+    -------
+    Tensor or pytree of Tensors
+        For each output leaf, a structure like ``inputs`` of blocks shaped
+        ``out.shape + in.shape``; a plain tensor for a tensor output and a
+        tensor input.  It requires grad when ``create_graph=True`` and the
+        derivative depends on a tensor that requires grad.
+
+    Raises
+    ------
+    RuntimeError
+        An output that is not a real floating-point tensor (integer and bool
+        outputs never give zeros), an integer input, an input that does not
+        require grad (no graph can lead to it, as in
+        :func:`torch.autograd.grad`), outputs computed inside
+        :func:`torch.inference_mode` (which records no graph), a graph already
+        freed.
+    ValueError
+        An input leaf that is not a tensor; ``chunk_size`` not positive.
+    TypeError
+        ``chunk_size`` not an int; ``create_graph`` or ``retain_graph`` not a bool.
+
+    Notes
+    -----
+    Inside :func:`torch.no_grad` the derivative is still computed; inside
+    :func:`torch.inference_mode`, too, for outputs recorded outside it (the
+    result is an ordinary tensor).
+
+    Examples
+    --------
+    >>> import torch, tad_autograd as ta
+    >>> pos = torch.tensor([[0.0, 0.0], [1.0, 0.0]], requires_grad=True)
+    >>> forces = -torch.autograd.grad((pos ** 2).sum(), pos, create_graph=True)[0]
+    >>> ta.graph_jacobian(forces, pos).shape  # the (negative) Hessian
+    torch.Size([2, 2, 2, 2])
+    >>> x = torch.tensor([1.0, 2.0], requires_grad=True)
+    >>> jac = ta.graph_jacobian({"sq": x ** 2, "sum": x.sum()}, (x,))
+    >>> jac["sq"][0]
+    tensor([[2., 0.],
+            [0., 4.]])
+    >>> jac["sum"][0]
+    tensor([1., 1.])
+    """
+    check_flag(create_graph, "create_graph", "graph_jacobian")
+    check_flag(retain_graph, "retain_graph", "graph_jacobian")
+    check_chunk_size(chunk_size, "graph_jacobian")
+    return _graph_jacobian(outputs, inputs, create_graph, retain_graph, chunk_size)

@@ -25,7 +25,7 @@ tensor([[ 6.,  0.],
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -39,6 +39,7 @@ __all__ = [
     "direct_ops",
     "build_operator",
     "ref_jacrev",
+    "ref_rows",
     "transform_backends",
     "loop_backends",
 ]
@@ -47,6 +48,42 @@ __all__ = [
 def _positions(argnums: Any, n: int) -> List[int]:
     single = isinstance(argnums, int)
     return [a % n for a in ((argnums,) if single else argnums)]
+
+
+def ref_rows(outputs: Sequence[torch.Tensor], inputs: Sequence[torch.Tensor]) -> List[Any]:
+    """Per output, d output / d input for each input (``out.shape + in.shape``): one
+    ``torch.autograd.grad`` per output element (``create_graph=True``, the graph kept).
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    >>> ref_rows([x * 3], [x])[0][0].detach()
+    tensor([[3., 0.],
+            [0., 3.]], dtype=torch.float64)
+    """
+    result = []
+    with torch.enable_grad():
+        for o in outputs:
+            flat_o = o.reshape(-1)
+            per_in: List[List[torch.Tensor]] = [[] for _ in inputs]
+            for k in range(flat_o.numel()):
+                grads: Any = [None] * len(inputs)
+                if flat_o.requires_grad:
+                    grads = torch.autograd.grad(
+                        flat_o[k], inputs, retain_graph=True, create_graph=True, allow_unused=True
+                    )
+                for i, (g, x) in enumerate(zip(grads, inputs)):
+                    per_in[i].append(torch.zeros_like(x) if g is None else g)
+            result.append(
+                [
+                    torch.stack(rows).reshape(o.shape + x.shape)
+                    if rows
+                    else torch.zeros(o.shape + x.shape, dtype=x.dtype, device=x.device)
+                    for rows, x in zip(per_in, inputs)
+                ]
+            )
+    return result
 
 
 def ref_jacrev(func: Callable[..., Any], argnums: Any = 0, *, has_aux: bool = False) -> Any:
@@ -84,27 +121,7 @@ def ref_jacrev(func: Callable[..., Any], argnums: Any = 0, *, has_aux: bool = Fa
                 out, aux = out
             out_leaves, out_spec = tree_flatten(out)
             rows_per_out = []
-            for o in out_leaves:
-                flat_o = o.reshape(-1)
-                per_in: List[List[torch.Tensor]] = [[] for _ in inputs]
-                for k in range(flat_o.numel()):
-                    grads: Any = [None] * len(inputs)
-                    if flat_o.requires_grad:
-                        grads = torch.autograd.grad(
-                            flat_o[k],
-                            inputs,
-                            retain_graph=True,
-                            create_graph=True,
-                            allow_unused=True,
-                        )
-                    for i, (g, x) in enumerate(zip(grads, inputs)):
-                        per_in[i].append(torch.zeros_like(x) if g is None else g)
-                blocks = [
-                    torch.stack(rows).reshape(o.shape + x.shape)
-                    if rows
-                    else torch.zeros(o.shape + x.shape, dtype=x.dtype, device=x.device)
-                    for rows, x in zip(per_in, inputs)
-                ]
+            for blocks in ref_rows(out_leaves, inputs):
                 per_arg, k = [], 0
                 for spec, c in zip(specs, counts):
                     per_arg.append(tree_unflatten(blocks[k : k + c], spec))

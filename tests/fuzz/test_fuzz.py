@@ -14,6 +14,7 @@ from hypothesis import given
 from tad_autograd.testing.fuzz import OPERATORS, fuzz_settings
 from tad_autograd.testing.fuzz_case import check_finite_differences, fuzz_cases
 from tad_autograd.testing.fuzz_checks import check_case
+from tad_autograd.testing.fuzz_graph import check_graph_jacobian
 from tad_autograd.testing.fuzz_random import check_vmap_randomness
 from tad_autograd.testing.strategies import programs, vmap_calls
 
@@ -54,3 +55,10 @@ def test_reference_matches_finite_differences(case):
 @given(call=vmap_calls(programs(max_ops=3), with_kwargs=False, random_out_dims=False))
 def test_fuzz_vmap_randomness(randomness, call):
     check_vmap_randomness(call, randomness)
+
+
+@pytest.mark.parametrize("create_graph", [False, True])
+@fuzz_settings(40)
+@given(case=fuzz_cases("jacrev", half=True))
+def test_fuzz_graph_jacobian(create_graph, case):
+    check_graph_jacobian(case, create_graph)
