@@ -206,7 +206,7 @@ def _watched_apply(node: Any) -> Callable[..., Any]:
         # every gradient it returns now refuses to be differentiated; the refusing node
         # gets the graph's own tensors as inputs too, so that a later backward pass
         # towards the inputs runs through it (and raises) instead of around it
-        refuse = torch._C._functions.DelayedError(message, 1 + len(anchors))  # type: ignore[attr-defined]
+        refuse = torch._C._functions.DelayedError(message, 1 + len(anchors))
         single = not isinstance(result, tuple)
         refused = tuple(
             refuse(g.detach().requires_grad_(True), *anchors)[0]
