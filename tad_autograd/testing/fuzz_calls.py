@@ -44,7 +44,7 @@ Examples
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 from hypothesis import strategies as st
@@ -164,9 +164,7 @@ def _library(op: str, p: CalledProgram, backend: Any) -> Callable[..., Any]:
     import tad_autograd as ta
 
     kw = {"backend": backend}
-    if op in ("jacrev", "jacfwd", "hessian", "grad", "grad_and_value") or op.startswith(
-        "jacobian"
-    ):
+    if op in ("jacrev", "jacfwd", "hessian", "grad", "grad_and_value") or op.startswith("jacobian"):
         if op.startswith("jacobian"):
             return ta.jacobian(p.f, mode=op.split("_")[1], **kw)  # type: ignore[no-any-return]
         fn = p.s if op in ("hessian", "grad", "grad_and_value") else p.f
@@ -221,6 +219,7 @@ def _direct_count(op: str, p: CalledProgram) -> Optional[int]:
     if op == "linearize":
         if not hasattr(tf, "linearize"):
             return None
+
         def linearize() -> Any:
             jvp_fn = tf.linearize(p.f, x)[1]
             return [jvp_fn(t) for t in p.tangents[:2]]
@@ -393,7 +392,9 @@ def random_cases(draw: st.DrawFn, ops: Sequence[str] = RANDOM_OPERATORS) -> Rand
     return RandomCase(program, draw(st.sampled_from(list(ops))), draw(st.integers(0, 2**16)))
 
 
-def check_random_calls(case: RandomCase, backends: Optional[Sequence[Optional[str]]] = None) -> None:
+def check_random_calls(
+    case: RandomCase, backends: Optional[Sequence[Optional[str]]] = None
+) -> None:
     """Three calls from known seeds: values of the same draws, the RNG moved as one call.
 
     Examples

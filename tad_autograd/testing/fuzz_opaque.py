@@ -94,7 +94,7 @@ class OpaqueCase:
         return opaque_function(self.kind, self.style)
 
     def functions(self, cube: Any, calls: List[int]) -> Any:
-        """``(f, s)`` of this case with Function ``cube``; each call of ``f`` appends to ``calls``."""
+        """``(f, s)`` with Function ``cube``; each call of ``f`` appends to ``calls``."""
         pre, use, c = PRES[self.pre], USES[self.use], self.c
 
         def f(x: torch.Tensor) -> torch.Tensor:
@@ -147,7 +147,9 @@ def opaque_cases(
     )
 
 
-def second_order(case: OpaqueCase, f: Callable[..., Any], s: Callable[..., Any], backend: Any) -> Any:
+def second_order(
+    case: OpaqueCase, f: Callable[..., Any], s: Callable[..., Any], backend: Any
+) -> Any:
     """The case's operator of ``f``/``s`` on ``backend`` (``None``: automatic), called at ``x``."""
     import tad_autograd as ta
 
@@ -196,7 +198,9 @@ def truth(case: OpaqueCase) -> Any:
     return grad, (h @ t.reshape(-1)).reshape(x.shape)  # jvp_grad, linearize_grad
 
 
-def _check_hessian_by_differences(s: Callable[..., Any], x: torch.Tensor, hess: torch.Tensor) -> None:
+def _check_hessian_by_differences(
+    s: Callable[..., Any], x: torch.Tensor, hess: torch.Tensor
+) -> None:
     eps, n = 1e-6, x.numel()
     cols = []
     for k in range(n):
