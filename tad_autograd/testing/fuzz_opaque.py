@@ -17,8 +17,12 @@ mode (the inner operator on the same backend).  Each must either raise a
 ``RuntimeError`` naming the Function's class (CONTRACT section 12), or return
 the true second derivative: the row loop of ``torch.autograd.grad`` over the
 *twin* Function with a differentiable backward, in float64 (itself checked by
-central finite differences of the exact gradient).  Never another value.  A
-backend that returns a value ran ``f`` once (``autograd`` and automatic mode).
+central finite differences of the exact gradient).  Never another value.  An
+explicit transform backend may instead raise ``torch.func``'s own exception
+where ``torch.func`` refuses the same operator of the twin too (old-style
+Functions; forward mode through a Function without a ``jvp`` rule: half the
+cases give the Function one).  A backend that returns a value ran ``f`` once
+(``autograd`` and automatic mode).
 
 Examples
 --------
@@ -41,7 +45,7 @@ from hypothesis import strategies as st
 
 from .._pytree import tree_flatten
 from .compare import default_tolerances
-from .fuzz_reference import ref_jacrev, transform_backends
+from .fuzz_reference import direct_ops, ref_jacrev, transform_backends
 from .opaque_functions import OPAQUE_KINDS, STYLES, opaque_function, twin_function
 from .program_strategies import shapes
 
@@ -79,6 +83,7 @@ class OpaqueCase:
     def __init__(self, **kw: Any) -> None:
         self.kind: str = kw["kind"]
         self.style: str = kw["style"]
+        self.jvp: bool = kw["jvp"]
         self.pre: str = kw["pre"]
         self.use: str = kw["use"]
         self.op: str = kw["op"]
@@ -91,7 +96,11 @@ class OpaqueCase:
 
     @property
     def cube(self) -> Any:
-        return opaque_function(self.kind, self.style)
+        return opaque_function(self.kind, self.style, self.jvp)
+
+    @property
+    def twin(self) -> Any:
+        return twin_function(self.style, self.jvp)
 
     def functions(self, cube: Any, calls: List[int]) -> Any:
         """``(f, s)`` with Function ``cube``; each call of ``f`` appends to ``calls``."""
@@ -109,7 +118,8 @@ class OpaqueCase:
     def __repr__(self) -> str:
         return (
             f"OpaqueCase(op={self.op!r}, f(x) = use(Cube.apply(pre(x)), x) with "
-            f"Cube={self.cube.__name__} (kind={self.kind!r}, style={self.style!r}), "
+            f"Cube={self.cube.__name__} (kind={self.kind!r}, style={self.style!r}, "
+            f"with a jvp rule: {self.jvp}), "
             f"pre={self.pre!r}, use={self.use!r}, s(x) = (f(x) * c).sum(), "
             f"context={self.context!r}, input_kind={self.input_kind!r},\n"
             f"  x={self.x!r},\n  t={self.t!r},\n  c={self.c!r},\n  c2={self.c2!r})"
@@ -135,6 +145,7 @@ def opaque_cases(
     return OpaqueCase(
         kind=draw(st.sampled_from(OPAQUE_KINDS)),
         style=draw(st.sampled_from(STYLES)),
+        jvp=draw(st.booleans()),
         pre=draw(st.sampled_from(list(PRES))),
         use=draw(st.sampled_from(list(USES))),
         op=draw(st.sampled_from(list(ops))),
@@ -148,12 +159,17 @@ def opaque_cases(
 
 
 def second_order(
-    case: OpaqueCase, f: Callable[..., Any], s: Callable[..., Any], backend: Any
+    case: OpaqueCase, f: Callable[..., Any], s: Callable[..., Any], backend: Any, ns: Any = None
 ) -> Any:
-    """The case's operator of ``f``/``s`` on ``backend`` (``None``: automatic), called at ``x``."""
-    import tad_autograd as ta
+    """The case's operator of ``f``/``s`` on ``backend`` (``None``: automatic), called at ``x``.
 
-    kw = {"backend": backend}
+    ``ns``: the namespace of the operators, by default ``tad_autograd``; torch.func's
+    (``backend`` then ignored) to learn what torch.func itself does.
+    """
+    import tad_autograd
+
+    ta = tad_autograd if ns is None else ns
+    kw = {"backend": backend} if ns is None else {}
     t, c2 = case.t, case.c2
 
     def call(x: torch.Tensor) -> Any:
@@ -179,7 +195,7 @@ def second_order(
 
 def truth(case: OpaqueCase) -> Any:
     """The true result, in float64: the row loop over the twin Function (differentiable)."""
-    f, s = case.functions(twin_function(case.style), [])
+    f, s = case.functions(case.twin, [])
     x = case.x.detach().to(torch.float64)
     t, c2 = case.t.to(torch.float64), case.c2.to(torch.float64)
     n = x.numel()
@@ -190,11 +206,11 @@ def truth(case: OpaqueCase) -> Any:
     if case.op == "hessian":
         return hess
     if case.op == "hvp":
-        return s(x).detach(), (h @ t.reshape(-1)).reshape(x.shape)
+        return s(x).detach(), ((h @ t.reshape(-1)).reshape(x.shape),)
     if case.op in ("jacrev_jacrev", "jacfwd_jacrev"):
         return ref_jacrev(ref_jacrev(f))(x).detach()
     if case.op == "vjp_grad":
-        return grad, (c2.reshape(-1) @ h).reshape(x.shape)
+        return grad, ((c2.reshape(-1) @ h).reshape(x.shape),)
     return grad, (h @ t.reshape(-1)).reshape(x.shape)  # jvp_grad, linearize_grad
 
 
@@ -211,6 +227,43 @@ def _check_hessian_by_differences(
         cols.append(((plus - minus) / (2 * eps)).reshape(-1))
     numeric = torch.stack(cols, -1) if cols else torch.zeros(0, 0, dtype=torch.float64)
     torch.testing.assert_close(hess.reshape(n, n), numeric, rtol=1e-5, atol=1e-6)
+
+
+class _DirectNamespace:
+    """``torch.func``'s operators under ``tad_autograd``'s names (``hessian`` reverse over reverse,
+    ``hvp`` as ``jvp`` of ``grad``)."""
+
+    def __init__(self, mod: Any) -> None:
+        self.mod = mod
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.mod, name)
+
+    def hessian(self, f: Callable[..., Any]) -> Any:
+        return self.mod.jacrev(self.mod.jacrev(f))
+
+    def hvp(self, f: Callable[..., Any], primals: Any, tangents: Any) -> Any:
+        value = f(*primals)
+        return value, self.mod.jvp(self.mod.grad(f), primals, tangents)[1]
+
+    def linearize(self, f: Callable[..., Any], *primals: Any) -> Any:
+        out = f(*primals)
+        return out, lambda *t: self.mod.jvp(f, primals, t)[1]
+
+
+def _direct_error(case: OpaqueCase) -> Optional[BaseException]:
+    """torch.func's exception on the same operator of the *twin* (``None``: it computes it)."""
+    direct = direct_ops()
+    if direct is None:  # pragma: no cover
+        return None
+    f, s = case.functions(case.twin, [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            second_order(case, f, s, None, _DirectNamespace(direct.mod))(case.x.clone())
+        except Exception as exc:  # noqa: BLE001 - torch.func refuses even the twin
+            return exc
+    return None
 
 
 def _context(name: str) -> Any:
@@ -258,6 +311,7 @@ def check_opaque_case(case: OpaqueCase, backends: Optional[Sequence[Optional[str
         backends = list(ta.available_backends()) + [None]
     want = truth(case)
     transforms = set(transform_backends())
+    refused = _direct_error(case)
     name = case.cube.__name__
     for backend in backends:
         what = f"{case.op}(backend={backend!r}) through {name}\n{case!r}"
@@ -274,9 +328,14 @@ def check_opaque_case(case: OpaqueCase, backends: Optional[Sequence[Optional[str
             except Exception as exc:  # judged below
                 error = exc
         if error is not None:
-            refused_old_style = backend in transforms and case.style == "old"
-            assert isinstance(error, RuntimeError) and (refused_old_style or name in str(error)), (
+            # an explicit transform backend may refuse what torch.func refuses even for the twin
+            # (old-style Functions; forward mode without a jvp rule), with torch.func's type
+            as_torch_func = (
+                backend in transforms and refused is not None and type(error) is type(refused)
+            )
+            assert as_torch_func or (isinstance(error, RuntimeError) and name in str(error)), (
                 f"{what}: expected a RuntimeError naming {name}, got {_describe(error)}"
+                + (f" (torch.func on the twin: {_describe(refused)})" if refused else "")
             )
             continue
         _compare(got, want, case.x.dtype, what)

@@ -12,7 +12,8 @@ torch cannot differentiate the backward itself:
 :data:`OPAQUE_KINDS` names them; :func:`opaque_function` returns the class of a
 kind in the old style (``forward(ctx, x)``) or the new style (``setup_context``,
 ``generate_vmap_rule``; torch >= 2.0), and :func:`twin_function` the same cube
-with a differentiable backward (the reference).  Every class name ends in
+with a differentiable backward (the reference).  Either may have a forward-mode
+rule ``jvp`` (``3 * x ** 2 * x_t``).  Every class name ends in
 ``Cube`` so an error naming the Function is recognisable.
 
 Examples
@@ -82,6 +83,7 @@ _NAMES = {
 
 def _old_forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
     ctx.save_for_backward(x)
+    ctx.save_for_forward(x)
     return x * x * x
 
 
@@ -91,16 +93,24 @@ def _new_forward(x: torch.Tensor) -> torch.Tensor:
 
 def _setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Any) -> None:
     ctx.save_for_backward(inputs[0])
+    ctx.save_for_forward(inputs[0])
 
 
-_CACHE: Dict[Tuple[str, str], type] = {}
+def _jvp(ctx: Any, x_t: torch.Tensor) -> torch.Tensor:
+    (x,) = ctx.saved_tensors
+    return 3 * x * x * x_t
 
 
-def _make(kind: str, style: str) -> type:
-    key = (kind, style)
+_CACHE: Dict[Tuple[str, str, bool], type] = {}
+
+
+def _make(kind: str, style: str, jvp: bool) -> type:
+    key = (kind, style, jvp)
     if key not in _CACHE:
-        name = f"{_NAMES[kind]}{style.capitalize()}Cube"
+        name = f"{_NAMES[kind]}{style.capitalize()}{'Jvp' if jvp else ''}Cube"
         body: Dict[str, Any] = {"backward": staticmethod(_BACKWARDS[kind])}
+        if jvp:
+            body["jvp"] = staticmethod(_jvp)
         if style == "old":
             body["forward"] = staticmethod(_old_forward)
         else:
@@ -113,14 +123,15 @@ def _make(kind: str, style: str) -> type:
     return _CACHE[key]
 
 
-def opaque_function(kind: str, style: str) -> Any:
-    """The cube Function of ``kind`` (:data:`OPAQUE_KINDS`) in ``style`` (:data:`STYLES`)."""
+def opaque_function(kind: str, style: str, jvp: bool = False) -> Any:
+    """The cube Function of ``kind`` (:data:`OPAQUE_KINDS`) in ``style`` (:data:`STYLES`);
+    ``jvp=True`` gives it a (differentiable) forward-mode rule ``jvp``."""
     if kind not in OPAQUE_KINDS:
         raise ValueError(f"kind must be one of {OPAQUE_KINDS}, got {kind!r}")
-    return _make(kind, style)
+    return _make(kind, style, jvp)
 
 
-def twin_function(style: str) -> Any:
+def twin_function(style: str, jvp: bool = False) -> Any:
     """The cube Function with a differentiable backward (the second-order reference).
 
     Examples
@@ -131,4 +142,4 @@ def twin_function(style: str) -> Any:
     >>> torch.autograd.grad(g, x)[0].item()
     3.0
     """
-    return _make("twin", style)
+    return _make("twin", style, jvp)
