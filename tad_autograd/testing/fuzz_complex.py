@@ -118,7 +118,7 @@ def complex_cases(
     def uniform(complex_: bool = True) -> torch.Tensor:
         re = torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1
         if not complex_:
-            return re.to(dtype.to_real())
+            return re.to(torch.float32 if dtype == torch.complex64 else torch.float64)
         im = torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1
         return torch.complex(re, im).to(dtype)
 

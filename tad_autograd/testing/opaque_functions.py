@@ -53,7 +53,11 @@ def _backward_numpy(ctx: Any, g: torch.Tensor) -> torch.Tensor:
     (x,) = ctx.saved_tensors
     xn = x.detach().cpu().numpy()
     gn = g.detach().cpu().numpy()
-    return torch.from_numpy(3 * xn * xn * gn).to(device=g.device, dtype=g.dtype)
+    import numpy
+
+    # 0-d arrays multiply into NumPy scalars, which torch 1.13's from_numpy refuses
+    result = numpy.asarray(3 * xn * xn * gn)
+    return torch.from_numpy(result).to(device=g.device, dtype=g.dtype)
 
 
 def _backward_detach(ctx: Any, g: torch.Tensor) -> torch.Tensor:
