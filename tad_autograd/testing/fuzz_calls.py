@@ -18,7 +18,8 @@ Every call of ``f`` is counted (a captured side effect).  Three checks:
   built once per backend and automatic mode and called three times (the first
   call and the calls that reuse a cached choice or a remembered fallback);
   each returns the row-loop reference's value, and ``f`` runs once per call on
-  ``autograd`` and in automatic mode (``vmap``: once or once per sample),
+  ``autograd`` and in automatic mode (``vmap``, ``vmap(jacrev)``: once per sample
+  on ``autograd``, once or once per sample in automatic mode),
   as often as ``torch.func`` itself runs it on an explicit transform backend;
 * :func:`check_random_calls`: a random program through :data:`RANDOM_OPERATORS`
   (``jacobian(mode="auto")`` on tall and wide shapes, ...) called three times,
@@ -86,6 +87,8 @@ COUNTED_OPERATORS = (
     "linearize",
     "hvp",
     "vmap",
+    "jacfwd_jacrev",
+    "vmap_jacrev",
 )
 RANDOM_OPERATORS = ("jacobian_auto", "jacrev", "jacfwd_same", "grad", "vjp", "vmap_same")
 #: In-place updates of the primal after ``linearize`` returned.
@@ -169,6 +172,10 @@ def _library(op: str, p: CalledProgram, backend: Any) -> Callable[..., Any]:
             return ta.jacobian(p.f, mode=op.split("_")[1], **kw)  # type: ignore[no-any-return]
         fn = p.s if op in ("hessian", "grad", "grad_and_value") else p.f
         return getattr(ta, op)(fn, **kw)  # type: ignore[no-any-return]
+    if op == "jacfwd_jacrev":
+        return ta.jacfwd(ta.jacrev(p.f, **kw), **kw)  # type: ignore[no-any-return]
+    if op == "vmap_jacrev":
+        return ta.vmap(ta.jacrev(p.f, **kw), **kw)  # type: ignore[no-any-return]
     if op == "jacfwd_same":
         return ta.jacfwd(p.f, randomness="same", **kw)  # type: ignore[no-any-return]
     if op in ("vmap", "vmap_same"):
@@ -215,6 +222,8 @@ def _direct_count(op: str, p: CalledProgram) -> Optional[int]:
         "jvp": lambda: tf.jvp(p.f, (x,), (p.t,)),
         "hvp": lambda: tf.jvp(tf.grad(p.s), (x,), (p.t,)),
         "vmap": lambda: tf.vmap(p.f)(p.batch),
+        "jacfwd_jacrev": lambda: tf.jacfwd(tf.jacrev(p.f))(x),
+        "vmap_jacrev": lambda: tf.vmap(tf.jacrev(p.f))(p.batch),
     }
     if op == "linearize":
         if not hasattr(tf, "linearize"):
@@ -240,6 +249,10 @@ def _direct_count(op: str, p: CalledProgram) -> Optional[int]:
 
 def _reference(op: str, p: CalledProgram, x: torch.Tensor) -> Any:
     """The row-loop reference of ``op`` at ``x`` (the caller seeds the generator)."""
+    if op == "vmap_jacrev":
+        return torch.stack([ref_jacrev(p.f)(x[b]).detach() for b in range(x.shape[0])])
+    if op == "jacfwd_jacrev":
+        return ref_jacrev(ref_jacrev(p.f))(x).detach()
     if op in ("vmap", "vmap_same"):
         if op == "vmap_same":  # one draw shared by every sample: replay it for each
             state = torch.get_rng_state()
@@ -342,11 +355,12 @@ def check_counted_calls(
     >>> check_counted_calls(case, backends=["autograd"])
     """
     p, op = case.program, case.op
-    arg = p.batch if op == "vmap" else p.x
+    batched = op in ("vmap", "vmap_jacrev")
+    arg = p.batch if batched else p.x
     want = _reference(op, p, arg)
     direct = _direct_count(op, p)
     transforms = set(transform_backends())
-    per_sample = arg.shape[0] if op == "vmap" else 1
+    per_sample = arg.shape[0] if batched else 1
     for backend in _backends(backends):
         fn = _library(op, p, backend)
         for k in range(_CALLS):
