@@ -220,7 +220,7 @@ def check_complex_case(
     Examples
     --------
     >>> from hypothesis import find
-    >>> case = find(complex_cases(), lambda c: c.op == "grad")
+    >>> case = find(complex_cases(), lambda c: c.op == "vjp")
     >>> check_complex_case(case, backends=["autograd"])
     """
     import tad_autograd as ta
