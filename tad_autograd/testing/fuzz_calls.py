@@ -44,6 +44,7 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
@@ -169,18 +170,18 @@ def _library(op: str, p: CalledProgram, backend: Any) -> Callable[..., Any]:
     kw = {"backend": backend}
     if op in ("jacrev", "jacfwd", "hessian", "grad", "grad_and_value") or op.startswith("jacobian"):
         if op.startswith("jacobian"):
-            return ta.jacobian(p.f, mode=op.split("_")[1], **kw)  # type: ignore[no-any-return]
+            return ta.jacobian(p.f, mode=op.split("_")[1], **kw)
         fn = p.s if op in ("hessian", "grad", "grad_and_value") else p.f
         return getattr(ta, op)(fn, **kw)  # type: ignore[no-any-return]
     if op == "jacfwd_jacrev":
-        return ta.jacfwd(ta.jacrev(p.f, **kw), **kw)  # type: ignore[no-any-return]
+        return ta.jacfwd(ta.jacrev(p.f, **kw), **kw)
     if op == "vmap_jacrev":
-        return ta.vmap(ta.jacrev(p.f, **kw), **kw)  # type: ignore[no-any-return]
+        return ta.vmap(ta.jacrev(p.f, **kw), **kw)
     if op == "jacfwd_same":
-        return ta.jacfwd(p.f, randomness="same", **kw)  # type: ignore[no-any-return]
+        return ta.jacfwd(p.f, randomness="same", **kw)
     if op in ("vmap", "vmap_same"):
         randomness = "same" if op == "vmap_same" else "error"
-        return ta.vmap(p.f, randomness=randomness, **kw)  # type: ignore[no-any-return]
+        return ta.vmap(p.f, randomness=randomness, **kw)
     if op == "vjp":
 
         def vjp(x: torch.Tensor) -> Any:
@@ -300,7 +301,11 @@ def _assert_close(got: Any, want: Any, dtype: torch.dtype, what: str) -> None:
             f"reference {tuple(w.shape)}"
         )
         torch.testing.assert_close(
-            g.detach(), w, rtol=rtol, atol=atol, msg=lambda m, i=i: f"{what}: leaf {i}: {m}"
+            g.detach(),
+            w,
+            rtol=rtol,
+            atol=atol,
+            msg=functools.partial(_leaf_message, f"{what}: leaf {i}"),
         )
 
 
@@ -564,3 +569,7 @@ def check_linearize_calls(
             )
         else:
             assert n == 1, f"{what}: f ran {n} times for one linearize and {case.products} products"
+
+
+def _leaf_message(where: str, message: str) -> str:
+    return f"{where}: {message}"

@@ -23,6 +23,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 from typing import Any, Optional, Sequence
@@ -47,7 +48,7 @@ __all__ = [
 
 _m = re.match(r"(\d+)\.(\d+)", torch.__version__)
 #: ``torch.compile`` of the library's operators is in scope from torch 2.1.
-COMPILE_SUPPORTED = bool(_m) and (int(_m.group(1)), int(_m.group(2))) >= (2, 1)
+COMPILE_SUPPORTED = _m is not None and (int(_m.group(1)), int(_m.group(2))) >= (2, 1)
 COMPILE_BACKENDS = ("eager", "aot_eager")
 COMPILED_OPERATORS = ("jacrev", "hessian", "jacfwd", "grad", "vjp", "jvp")
 
@@ -135,7 +136,7 @@ def _close(got: Any, want: Any, dtype: torch.dtype, what: str) -> None:
             w.detach(),
             rtol=rtol,
             atol=atol,
-            msg=lambda m, i=i: f"{what}: leaf {i}: {m}",
+            msg=functools.partial(_leaf_message, f"{what}: leaf {i}"),
         )
 
 
@@ -183,3 +184,7 @@ def check_compile_case(
             if eager is not None:
                 _close(got, eager, prog.dtype, f"{what}: call {k + 1} vs eager {case.op}")
     torch._dynamo.reset()
+
+
+def _leaf_message(where: str, message: str) -> str:
+    return f"{where}: {message}"

@@ -29,8 +29,9 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import warnings
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from hypothesis import strategies as st
@@ -49,14 +50,14 @@ __all__ = [
     "check_complex_case",
 ]
 
-COMPLEX_PRES = {
+COMPLEX_PRES: Dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "sin(z)": lambda z, w: torch.sin(z),
     "exp(z / 2)": lambda z, w: torch.exp(z / 2),
     "z * z": lambda z, w: z * z,
     "z * w": lambda z, w: z * w,
     "z * conj(z) + z": lambda z, w: z * z.conj() + z,
 }
-REAL_POSTS = {
+REAL_POSTS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "abs(u) ** 2": lambda u: u.abs() ** 2,
     "u.real": lambda u: u.real,
     "u.imag": lambda u: u.imag,
@@ -154,7 +155,8 @@ def _fd(case: ComplexCase, direction: torch.Tensor) -> torch.Tensor:
     f, _ = case.functions([])
     z = case.z.to(torch.complex128)
     d = direction.to(torch.complex128)
-    return (f(z + _FD_EPS * d) - f(z - _FD_EPS * d)) / (2 * _FD_EPS)
+    difference: torch.Tensor = (f(z + _FD_EPS * d) - f(z - _FD_EPS * d)) / (2 * _FD_EPS)
+    return difference
 
 
 def reference(case: ComplexCase) -> Any:
@@ -199,7 +201,7 @@ def _close(got: Any, want: Any, dtype: torch.dtype, what: str) -> None:
             rtol=tol,
             atol=tol,
             check_dtype=False,
-            msg=lambda m, i=i: f"{what}: leaf {i}: {m}",
+            msg=functools.partial(_leaf_message, f"{what}: leaf {i}"),
         )
 
 
@@ -255,3 +257,7 @@ def check_complex_case(
         _close(got, want, case.z.dtype, f"{what}: vs {direct.name}")
         if backend not in transforms:
             assert len(calls) == 1, f"{what}: f ran {len(calls)} times, not once"
+
+
+def _leaf_message(where: str, message: str) -> str:
+    return f"{where}: {message}"

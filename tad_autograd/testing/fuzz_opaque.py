@@ -37,8 +37,9 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from hypothesis import strategies as st
@@ -61,14 +62,14 @@ SECOND_ORDER = (
     "linearize_grad",
 )
 #: What the Function is applied to.
-PRES = {
+PRES: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "x": lambda x: x,
     "sin(x)": torch.sin,
     "0.7 * x + 0.2": lambda x: 0.7 * x + 0.2,
 }
 #: How the Function's output ``y`` is used (``linear`` included: the backward is
 #: differentiated whatever follows it).
-USES = {
+USES: Dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "y * x": lambda y, x: y * x,
     "sin(y)": lambda y, x: torch.sin(y),
     "y ** 2": lambda y, x: y * y,
@@ -108,7 +109,8 @@ class OpaqueCase:
 
         def f(x: torch.Tensor) -> torch.Tensor:
             calls.append(1)
-            return use(cube.apply(pre(x)), x)
+            y: torch.Tensor = cube.apply(pre(x))
+            return use(y, x)
 
         def s(x: torch.Tensor) -> torch.Tensor:
             return (f(x) * c.to(x.dtype)).sum()
@@ -289,7 +291,9 @@ def _compare(got: Any, want: Any, dtype: torch.dtype, what: str) -> None:
             w,
             rtol=rtol,
             atol=atol,
-            msg=lambda m, i=i: f"{what}: leaf {i} is not the true second derivative: {m}",
+            msg=functools.partial(
+                _leaf_message, f"{what}: leaf {i} is not the true second derivative"
+            ),
         )
 
 
@@ -341,3 +345,7 @@ def check_opaque_case(case: OpaqueCase, backends: Optional[Sequence[Optional[str
         _compare(got, want, case.x.dtype, what)
         if backend not in transforms:
             assert len(calls) == 1, f"{what}: f ran {len(calls)} times for one call, not once"
+
+
+def _leaf_message(where: str, message: str) -> str:
+    return f"{where}: {message}"

@@ -45,6 +45,7 @@ STYLES = ("old", "new") if NEW_STYLE_FUNCTIONS_SUPPORTED else ("old",)
 
 
 def _backward_once(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+    x: torch.Tensor
     (x,) = ctx.saved_tensors
     return 3 * x * x * g
 
@@ -61,12 +62,14 @@ def _backward_numpy(ctx: Any, g: torch.Tensor) -> torch.Tensor:
 
 
 def _backward_detach(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+    x: torch.Tensor
     (x,) = ctx.saved_tensors
     xd = x.detach()
     return 3 * xd * xd * g
 
 
 def _backward_twin(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+    x: torch.Tensor
     (x,) = ctx.saved_tensors
     return 3 * x * x * g
 
@@ -101,6 +104,7 @@ def _setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Any) -> None:
 
 
 def _jvp(ctx: Any, x_t: torch.Tensor) -> torch.Tensor:
+    x: torch.Tensor
     (x,) = ctx.saved_tensors
     return 3 * x * x * x_t
 
