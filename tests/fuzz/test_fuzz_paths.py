@@ -42,7 +42,7 @@ def test_fuzz_opaque_backward_second_order(case):
     check_opaque_case(case)
 
 
-@fuzz_settings(25)
+@fuzz_settings(60)
 @given(case=counted_cases())
 def test_fuzz_counted_calls(case):
     check_counted_calls(case)
