@@ -39,12 +39,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from hypothesis import strategies as st
 
-from .._pytree import tree_flatten
+from .._pytree import tree_flatten, tree_unflatten
 from .compare import default_tolerances
 from .fuzz_reference import direct_ops, ref_jacrev, transform_backends
 from .opaque_functions import OPAQUE_KINDS, STYLES, opaque_function, twin_function
@@ -255,17 +255,23 @@ class _DirectNamespace:
 
 def _direct_error(case: OpaqueCase) -> Optional[BaseException]:
     """torch.func's exception on the same operator of the *twin* (``None``: it computes it)."""
+    return _direct_outcome(case, case.twin)[1]
+
+
+def _direct_outcome(case: OpaqueCase, cube: Any) -> Tuple[Any, Optional[BaseException]]:
+    """torch.func's own result (or exception) for the same operator through ``cube``."""
     direct = direct_ops()
     if direct is None:  # pragma: no cover
-        return None
-    f, s = case.functions(case.twin, [])
+        return None, None
+    f, s = case.functions(cube, [])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            second_order(case, f, s, None, _DirectNamespace(direct.mod))(case.x.clone())
-        except Exception as exc:  # noqa: BLE001 - torch.func refuses even the twin
-            return exc
-    return None
+            return second_order(case, f, s, None, _DirectNamespace(direct.mod))(
+                case.x.clone()
+            ), None
+        except Exception as exc:  # noqa: BLE001 - judged by the caller
+            return None, exc
 
 
 def _context(name: str) -> Any:
@@ -300,6 +306,10 @@ def _compare(got: Any, want: Any, dtype: torch.dtype, what: str) -> None:
 def check_opaque_case(case: OpaqueCase, backends: Optional[Sequence[Optional[str]]] = None) -> None:
     """Every backend and automatic mode raises naming the Function, or returns the truth.
 
+    An explicitly chosen transform backend may instead give what :mod:`torch.func`
+    itself gives for the same operator (the library documents that it
+    differentiates a new-style Function's backward as torch.func does).
+
     Examples
     --------
     >>> from hypothesis import find
@@ -316,6 +326,7 @@ def check_opaque_case(case: OpaqueCase, backends: Optional[Sequence[Optional[str
     want = truth(case)
     transforms = set(transform_backends())
     refused = _direct_error(case)
+    theirs, their_error = _direct_outcome(case, case.cube) if transforms else (None, None)
     name = case.cube.__name__
     for backend in backends:
         what = f"{case.op}(backend={backend!r}) through {name}\n{case!r}"
@@ -334,17 +345,25 @@ def check_opaque_case(case: OpaqueCase, backends: Optional[Sequence[Optional[str
         if error is not None:
             # an explicit transform backend may refuse what torch.func refuses even for the twin
             # (old-style Functions; forward mode without a jvp rule), with torch.func's type
-            as_torch_func = (
-                backend in transforms and refused is not None and type(error) is type(refused)
+            as_torch_func = backend in transforms and any(
+                e is not None and type(error) is type(e) for e in (refused, their_error)
             )
             assert as_torch_func or (isinstance(error, RuntimeError) and name in str(error)), (
                 f"{what}: expected a RuntimeError naming {name}, got {_describe(error)}"
                 + (f" (torch.func on the twin: {_describe(refused)})" if refused else "")
             )
             continue
-        _compare(got, want, case.x.dtype, what)
+        if backend in transforms and their_error is None and theirs is not None:
+            _compare(got, _as_float64(theirs), case.x.dtype, what + " (torch.func's own)")
+        else:
+            _compare(got, want, case.x.dtype, what)
         if backend not in transforms:
             assert len(calls) == 1, f"{what}: f ran {len(calls)} times for one call, not once"
+
+
+def _as_float64(tree: Any) -> Any:
+    leaves, spec = tree_flatten(tree)
+    return tree_unflatten([t.detach().to(torch.float64) for t in leaves], spec)
 
 
 def _leaf_message(where: str, message: str) -> str:
