@@ -234,6 +234,10 @@ def check_complex_case(
         return
     transforms = set(transform_backends())
     want, direct_error = _call(_operator(direct.mod, case, []), case.z.clone())
+    if case.op in ("jacrev", "jacfwd") and direct_error is None:
+        # the Jacobian operators refuse complex inputs as current torch.func does, also where
+        # an older functorch (1.13) took them
+        want, direct_error = None, RuntimeError("complex inputs of a Jacobian operator")
     ref = reference(case)
     if direct_error is None and ref is not None:
         _close(want, ref, case.z.dtype, f"{direct.name} vs the independent reference\n{case!r}")
