@@ -28,6 +28,7 @@ from ._graph import custom_backwards_guarded, defective_ops_in, reaches_other_le
 from ._pytree import flatten, tree_flatten, tree_unflatten, unflatten
 from ._rows import LOOP_MAX_ROWS, columns_by_double_vjp, joint_rows, rows, vectorised_rows
 from ._stand_ins import any_dual, check_argnums, check_outputs, prepare_input
+from ._torch_info import inference_mode_enabled
 
 __all__ = ["eager_jacobian", "unflatten_jacobian"]
 
@@ -62,7 +63,7 @@ def eager_jacobian(
     tensor([[1., 0.],
             [0., 1.]])
     """
-    if torch.is_inference_mode_enabled():
+    if inference_mode_enabled():
         return _in_inference_mode(func, argnums, has_aux, args, vmap, chunk_size, columns)
     outer_grad = torch.is_grad_enabled()
     if outer_grad:

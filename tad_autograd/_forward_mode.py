@@ -47,6 +47,7 @@ from ._operand_checks import (
 from ._pytree import flatten, tree_flatten, tree_unflatten, unflatten
 from ._rng import RngStates, visible_generators
 from ._stand_ins import any_dual, as_returned, check_argnums, check_outputs, stand_ins
+from ._torch_info import inference_mode_enabled
 from ._transform_failures import DefectWatch
 
 __all__ = ["eager_jvp", "eager_jacfwd", "eager_linearize"]
@@ -69,7 +70,7 @@ def eager_jvp(
     """
     p_leaves, t_leaves, spec = check_primals_tangents(primals, tangents, "jvp")
     forward_ad_ready()
-    if torch.is_inference_mode_enabled():
+    if inference_mode_enabled():
         return outside_inference_mode(
             "jvp", lambda p, t: eager_jvp(func, p, t, has_aux), primals, tangents
         )
@@ -222,7 +223,7 @@ def eager_jacfwd(
             raise _random_in_error_mode()
         return jacobian
     forward_ad_ready()
-    if torch.is_inference_mode_enabled():
+    if inference_mode_enabled():
         return outside_inference_mode(
             "jacfwd", lambda a: eager_jacfwd(func, argnums, has_aux, randomness, a), args
         )
@@ -335,7 +336,7 @@ def eager_linearize(func: Callable[..., Any], primals: Tuple[Any, ...]) -> Tuple
     tensor([1., 1.])
     """
     p_leaves, spec = check_primals(primals, "linearize")
-    if torch.is_inference_mode_enabled():
+    if inference_mode_enabled():
         return outside_inference_mode("linearize", lambda p: eager_linearize(func, p), primals)
     outer_grad = torch.is_grad_enabled()
     with torch.enable_grad():

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any, Callable, Optional, Tuple
 
 from .._dual import forward_ad_ready
 from .._locks import TRANSFORM_LOCK, locked
-from .._torch_info import TORCH_VERSION, Version, module_exists
+from .._torch_info import TORCH_VERSION, Version, cache, module_exists
 from ._chunking import jacrev_tensor_args_only, vmap_with_out_dims
 from .base import ArgnumsT, Availability, Backend, InDimsT, OutDimsT
 
