@@ -132,7 +132,10 @@ def _run_all(ops: Dict[str, Callable[[torch.Tensor], Any]]) -> Callable[[torch.T
 def _check_cells(backend: Any, compile_backend: str, names: Tuple[str, ...]) -> None:
     ops = {n: op for n, op in operators(backend).items() if n in names}
     eager = _run_all(ops)(X)
-    compiled = torch.compile(_run_all(ops), backend=compile_backend)(X)
+    # automatic mode and "func": one graph, as torch.func's transforms give (fullgraph=True
+    # raises at any graph break); plain autograd breaks the graph at each backward pass
+    fullgraph = backend in (None, "func")
+    compiled = torch.compile(_run_all(ops), backend=compile_backend, fullgraph=fullgraph)(X)
     ref = references(X)
     for name in names:
         label = f"{name} on {backend or 'automatic'} under {compile_backend}"
