@@ -143,15 +143,8 @@ def _check_cells(backend: Any, compile_backend: str, names: Tuple[str, ...]) -> 
         torch.testing.assert_close(compiled[name], ref[name], msg=lambda m, n=label: f"{n}: {m}")
 
 
-#: (backend, compile backend) pairs run here: every backend under both, except the
-#: deprecated functorch alias (the same torch._functorch transforms as "func") under
-#: "eager" only, to keep the file fast.
-PAIRS = [
-    (b, c)
-    for b in BACKENDS
-    for c in ("eager", "aot_eager")
-    if not (b == "functorch" and c == "aot_eager")
-]
+#: Every backend (and automatic mode) under both light compile backends.
+PAIRS = [(b, c) for b in BACKENDS for c in ("eager", "aot_eager")]
 
 
 @pytest.mark.parametrize(("backend", "compile_backend"), PAIRS, ids=lambda v: v or "automatic")
