@@ -220,7 +220,7 @@ _FUNCTION_INSTANCE_WARNING = "ignore:.*should not be instantiated:DeprecationWar
 @pytest.mark.parametrize("compile_backend", ["eager", "aot_eager"])
 def test_custom_function(kind: str, compile_backend: str) -> None:
     """Functions without forward-mode rules (old-style: no torch.func support at all) in
-    automatic mode: first and second derivatives, hvp included, as eager."""
+    automatic mode: first and second derivatives, hvp and forward mode included, as eager."""
     function = OldStyleExp if kind == "old-style" else make_new_style_exp()
     g = _exp_times_x(function)
 
@@ -230,11 +230,18 @@ def test_custom_function(kind: str, compile_backend: str) -> None:
             ta.jacrev(lambda y: function.apply(y) * y)(x),
             ta.hessian(g)(x),
             ta.hvp(g, (x,), (V,))[1][0],
+            ta.jvp(lambda y: function.apply(y) * y, (x,), (V,))[1],
         )
 
     eager = first_and_second(X)
     compiled = torch.compile(first_and_second, backend=compile_backend)(X)
     e = X.exp()
-    closed = (e * X + e, torch.diag(e * X + e), torch.diag(e * X + 2 * e), (e * X + 2 * e) * V)
+    closed = (
+        e * X + e,
+        torch.diag(e * X + e),
+        torch.diag(e * X + 2 * e),
+        (e * X + 2 * e) * V,
+        (e * X + e) * V,
+    )
     torch.testing.assert_close(compiled, eager)
     torch.testing.assert_close(compiled, closed)
