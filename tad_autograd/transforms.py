@@ -203,11 +203,14 @@ class Transformed:
                 if not resolution.inherited_automatic:
                     self._hint(backend, error)
                 raise
-        candidates = tuple(
-            b for b in resolution.candidates if compile_refusal(self._kind, b) is None
-        )
-        if not candidates:  # e.g. a device without function transforms
-            raise_when_run(compile_refusal(self._kind, resolution.candidates[-1]))  # type: ignore[arg-type]
+        candidates = []
+        refusal = None
+        for candidate in resolution.candidates:
+            refusal = compile_refusal(self._kind, candidate)
+            if refusal is None:
+                candidates.append(candidate)
+        if not candidates and refusal is not None:  # e.g. a device without transforms
+            raise_when_run(refusal)
         failed: Optional[Exception] = None
         for i, backend in enumerate(candidates):
             strategy = compiled_strategy_for(backend)
@@ -435,8 +438,8 @@ def run_on_named_backend(backend: str, call: Callable[[Strategy], Any]) -> Any:
         CONTEXT.reset(token)
 
 
-#: The backends of the derivative transforms dynamo is tracing now, innermost last.
-_TRACED_DERIVATIVES: List[str] = []
+#: The derivatives on a backend without function transforms that dynamo is tracing now.
+_TRACED_PLAIN_DERIVATIVES: List[str] = []
 
 #: Operators that differentiate twice by themselves.
 _SECOND_ORDER = frozenset({"hessian", "hvp"})
@@ -454,7 +457,7 @@ def compile_refusal(kind: str, backend: Backend) -> Optional[RuntimeError]:
     """
     if backend.is_transform or kind == "vmap":
         return None
-    if kind not in _SECOND_ORDER and "autograd" not in _TRACED_DERIVATIVES:
+    if kind not in _SECOND_ORDER and not _TRACED_PLAIN_DERIVATIVES:
         return None
     what = kind if kind in _SECOND_ORDER else f"{kind} inside another derivative"
     return RuntimeError(
@@ -468,14 +471,14 @@ def compile_refusal(kind: str, backend: Backend) -> Optional[RuntimeError]:
 def run_traced(kind: str, backend: Backend, origin: str, call: Callable[[], Any]) -> Any:
     """``call()`` with ``backend`` as the innermost setting, while dynamo traces."""
     token = enter((backend.name, origin))
-    derivative = kind != "vmap"
-    if derivative:
-        _TRACED_DERIVATIVES.append(backend.name)
+    plain = kind != "vmap" and not backend.is_transform
+    if plain:
+        _TRACED_PLAIN_DERIVATIVES.append(kind)
     try:
         return call()
     finally:
-        if derivative:
-            _TRACED_DERIVATIVES.pop()
+        if plain:
+            _TRACED_PLAIN_DERIVATIVES.pop()
         leave(token)
 
 
