@@ -15,6 +15,7 @@ import torch
 
 from ._grad_modes import inference_mode_derivatives
 from ._pytree import tree_flatten
+from ._torch_info import inference_mode_enabled
 from .settings import validated
 
 __all__ = [
@@ -127,7 +128,7 @@ def check_differentiable(args: Tuple[Any, ...], argnums: Any, name: str) -> None
     if type(argnums) is int and -nargs <= argnums < nargs:  # the common case, fast
         arg = args[argnums]
         if isinstance(arg, torch.Tensor) and arg.is_floating_point():
-            if torch.is_inference_mode_enabled():
+            if inference_mode_enabled():
                 _check_inference_mode(name)
             return
     seen: Dict[int, int] = {}
@@ -169,7 +170,7 @@ def check_differentiable(args: Tuple[Any, ...], argnums: Any, name: str) -> None
                     f"{name}: the argument at argnums position {n} has dtype {leaf.dtype}; "
                     "only Tensors of floating point or complex dtype can require gradients"
                 )
-    if torch.is_inference_mode_enabled():
+    if inference_mode_enabled():
         _check_inference_mode(name)
 
 
@@ -194,7 +195,7 @@ def check_flag(value: Any, parameter: str, name: str) -> None:
 
 def check_inference_mode(name: str) -> None:
     """Inside ``torch.inference_mode()``, raise where torch.func returns zeros (else nothing)."""
-    if torch.is_inference_mode_enabled():
+    if inference_mode_enabled():
         _check_inference_mode(name)
 
 

@@ -12,13 +12,13 @@ tensor([1.])
 from __future__ import annotations
 
 import warnings
-from functools import cache
 from typing import Any, Optional, Tuple
 
 import torch
 import torch.autograd.forward_ad as _fwAD
 
 from ._locks import TRANSFORM_LOCK
+from ._torch_info import cache, is_compiling
 
 __all__ = ["dual_level", "make_dual", "unpack_dual", "level_active", "forward_ad_ready"]
 
@@ -42,18 +42,25 @@ def level_active() -> bool:
     return bool(_fwAD._current_level >= 0)
 
 
-@cache
 def forward_ad_ready() -> None:
     """Load torch's forward-AD machinery once, keeping its own deprecation warnings quiet.
 
     The first dual number of a process makes torch compile decompositions
     with ``torch.jit.script``, which newer releases deprecate with a warning
-    the user did not cause.  Every forward-mode operator calls this first.
+    the user did not cause.  Every forward-mode operator calls this first;
+    not while dynamo traces (compiled code makes no eager dual numbers, and a
+    lock cannot be traced).
 
     Examples
     --------
     >>> forward_ad_ready()
     """
+    if not is_compiling():
+        _load_forward_ad()
+
+
+@cache
+def _load_forward_ad() -> None:
     with TRANSFORM_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         with dual_level():

@@ -40,6 +40,7 @@ from ._rows import (
     vectorised_rows,
 )
 from ._stand_ins import any_dual, check_argnums, check_graph_inputs, check_outputs, prepare_input
+from ._torch_info import inference_mode_enabled
 
 __all__ = ["eager_jacobian", "graph_jacobian", "unflatten_jacobian", "aux_like_torch_func"]
 
@@ -74,7 +75,7 @@ def eager_jacobian(
     tensor([[1., 0.],
             [0., 1.]])
     """
-    if torch.is_inference_mode_enabled():
+    if inference_mode_enabled():
         return _in_inference_mode(func, argnums, has_aux, args, vmap, chunk_size, columns)
     outer_grad = torch.is_grad_enabled()
     if outer_grad:
@@ -265,7 +266,7 @@ def graph_jacobian(
                 "no graph, so its derivative cannot be taken (it would silently be zero); "
                 "compute the outputs outside inference mode (torch.no_grad() around other code)"
             )
-    if torch.is_inference_mode_enabled():  # a graph recorded outside: differentiable as usual
+    if inference_mode_enabled():  # a graph recorded outside: differentiable as usual
         with torch.inference_mode(False):
             per_output = _graph_rows(out_leaves, in_leaves, create_graph, retain_graph, chunk_size)
     else:

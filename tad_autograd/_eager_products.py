@@ -28,6 +28,7 @@ from ._operand_checks import (
 )
 from ._pytree import tree_flatten, tree_unflatten
 from ._stand_ins import any_dual, as_returned, stand_ins
+from ._torch_info import inference_mode_enabled
 
 __all__ = ["eager_vjp", "eager_grad", "eager_grad_and_value", "eager_hvp"]
 
@@ -43,7 +44,7 @@ def eager_vjp(func: Callable[..., Any], primals: Tuple[Any, ...], has_aux: bool)
     (tensor([1., 1.]),)
     """
     leaves, spec = check_primals(primals, "vjp")
-    if torch.is_inference_mode_enabled():
+    if inference_mode_enabled():
         return outside_inference_mode("vjp", lambda p: eager_vjp(func, p, has_aux), primals)
     outer_grad = torch.is_grad_enabled()
     with torch.enable_grad():
@@ -158,7 +159,7 @@ def eager_hvp(
     (tensor(9.), (tensor([ 6., 12.]),))
     """
     p_leaves, t_leaves, spec = check_primals_tangents(primals, tangents, "hvp")
-    if torch.is_inference_mode_enabled():
+    if inference_mode_enabled():
         return outside_inference_mode("hvp", lambda p, t: eager_hvp(func, p, t), primals, tangents)
     outer_grad = torch.is_grad_enabled()
     with torch.enable_grad():

@@ -11,9 +11,10 @@ one call into the engine that ``torch.autograd.grad`` ends in:
 * on other devices, ``torch.autograd.graph._engine_run_backward`` where the
   installed torch has it, which first makes the caller's context (compiler
   settings) visible to the device threads that run the backward pass;
-* with torch's autograd graph logging at DEBUG, or for tensor subclasses,
-  :func:`torch.autograd.grad` (a ``__torch_function__`` mode sees the ops of
-  the backward pass either way, not the ``grad`` call itself).
+* with torch's autograd graph logging at DEBUG, for tensor subclasses, or
+  while dynamo traces (``torch.compile`` knows ``torch.autograd.grad``, not the
+  engine), :func:`torch.autograd.grad` (a ``__torch_function__`` mode sees the
+  ops of the backward pass either way, not the ``grad`` call itself).
 
 Examples
 --------
@@ -29,6 +30,8 @@ import logging
 from typing import Any, Optional, Sequence, Tuple
 
 import torch
+
+from ._torch_info import is_compiling
 
 __all__ = ["scalar_grad"]
 
@@ -47,6 +50,7 @@ def scalar_grad(
     run = _RUN_BACKWARD if output.is_cpu else _RUN_WITH_CONTEXT
     if (
         run is None
+        or is_compiling()
         or type(output) is not torch.Tensor
         or not all(type(x) is torch.Tensor for x in t_inputs)
         or _GRAPH_LOG.isEnabledFor(logging.DEBUG)

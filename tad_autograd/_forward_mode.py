@@ -53,6 +53,7 @@ from ._operand_checks import (
 from ._pytree import flatten, tree_flatten, tree_unflatten, unflatten
 from ._rng import RngStates, visible_generators
 from ._stand_ins import any_dual, as_returned, check_argnums, check_outputs, stand_ins
+from ._torch_info import inference_mode_enabled
 from ._transform_failures import DefectiveBatchingError, DefectWatch
 
 __all__ = ["eager_jvp", "eager_jacfwd", "eager_linearize"]
@@ -77,7 +78,7 @@ def eager_jvp(
     """
     p_leaves, t_leaves, spec = check_primals_tangents(primals, tangents, "jvp")
     forward_ad_ready()
-    if torch.is_inference_mode_enabled():
+    if inference_mode_enabled():
         return outside_inference_mode(
             "jvp", lambda p, t: eager_jvp(func, p, t, has_aux), primals, tangents
         )
@@ -248,7 +249,7 @@ def eager_jacfwd(
             states.restore()
             raise _random_in_error_mode()
         return jacobian
-    if torch.is_inference_mode_enabled():
+    if inference_mode_enabled():
         return outside_inference_mode(
             "jacfwd", lambda a: eager_jacfwd(func, argnums, has_aux, randomness, a), args
         )
@@ -339,7 +340,7 @@ def eager_linearize(func: Callable[..., Any], primals: Tuple[Any, ...]) -> Tuple
     tensor([1., 1.])
     """
     p_leaves, spec = check_primals(primals, "linearize")
-    if torch.is_inference_mode_enabled():
+    if inference_mode_enabled():
         return outside_inference_mode("linearize", lambda p: eager_linearize(func, p), primals)
     outer_grad = torch.is_grad_enabled()
     with torch.enable_grad():

@@ -8,12 +8,12 @@ with a clear ``RuntimeError`` where that returns zeros.
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any, Callable, TypeVar
 
 import torch
 
 from ._pytree import tree_flatten, tree_unflatten
+from ._torch_info import cache
 
 __all__ = ["inference_mode_derivatives", "outside_inference_mode", "plain_tensors"]
 

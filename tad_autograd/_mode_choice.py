@@ -23,18 +23,23 @@ The function runs once per call, so the choice is made before it runs:
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
 from ._pytree import tree_flatten
 from ._rng import RngStates, visible_generators
-from ._torch_info import transforms_active
+from ._torch_info import is_compiling, transforms_active
 from ._transform_failures import FORWARD_STAGES, DefectWatch
 
 __all__ = ["ModeChoosingJacobian"]
 
 _FORWARD, _REVERSE = "forward", "reverse"
+
+
+class _Count:
+    n: Optional[int] = None
+    drew: bool = False
 
 
 class ModeChoosingJacobian:
@@ -64,7 +69,8 @@ class ModeChoosingJacobian:
         self._argnums = argnums
         self._has_aux = has_aux
         self._automatic = automatic
-        self._count = threading.local()
+        # per thread; while dynamo traces, a plain object (it cannot trace a thread-local)
+        self._count: Any = _Count() if is_compiling() else threading.local()
         self._counted = make_reverse(self._counting(func, has_aux))  # learns the output size
         self._count.drew = False
         self._reverse = make_reverse(func)

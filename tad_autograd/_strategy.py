@@ -9,7 +9,7 @@ from typing import Any, Callable, Optional, Tuple
 
 from .backends.base import ArgnumsT, Backend, InDimsT, OutDimsT
 
-__all__ = ["Strategy", "TransformStrategy", "LoopStrategy"]
+__all__ = ["Strategy", "TransformStrategy", "CompiledStrategy", "LoopStrategy"]
 
 
 class Strategy:
@@ -122,6 +122,36 @@ class TransformStrategy(Strategy):
     """
 
     name = "transform"
+
+
+class CompiledStrategy(TransformStrategy):
+    """What automatic mode runs on a transform backend while dynamo traces the call.
+
+    The backend's own transforms, which ``torch.compile`` supports natively;
+    ``hvp`` reverse over reverse (``vjp`` of ``grad_and_value``), so a custom
+    ``autograd.Function`` without forward-mode rules compiles too.  Reverse
+    over reverse gives ``tangents @ H``, the same as ``H @ tangents`` for every
+    twice continuously differentiable function.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tad_autograd.registry import REGISTRY
+    >>> from tad_autograd import available_backends
+    >>> s = CompiledStrategy(REGISTRY.get(available_backends()[0]))
+    >>> s.hvp(lambda x: (x ** 3).sum(), (torch.tensor([1.0, 2.0]),), (torch.ones(2),))
+    (tensor(9.), (tensor([ 6., 12.]),))
+    """
+
+    name = "compiled"
+
+    def hvp(
+        self, func: Callable[..., Any], primals: Tuple[Any, ...], tangents: Tuple[Any, ...]
+    ) -> Any:
+        argnums = tuple(range(len(primals)))
+        gradient = self.backend.grad_and_value(func, argnums, has_aux=False)
+        _, vjp_fn, value = self.backend.vjp(gradient, primals, has_aux=True)
+        return value, vjp_fn(tangents)
 
 
 class LoopStrategy(Strategy):

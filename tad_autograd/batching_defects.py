@@ -30,10 +30,9 @@ Examples
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any, Callable, Dict, FrozenSet, NamedTuple, Optional, Tuple, Union
 
-from ._torch_info import TORCH_VERSION, Version
+from ._torch_info import TORCH_VERSION, Version, cache
 
 __all__ = [
     "BatchingDefect",

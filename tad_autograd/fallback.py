@@ -21,8 +21,9 @@ import logging
 import re
 import threading
 import weakref
-from functools import cache
 from typing import Any, Callable, Dict, NamedTuple, Optional, Pattern, Tuple, Type
+
+from ._torch_info import cache
 
 __all__ = ["Untransformable", "UNTRANSFORMABLE", "recognise", "Memory", "MEMORY", "add_hint"]
 

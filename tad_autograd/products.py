@@ -19,6 +19,7 @@ from ._operand_checks import (
     with_checked_outputs,
 )
 from ._tangent_dtypes import like_output, tangents_like_outputs
+from ._torch_info import is_compiling
 from .strategies import Strategy
 from .transforms import Transformed, run_on_named_backend
 
@@ -36,11 +37,11 @@ def _at_once(
     if kind != "vjp":
         forward_ad_ready()
     name = check_backend(backend)
-    if name is not None:
+    if name is not None and not is_compiling():  # dynamo traces a Transformed's call
         if not callable(func):
             raise TypeError(f"{kind}: expected a callable `func`, got {type(func)}")
         return run_on_named_backend(name, lambda s: build(s, func)(*operands))
-    return Transformed(kind, func, build, None, False, False)(*operands)
+    return Transformed(kind, func, build, name, False, False)(*operands)
 
 
 def vjp(

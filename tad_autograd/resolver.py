@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
-from ._torch_info import TORCH_VERSION, Version, module_exists
+from ._torch_info import TORCH_VERSION, Version, is_compiling, module_exists
 from .backends.base import Backend
 from .errors import BackendUnavailableError, UnknownBackendError
 from .registry import REGISTRY, Registry
@@ -26,7 +26,7 @@ from .settings import (
     read_env,
 )
 
-__all__ = ["Resolution", "resolve", "resolve_cached", "clear_cache"]
+__all__ = ["Resolution", "resolve", "resolve_cached", "resolve_in", "clear_cache"]
 
 _log = logging.getLogger("tad_autograd")
 
@@ -222,9 +222,19 @@ def resolve_cached(argument: Optional[str], device_type: str, transforms_only: b
     >>> resolve_cached("autograd", "cpu", False).backend.name
     'autograd'
     """
+    return resolve_in(argument, CONTEXT.get(), device_type, transforms_only)
+
+
+def resolve_in(
+    argument: Optional[str],
+    context: Optional[Tuple[Optional[str], str]],
+    device_type: str,
+    transforms_only: bool,
+) -> Resolution:
+    """:func:`resolve_cached` with the innermost setting ``context`` given (as under dynamo)."""
     key = (
         argument,
-        CONTEXT.get(),
+        context,
         GLOBAL.name,
         read_env(),
         device_type,
@@ -233,10 +243,9 @@ def resolve_cached(argument: Optional[str], device_type: str, transforms_only: b
     if _CACHE_VERSION[0] != REGISTRY.version:
         _CACHE.clear()
         _CACHE_VERSION[0] = REGISTRY.version
-    try:
-        return _CACHE[key]
-    except KeyError:
-        pass
+    resolution = _CACHE.get(key)
+    if resolution is not None:
+        return resolution
     resolution = resolve(
         argument=key[0],
         context=key[1],
@@ -246,6 +255,7 @@ def resolve_cached(argument: Optional[str], device_type: str, transforms_only: b
         registry=REGISTRY,
         transforms_only=transforms_only,
     )
-    _log.debug("resolved backend %r (%s)", resolution.backend.name, "; ".join(resolution.notes))
+    if not is_compiling():  # dynamo cannot trace a Logger
+        _log.debug("resolved backend %r (%s)", resolution.backend.name, "; ".join(resolution.notes))
     _CACHE[key] = resolution
     return resolution

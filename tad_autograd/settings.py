@@ -8,7 +8,10 @@
   at import.
 
 While a transform runs its function, the backend it runs is the innermost
-setting, so nested transforms use the same backend.
+setting, so nested transforms use the same backend.  While dynamo
+(``torch.compile``) traces, the innermost settings made by transforms live in a
+plain list (dynamo cannot trace a ``ContextVar``), and the ``use_backend``
+block around the compiled call is read once, when the call is compiled.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from __future__ import annotations
 import contextlib
 import os
 from contextvars import ContextVar
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from ._torch_info import constant_while_compiling, is_compiling
 from .errors import BackendUnavailableError, UnknownBackendError
 from .registry import REGISTRY
 
@@ -72,6 +76,38 @@ ORIGIN_AUTOMATIC_EAGER = "enclosing transform (automatic, eager forward)"
 CONTEXT: ContextVar[Optional[Tuple[Optional[str], str]]] = ContextVar(
     "tad_autograd_backend", default=None
 )
+
+
+#: The innermost settings made by transforms while dynamo traces them, innermost last.
+_TRACED: List[Tuple[Optional[str], str]] = []
+
+
+@constant_while_compiling
+def _context_when_compiled() -> Optional[Tuple[Optional[str], str]]:
+    return CONTEXT.get()
+
+
+def innermost() -> Optional[Tuple[Optional[str], str]]:
+    """The innermost setting ``(backend name or None, origin)`` or ``None``; dynamo traces it."""
+    if is_compiling():
+        return _TRACED[-1] if _TRACED else _context_when_compiled()
+    return CONTEXT.get()
+
+
+def enter(setting: Tuple[Optional[str], str]) -> Any:
+    """Make ``setting`` the innermost one until :func:`leave` is given the returned token."""
+    if is_compiling():
+        _TRACED.append(setting)
+        return None
+    return CONTEXT.set(setting)
+
+
+def leave(token: Any) -> None:
+    """Undo the :func:`enter` that returned ``token``."""
+    if token is None:
+        _TRACED.pop()
+    else:
+        CONTEXT.reset(token)
 
 
 class _Global:
@@ -145,7 +181,7 @@ def get_backend() -> str:
     ...     print(ta.get_backend())
     autograd
     """
-    context = CONTEXT.get()
+    context = innermost()
     if context is not None:
         return context[0] or "auto"
     if GLOBAL.name is not None:

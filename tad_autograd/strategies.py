@@ -11,6 +11,10 @@ log records and the report name the backend and the strategy that ran.
 ``"loop"``
     The ``"autograd"`` backend: an eager forward pass and a loop of backward
     passes for Jacobians, a Python loop over the batch for ``vmap``.
+``"compiled"``
+    What automatic mode runs on a transform backend while dynamo
+    (``torch.compile``) traces the call: the backend's own transforms, which
+    dynamo supports natively, with ``hvp`` reverse over reverse.
 ``"eager-vectorised"``
     What automatic mode runs on a transform backend: an eager forward pass
     under ordinary autograd, then the Jacobian's rows (one backward pass for a
@@ -33,21 +37,43 @@ from __future__ import annotations
 from typing import Dict, Tuple
 
 from ._eager_vectorised import LOOP_MAX_BATCH, LOOP_MAX_BATCH_ACCELERATOR, EagerVectorisedStrategy
-from ._strategy import LoopStrategy, Strategy, TransformStrategy
+from ._strategy import CompiledStrategy, LoopStrategy, Strategy, TransformStrategy
 from .backends.base import Backend
 
 __all__ = [
     "Strategy",
     "TransformStrategy",
+    "CompiledStrategy",
     "LoopStrategy",
     "EagerVectorisedStrategy",
     "strategy_for",
+    "compiled_strategy_for",
     "LOOP_MAX_BATCH",
     "LOOP_MAX_BATCH_ACCELERATOR",
 ]
 
 
 _STRATEGIES: Dict[Tuple[Backend, bool], Strategy] = {}
+_COMPILED: Dict[Backend, Strategy] = {}
+
+
+def compiled_strategy_for(backend: Backend) -> Strategy:
+    """The strategy automatic mode runs on ``backend`` while dynamo traces the call.
+
+    Examples
+    --------
+    >>> from tad_autograd.registry import REGISTRY
+    >>> compiled_strategy_for(REGISTRY.get("autograd")).name
+    'loop'
+    """
+    strategy = _COMPILED.get(backend)
+    if strategy is None:
+        if backend.is_transform:
+            strategy = CompiledStrategy(backend)
+        else:
+            strategy = strategy_for(backend, automatic=False)
+        _COMPILED[backend] = strategy
+    return strategy
 
 
 def strategy_for(backend: Backend, *, automatic: bool, transforms_only: bool = False) -> Strategy:

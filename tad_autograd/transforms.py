@@ -12,10 +12,11 @@ from __future__ import annotations
 import functools
 import logging
 import warnings
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ._checks import check_differentiable
 from ._loop_vmap import STRICT_UNBATCHED
+from ._torch_info import is_compiling, raise_when_run
 from ._transform_failures import (
     DefectWatch,
     failed_inside_transform,
@@ -28,9 +29,17 @@ from .devices import device_type_of
 from .errors import BackendFallbackWarning
 from .fallback import MEMORY, add_hint, describe, recognise
 from .registry import REGISTRY
-from .resolver import Resolution, resolve_cached
-from .settings import CONTEXT, ORIGIN_AUTOMATIC, ORIGIN_AUTOMATIC_EAGER, ORIGIN_EXPLICIT
-from .strategies import Strategy, strategy_for
+from .resolver import Resolution, resolve_cached, resolve_in
+from .settings import (
+    CONTEXT,
+    ORIGIN_AUTOMATIC,
+    ORIGIN_AUTOMATIC_EAGER,
+    ORIGIN_EXPLICIT,
+    enter,
+    innermost,
+    leave,
+)
+from .strategies import Strategy, compiled_strategy_for, strategy_for
 
 __all__ = ["Transformed", "run_on_named_backend"]
 
@@ -92,7 +101,8 @@ class Transformed:
         if fn is None:  # the first call with this strategy (no KeyError raised and caught)
             func = self.__wrapped__ if watch is None else watch_calls(self.__wrapped__, watch)
             fn = self._built[key] = self._build(strategy, func)
-            _log.debug("%s: built on %r", self.__name__, strategy)
+            if not is_compiling():  # dynamo cannot trace a Logger
+                _log.debug("%s: built on %r", self.__name__, strategy)
         return fn
 
     def _run(
@@ -115,6 +125,8 @@ class Transformed:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self._argnums is not None:
             check_differentiable(args, self._argnums, self._kind)
+        if is_compiling():  # dynamo folds this to a constant: free in compiled code
+            return self._call_traced(args, kwargs)
         if self._backend is not None and (self._kwargs_in_call or not kwargs):
             # backend= argument: it wins over every setting and every device type, so
             # nothing else is consulted, and the transformed callable is built once.
@@ -162,6 +174,67 @@ class Transformed:
                 )
             return self._run_automatic(resolution, device_type, args, kwargs)
         return self._run_explicit(resolution, args, kwargs)
+
+    def _call_traced(self, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        """The call while dynamo traces it: the backends' own transforms, which dynamo
+        supports natively, never an eager strategy (its ``torch.autograd.grad`` calls
+        break the graph, and a graph compiled by AOTAutograd cannot be differentiated
+        twice); automatic mode tries its candidates in order, transform backends first,
+        and never one that cannot compile the call."""
+        resolution = resolve_in(
+            self._backend, innermost(), device_type_of(args, kwargs), self._transforms_only
+        )
+        if not resolution.automatic:
+            backend = resolution.backend
+            refusal = compile_refusal(self._kind, backend)
+            if refusal is not None:  # before any try block: dynamo would run it eagerly
+                raise_when_run(refusal)
+            origin = ORIGIN_AUTOMATIC if resolution.inherited_automatic else ORIGIN_EXPLICIT
+            strategy = strategy_for(backend, automatic=False)
+            try:
+                return run_traced(
+                    self._kind,
+                    backend,
+                    origin,
+                    functools.partial(self._run_plain, strategy, args, kwargs),
+                )
+            except Exception as error:
+                self._clarify(error)
+                if not resolution.inherited_automatic:
+                    self._hint(backend, error)
+                raise
+        candidates = []
+        refusal = None
+        for candidate in resolution.candidates:
+            refusal = compile_refusal(self._kind, candidate)
+            if refusal is None:
+                candidates.append(candidate)
+        if not candidates and refusal is not None:  # e.g. a device without transforms
+            raise_when_run(refusal)
+        failed: Optional[Exception] = None
+        for i, backend in enumerate(candidates):
+            strategy = compiled_strategy_for(backend)
+            try:
+                return run_traced(
+                    self._kind,
+                    backend,
+                    ORIGIN_AUTOMATIC,
+                    functools.partial(self._run_plain, strategy, args, kwargs),
+                )
+            except Exception as error:
+                if failed is not None:
+                    _attach_context(error, failed)
+                if i == len(candidates) - 1 or not backend.is_transform:
+                    self._clarify(error)
+                    raise
+                failed = error
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _run_plain(self, strategy: Strategy, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        fn = self._transformed(strategy, kwargs)
+        if kwargs and self._kwargs_in_call:
+            return fn(*args, **kwargs)
+        return fn(*args)
 
     def _explicit_choice(self) -> Tuple[int, Strategy, Callable[..., Any], Tuple[str, str]]:
         """For a ``backend=`` argument: (registry version, strategy, callable, context)."""
@@ -363,6 +436,50 @@ def run_on_named_backend(backend: str, call: Callable[[Strategy], Any]) -> Any:
         raise
     finally:
         CONTEXT.reset(token)
+
+
+#: The derivatives on a backend without function transforms that dynamo is tracing now.
+_TRACED_PLAIN_DERIVATIVES: List[str] = []
+
+#: Operators that differentiate twice by themselves.
+_SECOND_ORDER = frozenset({"hessian", "hvp"})
+
+
+def compile_refusal(kind: str, backend: Backend) -> Optional[RuntimeError]:
+    """The error for a ``kind`` call on ``backend`` under dynamo, or ``None`` if it compiles.
+
+    Plain :mod:`torch.autograd` differentiates twice by a second backward pass
+    through the first one; under ``torch.compile`` the forward pass is a graph
+    compiled apart from the ``torch.autograd.grad`` calls (they break the
+    graph), and a graph compiled by AOTAutograd (``"aot_eager"``,
+    ``"inductor"``) has no second derivative: torch returns zeros or refuses.
+    Decided from the operator and the backend, never from torch's messages.
+    """
+    if backend.is_transform or kind == "vmap":
+        return None
+    if kind not in _SECOND_ORDER and not _TRACED_PLAIN_DERIVATIVES:
+        return None
+    what = kind if kind in _SECOND_ORDER else f"{kind} inside another derivative"
+    return RuntimeError(
+        f"backend {backend.name!r} cannot compute {what} under torch.compile: its second "
+        "backward pass would go through a graph compiled without a second derivative "
+        "(torch gives zeros or raises there). Use backend='func' (torch.func transforms, "
+        "which torch.compile supports) or automatic mode (backend=None)."
+    )
+
+
+def run_traced(kind: str, backend: Backend, origin: str, call: Callable[[], Any]) -> Any:
+    """``call()`` with ``backend`` as the innermost setting, while dynamo traces."""
+    token = enter((backend.name, origin))
+    plain = kind != "vmap" and not backend.is_transform
+    if plain:
+        _TRACED_PLAIN_DERIVATIVES.append(kind)
+    try:
+        return call()
+    finally:
+        if plain:
+            _TRACED_PLAIN_DERIVATIVES.pop()
+        leave(token)
 
 
 def _attach_context(error: BaseException, transform_error: BaseException) -> None:

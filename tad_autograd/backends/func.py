@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any, Callable, Optional, Tuple
 
 from .._dual import forward_ad_ready
 from .._locks import TRANSFORM_LOCK, locked
-from .._torch_info import TORCH_VERSION, Version, module_exists
+from .._torch_info import TORCH_VERSION, Version, cache, is_compiling, module_exists
 from ._chunking import jacrev_tensor_args_only, vmap_with_out_dims
 from .base import ArgnumsT, Availability, Backend, InDimsT, OutDimsT
 
@@ -25,6 +24,17 @@ def _torch_func() -> Any:
 
 
 _JACREV_NEEDS_TENSOR_ARGS = _MINIMUM <= TORCH_VERSION < Version("2.1")
+
+
+def _locked_unless_compiling(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` under :data:`TRANSFORM_LOCK`, except while dynamo traces it into a graph
+    (dynamo cannot take a lock)."""
+    run_locked = locked(fn)
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs) if is_compiling() else run_locked(*args, **kwargs)
+
+    return run
 
 
 class FuncBackend(Backend):
@@ -101,6 +111,8 @@ class FuncBackend(Backend):
         has_aux: bool,
     ) -> Any:
         forward_ad_ready()
+        if is_compiling():  # traced into the graph, where dynamo cannot take a lock
+            return _torch_func().jvp(func, primals, tangents, has_aux=has_aux)
         with TRANSFORM_LOCK:  # dual levels are process-wide
             return _torch_func().jvp(func, primals, tangents, has_aux=has_aux)
 
@@ -138,7 +150,7 @@ class FuncBackend(Backend):
                 )
             )
         fn: Callable[..., Any] = jacfwd(func, argnums, has_aux=has_aux, randomness=randomness)
-        return locked(fn)  # dual levels are process-wide
+        return _locked_unless_compiling(fn)  # dual levels are process-wide
 
     def vmap(
         self,

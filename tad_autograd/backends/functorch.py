@@ -17,13 +17,12 @@ functorch 1.13 has no ``chunk_size``; the backend supplies it
 from __future__ import annotations
 
 import inspect
-from functools import cache
 from typing import Any, Callable, Optional, Tuple
 
 from .._derived import jacfwd_from_jvp
 from .._dual import forward_ad_ready
 from .._locks import TRANSFORM_LOCK, locked
-from .._torch_info import TORCH_VERSION, Version, module_exists
+from .._torch_info import TORCH_VERSION, Version, cache, module_exists
 from ._chunking import (
     checked_outputs,
     chunked_jacrev,
