@@ -1,4 +1,4 @@
-"""Benchmarks of tad_autograd against its peers (CONTRACT §8).
+"""Benchmarks of tad_autograd against its peers.
 
 Run ``python -m benchmarks --quick`` (about 2.5 minutes on 2 busy CPU cores) or
 ``python -m benchmarks`` (full grid) from the repository root; results go to

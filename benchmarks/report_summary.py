@@ -1,4 +1,4 @@
-"""The CONTRACT §8 summary at the top of the benchmark report."""
+"""The performance targets summary at the top of the benchmark report."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def sparse_summary_lines(sec: Optional[Dict[str, Any]]) -> List[str]:
 
 def summary_lines(data: Dict[str, Any]) -> List[str]:
     S = data["sections"]
-    out = [f"## CONTRACT §8 summary — {' / '.join(section_devices(data)) or 'cpu'}", ""]
+    out = [f"## Performance targets summary — {' / '.join(section_devices(data)) or 'cpu'}", ""]
     out += ["| measurement | ratio (median/median) | paired ratio | target |", "|---|---|---|---|"]
     for key in ("dispatch", "fallback"):
         sec = S.get(key)

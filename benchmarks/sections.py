@@ -1,4 +1,4 @@
-"""The benchmark sections, by name: timing grids and the CONTRACT §8 special measurements.
+"""The benchmark sections, by name: timing grids and the special measurements.
 
 Each section is a function of a :class:`~benchmarks.config.Config` returning
 a JSON-able dict; ``python -m benchmarks --list`` prints the first line of

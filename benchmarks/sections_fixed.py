@@ -1,4 +1,4 @@
-"""CONTRACT §8: the fixed Python cost of a pre-built automatic call.
+"""The fixed Python cost of a pre-built automatic call.
 
 The function is ``f(x) = (x * x).sum()`` of a 2-element float64 tensor, so
 the derivative itself costs next to nothing and what remains is the

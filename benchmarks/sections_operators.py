@@ -1,4 +1,4 @@
-"""CONTRACT §8 for the operators beyond jacrev: forward vs reverse, dispatch, hvp.
+"""Performance targets for the operators beyond jacrev: forward vs reverse, dispatch, hvp.
 
 * ``modes`` -- ``jacobian(mode="auto")`` against ``jacfwd`` and ``jacrev``
   (tad_autograd's and torch.func's) on tall (3 -> 1000), square and wide

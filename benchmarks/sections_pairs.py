@@ -1,4 +1,4 @@
-"""CONTRACT §8 ratios measured side by side: dispatch overhead, the autograd backend, fallback."""
+"""Ratios measured side by side: dispatch overhead, the autograd backend, fallback."""
 
 from __future__ import annotations
 

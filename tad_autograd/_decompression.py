@@ -1,4 +1,4 @@
-"""Recovering a sparse derivative's entries from its compressed products (CONTRACT §10).
+"""Recovering a sparse derivative's entries from its compressed products.
 
 Every plan here is built once per pattern and colouring (plain Python and
 integer tensors) and applied at each call with a handful of tensor ops, so a

@@ -1,4 +1,4 @@
-"""The calling contexts every eager operator handles alike (CONTRACT §4).
+"""The calling contexts every eager operator handles alike.
 
 Inside :func:`torch.no_grad` a derivative is still computed, as under
 :mod:`torch.func`; inside :func:`torch.inference_mode` it is computed where

@@ -1,4 +1,4 @@
-"""The one lock that serialises what torch keeps process-wide (CONTRACT §6).
+"""The one lock that serialises what torch keeps process-wide.
 
 * Forward-mode AD: torch's dual levels (:mod:`torch.autograd.forward_ad`,
   and ``torch.func.jvp``/``jacfwd`` on top of them) are global to the process,

@@ -1,6 +1,6 @@
 """How an automatic strategy tells that a call failed *inside* a function transform.
 
-The automatic fallback (CONTRACT §3) is structural: an exception that left a
+The automatic fallback is structural: an exception that left a
 function transform (``vmap``, or a transform library's ``jacrev`` nested in
 one) is retried on the autograd backend, whatever its message says; an
 exception from eager code (the user's function run under plain autograd) is

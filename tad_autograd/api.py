@@ -98,7 +98,7 @@ def jacrev(
         result).  ``None`` (default) computes all rows at once.
     backend : str, optional
         ``"func"``, ``"functorch"``, ``"autograd"``, a registered name, or
-        ``None``/``"auto"`` (default) to follow the settings (CONTRACT §3).
+        ``None``/``"auto"`` (default) to follow the settings.
 
     Returns
     -------

@@ -1,6 +1,6 @@
 """Ops whose batching rule or forward-mode formula gives wrong values on some torch releases.
 
-Automatic mode is never less correct than plain autograd (CONTRACT §3):
+Automatic mode is never less correct than plain autograd:
 where the installed torch is known to vectorise an op wrongly, automatic mode
 does not vectorise through it; where torch's forward-mode formula for an op
 (its dual numbers, what :func:`torch.func.jvp` and ``jacfwd`` push tangents

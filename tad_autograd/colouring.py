@@ -1,4 +1,4 @@
-"""Greedy colourings of sparsity patterns, the heart of sparse derivatives (CONTRACT §10).
+"""Greedy colourings of sparsity patterns, the heart of sparse derivatives.
 
 A Jacobian ``J`` with a known pattern can be computed from a few products
 with 0/1 *seed* matrices instead of one product per row or column, when

@@ -3,7 +3,7 @@
 Unlike the transforms, these evaluate at once, with :mod:`torch.func`'s
 signatures and return structures; the backend is resolved for the call
 (argument, settings, device type) and automatic mode falls back as for the
-transforms (CONTRACT §3).
+transforms.
 """
 
 from __future__ import annotations

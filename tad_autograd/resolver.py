@@ -1,4 +1,4 @@
-"""Which backend runs a call (CONTRACT §3), as a pure function.
+"""Which backend runs a call, as a pure function.
 
 :func:`resolve` depends only on its arguments: the settings, the device
 type, the registry, the torch version and a module-existence probe, so it can
@@ -79,7 +79,7 @@ def resolve(
     module_exists: Callable[[str], bool] = module_exists,
     transforms_only: bool = False,
 ) -> Resolution:
-    """Decide which backend runs a call, following CONTRACT §3.
+    """Decide which backend runs a call, following the documented order of rules.
 
     Parameters
     ----------

@@ -3,7 +3,7 @@
 Given which entries of a derivative may be non-zero (its *sparsity
 pattern*), columns (or rows) that never share a row (column) are summed into
 one *compressed* product, so a banded ``n x n`` Jacobian costs a handful of
-products instead of ``n`` (CONTRACT §10).  Each operator colours the
+products instead of ``n``.  Each operator colours the
 pattern once, when it is built (:mod:`tad_autograd.colouring`), computes the
 compressed products at each call with the library's own transforms --
 :func:`~tad_autograd.jacfwd` for ``J S``, :func:`~tad_autograd.jacrev` for

@@ -1,4 +1,4 @@
-"""Sparsity patterns: the accepted forms, their validation, one normal form (CONTRACT §10).
+"""Sparsity patterns: the accepted forms, their validation, one normal form.
 
 A pattern says which entries of a matrix may be non-zero: the Jacobian of a
 function, flattened to ``(out.numel(), in.numel())``, or the Hessian,

@@ -1,4 +1,4 @@
-"""Finding a sparsity pattern numerically: :func:`detect_sparsity` (CONTRACT §10).
+"""Finding a sparsity pattern numerically: :func:`detect_sparsity`.
 
 The pattern is the union of the non-zero entries of the dense Jacobian (or
 Hessian) at a few *probe* points: the given arguments and random

@@ -1,4 +1,4 @@
-"""Strategies: how a call runs once its backend is resolved (CONTRACT §3).
+"""Strategies: how a call runs once its backend is resolved.
 
 A backend says *what* computes derivatives (:mod:`torch.func`, ``functorch``,
 plain :mod:`torch.autograd`); a strategy says *how* a call uses it.  Each is

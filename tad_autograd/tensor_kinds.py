@@ -1,4 +1,4 @@
-"""Transform-aware helpers: is this tensor a function-transform wrapper (CONTRACT §11)?
+"""Transform-aware helpers: is this tensor a function-transform wrapper?
 
 Scientific codes validate their inputs (``max(numbers)``, ``if (r < 0).any():
 raise``); under ``vmap`` such checks cannot run, because a batched tensor has

@@ -378,7 +378,7 @@ class Transformed:
     def _check_retryable(self, error: Exception, i: int, candidates: Tuple[Backend, ...]) -> None:
         """Raise ``error`` unless candidate ``i`` failed inside a transform and a next one exists.
 
-        Structural (CONTRACT §3): only an exception that escaped a function
+        Structural: only an exception that escaped a function
         transform is retried, whatever it says; one from eager code is the
         user's own and propagates.
         """

@@ -12,7 +12,7 @@ from tad_autograd._pytree import tree_flatten
 def assert_tree_close(
     actual: Any, expected: Any, rtol: float | None = None, atol: float = 1e-12
 ) -> None:
-    """Same pytree structure; each leaf through ``torch.testing.assert_close`` (CONTRACT §4).
+    """Same pytree structure; each leaf through ``torch.testing.assert_close``.
 
     ``assert_close`` checks the shapes, dtypes and devices too; tolerances: ``rtol`` (default
     1e-10 for float64, 1e-5 otherwise) and ``atol`` (for float64; 1e-6 otherwise).

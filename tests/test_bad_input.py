@@ -1,4 +1,4 @@
-"""Bad input (CONTRACT §5) and no side effects after it (§6).
+"""Bad input and no side effects after it (§6).
 
 One table, :data:`CASES`, lists every mistake of §5 and a few more.  Each case
 runs through every transform it applies to (``jacrev``, ``hessian``,

@@ -1,4 +1,4 @@
-"""Bad input to grad, grad_and_value, vjp, jvp, linearize, jacfwd, jacobian, hvp (CONTRACT §5).
+"""Bad input to grad, grad_and_value, vjp, jvp, linearize, jacfwd, jacobian, hvp.
 
 Each mistake raises the same exception type on every backend and in
 automatic mode -- the type :mod:`torch.func` raises where it has the operator

@@ -1,6 +1,6 @@
 """The benchmark runner's plumbing (``benchmarks/``): where it writes, how it compares.
 
-No timing is asserted here (CONTRACT §8: performance is measured, never
+No timing is asserted here (performance is measured, never
 asserted in tests); these tests run no benchmark.
 """
 

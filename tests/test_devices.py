@@ -1,4 +1,4 @@
-"""Device types and the resolver (CONTRACT §3): transforms only where they are known to work.
+"""Device types and the resolver: transforms only where they are known to work.
 
 Every device type is simulated through the pure resolver, so no accelerator is
 needed; where a device is really present (CUDA), one end-to-end check runs.

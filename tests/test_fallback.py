@@ -1,4 +1,4 @@
-"""CONTRACT §3 automatic fallback: each recognised error provoked for real on this torch."""
+"""Automatic fallback: each recognised error provoked for real on this torch."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What ``import tad_autograd`` does (CONTRACT §2, §6), each check in a fresh interpreter.
+"""What ``import tad_autograd`` does, each check in a fresh interpreter.
 
 * It imports neither ``functorch`` nor any ``torch.func`` / ``torch._functorch``
   module beyond those ``import torch`` itself already loads (on torch 2.x

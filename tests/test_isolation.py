@@ -1,4 +1,4 @@
-"""Backend settings are private to a thread or asyncio task (CONTRACT §3, §6).
+"""Backend settings are private to a thread or asyncio task.
 
 * ``use_backend`` blocks in 8 interleaved threads (and 8 interleaved asyncio
   tasks), each with a different backend: every call runs on its own thread's

@@ -1,4 +1,4 @@
-"""What the installed torch gets (CONTRACT §1, §3, §4 chunk_size, §6 warnings).
+"""What the installed torch gets (backends, resolution, chunk_size, warnings).
 
 This module runs unchanged in every env of the tox matrix (torch 1.13.1,
 torch 2.0.0 + functorch 2.0.0, the current torch) and asserts the behaviour

@@ -1,4 +1,4 @@
-"""Unit tests of the pure resolver (CONTRACT §3) for torch 1.13.1, 2.0.0 and 2.13.0.
+"""Unit tests of the pure resolver for torch 1.13.1, 2.0.0 and 2.13.0.
 
 :func:`tad_autograd.resolver.resolve` depends only on its arguments, so every
 torch release and every installed/missing ``functorch`` can be simulated on

@@ -1,4 +1,4 @@
-"""CONTRACT §2/§3: settings, precedence and errors for names."""
+"""Settings, precedence and errors for names."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The automatic fallback is structural (CONTRACT §3), and never less correct than autograd.
+"""The automatic fallback is structural, and never less correct than autograd.
 
 * An exception of any type and any wording that escapes a function transform
   is retried on the autograd backend: a torch release that rewords every

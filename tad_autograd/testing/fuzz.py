@@ -1,4 +1,4 @@
-"""Differential fuzzing: programs with hard features (CONTRACT section 7).
+"""Differential fuzzing: programs with hard features.
 
 A :class:`FuzzProgram` wraps a :class:`~tad_autograd.testing.strategies.Program`
 (smooth elementwise ops, matmuls, custom ``autograd.Function`` nodes) and adds,

@@ -4,7 +4,7 @@
 the independent reference (row loop of ``torch.autograd.grad``, Python-loop
 ``vmap``), on ``torch.func``/``functorch`` directly and on every available
 backend plus automatic mode, in the case's calling context and with its kind
-of inputs, and asserts CONTRACT sections 4 and 6:
+of inputs, and asserts what every backend returns and that the caller's state is untouched:
 
 * automatic mode and ``"autograd"`` return the reference's answer (same
   structure, dtype, shape, device; float64 rtol 1e-10, float32 1e-5, half
@@ -150,7 +150,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def check_case(case: FuzzCase, backends: Optional[Sequence[Optional[str]]] = None) -> None:
-    """Run ``case`` on every backend and automatic mode; assert CONTRACT sections 4 and 6.
+    """Run ``case`` on every backend and automatic mode; assert results and untouched state.
 
     Parameters
     ----------

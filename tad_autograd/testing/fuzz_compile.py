@@ -1,4 +1,4 @@
-"""Fuzzing operators under ``torch.compile`` (torch >= 2.1; CONTRACT section 12).
+"""Fuzzing operators under ``torch.compile`` (torch >= 2.1).
 
 A :class:`CompileCase` is a small random program (one tensor argument, one
 tensor output, no custom Functions), one operator of :data:`COMPILED_OPERATORS`

@@ -14,7 +14,7 @@ under one operator of :data:`SECOND_ORDER`:
 
 :func:`check_opaque_case` runs it on every available backend and automatic
 mode (the inner operator on the same backend).  Each must either raise a
-``RuntimeError`` naming the Function's class (CONTRACT section 12), or return
+``RuntimeError`` naming the Function's class, or return
 the true second derivative: the row loop of ``torch.autograd.grad`` over the
 *twin* Function with a differentiable backward, in float64 (itself checked by
 central finite differences of the exact gradient).  Never another value.  An

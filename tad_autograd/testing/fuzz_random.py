@@ -1,4 +1,4 @@
-"""Fuzzing ``vmap``'s ``randomness=`` semantics against a Python loop (CONTRACT section 4).
+"""Fuzzing ``vmap``'s ``randomness=`` semantics against a Python loop.
 
 A random program ``g(*args) = (y * (1 + noise / 4), noise)`` with
 ``noise = torch.rand_like(y)`` (``y`` the main output of a smooth program)

@@ -160,7 +160,7 @@ class _DirectOps:
         return self.mod.jacrev(f, argnums, has_aux=has_aux)
 
     def hessian(self, f: Callable[..., Any], argnums: Any) -> Any:
-        # reverse-over-reverse, as the library's hessian (CONTRACT §2); torch.func.hessian is
+        # reverse-over-reverse, as the library's hessian; torch.func.hessian is
         # forward-over-reverse, whose blocks carry graphs differently
         return self.mod.jacrev(self.mod.jacrev(f, argnums), argnums)
 

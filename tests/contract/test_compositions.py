@@ -1,4 +1,4 @@
-"""CONTRACT §4: compositions and hessian agree on every backend."""
+"""Compositions and hessian agree on every backend."""
 
 from __future__ import annotations
 

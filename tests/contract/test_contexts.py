@@ -1,4 +1,4 @@
-"""Calling contexts and differentiability (CONTRACT §4), against an independent reference.
+"""Calling contexts and differentiability, against an independent reference.
 
 Every backend and automatic mode; the reference is a row loop of
 ``torch.autograd.grad`` on the eager function (never another backend).

@@ -1,4 +1,4 @@
-"""Custom autograd.Functions in both styles (CONTRACT §1, §4)."""
+"""Custom autograd.Functions in both styles."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CONTRACT §4, jacrev: written once, run on every backend."""
+"""jacrev: written once, run on every backend."""
 
 from __future__ import annotations
 

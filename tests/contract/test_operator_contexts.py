@@ -1,4 +1,4 @@
-"""The operators beyond jacrev in the calling contexts users have (CONTRACT §4).
+"""The operators beyond jacrev in the calling contexts users have.
 
 Every backend and automatic mode, against an independent reference (a row
 loop of ``torch.autograd.grad`` on the eager function):

@@ -1,4 +1,4 @@
-"""CONTRACT §2/§4: grad, grad_and_value, vjp, jvp, linearize, jacfwd, jacobian, hvp.
+"""grad, grad_and_value, vjp, jvp, linearize, jacfwd, jacobian, hvp.
 
 Written once, run on every backend and automatic mode, each against an
 independent reference: a row loop of ``torch.autograd.grad`` on the eager

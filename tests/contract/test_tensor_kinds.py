@@ -1,4 +1,4 @@
-"""``is_transformed`` / ``is_batched`` on every backend and automatic mode (CONTRACT §11)."""
+"""``is_transformed`` / ``is_batched`` on every backend and automatic mode."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CONTRACT §4, vmap: written once, run on every backend."""
+"""vmap: written once, run on every backend."""
 
 from __future__ import annotations
 

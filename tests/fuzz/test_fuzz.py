@@ -1,4 +1,4 @@
-"""Differential fuzzer (CONTRACT section 7): programs x operators x backends x contexts.
+"""Differential fuzzer: programs x operators x backends x contexts.
 
 Every property runs every available backend and automatic mode on each
 example, against the row-loop ``torch.autograd.grad`` reference, ``torch.func``

@@ -1,4 +1,4 @@
-"""Differential fuzzer of the paths between and around the operators (CONTRACT sections 6, 7, 12).
+"""Differential fuzzer of the paths between and around the operators.
 
 * second-order operators through custom Functions whose backward cannot be
   differentiated (``@once_differentiable``, NumPy, ``.detach()``), used

@@ -1,4 +1,4 @@
-"""Differential fuzzer of the derivative products (CONTRACT section 7).
+"""Differential fuzzer of the derivative products.
 
 ``grad``, ``grad_and_value``, ``vjp``, ``jvp``, ``linearize``, ``jacfwd``,
 ``jacobian`` (each mode), ``hvp`` and ``jacfwd(jacrev)`` on hypothesis-generated programs with

@@ -1,4 +1,4 @@
-"""The table of known-wrong batching rules stays true to the installed torch (CONTRACT §3).
+"""The table of known-wrong batching rules stays true to the installed torch.
 
 Every entry of ``tad_autograd.batching_defects.BATCHING_DEFECTS`` that applies
 to the installed torch must reproduce in the OpInfo sweep (a batching entry: a

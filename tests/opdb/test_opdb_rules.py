@@ -1,4 +1,4 @@
-"""PyTorch's OpInfo database under every transform (CONTRACT §3, §7).
+"""PyTorch's OpInfo database under every transform.
 
 Every differentiable op of ``op_db`` (its first ``SAMPLES_PER_OP`` float64
 CPU samples within the bounds of ``_opdb_cases``) runs under ``jacrev``,

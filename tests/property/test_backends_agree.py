@@ -1,4 +1,4 @@
-"""Every available backend agrees with the others (CONTRACT section 4, 7)."""
+"""Every available backend agrees with the others."""
 
 from hypothesis import given
 from hypothesis import strategies as st

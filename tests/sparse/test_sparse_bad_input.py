@@ -1,4 +1,4 @@
-"""CONTRACT §5 for the sparse operators: every mistake raises, naming what was given.
+"""Bad input to the sparse operators: every mistake raises, naming what was given.
 
 Pattern mistakes that need the function's shapes surface at the call, in
 every backend and in automatic mode, with the same type; the rest when the

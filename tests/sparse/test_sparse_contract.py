@@ -1,4 +1,4 @@
-"""CONTRACT §10: sparse Jacobians and Hessians, on every backend and in automatic mode.
+"""Sparse Jacobians and Hessians, on every backend and in automatic mode.
 
 Each model's result is compared with the dense result of the same backend
 *and* with independent references (a row loop of ``torch.autograd.grad``,
