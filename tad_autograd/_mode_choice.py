@@ -82,13 +82,17 @@ class ModeChoosingJacobian:
         count = self._count
 
         def counted(*args: Any) -> Any:
-            leaves = tree_flatten(args)[0]
-            states = RngStates(
-                {x.device for x in leaves if isinstance(x, torch.Tensor)},
-                visible_generators(func, args),
-            )
-            result = func(*args)
-            count.drew = states.changed()  # forward mode with randomness="error" would refuse
+            if is_compiling():  # dynamo cannot read RNG states: reverse mode unless automatic
+                result = func(*args)
+                count.drew = True
+            else:
+                leaves = tree_flatten(args)[0]
+                states = RngStates(
+                    {x.device for x in leaves if isinstance(x, torch.Tensor)},
+                    visible_generators(func, args),
+                )
+                result = func(*args)
+                count.drew = states.changed()  # forward mode, randomness="error" would refuse
             output = result[0] if has_aux and isinstance(result, tuple) else result
             count.n = sum(t.numel() for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor))
             return result
