@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import (
     Any,
+    Callable,
     FrozenSet,
     Iterable,
     List,
@@ -205,17 +206,7 @@ def has_custom_functions(outputs: Sequence[torch.Tensor]) -> bool:
     >>> has_custom_functions([x.sin()])
     False
     """
-    stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
-    seen: Set[Any] = set(stack)
-    while stack:
-        node = stack.pop()
-        if isinstance(node, _CUSTOM_FUNCTION):
-            return True
-        for nxt, _ in node.next_functions:
-            if nxt is not None and nxt not in seen:
-                seen.add(nxt)
-                stack.append(nxt)
-    return False
+    return _holds(outputs, lambda node: isinstance(node, _CUSTOM_FUNCTION))
 
 
 def custom_functions_without_jvp(outputs: Sequence[torch.Tensor]) -> bool:
@@ -231,14 +222,24 @@ def custom_functions_without_jvp(outputs: Sequence[torch.Tensor]) -> bool:
     >>> custom_functions_without_jvp([x.sin()])
     False
     """
+    return _holds(outputs, _custom_without_jvp)
+
+
+def _custom_without_jvp(node: Any) -> bool:
+    if not isinstance(node, _CUSTOM_FUNCTION):
+        return False
+    cls = getattr(node, "_forward_cls", None)
+    return cls is None or getattr(cls, "jvp", None) is _NO_JVP
+
+
+def _holds(outputs: Sequence[torch.Tensor], test: Callable[[Any], bool]) -> bool:
+    """Whether a node of the graph of ``outputs`` passes ``test``."""
     stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
     seen: Set[Any] = set(stack)
     while stack:
         node = stack.pop()
-        if isinstance(node, _CUSTOM_FUNCTION):
-            cls = getattr(node, "_forward_cls", None)
-            if cls is None or getattr(cls, "jvp", None) is _NO_JVP:
-                return True
+        if test(node):
+            return True
         for nxt, _ in node.next_functions:
             if nxt is not None and nxt not in seen:
                 seen.add(nxt)
