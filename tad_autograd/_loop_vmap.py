@@ -130,8 +130,15 @@ def _write_back(
 ) -> None:
     """Copy a sample the function updated in place back into its batch, as under torch.func."""
     for leaf, d, fresh, version in zip(batched.leaves, batched.dims, sample, versions):
-        if d is not None and version is not None and fresh._version != version:
-            leaf.select(d, index).copy_(fresh)
+        if d is None or not isinstance(fresh, torch.Tensor):
+            continue
+        target = leaf.select(d, index)
+        if version is not None:
+            changed = fresh._version != version
+        else:  # an inference tensor keeps no version: its values tell
+            changed = fresh.is_inference() and not torch.equal(fresh, target)
+        if changed:
+            target.copy_(fresh)
 
 
 #: Set while automatic mode retries a failed transform on the loop: an ``out_dims=None``

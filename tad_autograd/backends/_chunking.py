@@ -344,11 +344,18 @@ def vmap_batch_of_one_guard(vmap: Callable[..., Any], every: bool = False) -> Ca
                 x if d is None else torch.cat([x, x], d)
                 for x, d in zip(batched.leaves, batched.dims)
             ]
-            versions = [None if d is None else t._version for t, d in zip(twice, batched.dims)]
+            # inference tensors have no version counter: their values tell instead
+            versions = [
+                None if d is None or t.is_inference() else t._version
+                for t, d in zip(twice, batched.dims)
+            ]
             output = batched_func(*tree_unflatten(twice, batched.spec), **kwargs)
             for x, t, d, v in zip(batched.leaves, twice, batched.dims, versions):
-                if d is not None and t._version != v:  # an in-place update reaches the caller
-                    x.copy_(t.narrow(d, 0, 1))
+                if d is None:
+                    continue
+                first = t.narrow(d, 0, 1)
+                if (t._version != v) if v is not None else not torch.equal(first, x):
+                    x.copy_(first)  # an in-place update reaches the caller
             leaves, dims, spec = split_outputs(func, out_dims, output)
             return tree_unflatten(
                 [leaf if d is None else leaf.narrow(d, 0, 1) for leaf, d in zip(leaves, dims)],

@@ -109,9 +109,10 @@ def check_vmap_randomness(
         assert noise.shape == (call.batch_size,) + one_draw.shape, f"{what}: noise shape"
         if randomness == "same":
             for b in range(call.batch_size):
-                if backend in transforms:
+                if backend is None or backend in transforms:
                     # torch.func fills a ``*_like`` draw in the batched tensor's memory order:
                     # the eager draw's numbers, possibly in another layout, the same per sample
+                    # (automatic mode vectorises with the transform backend's vmap)
                     _close(noise[b], noise[0], f"{what}: sample {b} noise != sample 0")
                     _close(
                         noise[b].flatten().sort().values,

@@ -121,3 +121,19 @@ def test_small_batches(backend: str, size: int) -> None:
         torch.zeros(size, 3)
     )
     assert all(torch.equal(same[0], row) for row in same)
+
+
+@pytest.mark.parametrize("size", [1, 3])
+def test_inference_mode_and_in_place_updates(backend: str, size: int) -> None:
+    """Inference tensors have no version counter; an in-place update still reaches them."""
+
+    def double_in_place(v: torch.Tensor) -> torch.Tensor:
+        v.mul_(2)
+        return v.sin()
+
+    with torch.inference_mode():
+        x = torch.linspace(0.1, 0.3, size)
+        expected = (2 * x).sin()
+        assert_tree_close(ta.vmap(torch.sin, backend=backend)(x), x.sin())
+        assert_tree_close(ta.vmap(double_in_place, backend=backend)(x), expected)
+        assert_tree_close(x, 2 * torch.linspace(0.1, 0.3, size))
