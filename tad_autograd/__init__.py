@@ -16,17 +16,17 @@ Examples
 tensor([2., 4.])
 """
 
-from .api import fjacrev, fvmap, hessian, jacrev, vmap
-from .colouring import colouring, colouring_lower_bound
+from .api.explain import explain
+from .api.operators import grad, grad_and_value, graph_jacobian, jacfwd, jacobian
+from .api.products import hvp, jvp, linearize, vjp
+from .api.transforms import fjacrev, fvmap, hessian, jacrev, vmap
+from .compat.tensor_kinds import is_batched, is_transformed
+from .dispatch.registry import available_backends, register_backend, unregister_backend
+from .dispatch.settings import get_backend, set_backend, use_backend
 from .errors import BackendFallbackWarning, BackendUnavailableError, UnknownBackendError
-from .explain import explain
-from .operators import grad, grad_and_value, graph_jacobian, jacfwd, jacobian
-from .products import hvp, jvp, linearize, vjp
-from .registry import available_backends, register_backend, unregister_backend
-from .settings import get_backend, set_backend, use_backend
-from .sparse_api import sparse_hessian, sparse_jacobian
-from .sparsity_detection import detect_sparsity
-from .tensor_kinds import is_batched, is_transformed
+from .sparse.api import sparse_hessian, sparse_jacobian
+from .sparse.colouring import colouring, colouring_lower_bound
+from .sparse.detection import detect_sparsity
 
 __version__ = "0.1.0"
 

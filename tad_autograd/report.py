@@ -23,15 +23,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from . import api
-from ._torch_info import TORCH_VERSION
-from .devices import TRANSFORM_SUPPORT
+from .api import transforms as api
+from .compat._torch_info import TORCH_VERSION
+from .compat.devices import TRANSFORM_SUPPORT
+from .dispatch.fallback import describe
+from .dispatch.registry import REGISTRY, available_backends
+from .dispatch.resolver import resolve
+from .dispatch.settings import CONTEXT, ENV_VAR, GLOBAL
+from .dispatch.strategies import strategy_for
 from .errors import BackendFallbackWarning, BackendUnavailableError, UnknownBackendError
-from .fallback import describe
-from .registry import REGISTRY, available_backends
-from .resolver import resolve
-from .settings import CONTEXT, ENV_VAR, GLOBAL
-from .strategies import strategy_for
 
 __all__ = ["main", "lennard_jones", "lennard_jones_custom", "cluster"]
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from tad_autograd._pytree import tree_flatten
+from tad_autograd.compat._pytree import tree_flatten
 
 
 def assert_tree_close(

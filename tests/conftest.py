@@ -20,9 +20,9 @@ import torch
 from hypothesis import HealthCheck, settings
 
 import tad_autograd as ta
-from tad_autograd.fallback import MEMORY
-from tad_autograd.registry import REGISTRY
-from tad_autograd.settings import ENV_VAR, GLOBAL
+from tad_autograd.dispatch.fallback import MEMORY
+from tad_autograd.dispatch.registry import REGISTRY
+from tad_autograd.dispatch.settings import ENV_VAR, GLOBAL
 
 ALL_BACKENDS = REGISTRY.names()
 

@@ -30,13 +30,13 @@ import pytest
 import torch
 
 import tad_autograd as ta
-from tad_autograd._grad_modes import inference_mode_derivatives
-from tad_autograd._rng import RngStates
-from tad_autograd._torch_info import TORCH_VERSION, Version
 from tad_autograd.backends.base import Availability, Backend
+from tad_autograd.compat._rng import RngStates
+from tad_autograd.compat._torch_info import TORCH_VERSION, Version
+from tad_autograd.dispatch.registry import REGISTRY
+from tad_autograd.dispatch.settings import ENV_VAR
+from tad_autograd.eager._grad_modes import inference_mode_derivatives
 from tad_autograd.errors import BackendUnavailableError, UnknownBackendError
-from tad_autograd.registry import REGISTRY
-from tad_autograd.settings import ENV_VAR
 
 ALL_BACKENDS = REGISTRY.names()
 TRANSFORM_BACKENDS = tuple(b for b in ALL_BACKENDS if REGISTRY.get(b).is_transform)

@@ -18,7 +18,7 @@ import torch
 from _helpers import OldStyleExp, make_new_style_exp, reference_hessian, reference_jacobian
 
 import tad_autograd as ta
-from tad_autograd._torch_info import TORCH_VERSION, Version
+from tad_autograd.compat._torch_info import TORCH_VERSION, Version
 
 pytestmark = [
     pytest.mark.skipif(

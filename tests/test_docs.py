@@ -24,7 +24,7 @@ import pytest
 import torch
 
 import tad_autograd as ta
-from tad_autograd._torch_info import TORCH_VERSION, Version
+from tad_autograd.compat._torch_info import TORCH_VERSION, Version
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

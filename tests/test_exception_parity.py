@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import tad_autograd as ta
-from tad_autograd._torch_info import TORCH_VERSION, Version
+from tad_autograd.compat._torch_info import TORCH_VERSION, Version
 
 DT = torch.float64
 HAS_FUNC = TORCH_VERSION >= Version("2.0")

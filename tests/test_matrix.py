@@ -17,11 +17,11 @@ import pytest
 import torch
 
 import tad_autograd as ta
-from tad_autograd._torch_info import TORCH_VERSION, Version, module_exists
+from tad_autograd.compat._torch_info import TORCH_VERSION, Version, module_exists
+from tad_autograd.dispatch.registry import REGISTRY
+from tad_autograd.dispatch.resolver import resolve_cached
+from tad_autograd.dispatch.settings import ENV_VAR
 from tad_autograd.errors import BackendUnavailableError
-from tad_autograd.registry import REGISTRY
-from tad_autograd.resolver import resolve_cached
-from tad_autograd.settings import ENV_VAR
 
 TORCH_1 = TORCH_VERSION < Version("2.0")
 needs_torch_1 = pytest.mark.skipif(not TORCH_1, reason=f"torch {TORCH_VERSION} >= 2.0")

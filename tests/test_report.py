@@ -13,7 +13,7 @@ import torch
 import tad_autograd as ta
 from tad_autograd import report
 from tad_autograd.backends.autograd import AutogradBackend
-from tad_autograd.registry import unregister_backend
+from tad_autograd.dispatch.registry import REGISTRY, unregister_backend
 
 
 def test_report_runs_and_passes() -> None:
@@ -83,7 +83,7 @@ def test_json_report_with_the_setting_in_force() -> None:
     assert {r["backend"] for r in data["self_check"]} == {*ta.available_backends(), "auto"}
     assert all(r["seconds"] is None for r in data["self_check"] if "seconds" in r)
     names = {b["name"] for b in data["backends"]}
-    assert names == set(ta.registry.REGISTRY.names())
+    assert names == set(REGISTRY.names())
 
 
 def test_bogus_setting_is_reported_up_front_with_the_fix() -> None:

@@ -1,6 +1,6 @@
 """Unit tests of the pure resolver for torch 1.13.1, 2.0.0 and 2.13.0.
 
-:func:`tad_autograd.resolver.resolve` depends only on its arguments, so every
+:func:`tad_autograd.dispatch.resolver.resolve` depends only on its arguments, so every
 torch release and every installed/missing ``functorch`` can be simulated on
 whatever torch runs the tests.
 """
@@ -13,13 +13,19 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import pytest
 
 import tad_autograd as ta
-from tad_autograd._torch_info import Version
 from tad_autograd.backends.autograd import AutogradBackend
 from tad_autograd.backends.base import Availability, Backend
+from tad_autograd.compat._torch_info import Version
+from tad_autograd.dispatch.registry import REGISTRY, Registry, _default_registry
+from tad_autograd.dispatch.resolver import Resolution, clear_cache, resolve, resolve_cached
+from tad_autograd.dispatch.settings import (
+    ENV_VAR,
+    GLOBAL,
+    ORIGIN_AUTOMATIC,
+    ORIGIN_BLOCK,
+    ORIGIN_EXPLICIT,
+)
 from tad_autograd.errors import BackendUnavailableError, UnknownBackendError
-from tad_autograd.registry import REGISTRY, Registry, _default_registry
-from tad_autograd.resolver import Resolution, clear_cache, resolve, resolve_cached
-from tad_autograd.settings import ENV_VAR, GLOBAL, ORIGIN_AUTOMATIC, ORIGIN_BLOCK, ORIGIN_EXPLICIT
 
 V113 = Version("1.13.1")
 V200 = Version("2.0.0")

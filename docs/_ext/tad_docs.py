@@ -1,7 +1,7 @@
 """Sphinx directives of the tad_autograd docs.
 
 ``.. device-support-table::``
-    Renders :data:`tad_autograd.devices.TRANSFORM_SUPPORT` (which device types
+    Renders :data:`tad_autograd.compat.devices.TRANSFORM_SUPPORT` (which device types
     function transforms are trusted on, with the evidence), so the page can
     never drift from the table the resolver uses.
 
@@ -21,7 +21,7 @@ directive
 * renders a note instead of failing when the files are absent, so the docs
   build (with ``-W``) never depends on a benchmark run.
 
-Named tuples (:class:`~tad_autograd.explain.Explanation`,
+Named tuples (:class:`~tad_autograd.api.explain.Explanation`,
 :class:`~tad_autograd.backends.Availability`) document their fields in an
 ``Attributes`` section.  numpydoc shows an attribute's own docstring instead
 of that section's description whenever the attribute has one, and every
@@ -116,7 +116,7 @@ class DeviceSupportTable(SphinxDirective):
     has_content = False
 
     def run(self) -> List[nodes.Node]:
-        from tad_autograd.devices import TRANSFORM_SUPPORT
+        from tad_autograd.compat.devices import TRANSFORM_SUPPORT
 
         lines = [
             ".. list-table::",

@@ -22,11 +22,11 @@ from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 
-from .._batching import check_out_dim, flatten_args, join_outputs, split_outputs
-from .._pytree import tree_flatten, tree_unflatten
-from .._rng import RngStates, visible_generators
-from .._rows import basis
-from .._stand_ins import check_argnums, check_outputs
+from ..compat._pytree import tree_flatten, tree_unflatten
+from ..compat._rng import RngStates, visible_generators
+from ..eager._batching import check_out_dim, flatten_args, join_outputs, split_outputs
+from ..eager._rows import basis
+from ..eager._stand_ins import check_argnums, check_outputs
 from .base import ArgnumsT, InDimsT, OutDimsT
 
 __all__ = [

@@ -7,7 +7,7 @@ differentiates every function ordinary autograd can, including custom
 slower than the transform backends for wide Jacobians (one backward pass per
 output element) and as fast as any for gradients of scalars.  Forward mode
 uses :mod:`torch.autograd.forward_ad` dual numbers, and reverse mode where an
-op has no forward-AD rule (:mod:`tad_autograd._forward_mode`); ``hvp`` is
+op has no forward-AD rule (:mod:`tad_autograd.eager._forward_mode`); ``hvp`` is
 reverse over reverse.
 """
 
@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Tuple
 
-from .._eager_jacobian import eager_jacobian
-from .._eager_products import eager_grad_and_value, eager_hvp, eager_vjp
-from .._forward_mode import eager_jacfwd, eager_jvp, eager_linearize
-from .._loop_vmap import loop_vmap
+from ..eager._forward_mode import eager_jacfwd, eager_jvp, eager_linearize
+from ..eager._jacobian import eager_jacobian
+from ..eager._loop_vmap import loop_vmap
+from ..eager._products import eager_grad_and_value, eager_hvp, eager_vjp
 from .base import ArgnumsT, Backend, InDimsT, OutDimsT
 
 __all__ = ["AutogradBackend"]

@@ -6,9 +6,9 @@ supports, and its operators, each with the exact semantics of its
 :mod:`torch.func` namesake.  Every backend supplies the primitives -- ``vjp``,
 ``jvp``, ``vmap`` -- and ``jacrev`` and ``grad_and_value``; the other operators
 (``grad``, ``jacfwd``, ``linearize``, ``hvp``) are derived from those here,
-once for all backends (:mod:`tad_autograd._derived`), and a backend overrides
+once for all backends (:mod:`tad_autograd.backends._derived`), and a backend overrides
 one where its library has it natively.  ``hessian`` and the public argument
-handling live in :mod:`tad_autograd.transforms`.
+handling live in :mod:`tad_autograd.dispatch.transforms`.
 
 Arguments reach a backend already checked where the check costs nothing per
 call (``argnums`` type, ``chunk_size``, ``randomness``); the per-call checks
@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple, Optional, Tuple, Union
 
-from .._derived import grad_from_grad_and_value, hvp_from_jvp, jacfwd_from_jvp, linearize_from_jvp
-from .._torch_info import TORCH_VERSION, Version, module_exists
-from ..devices import transforms_supported
+from ..compat._torch_info import TORCH_VERSION, Version, module_exists
+from ..compat.devices import transforms_supported
+from ._derived import grad_from_grad_and_value, hvp_from_jvp, jacfwd_from_jvp, linearize_from_jvp
 
 __all__ = ["Availability", "Backend", "ArgnumsT", "InDimsT", "OutDimsT"]
 
@@ -94,7 +94,7 @@ class Backend:
         ----------
         torch_version : Version
             The torch release to judge; the installed one by default (a
-            ``Version`` from ``tad_autograd._torch_info``).
+            ``Version`` from ``tad_autograd.compat._torch_info``).
         module_exists : callable
             ``module_exists(name) -> bool``; lets tests pretend a package is
             (not) installed.
@@ -113,7 +113,7 @@ class Backend:
         """The transform library's own ``vmap(func, in_dims=0, ...)``, for internal batching.
 
         ``None`` for backends without function transforms.  The strategies
-        batch backward passes with it (:mod:`tad_autograd.strategies`).
+        batch backward passes with it (:mod:`tad_autograd.dispatch.strategies`).
         """
         return None
 
@@ -121,7 +121,7 @@ class Backend:
         """Tell whether this backend handles tensors on ``device_type``.
 
         Transform backends consult the device table of
-        :mod:`tad_autograd.devices`; the autograd loop runs everywhere.
+        :mod:`tad_autograd.compat.devices`; the autograd loop runs everywhere.
         """
         return (not self.is_transform) or transforms_supported(device_type)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Tuple
 
-from .._dual import forward_ad_ready
-from .._locks import TRANSFORM_LOCK, locked
-from .._torch_info import TORCH_VERSION, Version, cache, is_compiling, module_exists
+from ..compat._dual import forward_ad_ready
+from ..compat._locks import TRANSFORM_LOCK, locked
+from ..compat._torch_info import TORCH_VERSION, Version, cache, is_compiling, module_exists
 from ._chunking import jacrev_tensor_args_only, vmap_with_out_dims
 from .base import ArgnumsT, Availability, Backend, InDimsT, OutDimsT
 
@@ -42,7 +42,7 @@ class FuncBackend(Backend):
 
     The fastest backend where it works; :mod:`torch.func` is imported only
     when the backend first runs.  ``linearize`` is derived from ``vmap`` of
-    ``jvp`` (:mod:`tad_autograd._derived`): one run of the function gives the
+    ``jvp`` (:mod:`tad_autograd.backends._derived`): one run of the function gives the
     output and the Jacobian.  :func:`torch.func.linearize` runs the function
     twice (the second time traced with ``make_fx``, which refuses
     data-dependent Python), so its products do not see the output's random

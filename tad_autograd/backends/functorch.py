@@ -11,7 +11,7 @@ automatically on torch >= 2.0.
 functorch 1.13 has no ``chunk_size``; the backend supplies it
 (:mod:`tad_autograd.backends._chunking`).  No functorch release has
 ``linearize`` or ``hvp``: they are derived from ``jvp`` and ``grad_and_value``
-(:mod:`tad_autograd._derived`), as is ``jacfwd`` with a ``chunk_size``.
+(:mod:`tad_autograd.backends._derived`), as is ``jacfwd`` with a ``chunk_size``.
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Optional, Tuple
 
-from .._derived import jacfwd_from_jvp
-from .._dual import forward_ad_ready
-from .._locks import TRANSFORM_LOCK, locked
-from .._torch_info import TORCH_VERSION, Version, cache, module_exists
+from ..compat._dual import forward_ad_ready
+from ..compat._locks import TRANSFORM_LOCK, locked
+from ..compat._torch_info import TORCH_VERSION, Version, cache, module_exists
 from ._chunking import (
     checked_outputs,
     chunked_jacrev,
@@ -31,6 +30,7 @@ from ._chunking import (
     vmap_batch_of_one_guard,
     vmap_with_out_dims,
 )
+from ._derived import jacfwd_from_jvp
 from .base import ArgnumsT, Availability, Backend, InDimsT, OutDimsT
 
 __all__ = ["FunctorchBackend"]

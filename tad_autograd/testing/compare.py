@@ -21,7 +21,7 @@ from typing import Any, List, Optional, Tuple
 
 import torch
 
-from .._pytree import tree_flatten
+from ..compat._pytree import tree_flatten
 
 __all__ = [
     "default_tolerances",
@@ -98,7 +98,7 @@ def leaf_paths(spec: Any) -> List[str]:
     Examples
     --------
     >>> import torch
-    >>> from tad_autograd._pytree import tree_flatten
+    >>> from tad_autograd.compat._pytree import tree_flatten
     >>> leaf_paths(tree_flatten((torch.zeros(1), {"a": [torch.ones(1)]}))[1])
     ['[0]', "[1]['a'][0]"]
     >>> leaf_paths(tree_flatten(torch.zeros(1))[1])
@@ -118,7 +118,7 @@ def spec_repr(spec: Any) -> str:
     Examples
     --------
     >>> import torch
-    >>> from tad_autograd._pytree import tree_flatten
+    >>> from tad_autograd.compat._pytree import tree_flatten
     >>> spec_repr(tree_flatten(((1,), [2], {"a": 3}))[1])
     "((T,), [T], {'a': T})"
     """

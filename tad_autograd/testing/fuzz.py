@@ -56,7 +56,7 @@ import torch
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from .._pytree import tree_flatten, tree_unflatten
+from ..compat._pytree import tree_flatten, tree_unflatten
 from .reference import map_tensors
 from .strategies import Program, programs
 

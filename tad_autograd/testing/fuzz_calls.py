@@ -51,7 +51,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import torch
 from hypothesis import strategies as st
 
-from .._pytree import tree_flatten
+from ..compat._pytree import tree_flatten
 from .compare import default_tolerances
 from .functions import OldStyleSin
 from .fuzz_reference import direct_ops, ref_jacrev, transform_backends

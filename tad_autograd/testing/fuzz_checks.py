@@ -38,7 +38,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from .._pytree import tree_flatten
+from ..compat._pytree import tree_flatten
 from .compare import default_tolerances, spec_repr
 from .fuzz_case import FuzzCase
 from .fuzz_grad_flags import requires_grad_as_torch_func, requires_grad_of

@@ -31,7 +31,7 @@ from typing import Any, Optional, Sequence
 import torch
 from hypothesis import strategies as st
 
-from .._pytree import tree_flatten
+from ..compat._pytree import tree_flatten
 from .compare import default_tolerances
 from .fuzz_products import build_product
 from .fuzz_reference import REFERENCE, LibraryOps, build_operator

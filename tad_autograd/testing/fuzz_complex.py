@@ -36,7 +36,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from hypothesis import strategies as st
 
-from .._pytree import tree_flatten
+from ..compat._pytree import tree_flatten
 from .fuzz_reference import direct_ops, transform_backends
 from .program_strategies import shapes
 

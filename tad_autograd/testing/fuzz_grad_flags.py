@@ -14,8 +14,8 @@ from typing import Any, List, Optional
 
 import torch
 
-from .._pytree import tree_flatten
-from .._torch_info import TORCH_VERSION
+from ..compat._pytree import tree_flatten
+from ..compat._torch_info import TORCH_VERSION
 
 __all__ = ["requires_grad_of", "requires_grad_as_torch_func"]
 

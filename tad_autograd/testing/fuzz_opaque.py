@@ -44,7 +44,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from hypothesis import strategies as st
 
-from .._pytree import tree_flatten, tree_unflatten
+from ..compat._pytree import tree_flatten, tree_unflatten
 from .compare import default_tolerances
 from .fuzz_reference import direct_ops, ref_jacrev, transform_backends
 from .opaque_functions import OPAQUE_KINDS, STYLES, opaque_function, twin_function

@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterator, List, Sequence
 import torch
 from hypothesis import strategies as st
 
-from .._pytree import tree_flatten, tree_unflatten
+from ..compat._pytree import tree_flatten, tree_unflatten
 from .fuzz import CONTEXTS, FEATURES, INPUT_KINDS, FuzzProgram, fuzz_programs
 from .fuzz_case import FuzzCase
 from .fuzz_products import FORWARD_OPERATORS, PRODUCT_OPERATORS, build_product, scalarised

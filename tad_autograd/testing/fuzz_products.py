@@ -48,7 +48,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from .._pytree import tree_flatten, tree_unflatten
+from ..compat._pytree import tree_flatten, tree_unflatten
 from .fuzz_reference import LibraryOps, ReferenceOps, ref_jacrev
 
 __all__ = [

@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from .._pytree import tree_flatten
+from ..compat._pytree import tree_flatten
 from .compare import default_tolerances
 from .fuzz_reference import transform_backends
 

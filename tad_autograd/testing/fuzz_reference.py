@@ -29,7 +29,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from .._pytree import tree_flatten, tree_unflatten
+from ..compat._pytree import tree_flatten, tree_unflatten
 from .reference import reference_vmap
 
 __all__ = [
@@ -277,7 +277,7 @@ def build_operator(
 
 
 def _registry_backend(name: str) -> Any:
-    from ..registry import REGISTRY
+    from ..dispatch.registry import REGISTRY
 
     return REGISTRY.get(name)
 

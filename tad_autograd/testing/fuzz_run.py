@@ -28,7 +28,7 @@ from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 
-from .._pytree import tree_flatten
+from ..compat._pytree import tree_flatten
 from .fuzz_case import FuzzCase
 from .fuzz_products import PRODUCT_OPERATORS, build_product
 from .fuzz_reference import LibraryOps, build_operator

@@ -99,7 +99,7 @@ def pytest_configure(config: Any) -> None:
 
 
 def _unavailable_reason(name: str) -> str:
-    from ..registry import REGISTRY
+    from ..dispatch.registry import REGISTRY
 
     try:
         backend = REGISTRY.get(name)

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Un
 import torch
 from hypothesis import strategies as st
 
-from .._pytree import tree_flatten
+from ..compat._pytree import tree_flatten
 from . import program_ops, program_view_ops
 from .functions import NEW_STYLE_FUNCTIONS_SUPPORTED
 from .program import MAX_NUMEL, Program, _numel, _Step

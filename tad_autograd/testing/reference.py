@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import torch
 
-from .._pytree import broadcast_prefix, tree_flatten, tree_unflatten
+from ..compat._pytree import broadcast_prefix, tree_flatten, tree_unflatten
 
 __all__ = [
     "map_tensors",

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 from hypothesis import strategies as st
 
-from .._pytree import broadcast_prefix, tree_flatten, tree_unflatten
+from ..compat._pytree import broadcast_prefix, tree_flatten, tree_unflatten
 from .program import Program, _fmt_shape, _Raw, _render_tree
 from .program_strategies import programs
 from .reference import map_tensors, reference_vmap, select_sample

@@ -24,7 +24,7 @@ import torch
 from _helpers import assert_tree_close, reference_hessian, reference_jacobian
 
 import tad_autograd as ta
-from tad_autograd._torch_info import TORCH_VERSION
+from tad_autograd.compat._torch_info import TORCH_VERSION
 
 try:
     import torch.func as torch_func

@@ -113,7 +113,7 @@ def test_all_backends_agree() -> None:
 
 def test_inside_a_raw_torch_transform() -> None:
     """Automatic transforms nested in the user's own torch.func/functorch vmap still work."""
-    from tad_autograd._torch_info import TORCH_VERSION
+    from tad_autograd.compat._torch_info import TORCH_VERSION
 
     if TORCH_VERSION.major >= 2:
         from torch.func import vmap as raw_vmap

@@ -21,7 +21,7 @@ import torch
 from _helpers import reference_hessian, reference_jacobian
 
 import tad_autograd as ta
-from tad_autograd._grad_modes import inference_mode_derivatives
+from tad_autograd.eager._grad_modes import inference_mode_derivatives
 
 F64 = torch.float64
 

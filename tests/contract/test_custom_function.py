@@ -9,7 +9,7 @@ import torch
 from _helpers import OldStyleExp, assert_tree_close, make_new_style_exp
 
 import tad_autograd as ta
-from tad_autograd._torch_info import TORCH_VERSION
+from tad_autograd.compat._torch_info import TORCH_VERSION
 
 DT = torch.float64
 needs_torch2 = pytest.mark.skipif(

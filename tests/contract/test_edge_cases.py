@@ -14,7 +14,7 @@ import torch
 from _helpers import reference_jacobian
 
 import tad_autograd as ta
-from tad_autograd.batching_defects import ACTIVE_DEFECTS
+from tad_autograd.compat.batching_defects import ACTIVE_DEFECTS
 
 F64 = torch.float64
 needs_defect = pytest.mark.skipif(not ACTIVE_DEFECTS, reason="no known batching defect")

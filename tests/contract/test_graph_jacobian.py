@@ -13,9 +13,9 @@ import torch
 from _helpers import assert_tree_close
 
 import tad_autograd as ta
-import tad_autograd._eager_jacobian as eager
-from tad_autograd._pytree import tree_flatten, tree_unflatten
-from tad_autograd.batching_defects import defective_nodes
+import tad_autograd.eager._jacobian as eager
+from tad_autograd.compat._pytree import tree_flatten, tree_unflatten
+from tad_autograd.compat.batching_defects import defective_nodes
 
 DT = torch.float64
 

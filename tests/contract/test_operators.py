@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from _helpers import assert_tree_close, reference_hessian, reference_jacobian
 
 import tad_autograd as ta
-from tad_autograd._dual import dual_level, forward_ad_ready, make_dual
+from tad_autograd.compat._dual import dual_level, forward_ad_ready, make_dual
 
 DT = torch.float64
 
@@ -319,7 +319,7 @@ def test_jacobian_auto_goes_reverse_where_forward_mode_fails(backend, n_in) -> N
     """A tall function without forward-AD rules: the right Jacobian, no warning."""
     from _helpers import OldStyleExp
 
-    from tad_autograd.registry import REGISTRY
+    from tad_autograd.dispatch.registry import REGISTRY
 
     if backend is not None and REGISTRY.get(backend).is_transform:
         pytest.skip("torch.func refuses the old-style Function in either mode")

@@ -44,10 +44,10 @@ from _opdb_forward import (
 from torch.autograd.functional import jacobian
 
 import tad_autograd as ta
-from tad_autograd._torch_info import TORCH_VERSION
-from tad_autograd.batching_defects import BATCHING_DEFECTS, BatchingDefect, defects_for
+from tad_autograd.compat._torch_info import TORCH_VERSION
+from tad_autograd.compat.batching_defects import BATCHING_DEFECTS, BatchingDefect, defects_for
+from tad_autograd.dispatch.registry import REGISTRY
 from tad_autograd.errors import BackendFallbackWarning
-from tad_autograd.registry import REGISTRY
 
 TRANSFORMS = ("jacrev", "vmap", "vmap(jacrev)", "jacfwd", "jvp")
 RTOL, ATOL = 1e-7, 1e-9  # result against the reference

@@ -13,8 +13,8 @@ import warnings
 import pytest
 from _opdb_sweep import Sweep, run_sweep
 
-from tad_autograd.fallback import MEMORY
-from tad_autograd.settings import ENV_VAR, GLOBAL
+from tad_autograd.dispatch.fallback import MEMORY
+from tad_autograd.dispatch.settings import ENV_VAR, GLOBAL
 
 
 @pytest.fixture(scope="session")

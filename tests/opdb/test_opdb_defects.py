@@ -1,6 +1,6 @@
 """The table of known-wrong batching rules stays true to the installed torch.
 
-Every entry of ``tad_autograd.batching_defects.BATCHING_DEFECTS`` that applies
+Every entry of ``tad_autograd.compat.batching_defects.BATCHING_DEFECTS`` that applies
 to the installed torch must reproduce in the OpInfo sweep (a batching entry: a
 transform backend gives a wrong number; a ``"tangent"`` entry: torch's own
 dual numbers give a wrong ``jvp``; adjudicated against the autograd reference
@@ -20,8 +20,8 @@ import pytest
 from _opdb_cases import graph_nodes
 from _opdb_sweep import CaseResult, Sweep, reproduces, resolves
 
-from tad_autograd._transform_failures import DefectiveBatchingError, DefectWatch
-from tad_autograd.batching_defects import BatchingDefect, defects_for
+from tad_autograd.compat._transform_failures import DefectiveBatchingError, DefectWatch
+from tad_autograd.compat.batching_defects import BatchingDefect, defects_for
 
 pytestmark = pytest.mark.slow
 

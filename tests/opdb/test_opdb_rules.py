@@ -74,9 +74,9 @@ def test_transform_backend_wrong_only_where_known(
     assert not unknown, (
         f"{transform} with backend={transform_backend!r} gave wrong results on {len(unknown)} ops "
         f"of op_db that are not in BATCHING_DEFECTS for torch {sweep.torch_version}: add it to "
-        "BATCHING_DEFECTS (tad_autograd/batching_defects.py), so that automatic mode does not "
-        "vectorise through it (stage 'tangent' where the forward_ad cell is wrong too: torch's "
-        "forward-mode formula), or widen an entry's since/fixed_in:\n"
+        "BATCHING_DEFECTS (tad_autograd/compat/batching_defects.py), so that automatic mode "
+        "does not vectorise through it (stage 'tangent' where the forward_ad cell is wrong too: "
+        "torch's forward-mode formula), or widen an entry's since/fixed_in:\n"
         + _lines(unknown, transform, transform_backend)
         + "\nsuggested entries:\n"
         + "\n".join(f"  {suggested_entry(r)}," for r in dict.fromkeys(r for r, _ in unknown))

@@ -27,7 +27,7 @@ from _sparse_models import (
 )
 
 import tad_autograd as ta
-from tad_autograd._grad_modes import inference_mode_derivatives
+from tad_autograd.eager._grad_modes import inference_mode_derivatives
 
 
 def _close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype = DT) -> None:

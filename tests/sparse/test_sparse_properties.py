@@ -21,9 +21,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tad_autograd as ta
-from tad_autograd._decompression import direct_plan, substitution_plan
-from tad_autograd.colouring import KINDS
-from tad_autograd.sparse_patterns import as_pattern
+from tad_autograd.sparse._decompression import direct_plan, substitution_plan
+from tad_autograd.sparse.colouring import KINDS
+from tad_autograd.sparse.patterns import as_pattern
 
 
 @st.composite

@@ -1,0 +1,281 @@
+"""The public transforms: :func:`jacrev`, :func:`vmap`, :func:`hessian`, :func:`fjacrev`,
+:func:`fvmap`.
+
+Thin, documented functions over :mod:`tad_autograd.dispatch.transforms`; every
+argument is checked here once, when the transform is built.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Tuple, Union
+
+from ..dispatch._checks import (
+    check_argnums_type,
+    check_backend,
+    check_chunk_size,
+    check_in_dims_type,
+    check_randomness,
+)
+from ..dispatch.strategies import Strategy
+from ..dispatch.transforms import Transformed
+
+__all__ = ["jacrev", "vmap", "hessian", "fjacrev", "fvmap"]
+
+Argnums = Union[int, Tuple[int, ...]]
+
+
+def _jacrev(
+    func: Callable[..., Any],
+    argnums: Argnums,
+    has_aux: bool,
+    chunk_size: Optional[int],
+    backend: Optional[str],
+    transforms_only: bool,
+    name: str,
+) -> Transformed:
+    check_argnums_type(argnums)
+    check_chunk_size(chunk_size, name)
+    if not isinstance(has_aux, bool):
+        raise TypeError(f"{name}: has_aux must be a bool, got {has_aux!r}")
+    backend = check_backend(backend)
+
+    def build(b: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
+        return b.jacrev(f, argnums, has_aux=has_aux, chunk_size=chunk_size)
+
+    return Transformed(
+        "jacrev", func, build, backend, transforms_only, kwargs_in_call=False, argnums=argnums
+    )
+
+
+def _vmap(
+    func: Callable[..., Any],
+    in_dims: Any,
+    out_dims: Any,
+    randomness: str,
+    chunk_size: Optional[int],
+    backend: Optional[str],
+    transforms_only: bool,
+    name: str,
+) -> Transformed:
+    check_randomness(randomness)
+    check_in_dims_type(in_dims)
+    check_chunk_size(chunk_size, name)
+    backend = check_backend(backend)
+
+    def build(b: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
+        return b.vmap(f, in_dims, out_dims, randomness, chunk_size=chunk_size)
+
+    return Transformed(
+        "vmap", func, build, backend, transforms_only, kwargs_in_call=True, in_dims=in_dims
+    )
+
+
+def jacrev(
+    func: Callable[..., Any],
+    argnums: Argnums = 0,
+    *,
+    has_aux: bool = False,
+    chunk_size: Optional[int] = None,
+    backend: Optional[str] = None,
+) -> Callable[..., Any]:
+    """Jacobian of ``func`` with respect to the arguments at ``argnums``, by reverse mode.
+
+    Behaves as :func:`torch.func.jacrev` on every supported torch, whichever
+    backend runs it (see :doc:`/backends`).
+
+    Parameters
+    ----------
+    func : callable
+        Takes tensors (or pytrees of tensors) and returns a tensor or a pytree
+        of tensors.  With ``has_aux=True`` it returns ``(output, aux)``.
+    argnums : int or tuple of int, optional
+        Which positional arguments to differentiate (negative values count from
+        the end).  Default 0.
+    has_aux : bool, optional
+        ``func`` returns ``(output, aux)``; ``aux`` is returned undifferentiated.
+    chunk_size : int, optional
+        Compute the Jacobian this many rows at a time (less peak memory, same
+        result).  ``None`` (default) computes all rows at once.
+    backend : str, optional
+        ``"func"``, ``"functorch"``, ``"autograd"``, a registered name, or
+        ``None``/``"auto"`` (default) to follow the settings.
+
+    Returns
+    -------
+    callable
+        Takes the same arguments as ``func`` and returns the Jacobian: the
+        output pytree, then (for tuple ``argnums``) a tuple over ``argnums``,
+        then the input pytree; each leaf of shape ``out.shape + in.shape``.
+        With ``has_aux=True``, ``(jacobian, aux)``.
+
+    Raises
+    ------
+    RuntimeError
+        Malformed ``argnums``.
+    ValueError, TypeError
+        ``chunk_size`` not ``None`` or a positive int.
+    UnknownBackendError, BackendUnavailableError
+        ``backend`` unknown or unavailable.
+
+    Examples
+    --------
+    Forces of a harmonic "bond" are minus the gradient of its energy:
+
+    >>> import torch, tad_autograd as ta
+    >>> def energy(pos):
+    ...     return 0.5 * ((pos[1] - pos[0]).norm() - 1.0) ** 2
+    >>> pos = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 1.5]], dtype=torch.float64)
+    >>> -ta.jacrev(energy)(pos) + 0.0  # + 0.0 turns -0.0 into 0.0
+    tensor([[ 0.0000,  0.0000,  0.5000],
+            [ 0.0000,  0.0000, -0.5000]], dtype=torch.float64)
+    """
+    return _jacrev(func, argnums, has_aux, chunk_size, backend, False, "jacrev")
+
+
+def fjacrev(
+    func: Callable[..., Any],
+    argnums: Argnums = 0,
+    *,
+    has_aux: bool = False,
+    chunk_size: Optional[int] = None,
+    backend: Optional[str] = None,
+) -> Callable[..., Any]:
+    """:func:`jacrev` on a function-transform backend only, never the autograd loop.
+
+    For code that relies on transform semantics (e.g. composing with
+    ``torch.func`` directly).  No automatic fallback beyond transform
+    backends; a setting naming ``"autograd"`` raises
+    :class:`~tad_autograd.BackendUnavailableError`.
+
+    Examples
+    --------
+    >>> import torch, tad_autograd as ta
+    >>> ta.fjacrev(torch.sin)(torch.zeros(2))
+    tensor([[1., 0.],
+            [0., 1.]])
+    """
+    return _jacrev(func, argnums, has_aux, chunk_size, backend, True, "fjacrev")
+
+
+def vmap(
+    func: Callable[..., Any],
+    in_dims: Any = 0,
+    out_dims: Any = 0,
+    randomness: str = "error",
+    *,
+    chunk_size: Optional[int] = None,
+    backend: Optional[str] = None,
+) -> Callable[..., Any]:
+    """Vectorise ``func`` over a batch dimension of its arguments.
+
+    Behaves as :func:`torch.func.vmap` on every supported torch, whichever
+    backend runs it.
+
+    Parameters
+    ----------
+    func : callable
+        The per-sample function.
+    in_dims : int, None or tuple, optional
+        The batch dimension of each positional argument: an int for all, or a
+        (nested) tuple matching the arguments, ``None`` meaning "not
+        batched".  Negative values count from the end.  Default 0.
+    out_dims : int, None or tuple, optional
+        Where the batch dimension goes in each output.  Default 0.
+    randomness : {"error", "same", "different"}, optional
+        ``"error"`` (default) raises on a random operation inside ``func``;
+        ``"same"`` gives every sample the same random values;
+        ``"different"`` independent ones.
+    chunk_size : int, optional
+        Process this many samples at a time.
+    backend : str, optional
+        As for :func:`jacrev`.
+
+    Returns
+    -------
+    callable
+        Takes the batched arguments (keyword arguments are passed through
+        unbatched) and returns the batched outputs.
+
+    Raises
+    ------
+    RuntimeError
+        ``randomness`` not one of the three.
+    ValueError, TypeError
+        ``chunk_size`` not ``None`` or a positive int.
+
+    Examples
+    --------
+    Pair distances of a batch of two-atom structures:
+
+    >>> import torch, tad_autograd as ta
+    >>> pos = torch.tensor([[[0.0, 0.0, 0.0], [0.0, 0.0, 1.0]],
+    ...                     [[0.0, 0.0, 0.0], [0.0, 3.0, 4.0]]])
+    >>> ta.vmap(lambda p: (p[1] - p[0]).norm())(pos)
+    tensor([1., 5.])
+    """
+    return _vmap(func, in_dims, out_dims, randomness, chunk_size, backend, False, "vmap")
+
+
+def fvmap(
+    func: Callable[..., Any],
+    in_dims: Any = 0,
+    out_dims: Any = 0,
+    randomness: str = "error",
+    *,
+    chunk_size: Optional[int] = None,
+    backend: Optional[str] = None,
+) -> Callable[..., Any]:
+    """:func:`vmap` on a function-transform backend only, never a Python loop.
+
+    Examples
+    --------
+    >>> import torch, tad_autograd as ta
+    >>> ta.fvmap(torch.sum)(torch.ones(3, 2))
+    tensor([2., 2., 2.])
+    """
+    return _vmap(func, in_dims, out_dims, randomness, chunk_size, backend, True, "fvmap")
+
+
+def hessian(
+    func: Callable[..., Any],
+    argnums: Argnums = 0,
+    *,
+    chunk_size: Optional[int] = None,
+    backend: Optional[str] = None,
+) -> Callable[..., Any]:
+    """Hessian of ``func`` by reverse-over-reverse differentiation.
+
+    Equal to ``jacrev(jacrev(func, argnums), argnums)`` on one backend.
+
+    Parameters
+    ----------
+    func : callable
+        Usually returns a scalar (an energy).
+    argnums : int or tuple of int, optional
+        Which arguments to differentiate.  Default 0.
+    chunk_size : int, optional
+        Passed to both Jacobians.
+    backend : str, optional
+        As for :func:`jacrev`.
+
+    Returns
+    -------
+    callable
+        Returns the Hessian, each leaf of shape ``out.shape + in.shape + in.shape``.
+
+    Examples
+    --------
+    >>> import torch, tad_autograd as ta
+    >>> ta.hessian(lambda x: (x ** 3).sum())(torch.tensor([1.0, 2.0]))
+    tensor([[ 6.,  0.],
+            [ 0., 12.]])
+    """
+    check_argnums_type(argnums)
+    check_chunk_size(chunk_size, "hessian")
+    name = check_backend(backend)
+
+    def build(b: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
+        inner = b.jacrev(f, argnums, has_aux=False, chunk_size=chunk_size)
+        return b.jacrev(inner, argnums, has_aux=False, chunk_size=chunk_size)
+
+    return Transformed("hessian", func, build, name, False, kwargs_in_call=False, argnums=argnums)

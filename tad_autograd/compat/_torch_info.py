@@ -1,0 +1,182 @@
+"""Facts about the installed torch, computed once and without heavy imports.
+
+This is the one place in the package that imports a ``Version`` class.
+Recent torch releases import their vendored copy of ``packaging``
+(``torch._vendor.packaging``) during ``import torch``, so taking ``Version``
+from there costs nothing, while importing the top-level ``packaging.version``
+costs several milliseconds.  Older releases (torch 1.13, 2.0) have no vendored
+copy; there the ``packaging`` distribution (a dependency of this package)
+supplies it.  Everything that compares versions takes ``Version`` from here:
+two different ``Version`` classes do not compare with each other.
+
+Examples
+--------
+>>> from tad_autograd.compat._torch_info import TORCH_VERSION, Version
+>>> TORCH_VERSION >= Version("1.13")
+True
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import sys
+from typing import Any, Callable, Dict, Tuple, TypeVar
+
+import torch
+
+try:
+    from torch._vendor.packaging.version import Version
+except ImportError:  # older torch (1.13, 2.0): no vendored packaging
+    from packaging.version import Version  # type: ignore[assignment, no-redef, unused-ignore]
+
+__all__ = [
+    "TORCH_VERSION",
+    "Version",
+    "cache",
+    "constant_while_compiling",
+    "raise_when_run",
+    "inference_mode_enabled",
+    "is_compiling",
+    "module_exists",
+    "transforms_active",
+]
+
+_MISSING = object()
+_C = TypeVar("_C", bound=Callable[..., Any])
+
+
+def cache(fn: _C) -> _C:
+    """``functools.cache`` for functions of hashable positional arguments, which dynamo
+    traces: it ignores a ``functools`` cache (and warns that it does), but follows a dict.
+
+    Examples
+    --------
+    >>> calls = []
+    >>> square = cache(lambda n: calls.append(n) or n * n)
+    >>> square(3), square(3), calls
+    (9, 9, [3])
+    """
+    results: Dict[Tuple[Any, ...], Any] = {}
+
+    @functools.wraps(fn)
+    def cached(*args: Any) -> Any:
+        result = results.get(args, _MISSING)
+        if result is _MISSING:
+            result = results[args] = fn(*args)
+        return result
+
+    return cached  # type: ignore[return-value]
+
+
+#: The installed torch release, without local build tags (``2.13.0+cpu`` -> ``2.13.0``).
+TORCH_VERSION: Version = Version(Version(torch.__version__.split("+")[0]).base_version)
+
+
+@cache
+def module_exists(name: str) -> bool:
+    """Tell whether module ``name`` could be imported, without importing it.
+
+    Parameters
+    ----------
+    name : str
+        A top-level module name such as ``"functorch"``.
+
+    Returns
+    -------
+    bool
+        ``True`` when an import system finder knows the module.
+
+    Examples
+    --------
+    >>> module_exists("torch")
+    True
+    >>> module_exists("no_such_module_xyz")
+    False
+    """
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+_ARE_TRANSFORMS_ACTIVE = getattr(torch._C, "_are_functorch_transforms_active", None)
+
+
+def transforms_active() -> bool:
+    """Whether a function transform (``vmap``, ``grad``, ...) is running around this call.
+
+    Examples
+    --------
+    >>> transforms_active()
+    False
+    """
+    return bool(_ARE_TRANSFORMS_ACTIVE()) if _ARE_TRANSFORMS_ACTIVE is not None else False
+
+
+def _dynamo_is_compiling() -> bool:
+    # torch 2.0 to 2.2: dynamo's own flag, once dynamo is imported (it is not by ``import torch``)
+    dynamo = sys.modules.get("torch._dynamo")
+    return dynamo is not None and bool(dynamo.is_compiling())
+
+
+#: ``is_compiling()``: whether dynamo (``torch.compile``) is tracing the calling code.
+#: ``torch.compiler.is_compiling`` where torch has it (2.3 and newer), dynamo's flag before;
+#: dynamo folds either to a constant while it traces, so it costs nothing in compiled code.
+is_compiling: Callable[[], bool] = (
+    getattr(getattr(torch, "compiler", None), "is_compiling", None) or _dynamo_is_compiling
+)
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def constant_while_compiling(fn: _F) -> _F:
+    """Mark ``fn`` so that dynamo takes its result as a constant while it traces.
+
+    For reads of Python state dynamo cannot trace (a :class:`contextvars.ContextVar`,
+    the inference-mode flag): instead of a graph break, the compiled code keeps the
+    value seen when it was compiled.  Eager calls are unaffected.  This is what
+    ``torch.compiler.assume_constant_result`` does (it sets the attribute below);
+    it is used where dynamo is imported already, and the attribute set directly
+    otherwise, since importing dynamo would slow down ``import tad_autograd``.
+    """
+    dynamo = sys.modules.get("torch._dynamo")
+    mark = getattr(dynamo, "assume_constant_result", None)
+    if mark is not None:
+        return mark(fn)  # type: ignore[no-any-return]
+    fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
+    return fn
+
+
+def raise_when_run(error: BaseException) -> None:
+    """Raise ``error``; while dynamo traces, when the compiled code runs.
+
+    Dynamo does not compile a ``raise`` it meets while tracing: it gives up the
+    frame and runs it eagerly, where the code that raised takes its eager path.
+    This function is marked as ``torch.compiler.disable`` marks one (the attribute
+    below, set directly so as not to import dynamo): dynamo calls it instead of
+    tracing it, so the error reaches the caller of the compiled function.
+    """
+    raise error
+
+
+raise_when_run._torchdynamo_disable = True  # type: ignore[attr-defined]
+
+
+@constant_while_compiling
+def _inference_mode_when_compiled() -> bool:
+    return torch.is_inference_mode_enabled()
+
+
+def inference_mode_enabled() -> bool:
+    """``torch.is_inference_mode_enabled()``, also while dynamo traces (which cannot trace
+    it: there the state when the call was compiled).
+
+    Examples
+    --------
+    >>> inference_mode_enabled()
+    False
+    """
+    if is_compiling():
+        return bool(_inference_mode_when_compiled())
+    return torch.is_inference_mode_enabled()

@@ -1,0 +1,93 @@
+"""The calling contexts every eager operator handles alike.
+
+Inside :func:`torch.no_grad` a derivative is still computed, as under
+:mod:`torch.func`; inside :func:`torch.inference_mode` it is computed where
+the installed :mod:`torch.func` computes it (without a graph), and refused
+with a clear ``RuntimeError`` where that returns zeros.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+import torch
+
+from ..compat._pytree import tree_flatten, tree_unflatten
+from ..compat._torch_info import cache
+
+__all__ = ["inference_mode_derivatives", "outside_inference_mode", "plain_tensors"]
+
+T = TypeVar("T")
+
+
+@cache
+def inference_mode_derivatives() -> bool:
+    """Whether the installed :mod:`torch.func` differentiates inside ``torch.inference_mode()``.
+
+    Decided once by trying it: some releases return zeros there (functorch
+    on torch 1.13, torch 2.0), newer ones the derivative.
+
+    Examples
+    --------
+    >>> isinstance(inference_mode_derivatives(), bool)
+    True
+    """
+    try:
+        from torch.func import grad
+    except ImportError:  # torch 1.13: functorch returns zeros there
+        return False
+    with torch.inference_mode():
+        try:
+            value = grad(lambda x: (x * x).sum())(torch.ones(1))
+        except RuntimeError:
+            return False
+    return bool(value.item() == 2.0)
+
+
+def plain_tensors(tree: Any) -> Any:
+    """``tree`` with every inference tensor replaced by an ordinary copy.
+
+    Examples
+    --------
+    >>> import torch
+    >>> with torch.inference_mode():
+    ...     x = torch.ones(2)
+    >>> plain_tensors((x, 1))[0].is_inference()
+    False
+    """
+    leaves, spec = tree_flatten(tree)
+    with torch.inference_mode(False):
+        plain = [
+            t.clone() if isinstance(t, torch.Tensor) and t.is_inference() else t for t in leaves
+        ]
+    return tree_unflatten(plain, spec)
+
+
+def outside_inference_mode(name: str, call: Callable[..., T], *trees: Any) -> T:
+    """``call(*trees)`` run outside inference mode, with grad mode off; or a ``RuntimeError``.
+
+    Called when :func:`torch.is_inference_mode_enabled` is true.  Where the
+    installed torch differentiates there (:func:`inference_mode_derivatives`),
+    the derivative is computed on ordinary copies of the inputs and carries
+    no graph; elsewhere the call is refused rather than returning zeros.
+
+    Examples
+    --------
+    >>> import torch
+    >>> with torch.inference_mode():
+    ...     x = torch.ones(2)
+    ...     try:
+    ...         y = outside_inference_mode("demo", lambda t: t * 2, x)
+    ...     except RuntimeError:  # torch 1.13 / 2.0
+    ...         y = x * 2
+    >>> y.tolist()
+    [2.0, 2.0]
+    """
+    if not inference_mode_derivatives():
+        raise RuntimeError(
+            f"{name}: cannot differentiate inside torch.inference_mode() with torch "
+            f"{torch.__version__} (its function transforms silently return zeros there); "
+            "use torch.no_grad() instead"
+        )
+    with torch.inference_mode(False), torch.no_grad():
+        return call(*(plain_tensors(t) for t in trees))

@@ -1,0 +1,254 @@
+"""Walks over an eager forward graph: what the Jacobian's rows depend on.
+
+The eager strategies run the user's function under ordinary autograd and then
+differentiate its outputs.  Two questions about the recorded graph decide how:
+
+* does it reach a leaf requiring grad other than the differentiated inputs
+  (a captured parameter, or an input of an enclosing Jacobian)?  Then the
+  Jacobian must itself be differentiable (``create_graph=True``), as it is
+  under :mod:`torch.func`;
+* does it contain an op whose batched derivative torch computes wrongly
+  (:mod:`tad_autograd.compat.batching_defects`)?  Then its rows must not be
+  vectorised.
+
+The stand-in leaves an eager Jacobian creates for its inputs are marked when
+that Jacobian returns (:func:`retire`): a finished Jacobian's stand-ins are
+nobody's parameters, so a Jacobian of a Jacobian carries no graph where
+:mod:`torch.func`'s carries none.
+"""
+
+from __future__ import annotations
+
+from typing import (
+    Any,
+    Callable,
+    FrozenSet,
+    Iterable,
+    List,
+    Sequence,
+    Set,
+    Tuple,
+)
+
+import torch
+from torch.autograd.function import BackwardCFunction
+
+from ..compat.batching_defects import defective_nodes
+
+__all__ = [
+    "reaches_other_leaves",
+    "retire",
+    "defective_ops_in",
+    "graph_facts",
+    "has_custom_functions",
+    "custom_functions_without_jvp",
+    "mark_stand_in_leaf",
+    "ACCUMULATE_GRAD",
+]
+
+#: The graph node of a leaf tensor that requires grad.
+ACCUMULATE_GRAD = torch._C._functions.AccumulateGrad  # type: ignore[attr-defined]
+
+#: Attribute set on the stand-in leaves of a finished eager Jacobian.
+_RETIRED = "_tad_autograd_retired"
+#: Attribute of a stand-in that is a view of its leaf (a dual number): the leaf.
+_LEAF = "_tad_autograd_stand_in_leaf"
+
+
+def mark_stand_in_leaf(stand_in: torch.Tensor, leaf: torch.Tensor) -> None:
+    """Note that the non-leaf ``stand_in`` was made from our own ``leaf`` (retired with it).
+
+    Examples
+    --------
+    >>> import torch
+    >>> leaf = torch.zeros(1, requires_grad=True)
+    >>> view = leaf.view_as(leaf)
+    >>> mark_stand_in_leaf(view, leaf)
+    >>> retire([view])
+    >>> reaches_other_leaves([view * 2], set())
+    False
+    """
+    setattr(stand_in, _LEAF, leaf)
+
+
+def retire(stand_ins: Iterable[torch.Tensor]) -> None:
+    """Mark the stand-in leaves of a finished Jacobian: no later graph walk counts them.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.zeros(2, requires_grad=True)
+    >>> retire([x])
+    >>> reaches_other_leaves([x * 2], set())
+    False
+    """
+    for x in stand_ins:
+        if x.is_leaf:
+            setattr(x, _RETIRED, True)
+        else:
+            leaf = getattr(x, _LEAF, None)
+            if leaf is not None:
+                setattr(leaf, _RETIRED, True)
+
+
+def reaches_other_leaves(outputs: Sequence[torch.Tensor], ours: Set[int]) -> bool:
+    """Whether the graph of ``outputs`` reaches a live leaf requiring grad besides ``ours``.
+
+    ``ours`` holds the ``id`` of the caller's own stand-in leaves.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.zeros(2, requires_grad=True)
+    >>> w = torch.ones(2, requires_grad=True)
+    >>> reaches_other_leaves([x * w], {id(x)})
+    True
+    >>> reaches_other_leaves([x * 2], {id(x)})
+    False
+    """
+    stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
+    seen: Set[Any] = set()
+    push, mark = stack.append, seen.add
+    while stack:
+        for nxt, _ in stack.pop().next_functions:
+            if nxt is None or nxt in seen:
+                continue
+            mark(nxt)
+            if type(nxt) is ACCUMULATE_GRAD:
+                leaf = nxt.variable  # type: ignore[attr-defined]
+                if id(leaf) not in ours and not getattr(leaf, _RETIRED, False):
+                    return True
+            else:
+                push(nxt)
+    return False
+
+
+def graph_facts(outputs: Sequence[torch.Tensor], ours: Set[int]) -> Tuple[bool, List[Any]]:
+    """One walk of the graph of ``outputs``: whether it reaches a live leaf requiring
+    grad besides ``ours`` (:func:`reaches_other_leaves`), and its custom
+    ``autograd.Function`` nodes.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.zeros(2, requires_grad=True)
+    >>> w = torch.ones(2, requires_grad=True)
+    >>> graph_facts([x * w], {id(x)})
+    (True, [])
+    """
+    stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
+    seen: Set[Any] = set(stack)
+    custom: List[Any] = []
+    reaches = False
+    while stack:
+        node = stack.pop()
+        if isinstance(node, _CUSTOM_FUNCTION):
+            custom.append(node)
+        for nxt, _ in node.next_functions:
+            if nxt is None or nxt in seen:
+                continue
+            seen.add(nxt)
+            if type(nxt) is ACCUMULATE_GRAD:
+                leaf = nxt.variable  # type: ignore[attr-defined]
+                if not reaches and id(leaf) not in ours and not getattr(leaf, _RETIRED, False):
+                    reaches = True
+            else:
+                stack.append(nxt)
+    return reaches, custom
+
+
+def defective_ops_in(outputs: Sequence[torch.Tensor]) -> FrozenSet[str]:
+    """What in the graph of ``outputs`` may have a batched derivative torch gets wrong.
+
+    The names of nodes of the installed torch's defective ops, and the custom
+    ``autograd.Function`` nodes, whose Python backward may call one of them
+    unseen (the autograd engine runs it outside any torch function mode).
+    Empty (and free) on a torch without known defects.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.rand(3, 2, requires_grad=True)
+    >>> sorted(defective_ops_in([torch.cdist(x, x)]))  # doctest: +SKIP
+    ['CdistBackward0']
+    >>> defective_ops_in([x.sin()])
+    frozenset()
+    """
+    bad = defective_nodes()
+    if not bad:
+        return frozenset()
+    found = set()
+    stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
+    seen: Set[Any] = set(stack)
+    while stack:
+        node = stack.pop()
+        name = type(node).__name__
+        if name in bad or isinstance(node, _CUSTOM_FUNCTION):
+            found.add(name)
+        for nxt, _ in node.next_functions:
+            if nxt is not None and nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return frozenset(found)
+
+
+def has_custom_functions(outputs: Sequence[torch.Tensor]) -> bool:
+    """Whether the graph of ``outputs`` holds a custom ``autograd.Function`` node.
+
+    Its Python backward may compute outside autograd (NumPy, ``.item()``), so
+    differentiating *through* that backward (the double-vjp trick) could
+    silently miss terms; a plain backward pass through it is exact.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.zeros(2, requires_grad=True)
+    >>> has_custom_functions([x.sin()])
+    False
+    """
+    return _holds(outputs, lambda node: isinstance(node, _CUSTOM_FUNCTION))
+
+
+def custom_functions_without_jvp(outputs: Sequence[torch.Tensor]) -> bool:
+    """Whether the graph of ``outputs`` holds a custom ``autograd.Function`` without ``jvp``.
+
+    Dual numbers cannot pass through such a Function (old-style ones included):
+    forward mode must take its products from the recorded graph instead.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.zeros(2, requires_grad=True)
+    >>> custom_functions_without_jvp([x.sin()])
+    False
+    """
+    return _holds(outputs, _custom_without_jvp)
+
+
+def _custom_without_jvp(node: Any) -> bool:
+    if not isinstance(node, _CUSTOM_FUNCTION):
+        return False
+    cls = getattr(node, "_forward_cls", None)
+    return cls is None or getattr(cls, "jvp", None) is _NO_JVP
+
+
+def _holds(outputs: Sequence[torch.Tensor], test: Callable[[Any], bool]) -> bool:
+    """Whether a node of the graph of ``outputs`` passes ``test``."""
+    stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
+    seen: Set[Any] = set(stack)
+    while stack:
+        node = stack.pop()
+        if test(node):
+            return True
+        for nxt, _ in node.next_functions:
+            if nxt is not None and nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return False
+
+
+#: ``jvp`` of a custom Function that does not define one (it raises).
+_NO_JVP = getattr(torch.autograd.Function, "jvp", None)
+
+#: The graph node class of every custom ``torch.autograd.Function``.
+_CUSTOM_FUNCTION = BackwardCFunction

@@ -1,0 +1,207 @@
+"""``vmap`` as a Python loop over the batch, with :func:`torch.func.vmap`'s semantics.
+
+The ``"autograd"`` backend's ``vmap`` and the automatic strategy for small
+batches.  Every sample is a fresh, contiguous tensor (as the function would
+see an unbatched input: storage-dependent ops such as ``as_strided`` give
+what they give outside ``vmap``); the outputs are stacked along ``out_dims``.
+``randomness`` covers the CPU generator, the arguments' CUDA devices and the
+explicit generators the call can see (:func:`tad_autograd.compat._rng.visible_generators`).
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from ..compat._pytree import tree_unflatten
+from ..compat._rng import RngStates, visible_generators
+from ._batching import BatchedArgs, flatten_args, join_outputs, split_outputs
+
+__all__ = ["loop_vmap", "STRICT_UNBATCHED"]
+
+_RANDOM_MESSAGE = (
+    "vmap: called random operation while in randomness error mode. Please either "
+    "use the 'same' or 'different' randomness flags on vmap or perform the "
+    "randomness operation out of vmap"
+)
+
+
+def _sample(batched: BatchedArgs, index: int) -> List[Any]:
+    """Batch element ``index``'s leaves as fresh tensors (no view into the batch's storage)."""
+    fresh = torch.contiguous_format
+    return [
+        leaf if d is None else leaf.select(d, index).clone(memory_format=fresh)
+        for leaf, d in zip(batched.leaves, batched.dims)
+    ]
+
+
+def loop_vmap(
+    func: Callable[..., Any],
+    in_dims: Any,
+    out_dims: Any,
+    randomness: str,
+    args: Tuple[Any, ...],
+    kwargs: Dict[str, Any],
+) -> Any:
+    """``vmap(func, in_dims, out_dims, randomness)(*args, **kwargs)`` by a loop.
+
+    Examples
+    --------
+    >>> import torch
+    >>> loop_vmap(torch.sum, 0, 0, "error", (torch.ones(3, 2),), {})
+    tensor([2., 2., 2.])
+    """
+    batched = flatten_args(func, in_dims, args)
+    devices = {leaf.device for leaf in batched.leaves if isinstance(leaf, torch.Tensor)}
+    generators = visible_generators(func, args, kwargs) if randomness != "different" else []
+    states = RngStates(devices, generators)
+    try:
+        if batched.size == 0:
+            result = _empty_batch(func, out_dims, batched, kwargs)
+            if randomness == "error" and states.changed():
+                raise RuntimeError(_RANDOM_MESSAGE)
+            states.restore()  # no sample: no draw
+            return result
+        samples = []
+        inputs = []
+        dims: List[Optional[int]] = []
+        spec = None
+        for b in range(batched.size):
+            if randomness == "same" and b > 0:
+                states.restore()  # every element draws what the first drew
+            sample = _sample(batched, b)
+            inputs.append(sample)
+            versions = [_version(t) for t in sample]
+            output = func(*tree_unflatten(sample, batched.spec), **kwargs)
+            _write_back(batched, b, sample, versions)
+            leaves, leaf_dims, leaf_spec = split_outputs(func, out_dims, output)
+            if spec is None:
+                dims, spec = leaf_dims, leaf_spec
+            elif leaf_spec != spec:
+                raise ValueError(
+                    f"vmap: the outputs of batch elements 0 and {b} have different "
+                    f"structures ({spec} and {leaf_spec})"
+                )
+            samples.append(leaves)
+        if randomness == "error" and states.changed():
+            raise RuntimeError(_RANDOM_MESSAGE)
+        _check_unbatched(func, samples, dims, STRICT_UNBATCHED.get())
+    except BaseException:
+        states.restore()
+        raise
+    given = _returned_inputs(samples, inputs, batched, dims)
+    return join_outputs(samples, dims, spec, torch.stack, given)
+
+
+def _returned_inputs(
+    samples: List[List[Any]],
+    inputs: List[List[Any]],
+    batched: BatchedArgs,
+    dims: List[Optional[int]],
+) -> Dict[int, torch.Tensor]:
+    """Outputs that are a batched input itself in every sample: that input, as in torch.func.
+
+    ``torch.func.vmap(lambda x: x)(xs)`` returns ``xs`` (a view of it, when
+    ``out_dims`` moves the batch dimension), not a copy.
+    """
+    first = {id(leaf): i for i, leaf in enumerate(inputs[0]) if batched.dims[i] is not None}
+    given: Dict[int, torch.Tensor] = {}
+    for k, d in enumerate(dims):
+        i = first.get(id(samples[0][k]))
+        if d is None or i is None:
+            continue
+        if all(s[k] is inp[i] for s, inp in zip(samples, inputs)):
+            leaf, source = batched.leaves[i], batched.dims[i]
+            given[k] = leaf if d % leaf.dim() == source else leaf.movedim(source, d)
+    return given
+
+
+def _version(t: Any) -> Optional[int]:
+    """A tensor's version counter; ``None`` for non-tensors and inference tensors (none kept)."""
+    if isinstance(t, torch.Tensor) and not t.is_inference():
+        return int(t._version)
+    return None
+
+
+def _write_back(
+    batched: BatchedArgs, index: int, sample: List[Any], versions: List[Optional[int]]
+) -> None:
+    """Copy a sample the function updated in place back into its batch, as under torch.func."""
+    for leaf, d, fresh, version in zip(batched.leaves, batched.dims, sample, versions):
+        if d is None or not isinstance(fresh, torch.Tensor):
+            continue
+        target = leaf.select(d, index)
+        if version is not None:
+            changed = fresh._version != version
+        else:  # an inference tensor keeps no version: its values tell
+            changed = fresh.is_inference() and not torch.equal(fresh, target)
+        if changed:
+            target.copy_(fresh)
+
+
+#: Set while automatic mode retries a failed transform on the loop: an ``out_dims=None``
+#: output must then be the same object in every sample (equal values could hide a
+#: batched output that the transform rightly refused).
+STRICT_UNBATCHED: ContextVar[bool] = ContextVar("tad_autograd_strict_unbatched", default=False)
+
+
+def _check_unbatched(
+    func: Callable[..., Any], samples: List[List[Any]], dims: List[Any], strict: bool = False
+) -> None:
+    """Raise ``ValueError`` (as torch.func) for an ``out_dims=None`` output that varies per sample.
+
+    An output mapped to ``None`` must not depend on the batch: the same
+    object, or (unless ``strict``) equal values, in every sample.  (With one
+    sample and not ``strict``, nothing can be told apart; the first sample's
+    output is returned.)
+    """
+    for k, d in enumerate(dims):
+        if d is not None:
+            continue
+        first = samples[0][k]
+        if strict:  # only the same object in every sample proves an output unbatched
+            proven = len(samples) > 1 and all(s[k] is first for s in samples[1:])
+            if proven or not isinstance(first, torch.Tensor):
+                continue
+            _raise_batched_none(func, k)
+        for s in samples[1:]:
+            other = s[k]
+            if other is first:
+                continue
+            if isinstance(first, torch.Tensor):
+                same = (
+                    isinstance(other, torch.Tensor)
+                    and first.shape == other.shape
+                    and torch.equal(first, other)
+                )
+            else:
+                same = other == first
+            if not same:
+                _raise_batched_none(func, k)
+
+
+def _raise_batched_none(func: Callable[..., Any], k: int) -> None:
+    name = getattr(func, "__name__", repr(func))
+    raise ValueError(
+        f"vmap({name}, ...): `{name}` can not return a BatchedTensor when out_dim is None "
+        f"(output {k} depends on the batch; use an int out_dims for it)"
+    )
+
+
+def _empty_batch(
+    func: Callable[..., Any], out_dims: Any, batched: BatchedArgs, kwargs: Dict[str, Any]
+) -> Any:
+    """Batch size 0: run one zero-filled element for the output shapes only."""
+    output = func(*batched.placeholder(), **kwargs)
+    leaves, dims, spec = split_outputs(func, out_dims, output)
+    joined = []
+    for leaf, d in zip(leaves, dims):
+        if d is None:
+            joined.append(leaf)
+        else:
+            joined.append(
+                leaf.detach().unsqueeze(d % (leaf.dim() + 1)).narrow(d % (leaf.dim() + 1), 0, 0)
+            )
+    return tree_unflatten(joined, spec)

@@ -1,0 +1,262 @@
+"""Custom ``autograd.Function`` backward passes that cannot be differentiated.
+
+A custom Function's backward is Python code.  When it computes outside
+autograd -- under ``@once_differentiable`` (which runs it under
+``torch.no_grad()``), with NumPy, ``.item()``, ``.tolist()``, ``.detach()``,
+``.data`` or its own ``torch.no_grad()`` block -- the gradient it returns
+carries no graph, or only part of one.  Differentiating that gradient again
+(a Hessian, an ``hvp``, a Jacobian of forces) then silently misses terms:
+plain autograd returns such wrong second derivatives whether the Function's
+result enters the function linearly or not.
+
+While a backward pass that builds a graph runs (``create_graph=True``),
+:func:`custom_backwards_guarded` wraps each custom node of the graph.  When
+such a node's backward runs with an incoming gradient, a saved tensor or a
+tangent that carries a derivative, the wrapper watches it: the Function's
+backward is ``@once_differentiable``, or it called one of the operations
+above, or it ran an operation with grad mode off, or it returned a gradient
+without a graph.  Then every gradient it returns is replaced by one whose own
+backward raises a :class:`RuntimeError` naming the Function (and a lost
+tangent raises at once).  First derivatives are unchanged and cost nothing
+extra: the watch only runs in backward passes that build a graph through the
+node.
+
+Examples
+--------
+>>> import torch
+>>> from torch.autograd.function import FunctionCtx, once_differentiable
+>>> class Cube(torch.autograd.Function):
+...     @staticmethod
+...     def forward(ctx, x):
+...         ctx.save_for_backward(x)
+...         return x ** 3
+...     @staticmethod
+...     @once_differentiable
+...     def backward(ctx, g):
+...         (x,) = ctx.saved_tensors
+...         return g * 3 * x ** 2
+>>> x = torch.ones(1, requires_grad=True)
+>>> y = (Cube.apply(x) * x).sum()  # the Function's result enters non-linearly
+>>> with custom_backwards_guarded([y], active=True):
+...     (g,) = torch.autograd.grad(y, x, create_graph=True)
+>>> g.detach()
+tensor([4.])
+>>> torch.autograd.grad(g.sum(), x)
+Traceback (most recent call last):
+...
+RuntimeError: Cube: the backward of this custom autograd.Function ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from ..compat._dual import level_active, unpack_dual
+from ._graph import graph_facts
+
+__all__ = ["custom_backwards_guarded", "opaque_backward_message"]
+
+#: The code of the wrapper ``@once_differentiable`` puts around a backward.
+_ONCE_DIFFERENTIABLE_CODE = once_differentiable(lambda ctx: None).__code__
+
+#: Names of the operations whose results leave autograd: a backward calling one is opaque
+#: (the method, the ``torch.`` function and the ``aten`` op of each share its name).
+_LEAVE_AUTOGRAD = frozenset(
+    {
+        "detach",
+        "detach_",
+        "detach.default",
+        "numpy",
+        "item",
+        "tolist",
+        "__array__",
+        "new_tensor",
+        "tensor",
+    }
+)
+
+#: The Python ``Function.apply`` (torch >= 2.0): ops below it are a nested Function's forward.
+_FUNCTION_APPLY_CODE = getattr(
+    getattr(torch.autograd.Function.apply, "__func__", None), "__code__", None
+)
+
+#: Instance attribute that replaces a node's ``apply`` while it is guarded.
+_APPLY = "apply"
+_GUARDED = "_tad_autograd_guarded"
+
+#: The graph guarded nodes are shared between threads; wrapping and unwrapping is serialised.
+_WRAP_LOCK = threading.Lock()
+
+
+def opaque_backward_message(function_name: str) -> str:
+    """The error for a derivative through the backward of custom Function ``function_name``.
+
+    Examples
+    --------
+    >>> opaque_backward_message("Cube").split(":")[0]
+    'Cube'
+    """
+    return (
+        f"{function_name}: the backward of this custom autograd.Function computes outside "
+        "autograd (@once_differentiable, NumPy, .item(), .tolist(), .detach(), .data or "
+        "torch.no_grad()), so a derivative of its derivative would silently miss terms; "
+        "write its backward with differentiable torch operations (or give the Function a "
+        "jvp and take the derivative in forward mode) to differentiate through it twice"
+    )
+
+
+@contextlib.contextmanager
+def custom_backwards_guarded(
+    outputs: Sequence[torch.Tensor], active: bool, custom_nodes: Optional[List[Any]] = None
+) -> Iterator[None]:
+    """During backward passes that build a graph: no silent second derivatives through Python.
+
+    With ``active``, each custom ``autograd.Function`` node of the graph of
+    ``outputs`` is watched while the block runs (see the module docstring).
+    ``custom_nodes``: the custom nodes of the graph, if a
+    :func:`~tad_autograd.eager._graph.graph_facts` walk already found them.
+
+    Examples
+    --------
+    >>> import torch
+    >>> class Detached(torch.autograd.Function):
+    ...     @staticmethod
+    ...     def forward(ctx, x):
+    ...         ctx.save_for_backward(x)
+    ...         return x ** 2
+    ...     @staticmethod
+    ...     def backward(ctx, g):
+    ...         (x,) = ctx.saved_tensors
+    ...         return g * 2 * x.detach()
+    >>> x = torch.ones(1, requires_grad=True)
+    >>> y = Detached.apply(x).sin().sum()
+    >>> with custom_backwards_guarded([y], active=True):
+    ...     (g,) = torch.autograd.grad(y, x, create_graph=True)
+    >>> torch.autograd.grad(g.sum(), x)
+    Traceback (most recent call last):
+    ...
+    RuntimeError: Detached: the backward of this custom autograd.Function ...
+    """
+    if not active:
+        yield
+        return
+    nodes = custom_nodes if custom_nodes is not None else graph_facts(outputs, set())[1]
+    wrapped: List[Any] = []
+    with _WRAP_LOCK:
+        for node in nodes:
+            if not getattr(node, _GUARDED, False):  # an enclosing guard already watches it
+                setattr(node, _APPLY, _watched_apply(node))
+                setattr(node, _GUARDED, True)
+                wrapped.append(node)
+    try:
+        yield
+    finally:
+        with _WRAP_LOCK:
+            for node in wrapped:
+                delattr(node, _APPLY)
+                setattr(node, _GUARDED, False)
+
+
+def _function_name(node: Any) -> str:
+    cls = getattr(node, "_forward_cls", None)
+    return cls.__name__ if cls is not None else type(node).__name__
+
+
+def _once_differentiable(node: Any) -> bool:
+    cls = getattr(node, "_forward_cls", None)
+    backward = getattr(cls, "backward", None)
+    return getattr(backward, "__code__", None) is _ONCE_DIFFERENTIABLE_CODE
+
+
+def _watched_apply(node: Any) -> Callable[..., Any]:
+    original = type(node).apply.__get__(node)
+
+    def apply(*grad_outputs: Any) -> Any:
+        if not torch.is_grad_enabled():  # a backward pass that builds no graph
+            return original(*grad_outputs)
+        try:
+            saved = tuple(node.saved_tensors)
+        except RuntimeError:  # already freed: the Function's backward will say so
+            saved = ()
+        kept = tuple(vars(node).values())  # tensors the forward kept as ctx attributes
+        incoming = [t for t in (*grad_outputs, *saved, *kept) if isinstance(t, torch.Tensor)]
+        tangents_in = level_active() and any(unpack_dual(t)[1] is not None for t in incoming)
+        anchors = [t for t in incoming if t.requires_grad]
+        if not anchors and not tangents_in:  # its gradient is a constant: nothing to miss
+            return original(*grad_outputs)
+        if _once_differentiable(node):
+            opaque = True
+            result = original(*grad_outputs)
+        else:
+            watch = _LeavesAutograd()
+            with watch:
+                result = original(*grad_outputs)
+            opaque = watch.seen
+        if not opaque:
+            return result
+        message = opaque_backward_message(_function_name(node))
+        if tangents_in:
+            raise RuntimeError(message)
+        # every gradient it returns now refuses to be differentiated; the refusing node
+        # gets the graph's own tensors as inputs too, so that a later backward pass
+        # towards the inputs runs through it (and raises) instead of around it
+        refuse = torch._C._functions.DelayedError(message, 1 + len(anchors))
+        single = not isinstance(result, tuple)
+        refused = tuple(
+            refuse(g.detach().requires_grad_(True), *anchors)[0]
+            if isinstance(g, torch.Tensor)
+            else g
+            for g in ((result,) if single else result)
+        )
+        return refused[0] if single else refused
+
+    return apply
+
+
+#: The code of the watched backward's wrapper: frame walks stop there.
+_WATCHED_APPLY_CODE = next(
+    c for c in _watched_apply.__code__.co_consts if getattr(c, "co_name", None) == "apply"
+)
+
+
+class _LeavesAutograd(torch.overrides.TorchFunctionMode):
+    """Notes whether the code it runs leaves autograd (``seen``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: Tuple[Any, ...] = (),
+        kwargs: Optional[Dict[str, Any]] = None,
+    ) -> Any:
+        if not self.seen:
+            name = getattr(func, "__name__", None)
+            if name in _LEAVE_AUTOGRAD or (
+                not torch.is_grad_enabled() and not _inside_a_function_forward()
+            ):
+                self.seen = True
+        return func(*args, **(kwargs or {}))
+
+
+def _inside_a_function_forward() -> bool:
+    """Whether the op being watched runs in the forward of a custom Function (grad mode off
+    there by torch itself), called by the watched backward."""
+    frame: Any = sys._getframe(1)
+    while frame is not None and frame.f_code is not _WATCHED_APPLY_CODE:
+        code = frame.f_code
+        if code is _FUNCTION_APPLY_CODE:
+            return True
+        if code.co_name == "forward" and isinstance(frame.f_locals.get("ctx"), FunctionCtx):
+            return True  # an old-style forward(ctx, ...) (torch 1.13 has no Python apply)
+        frame = frame.f_back
+    return False
