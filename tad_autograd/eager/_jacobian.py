@@ -238,9 +238,11 @@ def graph_jacobian(
     """The Jacobian of ``outputs`` (tensors that carry a graph) with respect to ``inputs``.
 
     Leaf ``[i][j]`` (nested as ``outputs``, then as ``inputs``) is
-    d ``outputs[i]`` / d ``inputs[j]``, shaped ``out.shape + in.shape``.  More
-    than :data:`LOOP_MAX_ROWS` rows come from backward passes batched by the
-    autograd engine (:data:`~tad_autograd.eager._rows.GRADS_BATCHED`,
+    d ``outputs[i]`` / d ``inputs[j]``, shaped ``out.shape + in.shape``.  With
+    ``create_graph`` the rows come from a loop of backward passes (torch's
+    batched backward passes that build a graph get ``group_norm`` wrong);
+    without, more than :data:`LOOP_MAX_ROWS` rows come from backward passes
+    batched by the autograd engine (:data:`~tad_autograd.eager._rows.GRADS_BATCHED`,
     ``chunk_size`` rows at a time), unless the graph holds an op whose
     batched derivative the installed torch may get wrong
     (:func:`~tad_autograd.eager._graph.defective_ops_in`, custom Functions
@@ -286,9 +288,11 @@ def _graph_rows(
     with torch.enable_grad():
         if not create_graph:
             return _rows_of(out_leaves, inputs, False, GRADS_BATCHED, chunk_size, retain)
+        # rows by a loop: the engine's batched backward passes that build a graph are wrong
+        # for some ops (group_norm's double backward on every torch of the matrix)
         live = [o for o in out_leaves if o.requires_grad]
         with custom_backwards_guarded(live, True):  # no silent second derivatives
-            return _rows_of(out_leaves, inputs, True, GRADS_BATCHED, chunk_size, retain)
+            return _rows_of(out_leaves, inputs, True, None, chunk_size, retain)
 
 
 def aux_like_torch_func(aux: Any, ours: Set[int], outer_grad: bool, aliases: Dict[int, Any]) -> Any:

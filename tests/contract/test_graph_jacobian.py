@@ -362,3 +362,19 @@ def test_empty_outputs_with_a_graph(retain_graph: bool) -> None:
     outs = (x[:0] * 2, x[:0].exp())
     jac = ta.graph_jacobian(outs, x, create_graph=True, retain_graph=retain_graph)
     assert jac[0].shape == (0, 3) and jac[1].shape == (0, 3)
+
+
+def test_create_graph_through_group_norm_matches_the_row_loop() -> None:
+    """torch's batched backward passes that build a graph get group_norm wrong."""
+    x = torch.linspace(-1.0, 1.5, 8, dtype=torch.float64).reshape(4, 2).requires_grad_(True)
+    y = torch.nn.functional.group_norm(x.reshape(1, 4, 2), 2)
+    rows = [
+        torch.autograd.grad(y.reshape(-1)[i], x, retain_graph=True, create_graph=True)[0]
+        for i in range(y.numel())
+    ]
+    reference = torch.stack(rows).reshape(y.shape + x.shape)
+    jacobian = ta.graph_jacobian(y, x, create_graph=True)
+    torch.testing.assert_close(jacobian, reference)
+    (ours,) = torch.autograd.grad((jacobian**2).sum(), x, retain_graph=True)
+    (theirs,) = torch.autograd.grad((reference**2).sum(), x)
+    torch.testing.assert_close(ours, theirs)
