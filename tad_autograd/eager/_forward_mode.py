@@ -14,6 +14,10 @@ the function again when it fails (its side effects could not be undone).
   forward-mode formula torch gets wrong (stage ``"tangent"`` of
   :mod:`tad_autograd.compat.batching_defects`, noted by a
   :class:`~tad_autograd.compat._transform_failures.DefectWatch` that only looks).
+  Nor where the function ran ops under its own ``torch.no_grad()``: dual
+  numbers pass through such a block where backward passes stop, so such a
+  function keeps the recorded graph's derivative on every call (the same as
+  reverse mode's; :mod:`torch.func`'s forward mode differs there).
 * Later calls of a function whose graph showed nothing in the way push
   :mod:`torch.autograd.forward_ad` dual numbers (cheaper); the others keep
   recording.  Should a later call take a path the first did not (a
@@ -34,9 +38,10 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from ..compat._dual import dual_level, forward_ad_ready, make_dual, unpack_dual
 from ..compat._locks import TRANSFORM_LOCK
@@ -184,10 +189,11 @@ def _recorded(
     """
     outer_grad = torch.is_grad_enabled()
     look = DefectWatch(_TANGENT, look_only=True) if DefectWatch.needed(_TANGENT) else None
+    grad_off = _GradModeWatch()
     with torch.enable_grad():
         inputs, external = stand_ins(p_leaves)
         try:
-            with look if look is not None else contextlib.nullcontext():
+            with look if look is not None else contextlib.nullcontext(), grad_off:
                 result = func(*(inputs if spec is None else tree_unflatten(list(inputs), spec)))
             if has_aux:
                 result, aux = split_aux(result, kind)
@@ -201,7 +207,11 @@ def _recorded(
             apply = linear_map(out_leaves, inputs, create)
             products = [tree_unflatten(apply(list(ts), create), out_spec) for ts in tangent_sets]
             primal = as_returned(out_leaves, keep, inputs, p_leaves)
-            duals = (look is None or not look.seen) and not custom_functions_without_jvp(live)
+            duals = (
+                (look is None or not look.seen)
+                and not grad_off.seen
+                and not custom_functions_without_jvp(live)
+            )
             if has_aux:  # with a graph where torch.func's keeps one: to leaves outside
                 aliases = {id(x): p for x, p in zip(inputs, p_leaves)}
                 aux = aux_like_torch_func(aux, ours, outer_grad, aliases)
@@ -210,6 +220,31 @@ def _recorded(
             return (tree_unflatten(primal, out_spec),), products, aux, duals
         finally:
             retire(inputs)
+
+
+class _GradModeWatch(TorchFunctionMode):
+    """Notes whether the function ran an op with grad mode off (its own ``torch.no_grad()``).
+
+    Dual numbers pass through such a block, backward passes do not: a function
+    with one keeps the recorded graph's derivative on every call, so that a
+    forward-mode derivative is the same on every call and equals the
+    reverse-mode one.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: Tuple[Any, ...] = (),
+        kwargs: Optional[Dict[str, Any]] = None,
+    ) -> Any:
+        if not self.seen and not torch.is_grad_enabled():
+            self.seen = True
+        return func(*args, **(kwargs or {}))
 
 
 def eager_jacfwd(

@@ -444,3 +444,27 @@ def test_jacfwd_passes_non_tensor_arguments_through(backend, chunk_size) -> None
     jac = ta.jacfwd(f, argnums=1, chunk_size=chunk_size, backend=backend)(2, x, "ab")
     assert_tree_close(jac, expected)
     assert_tree_close(ta.jacobian(f, 1, mode="forward", backend=backend)(2, x, "ab"), expected)
+
+
+def test_forward_mode_through_a_no_grad_block_is_the_same_on_every_call(backend) -> None:
+    """Dual numbers pass through the function's own no_grad block, backward passes do not:
+    the eager forward mode keeps one answer on every call, reverse mode's.  The transform
+    backends give torch.func's (its forward mode differs from its reverse mode there)."""
+    from tad_autograd.dispatch.registry import REGISTRY
+
+    def f(x):
+        with torch.no_grad():
+            scale = x.sin()
+        return scale * x
+
+    x = torch.tensor([0.3, 0.7], dtype=torch.float64)
+    t = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    if backend is not None and REGISTRY.get(backend).is_transform:
+        pytest.skip("a transform backend gives torch.func's own forward mode")
+    rows = reference_jacobian(f, x)
+    products = [ta.jvp(f, (x,), (t,), backend=backend)[1] for _ in range(3)]
+    for product in products:
+        assert_tree_close(product, rows @ t)
+    assert_tree_close(ta.jacfwd(f, backend=backend)(x), rows)
+    assert_tree_close(ta.jacobian(f, mode="forward", backend=backend)(x), rows)
+    assert_tree_close(ta.linearize(f, x, backend=backend)[1](t), rows @ t)
