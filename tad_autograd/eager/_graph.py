@@ -41,6 +41,7 @@ __all__ = [
     "defective_ops_in",
     "graph_facts",
     "has_custom_functions",
+    "reaches_inputs",
     "custom_functions_without_jvp",
     "mark_stand_in_leaf",
     "ACCUMULATE_GRAD",
@@ -121,6 +122,30 @@ def reaches_other_leaves(outputs: Sequence[torch.Tensor], ours: Set[int]) -> boo
             else:
                 push(nxt)
     return False
+
+
+def reaches_inputs(output: torch.Tensor, inputs: Sequence[torch.Tensor]) -> bool:
+    """Whether the graph of ``output`` reaches one of ``inputs`` (tensors that require grad).
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.zeros(2, requires_grad=True)
+    >>> w = torch.ones(2, requires_grad=True)
+    >>> reaches_inputs(w * 2, [x]), reaches_inputs(x * w, [x])
+    (False, True)
+    """
+    if output.grad_fn is None:
+        return any(output is x for x in inputs)
+    leaves = {id(x) for x in inputs if x.grad_fn is None}
+    nodes = {x.grad_fn for x in inputs if x.grad_fn is not None}
+
+    def test(node: Any) -> bool:
+        if type(node) is ACCUMULATE_GRAD:
+            return id(node.variable) in leaves  # type: ignore[attr-defined]
+        return node in nodes
+
+    return _holds([output], test)
 
 
 def graph_facts(outputs: Sequence[torch.Tensor], ours: Set[int]) -> Tuple[bool, List[Any]]:

@@ -30,7 +30,7 @@ import torch
 from ..compat._pytree import flatten, tree_flatten, tree_unflatten, unflatten
 from ..compat._torch_info import inference_mode_enabled
 from ._grad_modes import inference_mode_derivatives
-from ._graph import defective_ops_in, reaches_other_leaves, retire
+from ._graph import defective_ops_in, reaches_inputs, reaches_other_leaves, retire
 from ._opaque_backward import custom_backwards_guarded
 from ._rows import (
     GRADS_BATCHED,
@@ -188,11 +188,19 @@ def _derivatives(
     columns: bool,
 ) -> List[List[torch.Tensor]]:
     """Per output leaf, d output / d input for each input: by columns if asked, else rows."""
-    if columns:
-        per_output = columns_by_double_vjp(out_leaves, inputs, create_graph, vmap, chunk_size)
-        if per_output is not None:
-            return per_output
-    return _rows_of(out_leaves, inputs, create_graph, vmap, chunk_size)
+    if not columns:
+        return _rows_of(out_leaves, inputs, create_graph, vmap, chunk_size)
+    per_output = columns_by_double_vjp(out_leaves, inputs, create_graph, vmap, chunk_size)
+    if per_output is None:
+        per_output = _rows_of(out_leaves, inputs, create_graph, vmap, chunk_size)
+    # as torch.func's forward mode: an output that reaches no input has no tangent, so its
+    # blocks are zeros without a graph (its graph may reach other leaves that require grad)
+    return [
+        blocks
+        if not create_graph or (o.requires_grad and reaches_inputs(o, inputs))
+        else [b.detach() for b in blocks]
+        for o, blocks in zip(out_leaves, per_output)
+    ]
 
 
 def _rows_of(

@@ -29,7 +29,7 @@ from typing import Callable, List, Optional, Sequence
 import torch
 
 from ._column_check import ReverseProbe
-from ._graph import has_custom_functions
+from ._graph import has_custom_functions, reaches_inputs
 from ._opaque_backward import custom_backwards_guarded
 from ._rows import rows, transposed_graph
 
@@ -55,7 +55,9 @@ def linear_map(
     >>> apply([torch.tensor([1.0, 1.0])], False)
     [tensor([2., 4.])]
     """
-    live = [o for o in outputs if o.requires_grad]
+    # an output that does not reach the inputs gets a zero product without a graph, as
+    # torch.func's forward mode gives it (its graph may reach other leaves that require grad)
+    live = [o for o in outputs if o.requires_grad and reaches_inputs(o, inputs)]
     if not live:
         return lambda tangents, create: [torch.zeros_like(o.detach()) for o in outputs]
     by_rows = _ByRows(outputs, inputs, create_graph)
@@ -108,6 +110,7 @@ class _ByRows:
         self, outputs: List[torch.Tensor], inputs: List[torch.Tensor], create_graph: bool
     ) -> None:
         self.outputs, self.inputs, self.create_graph = outputs, inputs, create_graph
+        self.reaching = [o.requires_grad and reaches_inputs(o, inputs) for o in outputs]
         self._jacobians: Optional[List[List[List[torch.Tensor]]]] = None
 
     def jacobians(self) -> List[List[List[torch.Tensor]]]:
@@ -126,13 +129,18 @@ class _ByRows:
                         rows(part, self.inputs, self.create_graph)
                         for part in ((o.real, o.imag) if o.is_complex() else (o,))
                     ]
-                    for o in self.outputs
+                    if reaching
+                    else []
+                    for o, reaching in zip(self.outputs, self.reaching)
                 ]
         return self._jacobians
 
     def __call__(self, tangents: List[torch.Tensor], create: bool) -> List[torch.Tensor]:
         result = []
         for o, parts in zip(self.outputs, self.jacobians()):
+            if not parts:  # reaches no input: a zero product without a graph
+                result.append(torch.zeros_like(o.detach()))
+                continue
             totals = []
             for blocks in parts:
                 total = torch.zeros(o.numel(), dtype=_REAL.get(o.dtype, o.dtype), device=o.device)

@@ -125,6 +125,10 @@ def _diff_snapshot(owned: List[torch.Tensor], snap: List[Tuple[Any, ...]]) -> Li
     return problems
 
 
+#: The start of torch's warning that an op has no batching rule (a slower loop).
+_NO_BATCHING_RULE = "There is a performance drop because we have not yet implemented"
+
+
 def _aux_param(case: FuzzCase, dtype: torch.dtype) -> torch.Tensor:
     return torch.tensor(1.25, dtype=dtype, device=case.program.device, requires_grad=True)
 
@@ -191,6 +195,8 @@ def run_operator(
         with warnings.catch_warnings(record=True) as rec:
             # torch's own warnings in the references are not the library's
             warnings.simplefilter("error" if isinstance(ns, LibraryOps) else "ignore")
+            # torch's note that a batching rule is missing (slow, not wrong) is not a fault
+            warnings.filterwarnings("ignore", _NO_BATCHING_RULE, UserWarning)
             warnings.simplefilter("always", BackendFallbackWarning)
             try:
                 res.value = fn(*call_args)

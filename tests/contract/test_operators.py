@@ -468,3 +468,21 @@ def test_forward_mode_through_a_no_grad_block_is_the_same_on_every_call(backend)
     assert_tree_close(ta.jacfwd(f, backend=backend)(x), rows)
     assert_tree_close(ta.jacobian(f, mode="forward", backend=backend)(x), rows)
     assert_tree_close(ta.linearize(f, x, backend=backend)[1](t), rows @ t)
+
+
+def test_jacfwd_block_of_an_output_independent_of_the_inputs_has_no_graph(backend) -> None:
+    """As torch.func's forward mode: no tangent, so zeros without a graph (rows path too)."""
+    from tad_autograd.testing.functions import NEW_STYLE_FUNCTIONS_SUPPORTED, NewStyleSiLU
+
+    if not NEW_STYLE_FUNCTIONS_SUPPORTED:
+        pytest.skip("new-style autograd.Function needs torch >= 2.0")
+    silu = NewStyleSiLU
+    x, w = (torch.tensor([0.3, 0.4], requires_grad=True) for _ in range(2))
+
+    def f(x, w):
+        return x.sin(), silu.apply(w)
+
+    ours = ta.jacfwd(f, backend=backend)(x, w)
+    theirs = torch.func.jacfwd(f)(x, w)
+    assert [t.requires_grad for t in ours] == [t.requires_grad for t in theirs] == [True, False]
+    assert_tree_close(ours, theirs)
