@@ -142,7 +142,7 @@ def reaches_inputs(output: torch.Tensor, inputs: Sequence[torch.Tensor]) -> bool
 
     def test(node: Any) -> bool:
         if type(node) is ACCUMULATE_GRAD:
-            return id(node.variable) in leaves  # type: ignore[attr-defined]
+            return id(node.variable) in leaves
         return node in nodes
 
     return _holds([output], test)

@@ -15,7 +15,7 @@ from typing import Any, List, Optional
 import torch
 
 from ..compat._pytree import tree_flatten
-from ..compat._torch_info import TORCH_VERSION
+from ..compat._torch_info import TORCH_VERSION, Version
 
 __all__ = ["requires_grad_of", "requires_grad_as_torch_func"]
 
@@ -49,7 +49,25 @@ def requires_grad_as_torch_func(case: Any, backend: Optional[str], lib: Any, dir
     if case is not None and _view_flag_under_no_grad(case, backend):
         return True
     quiet = case is not None and case.context in ("no_grad", "inference_mode")
+    if quiet and _custom_function_graph_under_no_grad(case, lib, direct):
+        return True
     return _only_zero_derivatives_lost(lib, direct, quiet)
+
+
+def _custom_function_graph_under_no_grad(case: Any, lib: Any, direct: Any) -> bool:
+    """torch 2.0's torch.func lets a new-style custom Function record a graph under
+    ``no_grad``; the library's results there carry none, as plain autograd's and later
+    torch.func's (a flag torch.func sets and the library does not, never the reverse)."""
+    if TORCH_VERSION >= Version("2.1") or "new_style_function" not in getattr(
+        case.program, "features", ()
+    ):
+        return False
+    mine, other = tree_flatten(lib.value)[0], tree_flatten(direct.value)[0]
+    return len(mine) == len(other) and all(
+        not (isinstance(a, torch.Tensor) and a.requires_grad)
+        or (isinstance(b, torch.Tensor) and b.requires_grad)
+        for a, b in zip(mine, other)
+    )
 
 
 def _only_zero_derivatives_lost(lib: Any, direct: Any, quiet: bool = False) -> bool:
