@@ -57,10 +57,11 @@ def linear_map(
     """
     # an output that does not reach the inputs gets a zero product without a graph, as
     # torch.func's forward mode gives it (its graph may reach other leaves that require grad)
-    live = [o for o in outputs if o.requires_grad and reaches_inputs(o, inputs)]
+    reaching = [o.requires_grad and reaches_inputs(o, inputs) for o in outputs]
+    live = [o for o, r in zip(outputs, reaching) if r]
     if not live:
         return lambda tangents, create: [torch.zeros_like(o.detach()) for o in outputs]
-    by_rows = _ByRows(outputs, inputs, create_graph)
+    by_rows = _ByRows(outputs, inputs, create_graph, reaching)
     if has_custom_functions(live):
         by_rows.jacobians()  # now: the graph may not outlive the caller's stand-ins
         return by_rows
@@ -107,10 +108,14 @@ class _ByRows:
     """``t -> J t`` from the rows of ``J`` (backward passes), computed on first use."""
 
     def __init__(
-        self, outputs: List[torch.Tensor], inputs: List[torch.Tensor], create_graph: bool
+        self,
+        outputs: List[torch.Tensor],
+        inputs: List[torch.Tensor],
+        create_graph: bool,
+        reaching: List[bool],
     ) -> None:
         self.outputs, self.inputs, self.create_graph = outputs, inputs, create_graph
-        self.reaching = [o.requires_grad and reaches_inputs(o, inputs) for o in outputs]
+        self.reaching = reaching  # per output: whether its graph reaches an input
         self._jacobians: Optional[List[List[List[torch.Tensor]]]] = None
 
     def jacobians(self) -> List[List[List[torch.Tensor]]]:
