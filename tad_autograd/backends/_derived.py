@@ -23,7 +23,7 @@ import torch
 from ..compat._dual import forward_ad_ready
 from ..compat._pytree import flatten, tree_flatten, tree_unflatten, unflatten
 from ..compat._rng import RngStates, visible_generators
-from ..eager._jacobian import unflatten_jacobian
+from ..eager._jacobian import ArgnumLeaves
 from ..eager._linear_map import matvec
 from ..eager._operand_checks import check_primals, check_primals_tangents, check_tensor_outputs
 from ..eager._stand_ins import check_argnums, check_outputs
@@ -80,19 +80,9 @@ def jacfwd_from_jvp(
 
     def jacobian_fn(*args: Any) -> Any:
         nums = check_argnums(argnums, len(args))
-        in_specs, sizes, leaves = [], [], []
-        for p in nums:
-            arg_leaves, arg_spec = flatten(args[p])
-            in_specs.append(arg_spec)
-            sizes.append(len(arg_leaves))
-            leaves.extend(arg_leaves)
-
-        def of_leaves(*xs: torch.Tensor) -> Any:
-            new_args, start = list(args), 0
-            for p, spec, count in zip(nums, in_specs, sizes):
-                new_args[p] = unflatten(list(xs[start : start + count]), spec)
-                start += count
-            return func(*new_args)
+        argument_leaves = ArgnumLeaves(args, nums, argnums)
+        leaves = argument_leaves.leaves
+        of_leaves = argument_leaves.function_of(func)
 
         def push(*tangents: torch.Tensor) -> Any:
             result = jvp(of_leaves, tuple(leaves), tangents, has_aux=has_aux)
@@ -130,15 +120,12 @@ def jacfwd_from_jvp(
             for k in range(len(out_leaves_per_piece[0][0]))
         ]
         check_outputs(columns, "jacfwd")
-        per_output = []
-        for col in columns:
-            out_shape = col.shape[1:]
-            matrix = col.reshape(total, out_shape.numel()).transpose(0, 1)
-            blocks, offset = [], 0
-            for x in leaves:
-                blocks.append(matrix[:, offset : offset + x.numel()].reshape(out_shape + x.shape))
-                offset += x.numel()
-            per_output.append(unflatten_jacobian(blocks, argnums, in_specs, sizes))
+        per_output = [
+            argument_leaves.blocks(
+                col.reshape(total, col.shape[1:].numel()).transpose(0, 1), col.shape[1:]
+            )
+            for col in columns
+        ]
         jacobian = per_output[0] if out_spec is None else unflatten(per_output, out_spec)
         return (jacobian, aux) if has_aux else jacobian
 

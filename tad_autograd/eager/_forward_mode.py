@@ -51,7 +51,7 @@ from ..compat._torch_info import inference_mode_enabled
 from ..compat._transform_failures import DefectiveBatchingError, DefectWatch
 from ._grad_modes import outside_inference_mode
 from ._graph import custom_functions_without_jvp, reaches_other_leaves, retire
-from ._jacobian import aux_like_torch_func, eager_jacobian, unflatten_jacobian
+from ._jacobian import ArgnumLeaves, aux_like_torch_func, eager_jacobian
 from ._linear_map import linear_map
 from ._operand_checks import (
     check_primals,
@@ -288,13 +288,9 @@ def eager_jacfwd(
         return outside_inference_mode(
             "jacfwd", lambda a: eager_jacfwd(func, argnums, has_aux, randomness, a), args
         )
-    in_specs, sizes, leaves = [], [], []
-    for p in nums:
-        arg_leaves, arg_spec = flatten(args[p])
-        in_specs.append(arg_spec)
-        sizes.append(len(arg_leaves))
-        leaves.extend(arg_leaves)
-    of_leaves = _of_leaves(func, args, nums, in_specs, sizes)
+    argument_leaves = ArgnumLeaves(args, nums, argnums)
+    leaves = argument_leaves.leaves
+    of_leaves = argument_leaves.function_of(func)
     total = sum(x.numel() for x in leaves)
     basis = [_basis_vector(leaves, j) for j in range(total)]
     states = RngStates(_devices(leaves), visible_generators(func, args))
@@ -311,11 +307,7 @@ def eager_jacfwd(
             stacked = torch.stack([flatten(c)[0][k].reshape(-1) for c in columns], dim=-1)
         else:
             stacked = o.new_zeros((o.numel(), 0))
-        blocks, start = [], 0
-        for x in leaves:
-            blocks.append(stacked[:, start : start + x.numel()].reshape(o.shape + x.shape))
-            start += x.numel()
-        per_output.append(unflatten_jacobian(blocks, argnums, in_specs, sizes))
+        per_output.append(argument_leaves.blocks(stacked, o.shape))
     jacobian = per_output[0] if out_spec is None else unflatten(per_output, out_spec)
     return (jacobian, aux) if has_aux else jacobian
 
@@ -325,25 +317,6 @@ def _random_in_error_mode() -> RuntimeError:
         "jacfwd: called a random operation with randomness='error'; use "
         "randomness='same' or 'different', or draw outside jacfwd"
     )
-
-
-def _of_leaves(
-    func: Callable[..., Any],
-    args: Tuple[Any, ...],
-    nums: Tuple[int, ...],
-    in_specs: List[Any],
-    sizes: List[int],
-) -> Callable[..., Any]:
-    """``func`` as a function of the differentiated leaves, the other arguments fixed."""
-
-    def of_leaves(*xs: torch.Tensor) -> Any:
-        new_args, start = list(args), 0
-        for p, spec, count in zip(nums, in_specs, sizes):
-            new_args[p] = unflatten(list(xs[start : start + count]), spec)
-            start += count
-        return func(*new_args)
-
-    return of_leaves
 
 
 def _basis_vector(leaves: List[torch.Tensor], j: int) -> List[torch.Tensor]:

@@ -42,7 +42,13 @@ from ._rows import (
 )
 from ._stand_ins import any_dual, check_argnums, check_graph_inputs, check_outputs, prepare_input
 
-__all__ = ["eager_jacobian", "graph_jacobian", "unflatten_jacobian", "aux_like_torch_func"]
+__all__ = [
+    "eager_jacobian",
+    "graph_jacobian",
+    "unflatten_jacobian",
+    "aux_like_torch_func",
+    "ArgnumLeaves",
+]
 
 ArgnumsT = Any
 
@@ -347,6 +353,52 @@ def _prepare_inputs(
         inputs.extend(prepared)
         originals.extend(leaves)
     return in_specs, sizes, inputs, originals, external
+
+
+class ArgnumLeaves:
+    """The tensor leaves of the differentiated arguments ``args[p]`` for ``p`` in ``nums``,
+    the function of those leaves, and the way back from columns to Jacobian blocks.
+
+    Examples
+    --------
+    >>> import torch
+    >>> leaves = ArgnumLeaves((torch.zeros(2), (torch.ones(1),)), (0, 1), (0, 1))
+    >>> [tuple(x.shape) for x in leaves.leaves]
+    [(2,), (1,)]
+    >>> leaves.blocks(torch.eye(3), torch.Size([3]))[1][0].shape
+    torch.Size([3, 1])
+    """
+
+    def __init__(self, args: Tuple[Any, ...], nums: Tuple[int, ...], argnums: ArgnumsT) -> None:
+        self.args, self.nums, self.argnums = args, nums, argnums
+        self.in_specs: List[Any] = []
+        self.sizes: List[int] = []
+        self.leaves: List[Any] = []
+        for p in nums:
+            arg_leaves, arg_spec = flatten(args[p])
+            self.in_specs.append(arg_spec)
+            self.sizes.append(len(arg_leaves))
+            self.leaves.extend(arg_leaves)
+
+    def function_of(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        """``func`` as a function of the leaves, the other arguments fixed."""
+
+        def of_leaves(*xs: torch.Tensor) -> Any:
+            new_args, start = list(self.args), 0
+            for p, spec, count in zip(self.nums, self.in_specs, self.sizes):
+                new_args[p] = unflatten(list(xs[start : start + count]), spec)
+                start += count
+            return func(*new_args)
+
+        return of_leaves
+
+    def blocks(self, matrix: torch.Tensor, out_shape: torch.Size) -> Any:
+        """One output's Jacobian from its ``(out.numel(), total leaf elements)`` matrix."""
+        blocks, start = [], 0
+        for x in self.leaves:
+            blocks.append(matrix[:, start : start + x.numel()].reshape(out_shape + x.shape))
+            start += x.numel()
+        return unflatten_jacobian(blocks, self.argnums, self.in_specs, self.sizes)
 
 
 def unflatten_jacobian(
