@@ -38,10 +38,9 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
-from torch.overrides import TorchFunctionMode
 
 from ..compat._dual import dual_level, forward_ad_ready, make_dual, unpack_dual
 from ..compat._locks import TRANSFORM_LOCK
@@ -49,7 +48,7 @@ from ..compat._pytree import flatten, tree_flatten, tree_unflatten, unflatten
 from ..compat._rng import RngStates, visible_generators
 from ..compat._torch_info import inference_mode_enabled
 from ..compat._transform_failures import DefectiveBatchingError, DefectWatch
-from ._grad_modes import outside_inference_mode
+from ._grad_modes import GradModeOffWatch, outside_inference_mode
 from ._graph import custom_functions_without_jvp, reaches_other_leaves, retire
 from ._jacobian import ArgnumLeaves, aux_like_torch_func, eager_jacobian
 from ._linear_map import linear_map
@@ -189,7 +188,9 @@ def _recorded(
     """
     outer_grad = torch.is_grad_enabled()
     look = DefectWatch(_TANGENT, look_only=True) if DefectWatch.needed(_TANGENT) else None
-    grad_off = _GradModeWatch()
+    # the function's own no_grad block: dual numbers pass through it, backward passes do
+    # not, so such a function keeps the recorded graph's derivative on every call
+    grad_off = GradModeOffWatch()
     with torch.enable_grad():
         inputs, external = stand_ins(p_leaves)
         try:
@@ -220,31 +221,6 @@ def _recorded(
             return (tree_unflatten(primal, out_spec),), products, aux, duals
         finally:
             retire(inputs)
-
-
-class _GradModeWatch(TorchFunctionMode):
-    """Notes whether the function ran an op with grad mode off (its own ``torch.no_grad()``).
-
-    Dual numbers pass through such a block, backward passes do not: a function
-    with one keeps the recorded graph's derivative on every call, so that a
-    forward-mode derivative is the same on every call and equals the
-    reverse-mode one.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen = False
-
-    def __torch_function__(
-        self,
-        func: Callable[..., Any],
-        types: Any,
-        args: Tuple[Any, ...] = (),
-        kwargs: Optional[Dict[str, Any]] = None,
-    ) -> Any:
-        if not self.seen and not torch.is_grad_enabled():
-            self.seen = True
-        return func(*args, **(kwargs or {}))
 
 
 def eager_jacfwd(

@@ -8,14 +8,20 @@ with a clear ``RuntimeError`` where that returns zeros.
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from ..compat._pytree import tree_flatten, tree_unflatten
 from ..compat._torch_info import cache
 
-__all__ = ["inference_mode_derivatives", "outside_inference_mode", "plain_tensors"]
+__all__ = [
+    "inference_mode_derivatives",
+    "outside_inference_mode",
+    "plain_tensors",
+    "GradModeOffWatch",
+]
 
 T = TypeVar("T")
 
@@ -91,3 +97,36 @@ def outside_inference_mode(name: str, call: Callable[..., T], *trees: Any) -> T:
         )
     with torch.inference_mode(False), torch.no_grad():
         return call(*(plain_tensors(t) for t in trees))
+
+
+class GradModeOffWatch(TorchFunctionMode):
+    """A torch function mode that notes (``seen``) whether the code it runs called an op
+    with grad mode off; subclasses widen what they note with :meth:`notes`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> with GradModeOffWatch() as watch, torch.no_grad():
+    ...     _ = torch.ones(1).sin()
+    >>> watch.seen
+    True
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def notes(self, func: Any) -> bool:
+        """Whether calling ``func`` now is what this watch looks for."""
+        return not torch.is_grad_enabled()
+
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: Tuple[Any, ...] = (),
+        kwargs: Optional[Dict[str, Any]] = None,
+    ) -> Any:
+        if not self.seen and self.notes(func):
+            self.seen = True
+        return func(*args, **(kwargs or {}))

@@ -52,12 +52,13 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from ..compat._dual import level_active, unpack_dual
+from ._grad_modes import GradModeOffWatch
 from ._graph import graph_facts
 
 __all__ = ["custom_backwards_guarded", "opaque_backward_message"]
@@ -225,27 +226,14 @@ _WATCHED_APPLY_CODE = next(
 )
 
 
-class _LeavesAutograd(torch.overrides.TorchFunctionMode):
-    """Notes whether the code it runs leaves autograd (``seen``)."""
+class _LeavesAutograd(GradModeOffWatch):
+    """Notes whether the code it runs leaves autograd (``seen``): an op that copies out of
+    autograd, or one with grad mode off outside a nested custom Function's forward."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen = False
-
-    def __torch_function__(
-        self,
-        func: Any,
-        types: Any,
-        args: Tuple[Any, ...] = (),
-        kwargs: Optional[Dict[str, Any]] = None,
-    ) -> Any:
-        if not self.seen:
-            name = getattr(func, "__name__", None)
-            if name in _LEAVE_AUTOGRAD or (
-                not torch.is_grad_enabled() and not _inside_a_function_forward()
-            ):
-                self.seen = True
-        return func(*args, **(kwargs or {}))
+    def notes(self, func: Any) -> bool:
+        if getattr(func, "__name__", None) in _LEAVE_AUTOGRAD:
+            return True
+        return not torch.is_grad_enabled() and not _inside_a_function_forward()
 
 
 def _inside_a_function_forward() -> bool:
