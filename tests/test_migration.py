@@ -280,7 +280,7 @@ def test_mctc_hessian(pos: torch.Tensor) -> None:
 
 
 def test_mctc_hessian_create_graph(pos: torch.Tensor) -> None:
-    """tad_mctc's Hessian carries a graph (create_graph=True by default); ours when x requires it."""
+    """tad_mctc's Hessian carries a graph (create_graph=True); ours when the input requires grad."""
     mctc = _mctc()
     p = pos.clone().requires_grad_(True)
     ref = mctc.hessian(energy, (p,), argnums=0)
@@ -348,7 +348,7 @@ def test_mctc_dgradcheck_recipe(pos: torch.Tensor) -> None:
 
 @needs_torch2  # tad_mctc answers False on torch < 2; ours answer there too
 def test_mctc_tensor_kinds(pos: torch.Tensor) -> None:
-    """``is_functorch_tensor`` -> ``ta.is_transformed``; ``is_batched``: ours looks through layers."""
+    """``is_functorch_tensor`` -> ``is_transformed``; our ``is_batched`` looks through layers."""
     mctc = _mctc()
     seen: list = []
 
