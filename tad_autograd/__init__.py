@@ -5,8 +5,8 @@ One import gives PyTorch users ``jacrev``, ``jacfwd``, ``jacobian``, ``grad``,
 ``vmap`` that behave as
 :mod:`torch.func` does (and ``graph_jacobian`` for tensors that already carry
 a graph), on torch 1.13 to the current release, on any device,
-through any function (custom ``autograd.Function``s, ``.item()``, in-place
-updates included).  A resolver picks the fastest correct backend at call
+through any function (custom ``autograd.Function`` classes, ``.item()`` and
+in-place updates included).  A resolver picks the fastest correct backend at call
 time; see :func:`explain` for why.
 
 Examples

@@ -20,7 +20,7 @@ __all__ = ["Explanation", "explain"]
 
 
 class Explanation(NamedTuple):
-    """What :func:`explain` found; ``str()`` gives the readable account.
+    """What :func:`~tad_autograd.explain` found; ``str()`` gives the readable account.
 
     An immutable named tuple.
 
@@ -38,7 +38,7 @@ class Explanation(NamedTuple):
     strategy : str
         How ``jacrev``/``hessian``/``vmap`` calls run on the backend:
         ``"transform"``, ``"loop"`` or ``"eager-vectorised"``
-        (:mod:`tad_autograd.dispatch.strategies`).
+        (``tad_autograd.dispatch.strategies``).
     """
 
     backend: str

@@ -357,7 +357,7 @@ def graph_jacobian(
         outputs never give zeros), an integer input, an input that does not
         require grad (no graph can lead to it, as in
         :func:`torch.autograd.grad`), outputs computed inside
-        :func:`torch.inference_mode` (which records no graph), a graph already
+        :class:`torch.inference_mode` (which records no graph), a graph already
         freed.
     ValueError
         An input leaf that is not a tensor; ``chunk_size`` not positive.
@@ -366,8 +366,8 @@ def graph_jacobian(
 
     Notes
     -----
-    Inside :func:`torch.no_grad` the derivative is still computed; inside
-    :func:`torch.inference_mode`, too, for outputs recorded outside it (the
+    Inside :class:`torch.no_grad` the derivative is still computed; inside
+    :class:`torch.inference_mode`, too, for outputs recorded outside it (the
     result is an ordinary tensor).
 
     Examples

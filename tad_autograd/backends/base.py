@@ -59,7 +59,7 @@ class Availability(NamedTuple):
 class Backend:
     """Base class of the backends.
 
-    Subclasses set :attr:`name`, :attr:`is_transform` and implement
+    Subclasses set the attributes ``name`` and ``is_transform`` and implement
     :meth:`availability`, :meth:`jacrev` and :meth:`vmap`.
 
     Attributes

@@ -2,7 +2,7 @@
 
 Scientific codes validate their inputs (``max(numbers)``, ``if (r < 0).any():
 raise``); under ``vmap`` such checks cannot run, because a batched tensor has
-no single value to look at.  :func:`is_transformed` and :func:`is_batched`
+no single value to look at.  :func:`~tad_autograd.is_transformed` and :func:`~tad_autograd.is_batched`
 let such code skip them there, on every supported torch and backend, without
 importing private torch modules itself.  They read torch's own wrapper flags
 (``torch._C._functorch``, present and alike on torch 1.13 to the current

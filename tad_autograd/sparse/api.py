@@ -8,7 +8,7 @@ pattern once, when it is built (:mod:`tad_autograd.sparse.colouring`), computes 
 compressed products at each call with the library's own transforms --
 :func:`~tad_autograd.jacfwd` for ``J S``, :func:`~tad_autograd.jacrev` for
 ``S^T J`` and ``S^T H`` -- on the chosen backend, and reads the entries back
-(:mod:`tad_autograd.sparse._decompression`).
+(``tad_autograd.sparse._decompression``).
 
 Results are coalesced ``torch.sparse_coo`` tensors of shape
 ``(out.numel(), in.numel())``: derivatives of tensors of any shape,
@@ -198,7 +198,7 @@ def sparse_hessian(
         fewest colours (``b + 1`` for a band of half-width ``b``), entries
         recovered by substitution along two-coloured trees (summed in float64;
         rounding errors add up along long trees, see
-        :mod:`tad_autograd.sparse._decompression`).  ``"star"``: a star colouring,
+        ``tad_autograd.sparse._decompression``).  ``"star"``: a star colouring,
         each entry read directly using the symmetry (``2 b + 1`` colours on a
         band, fewer than ``"column"`` on irregular patterns).  ``"column"``:
         the Jacobian's column colouring, no symmetry used.

@@ -1,7 +1,7 @@
 """The property checks behind ``tests/property``, reusable on your own code.
 
-Each ``check_*`` function takes a :class:`~tad_autograd.testing.strategies.Program`
-or :class:`~tad_autograd.testing.strategies.VmapCall` (or anything with the
+Each ``check_*`` function takes a :class:`~tad_autograd.testing.Program`
+or :class:`~tad_autograd.testing.VmapCall` (or anything with the
 same attributes) and raises ``AssertionError`` with a readable report when the
 property fails.  Wrap them in ``@given(...)`` to get property-based tests.
 

@@ -13,13 +13,13 @@ Values are kept finite and O(1) (every intermediate has a static magnitude
 bound, see ``BOUND_MAX``), so float32 comparisons at ``rtol=1e-5`` are
 meaningful.
 
-This module gathers the public names; the code lives in
-:mod:`~tad_autograd.testing.functions` (the custom ``autograd.Function``
-classes), :mod:`~tad_autograd.testing.program` (:class:`Program`),
-:mod:`~tad_autograd.testing.program_strategies` (:func:`programs` and the smaller
-strategies, with the steps in :mod:`~tad_autograd.testing.program_ops` and
-:mod:`~tad_autograd.testing.program_view_ops`) and
-:mod:`~tad_autograd.testing.vmap_call` (:class:`VmapCall`, :func:`vmap_calls`).
+This module gathers the public names; the code lives in the private modules
+``functions`` (the custom ``autograd.Function`` classes), ``program``
+(:class:`~tad_autograd.testing.Program`), ``program_strategies``
+(:func:`~tad_autograd.testing.programs` and the smaller strategies, with the
+steps in ``program_ops`` and ``program_view_ops``) and ``vmap_call``
+(:class:`~tad_autograd.testing.VmapCall`,
+:func:`~tad_autograd.testing.vmap_calls`), all in ``tad_autograd.testing``.
 
 Examples
 --------
