@@ -84,10 +84,15 @@ def default_prefix(device_type: str, quick: bool, save: bool = False) -> str:
     return os.path.join(SAVE_DIR if save else BUILD_DIR, name + ("-quick" if quick else ""))
 
 
+def _plain(text: Optional[str]) -> str:
+    """A docstring as terminal text: without reStructuredText's double backticks."""
+    return (text or "").replace("``", "")
+
+
 def parse(argv: Optional[List[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description=__doc__,
+        description=_plain(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -165,7 +170,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = parse(argv)
     if a.list:
         for name, fn in SECTIONS.items():
-            print(f"{name:10s} {(fn.__doc__ or '').strip().splitlines()[0] if fn.__doc__ else ''}")
+            print(f"{name:10s} {_plain(fn.__doc__).strip().splitlines()[0] if fn.__doc__ else ''}")
         return 0
     only = [s for s in a.only.split(",") if s] or list(SECTIONS)
     skip = {s for s in a.skip.split(",") if s}
