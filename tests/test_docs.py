@@ -198,6 +198,13 @@ def test_dftd3_example_runs() -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "automatic  correct: forces, hessian, vmap(hessian), parameter sweep" in proc.stdout
+    # a passing run says what is expected to raise, and prints no "FAILED"
+    assert "FAILED" not in proc.stdout
+    assert "not expected" not in proc.stdout
+    if TORCH2:
+        assert proc.stdout.count("parameter sweep: raises, as expected") == len(
+            [b for b in ta.available_backends() if b != "autograd"]
+        )
     assert "timings" in proc.stdout
 
 
