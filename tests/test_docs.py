@@ -208,6 +208,28 @@ def test_dftd3_example_runs() -> None:
     assert "timings" in proc.stdout
 
 
+def test_readme_example_prints_what_it_shows() -> None:
+    """The README's example runs and prints the energy its comment shows."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    assert len(blocks) == 1, "the README has one Python example"
+    shown = re.search(r"^# (E = .*)$", blocks[0], flags=re.M)
+    assert shown, "the example shows what it prints in a comment"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = _pythonpath(env)
+    env.pop("TAD_AUTOGRAD_BACKEND", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", blocks[0]],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[0] == shown.group(1)
+
+
 def test_report_command_runs() -> None:
     """``python -m tad_autograd`` (getting started) runs and reports the torch version."""
     if not (ROOT / "tad_autograd" / "__main__.py").is_file():
