@@ -2,11 +2,12 @@
 
 Scientific codes validate their inputs (``max(numbers)``, ``if (r < 0).any():
 raise``); under ``vmap`` such checks cannot run, because a batched tensor has
-no single value to look at.  :func:`~tad_autograd.is_transformed` and :func:`~tad_autograd.is_batched`
-let such code skip them there, on every supported torch and backend, without
-importing private torch modules itself.  They read torch's own wrapper flags
-(``torch._C._functorch``, present and alike on torch 1.13 to the current
-release), so nothing is imported or initialised for them.
+no single value to look at.  :func:`~tad_autograd.is_transformed` and
+:func:`~tad_autograd.is_batched` let such code skip them there, on every
+supported torch and backend, without importing private torch modules itself.
+They read torch's own wrapper flags (``torch._C._functorch``, present and
+alike on torch 1.13 to the current release), so nothing is imported or
+initialised for them.
 
 Under the ``"autograd"`` backend (and automatic mode's loops) tensors are
 plain, so both return ``False`` there: value checks simply run.

@@ -27,7 +27,8 @@ __all__ = ["SparseDerivative"]
 
 
 class SparseDerivative:
-    """The callable :func:`~tad_autograd.sparse_jacobian` and :func:`~tad_autograd.sparse_hessian` return.
+    """The callable that :func:`~tad_autograd.sparse_jacobian` and
+    :func:`~tad_autograd.sparse_hessian` return.
 
     Call it with ``func``'s arguments to get the sparse derivative.
 
