@@ -175,6 +175,18 @@ def test_example_test_files(example: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def _run_python(*args: str) -> subprocess.CompletedProcess:
+    """``python *args`` in the checkout, importing it, in automatic mode; must exit 0."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = _pythonpath(env)
+    env.pop("TAD_AUTOGRAD_BACKEND", None)
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
 def test_dftd3_example_runs() -> None:
     """``docs/examples/dftd3_forces.py`` (docs/dftd3.rst): a downstream model on every backend.
 
@@ -185,18 +197,7 @@ def test_dftd3_example_runs() -> None:
     pytest.importorskip(
         "tad_dftd3", reason="tad-dftd3 is not installed (it comes with the docs extra)"
     )
-    env = dict(os.environ)
-    env["PYTHONPATH"] = _pythonpath(env)
-    env.pop("TAD_AUTOGRAD_BACKEND", None)
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / "dftd3_forces.py"), "--rounds", "1"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = _run_python(str(EXAMPLES / "dftd3_forces.py"), "--rounds", "1")
     assert "automatic  correct: forces, hessian, vmap(hessian), parameter sweep" in proc.stdout
     # a passing run says what is expected to raise, and prints no "FAILED"
     assert "FAILED" not in proc.stdout
@@ -215,18 +216,7 @@ def test_readme_example_prints_what_it_shows() -> None:
     assert len(blocks) == 1, "the README has one Python example"
     shown = re.search(r"^# (E = .*)$", blocks[0], flags=re.M)
     assert shown, "the example shows what it prints in a comment"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = _pythonpath(env)
-    env.pop("TAD_AUTOGRAD_BACKEND", None)
-    proc = subprocess.run(
-        [sys.executable, "-c", blocks[0]],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = _run_python("-c", blocks[0])
     assert proc.stdout.splitlines()[0] == shown.group(1)
 
 
