@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from torch.overrides import TorchFunctionMode
 
-from .batching_defects import ACTIVE_DEFECTS, Stages, defective_callables
+from .batching_defects import ACTIVE_DEFECTS, BatchingDefect, Stages, defective_callables
 
 __all__ = [
     "mark_inside_transform",
@@ -34,6 +34,7 @@ __all__ = [
     "FORWARD_STAGES",
     "stages_of",
     "watch_calls",
+    "NESTED_DERIVATIVES",
 ]
 
 #: What a reverse-mode derivative inside a transform watches for: batching defects.
@@ -120,11 +121,48 @@ class DefectiveBatchingError(RuntimeError):
         self.stage = stage
 
 
+#: What a backward pass run *inside* watched code counts as: its ops run in the autograd
+#: engine, where no torch function mode sees them, so a defective op there would go unseen.
+NESTED_DERIVATIVES = BatchingDefect(
+    op="a nested backward pass (torch.autograd.grad)",
+    since="0",
+    fixed_in=None,
+    nodes=frozenset(),
+    callables=(
+        "torch.autograd.grad",
+        "torch.autograd.backward",
+        "torch.Tensor.backward",
+        "torch.autograd.functional.vjp",
+        "torch.autograd.functional.jacobian",
+    ),
+    what="the ops of a backward pass run by the autograd engine cannot be watched",
+)
+
+
+def _with_nested_derivatives(stage: Optional[Stages]) -> Dict[Callable[..., Any], BatchingDefect]:
+    import torch
+
+    found = dict(defective_callables(stage))
+    for dotted in NESTED_DERIVATIVES.callables:
+        obj: Any = torch
+        for part in dotted.split(".")[1:]:
+            obj = getattr(obj, part, None)
+        if obj is not None:
+            found[obj] = NESTED_DERIVATIVES
+    return found
+
+
+_NESTED_CALLABLES: Dict[Any, Dict[Callable[..., Any], BatchingDefect]] = {}
+
+
 class DefectWatch(TorchFunctionMode):
     """A torch function mode that raises :class:`DefectiveBatchingError` on a defective op.
 
     With ``look_only`` it raises nothing and notes in :attr:`seen` that one was called
-    (to choose a path for later calls without running the function again).
+    (to choose a path for later calls without running the function again); either way
+    :attr:`op` names the first one.  With ``nested_derivatives`` a backward pass the
+    watched code runs itself (:data:`NESTED_DERIVATIVES`: its ops are out of sight)
+    counts as a defective op too.
 
     Examples
     --------
@@ -135,12 +173,25 @@ class DefectWatch(TorchFunctionMode):
     True
     """
 
-    def __init__(self, stage: Optional[Stages] = None, look_only: bool = False) -> None:
+    def __init__(
+        self,
+        stage: Optional[Stages] = None,
+        look_only: bool = False,
+        nested_derivatives: bool = False,
+    ) -> None:
         super().__init__()
-        self._callables = defective_callables(stage)
+        if nested_derivatives:
+            callables = _NESTED_CALLABLES.get(stage)
+            if callables is None:
+                callables = _NESTED_CALLABLES[stage] = _with_nested_derivatives(stage)
+            self._callables = callables
+        else:
+            self._callables = defective_callables(stage)
         self._look_only = look_only
         #: Whether the function called a defective op (with ``look_only``, instead of raising).
         self.seen = False
+        #: The first defective op the function called (its table name), or ``None``.
+        self.op: Optional[str] = None
 
     @staticmethod
     def needed(stage: Optional[Stages] = None) -> bool:
@@ -162,6 +213,8 @@ class DefectWatch(TorchFunctionMode):
         # on every op the function calls: one dict look-up, nothing allocated
         defect = self._callables.get(func)
         if defect is not None and defect.matches(args, kwargs or {}):
+            if self.op is None:
+                self.op = defect.op
             if not self._look_only:
                 raise DefectiveBatchingError(defect.op, defect.what, defect.stage)
             self.seen = True
