@@ -19,6 +19,7 @@ in the eager dual-number passes too, which then take reverse mode.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from torch.overrides import TorchFunctionMode
@@ -139,20 +140,86 @@ NESTED_DERIVATIVES = BatchingDefect(
 )
 
 
-def _with_nested_derivatives(stage: Optional[Stages]) -> Dict[Callable[..., Any], BatchingDefect]:
-    import torch
+#: How the call of a custom ``autograd.Function`` inside a function transform shows (torch
+#: >= 2.0): its backward runs later, outside the watch, so the watch swaps in the
+#: Function's watched twin (:func:`_watched_function`).
+_CUSTOM_FUNCTION_CALL = BatchingDefect(
+    op="custom_function_call",
+    since="0",
+    fixed_in=None,
+    nodes=frozenset(),
+    callables=("torch._functorch.autograd_function.custom_function_call",),
+    what="a custom autograd.Function applied inside a function transform",
+)
 
+
+def _resolve(dotted: str) -> Any:
+    import importlib
+
+    module, _, name = dotted.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None
+
+
+def _watch_callables(
+    stage: Optional[Stages], nested_derivatives: bool
+) -> Dict[Callable[..., Any], BatchingDefect]:
+    """What a :class:`DefectWatch` looks for: the defective callables of ``stage``, the
+    nested backward passes (``nested_derivatives``), and custom Function calls inside
+    transforms (stage ``"derivative"``)."""
+    key = (stage, nested_derivatives)
+    found = _WATCH_CALLABLES.get(key)
+    if found is not None:
+        return found
     found = dict(defective_callables(stage))
-    for dotted in NESTED_DERIVATIVES.callables:
-        obj: Any = torch
-        for part in dotted.split(".")[1:]:
-            obj = getattr(obj, part, None)
-        if obj is not None:
-            found[obj] = NESTED_DERIVATIVES
+    stages = (stage,) if isinstance(stage, str) else stage
+    if found and (stages is None or "derivative" in stages):
+        call = _resolve(_CUSTOM_FUNCTION_CALL.callables[0])
+        if call is not None:
+            found[call] = _CUSTOM_FUNCTION_CALL
+    if nested_derivatives:
+        for dotted in NESTED_DERIVATIVES.callables:
+            obj = _resolve(dotted)
+            if obj is not None:
+                found[obj] = NESTED_DERIVATIVES
+    _WATCH_CALLABLES[key] = found
     return found
 
 
-_NESTED_CALLABLES: Dict[Any, Dict[Callable[..., Any], BatchingDefect]] = {}
+_WATCH_CALLABLES: Dict[Any, Dict[Callable[..., Any], BatchingDefect]] = {}
+
+#: Each custom Function class's watched twin (see :func:`_watched_function`).
+_WATCHED_FUNCTIONS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+def _watched_function(cls: Any) -> Any:
+    """A subclass of custom Function ``cls`` whose backward runs under a :class:`DefectWatch`.
+
+    Inside a function transform the backward of a custom Function runs when
+    the transform pulls back, long after a watch around the function has
+    ended; the twin carries the watch into it.
+    """
+    twin = _WATCHED_FUNCTIONS.get(cls)
+    if twin is None:
+        backward = cls.backward
+
+        def watched_backward(ctx: Any, *grads: Any) -> Any:
+            with DefectWatch(REVERSE_STAGES, nested_derivatives=True):
+                return backward(ctx, *grads)
+
+        twin = type(cls)(
+            cls.__name__,
+            (cls,),
+            {
+                "backward": staticmethod(watched_backward),
+                "__module__": cls.__module__,
+                "__qualname__": cls.__qualname__,
+            },
+        )
+        _WATCHED_FUNCTIONS[cls] = twin
+    return twin
 
 
 class DefectWatch(TorchFunctionMode):
@@ -162,7 +229,9 @@ class DefectWatch(TorchFunctionMode):
     (to choose a path for later calls without running the function again); either way
     :attr:`op` names the first one.  With ``nested_derivatives`` a backward pass the
     watched code runs itself (:data:`NESTED_DERIVATIVES`: its ops are out of sight)
-    counts as a defective op too.
+    counts as a defective op too.  Inside a function transform, a custom
+    ``autograd.Function`` the watched code applies gets its backward watched
+    too, when it runs (on torch releases that show such calls to the watch).
 
     Examples
     --------
@@ -180,13 +249,7 @@ class DefectWatch(TorchFunctionMode):
         nested_derivatives: bool = False,
     ) -> None:
         super().__init__()
-        if nested_derivatives:
-            callables = _NESTED_CALLABLES.get(stage)
-            if callables is None:
-                callables = _NESTED_CALLABLES[stage] = _with_nested_derivatives(stage)
-            self._callables = callables
-        else:
-            self._callables = defective_callables(stage)
+        self._callables = _watch_callables(stage, nested_derivatives)
         self._look_only = look_only
         #: Whether the function called a defective op (with ``look_only``, instead of raising).
         self.seen = False
@@ -212,7 +275,10 @@ class DefectWatch(TorchFunctionMode):
     ) -> Any:
         # on every op the function calls: one dict look-up, nothing allocated
         defect = self._callables.get(func)
-        if defect is not None and defect.matches(args, kwargs or {}):
+        if defect is _CUSTOM_FUNCTION_CALL:
+            if args and isinstance(args[0], type) and not self._look_only:
+                args = (_watched_function(args[0]), *args[1:])
+        elif defect is not None and defect.matches(args, kwargs or {}):
             if self.op is None:
                 self.op = defect.op
             if not self._look_only:

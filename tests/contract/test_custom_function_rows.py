@@ -102,7 +102,7 @@ def sinh_is_defective(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         return found
 
     monkeypatch.setattr(failures, "defective_callables", callables)
-    monkeypatch.setattr(failures, "_NESTED_CALLABLES", {})
+    monkeypatch.setattr(failures, "_WATCH_CALLABLES", {})
     monkeypatch.setattr(failures, "_STAGES", failures._STAGES | {"derivative"})
     yield
 
@@ -200,3 +200,21 @@ def test_a_backward_pass_inside_a_custom_backward_loops_the_rows(backend: Option
     if backend is None:
         decision = last_rows_decision()
         assert decision is not None and decision.startswith("looped"), decision
+
+
+@needs_torch2
+@needs_cdist_defect
+def test_defective_op_in_a_custom_backward_inside_a_transform(backend: Optional[str]) -> None:
+    """``vmap(jacrev)``: the Function's backward runs inside the transform, watched there."""
+    if _explicit_transform(backend):
+        pytest.skip("an explicitly chosen transform backend runs torch's own batching rule")
+    g = torch.Generator().manual_seed(1)
+    dist = _dist_function(torch.randn(5, 3, dtype=F64, generator=g)).apply
+    batch = torch.randn(3, 6, 3, dtype=F64, generator=g)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = ta.vmap(ta.jacrev(dist, **_kw(backend)), **_kw(backend))(batch)
+    assert_tree_close(result, torch.stack([reference_jacobian(dist, s) for s in batch]))
+    if backend is None:
+        reasons = [str(w.message) for w in caught if w.category is ta.BackendFallbackWarning]
+        assert any("cdist" in r for r in reasons), reasons
