@@ -156,7 +156,7 @@ def _old_hazards(outputs: Sequence[torch.Tensor]) -> BatchingHazards:
     return found
 
 
-_CLEAN: "Dict[type, bool]" = {}
+_CLEAN: Dict[type, bool] = {}
 
 
 @contextlib.contextmanager

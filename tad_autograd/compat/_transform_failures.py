@@ -191,7 +191,7 @@ def _watch_callables(
 _WATCH_CALLABLES: Dict[Any, Dict[Callable[..., Any], BatchingDefect]] = {}
 
 #: Each custom Function class's watched twin (see :func:`_watched_function`).
-_WATCHED_FUNCTIONS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+_WATCHED_FUNCTIONS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
 def _watched_function(cls: Any) -> Any:
