@@ -107,18 +107,22 @@ def sinh_is_defective(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
-class _SinhBackward(torch.autograd.Function):
-    """cosh(x) * x, its backward built on sinh (an op a test may declare defective)."""
+class _SavesItsInput(torch.autograd.Function):
+    """A new-style Function (vmap rule generated) whose backward reads its input."""
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return torch.cosh(x) * x
-
-    @staticmethod
     def setup_context(ctx: Any, inputs: Any, output: Any) -> None:  # type: ignore[override]
         ctx.save_for_backward(inputs[0])
+
+
+class _SinhBackward(_SavesItsInput):
+    """cosh(x) * x, its backward built on sinh (an op a test may declare defective)."""
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return torch.cosh(x) * x
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -166,18 +170,12 @@ def test_a_harmless_custom_function_is_vectorised(backend: Optional[str]) -> Non
         assert ta.explain(x).rows == "vectorised"
 
 
-class _NestedGrad(torch.autograd.Function):
+class _NestedGrad(_SavesItsInput):
     """x ** 3, its backward a backward pass of its own (whose ops no watch sees)."""
-
-    generate_vmap_rule = True
 
     @staticmethod
     def forward(x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return x**3
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: Any, output: Any) -> None:  # type: ignore[override]
-        ctx.save_for_backward(inputs[0])
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
