@@ -29,7 +29,7 @@ import time
 import weakref
 from typing import Any, Callable, Dict, Hashable, Optional
 
-__all__ = ["SmallBatchChoice", "EXPENSIVE_SAMPLE_S", "TRIES", "MARGIN"]
+__all__ = ["SmallBatchChoice", "EXPENSIVE_SAMPLE_S", "TRIES", "MARGIN", "MAX_KEYS"]
 
 #: A looped sample slower than this (seconds) is worth timing the transform against.
 EXPENSIVE_SAMPLE_S = 5e-4
@@ -37,6 +37,8 @@ EXPENSIVE_SAMPLE_S = 5e-4
 TRIES = 2
 #: The transform is chosen when its sample takes less than this fraction of a looped one.
 MARGIN = 0.8
+#: The most batch sizes and shapes remembered per function.
+MAX_KEYS = 64
 
 
 class _Costs:
@@ -124,5 +126,7 @@ class SmallBatchChoice:
                 per_key = self._costs.setdefault(func, {})
         found = per_key.get(key)
         if found is None:
+            if len(per_key) >= MAX_KEYS:  # shapes without end: loop, remembering no more
+                return None
             found = per_key.setdefault(key, _Costs())
         return found
