@@ -50,3 +50,73 @@ def test_automatic_vmap_loops_over_small_batches_only(device: str) -> None:
     vectorised = torch.ones(largest + 1, 3, device=device)
     with pytest.warns(ta.BackendFallbackWarning, match="item"):
         torch.testing.assert_close(ta.vmap(f)(vectorised), 3 * vectorised)
+
+
+class _CountSamples:
+    """``v * 2`` summed, counting the calls (a loop calls once per sample, a transform once)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return (v * 2).sum()
+
+
+def _calls_per_vmap(f: _CountSamples, batch: torch.Tensor, times: int) -> list:
+    counts = []
+    for _ in range(times):
+        before = f.calls
+        torch.testing.assert_close(ta.vmap(f)(batch), (batch * 2).sum(-1))
+        counts.append(f.calls - before)
+    return counts
+
+
+@pytest.fixture
+def small_batches(monkeypatch: pytest.MonkeyPatch) -> object:
+    """A fresh per-function cost memory for automatic ``vmap``'s small batches."""
+    from tad_autograd.dispatch import _eager_vectorised
+    from tad_autograd.eager import _small_batches
+
+    monkeypatch.setattr(_eager_vectorised, "_SMALL", _small_batches.SmallBatchChoice())
+    return _small_batches
+
+
+@pytest.mark.parametrize(
+    ("expensive", "margin", "expected"),
+    [
+        (float("inf"), 1.0, [2] * 6),  # cheap: always a loop, the transform never tried
+        (0.0, float("inf"), [2, 2, 1, 1, 1, 1]),  # the transform measured faster: kept
+        (0.0, 0.0, [2, 2, 1, 1, 2, 2]),  # the transform measured slower: the loop again
+    ],
+)
+def test_automatic_vmap_of_a_small_batch_follows_the_measured_cost(
+    small_batches: object,
+    monkeypatch: pytest.MonkeyPatch,
+    expensive: float,
+    margin: float,
+    expected: list,
+) -> None:
+    monkeypatch.setattr(small_batches, "EXPENSIVE_SAMPLE_S", expensive)
+    monkeypatch.setattr(small_batches, "MARGIN", margin)
+    assert _calls_per_vmap(_CountSamples(), torch.ones(2, 3), 6) == expected
+
+
+def test_a_small_batch_the_transform_cannot_run_keeps_looping(
+    small_batches: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An expensive function with ``.item()``: the trial transform fails, silently."""
+    monkeypatch.setattr(small_batches, "EXPENSIVE_SAMPLE_S", 0.0)
+    calls = []
+
+    def f(v: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return v * v.sum().item()
+
+    x = torch.ones(2, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(5):
+            torch.testing.assert_close(ta.vmap(f)(x), 3 * x)
+    # two loops, the failed trial (one call, then its loop), then loops
+    assert len(calls) == 2 + 2 + (1 + 2) + 2 + 2

@@ -15,6 +15,7 @@ from ..dispatch.registry import REGISTRY
 from ..dispatch.resolver import Resolution, resolve
 from ..dispatch.settings import CONTEXT, ENV_VAR, GLOBAL
 from ..dispatch.strategies import LOOP_MAX_BATCH, LOOP_MAX_BATCH_ACCELERATOR, strategy_for
+from ..eager._rows import last_rows_decision
 
 __all__ = ["Explanation", "explain"]
 
@@ -39,6 +40,11 @@ class Explanation(NamedTuple):
         How ``jacrev``/``hessian``/``vmap`` calls run on the backend:
         ``"transform"``, ``"loop"`` or ``"eager-vectorised"``
         (``tad_autograd.dispatch.strategies``).
+    rows : str
+        How this thread's last automatic Jacobian of more than a few rows took
+        them: ``"vectorised"``, or ``"looped: "`` and the cause (an op torch
+        batches wrongly, or the custom Function whose backward calls one);
+        ``""`` before any.
     """
 
     backend: str
@@ -46,6 +52,7 @@ class Explanation(NamedTuple):
     device_type: str
     lines: Tuple[str, ...]
     strategy: str = ""
+    rows: str = ""
 
     def __str__(self) -> str:
         return "\n".join(self.lines)
@@ -118,6 +125,9 @@ def explain(*args: Any, device: Optional[Union[str, torch.device]] = None) -> Ex
             "linearize and hvp run eagerly (dual numbers for forward mode); jacfwd of more "
             f"than a few inputs vectorises its columns with {resolution.backend.name!r}."
         )
+    rows = last_rows_decision() or ""
+    if rows:
+        lines.append(f"Rows of this thread's last automatic Jacobian: {rows}.")
     batching = [d for d in ACTIVE_DEFECTS if d.stage != "tangent"]
     tangent = [d for d in ACTIVE_DEFECTS if d.stage == "tangent"]
     if resolution.automatic and batching:
@@ -145,5 +155,5 @@ def explain(*args: Any, device: Optional[Union[str, torch.device]] = None) -> Ex
     else:
         lines.append("No remembered fallbacks.")
     return Explanation(
-        resolution.backend.name, resolution.source, device_type, tuple(lines), strategy.name
+        resolution.backend.name, resolution.source, device_type, tuple(lines), strategy.name, rows
     )

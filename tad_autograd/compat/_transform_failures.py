@@ -19,11 +19,12 @@ in the eager dual-number passes too, which then take reverse mode.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from torch.overrides import TorchFunctionMode
 
-from .batching_defects import ACTIVE_DEFECTS, Stages, defective_callables
+from .batching_defects import ACTIVE_DEFECTS, BatchingDefect, Stages, defective_callables
 
 __all__ = [
     "mark_inside_transform",
@@ -34,6 +35,7 @@ __all__ = [
     "FORWARD_STAGES",
     "stages_of",
     "watch_calls",
+    "NESTED_DERIVATIVES",
 ]
 
 #: What a reverse-mode derivative inside a transform watches for: batching defects.
@@ -120,11 +122,116 @@ class DefectiveBatchingError(RuntimeError):
         self.stage = stage
 
 
+#: What a backward pass run *inside* watched code counts as: its ops run in the autograd
+#: engine, where no torch function mode sees them, so a defective op there would go unseen.
+NESTED_DERIVATIVES = BatchingDefect(
+    op="a nested backward pass (torch.autograd.grad)",
+    since="0",
+    fixed_in=None,
+    nodes=frozenset(),
+    callables=(
+        "torch.autograd.grad",
+        "torch.autograd.backward",
+        "torch.Tensor.backward",
+        "torch.autograd.functional.vjp",
+        "torch.autograd.functional.jacobian",
+    ),
+    what="the ops of a backward pass run by the autograd engine cannot be watched",
+)
+
+
+#: How the call of a custom ``autograd.Function`` inside a function transform shows (torch
+#: >= 2.0): its backward runs later, outside the watch, so the watch swaps in the
+#: Function's watched twin (:func:`_watched_function`).
+_CUSTOM_FUNCTION_CALL = BatchingDefect(
+    op="custom_function_call",
+    since="0",
+    fixed_in=None,
+    nodes=frozenset(),
+    callables=("torch._functorch.autograd_function.custom_function_call",),
+    what="a custom autograd.Function applied inside a function transform",
+)
+
+
+def _resolve(dotted: str) -> Any:
+    import importlib
+
+    module, _, name = dotted.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None
+
+
+def _watch_callables(
+    stage: Optional[Stages], nested_derivatives: bool
+) -> Dict[Callable[..., Any], BatchingDefect]:
+    """What a :class:`DefectWatch` looks for: the defective callables of ``stage``, the
+    nested backward passes (``nested_derivatives``), and custom Function calls inside
+    transforms (stage ``"derivative"``)."""
+    key = (stage, nested_derivatives)
+    found = _WATCH_CALLABLES.get(key)
+    if found is not None:
+        return found
+    found = dict(defective_callables(stage))
+    stages = (stage,) if isinstance(stage, str) else stage
+    if found and (stages is None or "derivative" in stages):
+        call = _resolve(_CUSTOM_FUNCTION_CALL.callables[0])
+        if call is not None:
+            found[call] = _CUSTOM_FUNCTION_CALL
+    if nested_derivatives:
+        for dotted in NESTED_DERIVATIVES.callables:
+            obj = _resolve(dotted)
+            if obj is not None:
+                found[obj] = NESTED_DERIVATIVES
+    _WATCH_CALLABLES[key] = found
+    return found
+
+
+_WATCH_CALLABLES: Dict[Any, Dict[Callable[..., Any], BatchingDefect]] = {}
+
+#: Each custom Function class's watched twin (see :func:`_watched_function`).
+_WATCHED_FUNCTIONS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _watched_function(cls: Any) -> Any:
+    """A subclass of custom Function ``cls`` whose backward runs under a :class:`DefectWatch`.
+
+    Inside a function transform the backward of a custom Function runs when
+    the transform pulls back, long after a watch around the function has
+    ended; the twin carries the watch into it.
+    """
+    twin = _WATCHED_FUNCTIONS.get(cls)
+    if twin is None:
+        backward = cls.backward
+
+        def watched_backward(ctx: Any, *grads: Any) -> Any:
+            with DefectWatch(REVERSE_STAGES, nested_derivatives=True):
+                return backward(ctx, *grads)
+
+        twin = type(cls)(
+            cls.__name__,
+            (cls,),
+            {
+                "backward": staticmethod(watched_backward),
+                "__module__": cls.__module__,
+                "__qualname__": cls.__qualname__,
+            },
+        )
+        _WATCHED_FUNCTIONS[cls] = twin
+    return twin
+
+
 class DefectWatch(TorchFunctionMode):
     """A torch function mode that raises :class:`DefectiveBatchingError` on a defective op.
 
     With ``look_only`` it raises nothing and notes in :attr:`seen` that one was called
-    (to choose a path for later calls without running the function again).
+    (to choose a path for later calls without running the function again); either way
+    :attr:`op` names the first one.  With ``nested_derivatives`` a backward pass the
+    watched code runs itself (:data:`NESTED_DERIVATIVES`: its ops are out of sight)
+    counts as a defective op too.  Inside a function transform, a custom
+    ``autograd.Function`` the watched code applies gets its backward watched
+    too, when it runs (on torch releases that show such calls to the watch).
 
     Examples
     --------
@@ -135,12 +242,19 @@ class DefectWatch(TorchFunctionMode):
     True
     """
 
-    def __init__(self, stage: Optional[Stages] = None, look_only: bool = False) -> None:
+    def __init__(
+        self,
+        stage: Optional[Stages] = None,
+        look_only: bool = False,
+        nested_derivatives: bool = False,
+    ) -> None:
         super().__init__()
-        self._callables = defective_callables(stage)
+        self._callables = _watch_callables(stage, nested_derivatives)
         self._look_only = look_only
         #: Whether the function called a defective op (with ``look_only``, instead of raising).
         self.seen = False
+        #: The first defective op the function called (its table name), or ``None``.
+        self.op: Optional[str] = None
 
     @staticmethod
     def needed(stage: Optional[Stages] = None) -> bool:
@@ -161,7 +275,12 @@ class DefectWatch(TorchFunctionMode):
     ) -> Any:
         # on every op the function calls: one dict look-up, nothing allocated
         defect = self._callables.get(func)
-        if defect is not None and defect.matches(args, kwargs or {}):
+        if defect is _CUSTOM_FUNCTION_CALL:
+            if args and isinstance(args[0], type) and not self._look_only:
+                args = (_watched_function(args[0]), *args[1:])
+        elif defect is not None and defect.matches(args, kwargs or {}):
+            if self.op is None:
+                self.op = defect.op
             if not self._look_only:
                 raise DefectiveBatchingError(defect.op, defect.what, defect.stage)
             self.seen = True

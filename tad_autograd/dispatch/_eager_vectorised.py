@@ -33,15 +33,20 @@ from ..eager._jacobian import eager_jacobian
 from ..eager._loop_vmap import loop_vmap
 from ..eager._products import eager_grad, eager_grad_and_value, eager_hvp, eager_vjp
 from ..eager._rows import LOOP_MAX_ROWS
+from ..eager._small_batches import SmallBatchChoice
 from ._strategy import Strategy
 from .settings import CONTEXT, ORIGIN_AUTOMATIC_EAGER
 
 __all__ = ["EagerVectorisedStrategy", "LOOP_MAX_BATCH", "LOOP_MAX_BATCH_ACCELERATOR"]
 
-#: Up to this batch size, an automatic ``vmap`` on the CPU loops (no transform overhead).
+#: Up to this batch size, an automatic ``vmap`` on the CPU loops (no transform overhead),
+#: unless the function proved expensive enough for the transform to win (:data:`_SMALL`).
 LOOP_MAX_BATCH = 2
 #: The same on an accelerator, where each looped sample launches its own kernels.
 LOOP_MAX_BATCH_ACCELERATOR = 1
+
+#: Per function: whether a small CPU batch loops or vectorises, by measured cost.
+_SMALL = SmallBatchChoice()
 
 
 class EagerVectorisedStrategy(Strategy):
@@ -109,11 +114,24 @@ class EagerVectorisedStrategy(Strategy):
             # an empty batch goes to the transform too: the loop must make up a sample
             if size is None or not 0 < size <= _loop_max_batch(args[0]) or transforms_active():
                 return _marked(vectorised, func, args, kwargs, randomness == "error")
-            token = CONTEXT.set(context)  # the loop runs func eagerly
-            try:
-                return loop_vmap(func, in_dims, out_dims, randomness, args, kwargs)
-            finally:
-                CONTEXT.reset(token)
+
+            def loop() -> Any:
+                token = CONTEXT.set(context)  # the loop runs func eagerly
+                try:
+                    return loop_vmap(func, in_dims, out_dims, randomness, args, kwargs)
+                finally:
+                    CONTEXT.reset(token)
+
+            if args[0].device.type != "cpu":
+                return loop()
+            key = (size, tuple(a.shape for a in args if isinstance(a, torch.Tensor)))
+            return _SMALL.run(
+                func,
+                key,
+                loop,
+                lambda: _marked(vectorised, func, args, kwargs, randomness == "error"),
+                size,
+            )
 
         return batched_fn
 

@@ -9,7 +9,8 @@ differentiate its outputs.  Two questions about the recorded graph decide how:
   under :mod:`torch.func`;
 * does it contain an op whose batched derivative torch computes wrongly
   (:mod:`tad_autograd.compat.batching_defects`)?  Then its rows must not be
-  vectorised.
+  vectorised; and which custom ``autograd.Function`` nodes must be watched
+  while they are (:func:`batching_hazards`).
 
 The stand-in leaves an eager Jacobian creates for its inputs are marked when
 that Jacobian returns (:func:`retire`): a finished Jacobian's stand-ins are
@@ -25,6 +26,7 @@ from typing import (
     FrozenSet,
     Iterable,
     List,
+    NamedTuple,
     Sequence,
     Set,
     Tuple,
@@ -33,12 +35,15 @@ from typing import (
 import torch
 from torch.autograd.function import BackwardCFunction
 
+from ..compat._transform_failures import REVERSE_STAGES, DefectWatch
 from ..compat.batching_defects import defective_nodes
 
 __all__ = [
     "reaches_other_leaves",
     "retire",
     "defective_ops_in",
+    "batching_hazards",
+    "BatchingHazards",
     "graph_facts",
     "has_custom_functions",
     "reaches_inputs",
@@ -182,13 +187,64 @@ def graph_facts(outputs: Sequence[torch.Tensor], ours: Set[int]) -> Tuple[bool, 
     return reaches, custom
 
 
-def defective_ops_in(outputs: Sequence[torch.Tensor]) -> FrozenSet[str]:
-    """What in the graph of ``outputs`` may have a batched derivative torch gets wrong.
+class BatchingHazards(NamedTuple):
+    """What in a graph stands in the way of vectorising its backward pass (see
+    :func:`batching_hazards`).
 
-    The names of nodes of the installed torch's defective ops, and the custom
-    ``autograd.Function`` nodes, whose Python backward may call one of them
-    unseen (the autograd engine runs it outside any torch function mode).
-    Empty (and free) on a torch without known defects.
+    Attributes
+    ----------
+    defective : frozenset of str
+        Node class names of the installed torch's defective ops.
+    custom : list
+        The custom ``autograd.Function`` nodes: their Python backward runs
+        outside any torch function mode, so it must be watched while a
+        vectorised pass runs it.
+    """
+
+    defective: FrozenSet[str]
+    custom: List[Any]
+
+
+_NO_HAZARDS = BatchingHazards(frozenset(), [])
+
+
+def batching_hazards(outputs: Sequence[torch.Tensor]) -> BatchingHazards:
+    """The defective ops and the custom ``autograd.Function`` nodes of the graph of ``outputs``.
+
+    Empty (and free) on a torch without known batching defects.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.rand(3, 2, requires_grad=True)
+    >>> batching_hazards([torch.cdist(x, x)]).defective  # doctest: +SKIP
+    frozenset({'CdistBackward0'})
+    >>> batching_hazards([x.sin()]).defective
+    frozenset()
+    """
+    if not DefectWatch.needed(REVERSE_STAGES):
+        return _NO_HAZARDS
+    bad = defective_nodes()
+    found = set()
+    custom: List[Any] = []
+    stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
+    seen: Set[Any] = set(stack)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, _CUSTOM_FUNCTION):
+            custom.append(node)
+        elif type(node).__name__ in bad:
+            found.add(type(node).__name__)
+        for nxt, _ in node.next_functions:
+            if nxt is not None and nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    return BatchingHazards(frozenset(found), custom)
+
+
+def defective_ops_in(outputs: Sequence[torch.Tensor]) -> FrozenSet[str]:
+    """The node names of ops in the graph of ``outputs`` whose batched derivative torch
+    gets wrong (custom Functions aside: see :func:`batching_hazards`).
 
     Examples
     --------
@@ -199,22 +255,7 @@ def defective_ops_in(outputs: Sequence[torch.Tensor]) -> FrozenSet[str]:
     >>> defective_ops_in([x.sin()])
     frozenset()
     """
-    bad = defective_nodes()
-    if not bad:
-        return frozenset()
-    found = set()
-    stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
-    seen: Set[Any] = set(stack)
-    while stack:
-        node = stack.pop()
-        name = type(node).__name__
-        if name in bad or isinstance(node, _CUSTOM_FUNCTION):
-            found.add(name)
-        for nxt, _ in node.next_functions:
-            if nxt is not None and nxt not in seen:
-                seen.add(nxt)
-                stack.append(nxt)
-    return frozenset(found)
+    return batching_hazards(outputs).defective
 
 
 def has_custom_functions(outputs: Sequence[torch.Tensor]) -> bool:

@@ -30,13 +30,14 @@ import torch
 from ..compat._pytree import flatten, tree_flatten, tree_unflatten, unflatten
 from ..compat._torch_info import inference_mode_enabled
 from ._grad_modes import inference_mode_derivatives
-from ._graph import defective_ops_in, reaches_inputs, reaches_other_leaves, retire
-from ._opaque_backward import custom_backwards_guarded
+from ._graph import batching_hazards, reaches_inputs, reaches_other_leaves, retire
+from ._opaque_backward import custom_backwards_guarded, custom_backwards_watched
 from ._rows import (
     GRADS_BATCHED,
     LOOP_MAX_ROWS,
     columns_by_double_vjp,
     joint_rows,
+    note_rows,
     rows,
     vectorised_rows,
 )
@@ -225,10 +226,22 @@ def _rows_of(
     """
     total = sum(o.numel() for o in out_leaves if o.requires_grad)
     keep = True if retain is None else retain
-    if vmap is not None and total > LOOP_MAX_ROWS and not defective_ops_in(out_leaves):
-        vectorised = vectorised_rows(out_leaves, inputs, create_graph, vmap, chunk_size, keep)
-        if vectorised is not None:
-            return vectorised
+    if vmap is not None and total > LOOP_MAX_ROWS:
+        hazards = batching_hazards(out_leaves)
+        if hazards.defective:
+            note_rows("looped: torch batches " + ", ".join(sorted(hazards.defective)) + " wrongly")
+        else:
+            # custom Functions' backward passes watched as they run (their ops are out of
+            # sight of any mode entered here): a defective op there raises, and they loop
+            with custom_backwards_watched(hazards.custom) as seen:
+                vectorised = vectorised_rows(
+                    out_leaves, inputs, create_graph, vmap, chunk_size, keep
+                )
+            if vectorised is not None:
+                note_rows("vectorised")
+                return vectorised
+            if seen.op is not None:
+                note_rows(f"looped: {seen}")
     if create_graph and len(out_leaves) > 1:
         # several outputs: their rows from one joint backward pass, whose graphs are
         # torch.func's (a cheaper pass per output would leave constant blocks without one)
@@ -258,9 +271,10 @@ def graph_jacobian(
     without, more than :data:`LOOP_MAX_ROWS` rows come from backward passes
     batched by the autograd engine (:data:`~tad_autograd.eager._rows.GRADS_BATCHED`,
     ``chunk_size`` rows at a time), unless the graph holds an op whose
-    batched derivative the installed torch may get wrong
-    (:func:`~tad_autograd.eager._graph.defective_ops_in`, custom Functions
-    included) or the batched pass fails: then a loop of backward passes.
+    batched derivative the installed torch gets wrong
+    (:func:`~tad_autograd.eager._graph.batching_hazards`), a custom
+    Function's backward calls one, or the batched pass fails: then a loop of
+    backward passes.
     Arguments are checked by the caller except the leaves, checked here.
 
     Examples

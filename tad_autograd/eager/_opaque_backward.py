@@ -21,6 +21,15 @@ tangent raises at once).  First derivatives are unchanged and cost nothing
 extra: the watch only runs in backward passes that build a graph through the
 node.
 
+While a backward pass is *vectorised* (the rows of a Jacobian, batched by a
+``vmap``), :func:`custom_backwards_watched` wraps the custom nodes the same
+way to run each backward under a
+:class:`~tad_autograd.compat._transform_failures.DefectWatch`: a backward
+that calls an op whose batched derivative the installed torch gets wrong, or
+runs a backward pass of its own (whose ops no watch sees), raises
+:class:`~tad_autograd.compat._transform_failures.DefectiveBatchingError`
+there, and the rows are taken by a loop instead.
+
 Examples
 --------
 >>> import torch
@@ -58,10 +67,16 @@ import torch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from ..compat._dual import level_active, unpack_dual
+from ..compat._transform_failures import REVERSE_STAGES, DefectWatch
 from ._grad_modes import GradModeOffWatch
 from ._graph import graph_facts
 
-__all__ = ["custom_backwards_guarded", "opaque_backward_message"]
+__all__ = [
+    "custom_backwards_guarded",
+    "opaque_backward_message",
+    "custom_backwards_watched",
+    "WatchedBackwards",
+]
 
 #: The code of the wrapper ``@once_differentiable`` puts around a backward.
 _ONCE_DIFFERENTIABLE_CODE = once_differentiable(lambda ctx: None).__code__
@@ -90,6 +105,7 @@ _FUNCTION_APPLY_CODE = getattr(
 #: Instance attribute that replaces a node's ``apply`` while it is guarded.
 _APPLY = "apply"
 _GUARDED = "_tad_autograd_guarded"
+_WATCHED = "_tad_autograd_defect_watched"
 
 #: The graph guarded nodes are shared between threads; wrapping and unwrapping is serialised.
 _WRAP_LOCK = threading.Lock()
@@ -162,6 +178,93 @@ def custom_backwards_guarded(
             for node in wrapped:
                 delattr(node, _APPLY)
                 setattr(node, _GUARDED, False)
+
+
+class WatchedBackwards:
+    """What :func:`custom_backwards_watched` saw: the first custom Function whose
+    backward called a defective op (:attr:`function`) and that op (:attr:`op`)."""
+
+    __slots__ = ("function", "op")
+
+    def __init__(self) -> None:
+        self.function: Optional[str] = None
+        self.op: Optional[str] = None
+
+    def __str__(self) -> str:
+        return f"custom Function {self.function}'s backward calls {self.op}"
+
+
+@contextlib.contextmanager
+def custom_backwards_watched(nodes: Sequence[Any]) -> Iterator[WatchedBackwards]:
+    """While a vectorised backward pass runs: each custom node's backward under a defect watch.
+
+    ``nodes``: the custom ``autograd.Function`` nodes of the graph
+    (:func:`~tad_autograd.eager._graph.batching_hazards`).  A backward that
+    calls an op whose batched derivative the installed torch gets wrong, or
+    runs a backward pass of its own, raises
+    :class:`~tad_autograd.compat._transform_failures.DefectiveBatchingError`;
+    the yielded :class:`WatchedBackwards` names the Function and the op.
+
+    Examples
+    --------
+    >>> import torch
+    >>> class Dist(torch.autograd.Function):
+    ...     generate_vmap_rule = True
+    ...     @staticmethod
+    ...     def forward(x):
+    ...         return x * 1
+    ...     @staticmethod
+    ...     def setup_context(ctx, inputs, output):
+    ...         pass
+    ...     @staticmethod
+    ...     def backward(ctx, g):
+    ...         return torch.cdist(g.view(1, -1), g.view(1, -1)).sum() * 0 + g
+    >>> x = torch.ones(2, requires_grad=True)
+    >>> y = Dist.apply(x)
+    >>> with custom_backwards_watched([y.grad_fn]) as seen:
+    ...     try:
+    ...         _ = torch.autograd.grad(y, x, torch.ones(2))
+    ...     except RuntimeError:
+    ...         pass
+    >>> str(seen)  # doctest: +SKIP
+    "custom Function Dist's backward calls cdist"
+    """
+    seen = WatchedBackwards()
+    wrapped: List[Any] = []
+    with _WRAP_LOCK:
+        for node in nodes:
+            if not getattr(node, _WATCHED, False):  # an enclosing watch already watches it
+                previous = vars(node).get(_APPLY)
+                setattr(node, _APPLY, _defect_watched_apply(node, previous, seen))
+                setattr(node, _WATCHED, True)
+                wrapped.append((node, previous))
+    try:
+        yield seen
+    finally:
+        with _WRAP_LOCK:
+            for node, previous in wrapped:
+                if previous is None:
+                    delattr(node, _APPLY)
+                else:
+                    setattr(node, _APPLY, previous)
+                setattr(node, _WATCHED, False)
+
+
+def _defect_watched_apply(
+    node: Any, previous: Optional[Callable[..., Any]], seen: WatchedBackwards
+) -> Callable[..., Any]:
+    original = previous if previous is not None else type(node).apply.__get__(node)
+
+    def apply(*grad_outputs: Any) -> Any:
+        watch = DefectWatch(REVERSE_STAGES, nested_derivatives=True)
+        try:
+            with watch:
+                return original(*grad_outputs)
+        finally:
+            if watch.op is not None and seen.op is None:
+                seen.function, seen.op = _function_name(node), watch.op
+
+    return apply
 
 
 def _function_name(node: Any) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -33,12 +34,43 @@ __all__ = [
     "joint_rows",
     "columns_by_double_vjp",
     "transposed_graph",
+    "note_rows",
+    "last_rows_decision",
 ]
 
 _log = logging.getLogger("tad_autograd")
 
 #: Up to this many Jacobian rows, a loop of backward passes beats one vectorised pass.
 LOOP_MAX_ROWS = 4
+
+#: Per thread: how the last Jacobian whose rows could be vectorised took them, and why.
+_DECISION = threading.local()
+
+
+def note_rows(decision: str) -> None:
+    """Record how the rows of a Jacobian were taken (``"vectorised"``, ``"looped: why"``).
+
+    Examples
+    --------
+    >>> note_rows("vectorised")
+    >>> last_rows_decision()
+    'vectorised'
+    """
+    _DECISION.last = decision
+
+
+def last_rows_decision() -> Optional[str]:
+    """How this thread's last Jacobian of more than a few rows took them (``None``: none yet).
+
+    Examples
+    --------
+    >>> import torch, tad_autograd as ta
+    >>> _ = ta.jacrev(torch.sin)(torch.zeros(6))
+    >>> last_rows_decision()
+    'vectorised'
+    """
+    last: Optional[str] = getattr(_DECISION, "last", None)
+    return last
 
 
 class _GradsBatched:
@@ -167,6 +199,7 @@ def vectorised_rows(
             return joint_rows(outputs, inputs, create_graph, vmap, chunk_size, retain)
     except Exception as error:  # structural: the loop decides whether it is the user's error
         states.restore()
+        note_rows(f"looped: the vectorised backward pass raised {type(error).__name__}")
         _log.info(
             "backward pass not vectorisable (%s: %s); using a loop of backward passes",
             type(error).__name__,

@@ -1,0 +1,247 @@
+"""Scratch measurement: automatic Hessians through custom autograd.Functions.
+
+Not part of the benchmark suite: it compares designs of how automatic mode
+vectorises the rows of a Jacobian through a custom ``autograd.Function``,
+side by side in one process, interleaved, medians and paired ratios.
+
+* ``old``: any custom Function in the graph makes the rows loop;
+* ``a-watch``: each custom backward runs under a defect watch while the rows
+  are vectorised (what the library does);
+* ``b-probe``: as ``a-watch``, but a Function class whose backward ran clean
+  once is not watched again (kept out of the library: a backward may branch);
+* ``no-watch``: vectorised without any watch (wrong where a backward calls a
+  defective op): the cost of the watch itself.
+
+Run: ``python -m benchmarks.scratch_custom_functions [--rounds N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
+
+import torch
+
+import tad_autograd as ta
+import tad_autograd.eager._jacobian as eager_jacobian
+from tad_autograd.eager._graph import BatchingHazards, batching_hazards
+from tad_autograd.eager._opaque_backward import WatchedBackwards, custom_backwards_watched
+
+F64 = torch.float64
+
+
+# -- the models -----------------------------------------------------------------------------
+
+
+class Exp(torch.autograd.Function):
+    """exp, its backward using its output (``generate_vmap_rule``)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return x.exp()
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Any, output: Any) -> None:  # type: ignore[override]
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (y,) = ctx.saved_tensors
+        return g * y
+
+
+def tanh_stack(n_layers: int = 40, width: int = 48) -> Tuple[Callable[..., Any], torch.Tensor]:
+    """The issue's reproduction: ``x = tanh(W @ x)`` layers, then the custom Exp, summed."""
+    g = torch.Generator().manual_seed(0)
+    weights = [torch.randn(width, width, dtype=F64, generator=g) / 7 for _ in range(n_layers)]
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        for w in weights:
+            x = torch.tanh(w @ x)
+        return Exp.apply(x).sum()
+
+    return f, torch.randn(width, dtype=F64, generator=g)
+
+
+def _eigh_backward(
+    e: torch.Tensor, v: torch.Tensor, ge: torch.Tensor, gv: torch.Tensor
+) -> torch.Tensor:
+    """d L / d A of a symmetric eigendecomposition (distinct eigenvalues), batched."""
+    vt = v.transpose(-1, -2)
+    gap = e.unsqueeze(-2) - e.unsqueeze(-1)  # e_j - e_i
+    eye = torch.eye(e.shape[-1], dtype=e.dtype, device=e.device)
+    f = (1 - eye) / (gap + eye)
+    inner = torch.diag_embed(ge) + f * (vt @ gv)
+    a = v @ inner @ vt
+    return 0.5 * (a + a.transpose(-1, -2))
+
+
+class EighVmap(torch.autograd.Function):
+    """Symmetric eigensolver with a ``vmap`` staticmethod (batched eigh)."""
+
+    @staticmethod
+    def forward(a: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        e, v = torch.linalg.eigh(a)
+        return e, v
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: Any, output: Any) -> None:  # type: ignore[override]
+        ctx.save_for_backward(*output)
+
+    @staticmethod
+    def backward(ctx: Any, ge: torch.Tensor, gv: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        e, v = ctx.saved_tensors
+        return _eigh_backward(e, v, ge, gv)
+
+    @staticmethod
+    def vmap(info: Any, in_dims: Any, a: torch.Tensor) -> Any:  # type: ignore[override]
+        a = a.movedim(in_dims[0], 0) if in_dims[0] is not None else a
+        return EighVmap.apply(a), (0 if in_dims[0] is not None else None,) * 2
+
+
+class EighGenerated(EighVmap):
+    """The same eigensolver with ``generate_vmap_rule``."""
+
+    generate_vmap_rule = True
+    vmap = torch.autograd.Function.vmap  # type: ignore[assignment]
+
+
+def tight_binding(
+    eigh: Any, atoms: int = 8, iterations: int = 4
+) -> Tuple[Callable[..., Any], torch.Tensor]:
+    """A tight-binding-like SCF energy of ``atoms`` positions (one orbital per atom).
+
+    Hopping ``-exp(-r_ij)``, on-site ``eps_i + U q_i`` with Mulliken-like charges
+    from the occupied eigenvectors, a few fixed-point (damped) iterations, the
+    band energy plus a pair repulsion.
+    """
+    g = torch.Generator().manual_seed(1)
+    eps = torch.rand(atoms, dtype=F64, generator=g) - 0.5
+    occupied = atoms // 2
+    pos = torch.randn(atoms, 3, dtype=F64, generator=g) * 1.5
+
+    def energy(r: torch.Tensor) -> torch.Tensor:
+        diff = r.unsqueeze(-2) - r.unsqueeze(-3)
+        dist = (diff.pow(2).sum(-1) + 1e-12).sqrt()
+        eye = torch.eye(atoms, dtype=r.dtype)
+        hop = -torch.exp(-dist) * (1 - eye)
+        q = torch.full((atoms,), occupied / atoms, dtype=r.dtype)
+        for _ in range(iterations):
+            h = hop + torch.diag_embed(eps + 0.3 * q)
+            e, v = eigh.apply(h)
+            q_new = 2 * v[..., :occupied].pow(2).sum(-1) / 2
+            q = 0.5 * q + 0.5 * q_new
+        h = hop + torch.diag_embed(eps + 0.3 * q)
+        e, _ = eigh.apply(h)
+        repulsion = (torch.exp(-2 * dist) * (1 - eye)).sum()
+        return 2 * e[:occupied].sum() + repulsion
+
+    return energy, pos
+
+
+# -- the designs ----------------------------------------------------------------------------
+
+
+def _old_hazards(outputs: Sequence[torch.Tensor]) -> BatchingHazards:
+    """Before: every custom Function counts as a possibly defective op (the rows loop)."""
+    found = batching_hazards(outputs)
+    if found.custom:
+        names = {type(n).__name__ for n in found.custom}
+        return BatchingHazards(found.defective | names, [])
+    return found
+
+
+_CLEAN: Dict[type, bool] = {}
+
+
+@contextlib.contextmanager
+def _probed_once(nodes: Sequence[Any]) -> Iterator[WatchedBackwards]:
+    """Design (b): watch only the classes not yet seen running clean."""
+    fresh = [n for n in nodes if getattr(n, "_forward_cls", None) not in _CLEAN]
+    with custom_backwards_watched(fresh) as seen:
+        yield seen
+    if seen.op is None:
+        for n in fresh:
+            _CLEAN[getattr(n, "_forward_cls", None)] = True  # type: ignore[index]
+
+
+@contextlib.contextmanager
+def _unwatched(nodes: Sequence[Any]) -> Iterator[WatchedBackwards]:
+    yield WatchedBackwards()
+
+
+@contextlib.contextmanager
+def design(name: str) -> Iterator[None]:
+    saved = (eager_jacobian.batching_hazards, eager_jacobian.custom_backwards_watched)
+    if name == "old":
+        eager_jacobian.batching_hazards = _old_hazards  # type: ignore[assignment]
+    elif name == "b-probe":
+        eager_jacobian.custom_backwards_watched = _probed_once  # type: ignore[assignment]
+    elif name == "no-watch":
+        eager_jacobian.custom_backwards_watched = _unwatched  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        eager_jacobian.batching_hazards, eager_jacobian.custom_backwards_watched = saved
+
+
+# -- measuring ------------------------------------------------------------------------------
+
+
+def candidates(f: Callable[..., Any], x: torch.Tensor) -> Dict[str, Callable[[], Any]]:
+    jacrev = torch.func.jacrev
+    calls: Dict[str, Callable[[], Any]] = {
+        "torch.func jacrev(jacrev)": lambda: jacrev(jacrev(f))(x),
+        "ta func": lambda: ta.hessian(f, backend="func")(x),
+        "ta autograd": lambda: ta.hessian(f, backend="autograd")(x),
+    }
+    for name in ("old", "a-watch", "b-probe", "no-watch"):
+
+        def call(name: str = name) -> Any:
+            with design(name):
+                return ta.hessian(f)(x)
+
+        calls[f"ta auto {name}"] = call
+    return calls
+
+
+def measure(label: str, f: Callable[..., Any], x: torch.Tensor, rounds: int) -> None:
+    calls = candidates(f, x)
+    reference = calls["ta autograd"]()
+    for name, call in calls.items():
+        torch.testing.assert_close(call(), reference, msg=lambda m, n=name: f"{n}: {m}")
+    times: Dict[str, List[float]] = {k: [] for k in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    base = times["torch.func jacrev(jacrev)"]
+    print(f"\n{label}  (median of {rounds} interleaved rounds, paired ratio vs torch.func)")
+    for name, ts in times.items():
+        ratio = statistics.median(t / b for t, b in zip(ts, base))
+        print(f"  {name:28s} {statistics.median(ts) * 1e3:9.2f} ms  {ratio:5.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--atoms", type=int, default=8)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    measure("tanh stack + custom Exp (issue 25)", *tanh_stack(), args.rounds)
+    for eigh in (EighVmap, EighGenerated):
+        measure(
+            f"tight-binding SCF, {args.atoms} atoms, {eigh.__name__}",
+            *tight_binding(eigh, args.atoms),
+            args.rounds,
+        )
+
+
+if __name__ == "__main__":
+    main()
