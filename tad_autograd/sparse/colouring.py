@@ -64,12 +64,17 @@ import torch
 
 from ._greedy_colouring import (
     ORDERS,
+    SEARCH_BUDGET,
+    SEARCH_WORK,
     acyclic_colouring,
     column_colouring,
+    distance2_graph,
+    distance2_work,
+    dsatur,
     greedy_clique,
     star_colouring,
 )
-from .patterns import as_pattern
+from .patterns import Pattern, as_pattern
 
 __all__ = ["colouring", "colouring_lower_bound", "colour_count", "KINDS", "ORDERS"]
 
@@ -134,9 +139,7 @@ def colouring(pattern: Any, *, kind: str = "column", order: str = "best") -> tor
     _check(kind, order)
     p = as_pattern(pattern, "pattern")
     if order == "best":
-        first = colouring(p, kind=kind, order="natural")
-        second = colouring(p, kind=kind, order="largest_first")
-        return second if colour_count(second) < colour_count(first) else first
+        return _best(p, kind)
     if kind == "row":
         p = p.transpose()
     if kind in ("symmetric", "star"):
@@ -148,6 +151,24 @@ def colouring(pattern: Any, *, kind: str = "column", order: str = "best") -> tor
         algorithm = acyclic_colouring if kind == "symmetric" else star_colouring
         return torch.tensor(algorithm(p.symmetrised(), order), dtype=torch.int64)
     return torch.tensor(column_colouring(p, order), dtype=torch.int64)
+
+
+def _best(p: Pattern, kind: str) -> torch.Tensor:
+    """``order="best"``: the fewest colours of the greedy orders and, for column and row
+    colourings, of DSATUR and a bounded search for as many colours as the lower bound."""
+    candidates = [colouring(p, kind=kind, order=o) for o in ("natural", "largest_first")]
+    if kind in ("column", "row"):
+        q = p if kind == "column" else p.transpose()
+        if distance2_work(q) <= SEARCH_WORK:
+            adj = distance2_graph(q)
+            candidates.append(torch.tensor(dsatur(adj), dtype=torch.int64))
+            bound = colouring_lower_bound(p, kind=kind)
+            if min(colour_count(c) for c in candidates) > bound:
+                found = dsatur(adj, k=bound, budget=SEARCH_BUDGET + 4 * len(adj))
+                if found is not None:
+                    candidates.append(torch.tensor(found, dtype=torch.int64))
+    counts = [colour_count(c) for c in candidates]
+    return candidates[counts.index(min(counts))]
 
 
 def colouring_lower_bound(pattern: Any, *, kind: str = "column") -> int:
