@@ -40,9 +40,10 @@ class SparseDerivative:
     kind : str
         The colouring: ``"column"``, ``"row"``, ``"symmetric"`` or ``"star"``.
     colours : torch.Tensor
-        The colour of each column (forward, Hessians) or row (reverse).
+        The colour of each column (forward, Hessians) or row (reverse): the
+        ``colouring=`` given, or the one computed.
     n_colours : int
-        How many compressed products a call computes.
+        How many compressed products a call computes: the largest colour + 1.
     lower_bound : int
         :func:`~tad_autograd.colouring_lower_bound` of the pattern for ``kind``.
     """
@@ -59,6 +60,7 @@ class SparseDerivative:
         chunk_size: Optional[int],
         check: bool,
         backend: Optional[str],
+        given: bool = False,
     ) -> None:
         self.__wrapped__ = func
         self.__name__ = f"{name}({getattr(func, '__name__', type(func).__name__)})"
@@ -68,6 +70,7 @@ class SparseDerivative:
         self.kind = kind
         self.colours = colours
         self.n_colours = colour_count(colours)
+        self._given = given  # the caller's colouring: its length must fit the call
         self._argnums = argnums
         self._check = check
         self._backend = backend
@@ -158,6 +161,14 @@ class SparseDerivative:
         plan = self._plans.get(shape)
         if plan is None:
             colours = self.colours.tolist()
+            size = shape[0] if self.mode == "reverse" else shape[1]
+            if self._given and len(colours) != size:
+                what = "row" if self.mode == "reverse" else "column"
+                raise ValueError(
+                    f"{self._name}: colouring has {len(colours)} colours, but the "
+                    f"{'Hessian' if self.mode == 'hessian' else 'Jacobian'} of func has "
+                    f"{size} {what}s (shape {describe_shape(shape)}): one colour per {what}"
+                )
             sized = Pattern(self.pattern.rows, self.pattern.cols, shape)
             if self.kind == "symmetric":
                 plan = substitution_plan(sized, colours)
