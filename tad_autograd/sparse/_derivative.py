@@ -17,6 +17,8 @@ import torch
 
 from ..api.operators import jacfwd
 from ..api.transforms import hessian, jacrev
+from ..compat._pytree import tree_flatten
+from ..compat.tensor_kinds import is_batched
 from ..dispatch._checks import check_differentiable
 from ._build import compare_with_dense, coo_result, seed_matrix
 from ._decompression import Decompression, direct_plan, substitution_plan
@@ -24,6 +26,12 @@ from .colouring import colour_count, colouring_lower_bound
 from .patterns import Pattern, describe_shape
 
 __all__ = ["SparseDerivative"]
+
+
+_UNBATCHABLE = (
+    "{name} returns a sparse tensor, which torch's vmap cannot batch; vmap it with "
+    "backend='autograd' (one call per sample, stacked), as automatic mode does"
+)
 
 
 class SparseDerivative:
@@ -182,6 +190,8 @@ class SparseDerivative:
 
     def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         argnums = self._argnums
+        if any(is_batched(leaf) for leaf in tree_flatten((args, kwargs))[0]):
+            raise NotImplementedError(_UNBATCHABLE.format(name=self._name))
         check_differentiable(args, argnums, self._name)
         x = args[argnums]
         if not isinstance(x, torch.Tensor):
