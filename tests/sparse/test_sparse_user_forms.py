@@ -19,8 +19,6 @@ import tad_autograd as ta
 
 from _helpers import reference_jacobian  # isort: skip
 
-scipy_sparse = pytest.importorskip("scipy.sparse")
-
 SCIPY_FORMATS = ("coo", "csr", "csc", "bsr", "lil", "dok", "dia")
 
 
@@ -28,7 +26,13 @@ def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
     torch.testing.assert_close(actual.to_dense(), expected, rtol=1e-10, atol=1e-12)
 
 
-def _scipy_forms(mask: torch.Tensor) -> dict:
+@pytest.fixture
+def scipy_sparse():
+    """``scipy.sparse``; the tests that use it are skipped where SciPy is not installed."""
+    return pytest.importorskip("scipy.sparse")
+
+
+def _scipy_forms(scipy_sparse, mask: torch.Tensor) -> dict:
     """The mask as a SciPy sparse matrix of every format, and as sparse arrays."""
     dense = mask.numpy()
     forms = {fmt: scipy_sparse.coo_matrix(dense).asformat(fmt) for fmt in SCIPY_FORMATS}
@@ -37,11 +41,8 @@ def _scipy_forms(mask: torch.Tensor) -> dict:
     return forms
 
 
-def test_numpy_and_scipy_patterns_give_the_jacobian(backend) -> None:
-    func, pattern, x = random_sparse()
+def _check_forms(backend, forms: dict, func, pattern: torch.Tensor, x: torch.Tensor) -> None:
     expected = reference_jacobian(func, x)
-    forms = {"numpy bool": pattern.numpy(), "numpy 0/1": pattern.numpy().astype(np.int32)}
-    forms.update(_scipy_forms(pattern))
     for label, form in forms.items():
         for mode in ("forward", "reverse", "auto"):
             jac = ta.sparse_jacobian(func, form, mode=mode, backend=backend)
@@ -51,13 +52,24 @@ def test_numpy_and_scipy_patterns_give_the_jacobian(backend) -> None:
         assert torch.equal(ta.colouring(form), ta.colouring(pattern)), label
 
 
-def test_scipy_pattern_gives_the_hessian(backend) -> None:
+def test_numpy_patterns_give_the_jacobian(backend) -> None:
+    func, pattern, x = random_sparse()
+    forms = {"numpy bool": pattern.numpy(), "numpy 0/1": pattern.numpy().astype(np.int32)}
+    _check_forms(backend, forms, func, pattern, x)
+
+
+def test_scipy_patterns_give_the_jacobian(backend, scipy_sparse) -> None:
+    func, pattern, x = random_sparse()
+    _check_forms(backend, _scipy_forms(scipy_sparse, pattern), func, pattern, x)
+
+
+def test_scipy_pattern_gives_the_hessian(backend, scipy_sparse) -> None:
     energy, pattern, x = chain_energy(12)
     upper = scipy_sparse.triu(scipy_sparse.csr_matrix(pattern.numpy()))  # symmetrised
     _close(ta.sparse_hessian(energy, upper, backend=backend)(x), functional_hessian(energy, x))
 
 
-def test_scipy_stored_zeros_are_part_of_the_pattern() -> None:
+def test_scipy_stored_zeros_are_part_of_the_pattern(scipy_sparse) -> None:
     matrix = scipy_sparse.csr_matrix((np.array([0.0, 2.0]), (np.array([0, 1]), np.array([1, 0]))))
     assert ta.sparse_jacobian(lambda x: x.flip(0), matrix).pattern.pairs() == [(0, 1), (1, 0)]
 
