@@ -10,7 +10,7 @@ documents what each colouring guarantees.
 from __future__ import annotations
 
 import heapq
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 
@@ -77,7 +77,9 @@ def column_colouring(p: Pattern, order: str = "largest_first") -> List[int]:
     if order in ("smallest_last", "dsatur"):
         adj = distance2_graph(p)
         if order == "dsatur":
-            return dsatur(adj)
+            colours = dsatur(adj)
+            assert colours is not None  # without a colour limit DSATUR always finishes
+            return colours
         return greedy(adj, smallest_last(adj))
     t = p.transpose()  # sorted by column
     rows_of = _lists(t.rows, t.cols, n)
@@ -117,7 +119,7 @@ def distance2_graph(p: Pattern) -> List[List[int]]:
     cols_of = _lists(p.rows, p.cols, m)
     adj = []
     for j, rows in enumerate(rows_of):
-        near: set = set()
+        near: Set[int] = set()
         for r in rows:
             near.update(cols_of[r])
         near.discard(j)

@@ -18,7 +18,7 @@ Each mistake raises ``ValueError`` naming the offending pair (or entry).
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import torch
 
@@ -108,7 +108,7 @@ def as_colours(colours: Any, p: Pattern, kind: str, name: str) -> torch.Tensor:
 
 def _check_orthogonal(p: Pattern, col: torch.Tensor, what: str, name: str) -> None:
     """Columns of ``p`` sharing a row differ in colour (``what`` names them in messages)."""
-    seen: Dict[tuple, int] = {}
+    seen: Dict[Tuple[int, int], int] = {}
     colour = col.tolist()
     for r, c in zip(p.rows.tolist(), p.cols.tolist()):
         other = seen.setdefault((r, colour[c]), c)
@@ -122,7 +122,7 @@ def _check_orthogonal(p: Pattern, col: torch.Tensor, what: str, name: str) -> No
 
 def _check_star(p: Pattern, colour: List[int], name: str) -> None:
     """Every entry ``(i, j)`` is alone in its colour in row ``i`` or in row ``j``."""
-    by_colour: Dict[tuple, List[int]] = {}
+    by_colour: Dict[Tuple[int, int], List[int]] = {}
     for r, c in zip(p.rows.tolist(), p.cols.tolist()):
         if r != c and colour[r] == colour[c]:
             raise ValueError(f"{name}: adjacent vertices {r} and {c} share colour {colour[r]}")

@@ -40,7 +40,7 @@ Examples
 from __future__ import annotations
 
 import sys
-from typing import Any, List, Optional, Sequence, Tuple, cast
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -366,5 +366,5 @@ def _from_scipy(matrix: Any, name: str) -> Pattern:
     return Pattern(
         torch.as_tensor(coo.row, dtype=torch.int64),
         torch.as_tensor(coo.col, dtype=torch.int64),
-        cast(Shape, shape),
+        shape,
     )
