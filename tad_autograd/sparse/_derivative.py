@@ -29,15 +29,21 @@ __all__ = ["SparseDerivative"]
 
 
 _UNBATCHABLE = (
-    "{name} returns a sparse tensor, which torch's vmap cannot batch; vmap it with "
-    "backend='autograd' (one call per sample, stacked), as automatic mode does"
+    "{name} returns a sparse tensor, which torch's vmap cannot batch; vmap its .values "
+    "(dense, vectorised) or vmap it with backend='autograd' (a loop), as automatic mode does"
 )
+
+
+def _batched(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> bool:
+    """Whether an argument is batched by a ``vmap`` running now."""
+    return any(is_batched(leaf) for leaf in tree_flatten((args, kwargs))[0])
 
 
 class SparseDerivative:
     """The callable :func:`sparse_jacobian` and :func:`sparse_hessian` return.
 
-    Call it with ``func``'s arguments to get the sparse derivative.
+    Call it with ``func``'s arguments to get the sparse derivative;
+    :meth:`values` gives its values alone, a dense tensor that ``vmap`` batches.
 
     Attributes
     ----------
@@ -189,9 +195,49 @@ class SparseDerivative:
         return plan
 
     def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        argnums = self._argnums
-        if any(is_batched(leaf) for leaf in tree_flatten((args, kwargs))[0]):
+        if _batched(args, kwargs):
             raise NotImplementedError(_UNBATCHABLE.format(name=self._name))
+        values, shape = self._values(args, kwargs)
+        result = coo_result(self.pattern, values, shape)
+        if self._check:
+            self._compare(result, args, kwargs, shape)
+        return result
+
+    def values(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The derivative's values alone: ``self(*args, **kwargs).values()``, a dense tensor.
+
+        Shape ``(nnz,)``, in the order of the result's ``indices()`` (the
+        pattern's entries sorted row by row).  Unlike the sparse result it can
+        be batched: ``vmap(d.values)`` computes a batch of values, vectorised
+        where the backend transforms; every sample's values sit at the same
+        ``indices()``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> import tad_autograd as ta
+        >>> band = (torch.arange(4)[:, None] - torch.arange(4)).abs() <= 1
+        >>> jac = ta.sparse_jacobian(torch.sin, band)
+        >>> xs = torch.linspace(0, 1, 8, dtype=torch.float64).reshape(2, 4)
+        >>> values = ta.vmap(jac.values)(xs)                        # (batch, nnz)
+        >>> values.shape, torch.equal(values[1], jac(xs[1]).values())
+        (torch.Size([2, 10]), True)
+        """
+        if self._check and _batched(args, kwargs):
+            raise NotImplementedError(
+                f"{self._name}(check=True).values cannot be batched: the comparison with the "
+                "dense derivative reads its values; vmap an operator built without check=True"
+            )
+        values, shape = self._values(args, kwargs)
+        if self._check:
+            self._compare(coo_result(self.pattern, values, shape), args, kwargs, shape)
+        return values
+
+    def _values(
+        self, args: Tuple[Any, ...], kwargs: Dict[str, Any]
+    ) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """The values in the pattern's order and the derivative's flat shape."""
+        argnums = self._argnums
         check_differentiable(args, argnums, self._name)
         x = args[argnums]
         if not isinstance(x, torch.Tensor):
@@ -214,12 +260,11 @@ class SparseDerivative:
             compressed = self._compressed(*args, **kwargs).reshape(self.n_colours, n_in)
             n_out = n_in if self.mode == "hessian" else self._local.n_out
         shape = (n_out, n_in)
-        result = coo_result(self.pattern, self._plan(shape)(compressed), shape)
-        if self._check:
-            self._compare(result, args, kwargs, shape)
-        return result
+        return self._plan(shape)(compressed), shape
 
-    def _empty(self, args: Tuple[Any, ...], kwargs: Dict[str, Any], n_in: int) -> torch.Tensor:
+    def _empty(
+        self, args: Tuple[Any, ...], kwargs: Dict[str, Any], n_in: int
+    ) -> Tuple[torch.Tensor, Tuple[int, int]]:
         x = args[self._argnums]
         if self.mode == "hessian":
             n_out = n_in
@@ -227,11 +272,7 @@ class SparseDerivative:
             with torch.no_grad():
                 n_out = self._output(self.__wrapped__(*args, **kwargs)).numel()
             self.pattern.check_fits((n_out, n_in), "the Jacobian of func")
-        values = torch.zeros(0, dtype=x.dtype, device=x.device)
-        result = coo_result(self.pattern, values, (n_out, n_in))
-        if self._check:  # an empty pattern claims the derivative is zero: verify that too
-            self._compare(result, args, kwargs, (n_out, n_in))
-        return result
+        return torch.zeros(0, dtype=x.dtype, device=x.device), (n_out, n_in)
 
     def _compare(
         self,
