@@ -17,6 +17,7 @@ that can be non-zero (as index pairs or a bool tensor).
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Tuple
 
 import torch
@@ -35,6 +36,23 @@ def band_pairs(n: int, half_width: int) -> torch.Tensor:
     rows = torch.cat([i[max(0, -d) : n - max(0, d)] for d in range(-half_width, half_width + 1)])
     cols = torch.cat([i[max(0, d) : n - max(0, -d)] for d in range(-half_width, half_width + 1)])
     return torch.stack([rows, cols], 1)
+
+
+def stencil(shape: Tuple[int, ...], periodic: bool) -> torch.Tensor:
+    """Index pairs of the five-point (2-D) or seven-point (3-D) Laplacian on a grid."""
+    n = math.prod(shape)
+    idx = torch.arange(n).reshape(shape)
+    rows, cols = [idx.reshape(-1)], [idx.reshape(-1)]
+    for d in range(len(shape)):
+        for step in (1, -1):
+            keep = torch.ones(shape, dtype=torch.bool)
+            if not periodic:
+                edge = [slice(None)] * len(shape)
+                edge[d] = -1 if step == 1 else 0
+                keep[tuple(edge)] = False
+            rows.append(idx[keep])
+            cols.append(torch.roll(idx, -step, d)[keep])
+    return torch.stack([torch.cat(rows), torch.cat(cols)], 1)
 
 
 def _pad(u: torch.Tensor, k: int) -> torch.Tensor:

@@ -13,6 +13,12 @@ plan), and the agreement with the dense result -- or, where the dense
 derivative is too slow to time, with 16 rows computed by ``torch.autograd.grad``.
 Nothing here is asserted; ``python -m benchmarks --only sparse``.
 
+:func:`colouring_orders_lines` measures the colouring orders (colours and
+time of ``ta.colouring`` per order) on these problems' patterns and on
+five- and seven-point stencils of several grids, periodic and not:
+``python -c "from benchmarks.sections_sparse import colouring_orders_lines as t;
+print(*t(), sep=chr(10))"``.
+
 Timing (:func:`time_warm`): rounds in a new shuffled order, medians, as
 :func:`benchmarks.harness.time_interleaved` (garbage collection off inside
 samples), with two differences that keep one method's memory from being
@@ -280,3 +286,45 @@ def sparse_lines(sec: Dict[str, Any]) -> List[str]:
         if "check_problem" in c:
             notes.append(f"- {c['problem']}, n={c['n']}: MISMATCH {c['check_problem']}")
     return out + [""] + (["Notes:", ""] + notes + [""] if notes else [])
+
+
+#: The orders of :func:`colouring_orders_lines`, "best" (the default) last.
+ORDERS = ("natural", "largest_first", "smallest_last", "dsatur", "best")
+
+
+def _order_patterns() -> List[Any]:
+    """(label, pattern, kinds) of the colouring-orders table."""
+    out: List[Any] = []
+    for name, (kind, build, _) in PROBLEMS.items():
+        size = 1000 if kind == "hessian" and "Lennard" in name else 2000
+        kinds = ("column", "row") if kind == "jacobian" else ("column", "star", "symmetric")
+        out.append((f"{name}, n={size}", build(size)[1], kinds))
+    for shape in [(4, 4), (8, 8), (16, 16), (64, 64), (8, 8, 8), (16, 16, 16)]:
+        points = 2 * len(shape) + 1
+        for periodic in (False, True):
+            label = "x".join(map(str, shape)) + (" periodic" if periodic else "")
+            out.append((f"{points}-point stencil {label}", P.stencil(shape, periodic), ("column",)))
+    return out
+
+
+def colouring_orders_lines(repeats: int = 3) -> List[str]:
+    """A Markdown table: colours and time (median of ``repeats``) of each colouring order."""
+    head = ["pattern", "kind", "bound", *ORDERS]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, pattern, kinds in _order_patterns():
+        for kind in kinds:
+            cells = []
+            for order in ORDERS:
+                if order == "dsatur" and kind in ("star", "symmetric"):
+                    cells.append("—")
+                    continue
+                times = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    colours = ta.colouring(pattern, kind=kind, order=order)
+                    times.append(time.perf_counter() - t0)
+                count = int(colours.max()) + 1
+                cells.append(f"{count} ({fmt_time(statistics.median(times))})")
+            bound = ta.colouring_lower_bound(pattern, kind=kind)
+            out.append("| " + " | ".join([label, kind, str(bound), *cells]) + " |")
+    return out

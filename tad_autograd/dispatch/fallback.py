@@ -158,7 +158,9 @@ def recognise(error: BaseException) -> Optional[Untransformable]:
 def describe(error: BaseException) -> str:
     """Why a transform failed, in words: a recognised kind's reason, else the error's first line.
 
-    Only wording: whether to fall back never depends on it.
+    Only wording: whether to fall back never depends on it.  A first line
+    longer than 200 characters is shortened to its whole sentences that fit
+    (at least the first), never cut inside a sentence or parentheses.
 
     Examples
     --------
@@ -166,12 +168,27 @@ def describe(error: BaseException) -> str:
     '.item() called under vmap'
     >>> describe(KeyError("unheard of"))
     "KeyError: 'unheard of'"
+    >>> describe(RuntimeError("Could not run it. Maybe omitted (if " + "x" * 200 + "). More."))
+    'RuntimeError: Could not run it.'
     """
     entry = recognise(error)
     if entry is not None:
         return entry.reason
     lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0][:200] if lines else ''}".rstrip(": ")
+    return f"{type(error).__name__}: {_whole_sentences(lines[0]) if lines else ''}".rstrip(": ")
+
+
+def _whole_sentences(line: str, limit: int = 200) -> str:
+    """The whole sentences of ``line`` within ``limit`` characters, at least the first one."""
+    if len(line) <= limit:
+        return line
+    ends = [
+        m.end()
+        for m in re.finditer(r"[.!?](?=\s|$)", line)
+        if line.count("(", 0, m.end()) == line.count(")", 0, m.end())
+    ]
+    fitting = [end for end in ends if end <= limit]
+    return line[: fitting[-1] if fitting else ends[0] if ends else len(line)]
 
 
 _HINT = (

@@ -17,6 +17,8 @@ import torch
 
 from ..api.operators import jacfwd
 from ..api.transforms import hessian, jacrev
+from ..compat._pytree import tree_flatten
+from ..compat.tensor_kinds import is_batched
 from ..dispatch._checks import check_differentiable
 from ._build import compare_with_dense, coo_result, seed_matrix
 from ._decompression import Decompression, direct_plan, substitution_plan
@@ -26,11 +28,23 @@ from .patterns import Pattern, describe_shape
 __all__ = ["SparseDerivative"]
 
 
+_UNBATCHABLE = (
+    "{name} returns a sparse tensor, which torch's vmap cannot batch; vmap its .values "
+    "(dense, vectorised) or vmap it with backend='autograd' (a loop), as automatic mode does"
+)
+
+
+def _batched(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> bool:
+    """Whether an argument is batched by a ``vmap`` running now."""
+    return any(is_batched(leaf) for leaf in tree_flatten((args, kwargs))[0])
+
+
 class SparseDerivative:
     """The callable that :func:`~tad_autograd.sparse_jacobian` and
     :func:`~tad_autograd.sparse_hessian` return.
 
-    Call it with ``func``'s arguments to get the sparse derivative.
+    Call it with ``func``'s arguments to get the sparse derivative;
+    :meth:`values` gives its values alone, a dense tensor that ``vmap`` batches.
 
     Attributes
     ----------
@@ -41,9 +55,10 @@ class SparseDerivative:
     kind : str
         The colouring: ``"column"``, ``"row"``, ``"symmetric"`` or ``"star"``.
     colours : torch.Tensor
-        The colour of each column (forward, Hessians) or row (reverse).
+        The colour of each column (forward, Hessians) or row (reverse): the
+        ``colouring=`` given, or the one computed.
     n_colours : int
-        How many compressed products a call computes.
+        How many compressed products a call computes: the largest colour + 1.
     lower_bound : int
         :func:`~tad_autograd.colouring_lower_bound` of the pattern for ``kind``.
     """
@@ -60,6 +75,7 @@ class SparseDerivative:
         chunk_size: Optional[int],
         check: bool,
         backend: Optional[str],
+        given: bool = False,
     ) -> None:
         self.__wrapped__ = func
         self.__name__ = f"{name}({getattr(func, '__name__', type(func).__name__)})"
@@ -69,6 +85,7 @@ class SparseDerivative:
         self.kind = kind
         self.colours = colours
         self.n_colours = colour_count(colours)
+        self._given = given  # the caller's colouring: its length must fit the call
         self._argnums = argnums
         self._check = check
         self._backend = backend
@@ -159,6 +176,14 @@ class SparseDerivative:
         plan = self._plans.get(shape)
         if plan is None:
             colours = self.colours.tolist()
+            size = shape[0] if self.mode == "reverse" else shape[1]
+            if self._given and len(colours) != size:
+                what = "row" if self.mode == "reverse" else "column"
+                raise ValueError(
+                    f"{self._name}: colouring has {len(colours)} colours, but the "
+                    f"{'Hessian' if self.mode == 'hessian' else 'Jacobian'} of func has "
+                    f"{size} {what}s (shape {describe_shape(shape)}): one colour per {what}"
+                )
             sized = Pattern(self.pattern.rows, self.pattern.cols, shape)
             if self.kind == "symmetric":
                 plan = substitution_plan(sized, colours)
@@ -171,6 +196,48 @@ class SparseDerivative:
         return plan
 
     def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if _batched(args, kwargs):
+            raise NotImplementedError(_UNBATCHABLE.format(name=self._name))
+        values, shape = self._values(args, kwargs)
+        result = coo_result(self.pattern, values, shape)
+        if self._check:
+            self._compare(result, args, kwargs, shape)
+        return result
+
+    def values(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The derivative's values alone: ``self(*args, **kwargs).values()``, a dense tensor.
+
+        Shape ``(nnz,)``, in the order of the result's ``indices()`` (the
+        pattern's entries sorted row by row).  Unlike the sparse result it can
+        be batched: ``vmap(d.values)`` computes a batch of values, vectorised
+        where the backend transforms; every sample's values sit at the same
+        ``indices()``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> import tad_autograd as ta
+        >>> band = (torch.arange(4)[:, None] - torch.arange(4)).abs() <= 1
+        >>> jac = ta.sparse_jacobian(torch.sin, band)
+        >>> xs = torch.linspace(0, 1, 8, dtype=torch.float64).reshape(2, 4)
+        >>> values = ta.vmap(jac.values)(xs)                        # (batch, nnz)
+        >>> values.shape, torch.equal(values[1], jac(xs[1]).values())
+        (torch.Size([2, 10]), True)
+        """
+        if self._check and _batched(args, kwargs):
+            raise NotImplementedError(
+                f"{self._name}(check=True).values cannot be batched: the comparison with the "
+                "dense derivative reads its values; vmap an operator built without check=True"
+            )
+        values, shape = self._values(args, kwargs)
+        if self._check:
+            self._compare(coo_result(self.pattern, values, shape), args, kwargs, shape)
+        return values
+
+    def _values(
+        self, args: Tuple[Any, ...], kwargs: Dict[str, Any]
+    ) -> Tuple[torch.Tensor, Tuple[int, int]]:
+        """The values in the pattern's order and the derivative's flat shape."""
         argnums = self._argnums
         check_differentiable(args, argnums, self._name)
         x = args[argnums]
@@ -194,12 +261,11 @@ class SparseDerivative:
             compressed = self._compressed(*args, **kwargs).reshape(self.n_colours, n_in)
             n_out = n_in if self.mode == "hessian" else self._local.n_out
         shape = (n_out, n_in)
-        result = coo_result(self.pattern, self._plan(shape)(compressed), shape)
-        if self._check:
-            self._compare(result, args, kwargs, shape)
-        return result
+        return self._plan(shape)(compressed), shape
 
-    def _empty(self, args: Tuple[Any, ...], kwargs: Dict[str, Any], n_in: int) -> torch.Tensor:
+    def _empty(
+        self, args: Tuple[Any, ...], kwargs: Dict[str, Any], n_in: int
+    ) -> Tuple[torch.Tensor, Tuple[int, int]]:
         x = args[self._argnums]
         if self.mode == "hessian":
             n_out = n_in
@@ -207,11 +273,7 @@ class SparseDerivative:
             with torch.no_grad():
                 n_out = self._output(self.__wrapped__(*args, **kwargs)).numel()
             self.pattern.check_fits((n_out, n_in), "the Jacobian of func")
-        values = torch.zeros(0, dtype=x.dtype, device=x.device)
-        result = coo_result(self.pattern, values, (n_out, n_in))
-        if self._check:  # an empty pattern claims the derivative is zero: verify that too
-            self._compare(result, args, kwargs, (n_out, n_in))
-        return result
+        return torch.zeros(0, dtype=x.dtype, device=x.device), (n_out, n_in)
 
     def _compare(
         self,

@@ -9,7 +9,8 @@ documents what each colouring guarantees.
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+import heapq
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import torch
 
@@ -22,10 +23,21 @@ __all__ = [
     "greedy_clique",
     "UnionFind",
     "ORDERS",
+    "SEARCH_WORK",
 ]
 
-#: The vertex orders of the greedy colourings ("best": both, the one with fewer colours).
-ORDERS = ("best", "largest_first", "natural")
+#: The vertex orders of the greedy colourings ("best": the one with the fewest colours).
+ORDERS = ("best", "largest_first", "natural", "smallest_last", "dsatur")
+
+#: ``order="best"`` adds DSATUR and the search for a colouring with as many colours as the
+#: lower bound to the column and row colourings when the distance-2 graph costs at most
+#: this many steps to walk (the sum over rows of their squared lengths).
+SEARCH_WORK = 2_000_000
+
+#: The colour assignments the search may try, plus 4 per column: enough to find the
+#: lattice colourings of five- and seven-point stencils on every grid measured, about
+#: 0.1-0.4 s when no such colouring exists.
+SEARCH_BUDGET = 20_000
 
 
 def _lists(index: torch.Tensor, other: torch.Tensor, count: int) -> List[List[int]]:
@@ -48,9 +60,11 @@ def _order(degrees: torch.Tensor, order: str) -> List[int]:
 def column_colouring(p: Pattern, order: str = "largest_first") -> List[int]:
     """Greedy distance-2 colouring of the columns of ``p``: columns sharing a row differ.
 
-    Each row keeps the colours of its coloured columns as a bit mask; a
-    column takes the lowest colour free in all its rows.  One pass over the
-    entries.
+    In the static orders (``"natural"``, ``"largest_first"``) each row keeps
+    the colours of its coloured columns as a bit mask; a column takes the
+    lowest colour free in all its rows: one pass over the entries.
+    ``"smallest_last"`` and ``"dsatur"`` walk the distance-2 graph
+    (:func:`distance2_graph`).
 
     Examples
     --------
@@ -60,6 +74,13 @@ def column_colouring(p: Pattern, order: str = "largest_first") -> List[int]:
     [0, 1, 2]
     """
     m, n = p.size()
+    if order in ("smallest_last", "dsatur"):
+        adj = distance2_graph(p)
+        if order == "dsatur":
+            colours = dsatur(adj)
+            assert colours is not None  # without a colour limit DSATUR always finishes
+            return colours
+        return greedy(adj, smallest_last(adj))
     t = p.transpose()  # sorted by column
     rows_of = _lists(t.rows, t.cols, n)
     row_len = torch.bincount(p.rows, minlength=m) if p.nnz else torch.zeros(m, dtype=torch.int64)
@@ -79,6 +100,170 @@ def column_colouring(p: Pattern, order: str = "largest_first") -> List[int]:
         for r in rows:
             masks[r] |= bit
     return colour
+
+
+def distance2_graph(p: Pattern) -> List[List[int]]:
+    """Per column of ``p``, the other columns sharing a row with it (sorted).
+
+    Costs the sum over rows of their squared lengths (see :data:`SEARCH_WORK`).
+
+    Examples
+    --------
+    >>> from tad_autograd.sparse.patterns import as_pattern
+    >>> distance2_graph(as_pattern([(0, 0), (0, 1), (1, 1), (1, 2)]))
+    [[1], [0, 2], [1]]
+    """
+    m, n = p.size()
+    t = p.transpose()
+    rows_of = _lists(t.rows, t.cols, n)
+    cols_of = _lists(p.rows, p.cols, m)
+    adj = []
+    for j, rows in enumerate(rows_of):
+        near: Set[int] = set()
+        for r in rows:
+            near.update(cols_of[r])
+        near.discard(j)
+        adj.append(sorted(near))
+    return adj
+
+
+def distance2_work(p: Pattern) -> int:
+    """The steps :func:`distance2_graph` takes: the sum over rows of their squared lengths."""
+    if not p.nnz:
+        return 0
+    return int((torch.bincount(p.rows).double() ** 2).sum())
+
+
+def greedy(adj: Sequence[List[int]], order: Sequence[int]) -> List[int]:
+    """Greedy colouring of a graph: each vertex, in ``order``, takes the lowest colour free."""
+    colour = [-1] * len(adj)
+    for v in order:
+        used = {colour[w] for w in adj[v]}
+        c = 0
+        while c in used:
+            c += 1
+        colour[v] = c
+    return colour
+
+
+def smallest_last(adj: Sequence[List[int]]) -> List[int]:
+    """The smallest-last order: repeatedly remove a vertex of least remaining degree, and
+    colour in the reverse order of removal (each vertex then has at most its degeneracy
+    of coloured neighbours)."""
+    degree = [len(a) for a in adj]
+    heap = [(d, v) for v, d in enumerate(degree)]
+    heapq.heapify(heap)
+    removed = [False] * len(adj)
+    out = []
+    while heap:
+        d, v = heapq.heappop(heap)
+        if removed[v] or d != degree[v]:
+            continue
+        removed[v] = True
+        out.append(v)
+        for w in adj[v]:
+            if not removed[w]:
+                degree[w] -= 1
+                heapq.heappush(heap, (degree[w], w))
+    out.reverse()
+    return out
+
+
+def dsatur(
+    adj: Sequence[List[int]], k: Optional[int] = None, budget: int = 0
+) -> Optional[List[int]]:
+    """DSATUR (Brelaz): colour next the vertex seeing the most distinct colours (ties: the
+    larger degree, then the smaller index), with the lowest colour free.
+
+    With ``k``: a search for a colouring with at most ``k`` colours, backtracking on a
+    vertex left without a free colour, trying each vertex's free colours in turn (a
+    new colour only as the next unused one); ``None`` when none is found within
+    ``budget`` colour assignments.  On stencils every step is forced once a stencil is
+    coloured, so the search finds the lattice colouring without backtracking much.
+
+    Examples
+    --------
+    >>> cycle5 = [[1, 4], [0, 2], [1, 3], [2, 4], [3, 0]]
+    >>> dsatur(cycle5)
+    [0, 1, 0, 1, 2]
+    >>> dsatur(cycle5, k=2, budget=100) is None        # an odd cycle needs 3
+    True
+    """
+    n = len(adj)
+    colour = [-1] * n
+    counts: List[Dict[int, int]] = [{} for _ in range(n)]
+    degree = [len(a) for a in adj]
+    heap = [(0, -degree[v], v) for v in range(n)]
+    heapq.heapify(heap)
+
+    def assign(v: int, c: int) -> bool:
+        """Colour ``v``; False when some uncoloured neighbour has no colour left."""
+        colour[v] = c
+        alive = True
+        for w in adj[v]:
+            seen = counts[w]
+            before = seen.get(c, 0)
+            seen[c] = before + 1
+            if before == 0 and colour[w] < 0:
+                heapq.heappush(heap, (-len(seen), -degree[w], w))
+                if k is not None and len(seen) >= k:
+                    alive = False
+        return alive
+
+    def unassign(v: int) -> None:
+        c, colour[v] = colour[v], -1
+        for w in adj[v]:
+            seen = counts[w]
+            seen[c] -= 1
+            if not seen[c]:
+                del seen[c]
+                if colour[w] < 0:
+                    heapq.heappush(heap, (-len(seen), -degree[w], w))
+        heapq.heappush(heap, (-len(counts[v]), -degree[v], v))
+
+    def pick() -> int:
+        while heap:
+            s, _, v = heapq.heappop(heap)
+            if colour[v] < 0 and -s == len(counts[v]):
+                return v
+        return -1
+
+    if k is None:
+        for _ in range(n):
+            v = pick()
+            seen = counts[v]
+            c = 0
+            while c in seen:
+                c += 1
+            assign(v, c)
+        return colour
+    # the search: a stack of (vertex, colours still to try, colours in use before it)
+    stack: List[Tuple[int, List[int], int]] = []
+    top, tries = 0, 0
+    while True:
+        v = pick()
+        if v < 0:
+            return colour
+        stack.append((v, [c for c in range(min(k, top + 1)) if c not in counts[v]], top))
+        while stack:
+            v, options, top = stack[-1]
+            if colour[v] >= 0:
+                unassign(v)
+            while options:
+                c = options.pop(0)
+                tries += 1
+                if tries > budget:
+                    return None
+                if assign(v, c):
+                    top = max(top, c + 1)
+                    break
+                unassign(v)
+            else:
+                stack.pop()
+                continue
+            break
+        if not stack:
+            return None
 
 
 class _Graph:
@@ -110,6 +295,13 @@ class _Graph:
             ]
 
     def order(self, order: str) -> List[int]:
+        if order == "smallest_last":
+            return smallest_last(self.adj)
+        if order == "dsatur":
+            raise ValueError(
+                "colouring: order='dsatur' applies to column and row colourings; the star "
+                "and acyclic colourings take a static order"
+            )
         return _order(torch.tensor([len(a) for a in self.adj], dtype=torch.int64), order)
 
     def expand(self, coarse: List[int]) -> List[int]:

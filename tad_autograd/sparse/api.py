@@ -26,8 +26,10 @@ from typing import Any, Callable, Optional, Tuple
 
 from ..dispatch._checks import check_argnums_type, check_backend, check_chunk_size
 from ._derivative import SparseDerivative
-from .colouring import colour_count, colouring
-from .patterns import as_pattern, describe_shape
+from ._user_colouring import as_colours
+from .colouring import colour_count
+from .colouring import colouring as colour_pattern
+from .patterns import Pattern, as_pattern, describe_shape
 
 __all__ = ["sparse_jacobian", "sparse_hessian", "SparseDerivative"]
 
@@ -58,6 +60,7 @@ def sparse_jacobian(
     argnums: int = 0,
     *,
     mode: str = "auto",
+    colouring: Any = None,
     chunk_size: Optional[int] = None,
     check: bool = False,
     backend: Optional[str] = None,
@@ -73,12 +76,14 @@ def sparse_jacobian(
     ----------
     func : callable
         Returns one floating-point tensor of any shape.
-    sparsity : torch.Tensor or sequence of (int, int)
+    sparsity : torch.Tensor, sequence of (int, int), numpy.ndarray or scipy.sparse matrix
         Which entries of the flattened Jacobian, shape ``(out.numel(),
         in.numel())``, may be non-zero: a bool tensor of that shape, a torch
-        sparse tensor (its stored entries), or index pairs (an ``(nnz, 2)``
-        integer tensor or a sequence of ``(row, column)`` pairs).  Entries
-        outside it are assumed zero (see ``check``).
+        sparse tensor (its stored entries), index pairs (an ``(nnz, 2)``
+        integer tensor or a sequence of ``(row, column)`` pairs), a bool or
+        0/1 integer NumPy array of that shape, or a SciPy sparse matrix or
+        array of any format (its stored entries).  Entries outside it are
+        assumed zero (see ``check``).
     argnums : int, optional
         The positional argument to differentiate: one tensor (default 0).
     mode : {"auto", "forward", "reverse"}, optional
@@ -86,6 +91,12 @@ def sparse_jacobian(
         ``c -> func(x + S c)``.  ``"reverse"``: row colouring,
         :func:`~tad_autograd.jacrev` of ``x -> S^T func(x)``.  ``"auto"``
         (default): the side with fewer colours, reverse on a tie.
+    colouring : torch.Tensor, numpy.ndarray or list of int, optional
+        One's own colouring, used as it is: a non-negative integer colour per
+        column (``mode="forward"``) or per row (``mode="reverse"``; either
+        mode must be named).  Checked when the operator is built: two columns
+        (rows) sharing a row (column) of the pattern must differ, else
+        ``ValueError`` names them.  Default: :func:`~tad_autograd.colouring`'s.
     chunk_size : int, optional
         Passed to the Jacobian of the compressed function.
     check : bool, optional
@@ -108,7 +119,9 @@ def sparse_jacobian(
     ValueError
         A malformed pattern (wrong dtype or rank: at once; a shape that does
         not match ``func``: at the call, naming both shapes); ``mode`` not one
-        of the three; ``check=True`` and a difference.
+        of the three; a ``colouring`` of the wrong length, with negative
+        colours, or two columns (rows) sharing a row (column) and a colour,
+        or given with ``mode="auto"``; ``check=True`` and a difference.
     NotImplementedError
         Tuple ``argnums``, a pytree argument or output.
 
@@ -132,38 +145,62 @@ def sparse_jacobian(
     (torch.sparse_coo, torch.Size([6, 6]), 16)
     >>> torch.equal(J.to_dense(), ta.jacrev(rhs)(u))
     True
+
+    One's own colouring, e.g. the cyclic one of a band, is used as it is:
+
+    >>> own = ta.sparse_jacobian(rhs, band, mode="forward", colouring=i % 3)
+    >>> own.colours.tolist(), own.n_colours
+    ([0, 1, 2, 0, 1, 2], 3)
+    >>> ta.sparse_jacobian(rhs, band, mode="forward", colouring=i % 2)
+    Traceback (most recent call last):
+    ...
+    ValueError: sparse_jacobian: colouring: columns 0 and 2 share colour 0 but both have ...
     """
     argnums, name = _common("sparse_jacobian", func, argnums, chunk_size, check, backend)
     if mode not in _MODES:
         raise ValueError(f"sparse_jacobian: mode must be one of {_MODES}, got {mode!r}")
     pattern = as_pattern(sparsity)
-    columns = colouring(pattern, kind="column") if mode != "reverse" else None
-    rows = colouring(pattern, kind="row") if mode != "forward" else None
+    if colouring is not None:
+        if mode == "auto":
+            raise ValueError(
+                "sparse_jacobian: with colouring=, name the mode: mode='forward' for a colour "
+                "per column, mode='reverse' for a colour per row"
+            )
+        kind = "column" if mode == "forward" else "row"
+        colours = as_colours(colouring, pattern, kind, "sparse_jacobian: colouring")
+        return _jacobian(func, pattern, argnums, mode, colours, chunk_size, check, name, True)
+    columns = colour_pattern(pattern, kind="column") if mode != "reverse" else None
+    rows = colour_pattern(pattern, kind="row") if mode != "forward" else None
     if columns is not None and (rows is None or colour_count(columns) < colour_count(rows)):
-        return SparseDerivative(
-            "sparse_jacobian",
-            func,
-            pattern,
-            argnums,
-            "forward",
-            "column",
-            columns,
-            chunk_size,
-            check,
-            name,
-        )
+        return _jacobian(func, pattern, argnums, "forward", columns, chunk_size, check, name)
     assert rows is not None
+    return _jacobian(func, pattern, argnums, "reverse", rows, chunk_size, check, name)
+
+
+def _jacobian(
+    func: Callable[..., Any],
+    pattern: Pattern,
+    argnums: int,
+    mode: str,
+    colours: Any,
+    chunk_size: Optional[int],
+    check: bool,
+    backend: Optional[str],
+    given: bool = False,
+) -> SparseDerivative:
+    kind = "column" if mode == "forward" else "row"
     return SparseDerivative(
         "sparse_jacobian",
         func,
         pattern,
         argnums,
-        "reverse",
-        "row",
-        rows,
+        mode,
+        kind,
+        colours,
         chunk_size,
         check,
-        name,
+        backend,
+        given,
     )
 
 
@@ -173,6 +210,7 @@ def sparse_hessian(
     argnums: int = 0,
     *,
     kind: str = "symmetric",
+    colouring: Any = None,
     chunk_size: Optional[int] = None,
     check: bool = False,
     backend: Optional[str] = None,
@@ -188,7 +226,7 @@ def sparse_hessian(
     ----------
     func : callable
         Returns a tensor with one element (an energy).
-    sparsity : torch.Tensor or sequence of (int, int)
+    sparsity : torch.Tensor, sequence of (int, int), numpy.ndarray or scipy.sparse matrix
         As for :func:`sparse_jacobian`, of shape ``(in.numel(), in.numel())``;
         ``sparsity | sparsity.T`` is used.
     argnums : int, optional
@@ -202,6 +240,13 @@ def sparse_hessian(
         each entry read directly using the symmetry (``2 b + 1`` colours on a
         band, fewer than ``"column"`` on irregular patterns).  ``"column"``:
         the Jacobian's column colouring, no symmetry used.
+    colouring : torch.Tensor, numpy.ndarray or list of int, optional
+        One's own colouring of ``kind``, a non-negative integer colour per
+        column, used as it is; checked when the operator is built (for
+        ``"column"``: columns sharing a row differ; ``"star"``: every entry
+        can be read from its row or its column; ``"symmetric"``: adjacent
+        columns differ and no two colours close a cycle), else
+        ``ValueError`` names the offending pair.
     chunk_size, check, backend
         As for :func:`sparse_jacobian` (``check`` compares with
         :func:`~tad_autograd.hessian`).
@@ -215,7 +260,8 @@ def sparse_hessian(
     Raises
     ------
     ValueError
-        As for :func:`sparse_jacobian`; a non-square pattern; unknown ``kind``.
+        As for :func:`sparse_jacobian`; a non-square pattern; unknown
+        ``kind``; a ``colouring`` that is not one of ``kind``.
     RuntimeError
         ``func`` does not return one element.
 
@@ -246,7 +292,10 @@ def sparse_hessian(
             f"{describe_shape(pattern.shape)}"
         )
     pattern = pattern.symmetrised()
-    colours = colouring(pattern, kind=kind)
+    if colouring is None:
+        colours = colour_pattern(pattern, kind=kind)
+    else:
+        colours = as_colours(colouring, pattern, kind, "sparse_hessian: colouring")
     return SparseDerivative(
         "sparse_hessian",
         func,
@@ -258,4 +307,5 @@ def sparse_hessian(
         chunk_size,
         check,
         name,
+        colouring is not None,
     )

@@ -28,15 +28,22 @@ rows (or columns) that never share a non-zero are summed together:
 
 All three algorithms are sequential greedy colourings, each vertex taking the
 smallest colour its already coloured neighbourhood allows, in one of
-:data:`ORDERS`: ``"largest_first"`` (vertices by decreasing degree),
-``"natural"`` (by index), or ``"best"`` (default): both, keeping the one with
-fewer colours (the natural order on a tie).  Neither order wins everywhere:
-on the 72 (pattern, kind) pairs of the test suite and the benchmarks,
-largest-first used fewer colours 18 times (mostly random patterns), the
-natural order 10 times (the Lennard-Jones clusters, whose atoms are numbered
-outwards from the centre, so the natural order follows space: 231 against
-285 column colours and 81 against 90 acyclic ones at 4000 atoms), and they
-tied 44 times.  The column colouring
+:data:`ORDERS`: ``"natural"`` (by index), ``"largest_first"`` (by
+decreasing degree), ``"smallest_last"`` (repeatedly set aside a vertex of
+least degree among those left, colour in reverse), ``"dsatur"`` (column and
+row colourings only: next the vertex whose neighbours hold the most distinct
+colours), or ``"best"`` (default): the fewest colours of them all, the
+first on a tie.  For column and row colourings whose distance-2 graph is
+small enough to walk (:data:`~tad_autograd.sparse._greedy_colouring.SEARCH_WORK`
+steps), ``"best"`` also searches, in DSATUR order with bounded backtracking,
+for a colouring with as many colours as :func:`colouring_lower_bound`: that
+finds the lattice colourings of stencils, 5 colours for the 2-D five-point
+Laplacian (``(i + 2 j) mod 5``) and 7 for the 3-D seven-point one, where
+every greedy order needs 6-12 (see the table in the documentation's sparse
+page).  No order wins everywhere: DSATUR alone reaches 5 on the 2-D stencil
+but 10-11 on the 3-D one; smallest-last colours the Lennard-Jones Hessians
+with the fewest star and acyclic colours; the natural order follows space
+where atoms are numbered outwards from the centre.  The column colouring
 costs one pass over the entries (each row keeps the set of colours it holds
 as a bit mask); the symmetric ones cost ``sum over v of sum over the
 neighbours w of v of deg(w)``, and first merge *indistinguishable* vertices
@@ -64,12 +71,19 @@ import torch
 
 from ._greedy_colouring import (
     ORDERS,
+    SEARCH_BUDGET,
+    SEARCH_WORK,
     acyclic_colouring,
     column_colouring,
+    distance2_graph,
+    distance2_work,
+    dsatur,
+    greedy,
     greedy_clique,
+    smallest_last,
     star_colouring,
 )
-from .patterns import as_pattern
+from .patterns import Pattern, as_pattern
 
 __all__ = ["colouring", "colouring_lower_bound", "colour_count", "KINDS", "ORDERS"]
 
@@ -90,10 +104,11 @@ def colouring(pattern: Any, *, kind: str = "column", order: str = "best") -> tor
 
     Parameters
     ----------
-    pattern : torch.Tensor or sequence of (int, int)
-        A bool tensor of shape ``(rows, columns)``, a torch sparse tensor, or
+    pattern : torch.Tensor, sequence of (int, int), numpy.ndarray or scipy.sparse matrix
+        A bool tensor of shape ``(rows, columns)``, a torch sparse tensor,
         index pairs (an ``(nnz, 2)`` integer tensor or a sequence of
-        ``(row, column)`` pairs), as for :func:`tad_autograd.sparse_jacobian`.
+        ``(row, column)`` pairs), a NumPy mask or a SciPy sparse matrix, as
+        for :func:`tad_autograd.sparse_jacobian`.
     kind : {"column", "row", "symmetric", "star"}, optional
         ``"column"`` (default): columns sharing a row get different colours
         (for forward mode).  ``"row"``: rows sharing a column get different
@@ -101,9 +116,11 @@ def colouring(pattern: Any, *, kind: str = "column", order: str = "best") -> tor
         square pattern made symmetric (``pattern | pattern.T``), for Hessians
         decompressed by substitution; ``"star"``: a star colouring of it, for
         Hessians read directly.
-    order : {"best", "largest_first", "natural"}, optional
-        The order in which the greedy algorithm colours: by decreasing degree,
-        by index, or (default) both, keeping the colouring with fewer colours.
+    order : {"best", "natural", "largest_first", "smallest_last", "dsatur"}, optional
+        The order in which the greedy algorithm colours (see the module
+        docstring); ``"dsatur"`` for ``"column"`` and ``"row"`` only.
+        Default ``"best"``: the colouring with the fewest colours of them
+        all, and of a bounded search for the lower bound's count.
 
     Returns
     -------
@@ -117,7 +134,8 @@ def colouring(pattern: Any, *, kind: str = "column", order: str = "best") -> tor
     ------
     ValueError
         Unknown ``kind`` or ``order``; a malformed pattern; a non-square
-        pattern for ``"symmetric"``.
+        pattern for ``"symmetric"``; ``order="dsatur"`` for ``"symmetric"``
+        or ``"star"``.
 
     Examples
     --------
@@ -130,13 +148,21 @@ def colouring(pattern: Any, *, kind: str = "column", order: str = "best") -> tor
     [0, 1, 2, 3, 4]
     >>> ta.colouring(arrow, kind="star").tolist()   # a star graph: two colours suffice
     [0, 1, 1, 1, 1]
+
+    The five-point Laplacian on a 6 x 6 grid: 5 colours, the lower bound (each
+    stencil's 5 points share a row of the pattern), where greedy orders need 7:
+
+    >>> path = ((torch.arange(6)[:, None] - torch.arange(6)).abs() <= 1).double()
+    >>> laplacian = torch.kron(path, torch.eye(6)) + torch.kron(torch.eye(6), path) > 0
+    >>> [int(ta.colouring(laplacian, order=o).max()) + 1 for o in ("natural", "best")]
+    [7, 5]
+    >>> ta.colouring_lower_bound(laplacian)
+    5
     """
     _check(kind, order)
     p = as_pattern(pattern, "pattern")
     if order == "best":
-        first = colouring(p, kind=kind, order="natural")
-        second = colouring(p, kind=kind, order="largest_first")
-        return second if colour_count(second) < colour_count(first) else first
+        return _best(p, kind)
     if kind == "row":
         p = p.transpose()
     if kind in ("symmetric", "star"):
@@ -148,6 +174,28 @@ def colouring(pattern: Any, *, kind: str = "column", order: str = "best") -> tor
         algorithm = acyclic_colouring if kind == "symmetric" else star_colouring
         return torch.tensor(algorithm(p.symmetrised(), order), dtype=torch.int64)
     return torch.tensor(column_colouring(p, order), dtype=torch.int64)
+
+
+def _best(p: Pattern, kind: str) -> torch.Tensor:
+    """``order="best"``: the fewest colours of the greedy orders (natural, largest-first,
+    smallest-last) and, for column and row colourings, of DSATUR and a bounded search
+    for as many colours as the lower bound (the first of them on a tie)."""
+    candidates = [colouring(p, kind=kind, order=o) for o in ("natural", "largest_first")]
+    if kind in ("symmetric", "star"):
+        candidates.append(colouring(p, kind=kind, order="smallest_last"))
+    else:
+        q = p if kind == "column" else p.transpose()
+        if distance2_work(q) <= SEARCH_WORK:
+            adj = distance2_graph(q)
+            candidates.append(torch.tensor(greedy(adj, smallest_last(adj)), dtype=torch.int64))
+            candidates.append(torch.tensor(dsatur(adj), dtype=torch.int64))
+            bound = colouring_lower_bound(p, kind=kind)
+            if min(colour_count(c) for c in candidates) > bound:
+                found = dsatur(adj, k=bound, budget=SEARCH_BUDGET + 4 * len(adj))
+                if found is not None:
+                    candidates.append(torch.tensor(found, dtype=torch.int64))
+    counts = [colour_count(c) for c in candidates]
+    return candidates[counts.index(min(counts))]
 
 
 def colouring_lower_bound(pattern: Any, *, kind: str = "column") -> int:

@@ -2,7 +2,7 @@
 
 A pattern says which entries of a matrix may be non-zero: the Jacobian of a
 function, flattened to ``(out.numel(), in.numel())``, or the Hessian,
-``(in.numel(), in.numel())``.  The public operators accept three forms:
+``(in.numel(), in.numel())``.  The public operators accept these forms:
 
 * a **bool tensor** of shape ``(rows, columns)``: ``True`` where an entry may
   be non-zero;
@@ -12,7 +12,15 @@ function, flattened to ``(out.numel(), in.numel())``, or the Hessian,
   the next call);
 * **index pairs**: an integer tensor of shape ``(nnz, 2)`` or a sequence of
   ``(row, column)`` pairs.  They carry no shape; the derivative's shape is
-  taken from the function at the call (every index must fit in it).
+  taken from the function at the call (every index must fit in it);
+* a **NumPy array** of shape ``(rows, columns)``, bool or integer with only
+  0 and 1: a dense mask (index pairs from NumPy go through
+  ``torch.from_numpy``);
+* a **SciPy sparse matrix or array** of any format (``coo``, ``csr``,
+  ``csc``, ``bsr``, ``lil``, ``dok``, ``dia``): its stored entries, as its
+  ``tocoo()`` lists them.  SciPy is optional and never imported here: an
+  object is one of its sparse matrices only if ``scipy.sparse`` was imported
+  already, which creating one does.
 
 :func:`as_pattern` turns each into a :class:`Pattern`: the unique entries
 sorted row by row, on the CPU.  Mistakes raise ``ValueError`` (wrong shape,
@@ -31,6 +39,7 @@ Examples
 
 from __future__ import annotations
 
+import sys
 from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
@@ -161,7 +170,8 @@ class Pattern:
 
 _FORMS = (
     "a bool tensor of shape (rows, columns), a torch sparse tensor, an integer tensor of "
-    "index pairs of shape (nnz, 2), or a sequence of (row, column) pairs"
+    "index pairs of shape (nnz, 2), a sequence of (row, column) pairs, a bool or 0/1 "
+    "integer NumPy array of shape (rows, columns), or a SciPy sparse matrix or array"
 )
 
 
@@ -170,7 +180,7 @@ def as_pattern(sparsity: Any, name: str = "sparsity") -> Pattern:
 
     Parameters
     ----------
-    sparsity : torch.Tensor or sequence of (int, int)
+    sparsity : torch.Tensor, sequence of (int, int), numpy.ndarray or scipy.sparse matrix
         One of the forms of the module docstring.
     name : str, optional
         The parameter's name in error messages.
@@ -182,7 +192,8 @@ def as_pattern(sparsity: Any, name: str = "sparsity") -> Pattern:
     Raises
     ------
     ValueError
-        A tensor of the wrong rank or dtype, index pairs that are not pairs of
+        A tensor or array of the wrong rank or dtype, a NumPy integer array
+        holding values other than 0 and 1, index pairs that are not pairs of
         non-negative integers.
     TypeError
         Anything else.
@@ -192,6 +203,9 @@ def as_pattern(sparsity: Any, name: str = "sparsity") -> Pattern:
     >>> import torch
     >>> as_pattern(torch.eye(3, dtype=torch.bool).to_sparse()).pairs()
     [(0, 0), (1, 1), (2, 2)]
+    >>> import numpy as np
+    >>> as_pattern(np.array([[1, 0], [1, 1]])).pairs()
+    [(0, 0), (1, 0), (1, 1)]
     >>> as_pattern(torch.ones(2, 2))
     Traceback (most recent call last):
     ...
@@ -224,6 +238,10 @@ def as_pattern(sparsity: Any, name: str = "sparsity") -> Pattern:
             )
         pairs = torch.tensor(sparsity, dtype=torch.int64).reshape(-1, 2)
         return _from_pairs(pairs, name)
+    if _is_scipy_sparse(sparsity):
+        return _from_scipy(sparsity, name)
+    if _is_numpy_array(sparsity):
+        return _from_numpy(sparsity, name)
     raise TypeError(f"{name}: expected {_FORMS}; got {type(sparsity).__name__}")
 
 
@@ -294,3 +312,59 @@ def _expand(pointers: torch.Tensor) -> torch.Tensor:
     pointers = pointers.to("cpu", torch.int64)
     counts = pointers[1:] - pointers[:-1]
     return torch.repeat_interleave(torch.arange(counts.numel()), counts)
+
+
+def _is_numpy_array(obj: Any) -> bool:
+    """Whether ``obj`` is a NumPy array (never imports NumPy: an array means it is imported)."""
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and isinstance(obj, numpy.ndarray)
+
+
+def _is_scipy_sparse(obj: Any) -> bool:
+    """Whether ``obj`` is a SciPy sparse matrix or array (never imports SciPy, as above)."""
+    scipy_sparse = sys.modules.get("scipy.sparse")
+    return scipy_sparse is not None and bool(scipy_sparse.issparse(obj))
+
+
+def _from_numpy(array: Any, name: str) -> Pattern:
+    """A dense NumPy mask: bool, or integer holding only 0 and 1."""
+    kind = array.dtype.kind  # "b" bool, "i"/"u" integers
+    if array.ndim != 2:
+        raise ValueError(
+            f"{name}: a NumPy pattern must have 2 dimensions (rows = output elements, "
+            f"columns = input elements), got shape {describe_shape(array.shape)}"
+        )
+    if kind not in "biu":
+        raise ValueError(
+            f"{name}: a NumPy pattern must be a bool or 0/1 integer array, got dtype "
+            f"{array.dtype} (shape {describe_shape(array.shape)}); use `{name} != 0` for a mask"
+        )
+    if kind != "b" and array.size and not ((array == 0) | (array == 1)).all():
+        raise ValueError(
+            f"{name}: a NumPy integer array is read as a dense 0/1 mask of shape (rows, "
+            f"columns), but this one of shape {describe_shape(array.shape)} holds values other "
+            f"than 0 and 1; use `{name} != 0` for a mask, or torch.from_numpy({name}) for "
+            "index pairs of shape (nnz, 2)"
+        )
+    rows, cols = array.nonzero()
+    return Pattern(
+        torch.as_tensor(rows, dtype=torch.int64),
+        torch.as_tensor(cols, dtype=torch.int64),
+        (int(array.shape[0]), int(array.shape[1])),
+    )
+
+
+def _from_scipy(matrix: Any, name: str) -> Pattern:
+    """A SciPy sparse matrix or array of any format: its stored entries."""
+    shape = tuple(int(s) for s in matrix.shape)
+    if len(shape) != 2:
+        raise ValueError(
+            f"{name}: a SciPy sparse pattern must have 2 dimensions, got shape "
+            f"{describe_shape(shape)} ({matrix.format})"
+        )
+    coo = matrix.tocoo()
+    return Pattern(
+        torch.as_tensor(coo.row, dtype=torch.int64),
+        torch.as_tensor(coo.col, dtype=torch.int64),
+        shape,
+    )

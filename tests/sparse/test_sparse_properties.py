@@ -12,7 +12,7 @@ must match closed-form derivatives.
 from __future__ import annotations
 
 import itertools
-from typing import List
+from typing import List, Tuple
 
 import pytest
 import torch
@@ -21,6 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import tad_autograd as ta
+from benchmarks.problems_sparse import stencil
 from tad_autograd.sparse._decompression import direct_plan, substitution_plan
 from tad_autograd.sparse.colouring import KINDS
 from tad_autograd.sparse.patterns import as_pattern
@@ -38,7 +39,8 @@ def patterns(draw, square: bool = False, max_size: int = 9) -> torch.Tensor:
     return pattern
 
 
-orders = st.sampled_from(["best", "largest_first", "natural"])
+orders = st.sampled_from(["best", "largest_first", "natural", "smallest_last", "dsatur"])
+symmetric_orders = st.sampled_from(["best", "largest_first", "natural", "smallest_last"])
 
 
 def _column_colouring_ok(pattern: torch.Tensor, colours: List[int]) -> bool:
@@ -106,7 +108,7 @@ def test_column_and_row_colourings_are_valid(pattern: torch.Tensor, order: str) 
     assert max(rows) + 1 >= ta.colouring_lower_bound(pattern, kind="row")
 
 
-@given(patterns(square=True), orders)
+@given(patterns(square=True), symmetric_orders)
 def test_symmetric_colourings_are_valid(pattern: torch.Tensor, order: str) -> None:
     star = ta.colouring(pattern, kind="star", order=order).tolist()
     acyclic = ta.colouring(pattern, kind="symmetric", order=order).tolist()
@@ -204,11 +206,51 @@ def test_best_order_keeps_the_colouring_with_fewer_colours() -> None:
     for _ in range(5):
         pattern = torch.rand(40, 40, generator=g) < 0.1
         for kind in KINDS:
-            counts = [
-                int(ta.colouring(pattern, kind=kind, order=o).max()) + 1
-                for o in ("best", "natural", "largest_first")
-            ]
-            assert counts[0] == min(counts[1:])
+            orders = ["natural", "largest_first", "smallest_last"]
+            if kind in ("column", "row"):
+                orders.append("dsatur")
+            counts = [int(ta.colouring(pattern, kind=kind, order=o).max()) + 1 for o in orders]
+            best = int(ta.colouring(pattern, kind=kind).max()) + 1
+            greedy = counts[:2] if kind in ("symmetric", "star") else counts[:2] + counts[3:]
+            assert ta.colouring_lower_bound(pattern, kind=kind) <= best <= min(greedy)
+
+
+def test_dsatur_is_refused_for_symmetric_colourings() -> None:
+    with pytest.raises(ValueError, match="order='dsatur' applies to column and row"):
+        ta.colouring(torch.eye(3, dtype=torch.bool), kind="star", order="dsatur")
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(4, 4), (5, 5), (7, 9), (3, 12), (8, 8), (16, 16), (32, 32), (64, 64)]
+    + [(3, 3, 3), (4, 4, 4), (5, 5, 5), (4, 6, 9), (8, 8, 8), (12, 12, 12)],
+)
+def test_stencils_reach_the_lower_bound(shape: Tuple[int, ...]) -> None:
+    """Five colours for the 2-D five-point Laplacian, seven for the 3-D seven-point one.
+
+    Each stencil's points are pairwise within distance 2 of each other, so no column
+    (or row) colouring has fewer; ``(i + 2 j) mod 5`` and ``(i + 2 j + 3 k) mod 7`` have
+    that many, and the default order must find such a colouring on every grid size.
+    """
+    pattern = stencil(shape, periodic=False)
+    bound = 2 * len(shape) + 1
+    for kind in ("column", "row"):
+        colours = ta.colouring(pattern, kind=kind)
+        assert ta.colouring_lower_bound(pattern, kind=kind) == bound
+        assert int(colours.max()) + 1 == bound
+        dense = torch.zeros(pattern.max(0).values.add(1).tolist(), dtype=torch.bool)
+        dense[pattern[:, 0], pattern[:, 1]] = True
+        assert _column_colouring_ok(dense if kind == "column" else dense.T, colours.tolist())
+
+
+@pytest.mark.parametrize("shape", [(4, 4), (10, 10), (8, 8, 8)])
+def test_periodic_stencils_stay_within_the_greedy_counts(shape: Tuple[int, ...]) -> None:
+    pattern = stencil(shape, periodic=True)
+    best = int(ta.colouring(pattern).max()) + 1
+    greedy = [int(ta.colouring(pattern, order=o).max()) + 1 for o in ("natural", "largest_first")]
+    assert 2 * len(shape) + 1 <= best <= min(greedy)
+    if shape == (10, 10):  # 5 divides both sides: the lattice colouring wraps around
+        assert best == 5
 
 
 def test_block_diagonal_and_arrow_head_colour_counts() -> None:
