@@ -26,7 +26,7 @@ import torch
 
 from .agree import AUTO, assert_backends_agree
 from .compare import assert_trees_close
-from .fuzz_reference import loop_backends, transform_backends
+from .operators import loop_backends, transform_backends
 from .reference import flat_function, map_tensors, reference_jacobian
 
 __all__ = [
@@ -54,7 +54,7 @@ def _against_reference(agreement: Any, expected: Any, label: str) -> None:
 
 
 def _reference(op: str, func: Any, args: Any, **kw: Any) -> Any:
-    from .fuzz_reference import REFERENCE, build_operator
+    from .operators import REFERENCE, build_operator
 
     out = build_operator(REFERENCE, op, func, **kw)(*args)
     return map_tensors(lambda t: t.detach(), out)
@@ -69,7 +69,7 @@ def _check_composition(
     chunk_size: Optional[int] = None,
     **kw: Any,
 ) -> None:
-    from .fuzz_reference import LibraryOps, build_operator
+    from .operators import LibraryOps, build_operator
 
     def transform(f: Callable[..., Any], backend: Optional[str]) -> Callable[..., Any]:
         return build_operator(LibraryOps(backend, chunk_size), op, f, **kw)

@@ -15,10 +15,10 @@ meaningful.
 
 This module gathers the public names; the code lives in
 :mod:`~tad_autograd.testing.functions` (the custom ``autograd.Function``
-classes), :mod:`~tad_autograd.testing.program` (:class:`Program`),
-:mod:`~tad_autograd.testing.program_strategies` (:func:`programs` and the smaller
-strategies, with the steps in :mod:`~tad_autograd.testing.program_ops` and
-:mod:`~tad_autograd.testing.program_view_ops`) and
+classes), :mod:`~tad_autograd.testing._programs.program` (:class:`Program`),
+:mod:`~tad_autograd.testing._programs.strategies` (:func:`programs` and the smaller
+strategies, with the steps in :mod:`~tad_autograd.testing._programs.ops` and
+:mod:`~tad_autograd.testing._programs.view_ops`) and
 :mod:`~tad_autograd.testing.vmap_call` (:class:`VmapCall`, :func:`vmap_calls`).
 
 Examples
@@ -36,9 +36,10 @@ Examples
 
 from __future__ import annotations
 
+from ._programs.builder import shapes
+from ._programs.program import BOUND_MAX, MAX_NUMEL, Program  # noqa: F401 - the bounds stay importable
+from ._programs.strategies import argnums_for, float_dtypes, programs
 from .functions import NEW_STYLE_FUNCTIONS_SUPPORTED, NewStyleSiLU, OldStyleSin
-from .program import BOUND_MAX, MAX_NUMEL, Program  # noqa: F401 - the bounds stay importable
-from .program_strategies import argnums_for, float_dtypes, programs, shapes
 from .vmap_call import VmapCall, vmap_calls
 
 __all__ = [

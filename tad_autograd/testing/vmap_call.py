@@ -19,8 +19,8 @@ import torch
 from hypothesis import strategies as st
 
 from ..compat._pytree import broadcast_prefix, tree_flatten, tree_unflatten
-from .program import Program, _fmt_shape, _Raw, _render_tree
-from .program_strategies import programs
+from ._programs.program import Program, _fmt_shape, _Raw, _render_tree
+from ._programs.strategies import programs
 from .reference import map_tensors, reference_vmap, select_sample
 
 __all__ = ["VmapCall", "vmap_calls"]

@@ -31,11 +31,11 @@ from typing import Any, Optional, Sequence
 import torch
 from hypothesis import strategies as st
 
-from ..compat._pytree import tree_flatten
-from .compare import default_tolerances
-from .fuzz_products import build_product
-from .fuzz_reference import REFERENCE, LibraryOps, build_operator
-from .strategies import programs
+from ...compat._pytree import tree_flatten
+from ..compare import default_tolerances
+from ..operators import REFERENCE, LibraryOps, build_operator
+from ..strategies import programs
+from .products import build_product
 
 __all__ = [
     "COMPILE_SUPPORTED",

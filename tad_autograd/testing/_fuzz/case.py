@@ -1,7 +1,7 @@
 """Whole fuzz cases: a program, an operator and how it is called.
 
 :func:`fuzz_cases` draws :class:`FuzzCase` objects for one operator of
-:data:`~tad_autograd.testing.fuzz.OPERATORS`;
+:data:`~tad_autograd.testing._fuzz.programs.OPERATORS`;
 :func:`check_finite_differences` validates the row-loop reference of a case
 with ``torch.autograd.gradcheck`` (float64 finite differences).
 
@@ -23,7 +23,9 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 import torch
 from hypothesis import strategies as st
 
-from .fuzz import (
+from ..reference import flat_function, map_tensors
+from ..strategies import VmapCall, vmap_calls
+from .programs import (
     CONTEXTS,
     FEATURES,
     INPUT_KINDS,
@@ -32,8 +34,6 @@ from .fuzz import (
     FuzzProgram,
     fuzz_programs,
 )
-from .reference import flat_function, map_tensors
-from .strategies import VmapCall, vmap_calls
 
 __all__ = ["FuzzCase", "fuzz_cases", "check_finite_differences"]
 
@@ -48,14 +48,14 @@ class FuzzCase:
     program : FuzzProgram
     op : str
         One of :data:`OPERATORS` or of
-        :data:`~tad_autograd.testing.fuzz_products.PRODUCT_OPERATORS`.
+        :data:`~tad_autograd.testing._fuzz.products.PRODUCT_OPERATORS`.
     args : tuple
         Positional arguments (batched for the operators in :data:`VMAP_OPERATORS`).
     argnums, outer_argnums
         ``argnums`` of the (inner) ``jacrev``/``hessian``; ``outer_argnums``
         of the outer ``jacrev`` in ``jacrev_jacrev``.
     has_aux, mode, randomness, tangents, cotangents
-        For the derivative products (:mod:`~tad_autograd.testing.fuzz_products`):
+        For the derivative products (:mod:`~tad_autograd.testing._fuzz.products`):
         ``tangents`` shaped like the arguments at ``argnums`` (a tuple),
         ``cotangents`` like the program's output.
     in_dims, out_dims, chunk_size
@@ -173,7 +173,7 @@ def check_finite_differences(case: FuzzCase) -> None:
     --------
     >>> import torch
     >>> from hypothesis import find
-    >>> from tad_autograd.testing.fuzz_case import fuzz_cases
+    >>> from tad_autograd.testing._fuzz.case import fuzz_cases
     >>> case = find(fuzz_cases("jacrev"), lambda c: c.program.dtype == torch.float64)
     >>> check_finite_differences(case)
     """

@@ -2,7 +2,7 @@
 
 Three namespaces expose the same ``jacrev`` / ``hessian`` / ``vmap`` calls so
 that one operator table (:func:`build_operator`) runs a
-:class:`~tad_autograd.testing.fuzz.FuzzCase` on each:
+:class:`~tad_autograd.testing._fuzz.programs.FuzzCase` on each:
 
 * :data:`REFERENCE` - no ``tad_autograd`` backend at all: ``jacrev`` is a row
   loop of ``torch.autograd.grad`` on the eager function (``create_graph=True``,
@@ -246,7 +246,11 @@ def build_operator(
     in_dims: Any = 0,
     out_dims: Any = 0,
 ) -> Callable[..., Any]:
-    """The callable operator ``op`` (see ``fuzz.OPERATORS``) of ``f`` in namespace ``ns``.
+    """The callable operator ``op`` of ``f`` in namespace ``ns``.
+
+    ``op`` is one of ``"jacrev"``, ``"jacrev_aux"``, ``"hessian"``,
+    ``"jacrev_jacrev"``, ``"vmap"``, ``"vmap_jacrev"``, ``"jacrev_vmap"`` and
+    ``"vmap_hessian"`` (the outer transform first).
 
     For ``"jacrev_aux"``, ``f`` must already return ``(output, aux)``.
 
@@ -276,10 +280,17 @@ def build_operator(
     raise ValueError(f"unknown operator {op!r}")
 
 
-def _registry_backend(name: str) -> Any:
+def _available_backends(transforms: bool) -> Tuple[str, ...]:
+    """The available backends that are (``transforms``) or are not function transforms."""
+    import tad_autograd as ta
+
     from ..dispatch.registry import REGISTRY
 
-    return REGISTRY.get(name)
+    return tuple(
+        n
+        for n in ta.available_backends()
+        if getattr(REGISTRY.get(n), "is_transform", True) == transforms
+    )
 
 
 def transform_backends() -> Tuple[str, ...]:
@@ -290,11 +301,7 @@ def transform_backends() -> Tuple[str, ...]:
     >>> "autograd" in transform_backends()
     False
     """
-    import tad_autograd as ta
-
-    return tuple(
-        n for n in ta.available_backends() if getattr(_registry_backend(n), "is_transform", True)
-    )
+    return _available_backends(True)
 
 
 def loop_backends() -> Tuple[str, ...]:
@@ -305,10 +312,4 @@ def loop_backends() -> Tuple[str, ...]:
     >>> "autograd" in loop_backends()
     True
     """
-    import tad_autograd as ta
-
-    return tuple(
-        n
-        for n in ta.available_backends()
-        if not getattr(_registry_backend(n), "is_transform", True)
-    )
+    return _available_backends(False)

@@ -3,10 +3,10 @@
 :data:`PRODUCT_OPERATORS` are the operators with :mod:`torch.func`'s
 signatures beyond ``jacrev``/``hessian``/``vmap``.  :func:`build_product`
 turns one of them into a callable of the program's arguments in one of the
-three namespaces of :mod:`~tad_autograd.testing.fuzz_reference`:
+three namespaces of :mod:`~tad_autograd.testing.operators`:
 
 * the reference: the row loop of ``torch.autograd.grad`` on the eager function
-  (:func:`~tad_autograd.testing.fuzz_reference.ref_jacrev`), contracted with
+  (:func:`~tad_autograd.testing.operators.ref_jacrev`), contracted with
   the tangents (forward mode) or cotangents (reverse mode) in float64; the
   Hessian of ``hvp`` is the row loop of the row loop;
 * ``torch.func`` (``functorch`` on 1.13) called directly: ``jacobian`` is its
@@ -34,7 +34,7 @@ output leaves; ``aux = {"aux": s_or_last_leaf.sum() * w}`` with a captured
 Examples
 --------
 >>> import torch
->>> from tad_autograd.testing.fuzz_reference import REFERENCE
+>>> from tad_autograd.testing.operators import REFERENCE
 >>> x = torch.tensor([1.0, 2.0], dtype=torch.float64)
 >>> t = (torch.tensor([1.0, 0.0], dtype=torch.float64),)
 >>> out, jv = build_product(REFERENCE, "jvp", lambda x: x ** 3, argnums=0, tangents=t)(x)
@@ -48,8 +48,8 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..compat._pytree import tree_flatten, tree_unflatten
-from .fuzz_reference import LibraryOps, ReferenceOps, ref_jacrev
+from ...compat._pytree import tree_flatten, tree_unflatten
+from ..operators import LibraryOps, ReferenceOps, ref_jacrev
 
 __all__ = [
     "PRODUCT_OPERATORS",

@@ -1,7 +1,7 @@
 """Fuzzing second-order operators through backward passes that cannot be differentiated.
 
 An :class:`OpaqueCase` is a function ``f(x) = use(Cube.apply(pre(x)), x)``
-with ``Cube`` one of :mod:`~tad_autograd.testing.opaque_functions`
+with ``Cube`` one of :mod:`~tad_autograd.testing._fuzz.opaque_functions`
 (``@once_differentiable``, NumPy or ``.detach()`` backward; old or new style),
 ``pre`` in :data:`PRES`, ``use`` in :data:`USES` (``y * x``, ``sin(y)``,
 ``y ** 2`` ...: mostly non-linear), and its scalar ``s(x) = (f(x) * c).sum()``,
@@ -44,11 +44,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from hypothesis import strategies as st
 
-from ..compat._pytree import tree_flatten, tree_unflatten
-from .compare import default_tolerances
-from .fuzz_reference import direct_ops, ref_jacrev, transform_backends
+from ...compat._pytree import tree_flatten, tree_unflatten
+from ..compare import default_tolerances
+from ..operators import direct_ops, ref_jacrev, transform_backends
+from ..strategies import shapes
 from .opaque_functions import OPAQUE_KINDS, STYLES, opaque_function, twin_function
-from .program_strategies import shapes
 
 __all__ = ["SECOND_ORDER", "PRES", "USES", "OpaqueCase", "opaque_cases", "check_opaque_case"]
 

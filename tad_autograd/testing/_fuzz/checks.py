@@ -1,6 +1,6 @@
 """Checks of the differential fuzzer: every backend and automatic mode vs references.
 
-:func:`check_case` runs one :class:`~tad_autograd.testing.fuzz.FuzzCase` on
+:func:`check_case` runs one :class:`~tad_autograd.testing._fuzz.programs.FuzzCase` on
 the independent reference (row loop of ``torch.autograd.grad``, Python-loop
 ``vmap``), on ``torch.func``/``functorch`` directly and on every available
 backend plus automatic mode, in the case's calling context and with its kind
@@ -22,7 +22,7 @@ of inputs, and asserts what every backend returns and that the caller's state is
 Examples
 --------
 >>> from hypothesis import given, settings
->>> from tad_autograd.testing.fuzz_case import fuzz_cases
+>>> from tad_autograd.testing._fuzz.case import fuzz_cases
 >>> @settings(max_examples=2, deadline=None, database=None)
 ... @given(fuzz_cases("jacrev", features=(), contexts=("plain",)))
 ... def test(case):
@@ -38,15 +38,15 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..compat._pytree import tree_flatten
-from .compare import default_tolerances, spec_repr
-from .fuzz_case import FuzzCase
-from .fuzz_grad_flags import requires_grad_as_torch_func, requires_grad_of
-from .fuzz_product_case import expects_random_error
-from .fuzz_products import PRODUCT_OPERATORS, build_product
-from .fuzz_reference import REFERENCE, LibraryOps, build_operator, direct_ops, transform_backends
-from .fuzz_run import prepare_inputs, run_operator
-from .reference import map_tensors
+from ...compat._pytree import tree_flatten
+from ..compare import default_tolerances, spec_repr
+from ..operators import REFERENCE, LibraryOps, build_operator, direct_ops, transform_backends
+from ..reference import map_tensors
+from .case import FuzzCase
+from .grad_flags import requires_grad_as_torch_func, requires_grad_of
+from .product_case import expects_random_error
+from .products import PRODUCT_OPERATORS, build_product
+from .run import prepare_inputs, run_operator
 
 __all__ = ["check_case", "inference_supported", "prepare_inputs"]
 
@@ -161,7 +161,7 @@ def check_case(case: FuzzCase, backends: Optional[Sequence[Optional[str]]] = Non
     Examples
     --------
     >>> from hypothesis import find
-    >>> from tad_autograd.testing.fuzz_case import fuzz_cases
+    >>> from tad_autograd.testing._fuzz.case import fuzz_cases
     >>> case = find(fuzz_cases("jacrev", contexts=("no_grad",)), lambda c: True)
     >>> check_case(case, backends=["autograd", None])
     """

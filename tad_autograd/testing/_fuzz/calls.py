@@ -51,10 +51,10 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import torch
 from hypothesis import strategies as st
 
-from ..compat._pytree import tree_flatten
-from .compare import default_tolerances
-from .functions import OldStyleSin
-from .fuzz_reference import direct_ops, ref_jacrev, transform_backends
+from ...compat._pytree import tree_flatten
+from ..compare import default_tolerances
+from ..functions import OldStyleSin
+from ..operators import direct_ops, ref_jacrev, transform_backends
 
 __all__ = [
     "CALL_FEATURES",

@@ -1,9 +1,9 @@
 """Fuzz cases for the derivative products, and the finite-difference check of forward mode.
 
-:func:`product_cases` draws :class:`~tad_autograd.testing.fuzz_case.FuzzCase`
+:func:`product_cases` draws :class:`~tad_autograd.testing._fuzz.case.FuzzCase`
 objects for one operator of
-:data:`~tad_autograd.testing.fuzz_products.PRODUCT_OPERATORS`: a program with
-hard features (:func:`~tad_autograd.testing.fuzz.fuzz_programs`), its
+:data:`~tad_autograd.testing._fuzz.products.PRODUCT_OPERATORS`: a program with
+hard features (:func:`~tad_autograd.testing._fuzz.programs.fuzz_programs`), its
 ``argnums``, tangents and cotangents, ``has_aux``, ``jacobian``'s ``mode``,
 ``jacfwd``'s ``randomness``, a ``chunk_size``, a calling context and an input
 kind.  :func:`check_forward_finite_differences` validates the forward-mode
@@ -42,12 +42,12 @@ from typing import Any, Callable, Iterator, List, Sequence
 import torch
 from hypothesis import strategies as st
 
-from ..compat._pytree import tree_flatten, tree_unflatten
-from .fuzz import CONTEXTS, FEATURES, INPUT_KINDS, FuzzProgram, fuzz_programs
-from .fuzz_case import FuzzCase
-from .fuzz_products import FORWARD_OPERATORS, PRODUCT_OPERATORS, build_product, scalarised
-from .fuzz_reference import REFERENCE, ref_jacrev
-from .reference import map_tensors
+from ...compat._pytree import tree_flatten, tree_unflatten
+from ..operators import REFERENCE, ref_jacrev
+from ..reference import map_tensors
+from .case import FuzzCase
+from .products import FORWARD_OPERATORS, PRODUCT_OPERATORS, build_product, scalarised
+from .programs import CONTEXTS, FEATURES, INPUT_KINDS, FuzzProgram, fuzz_programs
 
 __all__ = ["product_cases", "expects_random_error", "check_forward_finite_differences"]
 

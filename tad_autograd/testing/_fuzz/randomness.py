@@ -30,9 +30,9 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from ..compat._pytree import tree_flatten
-from .compare import default_tolerances
-from .fuzz_reference import transform_backends
+from ...compat._pytree import tree_flatten
+from ..compare import default_tolerances
+from ..operators import transform_backends
 
 __all__ = ["check_vmap_randomness", "noisy"]
 

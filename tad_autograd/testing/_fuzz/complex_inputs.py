@@ -36,9 +36,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from hypothesis import strategies as st
 
-from ..compat._pytree import tree_flatten
-from .fuzz_reference import direct_ops, transform_backends
-from .program_strategies import shapes
+from ...compat._pytree import tree_flatten
+from ..operators import direct_ops, transform_backends
+from ..strategies import shapes
 
 __all__ = [
     "COMPLEX_PRES",
