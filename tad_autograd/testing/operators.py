@@ -305,11 +305,13 @@ def transform_backends() -> Tuple[str, ...]:
 
 
 def loop_backends() -> Tuple[str, ...]:
-    """Available backends that are not function transforms (e.g. ``"autograd"``).
+    """Available backends that are not function transforms: :func:`transform_backends`'s
+    complement among :func:`tad_autograd.available_backends`.
 
     Examples
     --------
-    >>> "autograd" in loop_backends()
+    >>> import tad_autograd as ta
+    >>> sorted(loop_backends() + transform_backends()) == sorted(ta.available_backends())
     True
     """
     return _available_backends(False)

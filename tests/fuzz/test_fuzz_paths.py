@@ -20,10 +20,8 @@ from hypothesis import given
 
 from tad_autograd.testing._fuzz.calls import (
     check_counted_calls,
-    check_linearize_calls,
     check_random_calls,
     counted_cases,
-    linearize_cases,
     random_cases,
 )
 from tad_autograd.testing._fuzz.compiled import (
@@ -32,6 +30,7 @@ from tad_autograd.testing._fuzz.compiled import (
     compile_cases,
 )
 from tad_autograd.testing._fuzz.complex_inputs import check_complex_case, complex_cases
+from tad_autograd.testing._fuzz.linearize import check_linearize_calls, linearize_cases
 from tad_autograd.testing._fuzz.opaque import check_opaque_case, opaque_cases
 from tad_autograd.testing._fuzz.programs import fuzz_settings
 

@@ -7,18 +7,14 @@ with ``torch.autograd.gradcheck`` (float64 finite differences).
 
 Examples
 --------
->>> from hypothesis import given, settings
->>> @settings(max_examples=2, deadline=None, database=None)
-... @given(fuzz_cases("jacrev_vmap"))
-... def check(case):
-...     assert case.op == "jacrev_vmap"
->>> check()
+>>> from hypothesis import find
+>>> find(fuzz_cases("jacrev_vmap"), lambda case: True).op
+'jacrev_vmap'
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from hypothesis import strategies as st
@@ -34,6 +30,7 @@ from .programs import (
     FuzzProgram,
     fuzz_programs,
 )
+from .support import fixed_seed
 
 __all__ = ["FuzzCase", "fuzz_cases", "check_finite_differences"]
 
@@ -118,12 +115,10 @@ def fuzz_cases(
 
     Examples
     --------
-    >>> from hypothesis import given, settings
-    >>> @settings(max_examples=3, deadline=None, database=None)
-    ... @given(fuzz_cases("vmap_jacrev"))
-    ... def check(case):
-    ...     assert case.op == "vmap_jacrev"
-    >>> check()
+    >>> from hypothesis import find
+    >>> case = find(fuzz_cases("vmap_jacrev", contexts=("no_grad",)), lambda c: True)
+    >>> case.context
+    'no_grad'
     """
     if op not in OPERATORS:
         raise ValueError(f"op must be one of {OPERATORS}, got {op!r}")
@@ -157,13 +152,6 @@ def fuzz_cases(
     return FuzzCase(**kw)
 
 
-@contextlib.contextmanager
-def _fixed_seed(seed: int) -> Iterator[None]:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
 def check_finite_differences(case: FuzzCase) -> None:
     """``torch.autograd.gradcheck`` (float64 finite differences) passes on the case's
     eager function, so the row-loop reference that :func:`check_case` compares
@@ -185,7 +173,7 @@ def check_finite_differences(case: FuzzCase) -> None:
 
     def reseeded(*xs: Any) -> Any:
         prog.reset()  # a fresh captured buffer: no history from the previous evaluation
-        with _fixed_seed(_SEED):
+        with fixed_seed(_SEED):
             return flat_func(*xs)
 
     inputs = tuple(t.detach().clone().requires_grad_(True) for t in flat_in)

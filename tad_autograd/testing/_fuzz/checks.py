@@ -47,6 +47,7 @@ from .grad_flags import requires_grad_as_torch_func, requires_grad_of
 from .product_case import expects_random_error
 from .products import PRODUCT_OPERATORS, build_product
 from .run import prepare_inputs, run_operator
+from .support import backends_and_auto, describe, leaf_message
 
 __all__ = ["check_case", "inference_supported", "prepare_inputs"]
 
@@ -79,7 +80,7 @@ def _assert_matches(actual: Any, expected: Any, io_dtype: torch.dtype, what: str
             e,
             rtol=rtol,
             atol=atol,
-            msg=functools.partial(_leaf_message, f"{what}: leaf {i}"),
+            msg=functools.partial(leaf_message, f"{what}: leaf {i}"),
         )
 
 
@@ -144,11 +145,6 @@ def _detach(tree: Any) -> Any:
     return map_tensors(lambda t: t.detach(), tree)
 
 
-def _describe(exc: BaseException) -> str:
-    notes = "".join(f"\n  note: {n}" for n in getattr(exc, "__notes__", ()))
-    return f"{type(exc).__name__}: {exc}{notes}"
-
-
 def check_case(case: FuzzCase, backends: Optional[Sequence[Optional[str]]] = None) -> None:
     """Run ``case`` on every backend and automatic mode; assert results and untouched state.
 
@@ -165,10 +161,8 @@ def check_case(case: FuzzCase, backends: Optional[Sequence[Optional[str]]] = Non
     >>> case = find(fuzz_cases("jacrev", contexts=("no_grad",)), lambda c: True)
     >>> check_case(case, backends=["autograd", None])
     """
-    import tad_autograd as ta
 
-    if backends is None:
-        backends = list(ta.available_backends()) + [None]
+    backends = backends_and_auto(backends)
     judged = _judged(case)
     for backend in backends:
         lib = _run_library(case, backend)
@@ -183,7 +177,7 @@ def _judged(case: FuzzCase) -> _Judged:
     ref = run_operator(REFERENCE, case, ref_prog, ref_args, "plain", "enable_grad")
     if ref.error is not None:
         raise AssertionError(
-            f"the reference itself failed: {_describe(ref.error)}\n{case!r}"
+            f"the reference itself failed: {describe(ref.error)}\n{case!r}"
         ) from ref.error
     direct_ns = direct_ops()
     direct = (
@@ -303,7 +297,7 @@ class _Judged:
                 lambda: (
                     f"{what}: the function draws random numbers "
                     f"under randomness='error'; expected a RuntimeError, got "
-                    f"{_describe(lib.error) if lib.error is not None else 'a value'}{report}"
+                    f"{describe(lib.error) if lib.error is not None else 'a value'}{report}"
                 ),
             )
             return
@@ -323,7 +317,7 @@ class _Judged:
                 "inference",
                 lambda: (
                     f"{what}: expected a RuntimeError naming inference "
-                    f"mode, got {_describe(err)}{report}"
+                    f"mode, got {describe(err)}{report}"
                 ),
             )
             return
@@ -334,7 +328,7 @@ class _Judged:
                     f"{what} raised, but the reference (and "
                     f"torch.func where it applies: "
                     f"{'ok' if self.direct_ok else 'n/a'}) computes it: "
-                    f"{_describe(lib.error)}{report}",
+                    f"{describe(lib.error)}{report}",
                 )
                 raise failure from lib.error
             return
@@ -353,7 +347,3 @@ class _Judged:
                     f"{what}: requires_grad per result leaf {got} != torch.func's {want}{report}"
                 ),
             )
-
-
-def _leaf_message(where: str, message: str) -> str:
-    return f"{where}: {message}"

@@ -36,8 +36,7 @@ Examples
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Callable, Iterator, List, Sequence
+from typing import Any, Callable, List, Sequence
 
 import torch
 from hypothesis import strategies as st
@@ -48,6 +47,7 @@ from ..reference import map_tensors
 from .case import FuzzCase
 from .products import FORWARD_OPERATORS, PRODUCT_OPERATORS, build_product, scalarised
 from .programs import CONTEXTS, FEATURES, INPUT_KINDS, FuzzProgram, fuzz_programs
+from .support import argnum_positions, fixed_seed
 
 __all__ = ["product_cases", "expects_random_error", "check_forward_finite_differences"]
 
@@ -62,10 +62,6 @@ HALF = frozenset({"grad", "vjp", "jvp", "jacfwd"})
 
 _SEED = 1234
 _FD_EPS = 1e-6
-
-
-def _positions(argnums: Any, n: int) -> List[int]:
-    return [a % n for a in ((argnums,) if isinstance(argnums, int) else argnums)]
 
 
 def _uniform(like: torch.Tensor, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
@@ -100,12 +96,10 @@ def product_cases(
 
     Examples
     --------
-    >>> from hypothesis import given, settings
-    >>> @settings(max_examples=3, deadline=None, database=None)
-    ... @given(product_cases("jacobian", half=False))
-    ... def check(case):
-    ...     assert case.mode in ("auto", "forward", "reverse") and case.cotangents is not None
-    >>> check()
+    >>> from hypothesis import find
+    >>> case = find(product_cases("jacobian", half=False), lambda c: c.mode == "forward")
+    >>> case.cotangents is not None
+    True
     """
     if op not in PRODUCT_OPERATORS:
         raise ValueError(f"op must be one of {PRODUCT_OPERATORS}, got {op!r}")
@@ -130,7 +124,7 @@ def product_cases(
     if op == "jacfwd_jacrev":
         kw["outer_argnums"] = draw(st.sampled_from(list(prog.base.tensor_argnums)))
     gen = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
-    positions = _positions(prog.argnums, len(prog.args))
+    positions = argnum_positions(prog.argnums, len(prog.args))
     kw["tangents"] = tuple(
         map_tensors(lambda t: _uniform(t, gen, prog.io_dtype), prog.args[p]) for p in positions
     )
@@ -147,13 +141,6 @@ def expects_random_error(case: FuzzCase) -> bool:
         and case.randomness == "error"
         and "random" in getattr(case.program, "features", ())
     )
-
-
-@contextlib.contextmanager
-def _fixed_seed(seed: int) -> Iterator[None]:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 def check_forward_finite_differences(case: FuzzCase) -> None:
@@ -174,7 +161,7 @@ def check_forward_finite_differences(case: FuzzCase) -> None:
     if prog.io_dtype != torch.float64 or case.op not in FORWARD_OPERATORS:
         raise ValueError(f"needs a float64 case of {sorted(FORWARD_OPERATORS)}, got {case.op!r}")
     args = tuple(case.args)
-    positions = _positions(case.argnums, len(args))
+    positions = argnum_positions(case.argnums, len(args))
     scalar = scalarised(prog, case.cotangents)
     everything = tuple(range(len(positions)))
 
@@ -185,7 +172,7 @@ def check_forward_finite_differences(case: FuzzCase) -> None:
             moved = [x + step * d for x, d in zip(leaves, tree_flatten(t)[0])]
             shifted[p] = tree_unflatten(moved, spec)
         prog.reset()
-        with _fixed_seed(_SEED):
+        with fixed_seed(_SEED):
             if case.op != "hvp":
                 return [o.detach() for o in tree_flatten(prog(*shifted))[0]]
 
@@ -203,7 +190,7 @@ def check_forward_finite_differences(case: FuzzCase) -> None:
     if "control_flow" in getattr(prog, "features", ()) and _branch_flips(evaluate, numerical):
         return  # a data-dependent branch switches within the step: no derivative to compare
     prog.reset()
-    with _fixed_seed(_SEED):
+    with fixed_seed(_SEED):
         product = build_product(
             REFERENCE,
             case.op,

@@ -22,7 +22,6 @@ True
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from typing import Any, Callable, List, Optional, Tuple
 
@@ -31,6 +30,7 @@ import torch
 from ...compat._pytree import tree_flatten
 from ..operators import LibraryOps, build_operator
 from ..reference import map_tensors
+from . import support
 from .case import FuzzCase
 from .products import PRODUCT_OPERATORS, build_product
 
@@ -75,15 +75,6 @@ def prepare_inputs(args: Any, kind: str) -> Tuple[Any, List[torch.Tensor]]:
         return t
 
     return map_tensors(one, args), owned
-
-
-def _context(name: str) -> Any:
-    return {
-        "plain": contextlib.nullcontext,
-        "no_grad": torch.no_grad,
-        "enable_grad": torch.enable_grad,
-        "inference_mode": torch.inference_mode,
-    }[name]()
 
 
 class Outcome:
@@ -190,7 +181,7 @@ def run_operator(
     snap = _snapshot(owned + [w])
     torch.manual_seed(SEED)
     res.rng_before = torch.get_rng_state()
-    with _context(context):
+    with support.context(context):
         modes = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
         with warnings.catch_warnings(record=True) as rec:
             # torch's own warnings in the references are not the library's
