@@ -49,7 +49,7 @@ from hypothesis import strategies as st
 from ...errors import BackendFallbackWarning
 from ..functions import OldStyleSin
 from ..operators import direct_ops, ref_jacrev, transform_backends
-from .support import assert_close_in_dtype, backends_and_auto, call_quietly, describe
+from .support import Backends, assert_close_in_dtype, backends_and_auto, call_quietly, describe
 
 __all__ = [
     "CALLS",
@@ -300,9 +300,7 @@ def counted_cases(draw: st.DrawFn, ops: Sequence[str] = COUNTED_OPERATORS) -> Co
     return CountedCase(program, draw(st.sampled_from(list(ops))))
 
 
-def check_counted_calls(
-    case: CountedCase, backends: Optional[Sequence[Optional[str]]] = None
-) -> None:
+def check_counted_calls(case: CountedCase, backends: Backends = None) -> None:
     """Each of three calls returns the reference and runs ``f`` as often as it should.
 
     Examples
@@ -366,9 +364,7 @@ def random_cases(draw: st.DrawFn, ops: Sequence[str] = RANDOM_OPERATORS) -> Rand
     return RandomCase(program, draw(st.sampled_from(list(ops))), draw(st.integers(0, 2**16)))
 
 
-def check_random_calls(
-    case: RandomCase, backends: Optional[Sequence[Optional[str]]] = None
-) -> None:
+def check_random_calls(case: RandomCase, backends: Backends = None) -> None:
     """Three calls from known seeds: values of the same draws, the RNG moved as one call.
 
     Examples

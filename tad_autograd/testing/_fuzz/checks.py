@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 
@@ -47,7 +47,7 @@ from .grad_flags import requires_grad_as_torch_func, requires_grad_of
 from .product_case import expects_random_error
 from .products import PRODUCT_OPERATORS, build_product
 from .run import prepare_inputs, run_operator
-from .support import backends_and_auto, describe, leaf_message
+from .support import Backends, backends_and_auto, describe, leaf_message
 
 __all__ = ["check_case", "inference_supported", "prepare_inputs"]
 
@@ -145,7 +145,7 @@ def _detach(tree: Any) -> Any:
     return map_tensors(lambda t: t.detach(), tree)
 
 
-def check_case(case: FuzzCase, backends: Optional[Sequence[Optional[str]]] = None) -> None:
+def check_case(case: FuzzCase, backends: Backends = None) -> None:
     """Run ``case`` on every backend and automatic mode; assert results and untouched state.
 
     Parameters

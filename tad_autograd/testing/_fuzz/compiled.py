@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 from hypothesis import strategies as st
@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 from ..operators import REFERENCE, LibraryOps, build_operator
 from ..strategies import programs
 from .products import build_product
-from .support import assert_close_in_dtype
+from .support import Backends, assert_close_in_dtype
 
 __all__ = [
     "COMPILE_SUPPORTED",
@@ -122,9 +122,7 @@ def _build(ns: Any, case: CompileCase) -> Any:
     )
 
 
-def check_compile_case(
-    case: CompileCase, backends: Optional[Sequence[Optional[str]]] = None
-) -> None:
+def check_compile_case(case: CompileCase, backends: Backends = None) -> None:
     """Compiled ``op(program)`` equals the reference, or (explicit backends) raises clearly.
 
     ``backends``: default, the case's own backend (``None``: automatic mode).

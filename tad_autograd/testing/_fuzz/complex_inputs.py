@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 
 from ..operators import direct_ops, transform_backends
 from ..strategies import shapes
-from .support import assert_leaves_close, backends_and_auto, call_quietly
+from .support import Backends, assert_leaves_close, backends_and_auto, call_quietly
 
 __all__ = [
     "COMPLEX_PRES",
@@ -177,9 +177,7 @@ def reference(case: ComplexCase) -> Any:
     return None  # jacrev: torch.func's value is the only reference
 
 
-def check_complex_case(
-    case: ComplexCase, backends: Optional[Sequence[Optional[str]]] = None
-) -> None:
+def check_complex_case(case: ComplexCase, backends: Backends = None) -> None:
     """Every backend and automatic mode: torch.func's value (and the reference), or its error.
 
     Examples

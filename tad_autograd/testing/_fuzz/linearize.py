@@ -18,7 +18,7 @@ tensor([-2., -2., -2.])
 from __future__ import annotations
 
 import warnings
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional
 
 import torch
 from hypothesis import strategies as st
@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from ...errors import BackendFallbackWarning
 from ..operators import direct_ops, ref_jacrev, transform_backends
 from .calls import CALLS, CalledProgram, called_programs
-from .support import assert_close_in_dtype, backends_and_auto, call_quietly, describe
+from .support import Backends, assert_close_in_dtype, backends_and_auto, call_quietly, describe
 
 __all__ = ["MUTATIONS", "LinearizeCase", "linearize_cases", "check_linearize_calls"]
 
@@ -81,9 +81,7 @@ def _direct_linearize_raises(p: CalledProgram) -> bool:
     return error is not None
 
 
-def check_linearize_calls(
-    case: LinearizeCase, backends: Optional[Sequence[Optional[str]]] = None
-) -> None:
+def check_linearize_calls(case: LinearizeCase, backends: Backends = None) -> None:
     """Products at the original point, with the output's draws; ``f`` run once.
 
     Examples

@@ -43,7 +43,7 @@ from ..compare import default_tolerances
 from ..operators import direct_ops, ref_jacrev, transform_backends
 from ..strategies import shapes
 from .opaque_functions import OPAQUE_KINDS, STYLES, opaque_function, twin_function
-from .support import assert_leaves_close, backends_and_auto, context, describe
+from .support import Backends, assert_leaves_close, backends_and_auto, context, describe
 
 __all__ = ["SECOND_ORDER", "PRES", "USES", "OpaqueCase", "opaque_cases", "check_opaque_case"]
 
@@ -269,7 +269,7 @@ def _direct_outcome(case: OpaqueCase, cube: Any) -> Tuple[Any, Optional[BaseExce
             return None, exc
 
 
-def check_opaque_case(case: OpaqueCase, backends: Optional[Sequence[Optional[str]]] = None) -> None:
+def check_opaque_case(case: OpaqueCase, backends: Backends = None) -> None:
     """Every backend and automatic mode raises naming the Function, or returns the truth.
 
     An explicitly chosen transform backend may instead give what :mod:`torch.func`

@@ -26,13 +26,13 @@ Examples
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable
 
 import torch
 
 from ...compat._pytree import tree_flatten
 from ..operators import transform_backends
-from .support import assert_close_in_dtype, backends_and_auto
+from .support import Backends, assert_close_in_dtype, backends_and_auto
 
 __all__ = ["check_vmap_randomness", "noisy"]
 
@@ -58,9 +58,7 @@ def noisy(program: Callable[..., Any]) -> Callable[..., Any]:
     return g
 
 
-def check_vmap_randomness(
-    call: Any, randomness: str, backends: Optional[Sequence[Optional[str]]] = None
-) -> None:
+def check_vmap_randomness(call: Any, randomness: str, backends: Backends = None) -> None:
     """Check ``vmap(noisy(call.func), call.in_dims, randomness=...)`` on every backend.
 
     ``call`` is a :class:`~tad_autograd.testing.strategies.VmapCall` with

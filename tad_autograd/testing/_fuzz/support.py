@@ -22,6 +22,7 @@ from ...compat._pytree import tree_flatten
 from ..compare import default_tolerances
 
 __all__ = [
+    "Backends",
     "CONTEXT_MANAGERS",
     "context",
     "fixed_seed",
@@ -33,6 +34,10 @@ __all__ = [
     "assert_leaves_close",
     "assert_close_in_dtype",
 ]
+
+#: Which backends a check runs: names, ``None`` for automatic mode; ``None``
+#: (the argument) for every available backend and automatic mode.
+Backends = Optional[Sequence[Optional[str]]]
 
 #: The calling contexts of the fuzzer, by name.
 CONTEXT_MANAGERS = {
@@ -61,7 +66,7 @@ def argnum_positions(argnums: Any, n: int) -> List[int]:
     return [a % n for a in ((argnums,) if isinstance(argnums, int) else argnums)]
 
 
-def backends_and_auto(backends: Optional[Sequence[Optional[str]]]) -> List[Optional[str]]:
+def backends_and_auto(backends: Backends) -> List[Optional[str]]:
     """``backends``, or every available backend and ``None`` (automatic mode)."""
     import tad_autograd as ta
 
