@@ -369,6 +369,8 @@ def graph_jacobian(
     Inside :func:`torch.no_grad` the derivative is still computed; inside
     :func:`torch.inference_mode`, too, for outputs recorded outside it (the
     result is an ordinary tensor).
+    The other calling contexts are as for every operator
+    (:ref:`semantics-contexts`).
 
     Examples
     --------

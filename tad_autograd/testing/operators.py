@@ -2,9 +2,9 @@
 
 Three namespaces expose the same ``jacrev`` / ``hessian`` / ``vmap`` calls so
 that one operator table (:func:`build_operator`) runs a
-:class:`~tad_autograd.testing._fuzz.programs.FuzzCase` on each:
+fuzz case (``FuzzCase``) on each:
 
-* :data:`REFERENCE` - no ``tad_autograd`` backend at all: ``jacrev`` is a row
+* ``REFERENCE`` - no ``tad_autograd`` backend at all: ``jacrev`` is a row
   loop of ``torch.autograd.grad`` on the eager function (``create_graph=True``,
   so it composes), ``hessian`` is ``jacrev(jacrev)``, ``vmap`` a Python loop;
 * :func:`direct_ops` - ``torch.func`` (torch >= 2.0) or ``functorch`` (1.13),

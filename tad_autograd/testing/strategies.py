@@ -15,10 +15,8 @@ meaningful.
 
 This module gathers the public names; the code lives in
 :mod:`~tad_autograd.testing.functions` (the custom ``autograd.Function``
-classes), :mod:`~tad_autograd.testing._programs.program` (:class:`Program`),
-:mod:`~tad_autograd.testing._programs.strategies` (:func:`programs` and the smaller
-strategies, with the steps in :mod:`~tad_autograd.testing._programs.ops` and
-:mod:`~tad_autograd.testing._programs.view_ops`) and
+classes), the private ``testing._programs`` package (:class:`Program`,
+:func:`programs` and the smaller strategies, with the steps they draw) and
 :mod:`~tad_autograd.testing.vmap_call` (:class:`VmapCall`, :func:`vmap_calls`).
 
 Examples
