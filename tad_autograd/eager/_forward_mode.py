@@ -251,7 +251,7 @@ def eager_jacfwd(
     tensor([[1., 0.],
             [0., 1.]])
     """
-    nums = check_argnums(argnums, len(args))
+    nums = check_argnums(argnums, len(args), "jacfwd")
     if randomness != "different":
         leaves = [x for p in nums for x in flatten(args[p])[0] if isinstance(x, torch.Tensor)]
         states = RngStates(_devices(leaves), visible_generators(func, args))

@@ -246,12 +246,12 @@ def split_aux(result: Any, name: str) -> Tuple[Any, Any]:
     >>> split_aux(torch.zeros(1), "vjp")
     Traceback (most recent call last):
     ...
-    RuntimeError: vjp(f, ..., has_aux=True): f must return a tuple (output, aux), got Tensor
+    RuntimeError: vjp(f, ..., has_aux=True): f must return a tuple (output, aux) whose output ...
     """
     if not (isinstance(result, tuple) and len(result) == 2):
         raise RuntimeError(
-            f"{name}(f, ..., has_aux=True): f must return a tuple (output, aux), got "
-            f"{type(result).__name__}"
+            f"{name}(f, ..., has_aux=True): f must return a tuple (output, aux) whose output "
+            f"is a tensor or a pytree of tensors, got {type(result).__name__}"
         )
     for leaf in tree_flatten(result[1])[0]:
         if not isinstance(leaf, torch.Tensor):

@@ -11,7 +11,7 @@ checked with :func:`torch.func.jacrev`'s exception types.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -31,34 +31,38 @@ __all__ = [
 ArgnumsT = Any
 
 
-def check_argnums(argnums: ArgnumsT, nargs: int) -> Tuple[int, ...]:
-    """Normalise ``argnums`` against ``nargs`` positional arguments.
+def check_argnums(argnums: ArgnumsT, nargs: int, name: str = "jacrev") -> Tuple[int, ...]:
+    """The positions ``argnums`` names among ``nargs`` positional arguments, in its order.
 
-    Raises ``RuntimeError`` with :func:`torch.func.jacrev`'s wording, also for
-    two entries naming the same argument (``(0, -2)`` of two arguments).
+    The one range and uniqueness check of ``argnums`` (its type is checked
+    when a transform is built): ``RuntimeError``, as :func:`torch.func.jacrev`
+    raises, also for two entries naming the same argument (``(0, -2)`` of two
+    arguments).  ``name``: the operator, for the message.
 
     Examples
     --------
     >>> check_argnums(-1, 2)
     (1,)
-    >>> check_argnums((0, -2), 2)
+    >>> check_argnums((0, -2), 2, "grad")
     Traceback (most recent call last):
     ...
-    RuntimeError: argnums elements must be unique, got (0, -2) (both name argument 0 ...
+    RuntimeError: grad: argnums elements must be unique, got argnums=(0, -2): 0 and -2 both ...
     """
-    nums = (argnums,) if isinstance(argnums, int) else argnums
-    out = []
-    for n in nums:
+    seen: Dict[int, int] = {}
+    for n in (argnums,) if isinstance(argnums, int) else argnums:
         if not -nargs <= n < nargs:
-            raise RuntimeError(f"Got argnum={n}, but only {nargs} positional inputs")
-        p = n % nargs
-        if p in out:
             raise RuntimeError(
-                f"argnums elements must be unique, got {argnums!r} (both name argument {p} "
-                f"of the {nargs} positional inputs)"
+                f"{name}: argnums={argnums!r} is out of range: got argnum={n}, but only "
+                f"{nargs} positional inputs (allowed: {-nargs} <= argnum < {nargs})"
             )
-        out.append(p)
-    return tuple(out)
+        p = n % nargs
+        if p in seen:
+            raise RuntimeError(
+                f"{name}: argnums elements must be unique, got argnums={argnums!r}: "
+                f"{seen[p]} and {n} both name positional input {p} of {nargs}"
+            )
+        seen[p] = n
+    return tuple(seen)
 
 
 def prepare_input(x: Any, position: int) -> torch.Tensor:
