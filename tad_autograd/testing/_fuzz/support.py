@@ -119,7 +119,7 @@ def assert_leaves_close(
             f"{what}: leaf {i}: {type(g).__name__} {tuple(getattr(g, 'shape', ()))} != "
             f"reference {tuple(w.shape)}"
         )
-        pair = (g.detach(), w.detach())
+        pair: Tuple[torch.Tensor, ...] = (g.detach(), w.detach())
         if convert is not None:
             pair = convert(*pair)
         torch.testing.assert_close(
