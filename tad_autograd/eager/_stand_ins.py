@@ -17,6 +17,7 @@ import torch
 
 from ..compat._dual import level_active, make_dual, unpack_dual
 from ._graph import mark_stand_in_leaf
+from ._operand_checks import check_output_dtypes, check_tensor_outputs
 
 __all__ = [
     "check_argnums",
@@ -192,39 +193,10 @@ def check_outputs(
     >>> check_outputs([1.0], "graph_jacobian", "outputs")
     Traceback (most recent call last):
     ...
-    RuntimeError: graph_jacobian: expected `outputs` to hold only tensors, got unsupported ...
+    RuntimeError: graph_jacobian: expected `outputs` to hold only tensors, got unsupported type ...
     """
-    if operand is None:
-        call, expected = f"{name}(f, ...)(*args)", "expected f(*args) to return"
-    else:
-        call, expected = name, f"expected `{operand}` to hold"
-    if len(leaves) == 0:
-        raise RuntimeError(
-            f"{call}: {expected} a tensor or a non-empty pytree of tensors, got no tensors "
-            "(e.g. None)"
-        )
-    for i, leaf in enumerate(leaves):
-        if not isinstance(leaf, torch.Tensor):
-            raise RuntimeError(
-                f"{call}: {expected} only tensors, got unsupported type {type(leaf)}"
-            )
-        if leaf.is_floating_point():
-            continue
-        if operand is not None:
-            kind = "complex (only real outputs are differentiated, as by jacrev)"
-            raise RuntimeError(
-                f"{name}: every leaf of `{operand}` must be a real floating-point tensor; "
-                f"leaf {i} is {kind if leaf.is_complex() else f'of dtype {leaf.dtype}'}"
-            )
-        if leaf.is_complex():
-            raise RuntimeError(
-                f"{name}: Expected all outputs to be real but received complex tensor at "
-                f"flattened input idx: {i}"
-            )
-        raise RuntimeError(
-            f"{name}(f, ...): All outputs of f must be floating-point or complex Tensors, "
-            f"got Tensor with dtype {leaf.dtype} (output {i})"
-        )
+    check_tensor_outputs(leaves, name, operand)
+    check_output_dtypes(leaves, name, True, operand)
 
 
 def check_graph_inputs(leaves: Sequence[Any], name: str) -> None:
