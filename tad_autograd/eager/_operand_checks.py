@@ -10,7 +10,7 @@ given and what is allowed.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -216,7 +216,7 @@ def check_scalar_output(output: Any, name: str) -> torch.Tensor:
     return output
 
 
-def check_tensor_outputs(leaves: List[Any], name: str, operand: Optional[str] = None) -> None:
+def check_tensor_outputs(leaves: Sequence[Any], name: str, operand: Optional[str] = None) -> None:
     """Outputs to differentiate: at least one, and tensors only (``RuntimeError``).
 
     ``operand``: the parameter the outputs were given as (``graph_jacobian``'s
@@ -246,7 +246,7 @@ def check_tensor_outputs(leaves: List[Any], name: str, operand: Optional[str] = 
 
 
 def check_output_dtypes(
-    leaves: List[torch.Tensor], name: str, real: bool, operand: Optional[str] = None
+    leaves: Sequence[torch.Tensor], name: str, real: bool, operand: Optional[str] = None
 ) -> None:
     """Output tensors to differentiate: floating-point, or complex unless ``real``.
 
