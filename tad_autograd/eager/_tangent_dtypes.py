@@ -79,15 +79,20 @@ def tangents_like_outputs(result: Any) -> Any:
     return (result[0], tangent) + tuple(result[2:])
 
 
+#: Per thread: the output dtypes each :class:`OutputDtypes` note holds while its call runs.
+_NOTES = threading.local()
+
+
 class OutputDtypes:
     """The dtypes of a function's outputs, noted by the function and read by its ``jacfwd``.
 
     One note per built ``jacfwd``, handed explicitly to both sides:
     :meth:`recording` wraps the function so that every call notes its output
     dtypes, and :meth:`fixing` wraps the Jacobian function so that its result
-    is cast to them (:func:`blocks_like_outputs`).  Notes are per thread, and
-    nested calls (the function calling its own ``jacfwd``) note and read in
-    stack order.
+    is cast to them (:func:`blocks_like_outputs`).  Notes are kept per thread
+    (in a thread-local made at import: ``torch.compile`` cannot trace making
+    one) and only while the call runs; nested calls (the function calling its
+    own ``jacfwd``) note and read in stack order.
 
     Examples
     --------
@@ -99,22 +104,21 @@ class OutputDtypes:
     torch.float32
     """
 
-    __slots__ = ("_local",)
-
-    def __init__(self) -> None:
-        self._local = threading.local()
+    __slots__ = ()
 
     def recording(self, func: Callable[..., Any], has_aux: bool) -> Callable[..., Any]:
         """``func``, noting the dtypes of its output leaves on every call."""
-        local = self._local
 
         def recording(*args: Any) -> Any:
             result = func(*args)
             output = split_aux(result, "jacfwd")[0] if has_aux else result
+            notes = getattr(_NOTES, "notes", None)
+            if notes is None:
+                notes = _NOTES.notes = {}
             if isinstance(output, torch.Tensor):
-                local.dtypes = [output.dtype]
+                notes[self] = [output.dtype]
             else:
-                local.dtypes = [getattr(o, "dtype", None) for o in tree_flatten(output)[0]]
+                notes[self] = [getattr(o, "dtype", None) for o in tree_flatten(output)[0]]
             return result
 
         recording.__wrapped__ = func  # type: ignore[attr-defined]
@@ -123,13 +127,14 @@ class OutputDtypes:
     def fixing(self, jacobian_fn: Callable[..., Any], has_aux: bool) -> Callable[..., Any]:
         """``jacobian_fn`` (a ``jacfwd`` of a :meth:`recording` function), its blocks
         in their outputs' dtypes."""
-        local = self._local
 
         def fixed(*args: Any) -> Any:
-            local.dtypes = None
+            notes = getattr(_NOTES, "notes", None)
+            if notes is not None:
+                notes.pop(self, None)
             result = jacobian_fn(*args)
-            dtypes: Optional[List[Optional[torch.dtype]]] = local.dtypes
-            local.dtypes = None
+            notes = getattr(_NOTES, "notes", None)
+            dtypes = notes.pop(self, None) if notes is not None else None
             return blocks_like_outputs(result, has_aux, dtypes)
 
         return fixed
