@@ -125,7 +125,7 @@ def check_hessian_backends_agree(program: Any, backends: Optional[Sequence[str]]
     >>> from hypothesis import find
     >>> from tad_autograd.testing import programs
     >>> float64 = programs(dtypes=[torch.float64], max_ops=3, max_side=2)
-    >>> check_hessian_backends_agree(find(float64, lambda p: p.has_custom_function))
+    >>> check_hessian_backends_agree(find(float64, lambda p: p.num_args == 2))
     """
     agreement = assert_backends_agree(
         program,
