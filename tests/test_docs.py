@@ -62,6 +62,7 @@ def test_there_are_pages() -> None:
         "benchmarks.rst",
         "sparse.rst",
         "api.rst",
+        "semantics.rst",
     ):
         assert expected in names
 

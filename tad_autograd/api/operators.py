@@ -25,7 +25,7 @@ from ..dispatch.strategies import Strategy
 from ..dispatch.transforms import Transformed
 from ..eager._jacobian import graph_jacobian as _graph_jacobian
 from ..eager._operand_checks import with_checked_outputs
-from ..eager._tangent_dtypes import in_output_dtypes, recording_output_dtypes
+from ..eager._tangent_dtypes import OutputDtypes
 from .transforms import Argnums, jacrev
 
 __all__ = ["grad", "grad_and_value", "jacfwd", "jacobian", "graph_jacobian"]
@@ -192,13 +192,14 @@ def _jacfwd(
     forward_ad_ready()
 
     def build(s: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
-        checked = recording_output_dtypes(with_checked_outputs(f, has_aux, "jacfwd"), has_aux)
+        note = OutputDtypes()  # the output dtypes, from the function to its Jacobian
+        checked = note.recording(with_checked_outputs(f, has_aux, "jacfwd"), has_aux)
 
         def make(nums: Argnums) -> Callable[..., Any]:
             fn = s.jacfwd(
                 checked, nums, has_aux=has_aux, randomness=randomness, chunk_size=chunk_size
             )
-            return in_output_dtypes(fn, has_aux)
+            return note.fixing(fn, has_aux)
 
         if all(n >= 0 for n in ((argnums,) if isinstance(argnums, int) else argnums)):
             return make(argnums)
@@ -369,6 +370,8 @@ def graph_jacobian(
     Inside :class:`torch.no_grad` the derivative is still computed; inside
     :class:`torch.inference_mode`, too, for outputs recorded outside it (the
     result is an ordinary tensor).
+    The other calling contexts are as for every operator
+    (:ref:`semantics-contexts`).
 
     Examples
     --------

@@ -81,7 +81,9 @@ def jacrev(
     """Jacobian of ``func`` with respect to the arguments at ``argnums``, by reverse mode.
 
     Behaves as :func:`torch.func.jacrev` on every supported torch, whichever
-    backend runs it (see :doc:`/backends`).
+    backend runs it (see :doc:`/backends`); its behaviour in every calling
+    context, and where it differs from :mod:`torch.func`, is on
+    :doc:`/semantics`.
 
     Parameters
     ----------

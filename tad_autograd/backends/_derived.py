@@ -26,6 +26,7 @@ from ..compat._rng import RngStates, visible_generators
 from ..eager._jacobian import ArgnumLeaves
 from ..eager._linear_map import matvec
 from ..eager._operand_checks import check_primals, check_primals_tangents, check_tensor_outputs
+from ..eager._rows import basis
 from ..eager._stand_ins import check_argnums, check_outputs
 
 __all__ = ["jacfwd_from_jvp", "linearize_from_jvp", "hvp_from_jvp", "grad_from_grad_and_value"]
@@ -105,8 +106,7 @@ def jacfwd_from_jvp(
                 size = 1
             if start and states is not None:
                 states.restore()
-            basis = _basis(leaves, total, start, size)
-            out = batched(*basis)
+            out = batched(*basis(leaves, [x.numel() for x in leaves], start, size))
             if has_aux:
                 out, aux_chunk = out
                 if aux is None:
@@ -130,20 +130,6 @@ def jacfwd_from_jvp(
         return (jacobian, aux) if has_aux else jacobian
 
     return jacobian_fn
-
-
-def _basis(leaves: List[torch.Tensor], total: int, start: int, size: int) -> List[torch.Tensor]:
-    """Columns ``start:start + size`` of the identity over all input elements, per leaf."""
-    parts, offset = [], 0
-    for x in leaves:
-        n = x.numel()
-        b = x.new_zeros((size, n))
-        k = start - offset
-        if total and -size < k < n:
-            b.diagonal(k).fill_(1)
-        parts.append(b.view((size,) + x.shape))
-        offset += n
-    return parts
 
 
 def linearize_from_jvp(
@@ -182,7 +168,9 @@ def linearize_from_jvp(
 
     total = sum(x.numel() for x in real)
     size = max(total, 1)  # no input elements: one zero column for the output's shape
-    output, columns = vmap(push, randomness="same")(*_basis(real, total, 0, size))
+    output, columns = vmap(push, randomness="same")(
+        *basis(real, [x.numel() for x in real], 0, size)
+    )
     out_leaves, out_spec = tree_flatten(output)
     check_tensor_outputs(out_leaves, "linearize")
     col_leaves = tree_flatten(columns)[0]

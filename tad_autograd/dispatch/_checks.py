@@ -9,13 +9,14 @@ backend sees the arguments.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 
 from ..compat._pytree import tree_flatten
 from ..compat._torch_info import inference_mode_enabled
 from ..eager._grad_modes import inference_mode_derivatives
+from ..eager._stand_ins import check_argnums
 from .settings import validated
 
 __all__ = [
@@ -131,20 +132,10 @@ def check_differentiable(args: Tuple[Any, ...], argnums: Any, name: str) -> None
             if inference_mode_enabled():
                 _check_inference_mode(name)
             return
-    seen: Dict[int, int] = {}
-    for n in (argnums,) if isinstance(argnums, int) else argnums:
-        if not -nargs <= n < nargs:
-            raise RuntimeError(
-                f"{name}: argnums={argnums!r} is out of range: got argnum={n}, but only "
-                f"{nargs} positional inputs (allowed: {-nargs} <= argnum < {nargs})"
-            )
-        if n % nargs in seen:
-            raise RuntimeError(
-                f"{name}: argnums elements must be unique, got argnums={argnums!r}: "
-                f"{seen[n % nargs]} and {n} both name positional input {n % nargs} of {nargs}"
-            )
-        seen[n % nargs] = n
-        arg = args[n]
+    for n, position in zip(
+        (argnums,) if isinstance(argnums, int) else argnums, check_argnums(argnums, nargs, name)
+    ):
+        arg = args[position]
         leaves = (arg,) if isinstance(arg, torch.Tensor) else tree_flatten(arg)[0]
         for leaf in leaves:
             if not isinstance(leaf, torch.Tensor):

@@ -27,13 +27,13 @@ Examples
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 
 from ..compat._torch_info import is_compiling
 
-__all__ = ["scalar_grad"]
+__all__ = ["scalar_grad", "pair_products"]
 
 _ENGINE: Any = getattr(getattr(torch.autograd, "Variable", None), "_execution_engine", None)
 _RUN_BACKWARD: Any = getattr(_ENGINE, "run_backward", None)
@@ -62,3 +62,37 @@ def scalar_grad(
         (output,), (torch.ones_like(output),), retain, create_graph, t_inputs, True, False
     )
     return result
+
+
+def pair_products(
+    pairs: Sequence[Tuple[torch.Tensor, torch.Tensor]],
+    inputs: Sequence[torch.Tensor],
+    retain: bool,
+    create_graph: bool,
+) -> Sequence[Optional[torch.Tensor]]:
+    """The sum over ``(output, vector)`` pairs of ``vector^T d output / d inputs``, per input.
+
+    One :func:`torch.autograd.grad` call (``allow_unused=True``: ``None`` for
+    an input no output reaches); all ``None`` without pairs, so callers may
+    drop the outputs that do not require grad first.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.tensor([1.0, 2.0], requires_grad=True)
+    >>> pair_products([(x * x, torch.ones(2))], [x], False, False)
+    (tensor([2., 4.]),)
+    >>> pair_products([], [x], False, False)
+    [None]
+    """
+    if not pairs:
+        none: List[Optional[torch.Tensor]] = [None] * len(inputs)
+        return none
+    return torch.autograd.grad(
+        [o for o, _ in pairs],
+        list(inputs),
+        [v for _, v in pairs],
+        retain_graph=retain,
+        create_graph=create_graph,
+        allow_unused=True,
+    )

@@ -58,6 +58,7 @@ from ._operand_checks import (
     check_tensor_outputs,
     split_aux,
 )
+from ._rows import basis
 from ._stand_ins import any_dual, as_returned, check_argnums, check_outputs, stand_ins
 
 __all__ = ["eager_jvp", "eager_jacfwd", "eager_linearize"]
@@ -251,7 +252,7 @@ def eager_jacfwd(
     tensor([[1., 0.],
             [0., 1.]])
     """
-    nums = check_argnums(argnums, len(args))
+    nums = check_argnums(argnums, len(args), "jacfwd")
     if randomness != "different":
         leaves = [x for p in nums for x in flatten(args[p])[0] if isinstance(x, torch.Tensor)]
         states = RngStates(_devices(leaves), visible_generators(func, args))
@@ -268,13 +269,16 @@ def eager_jacfwd(
     leaves = argument_leaves.leaves
     of_leaves = argument_leaves.function_of(func)
     total = sum(x.numel() for x in leaves)
-    basis = [_basis_vector(leaves, j) for j in range(total)]
+    units = basis(leaves, [x.numel() for x in leaves], 0, total)
+    tangent_sets = [[u[j] for u in units] for j in range(total)]
     states = RngStates(_devices(leaves), visible_generators(func, args))
-    (output,), columns, aux, _ = _recorded(of_leaves, leaves, None, has_aux, basis, "jacfwd")
+    (output,), columns, aux, _ = _recorded(of_leaves, leaves, None, has_aux, tangent_sets, "jacfwd")
     if total > 1 and states.changed():
         # it drew random numbers: a forward pass, with draws of its own, for each further column
         for j in range(1, total):
-            columns[j] = _recorded(of_leaves, leaves, None, has_aux, [basis[j]], "jacfwd")[1][0]
+            columns[j] = _recorded(of_leaves, leaves, None, has_aux, [tangent_sets[j]], "jacfwd")[
+                1
+            ][0]
     out_leaves, out_spec = flatten(output)
     check_outputs(out_leaves, "jacfwd")
     per_output = []
@@ -293,18 +297,6 @@ def _random_in_error_mode() -> RuntimeError:
         "jacfwd: called a random operation with randomness='error'; use "
         "randomness='same' or 'different', or draw outside jacfwd"
     )
-
-
-def _basis_vector(leaves: List[torch.Tensor], j: int) -> List[torch.Tensor]:
-    """The ``j``-th basis vector over all elements of ``leaves``, one tensor per leaf."""
-    tangents, offset = [], 0
-    for x in leaves:
-        t = torch.zeros_like(x)
-        if offset <= j < offset + x.numel():
-            t.view(-1)[j - offset] = 1
-        tangents.append(t)
-        offset += x.numel()
-    return tangents
 
 
 def eager_linearize(func: Callable[..., Any], primals: Tuple[Any, ...]) -> Tuple[Any, Any]:

@@ -25,6 +25,7 @@ from typing import (
     Callable,
     FrozenSet,
     Iterable,
+    Iterator,
     List,
     NamedTuple,
     Sequence,
@@ -49,6 +50,7 @@ __all__ = [
     "reaches_inputs",
     "custom_functions_without_jvp",
     "mark_stand_in_leaf",
+    "nodes",
     "ACCUMULATE_GRAD",
 ]
 
@@ -112,21 +114,15 @@ def reaches_other_leaves(outputs: Sequence[torch.Tensor], ours: Set[int]) -> boo
     >>> reaches_other_leaves([x * 2], {id(x)})
     False
     """
-    stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
-    seen: Set[Any] = set()
-    push, mark = stack.append, seen.add
-    while stack:
-        for nxt, _ in stack.pop().next_functions:
-            if nxt is None or nxt in seen:
-                continue
-            mark(nxt)
-            if type(nxt) is ACCUMULATE_GRAD:
-                leaf = nxt.variable  # type: ignore[attr-defined]
-                if id(leaf) not in ours and not getattr(leaf, _RETIRED, False):
-                    return True
-            else:
-                push(nxt)
+    for node in nodes(outputs):
+        if type(node) is ACCUMULATE_GRAD and _other_leaf(node.variable, ours):
+            return True
     return False
+
+
+def _other_leaf(leaf: torch.Tensor, ours: Set[int]) -> bool:
+    """Whether ``leaf`` (requiring grad) is neither ours nor a finished Jacobian's stand-in."""
+    return id(leaf) not in ours and not getattr(leaf, _RETIRED, False)
 
 
 def reaches_inputs(output: torch.Tensor, inputs: Sequence[torch.Tensor]) -> bool:
@@ -166,24 +162,13 @@ def graph_facts(outputs: Sequence[torch.Tensor], ours: Set[int]) -> Tuple[bool, 
     >>> graph_facts([x * w], {id(x)})
     (True, [])
     """
-    stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
-    seen: Set[Any] = set(stack)
     custom: List[Any] = []
     reaches = False
-    while stack:
-        node = stack.pop()
+    for node in nodes(outputs):
         if isinstance(node, _CUSTOM_FUNCTION):
             custom.append(node)
-        for nxt, _ in node.next_functions:
-            if nxt is None or nxt in seen:
-                continue
-            seen.add(nxt)
-            if type(nxt) is ACCUMULATE_GRAD:
-                leaf = nxt.variable  # type: ignore[attr-defined]
-                if not reaches and id(leaf) not in ours and not getattr(leaf, _RETIRED, False):
-                    reaches = True
-            else:
-                stack.append(nxt)
+        elif not reaches and type(node) is ACCUMULATE_GRAD:
+            reaches = _other_leaf(node.variable, ours)
     return reaches, custom
 
 
@@ -227,18 +212,11 @@ def batching_hazards(outputs: Sequence[torch.Tensor]) -> BatchingHazards:
     bad = defective_nodes()
     found = set()
     custom: List[Any] = []
-    stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
-    seen: Set[Any] = set(stack)
-    while stack:
-        node = stack.pop()
+    for node in nodes(outputs):
         if isinstance(node, _CUSTOM_FUNCTION):
             custom.append(node)
         elif type(node).__name__ in bad:
             found.add(type(node).__name__)
-        for nxt, _ in node.next_functions:
-            if nxt is not None and nxt not in seen:
-                seen.add(nxt)
-                stack.append(nxt)
     return BatchingHazards(frozenset(found), custom)
 
 
@@ -300,17 +278,33 @@ def _custom_without_jvp(node: Any) -> bool:
 
 def _holds(outputs: Sequence[torch.Tensor], test: Callable[[Any], bool]) -> bool:
     """Whether a node of the graph of ``outputs`` passes ``test``."""
-    stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
-    seen: Set[Any] = set(stack)
-    while stack:
-        node = stack.pop()
+    for node in nodes(outputs):
         if test(node):
             return True
+    return False
+
+
+def nodes(outputs: Sequence[torch.Tensor]) -> Iterator[Any]:
+    """Each node of the graph of ``outputs`` once, depth first: the one walk every
+    question of this module asks its graph through (stopping it early stops the walk).
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.zeros(2, requires_grad=True)
+    >>> [type(n).__name__ for n in nodes([(x * 2).sin()])]
+    ['SinBackward0', 'MulBackward0', 'AccumulateGrad']
+    """
+    stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
+    seen: Set[Any] = set(stack)
+    push, mark = stack.append, seen.add
+    while stack:
+        node = stack.pop()
+        yield node
         for nxt, _ in node.next_functions:
             if nxt is not None and nxt not in seen:
-                seen.add(nxt)
-                stack.append(nxt)
-    return False
+                mark(nxt)
+                push(nxt)
 
 
 #: ``jvp`` of a custom Function that does not define one (it raises).

@@ -32,6 +32,7 @@ from ..compat._torch_info import inference_mode_enabled
 from ._grad_modes import inference_mode_derivatives
 from ._graph import batching_hazards, reaches_inputs, reaches_other_leaves, retire
 from ._opaque_backward import custom_backwards_guarded, custom_backwards_watched
+from ._operand_checks import split_aux
 from ._rows import (
     GRADS_BATCHED,
     LOOP_MAX_ROWS,
@@ -148,7 +149,7 @@ def _jacobian(
     try:
         result = func(*new_args)
         if has_aux:
-            result, aux = _split_aux(result)
+            result, aux = split_aux(result, "jacfwd" if columns else "jacrev")
         if isinstance(result, torch.Tensor):
             out_leaves, out_spec = [result], None
             if not result.is_floating_point():
@@ -425,25 +426,3 @@ def unflatten_jacobian(
         per_arg.append(unflatten(jac[start : start + count], spec))
         start += count
     return per_arg[0] if isinstance(argnums, int) else tuple(per_arg)
-
-
-_HAS_AUX_HINT = (
-    "; with has_aux=True, func must return a tuple (output, aux) whose output is a "
-    "tensor or a pytree of tensors (got {got})"
-)
-
-
-def _split_aux(result: Any) -> Tuple[Any, Any]:
-    """``(output, aux)`` from a ``has_aux`` function's result, checked."""
-    if not (isinstance(result, tuple) and len(result) == 2):
-        raise RuntimeError(
-            "jacrev(f, ...)(*args): output of function f should be a tuple: "
-            "(output, aux) if has_aux is True" + _HAS_AUX_HINT.format(got=type(result).__name__)
-        )
-    for leaf in tree_flatten(result[1])[0]:
-        if not isinstance(leaf, torch.Tensor):
-            raise RuntimeError(
-                "jacrev(f, ..., has_aux=True): aux must be a tensor or a pytree of "
-                f"tensors. Expected tensors, got unsupported type {type(leaf)}"
-            )
-    return result[0], result[1]

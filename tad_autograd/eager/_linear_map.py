@@ -29,6 +29,7 @@ from typing import Callable, List, Optional, Sequence
 import torch
 
 from ._column_check import ReverseProbe
+from ._engine import pair_products
 from ._graph import has_custom_functions, reaches_inputs
 from ._opaque_backward import custom_backwards_guarded
 from ._rows import rows, transposed_graph
@@ -81,14 +82,7 @@ def linear_map(
         if pairs:
             try:
                 with torch.enable_grad():
-                    jv = torch.autograd.grad(
-                        [g for g, _ in pairs],
-                        dummies,
-                        [t for _, t in pairs],
-                        retain_graph=True,
-                        create_graph=create,
-                        allow_unused=True,
-                    )
+                    jv = pair_products(pairs, dummies, True, create)
             except Exception as error:  # structural: a backward formula without a derivative
                 _log.info("double-vjp failed (%s: %s); rows", type(error).__name__, error)
                 broken.append(True)

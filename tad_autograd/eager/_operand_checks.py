@@ -10,7 +10,7 @@ given and what is allowed.
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -22,6 +22,7 @@ __all__ = [
     "check_primals_tangents",
     "check_scalar_output",
     "check_tensor_outputs",
+    "check_output_dtypes",
     "split_aux",
     "with_checked_cotangents",
     "with_checked_outputs",
@@ -215,8 +216,11 @@ def check_scalar_output(output: Any, name: str) -> torch.Tensor:
     return output
 
 
-def check_tensor_outputs(leaves: List[Any], name: str) -> None:
-    """Outputs of ``vjp``/``jvp``: at least one, and tensors only (``RuntimeError``).
+def check_tensor_outputs(leaves: Sequence[Any], name: str, operand: Optional[str] = None) -> None:
+    """Outputs to differentiate: at least one, and tensors only (``RuntimeError``).
+
+    ``operand``: the parameter the outputs were given as (``graph_jacobian``'s
+    ``outputs``), for the message; ``None``: they were returned by ``f``.
 
     Examples
     --------
@@ -225,16 +229,59 @@ def check_tensor_outputs(leaves: List[Any], name: str) -> None:
     ...
     RuntimeError: vjp(f, ...): expected f to return a tensor or a non-empty pytree of tensors...
     """
+    if operand is None:
+        call, expected = f"{name}(f, ...)", "expected f to return"
+    else:
+        call, expected = name, f"expected `{operand}` to hold"
     if not leaves:
         raise RuntimeError(
-            f"{name}(f, ...): expected f to return a tensor or a non-empty pytree of tensors, "
-            "got no tensors (e.g. None)"
+            f"{call}: {expected} a tensor or a non-empty pytree of tensors, got no tensors "
+            "(e.g. None)"
         )
     for i, leaf in enumerate(leaves):
         if not isinstance(leaf, torch.Tensor):
             raise RuntimeError(
-                f"{name}(f, ...): expected f to return only tensors, got {type(leaf)} (output {i})"
+                f"{call}: {expected} only tensors, got unsupported type {type(leaf)} (output {i})"
             )
+
+
+def check_output_dtypes(
+    leaves: Sequence[torch.Tensor], name: str, real: bool, operand: Optional[str] = None
+) -> None:
+    """Output tensors to differentiate: floating-point, or complex unless ``real``.
+
+    Integer and bool outputs raise ``RuntimeError`` (never a derivative of
+    zeros), and so do complex ones where ``real`` (as :mod:`torch.func` does
+    for the Jacobians).  ``operand`` as for :func:`check_tensor_outputs`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> check_output_dtypes([torch.zeros(1, dtype=torch.complex64)], "vjp", False)
+    >>> check_output_dtypes([torch.zeros(1, dtype=torch.complex64)], "jacfwd", True)
+    Traceback (most recent call last):
+    ...
+    RuntimeError: jacfwd: Expected all outputs to be real but received complex tensor at ...
+    """
+    for i, leaf in enumerate(leaves):
+        if leaf.is_floating_point() or (leaf.is_complex() and not real):
+            continue
+        if operand is not None:
+            kind = "complex (only real outputs are differentiated, as by jacrev)"
+            raise RuntimeError(
+                f"{name}: every leaf of `{operand}` must be a real floating-point tensor; "
+                f"leaf {i} is {kind if leaf.is_complex() else f'of dtype {leaf.dtype}'}"
+            )
+        if leaf.is_complex():
+            raise RuntimeError(
+                f"{name}: Expected all outputs to be real but received complex tensor at "
+                f"flattened input idx: {i} (dtype {leaf.dtype}); use jvp or vjp for complex "
+                "outputs"
+            )
+        raise RuntimeError(
+            f"{name}(f, ...): All outputs of f must be floating-point or complex Tensors, "
+            f"got Tensor with dtype {leaf.dtype} (output {i})"
+        )
 
 
 def split_aux(result: Any, name: str) -> Tuple[Any, Any]:
@@ -246,12 +293,12 @@ def split_aux(result: Any, name: str) -> Tuple[Any, Any]:
     >>> split_aux(torch.zeros(1), "vjp")
     Traceback (most recent call last):
     ...
-    RuntimeError: vjp(f, ..., has_aux=True): f must return a tuple (output, aux), got Tensor
+    RuntimeError: vjp(f, ..., has_aux=True): f must return a tuple (output, aux) whose output ...
     """
     if not (isinstance(result, tuple) and len(result) == 2):
         raise RuntimeError(
-            f"{name}(f, ..., has_aux=True): f must return a tuple (output, aux), got "
-            f"{type(result).__name__}"
+            f"{name}(f, ..., has_aux=True): f must return a tuple (output, aux) whose output "
+            f"is a tensor or a pytree of tensors, got {type(result).__name__}"
         )
     for leaf in tree_flatten(result[1])[0]:
         if not isinstance(leaf, torch.Tensor):
@@ -295,18 +342,7 @@ def with_checked_outputs(func: Callable[..., Any], has_aux: bool, name: str) -> 
         if not scalar:
             leaves = tree_flatten(output)[0]
             check_tensor_outputs(leaves, name)
-            for i, leaf in enumerate(leaves):
-                if leaf.is_complex() and name in _REAL_OUTPUTS:
-                    raise RuntimeError(
-                        f"{name}: Expected all outputs to be real but received complex tensor "
-                        f"at flattened input idx: {i} (dtype {leaf.dtype}); use jvp or vjp "
-                        "for complex outputs"
-                    )
-                if not (leaf.is_floating_point() or leaf.is_complex()):
-                    raise RuntimeError(
-                        f"{name}(f, ...): All outputs of f must be floating-point or complex "
-                        f"tensors, got dtype {leaf.dtype} (output {i})"
-                    )
+            check_output_dtypes(leaves, name, name in _REAL_OUTPUTS)
         else:
             check_scalar_output(output, name)
         return result

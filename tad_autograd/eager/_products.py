@@ -16,6 +16,7 @@ import torch
 
 from ..compat._pytree import tree_flatten, tree_unflatten
 from ..compat._torch_info import inference_mode_enabled
+from ._engine import pair_products
 from ._grad_modes import outside_inference_mode
 from ._graph import graph_facts, reaches_other_leaves, retire
 from ._jacobian import eager_jacobian
@@ -73,14 +74,7 @@ def eager_vjp(func: Callable[..., Any], primals: Tuple[Any, ...], has_aux: bool)
         grads: Sequence[Optional[torch.Tensor]] = [None] * len(inputs)
         if pairs:
             with torch.enable_grad(), custom_backwards_guarded(out_leaves, create_graph):
-                grads = torch.autograd.grad(
-                    [o for o, _ in pairs],
-                    inputs,
-                    [c for _, c in pairs],
-                    retain_graph=retain_graph,
-                    create_graph=create_graph,
-                    allow_unused=True,
-                )
+                grads = pair_products(pairs, inputs, retain_graph, create_graph)
         filled = [
             g if g is not None else torch.zeros_like(x.detach()) for g, x in zip(grads, inputs)
         ]
@@ -181,14 +175,7 @@ def eager_hvp(
                 pairs = [
                     (g, t) for g, t in zip(grads, t_leaves) if g is not None and g.requires_grad
                 ]
-                if pairs:
-                    products = torch.autograd.grad(
-                        [g for g, _ in pairs],
-                        inputs,
-                        [t for _, t in pairs],
-                        create_graph=keep,
-                        allow_unused=True,
-                    )
+                products = pair_products(pairs, inputs, keep, keep)
             filled = [
                 (h if keep else h.detach()) if h is not None else torch.zeros_like(x.detach())
                 for h, x in zip(products, inputs)

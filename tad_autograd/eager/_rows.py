@@ -94,7 +94,8 @@ GRADS_BATCHED: Any = _GradsBatched()
 def basis(
     outputs: List[torch.Tensor], numels: List[int], start: int, size: int
 ) -> List[torch.Tensor]:
-    """Rows ``start:start + size`` of the identity over all output elements, split per output.
+    """Rows ``start:start + size`` of the identity over all elements of ``outputs``, split
+    per tensor: the one basis of every Jacobian's rows or columns (``numels``: their sizes).
 
     Built with ``zeros`` and a diagonal fill, which every dtype supports
     (``torch.eye`` lacks bfloat16 on some releases).
@@ -412,9 +413,7 @@ def _columns_of(
         )
         return tuple(c if c is not None else torch.zeros_like(d) for c, d in zip(found, dummies))
 
-    eye = g.new_zeros((n, n))
-    eye.diagonal().fill_(1)
-    units = eye.view((n,) + g.shape)
+    units = basis([g], [n], 0, n)[0]
     if vmap is not None and n > LOOP_MAX_ROWS:
         step = n if chunk_size is None else chunk_size
         parts = [vmap(column)(units[s : s + step]) for s in range(0, n, step)]

@@ -11,12 +11,13 @@ checked with :func:`torch.func.jacrev`'s exception types.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from ..compat._dual import level_active, make_dual, unpack_dual
 from ._graph import mark_stand_in_leaf
+from ._operand_checks import check_output_dtypes, check_tensor_outputs
 
 __all__ = [
     "check_argnums",
@@ -31,34 +32,38 @@ __all__ = [
 ArgnumsT = Any
 
 
-def check_argnums(argnums: ArgnumsT, nargs: int) -> Tuple[int, ...]:
-    """Normalise ``argnums`` against ``nargs`` positional arguments.
+def check_argnums(argnums: ArgnumsT, nargs: int, name: str = "jacrev") -> Tuple[int, ...]:
+    """The positions ``argnums`` names among ``nargs`` positional arguments, in its order.
 
-    Raises ``RuntimeError`` with :func:`torch.func.jacrev`'s wording, also for
-    two entries naming the same argument (``(0, -2)`` of two arguments).
+    The one range and uniqueness check of ``argnums`` (its type is checked
+    when a transform is built): ``RuntimeError``, as :func:`torch.func.jacrev`
+    raises, also for two entries naming the same argument (``(0, -2)`` of two
+    arguments).  ``name``: the operator, for the message.
 
     Examples
     --------
     >>> check_argnums(-1, 2)
     (1,)
-    >>> check_argnums((0, -2), 2)
+    >>> check_argnums((0, -2), 2, "grad")
     Traceback (most recent call last):
     ...
-    RuntimeError: argnums elements must be unique, got (0, -2) (both name argument 0 ...
+    RuntimeError: grad: argnums elements must be unique, got argnums=(0, -2): 0 and -2 both ...
     """
-    nums = (argnums,) if isinstance(argnums, int) else argnums
-    out = []
-    for n in nums:
+    seen: Dict[int, int] = {}
+    for n in (argnums,) if isinstance(argnums, int) else argnums:
         if not -nargs <= n < nargs:
-            raise RuntimeError(f"Got argnum={n}, but only {nargs} positional inputs")
-        p = n % nargs
-        if p in out:
             raise RuntimeError(
-                f"argnums elements must be unique, got {argnums!r} (both name argument {p} "
-                f"of the {nargs} positional inputs)"
+                f"{name}: argnums={argnums!r} is out of range: got argnum={n}, but only "
+                f"{nargs} positional inputs (allowed: {-nargs} <= argnum < {nargs})"
             )
-        out.append(p)
-    return tuple(out)
+        p = n % nargs
+        if p in seen:
+            raise RuntimeError(
+                f"{name}: argnums elements must be unique, got argnums={argnums!r}: "
+                f"{seen[p]} and {n} both name positional input {p} of {nargs}"
+            )
+        seen[p] = n
+    return tuple(seen)
 
 
 def prepare_input(x: Any, position: int) -> torch.Tensor:
@@ -188,39 +193,10 @@ def check_outputs(
     >>> check_outputs([1.0], "graph_jacobian", "outputs")
     Traceback (most recent call last):
     ...
-    RuntimeError: graph_jacobian: expected `outputs` to hold only tensors, got unsupported ...
+    RuntimeError: graph_jacobian: expected `outputs` to hold only tensors, got unsupported type ...
     """
-    if operand is None:
-        call, expected = f"{name}(f, ...)(*args)", "expected f(*args) to return"
-    else:
-        call, expected = name, f"expected `{operand}` to hold"
-    if len(leaves) == 0:
-        raise RuntimeError(
-            f"{call}: {expected} a tensor or a non-empty pytree of tensors, got no tensors "
-            "(e.g. None)"
-        )
-    for i, leaf in enumerate(leaves):
-        if not isinstance(leaf, torch.Tensor):
-            raise RuntimeError(
-                f"{call}: {expected} only tensors, got unsupported type {type(leaf)}"
-            )
-        if leaf.is_floating_point():
-            continue
-        if operand is not None:
-            kind = "complex (only real outputs are differentiated, as by jacrev)"
-            raise RuntimeError(
-                f"{name}: every leaf of `{operand}` must be a real floating-point tensor; "
-                f"leaf {i} is {kind if leaf.is_complex() else f'of dtype {leaf.dtype}'}"
-            )
-        if leaf.is_complex():
-            raise RuntimeError(
-                f"{name}: Expected all outputs to be real but received complex tensor at "
-                f"flattened input idx: {i}"
-            )
-        raise RuntimeError(
-            f"{name}(f, ...): All outputs of f must be floating-point or complex Tensors, "
-            f"got Tensor with dtype {leaf.dtype} (output {i})"
-        )
+    check_tensor_outputs(leaves, name, operand)
+    check_output_dtypes(leaves, name, True, operand)
 
 
 def check_graph_inputs(leaves: Sequence[Any], name: str) -> None:

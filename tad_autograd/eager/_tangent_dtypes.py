@@ -30,9 +30,8 @@ from ._operand_checks import split_aux
 __all__ = [
     "tangents_like_outputs",
     "like_output",
-    "recording_output_dtypes",
+    "OutputDtypes",
     "blocks_like_outputs",
-    "in_output_dtypes",
 ]
 
 
@@ -80,46 +79,82 @@ def tangents_like_outputs(result: Any) -> Any:
     return (result[0], tangent) + tuple(result[2:])
 
 
-_RECORD = threading.local()
+#: Per thread: the output dtypes each :class:`OutputDtypes` note holds while its call runs.
+_NOTES = threading.local()
 
 
-def recording_output_dtypes(func: Callable[..., Any], has_aux: bool) -> Callable[..., Any]:
-    """``func``, noting (per thread) the dtypes of its output leaves on every call.
+class OutputDtypes:
+    """The dtypes of a function's outputs, noted by the function and read by its ``jacfwd``.
 
-    :func:`blocks_like_outputs` reads the note of the latest call, so it is
-    read right after the transform that calls ``func`` returns; nested
-    transforms note and read in stack order.
+    One note per built ``jacfwd``, handed explicitly to both sides:
+    :meth:`recording` wraps the function so that every call notes its output
+    dtypes, and :meth:`fixing` wraps the Jacobian function so that its result
+    is cast to them (:func:`blocks_like_outputs`).  Notes are kept per thread
+    (in a thread-local made at import: ``torch.compile`` cannot trace making
+    one) and only while the call runs; nested calls (the function calling its
+    own ``jacfwd``) note and read in stack order.
 
     Examples
     --------
     >>> import torch
-    >>> _ = recording_output_dtypes(torch.sin, False)(torch.zeros(1))
-    >>> blocks_like_outputs(torch.ones(1, 1, dtype=torch.float64), False).dtype
+    >>> note = OutputDtypes()
+    >>> recorded = note.recording(torch.sin, False)
+    >>> jac = note.fixing(lambda x: recorded(x)[..., None].double(), False)
+    >>> jac(torch.zeros(1)).dtype
     torch.float32
     """
 
-    def recording(*args: Any) -> Any:
-        result = func(*args)
-        output = split_aux(result, "jacfwd")[0] if has_aux else result
-        if isinstance(output, torch.Tensor):
-            _RECORD.dtypes = [output.dtype]
-        else:
-            _RECORD.dtypes = [getattr(o, "dtype", None) for o in tree_flatten(output)[0]]
-        return result
+    __slots__ = ()
 
-    recording.__wrapped__ = func  # type: ignore[attr-defined]
-    return recording
+    def recording(self, func: Callable[..., Any], has_aux: bool) -> Callable[..., Any]:
+        """``func``, noting the dtypes of its output leaves on every call."""
+
+        def recording(*args: Any) -> Any:
+            result = func(*args)
+            output = split_aux(result, "jacfwd")[0] if has_aux else result
+            notes = getattr(_NOTES, "notes", None)
+            if notes is None:
+                notes = _NOTES.notes = {}
+            if isinstance(output, torch.Tensor):
+                notes[self] = [output.dtype]
+            else:
+                notes[self] = [getattr(o, "dtype", None) for o in tree_flatten(output)[0]]
+            return result
+
+        recording.__wrapped__ = func  # type: ignore[attr-defined]
+        return recording
+
+    def fixing(self, jacobian_fn: Callable[..., Any], has_aux: bool) -> Callable[..., Any]:
+        """``jacobian_fn`` (a ``jacfwd`` of a :meth:`recording` function), its blocks
+        in their outputs' dtypes."""
+
+        def fixed(*args: Any) -> Any:
+            notes = getattr(_NOTES, "notes", None)
+            if notes is not None:
+                notes.pop(self, None)
+            result = jacobian_fn(*args)
+            notes = getattr(_NOTES, "notes", None)
+            dtypes = notes.pop(self, None) if notes is not None else None
+            return blocks_like_outputs(result, has_aux, dtypes)
+
+        return fixed
 
 
-def blocks_like_outputs(result: Any, has_aux: bool) -> Any:
-    """A ``jacfwd`` result with every block in the dtype of its output (as last noted).
+def blocks_like_outputs(
+    result: Any, has_aux: bool, dtypes: Optional[List[Optional[torch.dtype]]]
+) -> Any:
+    """A ``jacfwd`` result with every block in the dtype of its output (``dtypes``).
 
     The blocks of output ``k`` are the ``k``-th run of ``n_in`` leaves of the
     Jacobian, whose structure is the outputs' with each leaf replaced by the
-    inputs'.  Without a note (the function never ran), ``result`` as it is.
+    inputs'.  Without dtypes (the function never ran), ``result`` as it is.
+
+    Examples
+    --------
+    >>> import torch
+    >>> blocks_like_outputs(torch.ones(1, 1, dtype=torch.float64), False, [torch.float32]).dtype
+    torch.float32
     """
-    dtypes: Optional[List[Optional[torch.dtype]]] = getattr(_RECORD, "dtypes", None)
-    _RECORD.dtypes = None
     if not dtypes:
         return result
     jacobian = result[0] if has_aux else result
@@ -141,23 +176,3 @@ def blocks_like_outputs(result: Any, has_aux: bool) -> Any:
             spec,
         )
     return (fixed, result[1]) if has_aux else fixed
-
-
-def in_output_dtypes(jacobian_fn: Callable[..., Any], has_aux: bool) -> Callable[..., Any]:
-    """``jacobian_fn`` (a ``jacfwd`` of a :func:`recording_output_dtypes` function),
-    its blocks in their outputs' dtypes.
-
-    Examples
-    --------
-    >>> import torch
-    >>> jac = in_output_dtypes(lambda x: recording_output_dtypes(torch.sin, False)(x)[..., None]
-    ...                        .double(), False)
-    >>> jac(torch.zeros(1)).dtype
-    torch.float32
-    """
-
-    def fixed(*args: Any) -> Any:
-        _RECORD.dtypes = None
-        return blocks_like_outputs(jacobian_fn(*args), has_aux)
-
-    return fixed

@@ -44,9 +44,10 @@ _DEFAULT_TOLS = {
 def default_tolerances(dtype: torch.dtype) -> Tuple[float, float]:
     """``(rtol, atol)`` used for ``dtype`` when none are given.
 
-    float64: ``(1e-10, 1e-12)``; float32: ``(1e-5, 1e-6)`` (the contract's
-    rtol, and a small atol for entries that should be zero); half types are
-    looser.  Integer and bool tensors are compared exactly.
+    float64: ``(1e-10, 1e-12)``; float32: ``(1e-5, 1e-6)`` (the relative
+    agreement the library promises, :ref:`semantics-operators`, and a small
+    atol for entries that should be zero); half types are looser.  Integer
+    and bool tensors are compared exactly.
 
     Examples
     --------

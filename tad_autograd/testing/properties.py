@@ -26,7 +26,7 @@ import torch
 
 from .agree import AUTO, assert_backends_agree
 from .compare import assert_trees_close
-from .fuzz_reference import loop_backends, transform_backends
+from .operators import loop_backends, transform_backends
 from .reference import flat_function, map_tensors, reference_jacobian
 
 __all__ = [
@@ -54,7 +54,7 @@ def _against_reference(agreement: Any, expected: Any, label: str) -> None:
 
 
 def _reference(op: str, func: Any, args: Any, **kw: Any) -> Any:
-    from .fuzz_reference import REFERENCE, build_operator
+    from .operators import REFERENCE, build_operator
 
     out = build_operator(REFERENCE, op, func, **kw)(*args)
     return map_tensors(lambda t: t.detach(), out)
@@ -69,7 +69,7 @@ def _check_composition(
     chunk_size: Optional[int] = None,
     **kw: Any,
 ) -> None:
-    from .fuzz_reference import LibraryOps, build_operator
+    from .operators import LibraryOps, build_operator
 
     def transform(f: Callable[..., Any], backend: Optional[str]) -> Callable[..., Any]:
         return build_operator(LibraryOps(backend, chunk_size), op, f, **kw)
@@ -99,13 +99,10 @@ def check_jacrev_backends_agree(
 
     Examples
     --------
-    >>> from hypothesis import given, settings
+    >>> from hypothesis import find
     >>> from tad_autograd.testing.strategies import programs
-    >>> @settings(max_examples=3, deadline=None, database=None)
-    ... @given(programs())
-    ... def test(x):
-    ...     check_jacrev_backends_agree(x)
-    >>> test()
+    >>> program = find(programs(), lambda p: p.num_args == 2)
+    >>> check_jacrev_backends_agree(program, backends=["autograd", "auto"])
     """
     agreement = assert_backends_agree(
         program,
@@ -124,13 +121,11 @@ def check_hessian_backends_agree(program: Any, backends: Optional[Sequence[str]]
 
     Examples
     --------
-    >>> from hypothesis import given, settings
-    >>> from tad_autograd.testing.strategies import programs
-    >>> @settings(max_examples=3, deadline=None, database=None)
-    ... @given(programs(max_ops=3, max_side=2))
-    ... def test(x):
-    ...     check_hessian_backends_agree(x)
-    >>> test()
+    >>> import torch
+    >>> from hypothesis import find
+    >>> from tad_autograd.testing import programs
+    >>> float64 = programs(dtypes=[torch.float64], max_ops=3, max_side=2)
+    >>> check_hessian_backends_agree(find(float64, lambda p: p.num_args == 2))
     """
     agreement = assert_backends_agree(
         program,
@@ -150,13 +145,10 @@ def check_jacrev_jacrev_backends_agree(
 
     Examples
     --------
-    >>> from hypothesis import given, settings
+    >>> from hypothesis import find
     >>> from tad_autograd.testing.strategies import programs
-    >>> @settings(max_examples=3, deadline=None, database=None)
-    ... @given(programs(max_ops=3, max_side=2))
-    ... def test(x):
-    ...     check_jacrev_jacrev_backends_agree(x)
-    >>> test()
+    >>> smallest = find(programs(max_ops=3, max_side=2), lambda p: True)
+    >>> check_jacrev_jacrev_backends_agree(smallest, backends=["autograd"])
     """
     a = program.argnums
     _check_composition(
@@ -177,13 +169,9 @@ def check_vmap_backends_agree(call: Any, backends: Optional[Sequence[str]] = Non
 
     Examples
     --------
-    >>> from hypothesis import given, settings
+    >>> from hypothesis import find
     >>> from tad_autograd.testing.strategies import vmap_calls
-    >>> @settings(max_examples=3, deadline=None, database=None)
-    ... @given(vmap_calls())
-    ... def test(x):
-    ...     check_vmap_backends_agree(x)
-    >>> test()
+    >>> check_vmap_backends_agree(find(vmap_calls(), lambda c: c.batch_size > 1))
     """
     agreement = assert_backends_agree(
         call.func,
@@ -203,13 +191,10 @@ def check_vmap_jacrev_backends_agree(call: Any, backends: Optional[Sequence[str]
 
     Examples
     --------
-    >>> from hypothesis import given, settings
-    >>> from tad_autograd.testing.strategies import vmap_calls
-    >>> @settings(max_examples=3, deadline=None, database=None)
-    ... @given(vmap_calls(with_kwargs=False))
-    ... def test(x):
-    ...     check_vmap_jacrev_backends_agree(x)
-    >>> test()
+    >>> from hypothesis import find
+    >>> from tad_autograd.testing import vmap_calls
+    >>> call = find(vmap_calls(with_kwargs=False), lambda c: c.chunk_size is not None)
+    >>> check_vmap_jacrev_backends_agree(call)
     """
     _check_composition(
         "vmap_jacrev",
@@ -228,13 +213,10 @@ def check_jacrev_vmap_backends_agree(call: Any, backends: Optional[Sequence[str]
 
     Examples
     --------
-    >>> from hypothesis import given, settings
-    >>> from tad_autograd.testing.strategies import vmap_calls
-    >>> @settings(max_examples=3, deadline=None, database=None)
-    ... @given(vmap_calls(with_kwargs=False))
-    ... def test(x):
-    ...     check_jacrev_vmap_backends_agree(x)
-    >>> test()
+    >>> from hypothesis import find
+    >>> from tad_autograd.testing.strategies import programs, vmap_calls
+    >>> calls = vmap_calls(programs(max_args=1), with_kwargs=False)
+    >>> check_jacrev_vmap_backends_agree(find(calls, lambda c: True), backends=["autograd"])
     """
     _check_composition(
         "jacrev_vmap",
@@ -257,13 +239,9 @@ def check_jacrev_matches_gradcheck(program: Any, backend: Optional[str] = None) 
     Examples
     --------
     >>> import torch
-    >>> from hypothesis import given, settings
+    >>> from hypothesis import find
     >>> from tad_autograd.testing.strategies import programs
-    >>> @settings(max_examples=3, deadline=None, database=None)
-    ... @given(programs(dtypes=[torch.float64]))
-    ... def test(x):
-    ...     check_jacrev_matches_gradcheck(x)
-    >>> test()
+    >>> check_jacrev_matches_gradcheck(find(programs(dtypes=[torch.float64]), lambda p: True))
     """
     import tad_autograd as ta
 
@@ -289,13 +267,10 @@ def check_vmap_matches_loop(call: Any, backend: Optional[str] = None) -> None:
 
     Examples
     --------
-    >>> from hypothesis import given, settings
+    >>> from hypothesis import find
     >>> from tad_autograd.testing.strategies import vmap_calls
-    >>> @settings(max_examples=3, deadline=None, database=None)
-    ... @given(vmap_calls())
-    ... def test(x):
-    ...     check_vmap_matches_loop(x, backend="autograd")
-    >>> test()
+    >>> for backend in ("autograd", None):
+    ...     check_vmap_matches_loop(find(vmap_calls(), lambda c: True), backend)
     """
     import tad_autograd as ta
 
@@ -323,13 +298,10 @@ def check_old_style_function(program: Any, transform: str = "jacrev") -> None:
 
     Examples
     --------
-    >>> from hypothesis import given, settings
+    >>> from hypothesis import find
     >>> from tad_autograd.testing.strategies import programs
-    >>> @settings(max_examples=3, deadline=None, database=None)
-    ... @given(programs(old_style_functions=True))
-    ... def test(x):
-    ...     check_old_style_function(x)
-    >>> test()
+    >>> old_style = find(programs(old_style_functions=True), lambda p: p.has_old_style_function)
+    >>> check_old_style_function(old_style, transform="vmap")
     """
     import tad_autograd as ta
 

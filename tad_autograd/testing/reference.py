@@ -9,8 +9,8 @@ the property checks and the differential fuzzer all use it.
 Examples
 --------
 >>> import torch
->>> x = torch.arange(6.0).reshape(2, 3)
->>> reference_vmap(torch.sum, in_dims=1)(x)
+>>> args = (torch.arange(6.0).reshape(2, 3),)  # a batch of 3 along dimension 1
+>>> stack_samples([select_sample(args, 1, b)[0].sum() for b in range(3)])
 tensor([3., 5., 7.])
 """
 

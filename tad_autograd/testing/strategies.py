@@ -13,13 +13,13 @@ Values are kept finite and O(1) (every intermediate has a static magnitude
 bound, see ``BOUND_MAX``), so float32 comparisons at ``rtol=1e-5`` are
 meaningful.
 
-This module gathers the public names; the code lives in the private modules
-``functions`` (the custom ``autograd.Function`` classes), ``program``
-(:class:`~tad_autograd.testing.Program`), ``program_strategies``
-(:func:`~tad_autograd.testing.programs` and the smaller strategies, with the
-steps in ``program_ops`` and ``program_view_ops``) and ``vmap_call``
+This module gathers the public names; the code lives in the modules
+``functions`` (the custom ``autograd.Function`` classes) and ``vmap_call``
 (:class:`~tad_autograd.testing.VmapCall`,
-:func:`~tad_autograd.testing.vmap_calls`), all in ``tad_autograd.testing``.
+:func:`~tad_autograd.testing.vmap_calls`) of ``tad_autograd.testing``, and in
+its private ``_programs`` package (:class:`~tad_autograd.testing.Program`,
+:func:`~tad_autograd.testing.programs` and the smaller strategies, with the
+steps they draw).
 
 Examples
 --------
@@ -36,9 +36,10 @@ Examples
 
 from __future__ import annotations
 
+from ._programs.builder import shapes
+from ._programs.program import BOUND_MAX, MAX_NUMEL, Program  # noqa: F401 - the bounds stay importable
+from ._programs.strategies import argnums_for, float_dtypes, programs
 from .functions import NEW_STYLE_FUNCTIONS_SUPPORTED, NewStyleSiLU, OldStyleSin
-from .program import BOUND_MAX, MAX_NUMEL, Program  # noqa: F401 - the bounds stay importable
-from .program_strategies import argnums_for, float_dtypes, programs, shapes
 from .vmap_call import VmapCall, vmap_calls
 
 __all__ = [

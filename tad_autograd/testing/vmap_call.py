@@ -13,19 +13,21 @@ torch.Size([2])
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from hypothesis import strategies as st
 
 from ..compat._pytree import broadcast_prefix, tree_flatten, tree_unflatten
-from .program import Program, _fmt_shape, _Raw, _render_tree
-from .program_strategies import programs
+from ._programs.program import Program, _fmt_shape, _Raw, _render_tree
+from ._programs.strategies import programs
 from .reference import map_tensors, reference_vmap, select_sample
 
 __all__ = ["VmapCall", "vmap_calls"]
 
 
+@dataclass(eq=False)
 class VmapCall:
     """A random ``vmap`` call produced by :func:`vmap_calls`.
 
@@ -45,23 +47,13 @@ class VmapCall:
         A ``chunk_size`` to pass to ``vmap`` (results must not depend on it).
     """
 
-    def __init__(
-        self,
-        func: Program,
-        args: Tuple[Any, ...],
-        in_dims: Any,
-        out_dims: Any,
-        kwargs: Dict[str, Any],
-        batch_size: int,
-        chunk_size: Optional[int],
-    ) -> None:
-        self.func = func
-        self.args = args
-        self.in_dims = in_dims
-        self.out_dims = out_dims
-        self.kwargs = kwargs
-        self.batch_size = batch_size
-        self.chunk_size = chunk_size
+    func: Program
+    args: Tuple[Any, ...]
+    in_dims: Any
+    out_dims: Any
+    kwargs: Dict[str, Any]
+    batch_size: int
+    chunk_size: Optional[int]
 
     def vmap_kwargs(self) -> Dict[str, Any]:
         """Keyword arguments for ``vmap`` itself: ``in_dims``, ``out_dims``, ``chunk_size``."""

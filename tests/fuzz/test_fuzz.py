@@ -11,11 +11,11 @@ import pytest
 import torch
 from hypothesis import given
 
-from tad_autograd.testing.fuzz import OPERATORS, fuzz_settings
-from tad_autograd.testing.fuzz_case import check_finite_differences, fuzz_cases
-from tad_autograd.testing.fuzz_checks import check_case
-from tad_autograd.testing.fuzz_graph import check_graph_jacobian
-from tad_autograd.testing.fuzz_random import check_vmap_randomness
+from tad_autograd.testing._fuzz.case import check_finite_differences, fuzz_cases
+from tad_autograd.testing._fuzz.checks import check_case
+from tad_autograd.testing._fuzz.graph import check_graph_jacobian
+from tad_autograd.testing._fuzz.programs import OPERATORS, fuzz_settings
+from tad_autograd.testing._fuzz.randomness import check_vmap_randomness
 from tad_autograd.testing.strategies import programs, vmap_calls
 
 CI_EXAMPLES = {

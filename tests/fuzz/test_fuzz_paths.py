@@ -18,22 +18,21 @@ profile, 1000 with ``TAD_AUTOGRAD_HYPOTHESIS_PROFILE=thorough``.
 import pytest
 from hypothesis import given
 
-from tad_autograd.testing.fuzz import fuzz_settings
-from tad_autograd.testing.fuzz_calls import (
+from tad_autograd.testing._fuzz.calls import (
     check_counted_calls,
-    check_linearize_calls,
     check_random_calls,
     counted_cases,
-    linearize_cases,
     random_cases,
 )
-from tad_autograd.testing.fuzz_compile import (
+from tad_autograd.testing._fuzz.compiled import (
     COMPILE_SUPPORTED,
     check_compile_case,
     compile_cases,
 )
-from tad_autograd.testing.fuzz_complex import check_complex_case, complex_cases
-from tad_autograd.testing.fuzz_opaque import check_opaque_case, opaque_cases
+from tad_autograd.testing._fuzz.complex_inputs import check_complex_case, complex_cases
+from tad_autograd.testing._fuzz.linearize import check_linearize_calls, linearize_cases
+from tad_autograd.testing._fuzz.opaque import check_opaque_case, opaque_cases
+from tad_autograd.testing._fuzz.programs import fuzz_settings
 
 
 @fuzz_settings(20)

@@ -15,13 +15,13 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tad_autograd.testing.fuzz import fuzz_settings
-from tad_autograd.testing.fuzz_checks import check_case
-from tad_autograd.testing.fuzz_product_case import (
+from tad_autograd.testing._fuzz.checks import check_case
+from tad_autograd.testing._fuzz.product_case import (
     check_forward_finite_differences,
     product_cases,
 )
-from tad_autograd.testing.fuzz_products import FORWARD_OPERATORS, PRODUCT_OPERATORS
+from tad_autograd.testing._fuzz.products import FORWARD_OPERATORS, PRODUCT_OPERATORS
+from tad_autograd.testing._fuzz.programs import fuzz_settings
 
 CI_EXAMPLES = {
     "grad": 20,

@@ -1,29 +1,27 @@
 """Whole fuzz cases: a program, an operator and how it is called.
 
 :func:`fuzz_cases` draws :class:`FuzzCase` objects for one operator of
-:data:`~tad_autograd.testing.fuzz.OPERATORS`;
+:data:`~tad_autograd.testing._fuzz.programs.OPERATORS`;
 :func:`check_finite_differences` validates the row-loop reference of a case
 with ``torch.autograd.gradcheck`` (float64 finite differences).
 
 Examples
 --------
->>> from hypothesis import given, settings
->>> @settings(max_examples=2, deadline=None, database=None)
-... @given(fuzz_cases("jacrev_vmap"))
-... def check(case):
-...     assert case.op == "jacrev_vmap"
->>> check()
+>>> from hypothesis import find
+>>> find(fuzz_cases("jacrev_vmap"), lambda case: True).op
+'jacrev_vmap'
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from hypothesis import strategies as st
 
-from .fuzz import (
+from ..reference import flat_function, map_tensors
+from ..strategies import VmapCall, vmap_calls
+from .programs import (
     CONTEXTS,
     FEATURES,
     INPUT_KINDS,
@@ -32,8 +30,7 @@ from .fuzz import (
     FuzzProgram,
     fuzz_programs,
 )
-from .reference import flat_function, map_tensors
-from .strategies import VmapCall, vmap_calls
+from .support import fixed_seed
 
 __all__ = ["FuzzCase", "fuzz_cases", "check_finite_differences"]
 
@@ -48,14 +45,14 @@ class FuzzCase:
     program : FuzzProgram
     op : str
         One of :data:`OPERATORS` or of
-        :data:`~tad_autograd.testing.fuzz_products.PRODUCT_OPERATORS`.
+        :data:`~tad_autograd.testing._fuzz.products.PRODUCT_OPERATORS`.
     args : tuple
         Positional arguments (batched for the operators in :data:`VMAP_OPERATORS`).
     argnums, outer_argnums
         ``argnums`` of the (inner) ``jacrev``/``hessian``; ``outer_argnums``
         of the outer ``jacrev`` in ``jacrev_jacrev``.
     has_aux, mode, randomness, tangents, cotangents
-        For the derivative products (:mod:`~tad_autograd.testing.fuzz_products`):
+        For the derivative products (:mod:`~tad_autograd.testing._fuzz.products`):
         ``tangents`` shaped like the arguments at ``argnums`` (a tuple),
         ``cotangents`` like the program's output.
     in_dims, out_dims, chunk_size
@@ -118,12 +115,10 @@ def fuzz_cases(
 
     Examples
     --------
-    >>> from hypothesis import given, settings
-    >>> @settings(max_examples=3, deadline=None, database=None)
-    ... @given(fuzz_cases("vmap_jacrev"))
-    ... def check(case):
-    ...     assert case.op == "vmap_jacrev"
-    >>> check()
+    >>> from hypothesis import find
+    >>> case = find(fuzz_cases("vmap_jacrev", contexts=("no_grad",)), lambda c: True)
+    >>> case.context
+    'no_grad'
     """
     if op not in OPERATORS:
         raise ValueError(f"op must be one of {OPERATORS}, got {op!r}")
@@ -157,13 +152,6 @@ def fuzz_cases(
     return FuzzCase(**kw)
 
 
-@contextlib.contextmanager
-def _fixed_seed(seed: int) -> Iterator[None]:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
 def check_finite_differences(case: FuzzCase) -> None:
     """``torch.autograd.gradcheck`` (float64 finite differences) passes on the case's
     eager function, so the row-loop reference that :func:`check_case` compares
@@ -173,7 +161,7 @@ def check_finite_differences(case: FuzzCase) -> None:
     --------
     >>> import torch
     >>> from hypothesis import find
-    >>> from tad_autograd.testing.fuzz_case import fuzz_cases
+    >>> from tad_autograd.testing._fuzz.case import fuzz_cases
     >>> case = find(fuzz_cases("jacrev"), lambda c: c.program.dtype == torch.float64)
     >>> check_finite_differences(case)
     """
@@ -185,7 +173,7 @@ def check_finite_differences(case: FuzzCase) -> None:
 
     def reseeded(*xs: Any) -> Any:
         prog.reset()  # a fresh captured buffer: no history from the previous evaluation
-        with _fixed_seed(_SEED):
+        with fixed_seed(_SEED):
             return flat_func(*xs)
 
     inputs = tuple(t.detach().clone().requires_grad_(True) for t in flat_in)

@@ -1,7 +1,7 @@
 """Structural steps of random programs: indexing, ``where``, views, stacking, custom Functions.
 
-Like :mod:`tad_autograd.testing.program_ops`, each ``op_*`` function draws one
-step from the state of a :class:`~tad_autograd.testing.program_strategies.ProgramBuilder`
+Like :mod:`tad_autograd.testing._programs.ops`, each ``op_*`` function draws one
+step from the state of a :class:`~tad_autograd.testing._programs.builder.ProgramBuilder`
 (``pb``), or returns ``None`` when it cannot.
 
 Examples
@@ -12,16 +12,14 @@ Examples
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional, Tuple, cast
+from typing import Any, Optional, Tuple, cast
 
 import torch
 from hypothesis import strategies as st
 
-from .functions import NewStyleSiLU, OldStyleSin
+from ..functions import NewStyleSiLU, OldStyleSin
+from .builder import ProgramBuilder
 from .program import MAX_NUMEL, _broadcast, _index_text, _numel, _Step
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .program_strategies import ProgramBuilder
 
 __all__ = ["op_index", "op_where", "op_permute", "op_expand", "op_stack", "op_custom"]
 

@@ -6,12 +6,12 @@ Functions, views); :func:`check_graph_jacobian` then differentiates the
 recorded outputs with :func:`~tad_autograd.graph_jacobian` in the case's
 calling context, with its ``chunk_size``, and compares with the row loop of
 :func:`torch.autograd.grad` on the same graph
-(:func:`~tad_autograd.testing.fuzz_reference.ref_rows`).
+(:func:`~tad_autograd.testing.operators.ref_rows`).
 
 Examples
 --------
 >>> from hypothesis import given, settings
->>> from tad_autograd.testing.fuzz_case import fuzz_cases
+>>> from tad_autograd.testing._fuzz.case import fuzz_cases
 >>> @settings(max_examples=3, deadline=None, database=None)
 ... @given(fuzz_cases("jacrev"))
 ... def check(case):
@@ -26,10 +26,10 @@ from typing import Any, ContextManager, Dict, List
 
 import torch
 
-from .. import graph_jacobian
-from .fuzz_case import FuzzCase
-from .fuzz_reference import ref_rows
-from .reference import flat_function
+from ... import graph_jacobian
+from ..operators import ref_rows
+from ..reference import flat_function
+from .case import FuzzCase
 
 __all__ = ["check_graph_jacobian"]
 

@@ -34,7 +34,7 @@ from typing import Any, Dict, Tuple
 
 import torch
 
-from .functions import NEW_STYLE_FUNCTIONS_SUPPORTED
+from ..functions import NEW_STYLE_FUNCTIONS_SUPPORTED
 
 __all__ = ["OPAQUE_KINDS", "STYLES", "opaque_function", "twin_function"]
 

@@ -23,19 +23,17 @@ True
 
 from __future__ import annotations
 
-import functools
 import re
 import warnings
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 from hypothesis import strategies as st
 
-from ..compat._pytree import tree_flatten
-from .compare import default_tolerances
-from .fuzz_products import build_product
-from .fuzz_reference import REFERENCE, LibraryOps, build_operator
-from .strategies import programs
+from ..operators import REFERENCE, LibraryOps, build_operator
+from ..strategies import programs
+from .products import build_product
+from .support import Backends, assert_close_in_dtype
 
 __all__ = [
     "COMPILE_SUPPORTED",
@@ -124,25 +122,7 @@ def _build(ns: Any, case: CompileCase) -> Any:
     )
 
 
-def _close(got: Any, want: Any, dtype: torch.dtype, what: str) -> None:
-    g_leaves, g_spec = tree_flatten(got)
-    w_leaves, w_spec = tree_flatten(want)
-    assert g_spec == w_spec, f"{what}: structure {g_spec} != {w_spec}"
-    rtol, atol = default_tolerances(dtype)
-    for i, (g, w) in enumerate(zip(g_leaves, w_leaves)):
-        assert isinstance(g, torch.Tensor) and g.shape == w.shape, f"{what}: leaf {i} shape"
-        torch.testing.assert_close(
-            g.detach(),
-            w.detach(),
-            rtol=rtol,
-            atol=atol,
-            msg=functools.partial(_leaf_message, f"{what}: leaf {i}"),
-        )
-
-
-def check_compile_case(
-    case: CompileCase, backends: Optional[Sequence[Optional[str]]] = None
-) -> None:
+def check_compile_case(case: CompileCase, backends: Backends = None) -> None:
     """Compiled ``op(program)`` equals the reference, or (explicit backends) raises clearly.
 
     ``backends``: default, the case's own backend (``None``: automatic mode).
@@ -180,11 +160,11 @@ def check_compile_case(
                         f"{what}: call {k + 1} raised {type(exc).__name__}: {exc}"
                     )
                     break
-            _close(got, want, prog.dtype, f"{what}: call {k + 1} vs the row-loop reference")
+            assert_close_in_dtype(
+                got, want, prog.dtype, f"{what}: call {k + 1} vs the row-loop reference"
+            )
             if eager is not None:
-                _close(got, eager, prog.dtype, f"{what}: call {k + 1} vs eager {case.op}")
+                assert_close_in_dtype(
+                    got, eager, prog.dtype, f"{what}: call {k + 1} vs eager {case.op}"
+                )
     torch._dynamo.reset()
-
-
-def _leaf_message(where: str, message: str) -> str:
-    return f"{where}: {message}"

@@ -1,10 +1,10 @@
 """Arithmetic steps of random programs: elementwise maps, sums, products, norms.
 
 Each ``op_*`` function draws one step from the state of a
-:class:`~tad_autograd.testing.program_strategies.ProgramBuilder` (``pb``), or returns
+:class:`~tad_autograd.testing._programs.builder.ProgramBuilder` (``pb``), or returns
 ``None`` when the drawn step would break the static bounds
-(:data:`~tad_autograd.testing.program.BOUND_MAX`,
-:data:`~tad_autograd.testing.program.MAX_NUMEL`); the builder then adds a
+(:data:`~tad_autograd.testing._programs.program.BOUND_MAX`,
+:data:`~tad_autograd.testing._programs.program.MAX_NUMEL`); the builder then adds a
 unary step instead.
 
 Examples
@@ -18,15 +18,13 @@ Examples
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable, Dict, Optional, Tuple, cast
+from typing import Callable, Dict, Optional, Tuple, cast
 
 import torch
 from hypothesis import strategies as st
 
+from .builder import ProgramBuilder
 from .program import BOUND_MAX, MAX_NUMEL, _broadcast, _numel, _Step
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .program_strategies import ProgramBuilder
 
 __all__ = [
     "unary",

@@ -1,9 +1,10 @@
 """The :func:`programs` strategy: random differentiable programs.
 
-:class:`ProgramBuilder` holds the state of one program being drawn (its steps,
-constants and flags); the steps themselves come from
-:mod:`~tad_autograd.testing.program_ops` and
-:mod:`~tad_autograd.testing.program_view_ops`.
+:class:`~tad_autograd.testing._programs.builder.ProgramBuilder` holds the state
+of one program being drawn (its steps, constants and flags); the steps
+themselves come from
+:mod:`~tad_autograd.testing._programs.ops` and
+:mod:`~tad_autograd.testing._programs.view_ops`.
 
 Examples
 --------
@@ -15,45 +16,18 @@ Examples
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from hypothesis import strategies as st
 
-from ..compat._pytree import tree_flatten
-from . import program_ops, program_view_ops
-from .functions import NEW_STYLE_FUNCTIONS_SUPPORTED
-from .program import MAX_NUMEL, Program, _numel, _Step
+from ...compat._pytree import tree_flatten
+from . import ops as program_ops
+from . import view_ops as program_view_ops
+from .builder import ProgramBuilder, shapes
+from .program import Program, _Step
 
-__all__ = ["shapes", "float_dtypes", "argnums_for", "programs", "ProgramBuilder"]
-
-
-def shapes(
-    *, max_ndim: int = 3, max_side: int = 3, max_numel: int = MAX_NUMEL
-) -> st.SearchStrategy:
-    """Tensor shapes, including 0-d and size-1 dimensions.
-
-    Parameters
-    ----------
-    max_ndim, max_side : int
-        Largest number of dimensions and largest size of one dimension.
-    max_numel : int
-        Largest number of elements.
-
-    Examples
-    --------
-    >>> from hypothesis import given, settings
-    >>> @settings(max_examples=10, database=None)
-    ... @given(shapes(max_ndim=2))
-    ... def check(shape):
-    ...     assert len(shape) <= 2 and all(1 <= s <= 3 for s in shape)
-    >>> check()
-    """
-    return (
-        st.lists(st.integers(1, max_side), min_size=0, max_size=max_ndim)
-        .map(tuple)
-        .filter(lambda s: _numel(s) <= max_numel)
-    )
+__all__ = ["float_dtypes", "argnums_for", "programs", "add_random_step"]
 
 
 def float_dtypes(
@@ -121,92 +95,6 @@ def argnums_for(
     return maybe_neg(draw(st.sampled_from(list(tensor_positions))))
 
 
-class ProgramBuilder:
-    """The state of one program while :func:`programs` draws it.
-
-    Holds the hypothesis ``draw`` function, the steps drawn so far, the fixed
-    constants (drawn from ``gen``, seeded by the program's seed) and the flags.
-    The ``op_*`` functions of :mod:`~tad_autograd.testing.program_ops` and
-    :mod:`~tad_autograd.testing.program_view_ops` each add one step.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from hypothesis import find, strategies as st
-    >>> def one_step(draw):
-    ...     pb = ProgramBuilder(draw, dtype=torch.float64, device="cpu", seed=0)
-    ...     pb.steps.append(_Step((2,), 1.0, "x0", lambda vals, args: args[0]))
-    ...     pb.add_random_step()
-    ...     return pb.steps[-1]
-    >>> step = find(st.composite(one_step)(), lambda s: True)
-    >>> "v0" in step.text and step.bound <= 8.0
-    True
-    """
-
-    def __init__(
-        self,
-        draw: st.DrawFn,
-        *,
-        dtype: torch.dtype,
-        device: Union[str, torch.device],
-        seed: int,
-        max_ndim: int = 3,
-        max_side: int = 3,
-        new_style_functions: bool = True,
-        old_style_functions: bool = False,
-    ) -> None:
-        self.draw = draw
-        self.dtype = dtype
-        self.device = torch.device(device)
-        self.gen = torch.Generator().manual_seed(seed)
-        self.max_ndim = max_ndim
-        self.max_side = max_side
-        self.use_new = new_style_functions and NEW_STYLE_FUNCTIONS_SUPPORTED
-        self.old_style_functions = old_style_functions
-        self.steps: List[_Step] = []
-        self.constants: Dict[str, torch.Tensor] = {}
-        self.flags: Set[str] = set()
-
-    def rand(self, shape: Sequence[int], low: float = -1.0, high: float = 1.0) -> torch.Tensor:
-        """Uniform values from the program's generator, drawn on the CPU, then moved."""
-        t = torch.rand(shape, generator=self.gen, dtype=torch.float64, device="cpu")
-        return (t * (high - low) + low).to(dtype=self.dtype, device=self.device)
-
-    def const(self, prefix: str, value: torch.Tensor) -> str:
-        """Record a constant (``W0``, ``M1``, ``I0`` ...) and return its name."""
-        name = f"{prefix}{sum(1 for k in self.constants if k.startswith(prefix))}"
-        self.constants[name] = value
-        return name
-
-    def draw_shape(self) -> Tuple[int, ...]:
-        return tuple(self.draw(shapes(max_ndim=self.max_ndim, max_side=self.max_side)))
-
-    def pick(self, pred: Callable[[_Step], bool] = lambda s: True) -> Optional[int]:
-        cands = [k for k, s in enumerate(self.steps) if pred(s)]
-        if not cands:
-            return None
-        return self.draw(st.sampled_from(cands))
-
-    def pick_always(self, pred: Callable[[_Step], bool] = lambda s: True) -> int:
-        """:func:`pick` where a candidate always exists (no predicate, or one `a` meets)."""
-        chosen = self.pick(pred)
-        assert chosen is not None
-        return chosen
-
-    def draw_dims(self, ndim: int) -> Tuple[int, ...]:
-        dims = self.draw(st.lists(st.integers(0, ndim - 1), min_size=1, max_size=ndim, unique=True))
-        return tuple(d - ndim if self.draw(st.booleans()) else d for d in dims)
-
-    def add_random_step(self) -> None:
-        """Draw an operation kind and add its step (a unary step where it cannot be built)."""
-        kind = self.draw(st.sampled_from(list(_OPS)))
-        make = _OPS[kind]
-        step = make(self) if make is not None else None
-        if step is None:
-            step = program_ops.unary(self, self.pick_always())
-        self.steps.append(step)
-
-
 #: Operation kinds, drawn uniformly; ``None``: a unary step.
 _OPS: Dict[str, Optional[Callable[[ProgramBuilder], Optional[_Step]]]] = {
     "unary": None,
@@ -223,6 +111,16 @@ _OPS: Dict[str, Optional[Callable[[ProgramBuilder], Optional[_Step]]]] = {
     "stack": program_view_ops.op_stack,
     "custom": program_view_ops.op_custom,
 }
+
+
+def add_random_step(pb: ProgramBuilder) -> None:
+    """Draw an operation kind and add its step to ``pb`` (a unary step where it cannot be built)."""
+    kind = pb.draw(st.sampled_from(list(_OPS)))
+    make = _OPS[kind]
+    step = make(pb) if make is not None else None
+    if step is None:
+        step = program_ops.unary(pb, pb.pick_always())
+    pb.steps.append(step)
 
 
 @st.composite
@@ -307,7 +205,7 @@ def programs(
     )
     arg_kinds, arg_shapes = _draw_arguments(pb, max_args, pytree_inputs)
     for _ in range(draw(st.integers(1, max_ops))):
-        pb.add_random_step()
+        add_random_step(pb)
     output_ids, out_kind, out_spec = _draw_outputs(draw, len(pb.steps) - 1, pytree_outputs)
     passthrough = draw(st.integers(1, 3)) if passthrough_args and draw(st.booleans()) else None
     num_args = len(arg_kinds) + (1 if passthrough is not None else 0)

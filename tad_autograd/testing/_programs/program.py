@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Un
 
 import torch
 
-from ..compat._pytree import tree_unflatten
+from ...compat._pytree import tree_unflatten
 
 __all__ = ["BOUND_MAX", "MAX_NUMEL", "Program"]
 

@@ -1,7 +1,7 @@
 """Fuzzing second-order operators through backward passes that cannot be differentiated.
 
 An :class:`OpaqueCase` is a function ``f(x) = use(Cube.apply(pre(x)), x)``
-with ``Cube`` one of :mod:`~tad_autograd.testing.opaque_functions`
+with ``Cube`` one of :mod:`~tad_autograd.testing._fuzz.opaque_functions`
 (``@once_differentiable``, NumPy or ``.detach()`` backward; old or new style),
 ``pre`` in :data:`PRES`, ``use`` in :data:`USES` (``y * x``, ``sin(y)``,
 ``y ** 2`` ...: mostly non-linear), and its scalar ``s(x) = (f(x) * c).sum()``,
@@ -26,29 +26,24 @@ cases give the Function one).  A backend that returns a value ran ``f`` once
 
 Examples
 --------
->>> from hypothesis import given, settings
->>> @settings(max_examples=2, deadline=None, database=None)
-... @given(opaque_cases())
-... def check(case):
-...     assert case.op in SECOND_ORDER
->>> check()
+>>> "hessian" in SECOND_ORDER and "jacfwd_jacrev" in SECOND_ORDER
+True
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from hypothesis import strategies as st
 
-from ..compat._pytree import tree_flatten, tree_unflatten
-from .compare import default_tolerances
-from .fuzz_reference import direct_ops, ref_jacrev, transform_backends
+from ...compat._pytree import tree_flatten, tree_unflatten
+from ..compare import default_tolerances
+from ..operators import direct_ops, ref_jacrev, transform_backends
+from ..strategies import shapes
 from .opaque_functions import OPAQUE_KINDS, STYLES, opaque_function, twin_function
-from .program_strategies import shapes
+from .support import Backends, assert_leaves_close, backends_and_auto, context, describe
 
 __all__ = ["SECOND_ORDER", "PRES", "USES", "OpaqueCase", "opaque_cases", "check_opaque_case"]
 
@@ -274,36 +269,7 @@ def _direct_outcome(case: OpaqueCase, cube: Any) -> Tuple[Any, Optional[BaseExce
             return None, exc
 
 
-def _context(name: str) -> Any:
-    return torch.no_grad() if name == "no_grad" else contextlib.nullcontext()
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _compare(got: Any, want: Any, dtype: torch.dtype, what: str) -> None:
-    g_leaves, g_spec = tree_flatten(got)
-    w_leaves, w_spec = tree_flatten(want)
-    assert g_spec == w_spec, f"{what}: result structure {g_spec} != {w_spec}"
-    rtol, atol = default_tolerances(dtype)
-    if dtype == torch.float32:
-        rtol, atol = 1e-4, 1e-5
-    for i, (g, w) in enumerate(zip(g_leaves, w_leaves)):
-        assert isinstance(g, torch.Tensor), f"{what}: leaf {i} is {type(g).__name__}"
-        assert g.shape == w.shape, f"{what}: leaf {i} shape {tuple(g.shape)} != {tuple(w.shape)}"
-        torch.testing.assert_close(
-            g.detach().to(torch.float64),
-            w,
-            rtol=rtol,
-            atol=atol,
-            msg=functools.partial(
-                _leaf_message, f"{what}: leaf {i} is not the true second derivative"
-            ),
-        )
-
-
-def check_opaque_case(case: OpaqueCase, backends: Optional[Sequence[Optional[str]]] = None) -> None:
+def check_opaque_case(case: OpaqueCase, backends: Backends = None) -> None:
     """Every backend and automatic mode raises naming the Function, or returns the truth.
 
     An explicitly chosen transform backend may instead give what :mod:`torch.func`
@@ -319,10 +285,8 @@ def check_opaque_case(case: OpaqueCase, backends: Optional[Sequence[Optional[str
     ... except AssertionError:
     ...     pass  # the library under test may still be wrong here
     """
-    import tad_autograd as ta
 
-    if backends is None:
-        backends = list(ta.available_backends()) + [None]
+    backends = backends_and_auto(backends)
     want = truth(case)
     transforms = set(transform_backends())
     refused = _direct_error(case)
@@ -336,7 +300,7 @@ def check_opaque_case(case: OpaqueCase, backends: Optional[Sequence[Optional[str
         if case.input_kind == "leaf":
             x.requires_grad_(True)
         error: Optional[BaseException] = None
-        with _context(case.context), warnings.catch_warnings():
+        with context(case.context), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
                 got = second_order(case, f, s, backend)(x)
@@ -349,8 +313,8 @@ def check_opaque_case(case: OpaqueCase, backends: Optional[Sequence[Optional[str
                 e is not None and type(error) is type(e) for e in (refused, their_error)
             )
             assert as_torch_func or (isinstance(error, RuntimeError) and name in str(error)), (
-                f"{what}: expected a RuntimeError naming {name}, got {_describe(error)}"
-                + (f" (torch.func on the twin: {_describe(refused)})" if refused else "")
+                f"{what}: expected a RuntimeError naming {name}, got {describe(error)}"
+                + (f" (torch.func on the twin: {describe(refused)})" if refused else "")
             )
             continue
         if backend in transforms and their_error is None and theirs is not None:
@@ -368,5 +332,15 @@ def _as_float64(tree: Any) -> Any:
     return tree_unflatten([t.detach().to(torch.float64) for t in leaves], spec)
 
 
-def _leaf_message(where: str, message: str) -> str:
-    return f"{where}: {message}"
+def _compare(got: Any, want: Any, dtype: torch.dtype, what: str) -> None:
+    rtol, atol = default_tolerances(dtype)
+    if dtype == torch.float32:
+        rtol, atol = 1e-4, 1e-5
+    assert_leaves_close(
+        got,
+        want,
+        f"{what} (the true second derivative)",
+        rtol=rtol,
+        atol=atol,
+        convert=lambda g, w: (g.to(torch.float64), w),
+    )

@@ -26,13 +26,13 @@ Examples
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable
 
 import torch
 
-from ..compat._pytree import tree_flatten
-from .compare import default_tolerances
-from .fuzz_reference import transform_backends
+from ...compat._pytree import tree_flatten
+from ..operators import transform_backends
+from .support import Backends, assert_close_in_dtype, backends_and_auto
 
 __all__ = ["check_vmap_randomness", "noisy"]
 
@@ -58,14 +58,7 @@ def noisy(program: Callable[..., Any]) -> Callable[..., Any]:
     return g
 
 
-def _close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
-    rtol, atol = default_tolerances(expected.dtype)
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
-
-
-def check_vmap_randomness(
-    call: Any, randomness: str, backends: Optional[Sequence[Optional[str]]] = None
-) -> None:
+def check_vmap_randomness(call: Any, randomness: str, backends: Backends = None) -> None:
     """Check ``vmap(noisy(call.func), call.in_dims, randomness=...)`` on every backend.
 
     ``call`` is a :class:`~tad_autograd.testing.strategies.VmapCall` with
@@ -81,8 +74,7 @@ def check_vmap_randomness(
     """
     import tad_autograd as ta
 
-    if backends is None:
-        backends = list(ta.available_backends()) + [None]
+    backends = backends_and_auto(backends)
     g = noisy(call.func)
     # the loop reference of the deterministic part and one eager draw
     y_loop = call.reference(lambda *a: tree_flatten(call.func(*a))[0][-1], out_dims=0)
@@ -113,14 +105,22 @@ def check_vmap_randomness(
                     # torch.func fills a ``*_like`` draw in the batched tensor's memory order:
                     # the eager draw's numbers, possibly in another layout, the same per sample
                     # (automatic mode vectorises with the transform backend's vmap)
-                    _close(noise[b], noise[0], f"{what}: sample {b} noise != sample 0")
-                    _close(
+                    assert_close_in_dtype(
+                        noise[b], noise[0], noise[b].dtype, f"{what}: sample {b} noise != sample 0"
+                    )
+                    assert_close_in_dtype(
                         noise[b].flatten().sort().values,
                         one_draw.flatten().sort().values,
+                        noise[b].flatten().sort().values.dtype,
                         f"{what}: sample {b} noise is not one eager draw's numbers",
                     )
                     continue
-                _close(noise[b], one_draw, f"{what}: sample {b} noise != one eager draw")
+                assert_close_in_dtype(
+                    noise[b],
+                    one_draw,
+                    noise[b].dtype,
+                    f"{what}: sample {b} noise != one eager draw",
+                )
             assert torch.equal(torch.get_rng_state(), after_one), (
                 f"{what}: RNG state is not where one eager draw leaves it"
             )
@@ -131,4 +131,9 @@ def check_vmap_randomness(
                 for b in range(1, call.batch_size):
                     assert not torch.equal(flat[b], flat[0]), f"{what}: samples 0, {b} same noise"
             assert not torch.equal(torch.get_rng_state(), before), f"{what}: RNG never drawn"
-        _close(out, y_loop * (1 + noise / 4), f"{what}: values != loop with the returned noise")
+        assert_close_in_dtype(
+            out,
+            y_loop * (1 + noise / 4),
+            out.dtype,
+            f"{what}: values != loop with the returned noise",
+        )

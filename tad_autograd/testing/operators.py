@@ -2,9 +2,9 @@
 
 Three namespaces expose the same ``jacrev`` / ``hessian`` / ``vmap`` calls so
 that one operator table (:func:`build_operator`) runs a
-:class:`~tad_autograd.testing.fuzz.FuzzCase` on each:
+fuzz case (``FuzzCase``) on each:
 
-* :data:`REFERENCE` - no ``tad_autograd`` backend at all: ``jacrev`` is a row
+* ``REFERENCE`` - no ``tad_autograd`` backend at all: ``jacrev`` is a row
   loop of ``torch.autograd.grad`` on the eager function (``create_graph=True``,
   so it composes), ``hessian`` is ``jacrev(jacrev)``, ``vmap`` a Python loop;
 * :func:`direct_ops` - ``torch.func`` (torch >= 2.0) or ``functorch`` (1.13),
@@ -246,7 +246,11 @@ def build_operator(
     in_dims: Any = 0,
     out_dims: Any = 0,
 ) -> Callable[..., Any]:
-    """The callable operator ``op`` (see ``fuzz.OPERATORS``) of ``f`` in namespace ``ns``.
+    """The callable operator ``op`` of ``f`` in namespace ``ns``.
+
+    ``op`` is one of ``"jacrev"``, ``"jacrev_aux"``, ``"hessian"``,
+    ``"jacrev_jacrev"``, ``"vmap"``, ``"vmap_jacrev"``, ``"jacrev_vmap"`` and
+    ``"vmap_hessian"`` (the outer transform first).
 
     For ``"jacrev_aux"``, ``f`` must already return ``(output, aux)``.
 
@@ -276,10 +280,17 @@ def build_operator(
     raise ValueError(f"unknown operator {op!r}")
 
 
-def _registry_backend(name: str) -> Any:
+def _available_backends(transforms: bool) -> Tuple[str, ...]:
+    """The available backends that are (``transforms``) or are not function transforms."""
+    import tad_autograd as ta
+
     from ..dispatch.registry import REGISTRY
 
-    return REGISTRY.get(name)
+    return tuple(
+        n
+        for n in ta.available_backends()
+        if getattr(REGISTRY.get(n), "is_transform", True) == transforms
+    )
 
 
 def transform_backends() -> Tuple[str, ...]:
@@ -290,25 +301,17 @@ def transform_backends() -> Tuple[str, ...]:
     >>> "autograd" in transform_backends()
     False
     """
-    import tad_autograd as ta
-
-    return tuple(
-        n for n in ta.available_backends() if getattr(_registry_backend(n), "is_transform", True)
-    )
+    return _available_backends(True)
 
 
 def loop_backends() -> Tuple[str, ...]:
-    """Available backends that are not function transforms (e.g. ``"autograd"``).
+    """Available backends that are not function transforms: :func:`transform_backends`'s
+    complement among :func:`tad_autograd.available_backends`.
 
     Examples
     --------
-    >>> "autograd" in loop_backends()
+    >>> import tad_autograd as ta
+    >>> sorted(loop_backends() + transform_backends()) == sorted(ta.available_backends())
     True
     """
-    import tad_autograd as ta
-
-    return tuple(
-        n
-        for n in ta.available_backends()
-        if not getattr(_registry_backend(n), "is_transform", True)
-    )
+    return _available_backends(False)

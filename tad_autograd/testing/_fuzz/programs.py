@@ -24,12 +24,12 @@ each behind a flag shown in its ``repr``:
     float16/bfloat16 programs take and return that dtype and compute in float32.
 
 :func:`fuzz_programs` draws such programs;
-:func:`tad_autograd.testing.fuzz_case.fuzz_cases` draws a whole case: a
+:func:`tad_autograd.testing._fuzz.case.fuzz_cases` draws a whole case: a
 program, an operator (:data:`OPERATORS`), its argnums / in_dims / out_dims, a
 calling context (:data:`CONTEXTS`) and an input kind (:data:`INPUT_KINDS`).
 The checks live in
-:mod:`tad_autograd.testing.fuzz_checks`; the independent references in
-:mod:`tad_autograd.testing.fuzz_reference`.
+:mod:`tad_autograd.testing._fuzz.checks`; the independent references in
+:mod:`tad_autograd.testing.operators`.
 
 Profiles: ``tests/fuzz`` runs a few examples per property by default
 (``TAD_AUTOGRAD_HYPOTHESIS_PROFILE=ci``) and >= 1000 with
@@ -56,9 +56,9 @@ import torch
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from ..compat._pytree import tree_flatten, tree_unflatten
-from .reference import map_tensors
-from .strategies import Program, programs
+from ...compat._pytree import tree_flatten, tree_unflatten
+from ..reference import map_tensors
+from ..strategies import Program, programs
 
 __all__ = [
     "FEATURES",

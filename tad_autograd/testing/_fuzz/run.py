@@ -1,19 +1,19 @@
 """Running one fuzz case in one namespace: inputs of a kind, a calling context, side effects.
 
 :func:`run_operator` builds the case's operator in a namespace of
-:mod:`~tad_autograd.testing.fuzz_reference` (the reference, ``torch.func``, or
+:mod:`~tad_autograd.testing.operators` (the reference, ``torch.func``, or
 ``tad_autograd`` with one backend), calls it on fresh inputs of the case's
 kind (:func:`prepare_inputs`) inside a calling context, and records the
 value or the exception, the ``BackendFallbackWarning`` warnings, the
 RNG state before and after, and every change to what the caller owns.
-:mod:`~tad_autograd.testing.fuzz_checks` judges the outcomes.
+:mod:`~tad_autograd.testing._fuzz.checks` judges the outcomes.
 
 Examples
 --------
 >>> import torch
 >>> from hypothesis import find
->>> from tad_autograd.testing.fuzz_case import fuzz_cases
->>> from tad_autograd.testing.fuzz_reference import REFERENCE
+>>> from tad_autograd.testing._fuzz.case import fuzz_cases
+>>> from tad_autograd.testing.operators import REFERENCE
 >>> case = find(fuzz_cases("jacrev", features=()), lambda c: True)
 >>> outcome = run_operator(REFERENCE, case, case.program, case.args, "leaf", "no_grad")
 >>> outcome.error is None and not outcome.side_effects
@@ -22,17 +22,17 @@ True
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 
-from ..compat._pytree import tree_flatten
-from .fuzz_case import FuzzCase
-from .fuzz_products import PRODUCT_OPERATORS, build_product
-from .fuzz_reference import LibraryOps, build_operator
-from .reference import map_tensors
+from ...compat._pytree import tree_flatten
+from ..operators import LibraryOps, build_operator
+from ..reference import map_tensors
+from . import support
+from .case import FuzzCase
+from .products import PRODUCT_OPERATORS, build_product
 
 __all__ = ["Outcome", "prepare_inputs", "run_operator", "SEED"]
 
@@ -75,15 +75,6 @@ def prepare_inputs(args: Any, kind: str) -> Tuple[Any, List[torch.Tensor]]:
         return t
 
     return map_tensors(one, args), owned
-
-
-def _context(name: str) -> Any:
-    return {
-        "plain": contextlib.nullcontext,
-        "no_grad": torch.no_grad,
-        "enable_grad": torch.enable_grad,
-        "inference_mode": torch.inference_mode,
-    }[name]()
 
 
 class Outcome:
@@ -190,7 +181,7 @@ def run_operator(
     snap = _snapshot(owned + [w])
     torch.manual_seed(SEED)
     res.rng_before = torch.get_rng_state()
-    with _context(context):
+    with support.context(context):
         modes = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
         with warnings.catch_warnings(record=True) as rec:
             # torch's own warnings in the references are not the library's

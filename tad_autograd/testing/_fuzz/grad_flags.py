@@ -14,8 +14,8 @@ from typing import Any, List, Optional
 
 import torch
 
-from ..compat._pytree import tree_flatten
-from ..compat._torch_info import TORCH_VERSION, Version
+from ...compat._pytree import tree_flatten
+from ...compat._torch_info import TORCH_VERSION, Version
 
 __all__ = ["requires_grad_of", "requires_grad_as_torch_func"]
 

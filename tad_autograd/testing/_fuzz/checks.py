@@ -1,6 +1,6 @@
 """Checks of the differential fuzzer: every backend and automatic mode vs references.
 
-:func:`check_case` runs one :class:`~tad_autograd.testing.fuzz.FuzzCase` on
+:func:`check_case` runs one :class:`~tad_autograd.testing._fuzz.programs.FuzzCase` on
 the independent reference (row loop of ``torch.autograd.grad``, Python-loop
 ``vmap``), on ``torch.func``/``functorch`` directly and on every available
 backend plus automatic mode, in the case's calling context and with its kind
@@ -22,7 +22,7 @@ of inputs, and asserts what every backend returns and that the caller's state is
 Examples
 --------
 >>> from hypothesis import given, settings
->>> from tad_autograd.testing.fuzz_case import fuzz_cases
+>>> from tad_autograd.testing._fuzz.case import fuzz_cases
 >>> @settings(max_examples=2, deadline=None, database=None)
 ... @given(fuzz_cases("jacrev", features=(), contexts=("plain",)))
 ... def test(case):
@@ -34,19 +34,20 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 
-from ..compat._pytree import tree_flatten
-from .compare import default_tolerances, spec_repr
-from .fuzz_case import FuzzCase
-from .fuzz_grad_flags import requires_grad_as_torch_func, requires_grad_of
-from .fuzz_product_case import expects_random_error
-from .fuzz_products import PRODUCT_OPERATORS, build_product
-from .fuzz_reference import REFERENCE, LibraryOps, build_operator, direct_ops, transform_backends
-from .fuzz_run import prepare_inputs, run_operator
-from .reference import map_tensors
+from ...compat._pytree import tree_flatten
+from ..compare import default_tolerances, spec_repr
+from ..operators import REFERENCE, LibraryOps, build_operator, direct_ops, transform_backends
+from ..reference import map_tensors
+from .case import FuzzCase
+from .grad_flags import requires_grad_as_torch_func, requires_grad_of
+from .product_case import expects_random_error
+from .products import PRODUCT_OPERATORS, build_product
+from .run import prepare_inputs, run_operator
+from .support import Backends, backends_and_auto, describe, leaf_message
 
 __all__ = ["check_case", "inference_supported", "prepare_inputs"]
 
@@ -79,7 +80,7 @@ def _assert_matches(actual: Any, expected: Any, io_dtype: torch.dtype, what: str
             e,
             rtol=rtol,
             atol=atol,
-            msg=functools.partial(_leaf_message, f"{what}: leaf {i}"),
+            msg=functools.partial(leaf_message, f"{what}: leaf {i}"),
         )
 
 
@@ -144,12 +145,7 @@ def _detach(tree: Any) -> Any:
     return map_tensors(lambda t: t.detach(), tree)
 
 
-def _describe(exc: BaseException) -> str:
-    notes = "".join(f"\n  note: {n}" for n in getattr(exc, "__notes__", ()))
-    return f"{type(exc).__name__}: {exc}{notes}"
-
-
-def check_case(case: FuzzCase, backends: Optional[Sequence[Optional[str]]] = None) -> None:
+def check_case(case: FuzzCase, backends: Backends = None) -> None:
     """Run ``case`` on every backend and automatic mode; assert results and untouched state.
 
     Parameters
@@ -161,14 +157,12 @@ def check_case(case: FuzzCase, backends: Optional[Sequence[Optional[str]]] = Non
     Examples
     --------
     >>> from hypothesis import find
-    >>> from tad_autograd.testing.fuzz_case import fuzz_cases
+    >>> from tad_autograd.testing._fuzz.case import fuzz_cases
     >>> case = find(fuzz_cases("jacrev", contexts=("no_grad",)), lambda c: True)
     >>> check_case(case, backends=["autograd", None])
     """
-    import tad_autograd as ta
 
-    if backends is None:
-        backends = list(ta.available_backends()) + [None]
+    backends = backends_and_auto(backends)
     judged = _judged(case)
     for backend in backends:
         lib = _run_library(case, backend)
@@ -183,7 +177,7 @@ def _judged(case: FuzzCase) -> _Judged:
     ref = run_operator(REFERENCE, case, ref_prog, ref_args, "plain", "enable_grad")
     if ref.error is not None:
         raise AssertionError(
-            f"the reference itself failed: {_describe(ref.error)}\n{case!r}"
+            f"the reference itself failed: {describe(ref.error)}\n{case!r}"
         ) from ref.error
     direct_ns = direct_ops()
     direct = (
@@ -303,7 +297,7 @@ class _Judged:
                 lambda: (
                     f"{what}: the function draws random numbers "
                     f"under randomness='error'; expected a RuntimeError, got "
-                    f"{_describe(lib.error) if lib.error is not None else 'a value'}{report}"
+                    f"{describe(lib.error) if lib.error is not None else 'a value'}{report}"
                 ),
             )
             return
@@ -323,7 +317,7 @@ class _Judged:
                 "inference",
                 lambda: (
                     f"{what}: expected a RuntimeError naming inference "
-                    f"mode, got {_describe(err)}{report}"
+                    f"mode, got {describe(err)}{report}"
                 ),
             )
             return
@@ -334,7 +328,7 @@ class _Judged:
                     f"{what} raised, but the reference (and "
                     f"torch.func where it applies: "
                     f"{'ok' if self.direct_ok else 'n/a'}) computes it: "
-                    f"{_describe(lib.error)}{report}",
+                    f"{describe(lib.error)}{report}",
                 )
                 raise failure from lib.error
             return
@@ -353,7 +347,3 @@ class _Judged:
                     f"{what}: requires_grad per result leaf {got} != torch.func's {want}{report}"
                 ),
             )
-
-
-def _leaf_message(where: str, message: str) -> str:
-    return f"{where}: {message}"

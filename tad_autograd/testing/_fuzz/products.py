@@ -3,10 +3,10 @@
 :data:`PRODUCT_OPERATORS` are the operators with :mod:`torch.func`'s
 signatures beyond ``jacrev``/``hessian``/``vmap``.  :func:`build_product`
 turns one of them into a callable of the program's arguments in one of the
-three namespaces of :mod:`~tad_autograd.testing.fuzz_reference`:
+three namespaces of :mod:`~tad_autograd.testing.operators`:
 
 * the reference: the row loop of ``torch.autograd.grad`` on the eager function
-  (:func:`~tad_autograd.testing.fuzz_reference.ref_jacrev`), contracted with
+  (:func:`~tad_autograd.testing.operators.ref_jacrev`), contracted with
   the tangents (forward mode) or cotangents (reverse mode) in float64; the
   Hessian of ``hvp`` is the row loop of the row loop;
 * ``torch.func`` (``functorch`` on 1.13) called directly: ``jacobian`` is its
@@ -34,7 +34,7 @@ output leaves; ``aux = {"aux": s_or_last_leaf.sum() * w}`` with a captured
 Examples
 --------
 >>> import torch
->>> from tad_autograd.testing.fuzz_reference import REFERENCE
+>>> from tad_autograd.testing.operators import REFERENCE
 >>> x = torch.tensor([1.0, 2.0], dtype=torch.float64)
 >>> t = (torch.tensor([1.0, 0.0], dtype=torch.float64),)
 >>> out, jv = build_product(REFERENCE, "jvp", lambda x: x ** 3, argnums=0, tangents=t)(x)
@@ -48,8 +48,9 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..compat._pytree import tree_flatten, tree_unflatten
-from .fuzz_reference import LibraryOps, ReferenceOps, ref_jacrev
+from ...compat._pytree import tree_flatten, tree_unflatten
+from ..operators import LibraryOps, ReferenceOps, ref_jacrev
+from .support import argnum_positions
 
 __all__ = [
     "PRODUCT_OPERATORS",
@@ -76,10 +77,6 @@ SCALAR_OPERATORS = frozenset({"grad", "grad_and_value", "hvp"})
 FORWARD_OPERATORS = frozenset({"jvp", "linearize", "hvp"})
 
 Fn = Callable[..., Any]
-
-
-def _positions(argnums: Any, n: int) -> List[int]:
-    return [a % n for a in ((argnums,) if isinstance(argnums, int) else argnums)]
 
 
 def _bound(func: Fn, args: Tuple[Any, ...], positions: Sequence[int]) -> Fn:
@@ -249,7 +246,7 @@ class _DirectProducts:
     def jacfwd(self, f: Fn, argnums: Any, has_aux: bool, randomness: str = "error") -> Any:
         # counted from the front: torch.func.jacfwd returns zeros for negative argnums
         def jacobian_fn(*args: Any) -> Any:
-            nums = _positions(argnums, len(args))
+            nums = argnum_positions(argnums, len(args))
             nums_in = nums[0] if isinstance(argnums, int) else tuple(nums)
             return self.mod.jacfwd(f, nums_in, has_aux=has_aux, randomness=randomness)(*args)
 
@@ -272,7 +269,7 @@ class _DirectProducts:
                     pass
             result = reverse(*args)
             if not seen:  # the Jacobian has (input elements) x (output elements) entries
-                positions = _positions(argnums, len(args))
+                positions = argnum_positions(argnums, len(args))
                 n_in = sum(x.numel() for p in positions for x in tree_flatten(args[p])[0])
                 n_jac = sum(j.numel() for j in tree_flatten(result[0] if has_aux else result)[0])
                 seen.append(n_in * n_in < n_jac)
@@ -382,7 +379,7 @@ def build_product(
         if op == "jacobian":
             jac = P.jacobian(f, argnums, mode, has_aux)
             return jac(*args), jac(*args)
-        positions = _positions(argnums, len(args))
+        positions = argnum_positions(argnums, len(args))
         g, primals = _bound(f, args, positions), tuple(args[p] for p in positions)
         if op == "vjp":
             result = P.vjp(g, *primals, has_aux=has_aux)

@@ -19,26 +19,21 @@ directly, and every available backend and automatic mode:
 
 Examples
 --------
->>> from hypothesis import given, settings
->>> @settings(max_examples=2, deadline=None, database=None)
-... @given(complex_cases())
-... def check(case):
-...     assert case.z.is_complex()
->>> check()
+>>> from hypothesis import find
+>>> find(complex_cases(), lambda case: case.op in COMPLEX_OPERATORS).z.dtype.is_complex
+True
 """
 
 from __future__ import annotations
 
-import functools
-import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from hypothesis import strategies as st
 
-from ..compat._pytree import tree_flatten
-from .fuzz_reference import direct_ops, transform_backends
-from .program_strategies import shapes
+from ..operators import direct_ops, transform_backends
+from ..strategies import shapes
+from .support import Backends, assert_leaves_close, backends_and_auto, call_quietly
 
 __all__ = [
     "COMPLEX_PRES",
@@ -182,41 +177,7 @@ def reference(case: ComplexCase) -> Any:
     return None  # jacrev: torch.func's value is the only reference
 
 
-def _close(got: Any, want: Any, dtype: torch.dtype, what: str) -> None:
-    g_leaves, g_spec = tree_flatten(got)
-    w_leaves, w_spec = tree_flatten(want)
-    assert g_spec == w_spec, f"{what}: structure {g_spec} != {w_spec}"
-    tol = 1e-5 if dtype == torch.complex64 else 1e-7
-    for i, (g, w) in enumerate(zip(g_leaves, w_leaves)):
-        assert isinstance(g, torch.Tensor) and g.shape == w.shape, (
-            f"{what}: leaf {i}: {type(g).__name__} {tuple(getattr(g, 'shape', ()))} != "
-            f"{tuple(w.shape)}"
-        )
-        assert g.dtype == w.dtype or w.dtype in (torch.complex128, torch.float64), (
-            f"{what}: leaf {i} dtype {g.dtype} != {w.dtype}"
-        )
-        torch.testing.assert_close(
-            g.detach().to(w.dtype if w.dtype.is_complex == g.dtype.is_complex else g.dtype),
-            w.detach().to(g.dtype) if w.dtype.is_complex != g.dtype.is_complex else w.detach(),
-            rtol=tol,
-            atol=tol,
-            check_dtype=False,
-            msg=functools.partial(_leaf_message, f"{what}: leaf {i}"),
-        )
-
-
-def _call(fn: Callable[..., Any], z: torch.Tensor) -> Tuple[Any, Optional[BaseException]]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return fn(z), None
-        except Exception as exc:  # judged by the caller
-            return None, exc
-
-
-def check_complex_case(
-    case: ComplexCase, backends: Optional[Sequence[Optional[str]]] = None
-) -> None:
+def check_complex_case(case: ComplexCase, backends: Backends = None) -> None:
     """Every backend and automatic mode: torch.func's value (and the reference), or its error.
 
     Examples
@@ -227,24 +188,25 @@ def check_complex_case(
     """
     import tad_autograd as ta
 
-    if backends is None:
-        backends = list(ta.available_backends()) + [None]
+    backends = backends_and_auto(backends)
     direct = direct_ops()
     if direct is None:  # pragma: no cover
         return
     transforms = set(transform_backends())
-    want, direct_error = _call(_operator(direct.mod, case, []), case.z.clone())
+    want, direct_error = call_quietly(_operator(direct.mod, case, []), case.z.clone())
     if case.op in ("jacrev", "jacfwd") and direct_error is None:
         # the Jacobian operators refuse complex inputs as current torch.func does, also where
         # an older functorch (1.13) took them
         want, direct_error = None, RuntimeError("complex inputs of a Jacobian operator")
     ref = reference(case)
     if direct_error is None and ref is not None:
-        _close(want, ref, case.z.dtype, f"{direct.name} vs the independent reference\n{case!r}")
+        _assert_complex_close(
+            want, ref, case.z.dtype, f"{direct.name} vs the independent reference\n{case!r}"
+        )
     for backend in backends:
         what = f"{case.op}(backend={backend!r})\n{case!r}"
         calls: List[int] = []
-        got, error = _call(_operator(ta, case, calls, backend=backend), case.z.clone())
+        got, error = call_quietly(_operator(ta, case, calls, backend=backend), case.z.clone())
         if direct_error is not None:
             assert error is not None, (
                 f"{what}: {direct.name} raises {type(direct_error).__name__}: {direct_error}; "
@@ -258,10 +220,21 @@ def check_complex_case(
         assert error is None, (
             f"{what}: raised {type(error).__name__}: {error}; {direct.name} computes it"
         )
-        _close(got, want, case.z.dtype, f"{what}: vs {direct.name}")
+        _assert_complex_close(got, want, case.z.dtype, f"{what}: vs {direct.name}")
         if backend not in transforms:
             assert len(calls) == 1, f"{what}: f ran {len(calls)} times, not once"
 
 
-def _leaf_message(where: str, message: str) -> str:
-    return f"{where}: {message}"
+def _assert_complex_close(got: Any, want: Any, dtype: torch.dtype, what: str) -> None:
+    """Close in ``want``'s dtype, or the real part of the pair where one side is real."""
+
+    def convert(g: torch.Tensor, w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        assert g.dtype == w.dtype or w.dtype in (torch.complex128, torch.float64), (
+            f"{what}: dtype {g.dtype} != {w.dtype}"
+        )
+        if w.dtype.is_complex != g.dtype.is_complex:
+            return g, w.to(g.dtype)
+        return g.to(w.dtype), w
+
+    tol = 1e-5 if dtype == torch.complex64 else 1e-7
+    assert_leaves_close(got, want, what, rtol=tol, atol=tol, convert=convert, check_dtype=False)

@@ -12,7 +12,9 @@ features from :data:`CALL_FEATURES`:
 ``random``
     ``y * (1 + rand_like(y) / 4)`` from the caller's global generator.
 
-Every call of ``f`` is counted (a captured side effect).  Three checks:
+Every call of ``f`` is counted (a captured side effect).  Two checks here
+(and ``linearize`` after the primal changed in
+:mod:`~tad_autograd.testing._fuzz.linearize`):
 
 * :func:`check_counted_calls`: one operator of :data:`COUNTED_OPERATORS` is
   built once per backend and automatic mode and called three times (the first
@@ -26,49 +28,40 @@ Every call of ``f`` is counted (a captured side effect).  Three checks:
   each from a known seed: each call succeeds (explicit transform backends may
   refuse ``item``/``old_style``), equals the reference computed from the same
   seed, and leaves the generator exactly where one eager call of ``f`` leaves it;
-* :func:`check_linearize_calls`: ``linearize`` (random programs included), then
-  the primal mutated in place, then one to three products: each is the
-  Jacobian at the *original* point, with the draws of the returned output,
-  and ``f`` ran once however many products.
 
 Examples
 --------
->>> from hypothesis import given, settings
->>> @settings(max_examples=2, deadline=None, database=None)
-... @given(called_programs())
-... def check(p):
-...     _ = p.f(p.x)
-...     assert len(p.calls) == 1
->>> check()
+>>> from hypothesis import find
+>>> p = find(called_programs(), lambda p: "random" in p.features)
+>>> _ = p.f(p.x)
+>>> len(p.calls)
+1
 """
 
 from __future__ import annotations
 
-import functools
 import warnings
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence
 
 import torch
 from hypothesis import strategies as st
 
-from ..compat._pytree import tree_flatten
-from .compare import default_tolerances
-from .functions import OldStyleSin
-from .fuzz_reference import direct_ops, ref_jacrev, transform_backends
+from ...errors import BackendFallbackWarning
+from ..functions import OldStyleSin
+from ..operators import direct_ops, ref_jacrev, transform_backends
+from .support import Backends, assert_close_in_dtype, backends_and_auto, call_quietly, describe
 
 __all__ = [
+    "CALLS",
     "CALL_FEATURES",
     "COUNTED_OPERATORS",
     "RANDOM_OPERATORS",
-    "MUTATIONS",
     "CalledProgram",
     "called_programs",
     "counted_cases",
     "random_cases",
-    "linearize_cases",
     "check_counted_calls",
     "check_random_calls",
-    "check_linearize_calls",
 ]
 
 CALL_FEATURES = ("item", "old_style", "random")
@@ -92,9 +85,8 @@ COUNTED_OPERATORS = (
     "vmap_jacrev",
 )
 RANDOM_OPERATORS = ("jacobian_auto", "jacrev", "jacfwd_same", "grad", "vjp", "vmap_same")
-#: In-place updates of the primal after ``linearize`` returned.
-MUTATIONS = ("add_", "mul_", "zero_", "copy_")
-_CALLS = 3
+#: How many times each case calls the built operator.
+CALLS = 3
 
 
 class CalledProgram:
@@ -113,7 +105,7 @@ class CalledProgram:
         self.batch = uniform(2, n)
         self.c = uniform(m)
         self.t = uniform(n)
-        self.tangents = [uniform(n) for _ in range(_CALLS)]
+        self.tangents = [uniform(n) for _ in range(CALLS)]
         self.calls: List[int] = []
 
     def f(self, x: torch.Tensor) -> torch.Tensor:
@@ -290,46 +282,6 @@ def _reference(op: str, p: CalledProgram, x: torch.Tensor) -> Any:
     return jac  # jacrev, jacfwd, jacobian_*, jacfwd_same
 
 
-def _assert_close(got: Any, want: Any, dtype: torch.dtype, what: str) -> None:
-    g_leaves, g_spec = tree_flatten(got)
-    w_leaves, w_spec = tree_flatten(want)
-    assert g_spec == w_spec, f"{what}: structure {g_spec} != reference {w_spec}"
-    rtol, atol = default_tolerances(dtype)
-    for i, (g, w) in enumerate(zip(g_leaves, w_leaves)):
-        assert isinstance(g, torch.Tensor) and g.shape == w.shape, (
-            f"{what}: leaf {i}: {type(g).__name__} {tuple(getattr(g, 'shape', ()))} != "
-            f"reference {tuple(w.shape)}"
-        )
-        torch.testing.assert_close(
-            g.detach(),
-            w,
-            rtol=rtol,
-            atol=atol,
-            msg=functools.partial(_leaf_message, f"{what}: leaf {i}"),
-        )
-
-
-def _backends(backends: Optional[Sequence[Optional[str]]]) -> List[Optional[str]]:
-    import tad_autograd as ta
-
-    return list(backends) if backends is not None else list(ta.available_backends()) + [None]
-
-
-def _run(fn: Callable[..., Any], x: torch.Tensor) -> Tuple[Any, Optional[BaseException]]:
-    import tad_autograd as ta
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ta.BackendFallbackWarning)
-        try:
-            return fn(x), None
-        except Exception as exc:  # judged by the caller
-            return None, exc
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
 # -- counters -----------------------------------------------------------------------------
 
 
@@ -338,7 +290,7 @@ class CountedCase:
         self.program, self.op = program, op
 
     def __repr__(self) -> str:
-        return f"CountedCase(op={self.op!r}, called {_CALLS} times,\n  {self.program!r})"
+        return f"CountedCase(op={self.op!r}, called {CALLS} times,\n  {self.program!r})"
 
 
 @st.composite
@@ -348,9 +300,7 @@ def counted_cases(draw: st.DrawFn, ops: Sequence[str] = COUNTED_OPERATORS) -> Co
     return CountedCase(program, draw(st.sampled_from(list(ops))))
 
 
-def check_counted_calls(
-    case: CountedCase, backends: Optional[Sequence[Optional[str]]] = None
-) -> None:
+def check_counted_calls(case: CountedCase, backends: Backends = None) -> None:
     """Each of three calls returns the reference and runs ``f`` as often as it should.
 
     Examples
@@ -366,19 +316,19 @@ def check_counted_calls(
     direct = _direct_count(op, p)
     transforms = set(transform_backends())
     per_sample = arg.shape[0] if batched else 1
-    for backend in _backends(backends):
+    for backend in backends_and_auto(backends):
         fn = _library(op, p, backend)
-        for k in range(_CALLS):
-            what = f"{op}(backend={backend!r}), call {k + 1} of {_CALLS}\n{case!r}"
+        for k in range(CALLS):
+            what = f"{op}(backend={backend!r}), call {k + 1} of {CALLS}\n{case!r}"
             del p.calls[:]
-            got, error = _run(fn, arg.clone())
+            got, error = call_quietly(fn, arg.clone(), ignore=BackendFallbackWarning)
             n = len(p.calls)
             if error is not None:
                 assert backend in transforms and p.untransformable, (
-                    f"{what}: raised {_describe(error)}"
+                    f"{what}: raised {describe(error)}"
                 )
                 break
-            _assert_close(got, want, p.dtype, what)
+            assert_close_in_dtype(got, want, p.dtype, what)
             if backend in transforms and op == "linearize":
                 # once on every backend (torch.func.linearize runs it a second time, traced)
                 assert n == 1, f"{what}: f ran {n} times, not once"
@@ -402,7 +352,7 @@ class RandomCase:
 
     def __repr__(self) -> str:
         return (
-            f"RandomCase(op={self.op!r}, called {_CALLS} times from seeds {self.seed} + k,\n"
+            f"RandomCase(op={self.op!r}, called {CALLS} times from seeds {self.seed} + k,\n"
             f"  {self.program!r})"
         )
 
@@ -414,9 +364,7 @@ def random_cases(draw: st.DrawFn, ops: Sequence[str] = RANDOM_OPERATORS) -> Rand
     return RandomCase(program, draw(st.sampled_from(list(ops))), draw(st.integers(0, 2**16)))
 
 
-def check_random_calls(
-    case: RandomCase, backends: Optional[Sequence[Optional[str]]] = None
-) -> None:
+def check_random_calls(case: RandomCase, backends: Backends = None) -> None:
     """Three calls from known seeds: values of the same draws, the RNG moved as one call.
 
     Examples
@@ -429,150 +377,30 @@ def check_random_calls(
     arg = p.batch if op == "vmap_same" else p.x
     transforms = set(transform_backends())
     wants, states = [], []
-    for k in range(_CALLS):
+    for k in range(CALLS):
         torch.manual_seed(case.seed + k)
         wants.append(_reference(op, p, arg))
         torch.manual_seed(case.seed + k)
         (p.f(arg[0]) if op == "vmap_same" else p.f(arg))  # one eager call
         states.append(torch.get_rng_state())
-    for backend in _backends(backends):
+    for backend in backends_and_auto(backends):
         fn = _library(op, p, backend)
-        for k in range(_CALLS):
-            what = f"{op}(backend={backend!r}), call {k + 1} of {_CALLS} from seed {case.seed + k}"
+        for k in range(CALLS):
+            what = f"{op}(backend={backend!r}), call {k + 1} of {CALLS} from seed {case.seed + k}"
             what += f"\n{case!r}"
             torch.manual_seed(case.seed + k)
             del p.calls[:]
-            got, error = _run(fn, arg.clone())
+            got, error = call_quietly(fn, arg.clone(), ignore=BackendFallbackWarning)
             if error is not None:
                 assert backend in transforms and p.untransformable, (
-                    f"{what}: raised {_describe(error)}"
+                    f"{what}: raised {describe(error)}"
                 )
                 break
-            _assert_close(got, wants[k], p.dtype, what + "\n  (vs the reference from the seed)")
+            assert_close_in_dtype(
+                got, wants[k], p.dtype, what + "\n  (vs the reference from the seed)"
+            )
             assert torch.equal(torch.get_rng_state(), states[k]), (
                 f"{what}: the generator is not where one eager call of f leaves it"
             )
             if backend not in transforms and op != "vmap_same":
                 assert len(p.calls) == 1, f"{what}: f ran {len(p.calls)} times, not once"
-
-
-# -- linearize after the primal changed -----------------------------------------------------
-
-
-class LinearizeCase:
-    def __init__(self, program: CalledProgram, mutation: str, products: int, seed: int) -> None:
-        self.program, self.mutation, self.products, self.seed = program, mutation, products, seed
-
-    def __repr__(self) -> str:
-        return (
-            f"LinearizeCase(out, jvp_fn = linearize(f, x) from seed {self.seed}; then "
-            f"x.{self.mutation}(...) in place; then {self.products} products jvp_fn(t_k),\n"
-            f"  {self.program!r})"
-        )
-
-
-@st.composite
-def linearize_cases(draw: st.DrawFn) -> LinearizeCase:
-    """A :class:`CalledProgram` (maybe random), an in-place mutation and 1-3 products."""
-    return LinearizeCase(
-        draw(called_programs()),
-        draw(st.sampled_from(MUTATIONS)),
-        draw(st.integers(1, _CALLS)),
-        draw(st.integers(0, 2**16)),
-    )
-
-
-def _mutate(x: torch.Tensor, how: str) -> None:
-    with torch.no_grad():
-        if how == "add_":
-            x.add_(0.5)
-        elif how == "mul_":
-            x.mul_(-2.0)
-        elif how == "zero_":
-            x.zero_()
-        else:
-            x.copy_(torch.linspace(-1, 1, x.numel(), dtype=x.dtype))
-
-
-def _direct_linearize_raises(p: CalledProgram) -> bool:
-    direct = direct_ops()
-    if direct is None or not hasattr(direct.mod, "linearize"):
-        return True
-    x = p.x.clone()
-    try:
-        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
-            warnings.simplefilter("ignore")
-            direct.mod.linearize(p.f, x)[1](p.tangents[0])
-    except Exception:  # noqa: BLE001 - torch.func refuses
-        return True
-    finally:
-        del p.calls[:]
-    return False
-
-
-def check_linearize_calls(
-    case: LinearizeCase, backends: Optional[Sequence[Optional[str]]] = None
-) -> None:
-    """Products at the original point, with the output's draws; ``f`` run once.
-
-    Examples
-    --------
-    >>> from hypothesis import find
-    >>> case = find(linearize_cases(), lambda c: "random" not in c.program.features)
-    >>> check_linearize_calls(case, backends=["autograd"])
-    """
-    import tad_autograd as ta
-
-    p = case.program
-    transforms = set(transform_backends())
-    torch.manual_seed(case.seed)
-    box: List[torch.Tensor] = []
-
-    def g(z: torch.Tensor) -> torch.Tensor:
-        box.append(p.f(z))
-        return box[-1]
-
-    jac = ref_jacrev(g)(p.x).detach()
-    want_out = box[0].detach()
-    wants = [jac @ t for t in p.tangents[: case.products]]
-    direct_refuses = _direct_linearize_raises(p)
-    for backend in _backends(backends):
-        what = f"linearize(backend={backend!r})\n{case!r}"
-        x = p.x.clone()
-        torch.manual_seed(case.seed)
-        del p.calls[:]
-        products: List[Any] = []
-        error: Optional[BaseException] = None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ta.BackendFallbackWarning)
-            try:
-                out, jvp_fn = ta.linearize(p.f, x, backend=backend)
-                after_linearize = len(p.calls)
-                _mutate(x, case.mutation)
-                products = [jvp_fn(t) for t in p.tangents[: case.products]]
-            except Exception as exc:  # judged below
-                error = exc
-        if error is not None:
-            assert backend in transforms and (p.untransformable or direct_refuses), (
-                f"{what}: raised {_describe(error)}"
-            )
-            continue
-        _assert_close(out, want_out, p.dtype, f"{what}: output (vs the reference from the seed)")
-        for k, (got, want) in enumerate(zip(products, wants)):
-            _assert_close(
-                got,
-                want,
-                p.dtype,
-                f"{what}: product {k + 1} is not J(original x, the output's draws) @ t",
-            )
-        n = len(p.calls)
-        if backend in transforms:
-            assert n == after_linearize, (
-                f"{what}: the products ran f {n - after_linearize} more times"
-            )
-        else:
-            assert n == 1, f"{what}: f ran {n} times for one linearize and {case.products} products"
-
-
-def _leaf_message(where: str, message: str) -> str:
-    return f"{where}: {message}"
