@@ -62,9 +62,7 @@ def _vmap(
     check_in_dims_type(in_dims)
     check_chunk_size(chunk_size, name)
     backend = check_backend(backend)
-    params = Params(
-        chunk_size=chunk_size, randomness=randomness, in_dims=in_dims, out_dims=out_dims
-    )
+    params = Params(0, False, chunk_size, randomness, in_dims, out_dims)
 
     def build(b: Builds, f: Callable[..., Any]) -> Callable[..., Any]:
         return b.build(VMAP, f, params)

@@ -88,6 +88,8 @@ def check_in_dims_type(in_dims: Any) -> None:
     ...
     TypeError: vmap: in_dims=(0, True) holds the bool True; expected an int or None ...
     """
+    if in_dims is None or type(in_dims) is int:  # the common case, without flattening
+        return
     for d in tree_flatten(in_dims)[0]:
         if isinstance(d, bool):
             raise TypeError(

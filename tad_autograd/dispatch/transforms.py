@@ -281,11 +281,10 @@ class Transformed:
         """For a ``backend=`` argument: the named backend's builder, built once."""
         assert self._backend is not None
         named = _named(self._backend, self._transforms_only)
+        builder = named.builder
+        # kept here, not in self._built: a transform built per call pays one build only
         return _Explicit(
-            named.registry_version,
-            named.builder,
-            self._transformed(named.builder, {}),
-            named.context,
+            named.registry_version, builder, self._build(builder, self.__wrapped__), named.context
         )
 
     def _clarify(self, error: BaseException) -> None:
