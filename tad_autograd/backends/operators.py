@@ -226,17 +226,6 @@ VMAP = Operator(
     False,
     lambda b, f, p: b.vmap(f, p.in_dims, p.out_dims, p.randomness, chunk_size=p.chunk_size),
 )
-GRAD = Operator(
-    "grad",
-    "reverse",
-    False,
-    REVERSE_STAGES,
-    REVERSE_STAGES,
-    False,
-    lambda b, f, p: b.grad(f, p.argnums, has_aux=p.has_aux),
-    lambda f, p, vmap: lambda *args: eager_grad(f, p.argnums, p.has_aux, args),
-    complex_inputs=True,
-)
 GRAD_AND_VALUE = Operator(
     "grad_and_value",
     "reverse",
@@ -247,6 +236,11 @@ GRAD_AND_VALUE = Operator(
     lambda b, f, p: b.grad_and_value(f, p.argnums, has_aux=p.has_aux),
     lambda f, p, vmap: lambda *args: eager_grad_and_value(f, p.argnums, p.has_aux, args),
     complex_inputs=True,
+)
+GRAD = GRAD_AND_VALUE._replace(
+    name="grad",
+    on_backend=lambda b, f, p: b.grad(f, p.argnums, has_aux=p.has_aux),
+    eager=lambda f, p, vmap: lambda *args: eager_grad(f, p.argnums, p.has_aux, args),
 )
 JACFWD = Operator(
     "jacfwd",

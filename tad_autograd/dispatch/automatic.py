@@ -146,12 +146,12 @@ class Compiled(Builds):
 
     Examples
     --------
-    >>> import torch
+    ``hvp`` runs reverse over reverse here (its ``compiled`` form):
+
+    >>> import torch, tad_autograd as ta
     >>> from tad_autograd.backends.operators import HVP, Params
-    >>> from tad_autograd.dispatch.registry import REGISTRY
-    >>> from tad_autograd import available_backends
-    >>> compiled = Compiled(REGISTRY.get(available_backends()[0]))
-    >>> compiled.build(HVP, lambda x: (x ** 3).sum(), Params())(
+    >>> backend = ta.dispatch.registry.REGISTRY.get(ta.available_backends()[0])
+    >>> Compiled(backend).build(HVP, lambda x: (x ** 3).sum(), Params())(
     ...     (torch.tensor([1.0, 2.0]),), (torch.ones(2),))
     (tensor(9.), (tensor([ 6., 12.]),))
     """
