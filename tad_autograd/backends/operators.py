@@ -171,6 +171,15 @@ def _input_numel(args: Tuple[Any, ...], argnums: Any) -> int:
     return total
 
 
+def _eager_jacrev(func: Fn, p: Params, vmap: Optional[Fn]) -> Fn:
+    argnums, has_aux, chunk_size = p.argnums, p.has_aux, p.chunk_size  # read once, not per call
+
+    def jacobian_fn(*args: Any) -> Any:
+        return eager_jacobian(func, argnums, has_aux, args, vmap, chunk_size)
+
+    return jacobian_fn
+
+
 def _eager_jacfwd(func: Fn, p: Params, vmap: Optional[Fn]) -> Fn:
     def jacobian_fn(*args: Any) -> Any:
         # the columns of one eager pass (more than a few vectorised): nothing in the
@@ -202,9 +211,7 @@ JACREV = Operator(
     REVERSE_STAGES,
     False,
     lambda b, f, p: b.jacrev(f, p.argnums, has_aux=p.has_aux, chunk_size=p.chunk_size),
-    lambda f, p, vmap: (
-        lambda *args: eager_jacobian(f, p.argnums, p.has_aux, args, vmap, p.chunk_size)
-    ),
+    _eager_jacrev,
 )
 HESSIAN = Operator(
     "hessian",

@@ -104,15 +104,13 @@ class EagerVectorised(Builds):
         inside: List[Fn] = []  # the backend's operator, built on first need
 
         def run(*args: Any) -> Any:
-            if transforms_active():
-                # Called inside a function transform (a vmap around it, or the user's
-                # own torch.func transform): autograd cannot run there, the transform can.
-                if not inside:
-                    inside.append(
-                        op.on_backend(backend, watch_calls(func, op.inner_stages), params)
-                    )
-                return inside[0](*args)
-            return eager(*args)
+            if not transforms_active():
+                return eager(*args)
+            # Called inside a function transform (a vmap around it, or the user's own
+            # torch.func transform): autograd cannot run there, the transform can.
+            if not inside:
+                inside.append(op.on_backend(backend, watch_calls(func, op.inner_stages), params))
+            return inside[0](*args)
 
         return run
 
