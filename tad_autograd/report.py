@@ -26,11 +26,11 @@ import torch
 from .api import transforms as api
 from .compat._torch_info import TORCH_VERSION
 from .compat.devices import TRANSFORM_SUPPORT
+from .dispatch.automatic import builder_for
 from .dispatch.fallback import describe
 from .dispatch.registry import REGISTRY, available_backends
 from .dispatch.resolver import resolve
 from .dispatch.settings import CONTEXT, ENV_VAR, GLOBAL
-from .dispatch.strategies import strategy_for
 from .errors import BackendFallbackWarning, BackendUnavailableError, UnknownBackendError
 
 __all__ = ["main", "lennard_jones", "lennard_jones_custom", "cluster"]
@@ -245,7 +245,7 @@ def _choices(setting: Dict[str, Any]) -> List[Dict[str, str]]:
             device_type=device_type,
             registry=REGISTRY,
         )
-        strategy = strategy_for(resolution.backend, automatic=resolution.automatic).name
+        strategy = builder_for(resolution.backend, automatic=resolution.automatic).runs
         rows.append(
             {
                 "device_type": device_type,

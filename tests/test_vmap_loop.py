@@ -36,7 +36,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 @pytest.mark.parametrize("device", DEVICES)
 def test_automatic_vmap_loops_over_small_batches_only(device: str) -> None:
     """Up to the device's loop size no transform runs, so ``.item()`` needs no fallback."""
-    from tad_autograd.dispatch.strategies import LOOP_MAX_BATCH, LOOP_MAX_BATCH_ACCELERATOR
+    from tad_autograd.dispatch.automatic import LOOP_MAX_BATCH, LOOP_MAX_BATCH_ACCELERATOR
 
     largest = LOOP_MAX_BATCH if device == "cpu" else LOOP_MAX_BATCH_ACCELERATOR
 
@@ -75,10 +75,10 @@ def _calls_per_vmap(f: _CountSamples, batch: torch.Tensor, times: int) -> list:
 @pytest.fixture
 def small_batches(monkeypatch: pytest.MonkeyPatch) -> object:
     """A fresh per-function cost memory for automatic ``vmap``'s small batches."""
-    from tad_autograd.dispatch import _eager_vectorised
+    from tad_autograd.dispatch import automatic
     from tad_autograd.eager import _small_batches
 
-    monkeypatch.setattr(_eager_vectorised, "_SMALL", _small_batches.SmallBatchChoice())
+    monkeypatch.setattr(automatic, "_SMALL", _small_batches.SmallBatchChoice())
     return _small_batches
 
 

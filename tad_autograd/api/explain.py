@@ -10,11 +10,11 @@ import torch
 from ..compat._torch_info import TORCH_VERSION
 from ..compat.batching_defects import ACTIVE_DEFECTS
 from ..compat.devices import device_type_of
+from ..dispatch.automatic import plan
 from ..dispatch.fallback import MEMORY
 from ..dispatch.registry import REGISTRY
 from ..dispatch.resolver import Resolution, resolve
 from ..dispatch.settings import CONTEXT, ENV_VAR, GLOBAL
-from ..dispatch.strategies import LOOP_MAX_BATCH, LOOP_MAX_BATCH_ACCELERATOR, strategy_for
 from ..eager._rows import last_rows_decision
 
 __all__ = ["Explanation", "explain"]
@@ -39,7 +39,7 @@ class Explanation(NamedTuple):
     strategy : str
         How ``jacrev``/``hessian``/``vmap`` calls run on the backend:
         ``"transform"``, ``"loop"`` or ``"eager-vectorised"``
-        (``tad_autograd.dispatch.strategies``).
+        (``tad_autograd.dispatch.automatic``).
     rows : str
         How this thread's last automatic Jacobian of more than a few rows took
         them: ``"vectorised"``, or ``"looped: "`` and the cause (an op torch
@@ -109,18 +109,18 @@ def explain(*args: Any, device: Optional[Union[str, torch.device]] = None) -> Ex
         "  5. automatic choice",
     ]
     lines += [f"  - {note}" for note in resolution.notes]
-    strategy = strategy_for(resolution.backend, automatic=resolution.automatic)
+    decisions = plan(resolution.backend, resolution.automatic, resolution.candidates)
     lines.append(
-        f"Strategy: {strategy.name!r} on backend {resolution.backend.name!r} "
+        f"Strategy: {decisions.runs!r} on backend {resolution.backend.name!r} "
         "(every operator; fjacrev/fvmap always use 'transform')."
     )
-    if strategy.name == "eager-vectorised":
+    if decisions.vectorise_rows_above:
         lines.append(
             f"Automatic jacrev/hessian on {resolution.backend.name!r}: an eager forward pass, "
             "then one backward pass for a scalar output, a loop for a few rows, otherwise "
             f"one backward pass vectorised with {resolution.backend.name!r}'s vmap; "
-            f"vmap loops over batches of at most {LOOP_MAX_BATCH} on the CPU and "
-            f"{LOOP_MAX_BATCH_ACCELERATOR} on an accelerator, and otherwise uses "
+            f"vmap loops over batches of at most {decisions.vmap_loops_up_to[0]} on the CPU and "
+            f"{decisions.vmap_loops_up_to[1]} on an accelerator, and otherwise uses "
             f"{resolution.backend.name!r} directly.  grad, grad_and_value, vjp, jvp, "
             "linearize and hvp run eagerly (dual numbers for forward mode); jacfwd of more "
             f"than a few inputs vectorises its columns with {resolution.backend.name!r}."
@@ -143,10 +143,10 @@ def explain(*args: Any, device: Optional[Union[str, torch.device]] = None) -> Ex
             "automatic mode (and the autograd backend) push no tangents through them "
             "(reverse mode instead): " + "; ".join(f"{d.op} ({d.what})" for d in tangent)
         )
-    if resolution.automatic and len(resolution.candidates) > 1:
+    if decisions.fallback:
         lines.append(
             "If a function cannot be transformed, calls fall back in this order: "
-            + " -> ".join(repr(b.name) for b in resolution.candidates)
+            + " -> ".join(repr(name) for name in (decisions.backend,) + decisions.fallback)
         )
     remembered = MEMORY.describe()
     if remembered:
@@ -155,5 +155,5 @@ def explain(*args: Any, device: Optional[Union[str, torch.device]] = None) -> Ex
     else:
         lines.append("No remembered fallbacks.")
     return Explanation(
-        resolution.backend.name, resolution.source, device_type, tuple(lines), strategy.name, rows
+        resolution.backend.name, resolution.source, device_type, tuple(lines), decisions.runs, rows
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional
 
+from ..backends.operators import GRAD, GRAD_AND_VALUE, JACFWD, Builds, Params
 from ..compat._dual import forward_ad_ready
 from ..dispatch._checks import (
     check_argnums_type,
@@ -21,7 +22,6 @@ from ..dispatch._checks import (
     check_randomness,
 )
 from ..dispatch._mode_choice import ModeChoosingJacobian
-from ..dispatch.strategies import Strategy
 from ..dispatch.transforms import Transformed
 from ..eager._jacobian import graph_jacobian as _graph_jacobian
 from ..eager._operand_checks import with_checked_outputs
@@ -83,11 +83,12 @@ def grad(
     check_argnums_type(argnums)
     check_has_aux(has_aux, "grad")
     name = check_backend(backend)
+    params = Params(argnums, has_aux)
 
-    def build(s: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
-        return s.grad(with_checked_outputs(f, has_aux, "grad"), argnums, has_aux=has_aux)
+    def build(s: Builds, f: Callable[..., Any]) -> Callable[..., Any]:
+        return s.build(GRAD, with_checked_outputs(f, has_aux, "grad"), params)
 
-    return Transformed("grad", func, build, name, False, kwargs_in_call=False, argnums=argnums)
+    return Transformed(GRAD, func, build, name, False, kwargs_in_call=False, argnums=argnums)
 
 
 def grad_and_value(
@@ -116,14 +117,13 @@ def grad_and_value(
     check_argnums_type(argnums)
     check_has_aux(has_aux, "grad_and_value")
     name = check_backend(backend)
+    params = Params(argnums, has_aux)
 
-    def build(s: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
-        return s.grad_and_value(
-            with_checked_outputs(f, has_aux, "grad_and_value"), argnums, has_aux=has_aux
-        )
+    def build(s: Builds, f: Callable[..., Any]) -> Callable[..., Any]:
+        return s.build(GRAD_AND_VALUE, with_checked_outputs(f, has_aux, "grad_and_value"), params)
 
     return Transformed(
-        "grad_and_value", func, build, name, False, kwargs_in_call=False, argnums=argnums
+        GRAD_AND_VALUE, func, build, name, False, kwargs_in_call=False, argnums=argnums
     )
 
 
@@ -191,14 +191,12 @@ def _jacfwd(
 ) -> Transformed:
     forward_ad_ready()
 
-    def build(s: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
+    def build(s: Builds, f: Callable[..., Any]) -> Callable[..., Any]:
         note = OutputDtypes()  # the output dtypes, from the function to its Jacobian
         checked = note.recording(with_checked_outputs(f, has_aux, "jacfwd"), has_aux)
 
         def make(nums: Argnums) -> Callable[..., Any]:
-            fn = s.jacfwd(
-                checked, nums, has_aux=has_aux, randomness=randomness, chunk_size=chunk_size
-            )
+            fn = s.build(JACFWD, checked, Params(nums, has_aux, chunk_size, randomness))
             return note.fixing(fn, has_aux)
 
         if all(n >= 0 for n in ((argnums,) if isinstance(argnums, int) else argnums)):
@@ -215,7 +213,7 @@ def _jacfwd(
         return jacobian_fn
 
     return Transformed(
-        "jacfwd", func, build, backend, transforms_only, kwargs_in_call=False, argnums=argnums
+        JACFWD, func, build, backend, transforms_only, kwargs_in_call=False, argnums=argnums
     )
 
 

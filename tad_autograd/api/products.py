@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Tuple
 
+from ..backends.operators import HVP, JVP, LINEARIZE, VJP, Builds, Operator, Params
 from ..compat._dual import forward_ad_ready
 from ..compat._torch_info import is_compiling
 from ..dispatch._checks import check_backend, check_has_aux, check_inference_mode
-from ..dispatch.strategies import Strategy
 from ..dispatch.transforms import Transformed, run_on_named_backend
 from ..eager._operand_checks import (
     check_primals,
@@ -27,21 +27,21 @@ __all__ = ["vjp", "jvp", "linearize", "hvp"]
 
 
 def _at_once(
-    kind: str,
+    op: Operator,
     func: Callable[..., Any],
     backend: Optional[str],
-    build: Callable[[Strategy, Callable[..., Any]], Callable[..., Any]],
+    build: Callable[[Builds, Callable[..., Any]], Callable[..., Any]],
     *operands: Any,
 ) -> Any:
-    check_inference_mode(kind)
-    if kind != "vjp":
+    check_inference_mode(op.name)
+    if op.mode == "forward":
         forward_ad_ready()
     name = check_backend(backend)
     if name is not None and not is_compiling():  # dynamo traces a Transformed's call
         if not callable(func):
-            raise TypeError(f"{kind}: expected a callable `func`, got {type(func)}")
+            raise TypeError(f"{op.name}: expected a callable `func`, got {type(func)}")
         return run_on_named_backend(name, lambda s: build(s, func)(*operands))
-    return Transformed(kind, func, build, name, False, False)(*operands)
+    return Transformed(op, func, build, name, False, False)(*operands)
 
 
 def vjp(
@@ -80,11 +80,13 @@ def vjp(
     check_has_aux(has_aux, "vjp")
     check_primals(primals, "vjp")
 
-    def build(s: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
-        checked = with_checked_outputs(f, has_aux, "vjp")
-        return lambda *p: with_checked_cotangents(s.vjp(checked, p, has_aux=has_aux))
+    params = Params(has_aux=has_aux)
 
-    return _at_once("vjp", func, backend, build, *primals)
+    def build(s: Builds, f: Callable[..., Any]) -> Callable[..., Any]:
+        vjp_at = s.build(VJP, with_checked_outputs(f, has_aux, "vjp"), params)
+        return lambda *p: with_checked_cotangents(vjp_at(*p))
+
+    return _at_once(VJP, func, backend, build, *primals)
 
 
 def jvp(
@@ -134,11 +136,13 @@ def jvp(
     check_has_aux(has_aux, "jvp")
     check_primals_tangents(primals, tangents, "jvp")
 
-    def build(s: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
-        checked = with_checked_outputs(f, has_aux, "jvp")
-        return lambda p, t: tangents_like_outputs(s.jvp(checked, p, t, has_aux=has_aux))
+    params = Params(has_aux=has_aux)
 
-    return _at_once("jvp", func, backend, build, primals, tangents)
+    def build(s: Builds, f: Callable[..., Any]) -> Callable[..., Any]:
+        jvp_at = s.build(JVP, with_checked_outputs(f, has_aux, "jvp"), params)
+        return lambda p, t: tangents_like_outputs(jvp_at(p, t))
+
+    return _at_once(JVP, func, backend, build, primals, tangents)
 
 
 def linearize(
@@ -164,16 +168,16 @@ def linearize(
     """
     check_primals(primals, "linearize")
 
-    def build(s: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
-        checked = with_checked_outputs(f, False, "linearize")
+    def build(s: Builds, f: Callable[..., Any]) -> Callable[..., Any]:
+        linearized = s.build(LINEARIZE, with_checked_outputs(f, False, "linearize"), Params())
 
         def linearize_at(*p: Any) -> Tuple[Any, Callable[..., Any]]:
-            output, jvp_fn = s.linearize(checked, p)
+            output, jvp_fn = linearized(*p)
             return output, lambda *t: like_output(output, jvp_fn(*t))
 
         return linearize_at
 
-    result: Tuple[Any, Callable[..., Any]] = _at_once("linearize", func, backend, build, *primals)
+    result: Tuple[Any, Callable[..., Any]] = _at_once(LINEARIZE, func, backend, build, *primals)
     return result
 
 
@@ -212,14 +216,14 @@ def hvp(
     """
     check_primals_tangents(primals, tangents, "hvp")
 
-    def build(s: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
-        checked = with_checked_outputs(f, False, "hvp")
+    def build(s: Builds, f: Callable[..., Any]) -> Callable[..., Any]:
+        hvp_at = s.build(HVP, with_checked_outputs(f, False, "hvp"), Params())
 
         def value_and_product(p: Any, t: Any) -> Any:
-            value, product = s.hvp(checked, p, t)
+            value, product = hvp_at(p, t)
             return value, like_output(p, product)  # H t in the primals' dtypes
 
         return value_and_product
 
-    result: Tuple[Any, Any] = _at_once("hvp", func, backend, build, primals, tangents)
+    result: Tuple[Any, Any] = _at_once(HVP, func, backend, build, primals, tangents)
     return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Tuple, Union
 
+from ..backends.operators import HESSIAN, JACREV, VMAP, Builds, Params
 from ..dispatch._checks import (
     check_argnums_type,
     check_backend,
@@ -16,7 +17,6 @@ from ..dispatch._checks import (
     check_in_dims_type,
     check_randomness,
 )
-from ..dispatch.strategies import Strategy
 from ..dispatch.transforms import Transformed
 
 __all__ = ["jacrev", "vmap", "hessian", "fjacrev", "fvmap"]
@@ -38,12 +38,13 @@ def _jacrev(
     if not isinstance(has_aux, bool):
         raise TypeError(f"{name}: has_aux must be a bool, got {has_aux!r}")
     backend = check_backend(backend)
+    params = Params(argnums, has_aux, chunk_size)
 
-    def build(b: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
-        return b.jacrev(f, argnums, has_aux=has_aux, chunk_size=chunk_size)
+    def build(b: Builds, f: Callable[..., Any]) -> Callable[..., Any]:
+        return b.build(JACREV, f, params)
 
     return Transformed(
-        "jacrev", func, build, backend, transforms_only, kwargs_in_call=False, argnums=argnums
+        JACREV, func, build, backend, transforms_only, kwargs_in_call=False, argnums=argnums
     )
 
 
@@ -61,12 +62,13 @@ def _vmap(
     check_in_dims_type(in_dims)
     check_chunk_size(chunk_size, name)
     backend = check_backend(backend)
+    params = Params(0, False, chunk_size, randomness, in_dims, out_dims)
 
-    def build(b: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
-        return b.vmap(f, in_dims, out_dims, randomness, chunk_size=chunk_size)
+    def build(b: Builds, f: Callable[..., Any]) -> Callable[..., Any]:
+        return b.build(VMAP, f, params)
 
     return Transformed(
-        "vmap", func, build, backend, transforms_only, kwargs_in_call=True, in_dims=in_dims
+        VMAP, func, build, backend, transforms_only, kwargs_in_call=True, in_dims=in_dims
     )
 
 
@@ -275,9 +277,9 @@ def hessian(
     check_argnums_type(argnums)
     check_chunk_size(chunk_size, "hessian")
     name = check_backend(backend)
+    params = Params(argnums, False, chunk_size)
 
-    def build(b: Strategy, f: Callable[..., Any]) -> Callable[..., Any]:
-        inner = b.jacrev(f, argnums, has_aux=False, chunk_size=chunk_size)
-        return b.jacrev(inner, argnums, has_aux=False, chunk_size=chunk_size)
+    def build(b: Builds, f: Callable[..., Any]) -> Callable[..., Any]:
+        return b.build(HESSIAN, f, params)
 
-    return Transformed("hessian", func, build, name, False, kwargs_in_call=False, argnums=argnums)
+    return Transformed(HESSIAN, func, build, name, False, kwargs_in_call=False, argnums=argnums)

@@ -23,7 +23,7 @@ from typing import Any, Callable, List, Optional, Tuple
 import torch
 
 from ..compat._pytree import tree_flatten, tree_unflatten
-from ..compat._rng import RngStates, visible_generators
+from ..compat._rng import snapshot
 from ..eager._batching import check_out_dim, flatten_args, join_outputs, split_outputs
 from ..eager._rows import basis
 from ..eager._stand_ins import check_argnums, check_outputs
@@ -160,14 +160,7 @@ def chunked_vmap(
         batched = flatten_args(func, in_dims, args)
         if batched.size <= chunk_size:
             return batched_func(*args, **kwargs)
-        states = (
-            RngStates(
-                {leaf.device for leaf in batched.leaves if isinstance(leaf, torch.Tensor)},
-                visible_generators(func, args, kwargs),
-            )
-            if randomness == "same"
-            else None
-        )
+        states = snapshot(func, args, kwargs) if randomness == "same" else None
         chunks = []
         dims: List[Optional[int]] = []
         spec = None

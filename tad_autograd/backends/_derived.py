@@ -22,7 +22,7 @@ import torch
 
 from ..compat._dual import forward_ad_ready
 from ..compat._pytree import flatten, tree_flatten, tree_unflatten, unflatten
-from ..compat._rng import RngStates, visible_generators
+from ..compat._rng import snapshot
 from ..eager._jacobian import ArgnumLeaves
 from ..eager._linear_map import matvec
 from ..eager._operand_checks import check_primals, check_primals_tangents, check_tensor_outputs
@@ -95,11 +95,7 @@ def jacfwd_from_jvp(
         aux = None
         batched = vmap(push, randomness=randomness)
         # "same": every chunk replays the draws of the first, as one vmap would
-        states = (
-            RngStates({x.device for x in leaves}, visible_generators(func, args))
-            if randomness == "same"
-            else None
-        )
+        states = snapshot(func, args) if randomness == "same" else None
         for start in range(0, max(total, 1), max(step, 1)):
             size = min(step, total - start)
             if size <= 0:  # no input elements: one pass for the output's shape

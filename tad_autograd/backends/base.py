@@ -113,7 +113,7 @@ class Backend:
         """The transform library's own ``vmap(func, in_dims=0, ...)``, for internal batching.
 
         ``None`` for backends without function transforms.  The strategies
-        batch backward passes with it (:mod:`tad_autograd.dispatch.strategies`).
+        batch backward passes with it (``tad_autograd.dispatch.automatic``).
         """
         return None
 

@@ -7,15 +7,21 @@ happen once.  A tensor on a CUDA device draws from that device's generator,
 not the CPU's, so a snapshot covers the CUDA devices of the arguments as
 well, and the explicit :class:`torch.Generator` objects a call can see
 (:func:`visible_generators`).
+
+:func:`snapshot` takes the snapshot a call needs; :func:`attempt` is the one
+"snapshot, try, restore, then mark, fall back or raise" used wherever a
+failed attempt must leave the generators as they were.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, TypeVar
 
 import torch
 
 from ._pytree import tree_flatten
+
+T = TypeVar("T")
 
 
 def _state_key(state: torch.Tensor) -> Any:
@@ -152,3 +158,62 @@ def visible_generators(
         for name in code.co_names:
             add(namespace.get(name))
     return found
+
+
+def snapshot(
+    func: Callable[..., Any], args: Sequence[Any], kwargs: Optional[Dict[str, Any]] = None
+) -> RngStates:
+    """The generators a call ``func(*args, **kwargs)`` can draw from, as they are now.
+
+    The CPU's, those of the arguments' CUDA devices, and the explicit ones
+    :func:`visible_generators` finds.
+
+    Examples
+    --------
+    >>> import torch
+    >>> states = snapshot(torch.rand, (2,))
+    >>> first = torch.rand(2)
+    >>> states.restore()
+    >>> torch.equal(torch.rand(2), first)
+    True
+    """
+    leaves = args if all(isinstance(a, torch.Tensor) for a in args) else tree_flatten(args)[0]
+    devices = {a.device for a in leaves if isinstance(a, torch.Tensor)}
+    return RngStates(devices, visible_generators(func, args, kwargs))
+
+
+def attempt(
+    run: Callable[[RngStates], T],
+    func: Callable[..., Any],
+    args: Sequence[Any],
+    kwargs: Optional[Dict[str, Any]] = None,
+    *,
+    on_failure: Optional[Callable[[Exception], None]] = None,
+    retry: Optional[Callable[[], T]] = None,
+) -> T:
+    """``run(states)`` with a :func:`snapshot` of the call's generators; on an exception,
+    the generators restored, then ``on_failure(error)``, then ``retry()`` if given, else
+    the exception raised.
+
+    Examples
+    --------
+    >>> import torch
+    >>> def fails(states):
+    ...     torch.rand(1)
+    ...     raise ValueError("no")
+    >>> before = torch.get_rng_state()
+    >>> attempt(fails, torch.rand, (1,), retry=lambda: "retried")
+    'retried'
+    >>> torch.equal(torch.get_rng_state(), before)
+    True
+    """
+    states = snapshot(func, args, kwargs)
+    try:
+        return run(states)
+    except Exception as error:
+        states.restore()
+        if on_failure is not None:
+            on_failure(error)
+        if retry is None:
+            raise
+        return retry()

@@ -33,9 +33,6 @@ __all__ = [
 
 _RANDOMNESS = ("error", "different", "same")
 
-#: Operators whose differentiated arguments may be complex (as in :mod:`torch.func`).
-_COMPLEX_INPUTS = frozenset({"grad", "grad_and_value"})
-
 
 def check_argnums_type(argnums: Any) -> None:
     """Raise ``RuntimeError`` (as :func:`torch.func.jacrev`) for a malformed ``argnums``."""
@@ -92,6 +89,8 @@ def check_in_dims_type(in_dims: Any) -> None:
     ...
     TypeError: vmap: in_dims=(0, True) holds the bool True; expected an int or None ...
     """
+    if in_dims is None or type(in_dims) is int:  # the common case, without flattening
+        return
     for d in tree_flatten(in_dims)[0]:
         if isinstance(d, bool):
             raise TypeError(
@@ -105,7 +104,13 @@ def check_backend(backend: Optional[str]) -> Optional[str]:
     return validated(backend, "backend")
 
 
-def check_differentiable(args: Tuple[Any, ...], argnums: Any, name: str) -> None:
+def check_differentiable(
+    args: Tuple[Any, ...],
+    argnums: Any,
+    name: str,
+    complex_inputs: bool = False,
+    integer_error: type = RuntimeError,
+) -> None:
     """Check the arguments at ``argnums`` before any backend sees them.
 
     Raises the exception types :func:`torch.func.jacrev` raises on current
@@ -116,10 +121,14 @@ def check_differentiable(args: Tuple[Any, ...], argnums: Any, name: str) -> None
     scalar function); the Jacobian operators refuse them with
     ``RuntimeError``, as :mod:`torch.func` does.
 
+    ``name`` words the messages; ``complex_inputs``: complex arguments are
+    differentiable (``grad``, ``grad_and_value``); ``integer_error``: what an
+    integer argument raises (``ValueError`` in forward mode, as torch.func).
+
     Examples
     --------
     >>> import torch
-    >>> check_differentiable((torch.zeros(2, dtype=torch.complex64),), 0, "grad")
+    >>> check_differentiable((torch.zeros(2, dtype=torch.complex64),), 0, "grad", True)
     >>> check_differentiable((torch.zeros(2, dtype=torch.complex64),), 0, "jacfwd")
     Traceback (most recent call last):
     ...
@@ -145,7 +154,7 @@ def check_differentiable(args: Tuple[Any, ...], argnums: Any, name: str) -> None
                     "transform API must be Tensor"
                 )
             if leaf.is_complex():
-                if name in _COMPLEX_INPUTS:
+                if complex_inputs:
                     continue
                 raise RuntimeError(
                     f"{name}: Expected all inputs to be real but received complex tensor "
@@ -155,9 +164,8 @@ def check_differentiable(args: Tuple[Any, ...], argnums: Any, name: str) -> None
                 )
             if not leaf.is_floating_point():
                 # torch.func: ValueError for an integer or bool tensor in forward mode (jacfwd,
-                # and hessian: jacfwd of jacrev), RuntimeError in reverse and for complex ones
-                forward = name in ("jacfwd", "hessian") and not leaf.is_complex()
-                raise (ValueError if forward else RuntimeError)(
+                # and hessian: jacfwd of jacrev), RuntimeError in reverse
+                raise integer_error(
                     f"{name}: the argument at argnums position {n} has dtype {leaf.dtype}; "
                     "only Tensors of floating point or complex dtype can require gradients"
                 )

@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 
 from ..compat._pytree import tree_flatten
-from ..compat._rng import RngStates, visible_generators
+from ..compat._rng import attempt, snapshot
 from ..compat._torch_info import is_compiling, transforms_active
 from ..compat._transform_failures import FORWARD_STAGES, DefectWatch
 
@@ -86,11 +86,7 @@ class ModeChoosingJacobian:
                 result = func(*args)
                 count.drew = True
             else:
-                leaves = tree_flatten(args)[0]
-                states = RngStates(
-                    {x.device for x in leaves if isinstance(x, torch.Tensor)},
-                    visible_generators(func, args),
-                )
+                states = snapshot(func, args)
                 result = func(*args)
                 count.drew = states.changed()  # forward mode, randomness="error" would refuse
             output = result[0] if has_aux and isinstance(result, tuple) else result
@@ -130,20 +126,25 @@ class ModeChoosingJacobian:
             if self._automatic and not transforms_active():
                 # columns from one eager pass with its draws (as reverse mode): nothing to fail
                 return self._forward(*args)
-            states = RngStates(
-                {x.device for x in tree_flatten(args)[0] if isinstance(x, torch.Tensor)},
-                visible_generators(self.__wrapped__, args),
-            )
-            try:
+
+            def run_forward(states: Any) -> Any:
                 # vmap of the function itself, and its tangents
                 if DefectWatch.needed(FORWARD_STAGES):
                     with DefectWatch(FORWARD_STAGES):
                         return self._forward(*args)
                 return self._forward(*args)
-            except Exception:  # not forward-differentiable here: reverse mode, from now on
-                states.restore()
+
+            def to_reverse(error: Exception) -> None:
+                # not forward-differentiable here: reverse mode, from now on
                 self._modes[key] = _REVERSE
-                return self._reverse(*args)
+
+            return attempt(
+                run_forward,
+                self.__wrapped__,
+                args,
+                on_failure=to_reverse,
+                retry=lambda: self._reverse(*args),
+            )
         if mode is not None:
             return self._reverse(*args)
         self._count.n, self._count.drew = None, False

@@ -12,21 +12,18 @@ from __future__ import annotations
 import functools
 import logging
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from ..backends.base import Backend
+from ..backends.operators import Builds, Operator
 from ..compat._torch_info import is_compiling, raise_when_run
-from ..compat._transform_failures import (
-    DefectWatch,
-    failed_inside_transform,
-    stages_of,
-    watch_calls,
-)
+from ..compat._transform_failures import DefectWatch, failed_inside_transform, watch_calls
 from ..compat.batching_defects import Stages
 from ..compat.devices import device_type_of
-from ..eager._loop_vmap import STRICT_UNBATCHED
+from ..eager._loop_vmap import strictly_unbatched
 from ..errors import BackendFallbackWarning
 from ._checks import check_differentiable
+from .automatic import builder_for, compiled_builder_for
 from .fallback import MEMORY, add_hint, describe, recognise
 from .registry import REGISTRY
 from .resolver import Resolution, resolve_cached, resolve_in
@@ -39,21 +36,66 @@ from .settings import (
     innermost,
     leave,
 )
-from .strategies import Strategy, compiled_strategy_for, strategy_for
 
 __all__ = ["Transformed", "run_on_named_backend"]
 
 _log = logging.getLogger("tad_autograd")
 
+Context = Tuple[Optional[str], str]
+
+
+class _Explicit(NamedTuple):
+    """A ``backend=`` argument's choice, as built for a :class:`Transformed`."""
+
+    registry_version: int
+    builder: Builds
+    fn: Callable[..., Any]
+    context: Context
+
+
+class _LastAutomatic(NamedTuple):
+    """The last automatic run of a :class:`Transformed`, reused while nothing changed."""
+
+    resolution: Resolution
+    memory_generation: int
+    candidate: int
+    fn: Callable[..., Any]
+    context: Context
+
+
+class _Named(NamedTuple):
+    """What a ``backend=`` argument names, resolved once per registry version."""
+
+    registry_version: int
+    builder: Builds
+    context: Context
+
+
+#: Per backend name (and transforms-only flag): what a ``backend=`` argument resolves
+#: to; no setting plays a part, so it is looked up once, not per transform built.
+_NAMED: Dict[Tuple[str, bool], _Named] = {}
+
+
+def _named(backend: str, transforms_only: bool = False) -> _Named:
+    """The builder and context for ``backend=backend``, looked up once per registry version."""
+    entry = _NAMED.get((backend, transforms_only))
+    if entry is None or entry.registry_version != REGISTRY.version:
+        # the device type plays no part in an argument's resolution (it only names it)
+        resolution = resolve_cached(backend, "", transforms_only)
+        builder = builder_for(resolution.backend, automatic=False)
+        entry = _Named(REGISTRY.version, builder, (resolution.backend.name, ORIGIN_EXPLICIT))
+        _NAMED[(backend, transforms_only)] = entry
+    return entry
+
 
 class Transformed:
-    """A function transformed by ``jacrev``, ``vmap`` or ``hessian`` on a resolved backend."""
+    """A function transformed by an operator (``jacrev``, ``vmap``, ...) on a resolved backend."""
 
     def __init__(
         self,
-        kind: str,
+        op: Operator,
         func: Callable[..., Any],
-        build: Callable[[Strategy, Callable[..., Any]], Callable[..., Any]],
+        build: Callable[[Builds, Callable[..., Any]], Callable[..., Any]],
         backend: Optional[str],
         transforms_only: bool,
         kwargs_in_call: bool,
@@ -61,60 +103,57 @@ class Transformed:
         in_dims: Any = None,
     ) -> None:
         if not callable(func):
-            raise TypeError(f"{kind}: expected a callable `func`, got {type(func)}")
+            raise TypeError(f"{op.name}: expected a callable `func`, got {type(func)}")
         self.__wrapped__ = func
-        self.__name__ = f"{kind}({getattr(func, '__name__', type(func).__name__)})"
+        self.__name__ = f"{op.name}({getattr(func, '__name__', type(func).__name__)})"
         self.__qualname__ = self.__name__
-        self._kind = kind
+        self._op = op
         self._build = build
         self._backend = backend
         self._transforms_only = transforms_only
         self._kwargs_in_call = kwargs_in_call
-        self._built: Dict[Any, Callable[..., Any]] = {}  # by strategy (and watched stages)
+        self._built: Dict[Any, Callable[..., Any]] = {}  # by builder (and watched stages)
         self._argnums = argnums
         self._in_dims = in_dims
-        self._explicit: Optional[Tuple[int, Strategy, Callable[..., Any], Tuple[str, str]]] = None
-        # the last automatic run: (resolution, memory generation, candidate, callable, context)
-        self._automatic: Optional[
-            Tuple[Resolution, int, int, Callable[..., Any], Tuple[str, str]]
-        ] = None
+        self._explicit: Optional[_Explicit] = None
+        self._automatic: Optional[_LastAutomatic] = None
         if isinstance(func, Transformed):
             self._user_func: Callable[..., Any] = func._user_func
-            self._chain: Tuple[str, ...] = (kind,) + func._chain
+            self._chain: Tuple[str, ...] = (op.name,) + func._chain
         else:
             self._user_func = func
-            self._chain = (kind,)
+            self._chain = (op.name,)
 
     def __repr__(self) -> str:
         return f"<tad_autograd {self.__name__}, backend={self._backend or 'auto'}>"
 
     def _transformed(
-        self, strategy: Strategy, kwargs: Dict[str, Any], watch: Optional[Stages] = None
+        self, builder: Builds, kwargs: Dict[str, Any], watch: Optional[Stages] = None
     ) -> Callable[..., Any]:
-        """The operator on ``strategy``; with ``watch``, the function's calls run under a
-        defect watch for those stages (a derivative inside an automatic transform)."""
+        """The operator built by ``builder``; with ``watch``, the function's calls run under
+        a defect watch for those stages (a derivative inside an automatic transform)."""
         if kwargs and not self._kwargs_in_call:
             bound: Callable[..., Any] = functools.partial(self.__wrapped__, **kwargs)
-            return self._build(strategy, bound if watch is None else watch_calls(bound, watch))
-        key = strategy if watch is None else (strategy, watch)
+            return self._build(builder, bound if watch is None else watch_calls(bound, watch))
+        key = builder if watch is None else (builder, watch)
         fn = self._built.get(key)
-        if fn is None:  # the first call with this strategy (no KeyError raised and caught)
+        if fn is None:  # the first call with this builder (no KeyError raised and caught)
             func = self.__wrapped__ if watch is None else watch_calls(self.__wrapped__, watch)
-            fn = self._built[key] = self._build(strategy, func)
+            fn = self._built[key] = self._build(builder, func)
             if not is_compiling():  # dynamo cannot trace a Logger
-                _log.debug("%s: built on %r", self.__name__, strategy)
+                _log.debug("%s: built on %r", self.__name__, builder)
         return fn
 
     def _run(
         self,
-        strategy: Strategy,
+        builder: Builds,
         origin: str,
         args: Tuple[Any, ...],
         kwargs: Dict[str, Any],
         watch: Optional[Stages] = None,
     ) -> Any:
-        fn = self._transformed(strategy, kwargs, watch)
-        token = CONTEXT.set((strategy.backend.name, origin))
+        fn = self._transformed(builder, kwargs, watch)
+        token = CONTEXT.set((builder.backend.name, origin))
         try:
             if kwargs and self._kwargs_in_call:
                 return fn(*args, **kwargs)
@@ -124,21 +163,22 @@ class Transformed:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self._argnums is not None:
-            check_differentiable(args, self._argnums, self._kind)
+            op = self._op
+            check_differentiable(args, self._argnums, op.name, op.complex_inputs, op.integer_error)
         if is_compiling():  # dynamo folds this to a constant: free in compiled code
             return self._call_traced(args, kwargs)
         if self._backend is not None and (self._kwargs_in_call or not kwargs):
             # backend= argument: it wins over every setting and every device type, so
             # nothing else is consulted, and the transformed callable is built once.
             explicit = self._explicit
-            if explicit is None or explicit[0] != REGISTRY.version:
+            if explicit is None or explicit.registry_version != REGISTRY.version:
                 explicit = self._explicit = self._explicit_choice()
-            token = CONTEXT.set(explicit[3])
+            token = CONTEXT.set(explicit.context)
             try:
-                return explicit[2](*args, **kwargs)
+                return explicit.fn(*args, **kwargs)
             except Exception as error:
                 self._clarify(error)
-                self._hint(explicit[1].backend, error)
+                self._hint(explicit.builder.backend, error)
                 raise
             finally:
                 CONTEXT.reset(token)
@@ -156,21 +196,22 @@ class Transformed:
             fast = self._automatic
             if (
                 fast is not None
-                and fast[0] is resolution
-                and fast[1] == MEMORY.generation
+                and fast.resolution is resolution
+                and fast.memory_generation == MEMORY.generation
                 and (self._kwargs_in_call or not kwargs)
             ):
                 # the same choice as on the last call: no memory look-up, nothing rebuilt
-                token = CONTEXT.set(fast[4])
+                token = CONTEXT.set(fast.context)
                 try:
-                    return fast[3](*args, **kwargs)
+                    return fast.fn(*args, **kwargs)
                 except Exception as error:
                     failed = error
                 finally:
                     CONTEXT.reset(token)
-                self._check_retryable(failed, fast[2], resolution.candidates)
+                i = fast.candidate
+                self._check_retryable(failed, i, resolution.candidates)
                 return self._run_automatic(
-                    resolution, device_type, args, kwargs, fast[2] + 1, (fast[2], failed)
+                    resolution, device_type, args, kwargs, i + 1, (i, failed)
                 )
             return self._run_automatic(resolution, device_type, args, kwargs)
         return self._run_explicit(resolution, args, kwargs)
@@ -186,17 +227,17 @@ class Transformed:
         )
         if not resolution.automatic:
             backend = resolution.backend
-            refusal = compile_refusal(self._kind, backend)
+            refusal = compile_refusal(self._op, backend)
             if refusal is not None:  # before any try block: dynamo would run it eagerly
                 raise_when_run(refusal)
             origin = ORIGIN_AUTOMATIC if resolution.inherited_automatic else ORIGIN_EXPLICIT
-            strategy = strategy_for(backend, automatic=False)
+            builder = builder_for(backend, automatic=False)
             try:
                 return run_traced(
-                    self._kind,
+                    self._op,
                     backend,
                     origin,
-                    functools.partial(self._run_plain, strategy, args, kwargs),
+                    functools.partial(self._run_plain, builder, args, kwargs),
                 )
             except Exception as error:
                 self._clarify(error)
@@ -206,20 +247,20 @@ class Transformed:
         candidates = []
         refusal = None
         for candidate in resolution.candidates:
-            refusal = compile_refusal(self._kind, candidate)
+            refusal = compile_refusal(self._op, candidate)
             if refusal is None:
                 candidates.append(candidate)
         if not candidates and refusal is not None:  # e.g. a device without transforms
             raise_when_run(refusal)
         failed: Optional[Exception] = None
         for i, backend in enumerate(candidates):
-            strategy = compiled_strategy_for(backend)
+            builder = compiled_builder_for(backend)
             try:
                 return run_traced(
-                    self._kind,
+                    self._op,
                     backend,
                     ORIGIN_AUTOMATIC,
-                    functools.partial(self._run_plain, strategy, args, kwargs),
+                    functools.partial(self._run_plain, builder, args, kwargs),
                 )
             except Exception as error:
                 if failed is not None:
@@ -230,24 +271,20 @@ class Transformed:
                 failed = error
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _run_plain(self, strategy: Strategy, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
-        fn = self._transformed(strategy, kwargs)
+    def _run_plain(self, builder: Builds, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        fn = self._transformed(builder, kwargs)
         if kwargs and self._kwargs_in_call:
             return fn(*args, **kwargs)
         return fn(*args)
 
-    def _explicit_choice(self) -> Tuple[int, Strategy, Callable[..., Any], Tuple[str, str]]:
-        """For a ``backend=`` argument: (registry version, strategy, callable, context)."""
-        # the device type plays no part in an argument's resolution (it only names the backend)
-        resolution = resolve_cached(self._backend, "", self._transforms_only)
-        backend = resolution.backend
-        strategy = strategy_for(backend, automatic=False)
-        _log.debug("%s: %r (%s)", self.__name__, strategy, resolution.source)
-        return (
-            REGISTRY.version,
-            strategy,
-            self._transformed(strategy, {}),
-            (backend.name, ORIGIN_EXPLICIT),
+    def _explicit_choice(self) -> _Explicit:
+        """For a ``backend=`` argument: the named backend's builder, built once."""
+        assert self._backend is not None
+        named = _named(self._backend, self._transforms_only)
+        builder = named.builder
+        # kept here, not in self._built: a transform built per call pays one build only
+        return _Explicit(
+            named.registry_version, builder, self._build(builder, self.__wrapped__), named.context
         )
 
     def _clarify(self, error: BaseException) -> None:
@@ -261,7 +298,7 @@ class Transformed:
         extra = None
         if "Expected f to be a function that has non-empty output" in message:
             extra = (
-                f"{self._kind}: func must return a tensor or a non-empty pytree of tensors, "
+                f"{self._op.name}: func must return a tensor or a non-empty pytree of tensors, "
                 "got None or an empty output"
             )
         elif "if has_aux is True" in message and "func must return a tuple" not in message:
@@ -290,30 +327,30 @@ class Transformed:
     ) -> Any:
         backend = resolution.backend
         eager = resolution.inherited_eager and not self._transforms_only
-        strategy = strategy_for(backend, automatic=eager)
+        builder = builder_for(backend, automatic=eager)
         origin = ORIGIN_EXPLICIT
         watch = False
-        stages = stages_of(self._kind)
+        stages = self._op.stages
         if resolution.inherited_automatic:
-            origin = self._automatic_origin(strategy) if eager else ORIGIN_AUTOMATIC
+            origin = self._automatic_origin(builder) if eager else ORIGIN_AUTOMATIC
             # a derivative inside an automatic transform: never through a defective op
             watch = (
                 not eager
-                and self._kind != "vmap"
+                and not self._op.batches
                 and backend.is_transform
                 and DefectWatch.needed(stages)
             )
         try:
-            return self._run(strategy, origin, args, kwargs, stages if watch else None)
+            return self._run(builder, origin, args, kwargs, stages if watch else None)
         except Exception as error:
             self._clarify(error)
             if not resolution.inherited_automatic:
                 self._hint(backend, error)
             raise
 
-    def _automatic_origin(self, strategy: Strategy) -> str:
+    def _automatic_origin(self, builder: Builds) -> str:
         """How nested transforms see an automatic choice: eager forward, or inside a transform."""
-        eager = self._kind != "vmap" and strategy.eager
+        eager = not self._op.batches and builder.eager
         return ORIGIN_AUTOMATIC_EAGER if eager else ORIGIN_AUTOMATIC
 
     def _run_automatic(
@@ -344,34 +381,36 @@ class Transformed:
                         start = i
                         break
         for i in range(start, len(candidates)):
-            strategy = strategy_for(
+            builder = builder_for(
                 candidates[i], automatic=True, transforms_only=self._transforms_only
             )
-            origin = self._automatic_origin(strategy)
-            # a retry: an out_dims=None output must prove itself unbatched (the transform
-            # may have refused it rightly, and equal values in the loop prove nothing)
-            strict = STRICT_UNBATCHED.set(True) if failed is not None else None
+            origin = self._automatic_origin(builder)
             try:
-                result = self._run(strategy, origin, args, kwargs)
+                if failed is None:
+                    result = self._run(builder, origin, args, kwargs)
+                else:
+                    # a retry: an out_dims=None output must prove itself unbatched (the
+                    # transform may have refused it rightly, and equal values in the loop
+                    # prove nothing)
+                    with strictly_unbatched():
+                        result = self._run(builder, origin, args, kwargs)
             except Exception as error:
                 if failed is not None:
                     _attach_context(error, failed[1])
                 self._check_retryable(error, i, candidates)
                 failed = (i, error)
                 continue
-            finally:
-                if strict is not None:
-                    STRICT_UNBATCHED.reset(strict)
             if failed is not None:
                 self._warn_fallback(
                     failed[1],
-                    strategy_for(candidates[failed[0]], automatic=True),
-                    strategy,
+                    builder_for(candidates[failed[0]], automatic=True),
+                    builder,
                     device_type,
                 )
             if not kwargs or self._kwargs_in_call:
-                fn = self._transformed(strategy, {})
-                self._automatic = (resolution, generation, i, fn, (strategy.backend.name, origin))
+                fn = self._transformed(builder, {})
+                context = (builder.backend.name, origin)
+                self._automatic = _LastAutomatic(resolution, generation, i, fn, context)
             return result
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -389,7 +428,7 @@ class Transformed:
             raise error
 
     def _warn_fallback(
-        self, error: Exception, failed: Strategy, used: Strategy, device_type: str
+        self, error: Exception, failed: Builds, used: Builds, device_type: str
     ) -> None:
         """After a successful retry: remember it, and warn once per function (at the caller).
 
@@ -397,9 +436,9 @@ class Transformed:
         """
         message = (
             f"{getattr(self._user_func, '__qualname__', self._user_func)!r} cannot be "
-            f"transformed by backend {failed.backend.name!r} (strategy {failed.name!r}: "
+            f"transformed by backend {failed.backend.name!r} (strategy {failed.runs!r}: "
             f"{describe(error)}); using backend {used.backend.name!r} (strategy "
-            f"{used.name!r}) instead for {self.__name__} on {device_type}. Choose a "
+            f"{used.runs!r}) instead for {self.__name__} on {device_type}. Choose a "
             "backend explicitly to avoid the retry, or silence this warning with "
             "warnings.filterwarnings('ignore', "
             "category=tad_autograd.BackendFallbackWarning)."
@@ -410,43 +449,31 @@ class Transformed:
             warnings.warn(message, BackendFallbackWarning, stacklevel=4)
 
 
-#: Per backend name: (registry version, strategy, context) for a ``backend=`` argument.
-_NAMED: Dict[str, Tuple[int, Strategy, Tuple[str, str]]] = {}
-
-
-def run_on_named_backend(backend: str, call: Callable[[Strategy], Any]) -> Any:
-    """``call(strategy)`` on the backend a ``backend=`` argument names, looked up once.
+def run_on_named_backend(backend: str, call: Callable[[Builds], Any]) -> Any:
+    """``call(builder)`` on the backend a ``backend=`` argument names, looked up once.
 
     For the operators that evaluate at once (``vjp``, ``jvp``, ...): what a
     :class:`Transformed` does for an explicit backend, without building one
     per call.  No fallback; an error gets the note that ``"autograd"`` would
     work where a transform backend refused the function.
     """
-    entry = _NAMED.get(backend)
-    if entry is None or entry[0] != REGISTRY.version:
-        resolution = resolve_cached(backend, "", False)
-        strategy = strategy_for(resolution.backend, automatic=False)
-        entry = (REGISTRY.version, strategy, (resolution.backend.name, ORIGIN_EXPLICIT))
-        _NAMED[backend] = entry
-    token = CONTEXT.set(entry[2])
+    entry = _named(backend)
+    token = CONTEXT.set(entry.context)
     try:
-        return call(entry[1])
+        return call(entry.builder)
     except Exception as error:
-        Transformed._hint(entry[1].backend, error)
+        Transformed._hint(entry.builder.backend, error)
         raise
     finally:
         CONTEXT.reset(token)
 
 
 #: The derivatives on a backend without function transforms that dynamo is tracing now.
-_TRACED_PLAIN_DERIVATIVES: List[str] = []
-
-#: Operators that differentiate twice by themselves.
-_SECOND_ORDER = frozenset({"hessian", "hvp"})
+_TRACED_PLAIN_DERIVATIVES: List[Operator] = []
 
 
-def compile_refusal(kind: str, backend: Backend) -> Optional[RuntimeError]:
-    """The error for a ``kind`` call on ``backend`` under dynamo, or ``None`` if it compiles.
+def compile_refusal(op: Operator, backend: Backend) -> Optional[RuntimeError]:
+    """The error for an ``op`` call on ``backend`` under dynamo, or ``None`` if it compiles.
 
     Plain :mod:`torch.autograd` differentiates twice by a second backward pass
     through the first one; under ``torch.compile`` the forward pass is a graph
@@ -455,11 +482,11 @@ def compile_refusal(kind: str, backend: Backend) -> Optional[RuntimeError]:
     ``"inductor"``) has no second derivative: torch returns zeros or refuses.
     Decided from the operator and the backend, never from torch's messages.
     """
-    if backend.is_transform or kind == "vmap":
+    if backend.is_transform or op.batches:
         return None
-    if kind not in _SECOND_ORDER and not _TRACED_PLAIN_DERIVATIVES:
+    if not op.second_order and not _TRACED_PLAIN_DERIVATIVES:
         return None
-    what = kind if kind in _SECOND_ORDER else f"{kind} inside another derivative"
+    what = op.name if op.second_order else f"{op.name} inside another derivative"
     return RuntimeError(
         f"backend {backend.name!r} cannot compute {what} under torch.compile: its second "
         "backward pass would go through a graph compiled without a second derivative "
@@ -468,12 +495,12 @@ def compile_refusal(kind: str, backend: Backend) -> Optional[RuntimeError]:
     )
 
 
-def run_traced(kind: str, backend: Backend, origin: str, call: Callable[[], Any]) -> Any:
+def run_traced(op: Operator, backend: Backend, origin: str, call: Callable[[], Any]) -> Any:
     """``call()`` with ``backend`` as the innermost setting, while dynamo traces."""
     token = enter((backend.name, origin))
-    plain = kind != "vmap" and not backend.is_transform
+    plain = not op.batches and not backend.is_transform
     if plain:
-        _TRACED_PLAIN_DERIVATIVES.append(kind)
+        _TRACED_PLAIN_DERIVATIVES.append(op)
     try:
         return call()
     finally:

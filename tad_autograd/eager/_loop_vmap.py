@@ -10,8 +10,9 @@ explicit generators the call can see (:func:`tad_autograd.compat._rng.visible_ge
 
 from __future__ import annotations
 
+import contextlib
 from contextvars import ContextVar
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -19,7 +20,7 @@ from ..compat._pytree import tree_unflatten
 from ..compat._rng import RngStates, visible_generators
 from ._batching import BatchedArgs, flatten_args, join_outputs, split_outputs
 
-__all__ = ["loop_vmap", "STRICT_UNBATCHED"]
+__all__ = ["loop_vmap", "strictly_unbatched"]
 
 _RANDOM_MESSAGE = (
     "vmap: called random operation while in randomness error mode. Please either "
@@ -87,7 +88,7 @@ def loop_vmap(
             samples.append(leaves)
         if randomness == "error" and states.changed():
             raise RuntimeError(_RANDOM_MESSAGE)
-        _check_unbatched(func, samples, dims, STRICT_UNBATCHED.get())
+        _check_unbatched(func, samples, dims, _STRICT_UNBATCHED.get())
     except BaseException:
         states.restore()
         raise
@@ -141,10 +142,31 @@ def _write_back(
             target.copy_(fresh)
 
 
-#: Set while automatic mode retries a failed transform on the loop: an ``out_dims=None``
-#: output must then be the same object in every sample (equal values could hide a
-#: batched output that the transform rightly refused).
-STRICT_UNBATCHED: ContextVar[bool] = ContextVar("tad_autograd_strict_unbatched", default=False)
+#: Set while automatic mode retries a failed transform on the loop (see
+#: :func:`strictly_unbatched`).
+_STRICT_UNBATCHED: ContextVar[bool] = ContextVar("tad_autograd_strict_unbatched", default=False)
+
+
+@contextlib.contextmanager
+def strictly_unbatched() -> Iterator[None]:
+    """A context in which every loop ``vmap`` holds ``out_dims=None`` outputs to the strict rule.
+
+    An ``out_dims=None`` output must then be the same object in every sample
+    (equal values could hide a batched output that a transform rightly
+    refused): what automatic mode's retry on the loop needs.
+
+    Examples
+    --------
+    >>> import torch
+    >>> with strictly_unbatched():
+    ...     loop_vmap(lambda x: x.sum(), 0, 0, "error", (torch.ones(2, 3),), {})
+    tensor([3., 3.])
+    """
+    token = _STRICT_UNBATCHED.set(True)
+    try:
+        yield
+    finally:
+        _STRICT_UNBATCHED.reset(token)
 
 
 def _check_unbatched(

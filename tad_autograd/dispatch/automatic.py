@@ -1,0 +1,340 @@
+"""Automatic mode as composite backends, and the plan ``explain()`` shows.
+
+A backend says *what* computes derivatives (:mod:`torch.func`, ``functorch``,
+plain :mod:`torch.autograd`); what builds a call's operators says *how* it
+uses it, by a name that :func:`~tad_autograd.explain`, the fallback warning,
+the log records and the report show:
+
+``"transform"``, ``"loop"``
+    An explicitly chosen backend's own operators
+    (:class:`~tad_autograd.backends.operators.Plain`): a transform backend's
+    transforms (also ``fjacrev``/``fvmap``), or the ``"autograd"`` backend's
+    eager forward pass and loops of backward passes.
+``"eager-vectorised"``
+    Automatic mode on a transform backend (:class:`EagerVectorised`): every
+    derivative operator runs its eager implementation (an eager forward pass
+    under ordinary autograd, then the Jacobian's rows: one backward pass for
+    a scalar, a short loop for a few rows, otherwise one backward pass
+    vectorised with the backend's ``vmap``, never through an op whose batched
+    derivative torch gets wrong); inside a function transform, the backend's
+    own operator under the defect watch.  ``vmap`` loops over small batches
+    and uses the backend's ``vmap`` otherwise.  Whatever escapes a transform
+    is marked as such, after the random generators the call can see were
+    restored, so the automatic fallback retries it on plain autograd.
+``"compiled"``
+    Automatic mode on a transform backend while dynamo (``torch.compile``)
+    traces the call (:class:`Compiled`): the backend's own transforms, which
+    dynamo supports natively, with an operator's ``compiled`` form where it
+    has one (``hvp`` reverse over reverse).
+
+The choices are explicit objects: :func:`builder_for` picks what builds a
+call, :func:`plan` describes automatic mode's decisions for ``explain()``.
+
+Examples
+--------
+>>> from tad_autograd.dispatch.registry import REGISTRY
+>>> builder_for(REGISTRY.get("autograd"), automatic=True).runs
+'loop'
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+
+import torch
+
+from ..backends.base import Backend
+from ..backends.operators import Builds, Fn, Operator, Params, Plain
+from ..compat._rng import attempt
+from ..compat._torch_info import transforms_active
+from ..compat._transform_failures import (
+    DefectiveBatchingError,
+    mark_inside_transform,
+    watch_calls,
+)
+from ..eager._loop_vmap import loop_vmap
+from ..eager._rows import LOOP_MAX_ROWS
+from ..eager._small_batches import SmallBatchChoice
+from .settings import CONTEXT, ORIGIN_AUTOMATIC_EAGER
+
+__all__ = [
+    "EagerVectorised",
+    "Compiled",
+    "builder_for",
+    "compiled_builder_for",
+    "Plan",
+    "plan",
+    "LOOP_MAX_BATCH",
+    "LOOP_MAX_BATCH_ACCELERATOR",
+]
+
+#: Up to this batch size, an automatic ``vmap`` on the CPU loops (no transform overhead),
+#: unless the function proved expensive enough for the transform to win (:data:`_SMALL`).
+LOOP_MAX_BATCH = 2
+#: The same on an accelerator, where each looped sample launches its own kernels.
+LOOP_MAX_BATCH_ACCELERATOR = 1
+
+#: Per function: whether a small CPU batch loops or vectorises, by measured cost.
+_SMALL = SmallBatchChoice()
+
+
+class EagerVectorised(Builds):
+    """Automatic mode on a transform backend: eager outside transforms, the backend inside.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tad_autograd.backends.operators import JACREV, Params
+    >>> from tad_autograd.dispatch.registry import REGISTRY
+    >>> from tad_autograd import available_backends
+    >>> composite = EagerVectorised(REGISTRY.get(available_backends()[0]))
+    >>> composite.build(JACREV, torch.sin, Params())(torch.zeros(6)).shape
+    torch.Size([6, 6])
+    """
+
+    runs = "eager-vectorised"
+    eager = True
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._batch = backend.vmap_primitive()
+
+    def build(self, op: Operator, func: Fn, params: Params) -> Fn:
+        if op.composed is not None:
+            return op.composed(self, func, params)
+        if op.eager is None:  # vmap: differentiates nothing, so no eager version
+            return self._vmap(op, func, params)
+        eager = op.eager(func, params, self._batch)
+        backend = self.backend
+        inside: List[Fn] = []  # the backend's operator, built on first need
+
+        def run(*args: Any) -> Any:
+            if not transforms_active():
+                return eager(*args)
+            # Called inside a function transform (a vmap around it, or the user's own
+            # torch.func transform): autograd cannot run there, the transform can.
+            if not inside:
+                inside.append(op.on_backend(backend, watch_calls(func, op.inner_stages), params))
+            return inside[0](*args)
+
+        return run
+
+    def _vmap(self, op: Operator, func: Fn, p: Params) -> Fn:
+        # never vmap an op this torch batches wrongly (today: random ops that ignore
+        # randomness, on torch 1.13 and 2.0; a Python-level watch on every op of the
+        # function, paid on those releases only, since a function that reseeds hides its
+        # draws from _marked)
+        watched = watch_calls(func, op.inner_stages) if p.randomness != "different" else func
+        vectorised = op.on_backend(self.backend, watched, p)
+        context = (self.backend.name, ORIGIN_AUTOMATIC_EAGER)
+        loops = _loopable(p.out_dims)
+        in_dims, out_dims, randomness = p.in_dims, p.out_dims, p.randomness
+
+        def batched_fn(*args: Any, **kwargs: Any) -> Any:
+            size = _batch_size_hint(in_dims, args) if loops else None
+            # an empty batch goes to the transform too: the loop must make up a sample
+            if size is None or not 0 < size <= _loop_max_batch(args[0]) or transforms_active():
+                return _marked(vectorised, func, args, kwargs, randomness == "error")
+
+            def loop() -> Any:
+                token = CONTEXT.set(context)  # the loop runs func eagerly
+                try:
+                    return loop_vmap(func, in_dims, out_dims, randomness, args, kwargs)
+                finally:
+                    CONTEXT.reset(token)
+
+            if args[0].device.type != "cpu":
+                return loop()
+            key = (size, tuple(a.shape for a in args if isinstance(a, torch.Tensor)))
+            return _SMALL.run(
+                func,
+                key,
+                loop,
+                lambda: _marked(vectorised, func, args, kwargs, randomness == "error"),
+                size,
+            )
+
+        return batched_fn
+
+
+class Compiled(Builds):
+    """Automatic mode on a transform backend while dynamo traces the call.
+
+    Examples
+    --------
+    ``hvp`` runs reverse over reverse here (its ``compiled`` form):
+
+    >>> import torch, tad_autograd as ta
+    >>> from tad_autograd.backends.operators import HVP, Params
+    >>> backend = ta.dispatch.registry.REGISTRY.get(ta.available_backends()[0])
+    >>> Compiled(backend).build(HVP, lambda x: (x ** 3).sum(), Params())(
+    ...     (torch.tensor([1.0, 2.0]),), (torch.ones(2),))
+    (tensor(9.), (tensor([ 6., 12.]),))
+    """
+
+    runs = "compiled"
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def build(self, op: Operator, func: Fn, params: Params) -> Fn:
+        if op.compiled is not None:
+            return op.compiled(self.backend, func, params)
+        return super().build(op, func, params)
+
+
+_BUILDERS: Dict[Tuple[Backend, bool], Builds] = {}
+_COMPILED: Dict[Backend, Builds] = {}
+
+
+def builder_for(backend: Backend, *, automatic: bool, transforms_only: bool = False) -> Builds:
+    """What builds a call's operators on ``backend`` (made once per backend and kind).
+
+    Parameters
+    ----------
+    backend : Backend
+        The resolved backend.
+    automatic : bool
+        The backend was chosen (or inherited) automatically, with the user's
+        function run eagerly around this call.
+    transforms_only : bool
+        For ``fjacrev``/``fvmap``: the backend's own transforms only.
+
+    Examples
+    --------
+    >>> from tad_autograd.dispatch.registry import REGISTRY
+    >>> builder_for(REGISTRY.get("autograd"), automatic=False).runs
+    'loop'
+    """
+    key = (backend, automatic and not transforms_only)
+    builder = _BUILDERS.get(key)
+    if builder is None:  # decided once per backend and kind, off the per-call path
+        if key[1] and backend.is_transform and backend.vmap_primitive() is not None:
+            builder = EagerVectorised(backend)
+        else:
+            builder = Plain(backend)
+        _BUILDERS[key] = builder
+    return builder
+
+
+def compiled_builder_for(backend: Backend) -> Builds:
+    """What automatic mode runs on ``backend`` while dynamo traces the call.
+
+    Examples
+    --------
+    >>> from tad_autograd.dispatch.registry import REGISTRY
+    >>> compiled_builder_for(REGISTRY.get("autograd")).runs
+    'loop'
+    """
+    builder = _COMPILED.get(backend)
+    if builder is None:
+        if backend.is_transform:
+            builder = Compiled(backend)
+        else:
+            builder = builder_for(backend, automatic=False)
+        _COMPILED[backend] = builder
+    return builder
+
+
+class Plan(NamedTuple):
+    """Automatic mode's decisions for a resolved call, as ``explain()`` shows them.
+
+    An immutable named tuple.
+
+    Attributes
+    ----------
+    backend : str
+        The backend that runs the call.
+    runs : str
+        How: ``"transform"``, ``"loop"`` or ``"eager-vectorised"``.
+    vectorise_rows_above : int
+        Reverse-mode Jacobians of more rows (and forward-mode ones of more
+        columns) are vectorised with the backend's ``vmap``; fewer loop.
+        0 where nothing runs eagerly.
+    vmap_loops_up_to : tuple of int
+        ``vmap`` loops over batches of at most this many samples (on the CPU,
+        on an accelerator); larger ones use the backend's ``vmap``.
+    fallback : tuple of str
+        The backends a call that cannot be transformed retries on, in order.
+    """
+
+    backend: str
+    runs: str
+    vectorise_rows_above: int
+    vmap_loops_up_to: Tuple[int, int]
+    fallback: Tuple[str, ...]
+
+
+def plan(backend: Backend, automatic: bool, candidates: Tuple[Backend, ...] = ()) -> Plan:
+    """The decisions a call resolved to ``backend`` runs with.
+
+    Examples
+    --------
+    >>> from tad_autograd.dispatch.registry import REGISTRY
+    >>> plan(REGISTRY.get("autograd"), True).runs
+    'loop'
+    """
+    builder = builder_for(backend, automatic=automatic)
+    composite = isinstance(builder, EagerVectorised)
+    return Plan(
+        backend.name,
+        builder.runs,
+        LOOP_MAX_ROWS if composite else 0,
+        (LOOP_MAX_BATCH, LOOP_MAX_BATCH_ACCELERATOR) if composite else (0, 0),
+        tuple(b.name for b in candidates[1:]) if automatic else (),
+    )
+
+
+def _marked(
+    transformed: Callable[..., Any],
+    func: Callable[..., Any],
+    args: Any,
+    kwargs: Any,
+    no_draws: bool = False,
+) -> Any:
+    """``transformed(*args, **kwargs)``; what escapes it is marked, with the RNG restored.
+
+    With ``no_draws`` (``randomness="error"``) a transform that drew random numbers
+    without raising has batched a random op wrongly (e.g. scaled_dot_product_attention
+    with dropout on torch 1.13 and 2.0): that is a failure inside the transform too.
+    """
+
+    def run(states: Any) -> Any:
+        result = transformed(*args, **kwargs)
+        if no_draws and states.changed():
+            raise DefectiveBatchingError(
+                "a random operation", "it drew random numbers under randomness='error'"
+            )
+        return result
+
+    return attempt(run, func, args, kwargs, on_failure=mark_inside_transform)
+
+
+def _loopable(out_dims: Any) -> bool:
+    """Whether a small batch may loop: not when an output is unbatched (``out_dims`` None).
+
+    Only the transform can tell a batched output from an unbatched one
+    whatever the batch size, and raise as :func:`torch.func.vmap` does.
+    """
+    if out_dims is None:
+        return False
+    if isinstance(out_dims, (tuple, list)):
+        return all(_loopable(d) for d in out_dims)
+    if isinstance(out_dims, dict):
+        return all(_loopable(d) for d in out_dims.values())
+    return True
+
+
+def _loop_max_batch(first: torch.Tensor) -> int:
+    """The largest batch an automatic ``vmap`` loops over, for a batch on ``first``'s device."""
+    return LOOP_MAX_BATCH if first.device.type == "cpu" else LOOP_MAX_BATCH_ACCELERATOR
+
+
+def _batch_size_hint(in_dims: Any, args: Tuple[Any, ...]) -> Optional[int]:
+    """The batch size read off the first argument when that is cheap, else ``None``."""
+    if not args or not isinstance(args[0], torch.Tensor):
+        return None
+    dim = in_dims[0] if isinstance(in_dims, tuple) and in_dims else in_dims
+    if type(dim) is not int or not -args[0].dim() <= dim < args[0].dim():
+        return None
+    return int(args[0].shape[dim])
