@@ -15,6 +15,7 @@ import os
 import time
 import warnings as _warnings
 from collections import Counter
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -56,6 +57,10 @@ with _warnings.catch_warnings():
     except Exception:  # pragma: no cover - libcst not installed
         pass
 DEVICE_ENV_VAR = "TAD_AUTOGRAD_TEST_DEVICE"
+
+#: Where every test is marked ``slow`` (the fuzzer, torch.compile; the OpInfo
+#: sweep marks its own modules): ``python -m pytest -m "not slow"`` leaves them out.
+SLOW_PATHS = (Path(__file__).parent / "fuzz", Path(__file__).parent / "test_compile.py")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -214,6 +219,12 @@ def _clean_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(item.path.is_relative_to(d) for d in SLOW_PATHS):
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
