@@ -6,18 +6,22 @@ mode with no backend setting and no remembered fallbacks, whatever the
 environment says.
 
 Its report (counts per transform and backend, the known wrong results, the
-errors) goes to a file under pytest's temporary directory; a passing run prints
+errors) goes to a file in the temporary directory; a passing run prints
 one line saying where.  ``--opdb-report`` prints it whole, and so does a run in
 which a ``tests/opdb`` test fails.
 """
 
 from __future__ import annotations
 
+import getpass
+import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable, Tuple
 
 import pytest
+import torch
 from _opdb_sweep import Sweep, run_sweep
 
 from tad_autograd.dispatch.fallback import MEMORY
@@ -47,17 +51,30 @@ def sweep() -> Sweep:
 
 
 @pytest.fixture(scope="session")
-def publish_report(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Callable[[str], None]:
-    """Write the sweep's report to a file; the terminal summary points to it."""
+def publish_report(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Write the sweep's report to a file; the terminal summary points to it.
+
+    The file is in the temporary directory, one per user and torch version,
+    overwritten by the next run (pytest's own numbered directories are removed
+    after three runs).
+    """
 
     def publish(text: str) -> None:
-        path = tmp_path_factory.getbasetemp() / "opdb-report.txt"
+        version = torch.__version__.replace("+", "-")
+        path = (
+            Path(tempfile.gettempdir()) / f"tad_autograd-opdb-report-{_user()}-torch{version}.txt"
+        )
         path.write_text(text + "\n", encoding="utf-8")
         request.config.stash[_REPORT] = (path, text)
 
     return publish
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name in the environment or the password database
+        return str(os.getuid()) if hasattr(os, "getuid") else "user"
 
 
 def pytest_terminal_summary(
