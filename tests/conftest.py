@@ -12,8 +12,11 @@ tensor the tests and the property strategies create lives there.  Run it on
 from __future__ import annotations
 
 import os
+import time
 import warnings as _warnings
-from typing import Iterator
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 import torch
@@ -55,6 +58,10 @@ with _warnings.catch_warnings():
         pass
 DEVICE_ENV_VAR = "TAD_AUTOGRAD_TEST_DEVICE"
 
+#: Where every test is marked ``slow`` (the fuzzer, torch.compile; the OpInfo
+#: sweep marks its own modules): ``python -m pytest -m "not slow"`` leaves them out.
+SLOW_PATHS = (Path(__file__).parent / "fuzz", Path(__file__).parent / "test_compile.py")
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
@@ -62,9 +69,108 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=os.environ.get(DEVICE_ENV_VAR, "cpu"),
         help=f"torch device the tests create their tensors on (default ${DEVICE_ENV_VAR} or cpu)",
     )
+    parser.addoption(
+        "--opdb-report",
+        action="store_true",
+        help="print the OpInfo sweep's report (tests/opdb) at the end; it is always written to "
+        "a file, whose path is printed, and printed whenever a tests/opdb test fails",
+    )
 
 
+@pytest.hookimpl(trylast=True)  # after the terminal reporter is registered
 def pytest_configure(config: pytest.Config) -> None:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and config.option.verbose <= 0:
+        config.pluginmanager.register(_GroupProgress(reporter), "tad-autograd-group-progress")
+    _use_device(config)
+
+
+class _GroupProgress:
+    """Progress as one line per group of tests: a directory of ``tests``, the doctests.
+
+    pytest's own progress (a character per test, a line per file) makes
+    hundreds of lines for the whole suite.  Here a passing or skipped test
+    prints nothing of its own: a group prints its name when it starts, pytest's
+    ``F``/``E``/``x`` for each test that fails, errors or fails as expected,
+    and its counts when it ends.  Everything else is pytest's own: failures in
+    full at the end, skip reasons with ``-rs``; ``-v`` gives a line per test.
+    """
+
+    def __init__(self, reporter: Any) -> None:
+        self.reporter = reporter
+        reporter.showfspath = False
+        self.group: str | None = None
+        self.counts: Counter[str] = Counter()
+        self.started = 0.0
+        self.finished = 0
+        self.collected = 1
+        self.marked = False
+
+    @staticmethod
+    def group_of(nodeid: str) -> str:
+        parts = nodeid.split("::")[0].split("/")
+        return "/".join(parts[:2]) if parts[0] == "tests" and len(parts) > 2 else parts[0]
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_report_teststatus(self, report: pytest.TestReport) -> tuple[str, str, str] | None:
+        if hasattr(report, "wasxfail"):
+            return None
+        if report.passed and report.when == "call":
+            return "passed", "", "PASSED"
+        if report.skipped:
+            return "skipped", "", "SKIPPED"  # the word for -rs
+        return None
+
+    def pytest_runtest_logstart(self, nodeid: str) -> None:
+        group = self.group_of(nodeid)
+        if group != self.group:
+            self._end_group()
+            self.group, self.started = group, time.perf_counter()
+            self.reporter.ensure_newline()
+            self.reporter.write(f"{group} ", flush=True)
+            self.reporter.currentfspath = group  # a letter or a line after it starts a new line
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if hasattr(report, "wasxfail"):
+            kind = "xfailed" if report.skipped else "xpassed"
+        elif report.when == "call":
+            kind = report.outcome
+        elif report.failed:
+            kind = "error"
+        elif report.skipped:
+            kind = "skipped"
+        else:
+            return
+        self.counts[kind] += 1
+        self.marked = self.marked or kind not in ("passed", "skipped")  # pytest wrote a letter
+
+    def pytest_runtest_logfinish(self) -> None:
+        self.finished += 1
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.collected = max(len(session.items), 1)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtestloop(self) -> Iterator[Any]:
+        try:
+            return (yield)
+        finally:
+            self._end_group()
+
+    def _end_group(self) -> None:
+        if self.group is None:
+            return
+        counts = ", ".join(f"{n} {kind}" for kind, n in sorted(self.counts.items()))
+        seconds = time.perf_counter() - self.started
+        self.reporter.write(
+            f"{' ' if self.marked else ''}{counts or 'nothing ran'} in {seconds:.0f} s "
+            f"[{100 * self.finished // self.collected:3d}%]",
+            flush=True,
+        )
+        self.group, self.counts, self.marked = None, Counter(), False
+
+
+def _use_device(config: pytest.Config) -> None:
     device = torch.device(config.getoption("--device"))
     if device.type == "cpu":
         return
@@ -113,6 +219,12 @@ def _clean_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(item.path.is_relative_to(d) for d in SLOW_PATHS):
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-from typing import Any, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
 from ..compat._torch_info import TORCH_VERSION
-from ..compat.batching_defects import ACTIVE_DEFECTS
-from ..compat.devices import device_type_of
-from ..dispatch.automatic import plan
+from ..compat.batching_defects import ACTIVE_DEFECTS, BatchingDefect
+from ..compat.devices import TRANSFORM_SUPPORT, device_type_of
+from ..dispatch.automatic import Plan, plan
 from ..dispatch.fallback import MEMORY
 from ..dispatch.registry import REGISTRY
 from ..dispatch.resolver import Resolution, resolve
@@ -21,7 +21,7 @@ __all__ = ["Explanation", "explain"]
 
 
 class Explanation(NamedTuple):
-    """What :func:`~tad_autograd.explain` found; ``str()`` gives the readable account.
+    """What :func:`explain` found; ``str()`` gives the readable account.
 
     An immutable named tuple.
 
@@ -34,8 +34,10 @@ class Explanation(NamedTuple):
     device_type : str
         The device type considered.
     lines : tuple of str
-        The account: settings consulted, backends skipped and why, remembered
-        fallbacks.
+        The account, one line each: by default the answer and the reason in at
+        most six lines; with ``verbose=True`` also the settings consulted, the
+        ops the installed torch gets wrong, the device types and every
+        remembered fallback.
     strategy : str
         How ``jacrev``/``hessian``/``vmap`` calls run on the backend:
         ``"transform"``, ``"loop"`` or ``"eager-vectorised"``
@@ -58,7 +60,24 @@ class Explanation(NamedTuple):
         return "\n".join(self.lines)
 
 
-def explain(*args: Any, device: Optional[Union[str, torch.device]] = None) -> Explanation:
+#: What each strategy does, in a few words (the default account).
+_STRATEGY_SHORT = {
+    "transform": "the backend's own transforms",
+    "loop": "an eager forward pass and a loop of backward passes; vmap loops over the batch",
+    "compiled": "the backend's own transforms, which dynamo traces",
+    "eager-vectorised": (
+        "an eager forward pass, then one vectorised backward pass for the Jacobian's rows "
+        "(a loop for a few rows); vmap loops over small batches"
+    ),
+}
+
+
+def explain(
+    *args: Any,
+    device: Optional[Union[str, torch.device]] = None,
+    func: Optional[Callable[..., Any]] = None,
+    verbose: bool = False,
+) -> Explanation:
     """Tell which backend a call with ``args`` would use here, and why.
 
     Parameters
@@ -67,20 +86,35 @@ def explain(*args: Any, device: Optional[Union[str, torch.device]] = None) -> Ex
         The arguments the call would get (only their device matters).
     device : str or torch.device, optional
         Consider this device instead of the arguments'.
+    func : callable, optional
+        The function the call would differentiate (or a transform of it): the
+        account names the fallbacks remembered for it.
+    verbose : bool
+        Give the full picture: every setting consulted, what the strategy does
+        for each operator, the ops the installed torch gets wrong and what goes
+        wrong, the choice for every known device type, and every remembered
+        fallback.
 
     Returns
     -------
     Explanation
-        ``str()`` of it lists the settings consulted (``backend=`` argument
-        aside), the backends skipped and why, and remembered fallbacks.
+        ``str()`` of it is the answer and the reason in at most six lines:
+        backend, strategy, why, what automatic mode does about fallbacks and
+        the ops torch gets wrong, and the remembered fallbacks (``func``'s, if
+        given); with ``verbose=True``, the full picture.
 
     Examples
     --------
     >>> import torch, tad_autograd as ta
     >>> with ta.use_backend("autograd"):
-    ...     print(ta.explain(torch.zeros(3)).backend)
-    autograd
-    >>> "automatic" in str(ta.explain(device="meta"))
+    ...     print(ta.explain(torch.zeros(3)))  # doctest: +ELLIPSIS
+    tad_autograd would use backend 'autograd' for tensors on 'cpu' (torch ...), decided by: ...
+    Why: 'autograd' chosen by use_backend.
+    Strategy: 'loop' (an eager forward pass and a loop of backward passes; ...).
+    ...
+    >>> len(str(ta.explain(torch.zeros(3))).splitlines()) <= 6
+    True
+    >>> "Device types" in str(ta.explain(device="meta", verbose=True))
     True
     """
     if device is not None:
@@ -89,7 +123,31 @@ def explain(*args: Any, device: Optional[Union[str, torch.device]] = None) -> Ex
         device_type = device_type_of(args)
     context = CONTEXT.get()
     env = os.environ.get(ENV_VAR)
-    resolution: Resolution = resolve(
+    resolution = _resolve(context, env, device_type)
+    backend = resolution.backend.name
+    decisions = plan(resolution.backend, resolution.automatic, resolution.candidates)
+    rows = last_rows_decision() or ""
+    lines = [
+        f"tad_autograd would use backend {backend!r} for tensors on "
+        f"{device_type!r} (torch {TORCH_VERSION}), decided by: {resolution.source}.",
+        "Why: " + "; ".join(_reasons(resolution)) + ".",
+        f"Strategy: {decisions.runs!r} ({_STRATEGY_SHORT.get(decisions.runs, 'verbose=True')}).",
+    ]
+    if rows:
+        lines.append(f"Rows of this thread's last automatic Jacobian: {rows}.")
+    if verbose:
+        lines += _settings(context, env, resolution)
+        lines += _strategy_details(resolution, decisions)
+    lines.append(_automatic_line(resolution, verbose))
+    if verbose:
+        lines += _defect_table()
+        lines += _device_matrix(context, env)
+    lines += _remembered(func, verbose)
+    return Explanation(backend, resolution.source, device_type, tuple(lines), decisions.runs, rows)
+
+
+def _resolve(context: Any, env: Optional[str], device_type: str) -> Resolution:
+    return resolve(
         argument=None,
         context=context,
         global_setting=GLOBAL.name,
@@ -97,63 +155,136 @@ def explain(*args: Any, device: Optional[Union[str, torch.device]] = None) -> Ex
         device_type=device_type,
         registry=REGISTRY,
     )
-    lines = [
-        f"tad_autograd would use backend {resolution.backend.name!r} for tensors on "
-        f"{device_type!r} (torch {TORCH_VERSION}), decided by: {resolution.source}.",
+
+
+def _reasons(resolution: Resolution) -> Tuple[str, ...]:
+    """The resolver's notes, less the last one of automatic mode (the answer itself)."""
+    notes = resolution.notes
+    if resolution.automatic and len(notes) > 1:
+        notes = notes[:-1]
+    return notes
+
+
+def _settings(context: Any, env: Optional[str], resolution: Resolution) -> List[str]:
+    chosen = "none" if context is None else f"{context[0] or 'auto'} ({context[1]})"
+    return [
         "Settings consulted, first that applies wins:",
         "  1. backend= argument of the transform: (per call; not visible here)",
-        f"  2. use_backend block / enclosing transform: "
-        f"{'none' if context is None else (context[0] or 'auto') + ' (' + context[1] + ')'}",
+        f"  2. use_backend block / enclosing transform: {chosen}",
         f"  3. set_backend: {GLOBAL.name or 'not set'}",
         f"  4. {ENV_VAR}: {env if env else 'not set'}",
         "  5. automatic choice",
+        *(f"  - {note}" for note in resolution.notes),
     ]
-    lines += [f"  - {note}" for note in resolution.notes]
-    decisions = plan(resolution.backend, resolution.automatic, resolution.candidates)
-    lines.append(
-        f"Strategy: {decisions.runs!r} on backend {resolution.backend.name!r} "
-        "(every operator; fjacrev/fvmap always use 'transform')."
-    )
+
+
+def _strategy_details(resolution: Resolution, decisions: Plan) -> List[str]:
+    name = resolution.backend.name
+    lines = [
+        f"Strategy {decisions.runs!r} runs every operator; fjacrev/fvmap always use 'transform'."
+    ]
     if decisions.vectorise_rows_above:
+        cpu, accelerator = decisions.vmap_loops_up_to
         lines.append(
-            f"Automatic jacrev/hessian on {resolution.backend.name!r}: an eager forward pass, "
-            "then one backward pass for a scalar output, a loop for a few rows, otherwise "
-            f"one backward pass vectorised with {resolution.backend.name!r}'s vmap; "
-            f"vmap loops over batches of at most {decisions.vmap_loops_up_to[0]} on the CPU and "
-            f"{decisions.vmap_loops_up_to[1]} on an accelerator, and otherwise uses "
-            f"{resolution.backend.name!r} directly.  grad, grad_and_value, vjp, jvp, "
-            "linearize and hvp run eagerly (dual numbers for forward mode); jacfwd of more "
-            f"than a few inputs vectorises its columns with {resolution.backend.name!r}."
+            f"  jacrev/hessian: an eager forward pass, then one backward pass for a scalar "
+            f"output, a loop for a few rows, otherwise one backward pass vectorised with "
+            f"{name!r}'s vmap; vmap loops over batches of at most {cpu} on the CPU "
+            f"and {accelerator} on an accelerator, and otherwise uses {name!r} "
+            "directly; grad, grad_and_value, vjp, jvp, linearize and hvp run eagerly (dual "
+            f"numbers for forward mode); jacfwd of more than a few inputs vectorises its "
+            f"columns with {name!r}."
         )
-    rows = last_rows_decision() or ""
-    if rows:
-        lines.append(f"Rows of this thread's last automatic Jacobian: {rows}.")
+    return lines
+
+
+def _op_list(defects: Sequence[BatchingDefect]) -> str:
+    return ", ".join(dict.fromkeys(d.op for d in defects))
+
+
+def _automatic_line(resolution: Resolution, verbose: bool) -> str:
+    """What automatic mode does (or, for an explicit choice, does not do) about failures."""
     batching = [d for d in ACTIVE_DEFECTS if d.stage != "tangent"]
     tangent = [d for d in ACTIVE_DEFECTS if d.stage == "tangent"]
-    if resolution.automatic and batching:
-        lines.append(
-            f"torch {TORCH_VERSION} batches these ops wrongly, so automatic mode never "
-            "vectorises through them (a loop of backward passes, or the autograd backend's "
-            "loop for a vmap, instead): "
-            + "; ".join(f"{d.op} ({d.stage}: {d.what})" for d in batching)
+    more = "" if verbose else "; verbose=True says what goes wrong"
+    if resolution.automatic:
+        order = " -> ".join(repr(b.name) for b in resolution.candidates)
+        line = (
+            f"Automatic mode: a function that cannot be transformed falls back {order}"
+            if len(resolution.candidates) > 1
+            else "Automatic mode: no backend to fall back to"
         )
-    if resolution.automatic and tangent:
-        lines.append(
-            f"torch {TORCH_VERSION}'s forward-mode formulas for these ops are wrong, so "
-            "automatic mode (and the autograd backend) push no tangents through them "
-            "(reverse mode instead): " + "; ".join(f"{d.op} ({d.what})" for d in tangent)
+        avoided = []
+        if batching:
+            avoided.append(f"never vectorised through {_op_list(batching)}")
+        if tangent:
+            avoided.append(f"no tangents pushed through {_op_list(tangent)}")
+        if avoided:
+            line += f"; ops torch {TORCH_VERSION} gets wrong: " + ", ".join(avoided) + more
+        return line + "."
+    line = "Chosen explicitly: no fallback"
+    if resolution.backend.is_transform:
+        wrong = [f"{_op_list(batching)} (batched)"] if batching else []
+        wrong += [f"{_op_list(tangent)} (tangents)"] if tangent else []
+        if wrong:
+            line += (
+                f"; {resolution.backend.name!r} gives torch's own results also through ops "
+                f"torch {TORCH_VERSION} gets wrong: " + ", ".join(wrong) + more
+            )
+    elif tangent:
+        line += (
+            f"; forward-mode products through {_op_list(tangent)} (wrong in torch "
+            f"{TORCH_VERSION}'s forward mode) come from reverse mode" + more
         )
-    if decisions.fallback:
+    return line + "."
+
+
+def _defect_table() -> List[str]:
+    if not ACTIVE_DEFECTS:
+        return [f"torch {TORCH_VERSION} gets no known op wrong."]
+    lines = [
+        f"Ops torch {TORCH_VERSION} gets wrong (derivative: automatic mode does not vectorise "
+        "backward passes through them; forward: nor vmap them; tangent: automatic mode and "
+        "the autograd backend push no tangents through them, reverse mode instead):"
+    ]
+    for d in ACTIVE_DEFECTS:
+        variants = f" (OpInfo variants {', '.join(d.variants)})" if d.variants else ""
+        lines.append(f"  - {d.op}{variants}, {d.stage}: {d.what}")
+    return lines
+
+
+def _device_matrix(context: Any, env: Optional[str]) -> List[str]:
+    lines = ["Device types (the choice under the settings in force; transform support):"]
+    for device_type, (supported, evidence) in TRANSFORM_SUPPORT.items():
+        r = _resolve(context, env, device_type)
+        name = plan(r.backend, r.automatic, r.candidates).runs
+        support = "supported" if supported else "not trusted"
         lines.append(
-            "If a function cannot be transformed, calls fall back in this order: "
-            + " -> ".join(repr(name) for name in (decisions.backend,) + decisions.fallback)
+            f"  - {device_type}: {r.backend.name!r} ({name!r}); transforms {support}: {evidence}"
         )
-    remembered = MEMORY.describe()
-    if remembered:
-        lines.append("Remembered fallbacks:")
-        lines += [f"  - {line}" for line in remembered]
-    else:
-        lines.append("No remembered fallbacks.")
-    return Explanation(
-        resolution.backend.name, resolution.source, device_type, tuple(lines), decisions.runs, rows
-    )
+    return lines
+
+
+def _remembered(func: Optional[Callable[..., Any]], verbose: bool) -> List[str]:
+    """Remembered fallbacks: ``func``'s (and those of what it wraps), else all of them."""
+    if func is not None:
+        found: List[str] = []
+        seen = set()
+        while func is not None and id(func) not in seen:
+            seen.add(id(func))
+            found += MEMORY.describe(func)
+            func = getattr(func, "__wrapped__", None)
+        entries = tuple(dict.fromkeys(found))
+        if not entries:
+            return ["Remembered fallbacks for this function: none."]
+        if verbose:
+            return ["Remembered fallbacks for this function:", *(f"  - {e}" for e in entries)]
+        return ["Remembered fallbacks for this function: " + "; ".join(entries) + "."]
+    entries = MEMORY.describe()
+    if not entries:
+        return ["No remembered fallbacks."]
+    if verbose:
+        return ["Remembered fallbacks:", *(f"  - {e}" for e in entries)]
+    if len(entries) > 2:
+        more = f"; and {len(entries) - 2} more (func= or verbose=True names them)"
+        return ["Remembered fallbacks: " + "; ".join(entries[:2]) + more + "."]
+    return ["Remembered fallbacks: " + "; ".join(entries) + "."]

@@ -254,13 +254,18 @@ class Memory:
             self.generation += 1
             return new
 
-    def describe(self) -> Tuple[str, ...]:
-        """One line per remembered fallback."""
+    def describe(self, func: Optional[Callable[..., Any]] = None) -> Tuple[str, ...]:
+        """One line per remembered fallback (only those of ``func``, if given)."""
         lines = []
         with self._lock:
             items = list(self._store.items())
+        only = None if func is None else _owner_and_key(func)
         for owner, entries in items:
+            if only is not None and owner is not only[0]:
+                continue
             for (sub, (transforms, device)), name in entries.items():
+                if only is not None and sub is not only[1]:
+                    continue
                 label = getattr(sub or owner, "__qualname__", repr(sub or owner))
                 lines.append(f"{label} under {'∘'.join(transforms)} on {device}: {name}")
         return tuple(lines)

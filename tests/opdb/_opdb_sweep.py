@@ -120,7 +120,8 @@ def known_defect(name: str, transform: Optional[str] = None) -> Optional[Batchin
     forward-mode formula, stage ``"tangent"``, explains only ``jacfwd`` and ``jvp``).
     """
     for d in defects_for():
-        if d.op == name and (transform is None or d.stage != "tangent" or transform in FORWARD):
+        explains = transform is None or d.stage != "tangent" or transform in FORWARD
+        if name in d.opinfo_names() and explains:
             return d
     return None
 
@@ -260,7 +261,7 @@ def run_sweep() -> Sweep:
 
 
 def _sweep_ops(sweep: Sweep, ops: List[Any]) -> None:
-    table_ops = {d.op for d in BATCHING_DEFECTS}
+    table_ops = {name for d in BATCHING_DEFECTS for name in d.opinfo_names()}
     for op in ops:
         why = why_not_swept(op)
         if why is not None:

@@ -26,28 +26,33 @@ from tad_autograd.compat.batching_defects import BatchingDefect, defects_for
 pytestmark = pytest.mark.slow
 
 
-def _swept(sweep: Sweep, defect: BatchingDefect) -> List[CaseResult]:
-    return [r for r in sweep.results if r.case.name == defect.op]
+def _swept(sweep: Sweep, name: str) -> List[CaseResult]:
+    return [r for r in sweep.results if r.case.name == name]
 
 
-def _reproducing(sweep: Sweep, defect: BatchingDefect) -> List[CaseResult]:
+def _reproducing(sweep: Sweep, defect: BatchingDefect, name: str) -> List[CaseResult]:
     stage = "tangent" if defect.stage == "tangent" else "batching"
-    return [r for r in _swept(sweep, defect) if reproduces(r, stage)]
+    return [r for r in _swept(sweep, name) if reproduces(r, stage)]
 
 
 def test_defects_of_this_torch_reproduce(sweep: Sweep) -> None:
-    """Each entry for this torch gives a wrong result on a transform backend; else it is stale."""
+    """Each entry for this torch gives a wrong result on a transform backend; else it is stale.
+
+    An entry that stands for several OpInfo variants must reproduce on each.
+    """
     stale = []
     for d in defects_for():
-        swept = _swept(sweep, d)
-        if not swept:
-            stale.append(f"  {d.op}: not in the sweep (no such op, or no sample within bounds)")
-        elif not _reproducing(sweep, d):
-            where = "torch's dual numbers" if d.stage == "tangent" else "every transform backend"
-            stale.append(
-                f"  {d.op} ({d.stage}): {where} agreed (or raised) on the "
-                f"{len(swept)} samples tried: {[r.case.label for r in swept]}"
-            )
+        for name in d.opinfo_names():
+            swept = _swept(sweep, name)
+            if not swept:
+                stale.append(f"  {name}: not in the sweep (no such op, or no sample within bounds)")
+            elif not _reproducing(sweep, d, name):
+                tangent = d.stage == "tangent"
+                where = "torch's dual numbers" if tangent else "every transform backend"
+                stale.append(
+                    f"  {name} ({d.stage}): {where} agreed (or raised) on the "
+                    f"{len(swept)} samples tried: {[r.case.label for r in swept]}"
+                )
     assert not stale, (
         f"BATCHING_DEFECTS entries for torch {sweep.torch_version} that do not reproduce "
         "(stale: narrow since/fixed_in or remove them):\n" + "\n".join(stale)
@@ -68,31 +73,38 @@ def test_defect_entries_name_graph_nodes_and_callables(sweep: Sweep) -> None:
                 problems.append(f"  {d.op}: callable {dotted!r} does not resolve from torch")
         if not d.callables:
             problems.append(f"  {d.op}: no callables")
-        cases = _reproducing(sweep, d)
-        if not cases:
-            continue  # stale: test_defects_of_this_torch_reproduce says so
-        try:
-            with DefectWatch(d.stage):
-                cases[0].case.f(cases[0].case.x.clone())
-            problems.append(f"  {d.op}: the defect watch does not see it on {cases[0].case.label}")
-        except DefectiveBatchingError:
-            pass
-        forward, backward = graph_nodes(cases[0].case)
-        missing = d.nodes - forward - backward
-        if missing:
-            problems.append(
-                f"  {d.op}: {sorted(missing)} in neither the forward graph {sorted(forward)} nor "
-                f"the create_graph gradient graph {sorted(backward)}"
-            )
-        in_jacrev = any(
-            o.kind == "wrong" and t == "jacrev" for r in cases for (t, _), o in r.outcomes.items()
-        )
-        if in_jacrev and not d.nodes & forward:
-            problems.append(
-                f"  {d.op}: its batched backward is wrong, yet none of {sorted(d.nodes)} is in "
-                f"the forward graph {sorted(forward)}"
-            )
+        for name in d.opinfo_names():
+            cases = _reproducing(sweep, d, name)
+            if cases:  # else stale: test_defects_of_this_torch_reproduce says so
+                problems += _undescribed(d, name, cases)
     assert not problems, (
         f"BATCHING_DEFECTS entries for torch {sweep.torch_version} that do not describe the op:\n"
         + "\n".join(problems)
     )
+
+
+def _undescribed(d: BatchingDefect, name: str, cases: List[CaseResult]) -> List[str]:
+    """What entry ``d`` misses about OpInfo op ``name``, which reproduces on ``cases``."""
+    problems = []
+    try:
+        with DefectWatch(d.stage):
+            cases[0].case.f(cases[0].case.x.clone())
+        problems.append(f"  {name}: the defect watch does not see it on {cases[0].case.label}")
+    except DefectiveBatchingError:
+        pass
+    forward, backward = graph_nodes(cases[0].case)
+    missing = d.nodes - forward - backward
+    if missing:
+        problems.append(
+            f"  {name}: {sorted(missing)} in neither the forward graph {sorted(forward)} nor "
+            f"the create_graph gradient graph {sorted(backward)}"
+        )
+    in_jacrev = any(
+        o.kind == "wrong" and t == "jacrev" for r in cases for (t, _), o in r.outcomes.items()
+    )
+    if in_jacrev and not d.nodes & forward:
+        problems.append(
+            f"  {name}: its batched backward is wrong, yet none of {sorted(d.nodes)} is in "
+            f"the forward graph {sorted(forward)}"
+        )
+    return problems
