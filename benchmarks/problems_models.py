@@ -77,8 +77,8 @@ def _eigh_jvp(
     return torch.diagonal(inner, dim1=-2, dim2=-1), v @ (f * inner)
 
 
-class EighVmapRule(torch.autograd.Function):
-    """Symmetric eigensolver: ``setup_context`` and an explicit ``vmap`` rule."""
+class _Eigh(torch.autograd.Function):
+    """Symmetric eigensolver: forward, ``setup_context``, backward and jvp of both variants."""
 
     @staticmethod
     def forward(a: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
@@ -98,6 +98,10 @@ class EighVmapRule(torch.autograd.Function):
     def jvp(ctx: Any, a_t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         w, v = ctx.saved_tensors
         return _eigh_jvp(w, v, a_t)
+
+
+class EighVmapRule(_Eigh):
+    """Symmetric eigensolver with an explicit ``vmap`` rule."""
 
     @staticmethod
     def vmap(info: Any, in_dims: Tuple[Any], a: torch.Tensor) -> Any:
@@ -107,29 +111,10 @@ class EighVmapRule(torch.autograd.Function):
         return EighVmapRule.apply(a), (None if dim is None else 0,) * 2
 
 
-class EighGeneratedVmap(torch.autograd.Function):
+class EighGeneratedVmap(_Eigh):
     """Symmetric eigensolver whose ``vmap`` rule torch generates."""
 
     generate_vmap_rule = True
-
-    @staticmethod
-    def forward(a: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        return torch.linalg.eigh(a)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: Any, output: Any) -> None:
-        ctx.save_for_backward(*output)
-        ctx.save_for_forward(*output)
-
-    @staticmethod
-    def backward(ctx: Any, grad_w: torch.Tensor, grad_v: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        w, v = ctx.saved_tensors
-        return _eigh_backward(w, v, grad_w, grad_v)
-
-    @staticmethod
-    def jvp(ctx: Any, a_t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        w, v = ctx.saved_tensors
-        return _eigh_jvp(w, v, a_t)
 
 
 def _pairs(pos: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
