@@ -20,6 +20,7 @@ import os
 import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
+from unittest import mock
 
 import torch
 
@@ -151,6 +152,23 @@ def compile_row(
     return row
 
 
+def _log_row(cfg: Config, row: Dict[str, Any], elapsed_s: float) -> None:
+    cfg.log(
+        f"  {row['operator']:13s} "
+        + "; ".join(
+            f"{impl}: "
+            + (
+                f"{r.get('graphs')} graph(s), {r.get('breaks')} break(s), compile "
+                f"{r['compile_s']:.1f} s, compiled/eager {r['paired_compiled_over_eager']:.2f}"
+                if "compile_s" in r
+                else str(r.get("error"))
+            )
+            for impl, r in row["ways"].items()
+        )
+        + f" [{elapsed_s:.0f}s]"
+    )
+
+
 def section_compile(cfg: Config) -> Dict[str, Any]:
     """torch.compile(op(f), fullgraph=True): graphs, breaks, compile time, speed vs eager."""
     why = unavailable()
@@ -161,26 +179,17 @@ def section_compile(cfg: Config) -> Dict[str, Any]:
         return {"kind": "compile", "title": title, "skipped": why, "rows": []}
     rows: List[Dict[str, Any]] = []
     # a new, empty cache: compiled code left on disk by an earlier run would hide the compile time
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="tad-bench-inductor-")
-    torch.compile(torch.sin, backend=backend)(torch.ones(3))  # the compiler's one-time start
-    for k, op in enumerate(OPERATORS):
-        t0 = time.perf_counter()
-        row = compile_row(op, cfg, backend, 1.0 if cfg.quick else 3.0, first=k % len(IMPLS))
-        rows.append(row)
-        cfg.log(
-            f"  {op:13s} "
-            + "; ".join(
-                f"{impl}: "
-                + (
-                    f"{r.get('graphs')} graph(s), {r.get('breaks')} break(s), compile "
-                    f"{r['compile_s']:.1f} s, compiled/eager {r['paired_compiled_over_eager']:.2f}"
-                    if "compile_s" in r
-                    else str(r.get("error"))
-                )
-                for impl, r in row["ways"].items()
+    with (
+        tempfile.TemporaryDirectory(prefix="tad-bench-inductor-") as cache,
+        mock.patch.dict(os.environ, {"TORCHINDUCTOR_CACHE_DIR": cache}),
+    ):
+        torch.compile(torch.sin, backend=backend)(torch.ones(3))  # the compiler's one-time start
+        for k, op in enumerate(OPERATORS):
+            t0 = time.perf_counter()
+            rows.append(
+                compile_row(op, cfg, backend, 1.0 if cfg.quick else 3.0, first=k % len(IMPLS))
             )
-            + f" [{time.perf_counter() - t0:.0f}s]"
-        )
+            _log_row(cfg, rows[-1], time.perf_counter() - t0)
     torch._dynamo.reset()
     return {"kind": "compile", "title": title, "backend": backend, "rows": rows}
 
