@@ -127,7 +127,8 @@ def check(
                 rec["first_call_s"] = time.perf_counter() - t0
             except Exception as error:  # noqa: BLE001 - recorded, not hidden
                 rec["status"] = "error"
-                rec["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+                first_line = (str(error).strip().splitlines() or [""])[0]
+                rec["error"] = f"{type(error).__name__}: {first_line[:200]}"
                 rec["traceback"] = traceback.format_exc(limit=3)[-800:]
                 out[name] = rec
                 continue

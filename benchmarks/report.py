@@ -23,6 +23,7 @@ from benchmarks.report_tables import (
     memory_lines,
     pairs_lines,
 )
+from benchmarks.sections_compile import compile_lines
 from benchmarks.sections_sparse import sparse_lines
 
 __all__ = [
@@ -104,5 +105,7 @@ def write_markdown(path: str, data: Dict[str, Any]) -> None:
             lines += memory_lines(sec)
         elif sec["kind"] == "sparse":
             lines += sparse_lines(sec)
+        elif sec["kind"] == "compile":
+            lines += compile_lines(sec)
     with open(path, "w") as fh:
         fh.write("\n".join(lines))

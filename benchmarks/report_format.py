@@ -17,6 +17,8 @@ SECTION_ORDER = GRID_ORDER + (
     "operators",
     "hvp",
     "sparse",
+    "models",
+    "compile",
 )
 AUTO_TARGET = 1.05
 

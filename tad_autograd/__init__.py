@@ -16,6 +16,9 @@ Examples
 tensor([2., 4.])
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any, List
+
 from .api.explain import explain
 from .api.operators import grad, grad_and_value, graph_jacobian, jacfwd, jacobian
 from .api.products import hvp, jvp, linearize, vjp
@@ -24,9 +27,11 @@ from .compat.tensor_kinds import is_batched, is_transformed
 from .dispatch.registry import available_backends, register_backend, unregister_backend
 from .dispatch.settings import get_backend, set_backend, use_backend
 from .errors import BackendFallbackWarning, BackendUnavailableError, UnknownBackendError
-from .sparse.api import sparse_hessian, sparse_jacobian
-from .sparse.colouring import colouring, colouring_lower_bound
-from .sparse.detection import detect_sparsity
+
+if TYPE_CHECKING:  # imported on first use (see __getattr__), for type checkers here
+    from .sparse.api import sparse_hessian, sparse_jacobian
+    from .sparse.colouring import colouring, colouring_lower_bound
+    from .sparse.detection import detect_sparsity
 
 __version__ = "0.1.0"
 
@@ -63,3 +68,28 @@ __all__ = [
     "UnknownBackendError",
     "BackendUnavailableError",
 ]
+
+
+#: Public names whose modules load on first use: sparse Jacobians and Hessians
+#: are needed by few programs, and importing them costs about a fifth of the import.
+_LAZY = {
+    "sparse_jacobian": ".sparse.api",
+    "sparse_hessian": ".sparse.api",
+    "colouring": ".sparse.colouring",
+    "colouring_lower_bound": ".sparse.colouring",
+    "detect_sparsity": ".sparse.detection",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a lazily loaded public name (PEP 562) and keep it in the package."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(_LAZY))

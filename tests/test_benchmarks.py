@@ -106,3 +106,75 @@ def test_a_missing_matplotlib_is_reported(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     with pytest.raises(plot.PlotUnavailable, match=r"pip install -e \"\.\[bench\]\""):
         plot.write_plot("unused.png", {"sections": {}})
+
+
+def _tiny_config() -> Any:
+    from benchmarks.config import Config
+    from benchmarks.harness import Settings
+
+    return Config(quick=True, dtypes=("float64",), settings=Settings(), log=lambda s: None)
+
+
+#: methods that go through torch.func's transforms of a custom Function
+_TRANSFORMS = {"tad:func", "tad:functorch", "peer:torch.func"}
+
+
+def test_every_real_model_cell_matches_the_hand_loops() -> None:
+    """Each method of the models section equals its cell's autograd.grad loops (not timed)."""
+    pytest.importorskip("torch.func")
+    from benchmarks.harness import AUTO, check
+    from benchmarks.sections_models import OPERATORS, model_cells
+
+    cells = model_cells(_tiny_config(), 4)
+    assert {label.split(": ")[-1] for label, _, _ in cells} == set(OPERATORS)
+    for label, methods, reference in cells:
+        results = check(methods, reference, torch.float64)
+        assert results[AUTO]["status"] == "ok", (label, results[AUTO])
+        for name, rec in results.items():
+            assert rec["status"] != "mismatch", (label, name, rec)
+            if rec["status"] == "error":
+                # torch.func cannot batch the generated vmap rule under a Hessian's
+                # forward-over-reverse; automatic mode falls back and is correct
+                assert "generated vmap" in label and "hessian" in label, (label, name, rec)
+                assert name in _TRANSFORMS, (label, name, rec)
+
+
+def test_the_third_field_derivative_loop_is_symmetric_and_matches_finite_differences() -> None:
+    from benchmarks import problems_models as pm
+    from benchmarks.sections_models import nested_grad_loop
+
+    pos = pm.geometry(4)
+    energy = pm.mlp_potential()
+
+    def e(field: torch.Tensor) -> torch.Tensor:
+        return energy(pos, field)
+
+    field = pm.field()
+    d3 = nested_grad_loop(e, field, 3)
+    assert d3.shape == (3, 3, 3)
+    torch.testing.assert_close(d3, d3.permute(1, 0, 2))
+    torch.testing.assert_close(d3, d3.permute(0, 2, 1))
+    h = 1e-4
+    for k in range(3):
+        step = torch.zeros(3, dtype=torch.float64)
+        step[k] = h
+        fd = (nested_grad_loop(e, field + step, 2) - nested_grad_loop(e, field - step, 2)) / (2 * h)
+        torch.testing.assert_close(d3[..., k], fd, atol=1e-6, rtol=1e-5)
+
+
+def test_compiled_operators_give_the_eager_results_in_one_graph() -> None:
+    """torch.compile(op(f), fullgraph=True) of each operator, written three ways (not timed)."""
+    from benchmarks.sections_compile import OPERATORS, compile_lines, compile_row, unavailable
+
+    why = unavailable()
+    if why is not None:
+        pytest.skip(why)
+    rows = [compile_row(op, _tiny_config(), "eager", budget_s=0.0) for op in OPERATORS]
+    for row in rows:
+        for impl, rec in row["ways"].items():
+            assert "error" not in rec, (row["operator"], impl, rec)
+            assert (rec["graphs"], rec["breaks"]) == (1, 0), (row["operator"], impl, rec)
+            assert rec["max_abs_diff_vs_torch_func"] < 1e-12, (row["operator"], impl, rec)
+            assert rec["eager_max_abs_diff_vs_torch_func"] < 1e-12, (row["operator"], impl, rec)
+    text = "\n".join(compile_lines({"title": "t", "rows": rows}))
+    assert text.count("| 1 / 0 |") == 3 * len(OPERATORS)
