@@ -272,6 +272,16 @@ def test_vmap_chunk_size(backend: str, out_dims: Any) -> None:
     )
 
 
+def test_vmap_chunk_size_sum_of_a_scalar(backend: str) -> None:
+    """A sum of a 0-d intermediate, in chunks of any size (functorch 1.13 raises for a
+    batch of one sample there, so its emulated chunks hold two at least)."""
+    xs = torch.randn(5, 1, dtype=DT)
+    expected = torch.stack([(x @ x).sum() for x in xs])
+    for chunk_size in (1, 2, 3, 4):
+        got = ta.vmap(lambda x: (x @ x).sum(), chunk_size=chunk_size, backend=backend)(xs)
+        torch.testing.assert_close(got, expected, **EXACT)
+
+
 def test_vmap_chunk_size_unbatched_output(backend: str) -> None:
     """An output that does not depend on the batch is broadcast, wherever out_dims puts it."""
     c = torch.arange(6, dtype=DT).reshape(2, 3)

@@ -136,8 +136,12 @@ def chunked_vmap(
     out_dims: OutDimsT,
     randomness: str,
     chunk_size: int,
+    smallest: int = 1,
 ) -> Callable[..., Any]:
     """Run ``vmap(func, in_dims, out_dims, randomness)`` over chunks of the batch.
+
+    Each chunk holds ``chunk_size`` samples, or ``smallest`` if that is more;
+    a last chunk smaller than ``smallest`` joins the one before it.
 
     With ``randomness="same"`` every chunk starts from the same generator
     states (the CPU's, those of the arguments' CUDA devices and the explicit
@@ -153,6 +157,8 @@ def chunked_vmap(
     ...     from functorch import vmap
     >>> chunked_vmap(vmap, torch.sum, 0, 0, "error", 2)(torch.ones(5, 3))
     tensor([3., 3., 3., 3., 3.])
+    >>> chunked_vmap(vmap, torch.sum, 0, 0, "error", 1, smallest=2)(torch.ones(5, 3))
+    tensor([3., 3., 3., 3., 3.])
     """
     batched_func = vmap_with_out_dims(vmap, func, in_dims, out_dims, randomness)
 
@@ -164,17 +170,24 @@ def chunked_vmap(
         chunks = []
         dims: List[Optional[int]] = []
         spec = None
-        for start in range(0, batched.size, chunk_size):
+        for start, length in _chunks(batched.size, max(chunk_size, smallest), smallest):
             if states is not None and start:
                 states.restore()
-            part = batched_func(
-                *batched.narrow(start, min(chunk_size, batched.size - start)), **kwargs
-            )
+            part = batched_func(*batched.narrow(start, length), **kwargs)
             leaves, dims, spec = split_outputs(func, out_dims, part)
             chunks.append(leaves)
         return join_outputs(chunks, dims, spec, torch.cat)
 
     return chunked_fn
+
+
+def _chunks(size: int, step: int, smallest: int) -> List[Tuple[int, int]]:
+    """``(start, length)`` of chunks of ``step`` samples (one under ``smallest`` joins the last)."""
+    bounds = [(start, min(step, size - start)) for start in range(0, size, step)]
+    if len(bounds) > 1 and bounds[-1][1] < smallest:
+        (start, length), (_, rest) = bounds[-2], bounds.pop()
+        bounds[-1] = (start, length + rest)
+    return bounds
 
 
 def _moves(out_dims: Any) -> bool:

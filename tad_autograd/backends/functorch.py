@@ -268,7 +268,9 @@ class FunctorchBackend(Backend):
             return vmap_with_out_dims(
                 t.vmap, func, in_dims, out_dims, randomness, chunk_size=chunk_size
             )
-        return chunked_vmap(t.vmap, func, in_dims, out_dims, randomness, chunk_size)
+        # torch 1.13's functorch raises for some reductions of a batch of one sample
+        # (a sum of a 0-d tensor): its chunks hold two samples at least
+        return chunked_vmap(t.vmap, func, in_dims, out_dims, randomness, chunk_size, smallest=2)
 
 
 def _serialised(fn: Callable[..., Any]) -> Callable[..., Any]:
