@@ -133,12 +133,12 @@ def explain(
         "Why: " + "; ".join(_reasons(resolution)) + ".",
         f"Strategy: {decisions.runs!r} ({_STRATEGY_SHORT.get(decisions.runs, 'verbose=True')}).",
     ]
-    if rows:
-        lines.append(f"Rows of this thread's last automatic Jacobian: {rows}.")
     if verbose:
         lines += _settings(context, env, resolution)
         lines += _strategy_details(resolution, decisions)
     lines.append(_automatic_line(resolution, verbose))
+    if rows and resolution.automatic:
+        lines.append(f"Rows of this thread's last automatic Jacobian: {rows}.")
     if verbose:
         lines += _defect_table()
         lines += _device_matrix(context, env)

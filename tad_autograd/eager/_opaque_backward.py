@@ -209,13 +209,9 @@ def custom_backwards_watched(nodes: Sequence[Any]) -> Iterator[WatchedBackwards]
     --------
     >>> import torch
     >>> class Dist(torch.autograd.Function):
-    ...     generate_vmap_rule = True
     ...     @staticmethod
-    ...     def forward(x):
+    ...     def forward(ctx, x):
     ...         return x * 1
-    ...     @staticmethod
-    ...     def setup_context(ctx, inputs, output):
-    ...         pass
     ...     @staticmethod
     ...     def backward(ctx, g):
     ...         return torch.cdist(g.view(1, -1), g.view(1, -1)).sum() * 0 + g
