@@ -21,7 +21,7 @@ __all__ = ["Explanation", "explain"]
 
 
 class Explanation(NamedTuple):
-    """What :func:`explain` found; ``str()`` gives the readable account.
+    """What :func:`~tad_autograd.explain` found; ``str()`` gives the readable account.
 
     An immutable named tuple.
 
