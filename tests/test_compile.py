@@ -174,6 +174,27 @@ def test_inductor_backends(backend: str) -> None:
     _check_cells(backend, "inductor", ("jacrev", "vjp", "hvp" if backend == "func" else "jvp"))
 
 
+@pytest.mark.filterwarnings(_INDUCTOR_WARNINGS[0])
+@pytest.mark.filterwarnings(_INDUCTOR_WARNINGS[1])
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("backend", [None, "func"], ids=lambda v: v or "automatic")
+def test_inductor_hvp_of_a_pair_energy(backend: Any) -> None:
+    """inductor compiles torch.func's forward-over-reverse hvp of a Lennard-Jones energy to
+    wrong numbers (torch 2.13): the library's compiled hvp gives the Hessian's product."""
+    from tad_autograd.report import cluster, lennard_jones
+
+    pos = cluster(6)
+    v = torch.linspace(-1, 1, pos.numel(), dtype=torch.float64).reshape(pos.shape)
+    hess = torch.autograd.functional.hessian(lennard_jones, pos).reshape(pos.numel(), -1)
+    expected = (hess @ v.reshape(-1)).reshape(pos.shape)
+
+    def product(p: torch.Tensor) -> torch.Tensor:
+        return ta.hvp(lennard_jones, (p,), (v,), backend=backend)[1][0]
+
+    compiled = torch.compile(product, backend="inductor", fullgraph=True)(pos)
+    torch.testing.assert_close(compiled, expected, rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("compile_backend", ["eager", "aot_eager"])
 @pytest.mark.parametrize("cell", sorted(EXPECTED), ids=lambda c: "-".join(map(str, c)))
 def test_clear_error(cell: Tuple[str, Any], compile_backend: str) -> None:

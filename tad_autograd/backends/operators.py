@@ -35,6 +35,7 @@ from typing import Any, Callable, NamedTuple, Optional, Tuple
 import torch
 
 from ..compat._pytree import tree_flatten
+from ..compat._torch_info import is_compiling
 from ..compat._transform_failures import FORWARD_STAGES, REVERSE_STAGES
 from ..compat.batching_defects import Stages
 from ..eager._forward_mode import eager_jacfwd, eager_jvp, eager_linearize
@@ -203,6 +204,19 @@ def _compiled_hvp(b: Backend, func: Fn, p: Params) -> Fn:
     return value_and_product
 
 
+def _hvp(b: Backend, func: Fn, p: Params) -> Fn:
+    """The backend's ``hvp``; reverse over reverse on a transform backend while dynamo traces:
+    inductor (torch 2.13) compiles ``jvp`` of ``grad`` of a pair energy to wrong numbers."""
+    compiled = _compiled_hvp(b, func, p) if b.is_transform else None
+
+    def value_and_product(primals: Tuple[Any, ...], tangents: Tuple[Any, ...]) -> Any:
+        if compiled is not None and is_compiling():
+            return compiled(primals, tangents)
+        return b.hvp(func, primals, tangents)
+
+    return value_and_product
+
+
 JACREV = Operator(
     "jacrev",
     "reverse",
@@ -299,7 +313,7 @@ HVP = Operator(
     _TANGENT_STAGES,
     _TANGENT_STAGES,
     True,
-    lambda b, f, p: lambda primals, tangents: b.hvp(f, primals, tangents),
+    lambda b, f, p: _hvp(b, f, p),
     lambda f, p, vmap: lambda primals, tangents: eager_hvp(f, primals, tangents),
     compiled=_compiled_hvp,
 )

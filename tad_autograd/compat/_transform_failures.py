@@ -195,7 +195,8 @@ _WATCHED_FUNCTIONS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDiction
 
 
 def _watched_function(cls: Any) -> Any:
-    """A subclass of custom Function ``cls`` whose backward runs under a :class:`DefectWatch`.
+    """A subclass of custom Function ``cls`` whose forward and backward run under a
+    :class:`DefectWatch`.
 
     Inside a function transform the backward of a custom Function runs when
     the transform pulls back, long after a watch around the function has
@@ -203,7 +204,13 @@ def _watched_function(cls: Any) -> Any:
     """
     twin = _WATCHED_FUNCTIONS.get(cls)
     if twin is None:
-        backward = cls.backward
+        forward, backward = cls.forward, cls.backward
+
+        # the forward too: one Function applied in another's backward runs its forward
+        # inside the outer pass, where torch's custom_function_call hides it from the watch
+        def watched_forward(*args: Any, **kwargs: Any) -> Any:
+            with DefectWatch(REVERSE_STAGES, nested_derivatives=True):
+                return forward(*args, **kwargs)
 
         def watched_backward(ctx: Any, *grads: Any) -> Any:
             with DefectWatch(REVERSE_STAGES, nested_derivatives=True):
@@ -213,6 +220,7 @@ def _watched_function(cls: Any) -> Any:
             cls.__name__,
             (cls,),
             {
+                "forward": staticmethod(watched_forward),
                 "backward": staticmethod(watched_backward),
                 "__module__": cls.__module__,
                 "__qualname__": cls.__qualname__,

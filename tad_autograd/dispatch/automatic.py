@@ -54,7 +54,6 @@ from ..compat._transform_failures import (
 )
 from ..eager._loop_vmap import loop_vmap
 from ..eager._rows import LOOP_MAX_ROWS
-from ..eager._small_batches import SmallBatchChoice
 from .settings import CONTEXT, ORIGIN_AUTOMATIC_EAGER
 
 __all__ = [
@@ -68,14 +67,10 @@ __all__ = [
     "LOOP_MAX_BATCH_ACCELERATOR",
 ]
 
-#: Up to this batch size, an automatic ``vmap`` on the CPU loops (no transform overhead),
-#: unless the function proved expensive enough for the transform to win (:data:`_SMALL`).
+#: Up to this batch size, an automatic ``vmap`` on the CPU loops (no transform overhead).
 LOOP_MAX_BATCH = 2
 #: The same on an accelerator, where each looped sample launches its own kernels.
 LOOP_MAX_BATCH_ACCELERATOR = 1
-
-#: Per function: whether a small CPU batch loops or vectorises, by measured cost.
-_SMALL = SmallBatchChoice()
 
 
 class EagerVectorised(Builds):
@@ -135,24 +130,11 @@ class EagerVectorised(Builds):
             # an empty batch goes to the transform too: the loop must make up a sample
             if size is None or not 0 < size <= _loop_max_batch(args[0]) or transforms_active():
                 return _marked(vectorised, func, args, kwargs, randomness == "error")
-
-            def loop() -> Any:
-                token = CONTEXT.set(context)  # the loop runs func eagerly
-                try:
-                    return loop_vmap(func, in_dims, out_dims, randomness, args, kwargs)
-                finally:
-                    CONTEXT.reset(token)
-
-            if args[0].device.type != "cpu":
-                return loop()
-            key = (size, tuple(a.shape for a in args if isinstance(a, torch.Tensor)))
-            return _SMALL.run(
-                func,
-                key,
-                loop,
-                lambda: _marked(vectorised, func, args, kwargs, randomness == "error"),
-                size,
-            )
+            token = CONTEXT.set(context)  # the loop runs func eagerly
+            try:
+                return loop_vmap(func, in_dims, out_dims, randomness, args, kwargs)
+            finally:
+                CONTEXT.reset(token)
 
         return batched_fn
 

@@ -10,17 +10,19 @@ parameters and cotangents or tangents that require grad.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence, Tuple
+import contextlib
+from typing import Any, Callable, ContextManager, Optional, Sequence, Tuple
 
 import torch
 
 from ..compat._pytree import tree_flatten, tree_unflatten
-from ..compat._torch_info import inference_mode_enabled
+from ..compat._torch_info import inference_mode_enabled, transforms_active
+from ..compat._transform_failures import DefectiveBatchingError
 from ._engine import pair_products
 from ._grad_modes import outside_inference_mode
-from ._graph import graph_facts, reaches_other_leaves, retire
+from ._graph import batching_hazards, graph_facts, reaches_other_leaves, retire
 from ._jacobian import eager_jacobian
-from ._opaque_backward import custom_backwards_guarded
+from ._opaque_backward import custom_backwards_guarded, custom_backwards_watched
 from ._operand_checks import (
     check_cotangents,
     check_primals,
@@ -32,6 +34,23 @@ from ._operand_checks import (
 from ._stand_ins import any_dual, as_returned, stand_ins
 
 __all__ = ["eager_vjp", "eager_grad", "eager_grad_and_value", "eager_hvp"]
+
+
+def _batched_pass_watched(outputs: Sequence[torch.Tensor]) -> ContextManager[Any]:
+    """Around a backward pass from ``outputs`` that a function transform may batch (a
+    ``vmap`` of a vjp function): an op of the graph whose batched derivative the installed
+    torch gets wrong raises :class:`DefectiveBatchingError` (automatic ``vmap`` then loops),
+    and the custom Functions' backward passes run watched.  Nothing outside transforms."""
+    if not transforms_active():
+        return contextlib.nullcontext()
+    hazards = batching_hazards(outputs)
+    if hazards.defective:
+        raise DefectiveBatchingError(
+            min(hazards.defective),
+            "a batched backward pass through it (a vmap of a vjp function) gives wrong values",
+            "derivative",
+        )
+    return custom_backwards_watched(hazards.custom) if hazards.custom else contextlib.nullcontext()
 
 
 def eager_vjp(func: Callable[..., Any], primals: Tuple[Any, ...], has_aux: bool) -> Any:
@@ -73,7 +92,11 @@ def eager_vjp(func: Callable[..., Any], primals: Tuple[Any, ...], has_aux: bool)
         pairs = [(o, c) for o, c, k in zip(out_leaves, ct_leaves, live) if k]
         grads: Sequence[Optional[torch.Tensor]] = [None] * len(inputs)
         if pairs:
-            with torch.enable_grad(), custom_backwards_guarded(out_leaves, create_graph):
+            with (
+                torch.enable_grad(),
+                custom_backwards_guarded(out_leaves, create_graph),
+                _batched_pass_watched(out_leaves),
+            ):
                 grads = pair_products(pairs, inputs, retain_graph, create_graph)
         filled = [
             g if g is not None else torch.zeros_like(x.detach()) for g, x in zip(grads, inputs)
