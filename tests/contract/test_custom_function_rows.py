@@ -216,3 +216,69 @@ def test_defective_op_in_a_custom_backward_inside_a_transform(backend: Optional[
     if backend is None:
         reasons = [str(w.message) for w in caught if w.category is ta.BackendFallbackWarning]
         assert any("cdist" in r for r in reasons), reasons
+
+
+def _nested_dist_function(y: torch.Tensor) -> Any:
+    """Distances to ``y`` (p=1); its backward applies a second custom Function whose
+    forward runs cdist's backward (batched wrongly), hidden from a watch of the backward."""
+
+    class Pullback(torch.autograd.Function):
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+            d = torch.cdist(x, y, p=1)
+            return torch.ops.aten._cdist_backward(grad.contiguous(), x, y, 1.0, d)
+
+        @staticmethod
+        def setup_context(ctx: Any, inputs: Any, output: Any) -> None:  # type: ignore[override]
+            pass
+
+        @staticmethod
+        def backward(ctx: Any, grad: torch.Tensor) -> Any:  # type: ignore[override]
+            raise RuntimeError("not differentiated twice here")
+
+    class Dist(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+            ctx.save_for_backward(x)
+            return torch.cdist(x, y, p=1)
+
+        @staticmethod
+        def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+            (x,) = ctx.saved_tensors
+            return Pullback.apply(x, grad)
+
+    return Dist
+
+
+@needs_torch2
+@needs_cdist_defect
+def test_a_custom_function_applied_in_a_custom_backward_is_watched(
+    backend: Optional[str],
+) -> None:
+    if _explicit_transform(backend):
+        pytest.skip("an explicitly chosen transform backend runs torch's own batching rule")
+    g = torch.Generator().manual_seed(1)
+    dist = _nested_dist_function(torch.randn(4, 3, dtype=F64, generator=g)).apply
+    x = torch.randn(5, 3, dtype=F64, generator=g)
+    assert_tree_close(ta.jacrev(dist, **_kw(backend))(x), reference_jacobian(dist, x))
+
+
+@needs_cdist_defect
+def test_vmap_of_a_vjp_function_through_a_defective_op(backend: Optional[str]) -> None:
+    """The rows of a Jacobian as users take them, ``vmap(vjp_fn)(identity)``, through cdist."""
+    if _explicit_transform(backend):
+        pytest.skip("an explicitly chosen transform backend runs torch's own batching rule")
+    g = torch.Generator().manual_seed(2)
+    y = torch.randn(4, 3, dtype=F64, generator=g)
+    x = torch.randn(5, 3, dtype=F64, generator=g)
+
+    def f(a: torch.Tensor) -> torch.Tensor:
+        return torch.cdist(a, y, p=1).reshape(-1)
+
+    _, vjp_fn = ta.vjp(f, x, **_kw(backend))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ta.BackendFallbackWarning)
+        (rows,) = ta.vmap(vjp_fn, **_kw(backend))(torch.eye(20, dtype=F64))
+    assert_tree_close(rows, reference_jacobian(f, x))
