@@ -44,7 +44,8 @@ class SparseDerivative:
     :func:`~tad_autograd.sparse_hessian` return.
 
     Call it with ``func``'s arguments to get the sparse derivative;
-    :meth:`~tad_autograd.sparse.api.SparseDerivative.values` gives its values alone, a dense tensor that ``vmap`` batches.
+    :meth:`~tad_autograd.sparse.api.SparseDerivative.values` gives its values alone, a
+    dense tensor that ``vmap`` batches.
 
     Attributes
     ----------
