@@ -31,7 +31,7 @@ from ._chunking import (
     vmap_with_out_dims,
 )
 from ._derived import jacfwd_from_jvp
-from .base import ArgnumsT, Availability, Backend, InDimsT, OutDimsT
+from .base import ArgnumsT, Availability, Backend, InDimsT, OutDimsT, positional_jvp
 
 __all__ = ["FunctorchBackend"]
 
@@ -241,7 +241,7 @@ class FunctorchBackend(Backend):
             # functorch 1.13: a chunk of one column of a scalar output needs a doubled batch
             vmap = vmap_batch_of_one_guard(self.vmap_primitive(), every=True)
             return jacfwd_from_jvp(
-                lambda f, p, t, has_aux=False: self.jvp(f, p, t, has_aux=has_aux),
+                positional_jvp(self),
                 vmap,
                 func,
                 argnums,
