@@ -26,7 +26,7 @@ from ..dispatch.transforms import Transformed
 from ..eager._jacobian import graph_jacobian as _graph_jacobian
 from ..eager._operand_checks import with_checked_outputs
 from ..eager._tangent_dtypes import OutputDtypes
-from .transforms import Argnums, jacrev
+from .transforms import Argnums, jacrev, transformed
 
 __all__ = ["grad", "grad_and_value", "jacfwd", "jacobian", "graph_jacobian"]
 
@@ -84,11 +84,7 @@ def grad(
     check_has_aux(has_aux, "grad")
     name = check_backend(backend)
     params = Params(argnums, has_aux)
-
-    def build(s: Builds, f: Callable[..., Any]) -> Callable[..., Any]:
-        return s.build(GRAD, with_checked_outputs(f, has_aux, "grad"), params)
-
-    return Transformed(GRAD, func, build, name, False, kwargs_in_call=False, argnums=argnums)
+    return transformed(GRAD, func, params, name, check_outputs=True, argnums=argnums)
 
 
 def grad_and_value(
@@ -118,13 +114,7 @@ def grad_and_value(
     check_has_aux(has_aux, "grad_and_value")
     name = check_backend(backend)
     params = Params(argnums, has_aux)
-
-    def build(s: Builds, f: Callable[..., Any]) -> Callable[..., Any]:
-        return s.build(GRAD_AND_VALUE, with_checked_outputs(f, has_aux, "grad_and_value"), params)
-
-    return Transformed(
-        GRAD_AND_VALUE, func, build, name, False, kwargs_in_call=False, argnums=argnums
-    )
+    return transformed(GRAD_AND_VALUE, func, params, name, check_outputs=True, argnums=argnums)
 
 
 def jacfwd(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Tuple, Union
 
-from ..backends.operators import HESSIAN, JACREV, VMAP, Builds, Params
+from ..backends.operators import HESSIAN, JACREV, VMAP, Builds, Operator, Params
 from ..dispatch._checks import (
     check_argnums_type,
     check_backend,
@@ -18,10 +18,42 @@ from ..dispatch._checks import (
     check_randomness,
 )
 from ..dispatch.transforms import Transformed
+from ..eager._operand_checks import with_checked_outputs
 
 __all__ = ["jacrev", "vmap", "hessian", "fjacrev", "fvmap"]
 
 Argnums = Union[int, Tuple[int, ...]]
+
+
+def transformed(
+    op: Operator,
+    func: Callable[..., Any],
+    params: Params,
+    backend: Optional[str],
+    transforms_only: bool = False,
+    *,
+    kwargs_in_call: bool = False,
+    check_outputs: bool = False,
+    **dims: Any,
+) -> Transformed:
+    """``func`` transformed by ``op`` with ``params``, built on each backend as it is called.
+
+    With ``check_outputs``, ``func``'s outputs are checked first, in ``op``'s name.
+
+    Examples
+    --------
+    >>> import torch
+    >>> transformed(JACREV, torch.sin, Params(), None, argnums=0)(torch.zeros(2))
+    tensor([[1., 0.],
+            [0., 1.]])
+    """
+
+    def build(b: Builds, f: Callable[..., Any]) -> Callable[..., Any]:
+        if check_outputs:
+            f = with_checked_outputs(f, params.has_aux, op.name)
+        return b.build(op, f, params)
+
+    return Transformed(op, func, build, backend, transforms_only, kwargs_in_call, **dims)
 
 
 def _jacrev(
@@ -39,13 +71,7 @@ def _jacrev(
         raise TypeError(f"{name}: has_aux must be a bool, got {has_aux!r}")
     backend = check_backend(backend)
     params = Params(argnums, has_aux, chunk_size)
-
-    def build(b: Builds, f: Callable[..., Any]) -> Callable[..., Any]:
-        return b.build(JACREV, f, params)
-
-    return Transformed(
-        JACREV, func, build, backend, transforms_only, kwargs_in_call=False, argnums=argnums
-    )
+    return transformed(JACREV, func, params, backend, transforms_only, argnums=argnums)
 
 
 def _vmap(
@@ -63,12 +89,8 @@ def _vmap(
     check_chunk_size(chunk_size, name)
     backend = check_backend(backend)
     params = Params(0, False, chunk_size, randomness, in_dims, out_dims)
-
-    def build(b: Builds, f: Callable[..., Any]) -> Callable[..., Any]:
-        return b.build(VMAP, f, params)
-
-    return Transformed(
-        VMAP, func, build, backend, transforms_only, kwargs_in_call=True, in_dims=in_dims
+    return transformed(
+        VMAP, func, params, backend, transforms_only, kwargs_in_call=True, in_dims=in_dims
     )
 
 
@@ -278,8 +300,4 @@ def hessian(
     check_chunk_size(chunk_size, "hessian")
     name = check_backend(backend)
     params = Params(argnums, False, chunk_size)
-
-    def build(b: Builds, f: Callable[..., Any]) -> Callable[..., Any]:
-        return b.build(HESSIAN, f, params)
-
-    return Transformed(HESSIAN, func, build, name, False, kwargs_in_call=False, argnums=argnums)
+    return transformed(HESSIAN, func, params, name, argnums=argnums)

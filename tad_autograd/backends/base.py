@@ -192,11 +192,9 @@ class Backend:
         vmap = self.vmap_primitive()
         if vmap is None:
             raise NotImplementedError(f"{self.name}: jacfwd needs a vmap or its own jacfwd")
-
-        def jvp(f: Callable[..., Any], p: Any, t: Any, has_aux: bool = False) -> Any:
-            return self.jvp(f, p, t, has_aux=has_aux)
-
-        return jacfwd_from_jvp(jvp, vmap, func, argnums, has_aux, randomness, chunk_size)
+        return jacfwd_from_jvp(
+            positional_jvp(self), vmap, func, argnums, has_aux, randomness, chunk_size
+        )
 
     def linearize(
         self, func: Callable[..., Any], primals: Tuple[Any, ...]
@@ -205,24 +203,34 @@ class Backend:
         vmap = self.vmap_primitive()
         if vmap is None:
             raise NotImplementedError(f"{self.name}: linearize needs a vmap or its own linearize")
-
-        def jvp(f: Callable[..., Any], p: Any, t: Any, has_aux: bool = False) -> Any:
-            return self.jvp(f, p, t, has_aux=has_aux)
-
-        return linearize_from_jvp(jvp, vmap, func, primals)
+        return linearize_from_jvp(positional_jvp(self), vmap, func, primals)
 
     def hvp(
         self, func: Callable[..., Any], primals: Tuple[Any, ...], tangents: Tuple[Any, ...]
     ) -> Tuple[Any, Any]:
         """``(func(*primals), H @ tangents)``; derived: forward over reverse."""
 
-        def jvp(f: Callable[..., Any], p: Any, t: Any, has_aux: bool = False) -> Any:
-            return self.jvp(f, p, t, has_aux=has_aux)
-
         def grad_and_value(f: Callable[..., Any], argnums: ArgnumsT) -> Callable[..., Any]:
             return self.grad_and_value(f, argnums, has_aux=False)
 
-        return hvp_from_jvp(jvp, grad_and_value, func, primals, tangents)
+        return hvp_from_jvp(positional_jvp(self), grad_and_value, func, primals, tangents)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
+
+
+def positional_jvp(backend: Backend) -> Callable[..., Any]:
+    """``backend.jvp`` with ``has_aux`` also positional, as the derived operators call it.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tad_autograd.backends.autograd import AutogradBackend
+    >>> positional_jvp(AutogradBackend())(torch.sin, (torch.zeros(1),), (torch.ones(1),))
+    (tensor([0.]), tensor([1.]))
+    """
+
+    def jvp(f: Callable[..., Any], p: Any, t: Any, has_aux: bool = False) -> Any:
+        return backend.jvp(f, p, t, has_aux=has_aux)
+
+    return jvp

@@ -31,7 +31,7 @@ from ._chunking import (
     vmap_with_out_dims,
 )
 from ._derived import jacfwd_from_jvp
-from .base import ArgnumsT, Availability, Backend, InDimsT, OutDimsT
+from .base import ArgnumsT, Availability, Backend, InDimsT, OutDimsT, positional_jvp
 
 __all__ = ["FunctorchBackend"]
 
@@ -156,7 +156,23 @@ class FunctorchBackend(Backend):
         has_aux: bool,
         chunk_size: Optional[int],
     ) -> Callable[..., Any]:
-        return _serialised(self._jacrev(func, argnums, has_aux=has_aux, chunk_size=chunk_size))
+        t = _transforms()
+        if not t.native_chunks:  # functorch 1.13: say what outputs jacrev needs
+            func = checked_outputs(func, has_aux, "jacrev")
+        if chunk_size is None:
+            if _JACREV_NEEDS_TENSOR_ARGS:
+                jacobian_fn = jacrev_tensor_args_only(t.jacrev, func, argnums, has_aux=has_aux)
+            else:
+                jacobian_fn = t.jacrev(func, argnums, has_aux=has_aux)
+        elif not t.native_chunks:
+            jacobian_fn = chunked_jacrev(t.vjp, t.vmap, func, argnums, has_aux, chunk_size)
+        elif _JACREV_NEEDS_TENSOR_ARGS:
+            jacobian_fn = jacrev_tensor_args_only(
+                t.jacrev, func, argnums, has_aux=has_aux, chunk_size=chunk_size
+            )
+        else:
+            jacobian_fn = t.jacrev(func, argnums, has_aux=has_aux, chunk_size=chunk_size)
+        return _serialised(jacobian_fn)
 
     def vmap(
         self,
@@ -167,7 +183,20 @@ class FunctorchBackend(Backend):
         *,
         chunk_size: Optional[int],
     ) -> Callable[..., Any]:
-        return _serialised(self._vmap(func, in_dims, out_dims, randomness, chunk_size=chunk_size))
+        t = _transforms()
+        if chunk_size is None:
+            batched = vmap_with_out_dims(t.vmap, func, in_dims, out_dims, randomness)
+        elif t.native_chunks:
+            batched = vmap_with_out_dims(
+                t.vmap, func, in_dims, out_dims, randomness, chunk_size=chunk_size
+            )
+        else:
+            # torch 1.13's functorch raises for some reductions of a batch of one sample
+            # (a sum of a 0-d tensor): its chunks hold two samples at least
+            batched = chunked_vmap(
+                t.vmap, func, in_dims, out_dims, randomness, chunk_size, smallest=2
+            )
+        return _serialised(batched)
 
     def vjp(self, func: Callable[..., Any], primals: Tuple[Any, ...], *, has_aux: bool) -> Any:
         return _serialised(_transforms().vjp)(func, *primals, has_aux=has_aux)
@@ -212,7 +241,7 @@ class FunctorchBackend(Backend):
             # functorch 1.13: a chunk of one column of a scalar output needs a doubled batch
             vmap = vmap_batch_of_one_guard(self.vmap_primitive(), every=True)
             return jacfwd_from_jvp(
-                lambda f, p, t, has_aux=False: self.jvp(f, p, t, has_aux=has_aux),
+                positional_jvp(self),
                 vmap,
                 func,
                 argnums,
@@ -228,49 +257,6 @@ class FunctorchBackend(Backend):
                 )
             )
         return locked(jacfwd(func, argnums, has_aux=has_aux, randomness=randomness))
-
-    def _jacrev(
-        self,
-        func: Callable[..., Any],
-        argnums: ArgnumsT,
-        *,
-        has_aux: bool,
-        chunk_size: Optional[int],
-    ) -> Callable[..., Any]:
-        t = _transforms()
-        if not t.native_chunks:  # functorch 1.13: say what outputs jacrev needs
-            func = checked_outputs(func, has_aux, "jacrev")
-        if chunk_size is None:
-            if _JACREV_NEEDS_TENSOR_ARGS:
-                return jacrev_tensor_args_only(t.jacrev, func, argnums, has_aux=has_aux)
-            return t.jacrev(func, argnums, has_aux=has_aux)
-        if t.native_chunks:
-            if _JACREV_NEEDS_TENSOR_ARGS:
-                return jacrev_tensor_args_only(
-                    t.jacrev, func, argnums, has_aux=has_aux, chunk_size=chunk_size
-                )
-            return t.jacrev(func, argnums, has_aux=has_aux, chunk_size=chunk_size)
-        return chunked_jacrev(t.vjp, t.vmap, func, argnums, has_aux, chunk_size)
-
-    def _vmap(
-        self,
-        func: Callable[..., Any],
-        in_dims: InDimsT,
-        out_dims: OutDimsT,
-        randomness: str,
-        *,
-        chunk_size: Optional[int],
-    ) -> Callable[..., Any]:
-        t = _transforms()
-        if chunk_size is None:
-            return vmap_with_out_dims(t.vmap, func, in_dims, out_dims, randomness)
-        if t.native_chunks:
-            return vmap_with_out_dims(
-                t.vmap, func, in_dims, out_dims, randomness, chunk_size=chunk_size
-            )
-        # torch 1.13's functorch raises for some reductions of a batch of one sample
-        # (a sum of a 0-d tensor): its chunks hold two samples at least
-        return chunked_vmap(t.vmap, func, in_dims, out_dims, randomness, chunk_size, smallest=2)
 
 
 def _serialised(fn: Callable[..., Any]) -> Callable[..., Any]:

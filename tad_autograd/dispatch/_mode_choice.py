@@ -31,6 +31,7 @@ from ..compat._pytree import tree_flatten
 from ..compat._rng import attempt, snapshot
 from ..compat._torch_info import is_compiling, transforms_active
 from ..compat._transform_failures import FORWARD_STAGES, DefectWatch
+from .transforms import transform_name
 
 __all__ = ["ModeChoosingJacobian"]
 
@@ -65,7 +66,7 @@ class ModeChoosingJacobian:
         automatic: bool = False,
     ) -> None:
         self.__wrapped__ = func
-        self.__name__ = f"jacobian({getattr(func, '__name__', type(func).__name__)})"
+        self.__name__ = transform_name("jacobian", func)
         self._argnums = argnums
         self._has_aux = has_aux
         self._automatic = automatic

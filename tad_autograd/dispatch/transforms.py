@@ -88,6 +88,18 @@ def _named(backend: str, transforms_only: bool = False) -> _Named:
     return entry
 
 
+def transform_name(op_name: str, func: Callable[..., Any]) -> str:
+    """The ``__name__`` of ``func`` transformed by the operator ``op_name``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> transform_name("jacrev", torch.sin)
+    'jacrev(sin)'
+    """
+    return f"{op_name}({getattr(func, '__name__', type(func).__name__)})"
+
+
 class Transformed:
     """A function transformed by an operator (``jacrev``, ``vmap``, ...) on a resolved backend."""
 
@@ -105,7 +117,7 @@ class Transformed:
         if not callable(func):
             raise TypeError(f"{op.name}: expected a callable `func`, got {type(func)}")
         self.__wrapped__ = func
-        self.__name__ = f"{op.name}({getattr(func, '__name__', type(func).__name__)})"
+        self.__name__ = transform_name(op.name, func)
         self.__qualname__ = self.__name__
         self._op = op
         self._build = build

@@ -83,8 +83,16 @@ def eager_jacobian(
     tensor([[1., 0.],
             [0., 1.]])
     """
-    if inference_mode_enabled():
-        return _in_inference_mode(func, argnums, has_aux, args, vmap, chunk_size, columns)
+    if inference_mode_enabled():  # the derivative where torch.func computes it, else an error
+        if not inference_mode_derivatives():
+            raise RuntimeError(
+                "jacrev: cannot differentiate inside torch.inference_mode() with this torch "
+                "(its torch.func returns zeros there); use torch.no_grad() instead"
+            )
+        # the derivative as torch.func's there: computed, carrying no graph (grad mode is off)
+        with torch.inference_mode(False), torch.no_grad():
+            plain = _cloned_inference_tensors(args)
+            return eager_jacobian(func, argnums, has_aux, plain, vmap, chunk_size, columns)
     outer_grad = torch.is_grad_enabled()
     if outer_grad:
         return _jacobian(func, argnums, has_aux, args, vmap, chunk_size, True, columns)
@@ -92,30 +100,11 @@ def eager_jacobian(
         return _jacobian(func, argnums, has_aux, args, vmap, chunk_size, False, columns)
 
 
-def _in_inference_mode(
-    func: Callable[..., Any],
-    argnums: ArgnumsT,
-    has_aux: bool,
-    args: Tuple[Any, ...],
-    vmap: Optional[Callable[..., Any]],
-    chunk_size: Optional[int],
-    columns: bool,
-) -> Any:
-    """Inside ``inference_mode``: the derivative where torch.func computes it, else an error."""
-    if not inference_mode_derivatives():
-        raise RuntimeError(
-            "jacrev: cannot differentiate inside torch.inference_mode() with this torch "
-            "(its torch.func returns zeros there); use torch.no_grad() instead"
-        )
-    # the derivative as torch.func's there: computed, carrying no graph (grad mode is off)
-    with torch.inference_mode(False), torch.no_grad():
-        leaves, spec = tree_flatten(args)
-        plain = [
-            t.clone() if isinstance(t, torch.Tensor) and t.is_inference() else t for t in leaves
-        ]
-        return eager_jacobian(
-            func, argnums, has_aux, tree_unflatten(plain, spec), vmap, chunk_size, columns
-        )
+def _cloned_inference_tensors(args: Tuple[Any, ...]) -> Any:
+    """``args`` with every inference tensor cloned (outside inference mode: a normal tensor)."""
+    leaves, spec = tree_flatten(args)
+    plain = [t.clone() if isinstance(t, torch.Tensor) and t.is_inference() else t for t in leaves]
+    return tree_unflatten(plain, spec)
 
 
 def _jacobian(

@@ -20,6 +20,7 @@ from ..api.transforms import hessian, jacrev
 from ..compat._pytree import tree_flatten
 from ..compat.tensor_kinds import is_batched
 from ..dispatch._checks import check_differentiable
+from ..dispatch.transforms import transform_name
 from ._build import compare_with_dense, coo_result, seed_matrix
 from ._decompression import Decompression, direct_plan, substitution_plan
 from .colouring import colour_count, colouring_lower_bound
@@ -79,7 +80,7 @@ class SparseDerivative:
         given: bool = False,
     ) -> None:
         self.__wrapped__ = func
-        self.__name__ = f"{name}({getattr(func, '__name__', type(func).__name__)})"
+        self.__name__ = transform_name(name, func)
         self._name = name
         self.pattern = pattern
         self.mode = mode

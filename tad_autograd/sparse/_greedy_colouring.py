@@ -372,9 +372,7 @@ def _star(adj: Sequence[List[int]], order: List[int]) -> List[int]:
                     continue
                 if inside or counts[x].get(cw, 0) >= 2:
                     forbidden.add(cx)
-        c = 0
-        while c in forbidden:
-            c += 1
+        c = _smallest_free(forbidden)
         colour[v] = c
         for x in nb:
             around = counts[x]
@@ -465,9 +463,7 @@ def _acyclic(adj: Sequence[List[int]], order: List[int]) -> List[int]:
                 through = reached.setdefault(tree, w)
                 if through != w:  # two neighbours of v in one tree of {cw, cx}: a cycle
                     forbidden.add(cx)
-        c = 0
-        while c in forbidden:
-            c += 1
+        c = _smallest_free(forbidden)
         colour[v] = c
         for w in nb:
             cw = colour[w]
@@ -490,3 +486,11 @@ def greedy_clique(p: Pattern) -> int:
                 weight += size[u]
         best = max(best, weight)
     return best
+
+
+def _smallest_free(forbidden: Set[int]) -> int:
+    """The smallest colour (a non-negative integer) not in ``forbidden``."""
+    c = 0
+    while c in forbidden:
+        c += 1
+    return c
