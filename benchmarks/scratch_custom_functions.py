@@ -27,6 +27,7 @@ import torch
 
 import tad_autograd as ta
 import tad_autograd.eager._jacobian as eager_jacobian
+from benchmarks import problems_models
 from tad_autograd.eager._graph import BatchingHazards, batching_hazards
 from tad_autograd.eager._opaque_backward import WatchedBackwards, custom_backwards_watched
 
@@ -68,80 +69,10 @@ def tanh_stack(n_layers: int = 40, width: int = 48) -> Tuple[Callable[..., Any],
     return f, torch.randn(width, dtype=F64, generator=g)
 
 
-def _eigh_backward(
-    e: torch.Tensor, v: torch.Tensor, ge: torch.Tensor, gv: torch.Tensor
-) -> torch.Tensor:
-    """d L / d A of a symmetric eigendecomposition (distinct eigenvalues), batched."""
-    vt = v.transpose(-1, -2)
-    gap = e.unsqueeze(-2) - e.unsqueeze(-1)  # e_j - e_i
-    eye = torch.eye(e.shape[-1], dtype=e.dtype, device=e.device)
-    f = (1 - eye) / (gap + eye)
-    inner = torch.diag_embed(ge) + f * (vt @ gv)
-    a = v @ inner @ vt
-    return 0.5 * (a + a.transpose(-1, -2))
-
-
-class EighVmap(torch.autograd.Function):
-    """Symmetric eigensolver with a ``vmap`` staticmethod (batched eigh)."""
-
-    @staticmethod
-    def forward(a: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        e, v = torch.linalg.eigh(a)
-        return e, v
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: Any, output: Any) -> None:  # type: ignore[override]
-        ctx.save_for_backward(*output)
-
-    @staticmethod
-    def backward(ctx: Any, ge: torch.Tensor, gv: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        e, v = ctx.saved_tensors
-        return _eigh_backward(e, v, ge, gv)
-
-    @staticmethod
-    def vmap(info: Any, in_dims: Any, a: torch.Tensor) -> Any:  # type: ignore[override]
-        a = a.movedim(in_dims[0], 0) if in_dims[0] is not None else a
-        return EighVmap.apply(a), (0 if in_dims[0] is not None else None,) * 2
-
-
-class EighGenerated(EighVmap):
-    """The same eigensolver with ``generate_vmap_rule``."""
-
-    generate_vmap_rule = True
-    vmap = torch.autograd.Function.vmap  # type: ignore[assignment]
-
-
-def tight_binding(
-    eigh: Any, atoms: int = 8, iterations: int = 4
-) -> Tuple[Callable[..., Any], torch.Tensor]:
-    """A tight-binding-like SCF energy of ``atoms`` positions (one orbital per atom).
-
-    Hopping ``-exp(-r_ij)``, on-site ``eps_i + U q_i`` with Mulliken-like charges
-    from the occupied eigenvectors, a few fixed-point (damped) iterations, the
-    band energy plus a pair repulsion.
-    """
-    g = torch.Generator().manual_seed(1)
-    eps = torch.rand(atoms, dtype=F64, generator=g) - 0.5
-    occupied = atoms // 2
-    pos = torch.randn(atoms, 3, dtype=F64, generator=g) * 1.5
-
-    def energy(r: torch.Tensor) -> torch.Tensor:
-        diff = r.unsqueeze(-2) - r.unsqueeze(-3)
-        dist = (diff.pow(2).sum(-1) + 1e-12).sqrt()
-        eye = torch.eye(atoms, dtype=r.dtype)
-        hop = -torch.exp(-dist) * (1 - eye)
-        q = torch.full((atoms,), occupied / atoms, dtype=r.dtype)
-        for _ in range(iterations):
-            h = hop + torch.diag_embed(eps + 0.3 * q)
-            e, v = eigh.apply(h)
-            q_new = 2 * v[..., :occupied].pow(2).sum(-1) / 2
-            q = 0.5 * q + 0.5 * q_new
-        h = hop + torch.diag_embed(eps + 0.3 * q)
-        e, _ = eigh.apply(h)
-        repulsion = (torch.exp(-2 * dist) * (1 - eye)).sum()
-        return 2 * e[:occupied].sum() + repulsion
-
-    return energy, pos
+def tight_binding(eigh: Any, atoms: int = 8) -> Tuple[Callable[..., Any], torch.Tensor]:
+    """The models section's SCF tight-binding energy of ``atoms`` positions, at a fixed field."""
+    energy, at = problems_models.tight_binding(eigh), problems_models.field()
+    return (lambda pos: energy(pos, at)), problems_models.geometry(atoms)
 
 
 # -- the designs ----------------------------------------------------------------------------
@@ -234,8 +165,8 @@ def main() -> None:
     parser.add_argument("--atoms", type=int, default=8)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    measure("tanh stack + custom Exp (issue 25)", *tanh_stack(), args.rounds)
-    for eigh in (EighVmap, EighGenerated):
+    measure("tanh stack + custom Exp", *tanh_stack(), args.rounds)
+    for eigh in (problems_models.EighVmapRule, problems_models.EighGeneratedVmap):
         measure(
             f"tight-binding SCF, {args.atoms} atoms, {eigh.__name__}",
             *tight_binding(eigh, args.atoms),
