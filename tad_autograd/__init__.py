@@ -24,8 +24,8 @@ from .api.operators import grad, grad_and_value, graph_jacobian, jacfwd, jacobia
 from .api.products import hvp, jvp, linearize, vjp
 from .api.transforms import fjacrev, fvmap, hessian, jacrev, vmap
 from .compat.tensor_kinds import is_batched, is_transformed
-from .dispatch.registry import available_backends, register_backend, unregister_backend
-from .dispatch.settings import get_backend, set_backend, use_backend
+from .dispatch._registry import available_backends, register_backend, unregister_backend
+from .dispatch._settings import get_backend, set_backend, use_backend
 from .errors import BackendFallbackWarning, BackendUnavailableError, UnknownBackendError
 
 if TYPE_CHECKING:  # imported on first use (see __getattr__), for type checkers here

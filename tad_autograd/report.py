@@ -26,11 +26,11 @@ import torch
 from .api import transforms as api
 from .compat._torch_info import TORCH_VERSION
 from .compat.devices import TRANSFORM_SUPPORT
-from .dispatch.automatic import builder_for
-from .dispatch.fallback import describe
-from .dispatch.registry import REGISTRY, available_backends
-from .dispatch.resolver import resolve
-from .dispatch.settings import CONTEXT, ENV_VAR, GLOBAL
+from .dispatch._automatic import builder_for
+from .dispatch._fallback import describe
+from .dispatch._registry import REGISTRY, available_backends
+from .dispatch._resolver import resolve
+from .dispatch._settings import CONTEXT, ENV_VAR, GLOBAL
 from .errors import BackendFallbackWarning, BackendUnavailableError, UnknownBackendError
 
 __all__ = ["main", "lennard_jones", "lennard_jones_custom", "cluster"]

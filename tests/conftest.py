@@ -23,9 +23,9 @@ import torch
 from hypothesis import HealthCheck, settings
 
 import tad_autograd as ta
-from tad_autograd.dispatch.fallback import MEMORY
-from tad_autograd.dispatch.registry import REGISTRY
-from tad_autograd.dispatch.settings import ENV_VAR, GLOBAL
+from tad_autograd.dispatch._fallback import MEMORY
+from tad_autograd.dispatch._registry import REGISTRY
+from tad_autograd.dispatch._settings import ENV_VAR, GLOBAL
 
 ALL_BACKENDS = REGISTRY.names()
 

@@ -1,4 +1,4 @@
-"""Automatic mode's decisions are objects (``dispatch.automatic.Plan``) that match what calls do."""
+"""Automatic mode's decisions are objects (``dispatch._automatic.Plan``) that match calls."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import tad_autograd as ta
-from tad_autograd.dispatch.automatic import builder_for, compiled_builder_for, plan
-from tad_autograd.dispatch.registry import REGISTRY
-from tad_autograd.dispatch.resolver import resolve_cached
+from tad_autograd.dispatch._automatic import builder_for, compiled_builder_for, plan
+from tad_autograd.dispatch._registry import REGISTRY
+from tad_autograd.dispatch._resolver import resolve_cached
 
 
 def _automatic_plan() -> object:

@@ -33,8 +33,8 @@ import tad_autograd as ta
 from tad_autograd.backends.base import Availability, Backend
 from tad_autograd.compat._rng import RngStates
 from tad_autograd.compat._torch_info import TORCH_VERSION, Version
-from tad_autograd.dispatch.registry import REGISTRY
-from tad_autograd.dispatch.settings import ENV_VAR
+from tad_autograd.dispatch._registry import REGISTRY
+from tad_autograd.dispatch._settings import ENV_VAR
 from tad_autograd.eager._grad_modes import inference_mode_derivatives
 from tad_autograd.errors import BackendUnavailableError, UnknownBackendError
 

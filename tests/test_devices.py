@@ -14,8 +14,8 @@ import torch
 import tad_autograd as ta
 from tad_autograd.compat._torch_info import Version
 from tad_autograd.compat.devices import TRANSFORM_SUPPORT, device_type_of, transforms_supported
-from tad_autograd.dispatch.registry import _default_registry
-from tad_autograd.dispatch.resolver import Resolution, resolve
+from tad_autograd.dispatch._registry import _default_registry
+from tad_autograd.dispatch._resolver import Resolution, resolve
 
 VERSIONS = [Version("1.13.1"), Version("2.0.0"), Version("2.13.0")]
 TRANSFORMS = {"1.13.1": "functorch", "2.0.0": "func", "2.13.0": "func"}

@@ -13,7 +13,7 @@ from _helpers import OldStyleExp, assert_tree_close
 
 import tad_autograd as ta
 from tad_autograd.compat._torch_info import TORCH_VERSION
-from tad_autograd.dispatch.fallback import MEMORY, UNTRANSFORMABLE, recognise
+from tad_autograd.dispatch._fallback import MEMORY, UNTRANSFORMABLE, recognise
 
 DT = torch.float64
 TORCH2 = TORCH_VERSION.major >= 2

@@ -24,7 +24,7 @@ from typing import Any, Dict
 
 import pytest
 
-from tad_autograd.dispatch.settings import ENV_VAR
+from tad_autograd.dispatch._settings import ENV_VAR
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@
   setting, also when all of them share one transformed function.
 * ``set_backend`` is process-wide: it changes the default that other threads
   see outside their ``use_backend`` blocks (as documented in
-  :mod:`tad_autograd.dispatch.settings`).
+  :mod:`tad_autograd.dispatch._settings`).
 * An exception, in the function or in the ``with`` block, leaves the setting
   as it was.
 """

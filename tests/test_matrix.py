@@ -18,9 +18,9 @@ import torch
 
 import tad_autograd as ta
 from tad_autograd.compat._torch_info import TORCH_VERSION, Version, module_exists
-from tad_autograd.dispatch.registry import REGISTRY
-from tad_autograd.dispatch.resolver import resolve_cached
-from tad_autograd.dispatch.settings import ENV_VAR
+from tad_autograd.dispatch._registry import REGISTRY
+from tad_autograd.dispatch._resolver import resolve_cached
+from tad_autograd.dispatch._settings import ENV_VAR
 from tad_autograd.errors import BackendUnavailableError
 
 TORCH_1 = TORCH_VERSION < Version("2.0")

@@ -13,7 +13,7 @@ import torch
 import tad_autograd as ta
 from tad_autograd import report
 from tad_autograd.backends.autograd import AutogradBackend
-from tad_autograd.dispatch.registry import REGISTRY, unregister_backend
+from tad_autograd.dispatch._registry import REGISTRY, unregister_backend
 
 
 def test_report_runs_and_passes() -> None:

@@ -1,6 +1,6 @@
 """Unit tests of the pure resolver for torch 1.13.1, 2.0.0 and 2.13.0.
 
-:func:`tad_autograd.dispatch.resolver.resolve` depends only on its arguments, so every
+:func:`tad_autograd.dispatch._resolver.resolve` depends only on its arguments, so every
 torch release and every installed/missing ``functorch`` can be simulated on
 whatever torch runs the tests.
 """
@@ -16,9 +16,9 @@ import tad_autograd as ta
 from tad_autograd.backends.autograd import AutogradBackend
 from tad_autograd.backends.base import Availability, Backend
 from tad_autograd.compat._torch_info import Version
-from tad_autograd.dispatch.registry import REGISTRY, Registry, _default_registry
-from tad_autograd.dispatch.resolver import Resolution, clear_cache, resolve, resolve_cached
-from tad_autograd.dispatch.settings import (
+from tad_autograd.dispatch._registry import REGISTRY, Registry, _default_registry
+from tad_autograd.dispatch._resolver import Resolution, clear_cache, resolve, resolve_cached
+from tad_autograd.dispatch._settings import (
     ENV_VAR,
     GLOBAL,
     ORIGIN_AUTOMATIC,

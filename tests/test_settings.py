@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tad_autograd as ta
-from tad_autograd.dispatch.settings import ENV_VAR
+from tad_autograd.dispatch._settings import ENV_VAR
 
 
 def used_backend(**kwargs):

@@ -27,7 +27,7 @@ from _helpers import reference_hessian, reference_jacobian
 import tad_autograd as ta
 from tad_autograd.compat._torch_info import transforms_active as _transforms_active
 from tad_autograd.compat.batching_defects import ACTIVE_DEFECTS
-from tad_autograd.dispatch.fallback import MEMORY
+from tad_autograd.dispatch._fallback import MEMORY
 
 F64 = torch.float64
 
@@ -202,7 +202,7 @@ def test_loop_samples_are_fresh_tensors() -> None:
 
 def test_fallback_reads_no_message(monkeypatch: pytest.MonkeyPatch) -> None:
     """With every message unrecognisable (a torch that rewords them all), nothing changes."""
-    import tad_autograd.dispatch.fallback as fallback
+    import tad_autograd.dispatch._fallback as fallback
 
     monkeypatch.setattr(fallback, "recognise", lambda error: None)
     x = torch.rand(4, 3, dtype=F64)

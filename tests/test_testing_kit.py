@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, find, given, settings
 import tad_autograd as ta
 from tad_autograd.backends.autograd import AutogradBackend
 from tad_autograd.compat._pytree import tree_flatten, tree_unflatten
-from tad_autograd.dispatch.registry import unregister_backend
+from tad_autograd.dispatch._registry import unregister_backend
 from tad_autograd.testing import (
     AUTO,
     assert_backends_agree,
@@ -407,7 +407,7 @@ UNAVAILABLE_CONFTEST = textwrap.dedent(
         ta.register_backend(Never(), priority=0)
 
     def pytest_unconfigure(config):
-        from tad_autograd.dispatch.registry import unregister_backend
+        from tad_autograd.dispatch._registry import unregister_backend
         unregister_backend("never-available")
     """
 )

@@ -36,7 +36,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 @pytest.mark.parametrize("device", DEVICES)
 def test_automatic_vmap_loops_over_small_batches_only(device: str) -> None:
     """Up to the device's loop size no transform runs, so ``.item()`` needs no fallback."""
-    from tad_autograd.dispatch.automatic import LOOP_MAX_BATCH, LOOP_MAX_BATCH_ACCELERATOR
+    from tad_autograd.dispatch._automatic import LOOP_MAX_BATCH, LOOP_MAX_BATCH_ACCELERATOR
 
     largest = LOOP_MAX_BATCH if device == "cpu" else LOOP_MAX_BATCH_ACCELERATOR
 

@@ -10,11 +10,11 @@ import torch
 from ..compat._torch_info import TORCH_VERSION
 from ..compat.batching_defects import ACTIVE_DEFECTS, BatchingDefect
 from ..compat.devices import TRANSFORM_SUPPORT, device_type_of
-from ..dispatch.automatic import Plan, plan
-from ..dispatch.fallback import MEMORY
-from ..dispatch.registry import REGISTRY
-from ..dispatch.resolver import Resolution, resolve
-from ..dispatch.settings import CONTEXT, ENV_VAR, GLOBAL
+from ..dispatch._automatic import Plan, plan
+from ..dispatch._fallback import MEMORY
+from ..dispatch._registry import REGISTRY
+from ..dispatch._resolver import Resolution, resolve
+from ..dispatch._settings import CONTEXT, ENV_VAR, GLOBAL
 from ..eager._rows import last_rows_decision
 
 __all__ = ["Explanation", "explain"]
@@ -41,7 +41,7 @@ class Explanation(NamedTuple):
     strategy : str
         How ``jacrev``/``hessian``/``vmap`` calls run on the backend:
         ``"transform"``, ``"loop"`` or ``"eager-vectorised"``
-        (``tad_autograd.dispatch.automatic``).
+        (``tad_autograd.dispatch._automatic``).
     rows : str
         How this thread's last automatic Jacobian of more than a few rows took
         them: ``"vectorised"``, or ``"looped: "`` and the cause (an op torch

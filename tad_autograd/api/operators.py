@@ -2,7 +2,7 @@
 :func:`jacfwd` and :func:`jacobian`; and :func:`graph_jacobian`, the Jacobian
 of tensors that already carry a graph.
 
-Thin, documented functions over :mod:`tad_autograd.dispatch.transforms` (see
+Thin, documented functions over :mod:`tad_autograd.dispatch._transformed` (see
 :mod:`tad_autograd.api.transforms` for ``jacrev``, ``vmap`` and ``hessian``); every
 argument is checked here once, when the transform is built.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional
 
-from ..backends.operators import GRAD, GRAD_AND_VALUE, JACFWD, Builds, Params
+from ..backends._operators import GRAD, GRAD_AND_VALUE, JACFWD, Builds, Params
 from ..compat._dual import forward_ad_ready
 from ..dispatch._checks import (
     check_argnums_type,
@@ -22,7 +22,7 @@ from ..dispatch._checks import (
     check_randomness,
 )
 from ..dispatch._mode_choice import ModeChoosingJacobian
-from ..dispatch.transforms import Transformed
+from ..dispatch._transformed import Transformed
 from ..eager._jacobian import graph_jacobian as _graph_jacobian
 from ..eager._operand_checks import with_checked_outputs
 from ..eager._tangent_dtypes import OutputDtypes

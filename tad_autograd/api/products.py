@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Tuple
 
-from ..backends.operators import HVP, JVP, LINEARIZE, VJP, Builds, Operator, Params
+from ..backends._operators import HVP, JVP, LINEARIZE, VJP, Builds, Operator, Params
 from ..compat._dual import forward_ad_ready
 from ..compat._torch_info import is_compiling
 from ..dispatch._checks import check_backend, check_has_aux, check_inference_mode
-from ..dispatch.transforms import Transformed, run_on_named_backend
+from ..dispatch._transformed import Transformed, run_on_named_backend
 from ..eager._operand_checks import (
     check_primals,
     check_primals_tangents,

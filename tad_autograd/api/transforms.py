@@ -1,7 +1,7 @@
 """The public transforms: :func:`jacrev`, :func:`vmap`, :func:`hessian`, :func:`fjacrev`,
 :func:`fvmap`.
 
-Thin, documented functions over :mod:`tad_autograd.dispatch.transforms`; every
+Thin, documented functions over :mod:`tad_autograd.dispatch._transformed`; every
 argument is checked here once, when the transform is built.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Tuple, Union
 
-from ..backends.operators import HESSIAN, JACREV, VMAP, Builds, Operator, Params
+from ..backends._operators import HESSIAN, JACREV, VMAP, Builds, Operator, Params
 from ..dispatch._checks import (
     check_argnums_type,
     check_backend,
@@ -17,7 +17,7 @@ from ..dispatch._checks import (
     check_in_dims_type,
     check_randomness,
 )
-from ..dispatch.transforms import Transformed
+from ..dispatch._transformed import Transformed
 from ..eager._operand_checks import with_checked_outputs
 
 __all__ = ["jacrev", "vmap", "hessian", "fjacrev", "fvmap"]

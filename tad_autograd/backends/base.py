@@ -8,7 +8,7 @@ supports, and its operators, each with the exact semantics of its
 (``grad``, ``jacfwd``, ``linearize``, ``hvp``) are derived from those here,
 once for all backends (:mod:`tad_autograd.backends._derived`), and a backend overrides
 one where its library has it natively.  ``hessian`` and the public argument
-handling live in :mod:`tad_autograd.dispatch.transforms`.
+handling live in :mod:`tad_autograd.dispatch._transformed`.
 
 Arguments reach a backend already checked where the check costs nothing per
 call (``argnums`` type, ``chunk_size``, ``randomness``); the per-call checks
@@ -113,7 +113,7 @@ class Backend:
         """The transform library's own ``vmap(func, in_dims=0, ...)``, for internal batching.
 
         ``None`` for backends without function transforms.  The strategies
-        batch backward passes with it (``tad_autograd.dispatch.automatic``).
+        batch backward passes with it (``tad_autograd.dispatch._automatic``).
         """
         return None
 

@@ -17,7 +17,7 @@ from ..compat._pytree import tree_flatten
 from ..compat._torch_info import inference_mode_enabled
 from ..eager._grad_modes import inference_mode_derivatives
 from ..eager._stand_ins import check_argnums
-from .settings import validated
+from ._settings import validated
 
 __all__ = [
     "check_argnums_type",

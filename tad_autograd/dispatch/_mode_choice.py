@@ -31,7 +31,7 @@ from ..compat._pytree import tree_flatten
 from ..compat._rng import attempt, snapshot
 from ..compat._torch_info import is_compiling, transforms_active
 from ..compat._transform_failures import FORWARD_STAGES, DefectWatch
-from .transforms import transform_name
+from ._transformed import transform_name
 
 __all__ = ["ModeChoosingJacobian"]
 

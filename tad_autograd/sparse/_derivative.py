@@ -20,7 +20,7 @@ from ..api.transforms import hessian, jacrev
 from ..compat._pytree import tree_flatten
 from ..compat.tensor_kinds import is_batched
 from ..dispatch._checks import check_differentiable
-from ..dispatch.transforms import transform_name
+from ..dispatch._transformed import transform_name
 from ._build import compare_with_dense, coo_result, seed_matrix
 from ._decompression import Decompression, direct_plan, substitution_plan
 from .colouring import colour_count, colouring_lower_bound

@@ -284,7 +284,7 @@ def _available_backends(transforms: bool) -> Tuple[str, ...]:
     """The available backends that are (``transforms``) or are not function transforms."""
     import tad_autograd as ta
 
-    from ..dispatch.registry import REGISTRY
+    from ..dispatch._registry import REGISTRY
 
     return tuple(
         n

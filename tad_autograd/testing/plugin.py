@@ -99,7 +99,7 @@ def pytest_configure(config: Any) -> None:
 
 
 def _unavailable_reason(name: str) -> str:
-    from ..dispatch.registry import REGISTRY
+    from ..dispatch._registry import REGISTRY
 
     try:
         backend = REGISTRY.get(name)

@@ -23,7 +23,7 @@ import torch
 from _helpers import OldStyleExp
 
 import tad_autograd as ta
-from tad_autograd.dispatch.registry import REGISTRY
+from tad_autograd.dispatch._registry import REGISTRY
 
 F64 = torch.float64
 CALLS = 3

@@ -21,7 +21,7 @@ import tad_autograd as ta
 import tad_autograd.compat._transform_failures as failures
 from tad_autograd.compat._torch_info import TORCH_VERSION
 from tad_autograd.compat.batching_defects import ACTIVE_DEFECTS, BatchingDefect
-from tad_autograd.dispatch.registry import REGISTRY
+from tad_autograd.dispatch._registry import REGISTRY
 from tad_autograd.eager._rows import last_rows_decision, note_rows
 
 F64 = torch.float64

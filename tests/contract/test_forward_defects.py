@@ -24,7 +24,7 @@ from _helpers import reference_hessian, reference_jacobian
 import tad_autograd as ta
 from tad_autograd.compat._dual import forward_ad_ready
 from tad_autograd.compat.batching_defects import defects_for
-from tad_autograd.dispatch.registry import REGISTRY
+from tad_autograd.dispatch._registry import REGISTRY
 
 # torch 1.13 warns that scatter_reduce is in beta, once per process
 pytestmark = pytest.mark.filterwarnings("ignore:scatter_reduce.*beta:UserWarning")

@@ -19,7 +19,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 import tad_autograd as ta
-from tad_autograd.dispatch.registry import REGISTRY
+from tad_autograd.dispatch._registry import REGISTRY
 
 F64 = torch.float64
 

@@ -34,7 +34,7 @@ from _helpers import (
 import tad_autograd as ta
 from tad_autograd.compat._pytree import tree_flatten
 from tad_autograd.compat._torch_info import TORCH_VERSION, Version
-from tad_autograd.dispatch.registry import REGISTRY
+from tad_autograd.dispatch._registry import REGISTRY
 from tad_autograd.eager._grad_modes import inference_mode_derivatives
 
 F64 = torch.float64

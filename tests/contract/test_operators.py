@@ -319,7 +319,7 @@ def test_jacobian_auto_goes_reverse_where_forward_mode_fails(backend, n_in) -> N
     """A tall function without forward-AD rules: the right Jacobian, no warning."""
     from _helpers import OldStyleExp
 
-    from tad_autograd.dispatch.registry import REGISTRY
+    from tad_autograd.dispatch._registry import REGISTRY
 
     if backend is not None and REGISTRY.get(backend).is_transform:
         pytest.skip("torch.func refuses the old-style Function in either mode")
@@ -450,7 +450,7 @@ def test_forward_mode_through_a_no_grad_block_is_the_same_on_every_call(backend)
     """Dual numbers pass through the function's own no_grad block, backward passes do not:
     the eager forward mode keeps one answer on every call, reverse mode's.  The transform
     backends give torch.func's (its forward mode differs from its reverse mode there)."""
-    from tad_autograd.dispatch.registry import REGISTRY
+    from tad_autograd.dispatch._registry import REGISTRY
 
     def f(x):
         with torch.no_grad():

@@ -46,7 +46,7 @@ from torch.autograd.functional import jacobian
 import tad_autograd as ta
 from tad_autograd.compat._torch_info import TORCH_VERSION
 from tad_autograd.compat.batching_defects import BATCHING_DEFECTS, BatchingDefect, defects_for
-from tad_autograd.dispatch.registry import REGISTRY
+from tad_autograd.dispatch._registry import REGISTRY
 from tad_autograd.errors import BackendFallbackWarning
 
 TRANSFORMS = ("jacrev", "vmap", "vmap(jacrev)", "jacfwd", "jvp")

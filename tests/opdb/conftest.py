@@ -24,8 +24,8 @@ import pytest
 import torch
 from _opdb_sweep import Sweep, run_sweep
 
-from tad_autograd.dispatch.fallback import MEMORY
-from tad_autograd.dispatch.settings import ENV_VAR, GLOBAL
+from tad_autograd.dispatch._fallback import MEMORY
+from tad_autograd.dispatch._settings import ENV_VAR, GLOBAL
 
 #: The report's file and its text, once ``test_opdb_report`` has written it.
 _REPORT = pytest.StashKey[Tuple[Path, str]]()

@@ -17,7 +17,7 @@ import torch
 from _sparse_models import DT, banded_rhs, chain_energy, functional_hessian
 
 import tad_autograd as ta
-from tad_autograd.dispatch.registry import REGISTRY
+from tad_autograd.dispatch._registry import REGISTRY
 
 from _helpers import reference_jacobian  # isort: skip
 

@@ -7,7 +7,7 @@ the log records and the report show:
 
 ``"transform"``, ``"loop"``
     An explicitly chosen backend's own operators
-    (:class:`~tad_autograd.backends.operators.Plain`): a transform backend's
+    (:class:`~tad_autograd.backends._operators.Plain`): a transform backend's
     transforms (also ``fjacrev``/``fvmap``), or the ``"autograd"`` backend's
     eager forward pass and loops of backward passes.
 ``"eager-vectorised"``
@@ -32,7 +32,7 @@ call, :func:`plan` describes automatic mode's decisions for ``explain()``.
 
 Examples
 --------
->>> from tad_autograd.dispatch.registry import REGISTRY
+>>> from tad_autograd.dispatch._registry import REGISTRY
 >>> builder_for(REGISTRY.get("autograd"), automatic=True).runs
 'loop'
 """
@@ -43,8 +43,8 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
+from ..backends._operators import Builds, Fn, Operator, Params, Plain
 from ..backends.base import Backend
-from ..backends.operators import Builds, Fn, Operator, Params, Plain
 from ..compat._rng import attempt
 from ..compat._torch_info import transforms_active
 from ..compat._transform_failures import (
@@ -54,7 +54,7 @@ from ..compat._transform_failures import (
 )
 from ..eager._loop_vmap import loop_vmap
 from ..eager._rows import LOOP_MAX_ROWS
-from .settings import CONTEXT, ORIGIN_AUTOMATIC_EAGER
+from ._settings import CONTEXT, ORIGIN_AUTOMATIC_EAGER
 
 __all__ = [
     "EagerVectorised",
@@ -79,8 +79,8 @@ class EagerVectorised(Builds):
     Examples
     --------
     >>> import torch
-    >>> from tad_autograd.backends.operators import JACREV, Params
-    >>> from tad_autograd.dispatch.registry import REGISTRY
+    >>> from tad_autograd.backends._operators import JACREV, Params
+    >>> from tad_autograd.dispatch._registry import REGISTRY
     >>> from tad_autograd import available_backends
     >>> composite = EagerVectorised(REGISTRY.get(available_backends()[0]))
     >>> composite.build(JACREV, torch.sin, Params())(torch.zeros(6)).shape
@@ -147,8 +147,8 @@ class Compiled(Builds):
     ``hvp`` runs reverse over reverse here (its ``compiled`` form):
 
     >>> import torch, tad_autograd as ta
-    >>> from tad_autograd.backends.operators import HVP, Params
-    >>> backend = ta.dispatch.registry.REGISTRY.get(ta.available_backends()[0])
+    >>> from tad_autograd.backends._operators import HVP, Params
+    >>> backend = ta.dispatch._registry.REGISTRY.get(ta.available_backends()[0])
     >>> Compiled(backend).build(HVP, lambda x: (x ** 3).sum(), Params())(
     ...     (torch.tensor([1.0, 2.0]),), (torch.ones(2),))
     (tensor(9.), (tensor([ 6., 12.]),))
@@ -184,7 +184,7 @@ def builder_for(backend: Backend, *, automatic: bool, transforms_only: bool = Fa
 
     Examples
     --------
-    >>> from tad_autograd.dispatch.registry import REGISTRY
+    >>> from tad_autograd.dispatch._registry import REGISTRY
     >>> builder_for(REGISTRY.get("autograd"), automatic=False).runs
     'loop'
     """
@@ -204,7 +204,7 @@ def compiled_builder_for(backend: Backend) -> Builds:
 
     Examples
     --------
-    >>> from tad_autograd.dispatch.registry import REGISTRY
+    >>> from tad_autograd.dispatch._registry import REGISTRY
     >>> compiled_builder_for(REGISTRY.get("autograd")).runs
     'loop'
     """
@@ -252,7 +252,7 @@ def plan(backend: Backend, automatic: bool, candidates: Tuple[Backend, ...] = ()
 
     Examples
     --------
-    >>> from tad_autograd.dispatch.registry import REGISTRY
+    >>> from tad_autograd.dispatch._registry import REGISTRY
     >>> plan(REGISTRY.get("autograd"), True).runs
     'loop'
     """

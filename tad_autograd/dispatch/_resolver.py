@@ -16,8 +16,8 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 from ..backends.base import Backend
 from ..compat._torch_info import TORCH_VERSION, Version, is_compiling, module_exists
 from ..errors import BackendUnavailableError, UnknownBackendError
-from .registry import REGISTRY, Registry
-from .settings import (
+from ._registry import REGISTRY, Registry
+from ._settings import (
     CONTEXT,
     ENV_VAR,
     GLOBAL,
@@ -117,7 +117,7 @@ def resolve(
     Examples
     --------
     >>> from tad_autograd.compat._torch_info import Version
-    >>> from tad_autograd.dispatch.registry import REGISTRY
+    >>> from tad_autograd.dispatch._registry import REGISTRY
     >>> r = resolve(argument=None, context=None, global_setting=None, environment=None,
     ...             device_type="cpu", registry=REGISTRY, torch_version=Version("1.13.1"),
     ...             module_exists=lambda name: True)

@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ..compat._torch_info import constant_while_compiling, is_compiling
 from ..errors import BackendUnavailableError, UnknownBackendError
-from .registry import REGISTRY
+from ._registry import REGISTRY
 
 __all__ = [
     "ENV_VAR",

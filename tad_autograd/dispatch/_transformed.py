@@ -14,20 +14,20 @@ import logging
 import warnings
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
+from ..backends._operators import Builds, Operator
 from ..backends.base import Backend
-from ..backends.operators import Builds, Operator
 from ..compat._torch_info import is_compiling, raise_when_run
 from ..compat._transform_failures import DefectWatch, failed_inside_transform, watch_calls
 from ..compat.batching_defects import Stages
 from ..compat.devices import device_type_of
 from ..eager._loop_vmap import strictly_unbatched
 from ..errors import BackendFallbackWarning
+from ._automatic import builder_for, compiled_builder_for
 from ._checks import check_differentiable
-from .automatic import builder_for, compiled_builder_for
-from .fallback import MEMORY, add_hint, describe, recognise
-from .registry import REGISTRY
-from .resolver import Resolution, resolve_cached, resolve_in
-from .settings import (
+from ._fallback import MEMORY, add_hint, describe, recognise
+from ._registry import REGISTRY
+from ._resolver import Resolution, resolve_cached, resolve_in
+from ._settings import (
     CONTEXT,
     ORIGIN_AUTOMATIC,
     ORIGIN_AUTOMATIC_EAGER,
