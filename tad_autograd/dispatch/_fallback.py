@@ -1,4 +1,5 @@
-"""Automatic fallback: the words for "this function cannot be transformed", and the memory.
+"""Automatic fallback: the words for "this function cannot be transformed", and the one
+memory of what failed.
 
 Whether an automatic call is retried on the ``"autograd"`` backend is decided
 structurally (:mod:`tad_autograd.compat._transform_failures`): any exception that
@@ -8,10 +9,13 @@ in the warning (:func:`describe`) and the note on an explicit backend's error
 (:func:`add_hint`); each is provoked for real by a test on every torch of the
 matrix, and a torch release that rewords them changes nothing but the words.
 
-A successful retry is remembered per function (weakly: closures and bound
-methods are not kept alive) so later calls go straight to the working
-backend, and the :class:`~tad_autograd.BackendFallbackWarning` is issued once
-per function.
+One :class:`Memory` (:data:`MEMORY`) remembers, per function, which way of
+running it failed and what to use instead (weakly: closures and bound methods
+are not kept alive).  A successful retry is remembered under a
+:class:`Fallback` key, so later calls go straight to the working backend and
+the :class:`~tad_autograd.BackendFallbackWarning` is issued once per function;
+``jacobian(mode="auto")`` remembers its choice of mode the same way, under a
+key of its own (:mod:`tad_autograd.dispatch._mode_choice`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,15 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Pattern, Tuple, Ty
 
 from ..compat._torch_info import cache
 
-__all__ = ["Untransformable", "UNTRANSFORMABLE", "recognise", "Memory", "MEMORY", "add_hint"]
+__all__ = [
+    "Untransformable",
+    "UNTRANSFORMABLE",
+    "recognise",
+    "Fallback",
+    "Memory",
+    "MEMORY",
+    "add_hint",
+]
 
 _log = logging.getLogger("tad_autograd")
 
@@ -219,21 +231,53 @@ def _owner_and_key(func: Callable[..., Any]) -> Tuple[Any, Any]:
     return func, None
 
 
-class Memory:
-    """Remembered fallbacks: function -> {(transforms, device type): backend name}.
+class Fallback(NamedTuple):
+    """The key of a remembered fallback: the transforms of the call and its device type.
 
-    Functions are referenced weakly; functions that cannot be weakly
-    referenced are not remembered (they fall back, with a warning, each call).
+    Equal to the plain tuple ``(transforms, device)``.
+
+    Examples
+    --------
+    >>> str(Fallback(("vmap", "jacrev"), "cpu"))
+    'under vmap∘jacrev on cpu'
+    """
+
+    transforms: Tuple[str, ...]
+    device: str
+
+    def __str__(self) -> str:
+        return f"under {'∘'.join(self.transforms)} on {self.device}"
+
+
+class Memory:
+    """What failed for a function, and what to use instead: function -> {key: value}.
+
+    One memory for every such choice: the keys say which (a :class:`Fallback`
+    for automatic mode's backend, others for other choices).  Functions are
+    referenced weakly; functions that cannot be weakly referenced are not
+    remembered (they fall back, with a warning, each call).
+
+    Examples
+    --------
+    >>> memory = Memory()
+    >>> def f(x):
+    ...     return x
+    >>> memory.remember(f, Fallback(("vmap",), "cpu"), "autograd")
+    True
+    >>> memory.recall(f, (("vmap",), "cpu"))
+    'autograd'
+    >>> memory.describe(f)
+    ('f under vmap on cpu: autograd',)
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._store: weakref.WeakKeyDictionary[Any, Dict[Any, str]] = weakref.WeakKeyDictionary()
+        self._store: weakref.WeakKeyDictionary[Any, Dict[Any, Any]] = weakref.WeakKeyDictionary()
         #: Changes whenever something is remembered or forgotten, so callers may cache recalls.
         self.generation = 0
 
-    def recall(self, func: Callable[..., Any], key: Any) -> Optional[str]:
-        """The backend remembered for ``func`` under ``key``, if any."""
+    def recall(self, func: Callable[..., Any], key: Any) -> Any:
+        """The value remembered for ``func`` under ``key``, or ``None``."""
         owner, sub = _owner_and_key(func)
         try:
             entries = self._store.get(owner)
@@ -241,8 +285,8 @@ class Memory:
             return None
         return None if entries is None else entries.get((sub, key))
 
-    def remember(self, func: Callable[..., Any], key: Any, backend_name: str) -> bool:
-        """Remember ``backend_name`` for ``func``; ``False`` if it was already remembered."""
+    def remember(self, func: Callable[..., Any], key: Any, value: Any) -> bool:
+        """Remember ``value`` for ``func`` under ``key``; ``False`` if it was remembered already."""
         owner, sub = _owner_and_key(func)
         with self._lock:
             try:
@@ -250,7 +294,7 @@ class Memory:
             except TypeError:
                 return True
             new = (sub, key) not in entries
-            entries[(sub, key)] = backend_name
+            entries[(sub, key)] = value
             self.generation += 1
             return new
 
@@ -263,11 +307,11 @@ class Memory:
         for owner, entries in items:
             if only is not None and owner is not only[0]:
                 continue
-            for (sub, (transforms, device)), name in entries.items():
-                if only is not None and sub is not only[1]:
+            for (sub, key), value in entries.items():
+                if not isinstance(key, Fallback) or (only is not None and sub is not only[1]):
                     continue
                 label = getattr(sub or owner, "__qualname__", repr(sub or owner))
-                lines.append(f"{label} under {'∘'.join(transforms)} on {device}: {name}")
+                lines.append(f"{label} {key}: {value}")
         return tuple(lines)
 
     def clear(self) -> None:
@@ -277,5 +321,5 @@ class Memory:
             self.generation += 1
 
 
-#: The process-wide fallback memory.
+#: The process-wide memory of what failed.
 MEMORY = Memory()
