@@ -136,12 +136,8 @@ def chunked_vmap(
     out_dims: OutDimsT,
     randomness: str,
     chunk_size: int,
-    smallest: int = 1,
 ) -> Callable[..., Any]:
-    """Run ``vmap(func, in_dims, out_dims, randomness)`` over chunks of the batch.
-
-    Each chunk holds ``chunk_size`` samples, or ``smallest`` if that is more;
-    a last chunk smaller than ``smallest`` joins the one before it.
+    """Run ``vmap(func, in_dims, out_dims, randomness)`` over chunks of ``chunk_size`` samples.
 
     With ``randomness="same"`` every chunk starts from the same generator
     states (the CPU's, those of the arguments' CUDA devices and the explicit
@@ -157,8 +153,6 @@ def chunked_vmap(
     ...     from functorch import vmap
     >>> chunked_vmap(vmap, torch.sum, 0, 0, "error", 2)(torch.ones(5, 3))
     tensor([3., 3., 3., 3., 3.])
-    >>> chunked_vmap(vmap, torch.sum, 0, 0, "error", 1, smallest=2)(torch.ones(5, 3))
-    tensor([3., 3., 3., 3., 3.])
     """
     batched_func = vmap_with_out_dims(vmap, func, in_dims, out_dims, randomness)
 
@@ -170,7 +164,8 @@ def chunked_vmap(
         chunks = []
         dims: List[Optional[int]] = []
         spec = None
-        for start, length in _chunks(batched.size, max(chunk_size, smallest), smallest):
+        for start in range(0, batched.size, chunk_size):
+            length = min(chunk_size, batched.size - start)
             if states is not None and start:
                 states.restore()
             part = batched_func(*batched.narrow(start, length), **kwargs)
@@ -179,15 +174,6 @@ def chunked_vmap(
         return join_outputs(chunks, dims, spec, torch.cat)
 
     return chunked_fn
-
-
-def _chunks(size: int, step: int, smallest: int) -> List[Tuple[int, int]]:
-    """``(start, length)`` of chunks of ``step`` samples (one under ``smallest`` joins the last)."""
-    bounds = [(start, min(step, size - start)) for start in range(0, size, step)]
-    if len(bounds) > 1 and bounds[-1][1] < smallest:
-        (start, length), (_, rest) = bounds[-2], bounds.pop()
-        bounds[-1] = (start, length + rest)
-    return bounds
 
 
 def _moves(out_dims: Any) -> bool:
@@ -311,14 +297,15 @@ def jacrev_tensor_args_only(
 
 
 def vmap_batch_of_one_guard(vmap: Callable[..., Any], every: bool = False) -> Callable[..., Any]:
-    """Wrap functorch 1.13's ``vmap`` against its batch-of-one bug.
+    """Wrap functorch 1.13's ``vmap`` against its batch-of-one bug: the one shim for it.
 
     On torch 1.13, ``vmap`` over a batch of one fails through a reduction to a
     0-dim sample (``vmap(jacrev(lambda x: x.sum()))(torch.ones(1))``, a ``jacfwd``
     chunk of one column of ``lambda v: (v @ v).sum()``: "Could not allocate memory
     to change Tensor SizesAndStrides!").  A batch of one 0-dim sample (with ``every``
-    any batch of one: for batches the library made, which no in-place update must
-    reach) is doubled and the first half of every output kept.
+    any batch of one: for the batches the library makes, the chunks of a chunked
+    ``vmap`` or ``jacfwd``) is doubled and the first half of every output kept; an
+    in-place update of the doubled batch is copied back to the caller's tensor.
 
     Parameters
     ----------
