@@ -73,10 +73,8 @@ def chunked_jacrev(
     Examples
     --------
     >>> import torch
-    >>> try:
-    ...     from torch.func import vjp, vmap
-    ... except ImportError:  # torch 1.13
-    ...     from functorch import vjp, vmap
+    >>> from tad_autograd.compat._torch_info import function_transforms
+    >>> vjp, vmap = function_transforms().vjp, function_transforms().vmap
     >>> jac = chunked_jacrev(vjp, vmap, torch.sin, 0, False, 1)(torch.zeros(2))
     >>> torch.equal(jac, torch.eye(2))
     True
@@ -147,10 +145,8 @@ def chunked_vmap(
     Examples
     --------
     >>> import torch
-    >>> try:
-    ...     from torch.func import vmap
-    ... except ImportError:  # torch 1.13
-    ...     from functorch import vmap
+    >>> from tad_autograd.compat._torch_info import function_transforms
+    >>> vmap = function_transforms().vmap
     >>> chunked_vmap(vmap, torch.sum, 0, 0, "error", 2)(torch.ones(5, 3))
     tensor([3., 3., 3., 3., 3.])
     """
@@ -224,10 +220,8 @@ def vmap_with_out_dims(
     Examples
     --------
     >>> import torch
-    >>> try:
-    ...     from torch.func import vmap
-    ... except ImportError:  # torch 1.13
-    ...     from functorch import vmap
+    >>> from tad_autograd.compat._torch_info import function_transforms
+    >>> vmap = function_transforms().vmap
     >>> c = torch.zeros(2, 3)
     >>> vmap_with_out_dims(vmap, lambda x: c, 0, -1, "error")(torch.ones(4)).shape
     torch.Size([2, 3, 4])
@@ -272,10 +266,8 @@ def jacrev_tensor_args_only(
     Examples
     --------
     >>> import torch
-    >>> try:
-    ...     from torch.func import jacrev
-    ... except ImportError:  # torch 1.13
-    ...     from functorch import jacrev
+    >>> from tad_autograd.compat._torch_info import function_transforms
+    >>> jacrev = function_transforms().jacrev
     >>> f = jacrev_tensor_args_only(jacrev, lambda x, n: x * n, 0)
     >>> f(torch.zeros(2), 3)
     tensor([[3., 0.],
