@@ -28,11 +28,11 @@ from typing import Any, Callable, Optional, Tuple
 
 import torch
 
+from ..compat._memory import MEMORY
 from ..compat._pytree import tree_flatten
 from ..compat._rng import attempt, snapshot
 from ..compat._torch_info import is_compiling, transforms_active
 from ..compat._transform_failures import FORWARD_STAGES, DefectWatch
-from ._fallback import MEMORY
 from ._transformed import transform_name
 
 __all__ = ["ModeChoosingJacobian"]
@@ -74,7 +74,7 @@ class ModeChoosingJacobian:
     """The callable :func:`tad_autograd.jacobian` returns for ``mode="auto"``.
 
     The choice per input shapes is remembered in the failure memory
-    (:data:`~tad_autograd.dispatch._fallback.MEMORY`), under this callable.
+    (:data:`~tad_autograd.compat._memory.MEMORY`), under this callable.
 
     Examples
     --------

@@ -37,13 +37,13 @@ the function again when it fails (its side effects could not be undone).
 from __future__ import annotations
 
 import contextlib
-import weakref
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 
 from ..compat._dual import dual_level, forward_ad_ready, make_dual, unpack_dual
 from ..compat._locks import TRANSFORM_LOCK
+from ..compat._memory import MEMORY
 from ..compat._pytree import flatten, tree_flatten, tree_unflatten, unflatten
 from ..compat._rng import RngStates, attempt, snapshot
 from ..compat._torch_info import inference_mode_enabled
@@ -117,9 +117,10 @@ def eager_jvp(
 #: The defects a dual-number pass watches for: wrong forward-mode formulas.
 _TANGENT = "tangent"
 
-#: Per user function: whether the graph of its recorded call showed that dual numbers
-#: can push its tangents.  Later calls push dual numbers only where it did.
-_DUALS: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+#: The key, in the failure memory, of whether the graph of a user function's recorded call
+#: showed that dual numbers can push its tangents.  Later calls push dual numbers only
+#: where it did.
+_DUALS = "dual numbers"
 
 
 def _user_function(func: Callable[..., Any]) -> Any:
@@ -130,18 +131,12 @@ def _user_function(func: Callable[..., Any]) -> Any:
 
 
 def _duals_proven(func: Any) -> bool:
-    try:
-        return _DUALS.get(func, False)
-    except TypeError:  # not weakly referenceable (a builtin): nothing remembered
-        return False
+    return MEMORY.recall(func, _DUALS) is True
 
 
 def _remember(func: Any, duals: bool) -> None:
-    try:
-        if _DUALS.get(func) is not False:  # a path without dual numbers stays so
-            _DUALS[func] = duals
-    except TypeError:  # not weakly referenceable (a builtin): nothing to remember it by
-        pass
+    if MEMORY.recall(func, _DUALS) is not False:  # a path without dual numbers stays so
+        MEMORY.remember(func, _DUALS, duals)
 
 
 def _dual_jvp(
