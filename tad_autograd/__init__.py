@@ -19,10 +19,11 @@ tensor([2., 4.])
 import importlib
 from typing import TYPE_CHECKING, Any, List
 
-from .api.explain import explain
-from .api.operators import grad, grad_and_value, graph_jacobian, jacfwd, jacobian
-from .api.products import hvp, jvp, linearize, vjp
-from .api.transforms import fjacrev, fvmap, hessian, jacrev, vmap
+from . import api
+from .api.explain import explain as explain
+from .api.operators import *  # noqa: F403
+from .api.products import *  # noqa: F403
+from .api.transforms import *  # noqa: F403
 from .compat.tensor_kinds import is_batched, is_transformed
 from .dispatch._registry import available_backends, register_backend, unregister_backend
 from .dispatch._settings import get_backend, set_backend, use_backend
@@ -36,30 +37,15 @@ if TYPE_CHECKING:  # imported on first use (see __getattr__), for type checkers 
 __version__ = "0.1.0"
 
 __all__ = [
-    "jacrev",
-    "jacfwd",
-    "jacobian",
-    "graph_jacobian",
-    "grad",
-    "grad_and_value",
-    "vjp",
-    "jvp",
-    "linearize",
-    "hessian",
-    "hvp",
-    "vmap",
     "sparse_jacobian",
     "sparse_hessian",
     "detect_sparsity",
     "colouring",
     "colouring_lower_bound",
-    "fjacrev",
-    "fvmap",
     "set_backend",
     "get_backend",
     "use_backend",
     "available_backends",
-    "explain",
     "register_backend",
     "unregister_backend",
     "is_transformed",
@@ -68,6 +54,7 @@ __all__ = [
     "UnknownBackendError",
     "BackendUnavailableError",
 ]
+__all__ += api.__all__
 
 
 #: Public names whose modules load on first use: sparse Jacobians and Hessians

@@ -11,7 +11,7 @@ from ..compat._torch_info import TORCH_VERSION
 from ..compat.batching_defects import ACTIVE_DEFECTS, BatchingDefect
 from ..compat.devices import TRANSFORM_SUPPORT, device_type_of
 from ..dispatch._automatic import Plan, plan
-from ..dispatch._fallback import MEMORY
+from ..dispatch._fallback import MEMORY, Fallback
 from ..dispatch._registry import REGISTRY
 from ..dispatch._resolver import Resolution, resolve
 from ..dispatch._settings import CONTEXT, ENV_VAR, GLOBAL
@@ -271,7 +271,7 @@ def _remembered(func: Optional[Callable[..., Any]], verbose: bool) -> List[str]:
         seen = set()
         while func is not None and id(func) not in seen:
             seen.add(id(func))
-            found += MEMORY.describe(func)
+            found += MEMORY.describe(func, Fallback)
             func = getattr(func, "__wrapped__", None)
         entries = tuple(dict.fromkeys(found))
         if not entries:
@@ -279,7 +279,7 @@ def _remembered(func: Optional[Callable[..., Any]], verbose: bool) -> List[str]:
         if verbose:
             return ["Remembered fallbacks for this function:", *(f"  - {e}" for e in entries)]
         return ["Remembered fallbacks for this function: " + "; ".join(entries) + "."]
-    entries = MEMORY.describe()
+    entries = MEMORY.describe(kind=Fallback)
     if not entries:
         return ["No remembered fallbacks."]
     if verbose:

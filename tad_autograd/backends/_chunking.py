@@ -73,10 +73,8 @@ def chunked_jacrev(
     Examples
     --------
     >>> import torch
-    >>> try:
-    ...     from torch.func import vjp, vmap
-    ... except ImportError:  # torch 1.13
-    ...     from functorch import vjp, vmap
+    >>> from tad_autograd.compat._torch_info import function_transforms
+    >>> vjp, vmap = function_transforms().vjp, function_transforms().vmap
     >>> jac = chunked_jacrev(vjp, vmap, torch.sin, 0, False, 1)(torch.zeros(2))
     >>> torch.equal(jac, torch.eye(2))
     True
@@ -136,12 +134,8 @@ def chunked_vmap(
     out_dims: OutDimsT,
     randomness: str,
     chunk_size: int,
-    smallest: int = 1,
 ) -> Callable[..., Any]:
-    """Run ``vmap(func, in_dims, out_dims, randomness)`` over chunks of the batch.
-
-    Each chunk holds ``chunk_size`` samples, or ``smallest`` if that is more;
-    a last chunk smaller than ``smallest`` joins the one before it.
+    """Run ``vmap(func, in_dims, out_dims, randomness)`` over chunks of ``chunk_size`` samples.
 
     With ``randomness="same"`` every chunk starts from the same generator
     states (the CPU's, those of the arguments' CUDA devices and the explicit
@@ -151,13 +145,9 @@ def chunked_vmap(
     Examples
     --------
     >>> import torch
-    >>> try:
-    ...     from torch.func import vmap
-    ... except ImportError:  # torch 1.13
-    ...     from functorch import vmap
+    >>> from tad_autograd.compat._torch_info import function_transforms
+    >>> vmap = function_transforms().vmap
     >>> chunked_vmap(vmap, torch.sum, 0, 0, "error", 2)(torch.ones(5, 3))
-    tensor([3., 3., 3., 3., 3.])
-    >>> chunked_vmap(vmap, torch.sum, 0, 0, "error", 1, smallest=2)(torch.ones(5, 3))
     tensor([3., 3., 3., 3., 3.])
     """
     batched_func = vmap_with_out_dims(vmap, func, in_dims, out_dims, randomness)
@@ -170,7 +160,8 @@ def chunked_vmap(
         chunks = []
         dims: List[Optional[int]] = []
         spec = None
-        for start, length in _chunks(batched.size, max(chunk_size, smallest), smallest):
+        for start in range(0, batched.size, chunk_size):
+            length = min(chunk_size, batched.size - start)
             if states is not None and start:
                 states.restore()
             part = batched_func(*batched.narrow(start, length), **kwargs)
@@ -179,15 +170,6 @@ def chunked_vmap(
         return join_outputs(chunks, dims, spec, torch.cat)
 
     return chunked_fn
-
-
-def _chunks(size: int, step: int, smallest: int) -> List[Tuple[int, int]]:
-    """``(start, length)`` of chunks of ``step`` samples (one under ``smallest`` joins the last)."""
-    bounds = [(start, min(step, size - start)) for start in range(0, size, step)]
-    if len(bounds) > 1 and bounds[-1][1] < smallest:
-        (start, length), (_, rest) = bounds[-2], bounds.pop()
-        bounds[-1] = (start, length + rest)
-    return bounds
 
 
 def _moves(out_dims: Any) -> bool:
@@ -238,10 +220,8 @@ def vmap_with_out_dims(
     Examples
     --------
     >>> import torch
-    >>> try:
-    ...     from torch.func import vmap
-    ... except ImportError:  # torch 1.13
-    ...     from functorch import vmap
+    >>> from tad_autograd.compat._torch_info import function_transforms
+    >>> vmap = function_transforms().vmap
     >>> c = torch.zeros(2, 3)
     >>> vmap_with_out_dims(vmap, lambda x: c, 0, -1, "error")(torch.ones(4)).shape
     torch.Size([2, 3, 4])
@@ -286,10 +266,8 @@ def jacrev_tensor_args_only(
     Examples
     --------
     >>> import torch
-    >>> try:
-    ...     from torch.func import jacrev
-    ... except ImportError:  # torch 1.13
-    ...     from functorch import jacrev
+    >>> from tad_autograd.compat._torch_info import function_transforms
+    >>> jacrev = function_transforms().jacrev
     >>> f = jacrev_tensor_args_only(jacrev, lambda x, n: x * n, 0)
     >>> f(torch.zeros(2), 3)
     tensor([[3., 0.],
@@ -311,14 +289,15 @@ def jacrev_tensor_args_only(
 
 
 def vmap_batch_of_one_guard(vmap: Callable[..., Any], every: bool = False) -> Callable[..., Any]:
-    """Wrap functorch 1.13's ``vmap`` against its batch-of-one bug.
+    """Wrap functorch 1.13's ``vmap`` against its batch-of-one bug: the one shim for it.
 
     On torch 1.13, ``vmap`` over a batch of one fails through a reduction to a
     0-dim sample (``vmap(jacrev(lambda x: x.sum()))(torch.ones(1))``, a ``jacfwd``
     chunk of one column of ``lambda v: (v @ v).sum()``: "Could not allocate memory
     to change Tensor SizesAndStrides!").  A batch of one 0-dim sample (with ``every``
-    any batch of one: for batches the library made, which no in-place update must
-    reach) is doubled and the first half of every output kept.
+    any batch of one: for the batches the library makes, the chunks of a chunked
+    ``vmap`` or ``jacfwd``) is doubled and the first half of every output kept; an
+    in-place update of the doubled batch is copied back to the caller's tensor.
 
     Parameters
     ----------

@@ -68,10 +68,8 @@ def jacfwd_from_jvp(
     Examples
     --------
     >>> import torch
-    >>> try:
-    ...     from torch.func import jvp, vmap
-    ... except ImportError:  # torch 1.13
-    ...     from functorch import jvp, vmap
+    >>> from tad_autograd.compat._torch_info import function_transforms
+    >>> jvp, vmap = function_transforms().jvp, function_transforms().vmap
     >>> jacfwd_from_jvp(jvp, vmap, torch.sin, 0, False, "error", 1)(torch.zeros(2))
     tensor([[1., 0.],
             [0., 1.]])
@@ -143,10 +141,8 @@ def linearize_from_jvp(
     Examples
     --------
     >>> import torch
-    >>> try:
-    ...     from torch.func import jvp, vmap
-    ... except ImportError:  # torch 1.13
-    ...     from functorch import jvp, vmap
+    >>> from tad_autograd.compat._torch_info import function_transforms
+    >>> jvp, vmap = function_transforms().jvp, function_transforms().vmap
     >>> out, jvp_fn = linearize_from_jvp(jvp, vmap, torch.sin, (torch.zeros(2),))
     >>> jvp_fn(torch.ones(2))
     tensor([1., 1.])
@@ -203,10 +199,8 @@ def hvp_from_jvp(
     Examples
     --------
     >>> import torch
-    >>> try:
-    ...     from torch.func import grad_and_value, jvp
-    ... except ImportError:  # torch 1.13
-    ...     from functorch import grad_and_value, jvp
+    >>> from tad_autograd.compat._torch_info import function_transforms
+    >>> grad_and_value, jvp = function_transforms().grad_and_value, function_transforms().jvp
     >>> hvp_from_jvp(jvp, grad_and_value, lambda x: (x ** 3).sum(),
     ...              (torch.tensor([1.0, 2.0]),), (torch.ones(2),))
     (tensor(9.), (tensor([ 6., 12.]),))

@@ -59,6 +59,7 @@ __all__ = [
     "JVP",
     "LINEARIZE",
     "HVP",
+    "OPERATORS",
 ]
 
 Fn = Callable[..., Any]
@@ -316,4 +317,18 @@ HVP = Operator(
     lambda b, f, p: _hvp(b, f, p),
     lambda f, p, vmap: lambda primals, tangents: eager_hvp(f, primals, tangents),
     compiled=_compiled_hvp,
+)
+
+#: Every operator, for code that reads their traits (the fuzzer's tables).
+OPERATORS: Tuple[Operator, ...] = (
+    JACREV,
+    HESSIAN,
+    VMAP,
+    GRAD_AND_VALUE,
+    GRAD,
+    JACFWD,
+    VJP,
+    JVP,
+    LINEARIZE,
+    HVP,
 )

@@ -6,21 +6,19 @@ from typing import Any, Callable, Optional, Tuple
 
 from ..compat._dual import forward_ad_ready
 from ..compat._locks import TRANSFORM_LOCK, locked
-from ..compat._torch_info import TORCH_VERSION, Version, cache, is_compiling, module_exists
+from ..compat._torch_info import (
+    TORCH_VERSION,
+    Version,
+    function_transforms,
+    is_compiling,
+    module_exists,
+)
 from ._chunking import jacrev_tensor_args_only, vmap_with_out_dims
 from .base import ArgnumsT, Availability, Backend, InDimsT, OutDimsT
 
 __all__ = ["FuncBackend"]
 
 _MINIMUM = Version("2.0")
-
-
-@cache
-def _torch_func() -> Any:
-    """:mod:`torch.func` (imported on first use, so importing the library does not)."""
-    import torch.func
-
-    return torch.func
 
 
 _JACREV_NEEDS_TENSOR_ARGS = _MINIMUM <= TORCH_VERSION < Version("2.1")
@@ -78,7 +76,7 @@ class FuncBackend(Backend):
         return Availability(True)
 
     def vmap_primitive(self) -> Callable[..., Any]:
-        vmap: Callable[..., Any] = _torch_func().vmap
+        vmap: Callable[..., Any] = function_transforms().vmap
         return vmap
 
     def jacrev(
@@ -89,7 +87,7 @@ class FuncBackend(Backend):
         has_aux: bool,
         chunk_size: Optional[int],
     ) -> Callable[..., Any]:
-        jacrev = _torch_func().jacrev
+        jacrev = function_transforms().jacrev
         if _JACREV_NEEDS_TENSOR_ARGS:  # torch 2.0: see _chunking.jacrev_tensor_args_only
             return jacrev_tensor_args_only(
                 jacrev, func, argnums, has_aux=has_aux, chunk_size=chunk_size
@@ -100,7 +98,7 @@ class FuncBackend(Backend):
         return jacobian_fn
 
     def vjp(self, func: Callable[..., Any], primals: Tuple[Any, ...], *, has_aux: bool) -> Any:
-        return _torch_func().vjp(func, *primals, has_aux=has_aux)
+        return function_transforms().vjp(func, *primals, has_aux=has_aux)
 
     def jvp(
         self,
@@ -112,20 +110,21 @@ class FuncBackend(Backend):
     ) -> Any:
         forward_ad_ready()
         if is_compiling():  # traced into the graph, where dynamo cannot take a lock
-            return _torch_func().jvp(func, primals, tangents, has_aux=has_aux)
+            return function_transforms().jvp(func, primals, tangents, has_aux=has_aux)
         with TRANSFORM_LOCK:  # dual levels are process-wide
-            return _torch_func().jvp(func, primals, tangents, has_aux=has_aux)
+            return function_transforms().jvp(func, primals, tangents, has_aux=has_aux)
 
     def grad_and_value(
         self, func: Callable[..., Any], argnums: ArgnumsT, *, has_aux: bool
     ) -> Callable[..., Any]:
-        fn: Callable[..., Any] = _torch_func().grad_and_value(func, argnums, has_aux=has_aux)
+        grad_and_value = function_transforms().grad_and_value
+        fn: Callable[..., Any] = grad_and_value(func, argnums, has_aux=has_aux)
         return fn
 
     def grad(
         self, func: Callable[..., Any], argnums: ArgnumsT, *, has_aux: bool
     ) -> Callable[..., Any]:
-        fn: Callable[..., Any] = _torch_func().grad(func, argnums, has_aux=has_aux)
+        fn: Callable[..., Any] = function_transforms().grad(func, argnums, has_aux=has_aux)
         return fn
 
     def jacfwd(
@@ -142,7 +141,7 @@ class FuncBackend(Backend):
             return super().jacfwd(
                 func, argnums, has_aux=has_aux, randomness=randomness, chunk_size=chunk_size
             )
-        jacfwd = _torch_func().jacfwd
+        jacfwd = function_transforms().jacfwd
         if _JACREV_NEEDS_TENSOR_ARGS:  # torch 2.0's jacfwd checks every argument's dtype too
             return locked(
                 jacrev_tensor_args_only(
@@ -162,5 +161,5 @@ class FuncBackend(Backend):
         chunk_size: Optional[int],
     ) -> Callable[..., Any]:
         return vmap_with_out_dims(
-            _torch_func().vmap, func, in_dims, out_dims, randomness, chunk_size=chunk_size
+            function_transforms().vmap, func, in_dims, out_dims, randomness, chunk_size=chunk_size
         )

@@ -191,11 +191,9 @@ class FunctorchBackend(Backend):
                 t.vmap, func, in_dims, out_dims, randomness, chunk_size=chunk_size
             )
         else:
-            # torch 1.13's functorch raises for some reductions of a batch of one sample
-            # (a sum of a 0-d tensor): its chunks hold two samples at least
-            batched = chunked_vmap(
-                t.vmap, func, in_dims, out_dims, randomness, chunk_size, smallest=2
-            )
+            # functorch 1.13: a chunk of one sample needs a doubled batch
+            vmap = vmap_batch_of_one_guard(t.vmap, every=True)
+            batched = chunked_vmap(vmap, func, in_dims, out_dims, randomness, chunk_size)
         return _serialised(batched)
 
     def vjp(self, func: Callable[..., Any], primals: Tuple[Any, ...], *, has_aux: bool) -> Any:

@@ -15,7 +15,7 @@ failed attempt must leave the generators as they were.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, TypeVar
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Type, TypeVar
 
 import torch
 
@@ -190,10 +190,12 @@ def attempt(
     *,
     on_failure: Optional[Callable[[Exception], None]] = None,
     retry: Optional[Callable[[], T]] = None,
+    catch: Tuple[Type[Exception], ...] = (Exception,),
 ) -> T:
-    """``run(states)`` with a :func:`snapshot` of the call's generators; on an exception,
-    the generators restored, then ``on_failure(error)``, then ``retry()`` if given, else
-    the exception raised.
+    """``run(states)`` with a :func:`snapshot` of the call's generators; on an exception
+    of the ``catch`` types, the generators restored, then ``on_failure(error)``, then
+    ``retry()`` if given, else the exception raised.  Other exceptions propagate as
+    they are.
 
     Examples
     --------
@@ -210,7 +212,7 @@ def attempt(
     states = snapshot(func, args, kwargs)
     try:
         return run(states)
-    except Exception as error:
+    except catch as error:
         states.restore()
         if on_failure is not None:
             on_failure(error)

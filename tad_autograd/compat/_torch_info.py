@@ -39,6 +39,7 @@ __all__ = [
     "inference_mode_enabled",
     "is_compiling",
     "module_exists",
+    "function_transforms",
     "transforms_active",
 ]
 
@@ -98,6 +99,26 @@ def module_exists(name: str) -> bool:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):
         return False
+
+
+@cache
+def function_transforms() -> Any:
+    """The function-transform library of this torch: :mod:`torch.func` (torch >= 2.0),
+    else the ``functorch`` package (torch 1.13); imported on first use.
+
+    Examples
+    --------
+    >>> function_transforms().vmap(torch.sum)(torch.ones(2, 3))
+    tensor([3., 3.])
+    """
+    try:
+        import torch.func
+
+        return torch.func
+    except ImportError:  # torch 1.13
+        import functorch
+
+        return functorch
 
 
 _ARE_TRANSFORMS_ACTIVE = getattr(torch._C, "_are_functorch_transforms_active", None)

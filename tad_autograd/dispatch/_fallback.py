@@ -1,4 +1,5 @@
-"""Automatic fallback: the words for "this function cannot be transformed", and the memory.
+"""Automatic fallback: the words for "this function cannot be transformed", and the one
+memory of what failed.
 
 Whether an automatic call is retried on the ``"autograd"`` backend is decided
 structurally (:mod:`tad_autograd.compat._transform_failures`): any exception that
@@ -8,24 +9,33 @@ in the warning (:func:`describe`) and the note on an explicit backend's error
 (:func:`add_hint`); each is provoked for real by a test on every torch of the
 matrix, and a torch release that rewords them changes nothing but the words.
 
-A successful retry is remembered per function (weakly: closures and bound
-methods are not kept alive) so later calls go straight to the working
-backend, and the :class:`~tad_autograd.BackendFallbackWarning` is issued once
-per function.
+The library's one memory of what failed (:data:`MEMORY`,
+:mod:`tad_autograd.compat._memory`) remembers a successful retry under a
+:class:`Fallback` key, so later calls go straight to the working backend and
+the :class:`~tad_autograd.BackendFallbackWarning` is issued once per function;
+``jacobian(mode="auto")`` remembers its choice of mode there too
+(:mod:`tad_autograd.dispatch._mode_choice`), and eager forward mode whether
+dual numbers work for a function.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import re
-import threading
-import weakref
-from typing import Any, Callable, Dict, NamedTuple, Optional, Pattern, Tuple, Type
+from typing import NamedTuple, Optional, Pattern, Tuple, Type
 
+from ..compat._memory import MEMORY, Memory
 from ..compat._torch_info import cache
 
-__all__ = ["Untransformable", "UNTRANSFORMABLE", "recognise", "Memory", "MEMORY", "add_hint"]
+__all__ = [
+    "Untransformable",
+    "UNTRANSFORMABLE",
+    "recognise",
+    "Fallback",
+    "Memory",
+    "MEMORY",
+    "add_hint",
+]
 
 _log = logging.getLogger("tad_autograd")
 
@@ -208,74 +218,19 @@ def add_hint(error: BaseException, backend_name: str, entry: Untransformable) ->
         error.args = (f"{error.args[0]}\n{hint}",) + error.args[1:]
 
 
-def _owner_and_key(func: Callable[..., Any]) -> Tuple[Any, Any]:
-    """What to reference weakly, and the key under it.
+class Fallback(NamedTuple):
+    """The key of a remembered fallback: the transforms of the call and its device type.
 
-    Bound methods are created anew at each attribute access, so they are
-    remembered under their instance, keyed by the underlying function.
-    """
-    if inspect.ismethod(func):
-        return func.__self__, func.__func__
-    return func, None
+    Equal to the plain tuple ``(transforms, device)``.
 
-
-class Memory:
-    """Remembered fallbacks: function -> {(transforms, device type): backend name}.
-
-    Functions are referenced weakly; functions that cannot be weakly
-    referenced are not remembered (they fall back, with a warning, each call).
+    Examples
+    --------
+    >>> str(Fallback(("vmap", "jacrev"), "cpu"))
+    'under vmap∘jacrev on cpu'
     """
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._store: weakref.WeakKeyDictionary[Any, Dict[Any, str]] = weakref.WeakKeyDictionary()
-        #: Changes whenever something is remembered or forgotten, so callers may cache recalls.
-        self.generation = 0
+    transforms: Tuple[str, ...]
+    device: str
 
-    def recall(self, func: Callable[..., Any], key: Any) -> Optional[str]:
-        """The backend remembered for ``func`` under ``key``, if any."""
-        owner, sub = _owner_and_key(func)
-        try:
-            entries = self._store.get(owner)
-        except TypeError:
-            return None
-        return None if entries is None else entries.get((sub, key))
-
-    def remember(self, func: Callable[..., Any], key: Any, backend_name: str) -> bool:
-        """Remember ``backend_name`` for ``func``; ``False`` if it was already remembered."""
-        owner, sub = _owner_and_key(func)
-        with self._lock:
-            try:
-                entries = self._store.setdefault(owner, {})
-            except TypeError:
-                return True
-            new = (sub, key) not in entries
-            entries[(sub, key)] = backend_name
-            self.generation += 1
-            return new
-
-    def describe(self, func: Optional[Callable[..., Any]] = None) -> Tuple[str, ...]:
-        """One line per remembered fallback (only those of ``func``, if given)."""
-        lines = []
-        with self._lock:
-            items = list(self._store.items())
-        only = None if func is None else _owner_and_key(func)
-        for owner, entries in items:
-            if only is not None and owner is not only[0]:
-                continue
-            for (sub, (transforms, device)), name in entries.items():
-                if only is not None and sub is not only[1]:
-                    continue
-                label = getattr(sub or owner, "__qualname__", repr(sub or owner))
-                lines.append(f"{label} under {'∘'.join(transforms)} on {device}: {name}")
-        return tuple(lines)
-
-    def clear(self) -> None:
-        """Forget everything."""
-        with self._lock:
-            self._store = weakref.WeakKeyDictionary()
-            self.generation += 1
-
-
-#: The process-wide fallback memory.
-MEMORY = Memory()
+    def __str__(self) -> str:
+        return f"under {'∘'.join(self.transforms)} on {self.device}"

@@ -3,8 +3,10 @@
 Forward mode costs one pushforward per input element, reverse mode one
 pullback per output element.  The input size is known before a call, the
 output size only after one; so the first call with given input shapes runs
-reverse mode (always applicable) and counts the outputs, and later calls
-with those shapes run forward mode when the inputs are fewer.
+reverse mode (always applicable), reads the output size off its Jacobian,
+and later calls with those shapes run forward mode when the inputs are fewer.
+The choice is remembered in the library's one failure memory, like automatic
+mode's fallbacks.
 
 The function runs once per call, so the choice is made before it runs:
 
@@ -22,11 +24,11 @@ The function runs once per call, so the choice is made before it runs:
 
 from __future__ import annotations
 
-import threading
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 
+from ..compat._memory import MEMORY
 from ..compat._pytree import tree_flatten
 from ..compat._rng import attempt, snapshot
 from ..compat._torch_info import is_compiling, transforms_active
@@ -37,14 +39,42 @@ __all__ = ["ModeChoosingJacobian"]
 
 _FORWARD, _REVERSE = "forward", "reverse"
 
+#: A leaf of the differentiated inputs: shape, dtype, device type.
+_Leaf = Tuple[Tuple[int, ...], torch.dtype, str]
 
-class _Count:
-    n: Optional[int] = None
-    drew: bool = False
+
+def _output_elements(jacobian: Any, inputs: Tuple[_Leaf, ...]) -> Optional[int]:
+    """How many elements the function returned, read off its reverse-mode Jacobian.
+
+    Its leaves are one per (output leaf, input leaf), output-major, each
+    shaped ``output.shape + input.shape``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = ((2,), torch.float32, "cpu")
+    >>> _output_elements((torch.zeros(3, 4, 2), torch.zeros(5, 2)), (x,))
+    17
+    """
+    leaves = tree_flatten(jacobian)[0]
+    if (
+        not inputs
+        or len(leaves) % len(inputs)
+        or not all(isinstance(leaf, torch.Tensor) for leaf in leaves)
+    ):
+        return None
+    first = len(inputs[0][0])
+    total = 0
+    for leaf in leaves[:: len(inputs)]:
+        total += int(torch.Size(leaf.shape[: leaf.dim() - first]).numel())
+    return total
 
 
 class ModeChoosingJacobian:
     """The callable :func:`tad_autograd.jacobian` returns for ``mode="auto"``.
+
+    The choice per input shapes is remembered in the failure memory
+    (:data:`~tad_autograd.compat._memory.MEMORY`), under this callable.
 
     Examples
     --------
@@ -70,35 +100,10 @@ class ModeChoosingJacobian:
         self._argnums = argnums
         self._has_aux = has_aux
         self._automatic = automatic
-        # per thread; while dynamo traces, a plain object (it cannot trace a thread-local)
-        self._count: Any = _Count() if is_compiling() else threading.local()
-        self._counted = make_reverse(self._counting(func, has_aux))  # learns the output size
-        self._count.drew = False
         self._reverse = make_reverse(func)
         self._forward = make_forward(func)
-        self._modes: Dict[Tuple[Any, ...], str] = {}
 
-    def _counting(self, func: Callable[..., Any], has_aux: bool) -> Callable[..., Any]:
-        """``func``, noting how many output elements it returned (per thread)."""
-        count = self._count
-
-        def counted(*args: Any) -> Any:
-            if is_compiling():  # dynamo cannot read RNG states: reverse mode unless automatic
-                result = func(*args)
-                count.drew = True
-            else:
-                states = snapshot(func, args)
-                result = func(*args)
-                count.drew = states.changed()  # forward mode, randomness="error" would refuse
-            output = result[0] if has_aux and isinstance(result, tuple) else result
-            count.n = sum(t.numel() for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor))
-            return result
-
-        counted.__wrapped__ = func  # type: ignore[attr-defined]
-        counted.__qualname__ = getattr(func, "__qualname__", "func")
-        return counted
-
-    def _key(self, args: Tuple[Any, ...]) -> Tuple[Tuple[Any, ...], int]:
+    def _key(self, args: Tuple[Any, ...]) -> Tuple[Tuple[_Leaf, ...], int]:
         """Shapes, dtypes and devices of the differentiated leaves, and their element count."""
         argnums = self._argnums
         if type(argnums) is int and -len(args) <= argnums < len(args):
@@ -118,11 +123,13 @@ class ModeChoosingJacobian:
 
     def mode_for(self, *args: Any) -> str:
         """The mode a call with ``args`` would use (``"reverse"`` until outputs are counted)."""
-        return self._modes.get(self._key(args)[0], _REVERSE)
+        return MEMORY.recall(self, ("mode", self._key(args)[0])) or _REVERSE
 
     def __call__(self, *args: Any) -> Any:
+        if is_compiling():  # dynamo traces no weak references: reverse mode, nothing remembered
+            return self._reverse(*args)
         key, n_in = self._key(args)
-        mode = self._modes.get(key) if n_in >= 0 else _REVERSE
+        mode = MEMORY.recall(self, ("mode", key)) if n_in >= 0 else _REVERSE
         if mode == _FORWARD:
             if self._automatic and not transforms_active():
                 # columns from one eager pass with its draws (as reverse mode): nothing to fail
@@ -137,7 +144,7 @@ class ModeChoosingJacobian:
 
             def to_reverse(error: Exception) -> None:
                 # not forward-differentiable here: reverse mode, from now on
-                self._modes[key] = _REVERSE
+                MEMORY.remember(self, ("mode", key), _REVERSE)
 
             return attempt(
                 run_forward,
@@ -148,10 +155,14 @@ class ModeChoosingJacobian:
             )
         if mode is not None:
             return self._reverse(*args)
-        self._count.n, self._count.drew = None, False
-        result = self._counted(*args)
-        n_out = self._count.n
-        if n_out is not None and n_in >= 0:
-            forward = n_in < n_out and (self._automatic or not self._count.drew)
-            self._modes[key] = _FORWARD if forward else _REVERSE
+        # the first call with these inputs: reverse mode, and its result tells the output
+        # size; random draws (which forward mode with randomness="error" would refuse)
+        # are told by the generators
+        states = snapshot(self.__wrapped__, args)
+        result = self._reverse(*args)
+        jacobian = result[0] if self._has_aux and isinstance(result, tuple) else result
+        n_out = _output_elements(jacobian, key)
+        if n_out is not None:
+            forward = n_in < n_out and (self._automatic or not states.changed())
+            MEMORY.remember(self, ("mode", key), _FORWARD if forward else _REVERSE)
         return result

@@ -24,7 +24,7 @@ from ..eager._loop_vmap import strictly_unbatched
 from ..errors import BackendFallbackWarning
 from ._automatic import builder_for, compiled_builder_for
 from ._checks import check_differentiable
-from ._fallback import MEMORY, add_hint, describe, recognise
+from ._fallback import MEMORY, Fallback, add_hint, describe, recognise
 from ._registry import REGISTRY
 from ._resolver import Resolution, resolve_cached, resolve_in
 from ._settings import (
@@ -456,7 +456,7 @@ class Transformed:
             "category=tad_autograd.BackendFallbackWarning)."
         )
         _log.info("fallback: %s", message)
-        if MEMORY.remember(self._user_func, (self._chain, device_type), used.backend.name):
+        if MEMORY.remember(self._user_func, Fallback(self._chain, device_type), used.backend.name):
             # stack: here, _run_automatic, __call__, the caller
             warnings.warn(message, BackendFallbackWarning, stacklevel=4)
 

@@ -37,15 +37,15 @@ the function again when it fails (its side effects could not be undone).
 from __future__ import annotations
 
 import contextlib
-import weakref
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 
 from ..compat._dual import dual_level, forward_ad_ready, make_dual, unpack_dual
 from ..compat._locks import TRANSFORM_LOCK
+from ..compat._memory import MEMORY
 from ..compat._pytree import flatten, tree_flatten, tree_unflatten, unflatten
-from ..compat._rng import RngStates, visible_generators
+from ..compat._rng import RngStates, attempt, snapshot
 from ..compat._torch_info import inference_mode_enabled
 from ..compat._transform_failures import DefectiveBatchingError, DefectWatch
 from ._grad_modes import GradModeOffWatch, outside_inference_mode
@@ -62,10 +62,6 @@ from ._rows import basis
 from ._stand_ins import any_dual, as_returned, check_argnums, check_outputs, stand_ins
 
 __all__ = ["eager_jvp", "eager_jacfwd", "eager_linearize"]
-
-
-def _devices(leaves: Sequence[Any]) -> set:  # type: ignore[type-arg]
-    return {x.device for x in leaves if isinstance(x, torch.Tensor)}
 
 
 def eager_jvp(
@@ -88,30 +84,43 @@ def eager_jvp(
             "jvp", lambda p, t: eager_jvp(func, p, t, has_aux), primals, tangents
         )
     user = _user_function(func)
-    if _duals_proven(user):
-        states = RngStates(_devices(p_leaves), visible_generators(func, primals))
-        try:
-            with TRANSFORM_LOCK:  # dual levels are process-wide
-                if not DefectWatch.needed(_TANGENT):
-                    return _dual_jvp(func, p_leaves, t_leaves, spec, has_aux)
-                with DefectWatch(_TANGENT):  # no tangent through an op torch gets wrong
-                    return _dual_jvp(func, p_leaves, t_leaves, spec, has_aux)
-        except (NotImplementedError, DefectiveBatchingError):
-            # a path the recorded call did not take: no forward-AD rule there, or a
-            # wrong one (the types torch and the watch raise, whatever the words)
-            states.restore()
-            _remember(user, False)
-    output, (products,), aux, duals = _recorded(func, p_leaves, spec, has_aux, [t_leaves], "jvp")
-    _remember(user, duals)
-    return output + (products,) + ((aux,) if has_aux else ())
+
+    def recorded() -> Any:
+        output, (products,), aux, duals = _recorded(
+            func, p_leaves, spec, has_aux, [t_leaves], "jvp"
+        )
+        _remember(user, duals)
+        return output + (products,) + ((aux,) if has_aux else ())
+
+    if not _duals_proven(user):
+        return recorded()
+
+    def dual_numbers(states: RngStates) -> Any:
+        with TRANSFORM_LOCK:  # dual levels are process-wide
+            if not DefectWatch.needed(_TANGENT):
+                return _dual_jvp(func, p_leaves, t_leaves, spec, has_aux)
+            with DefectWatch(_TANGENT):  # no tangent through an op torch gets wrong
+                return _dual_jvp(func, p_leaves, t_leaves, spec, has_aux)
+
+    # a path the recorded call did not take: no forward-AD rule there, or a wrong one
+    # (the types torch and the watch raise, whatever the words): recorded, from now on
+    return attempt(
+        dual_numbers,
+        func,
+        primals,
+        catch=(NotImplementedError, DefectiveBatchingError),
+        on_failure=lambda error: _remember(user, False),
+        retry=recorded,
+    )
 
 
 #: The defects a dual-number pass watches for: wrong forward-mode formulas.
 _TANGENT = "tangent"
 
-#: Per user function: whether the graph of its recorded call showed that dual numbers
-#: can push its tangents.  Later calls push dual numbers only where it did.
-_DUALS: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+#: The key, in the failure memory, of whether the graph of a user function's recorded call
+#: showed that dual numbers can push its tangents.  Later calls push dual numbers only
+#: where it did.
+_DUALS = "dual numbers"
 
 
 def _user_function(func: Callable[..., Any]) -> Any:
@@ -122,18 +131,12 @@ def _user_function(func: Callable[..., Any]) -> Any:
 
 
 def _duals_proven(func: Any) -> bool:
-    try:
-        return _DUALS.get(func, False)
-    except TypeError:  # not weakly referenceable (a builtin): nothing remembered
-        return False
+    return MEMORY.recall(func, _DUALS) is True
 
 
 def _remember(func: Any, duals: bool) -> None:
-    try:
-        if _DUALS.get(func) is not False:  # a path without dual numbers stays so
-            _DUALS[func] = duals
-    except TypeError:  # not weakly referenceable (a builtin): nothing to remember it by
-        pass
+    if MEMORY.recall(func, _DUALS) is not False:  # a path without dual numbers stays so
+        MEMORY.remember(func, _DUALS, duals)
 
 
 def _dual_jvp(
@@ -254,8 +257,7 @@ def eager_jacfwd(
     """
     nums = check_argnums(argnums, len(args), "jacfwd")
     if randomness != "different":
-        leaves = [x for p in nums for x in flatten(args[p])[0] if isinstance(x, torch.Tensor)]
-        states = RngStates(_devices(leaves), visible_generators(func, args))
+        states = snapshot(func, args)
         jacobian = eager_jacobian(func, argnums, has_aux, args, vmap, chunk_size, columns=True)
         if randomness == "error" and states.changed():
             states.restore()
@@ -271,7 +273,7 @@ def eager_jacfwd(
     total = sum(x.numel() for x in leaves)
     units = basis(leaves, [x.numel() for x in leaves], 0, total)
     tangent_sets = [[u[j] for u in units] for j in range(total)]
-    states = RngStates(_devices(leaves), visible_generators(func, args))
+    states = snapshot(func, args)
     (output,), columns, aux, _ = _recorded(of_leaves, leaves, None, has_aux, tangent_sets, "jacfwd")
     if total > 1 and states.changed():
         # it drew random numbers: a forward pass, with draws of its own, for each further column

@@ -48,6 +48,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 
+from ...backends._operators import OPERATORS
 from ...compat._pytree import tree_flatten, tree_unflatten
 from ..operators import LibraryOps, ReferenceOps, ref_jacrev
 from .support import argnum_positions
@@ -73,8 +74,8 @@ PRODUCT_OPERATORS = (
 )
 #: Operators of the scalar ``s`` (the output leaves weighted by the cotangents, summed).
 SCALAR_OPERATORS = frozenset({"grad", "grad_and_value", "hvp"})
-#: Operators that take tangents.
-FORWARD_OPERATORS = frozenset({"jvp", "linearize", "hvp"})
+#: Operators that take tangents: those evaluated at a point in forward mode.
+FORWARD_OPERATORS = frozenset(op.name for op in OPERATORS if op.at_once and op.mode == "forward")
 
 Fn = Callable[..., Any]
 
