@@ -31,6 +31,7 @@ from ._settings import (
     CONTEXT,
     ORIGIN_AUTOMATIC,
     ORIGIN_AUTOMATIC_EAGER,
+    ORIGIN_AUTOMATIC_LOOP,
     ORIGIN_EXPLICIT,
     enter,
     innermost,
@@ -159,13 +160,13 @@ class Transformed:
     def _run(
         self,
         builder: Builds,
-        origin: str,
+        context: Context,
         args: Tuple[Any, ...],
         kwargs: Dict[str, Any],
         watch: Optional[Stages] = None,
     ) -> Any:
         fn = self._transformed(builder, kwargs, watch)
-        token = CONTEXT.set((builder.backend.name, origin))
+        token = CONTEXT.set(context)
         try:
             if kwargs and self._kwargs_in_call:
                 return fn(*args, **kwargs)
@@ -353,7 +354,8 @@ class Transformed:
                 and DefectWatch.needed(stages)
             )
         try:
-            return self._run(builder, origin, args, kwargs, stages if watch else None)
+            context = (backend.name, origin)
+            return self._run(builder, context, args, kwargs, stages if watch else None)
         except Exception as error:
             self._clarify(error)
             if not resolution.inherited_automatic:
@@ -364,6 +366,19 @@ class Transformed:
         """How nested transforms see an automatic choice: eager forward, or inside a transform."""
         eager = not self._op.batches and builder.eager
         return ORIGIN_AUTOMATIC_EAGER if eager else ORIGIN_AUTOMATIC
+
+    def _automatic_context(self, builder: Builds) -> Context:
+        """The innermost setting while an automatic choice runs the function.
+
+        A ``vmap`` that loops on a backend without transforms (its transform
+        failed) runs each sample as automatic mode would run it alone: the
+        derivatives inside keep automatic mode's own strategies and fallback
+        (e.g. an eager-vectorised Hessian), not the plain loops of backward
+        passes that choosing that backend explicitly means.
+        """
+        if self._op.batches and not builder.backend.is_transform:
+            return (None, ORIGIN_AUTOMATIC_LOOP)
+        return (builder.backend.name, self._automatic_origin(builder))
 
     def _run_automatic(
         self,
@@ -396,16 +411,16 @@ class Transformed:
             builder = builder_for(
                 candidates[i], automatic=True, transforms_only=self._transforms_only
             )
-            origin = self._automatic_origin(builder)
+            context = self._automatic_context(builder)
             try:
                 if failed is None:
-                    result = self._run(builder, origin, args, kwargs)
+                    result = self._run(builder, context, args, kwargs)
                 else:
                     # a retry: an out_dims=None output must prove itself unbatched (the
                     # transform may have refused it rightly, and equal values in the loop
                     # prove nothing)
                     with strictly_unbatched():
-                        result = self._run(builder, origin, args, kwargs)
+                        result = self._run(builder, context, args, kwargs)
             except Exception as error:
                 if failed is not None:
                     _attach_context(error, failed[1])
@@ -421,7 +436,6 @@ class Transformed:
                 )
             if not kwargs or self._kwargs_in_call:
                 fn = self._transformed(builder, {})
-                context = (builder.backend.name, origin)
                 self._automatic = _LastAutomatic(resolution, generation, i, fn, context)
             return result
         raise AssertionError("unreachable")  # pragma: no cover
