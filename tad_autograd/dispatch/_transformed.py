@@ -102,7 +102,20 @@ def transform_name(op_name: str, func: Callable[..., Any]) -> str:
 
 
 class Transformed:
-    """A function transformed by an operator (``jacrev``, ``vmap``, ...) on a resolved backend."""
+    """A function transformed by an operator (``jacrev``, ``vmap``, ...) on a resolved backend.
+
+    Building one costs a few attribute stores (users build transforms inside
+    loops): what does not depend on the function is decided by the caller
+    once per set of parameters (see :func:`tad_autograd.api.transforms.transformed`),
+    and the rest (its name, the cache of built operators) is made on first use.
+    """
+
+    _explicit: Optional[_Explicit] = None
+    _automatic: Optional[_LastAutomatic] = None
+    # made on first use (see __getattr__) unless the function is itself transformed
+    _built: Dict[Any, Callable[..., Any]]
+    _user_func: Callable[..., Any]
+    _chain: Tuple[str, ...]
 
     def __init__(
         self,
@@ -118,24 +131,38 @@ class Transformed:
         if not callable(func):
             raise TypeError(f"{op.name}: expected a callable `func`, got {type(func)}")
         self.__wrapped__ = func
-        self.__name__ = transform_name(op.name, func)
-        self.__qualname__ = self.__name__
         self._op = op
         self._build = build
         self._backend = backend
         self._transforms_only = transforms_only
         self._kwargs_in_call = kwargs_in_call
-        self._built: Dict[Any, Callable[..., Any]] = {}  # by builder (and watched stages)
         self._argnums = argnums
         self._in_dims = in_dims
-        self._explicit: Optional[_Explicit] = None
-        self._automatic: Optional[_LastAutomatic] = None
         if isinstance(func, Transformed):
-            self._user_func: Callable[..., Any] = func._user_func
-            self._chain: Tuple[str, ...] = (op.name,) + func._chain
-        else:
-            self._user_func = func
-            self._chain = (op.name,)
+            self._user_func = func._user_func
+            self._chain = (op.name,) + func._chain
+
+    def __getattr__(self, name: str) -> Any:
+        """What is made on first use only: the name, the built operators' cache, the chain."""
+        if name.startswith("__") and name not in ("__name__", "__qualname__"):
+            raise AttributeError(name)  # copy, pickle and inspect probe for dunders
+        state = self.__dict__
+        if "_op" not in state:  # a half-made object (copy.copy before __dict__ is set)
+            raise AttributeError(name)
+        if name in ("__name__", "__qualname__"):
+            state["__name__"] = state["__qualname__"] = transform_name(
+                self._op.name, self.__wrapped__
+            )
+            return state[name]
+        if name == "_built":  # by builder (and watched stages)
+            built: Dict[Any, Callable[..., Any]] = {}
+            state["_built"] = built
+            return built
+        if name == "_user_func":  # not nested: the function itself
+            return self.__wrapped__
+        if name == "_chain":
+            return (self._op.name,)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __repr__(self) -> str:
         return f"<tad_autograd {self.__name__}, backend={self._backend or 'auto'}>"
