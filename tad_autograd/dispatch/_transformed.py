@@ -143,25 +143,23 @@ class Transformed:
             self._chain = (op.name,) + func._chain
 
     def __getattr__(self, name: str) -> Any:
-        """What is made on first use only: the name, the built operators' cache, the chain."""
-        if name.startswith("__") and name not in ("__name__", "__qualname__"):
-            raise AttributeError(name)  # copy, pickle and inspect probe for dunders
-        state = self.__dict__
-        if "_op" not in state:  # a half-made object (copy.copy before __dict__ is set)
-            raise AttributeError(name)
-        if name in ("__name__", "__qualname__"):
-            state["__name__"] = state["__qualname__"] = transform_name(
-                self._op.name, self.__wrapped__
-            )
-            return state[name]
+        """What is made on first use only: the built operators' cache, the name, the chain.
+
+        (Called only for attributes not set; one missing on a half-made object, as
+        during ``copy.copy``, raises ``AttributeError`` without recursing.)
+        """
         if name == "_built":  # by builder (and watched stages)
             built: Dict[Any, Callable[..., Any]] = {}
-            state["_built"] = built
+            self.__dict__["_built"] = built
             return built
         if name == "_user_func":  # not nested: the function itself
             return self.__wrapped__
         if name == "_chain":
             return (self._op.name,)
+        if name == "__name__" or name == "__qualname__":
+            value = transform_name(self._op.name, self.__wrapped__)
+            self.__dict__["__name__"] = self.__dict__["__qualname__"] = value
+            return value
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __repr__(self) -> str:
