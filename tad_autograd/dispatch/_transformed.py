@@ -178,7 +178,8 @@ class Transformed:
         if fn is None:  # the first call with this builder (no KeyError raised and caught)
             func = self.__wrapped__ if watch is None else watch_calls(self.__wrapped__, watch)
             fn = self._built[key] = self._build(builder, func)
-            if not is_compiling():  # dynamo cannot trace a Logger
+            # dynamo cannot trace a Logger; the name is made only for a record
+            if not is_compiling() and _log.isEnabledFor(logging.DEBUG):
                 _log.debug("%s: built on %r", self.__name__, builder)
         return fn
 
