@@ -2,12 +2,14 @@
 :func:`fvmap`.
 
 Thin, documented functions over :mod:`tad_autograd.dispatch._transformed`; every
-argument is checked here once, when the transform is built.
+argument is checked here once, when the transform is built, and a transform
+built again with the same plain arguments (ints, bools, ``None``, names) reuses
+that check: users build transforms inside loops.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Tuple, Union
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, Union
 
 from ..backends._operators import HESSIAN, JACREV, VMAP, Builds, Operator, Params
 from ..dispatch._checks import (
@@ -17,6 +19,7 @@ from ..dispatch._checks import (
     check_in_dims_type,
     check_randomness,
 )
+from ..dispatch._registry import REGISTRY
 from ..dispatch._transformed import Transformed
 from ..eager._operand_checks import with_checked_outputs
 
@@ -47,13 +50,61 @@ def transformed(
     tensor([[1., 0.],
             [0., 1.]])
     """
+    build = _build_function(op, params, check_outputs)
+    return Transformed(op, func, build, backend, transforms_only, kwargs_in_call, **dims)
+
+
+Build = Callable[[Builds, Callable[..., Any]], Callable[..., Any]]
+
+
+def _build_function(op: Operator, params: Params, check_outputs: bool = False) -> Build:
+    """How a :class:`Transformed` builds ``op`` with ``params`` on what runs a call."""
 
     def build(b: Builds, f: Callable[..., Any]) -> Callable[..., Any]:
         if check_outputs:
             f = with_checked_outputs(f, params.has_aux, op.name)
         return b.build(op, f, params)
 
-    return Transformed(op, func, build, backend, transforms_only, kwargs_in_call, **dims)
+    return build
+
+
+class _Prepared(NamedTuple):
+    """What a transform's arguments decide, whatever the function: checked once."""
+
+    registry_version: int
+    build: Build
+    backend: Optional[str]
+
+
+#: By the public function's name and its arguments (ints, bools, None and strings only,
+#: compared with their types: ``True == 1``, yet ``in_dims=True`` is an error).
+_PREPARED: Dict[Tuple[Any, ...], _Prepared] = {}
+_PREPARED_MAX = 256
+
+
+def _simple(value: Any) -> bool:
+    """An argument a prepared transform may be looked up by: None or a plain int."""
+    return value is None or type(value) is int
+
+
+def _prepared(key: Tuple[Any, ...]) -> Optional[_Prepared]:
+    """The prepared transform for ``key``, if its arguments were checked under this registry."""
+    entry = _PREPARED.get(key)
+    if entry is not None and entry.registry_version == REGISTRY.version:
+        return entry
+    return None
+
+
+def _prepare(
+    key: Optional[Tuple[Any, ...]], op: Operator, params: Params, backend: Optional[str]
+) -> _Prepared:
+    """Prepare (and, for a ``key``, remember) a transform whose arguments were just checked."""
+    entry = _Prepared(REGISTRY.version, _build_function(op, params), backend)
+    if key is not None:
+        if len(_PREPARED) >= _PREPARED_MAX:
+            _PREPARED.clear()
+        _PREPARED[key] = entry
+    return entry
 
 
 def _jacrev(
@@ -65,13 +116,26 @@ def _jacrev(
     transforms_only: bool,
     name: str,
 ) -> Transformed:
+    key = None
+    if (
+        type(argnums) is int
+        and type(has_aux) is bool
+        and _simple(chunk_size)
+        and (backend is None or type(backend) is str)
+    ):
+        key = (name, argnums, has_aux, chunk_size, backend)
+        entry = _prepared(key)
+        if entry is not None:
+            return Transformed(
+                JACREV, func, entry.build, entry.backend, transforms_only, False, argnums
+            )
     check_argnums_type(argnums)
     check_chunk_size(chunk_size, name)
     if not isinstance(has_aux, bool):
         raise TypeError(f"{name}: has_aux must be a bool, got {has_aux!r}")
-    backend = check_backend(backend)
     params = Params(argnums, has_aux, chunk_size)
-    return transformed(JACREV, func, params, backend, transforms_only, argnums=argnums)
+    entry = _prepare(key, JACREV, params, check_backend(backend))
+    return Transformed(JACREV, func, entry.build, entry.backend, transforms_only, False, argnums)
 
 
 def _vmap(
@@ -84,14 +148,26 @@ def _vmap(
     transforms_only: bool,
     name: str,
 ) -> Transformed:
+    key = None
+    if (
+        _simple(in_dims)
+        and _simple(out_dims)
+        and _simple(chunk_size)
+        and type(randomness) is str
+        and (backend is None or type(backend) is str)
+    ):
+        key = (name, in_dims, out_dims, randomness, chunk_size, backend)
+        entry = _prepared(key)
+        if entry is not None:
+            return Transformed(
+                VMAP, func, entry.build, entry.backend, transforms_only, True, None, in_dims
+            )
     check_randomness(randomness)
     check_in_dims_type(in_dims)
     check_chunk_size(chunk_size, name)
-    backend = check_backend(backend)
     params = Params(0, False, chunk_size, randomness, in_dims, out_dims)
-    return transformed(
-        VMAP, func, params, backend, transforms_only, kwargs_in_call=True, in_dims=in_dims
-    )
+    entry = _prepare(key, VMAP, params, check_backend(backend))
+    return Transformed(VMAP, func, entry.build, entry.backend, transforms_only, True, None, in_dims)
 
 
 def jacrev(
@@ -296,8 +372,14 @@ def hessian(
     tensor([[ 6.,  0.],
             [ 0., 12.]])
     """
+    key = None
+    if type(argnums) is int and _simple(chunk_size) and (backend is None or type(backend) is str):
+        key = ("hessian", argnums, chunk_size, backend)
+        entry = _prepared(key)
+        if entry is not None:
+            return Transformed(HESSIAN, func, entry.build, entry.backend, False, False, argnums)
     check_argnums_type(argnums)
     check_chunk_size(chunk_size, "hessian")
-    name = check_backend(backend)
     params = Params(argnums, False, chunk_size)
-    return transformed(HESSIAN, func, params, name, argnums=argnums)
+    entry = _prepare(key, HESSIAN, params, check_backend(backend))
+    return Transformed(HESSIAN, func, entry.build, entry.backend, False, False, argnums)

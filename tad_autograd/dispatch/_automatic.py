@@ -119,17 +119,22 @@ class EagerVectorised(Builds):
         # randomness, on torch 1.13 and 2.0; a Python-level watch on every op of the
         # function, paid on those releases only, since a function that reseeds hides its
         # draws from _marked)
-        watched = watch_calls(func, op.inner_stages) if p.randomness != "different" else func
-        vectorised = op.on_backend(self.backend, watched, p)
-        context = (self.backend.name, ORIGIN_AUTOMATIC_EAGER)
+        backend = self.backend
+        context = (backend.name, ORIGIN_AUTOMATIC_EAGER)
         loops = _loopable(p.out_dims)
         in_dims, out_dims, randomness = p.in_dims, p.out_dims, p.randomness
+        vectorised: List[Fn] = []  # the backend's vmap, built on first need (small batches loop)
 
         def batched_fn(*args: Any, **kwargs: Any) -> Any:
             size = _batch_size_hint(in_dims, args) if loops else None
             # an empty batch goes to the transform too: the loop must make up a sample
             if size is None or not 0 < size <= _loop_max_batch(args[0]) or transforms_active():
-                return _marked(vectorised, func, args, kwargs, randomness == "error")
+                if not vectorised:
+                    watched = (
+                        watch_calls(func, op.inner_stages) if randomness != "different" else func
+                    )
+                    vectorised.append(op.on_backend(backend, watched, p))
+                return _marked(vectorised[0], func, args, kwargs, randomness == "error")
             token = CONTEXT.set(context)  # the loop runs func eagerly
             try:
                 return loop_vmap(func, in_dims, out_dims, randomness, args, kwargs)

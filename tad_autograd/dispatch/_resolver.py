@@ -23,6 +23,7 @@ from ._settings import (
     GLOBAL,
     ORIGIN_AUTOMATIC,
     ORIGIN_AUTOMATIC_EAGER,
+    ORIGIN_AUTOMATIC_LOOP,
     read_env,
 )
 
@@ -137,7 +138,12 @@ def resolve(
             name, source = context
             inherited_eager = source == ORIGIN_AUTOMATIC_EAGER
             inherited_automatic = inherited_eager or source == ORIGIN_AUTOMATIC
-            if name is None:
+            if name is None and source == ORIGIN_AUTOMATIC_LOOP:
+                notes.append(
+                    "a sample of an automatic vmap's loop (after its transform failed): "
+                    "automatic choice"
+                )
+            elif name is None:
                 notes.append("use_backend('auto') block: automatic choice")
         elif global_setting is not None:
             name, source = global_setting, "set_backend"

@@ -34,6 +34,7 @@ __all__ = [
     "ORIGIN_EXPLICIT",
     "ORIGIN_AUTOMATIC",
     "ORIGIN_AUTOMATIC_EAGER",
+    "ORIGIN_AUTOMATIC_LOOP",
 ]
 
 #: The environment variable naming a backend (or ``auto``).
@@ -71,6 +72,9 @@ ORIGIN_BLOCK = "use_backend"
 ORIGIN_EXPLICIT = "enclosing transform (explicit)"
 ORIGIN_AUTOMATIC = "enclosing transform (automatic)"
 ORIGIN_AUTOMATIC_EAGER = "enclosing transform (automatic, eager forward)"
+#: With no backend name: the samples of an automatic ``vmap`` that loops after its
+#: transform failed, each run as automatic mode would run it alone.
+ORIGIN_AUTOMATIC_LOOP = "enclosing automatic vmap's loop"
 
 #: ``(backend name or None for automatic, origin)`` of the innermost setting.
 CONTEXT: ContextVar[Optional[Tuple[Optional[str], str]]] = ContextVar(

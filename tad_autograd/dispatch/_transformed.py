@@ -31,6 +31,7 @@ from ._settings import (
     CONTEXT,
     ORIGIN_AUTOMATIC,
     ORIGIN_AUTOMATIC_EAGER,
+    ORIGIN_AUTOMATIC_LOOP,
     ORIGIN_EXPLICIT,
     enter,
     innermost,
@@ -101,7 +102,20 @@ def transform_name(op_name: str, func: Callable[..., Any]) -> str:
 
 
 class Transformed:
-    """A function transformed by an operator (``jacrev``, ``vmap``, ...) on a resolved backend."""
+    """A function transformed by an operator (``jacrev``, ``vmap``, ...) on a resolved backend.
+
+    Building one costs a few attribute stores (users build transforms inside
+    loops): what does not depend on the function is decided by the caller
+    once per set of parameters (see :func:`tad_autograd.api.transforms.transformed`),
+    and the rest (its name, the cache of built operators) is made on first use.
+    """
+
+    _explicit: Optional[_Explicit] = None
+    _automatic: Optional[_LastAutomatic] = None
+    # made on first use (see __getattr__) unless the function is itself transformed
+    _built: Dict[Any, Callable[..., Any]]
+    _user_func: Callable[..., Any]
+    _chain: Tuple[str, ...]
 
     def __init__(
         self,
@@ -117,24 +131,36 @@ class Transformed:
         if not callable(func):
             raise TypeError(f"{op.name}: expected a callable `func`, got {type(func)}")
         self.__wrapped__ = func
-        self.__name__ = transform_name(op.name, func)
-        self.__qualname__ = self.__name__
         self._op = op
         self._build = build
         self._backend = backend
         self._transforms_only = transforms_only
         self._kwargs_in_call = kwargs_in_call
-        self._built: Dict[Any, Callable[..., Any]] = {}  # by builder (and watched stages)
         self._argnums = argnums
         self._in_dims = in_dims
-        self._explicit: Optional[_Explicit] = None
-        self._automatic: Optional[_LastAutomatic] = None
         if isinstance(func, Transformed):
-            self._user_func: Callable[..., Any] = func._user_func
-            self._chain: Tuple[str, ...] = (op.name,) + func._chain
-        else:
-            self._user_func = func
-            self._chain = (op.name,)
+            self._user_func = func._user_func
+            self._chain = (op.name,) + func._chain
+
+    def __getattr__(self, name: str) -> Any:
+        """What is made on first use only: the built operators' cache, the name, the chain.
+
+        (Called only for attributes not set; one missing on a half-made object, as
+        during ``copy.copy``, raises ``AttributeError`` without recursing.)
+        """
+        if name == "_built":  # by builder (and watched stages)
+            built: Dict[Any, Callable[..., Any]] = {}
+            self.__dict__["_built"] = built
+            return built
+        if name == "_user_func":  # not nested: the function itself
+            return self.__wrapped__
+        if name == "_chain":
+            return (self._op.name,)
+        if name == "__name__" or name == "__qualname__":
+            value = transform_name(self._op.name, self.__wrapped__)
+            self.__dict__["__name__"] = self.__dict__["__qualname__"] = value
+            return value
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __repr__(self) -> str:
         return f"<tad_autograd {self.__name__}, backend={self._backend or 'auto'}>"
@@ -152,20 +178,21 @@ class Transformed:
         if fn is None:  # the first call with this builder (no KeyError raised and caught)
             func = self.__wrapped__ if watch is None else watch_calls(self.__wrapped__, watch)
             fn = self._built[key] = self._build(builder, func)
-            if not is_compiling():  # dynamo cannot trace a Logger
+            # dynamo cannot trace a Logger; the name is made only for a record
+            if not is_compiling() and _log.isEnabledFor(logging.DEBUG):
                 _log.debug("%s: built on %r", self.__name__, builder)
         return fn
 
     def _run(
         self,
         builder: Builds,
-        origin: str,
+        context: Context,
         args: Tuple[Any, ...],
         kwargs: Dict[str, Any],
         watch: Optional[Stages] = None,
     ) -> Any:
         fn = self._transformed(builder, kwargs, watch)
-        token = CONTEXT.set((builder.backend.name, origin))
+        token = CONTEXT.set(context)
         try:
             if kwargs and self._kwargs_in_call:
                 return fn(*args, **kwargs)
@@ -353,7 +380,8 @@ class Transformed:
                 and DefectWatch.needed(stages)
             )
         try:
-            return self._run(builder, origin, args, kwargs, stages if watch else None)
+            context = (backend.name, origin)
+            return self._run(builder, context, args, kwargs, stages if watch else None)
         except Exception as error:
             self._clarify(error)
             if not resolution.inherited_automatic:
@@ -364,6 +392,19 @@ class Transformed:
         """How nested transforms see an automatic choice: eager forward, or inside a transform."""
         eager = not self._op.batches and builder.eager
         return ORIGIN_AUTOMATIC_EAGER if eager else ORIGIN_AUTOMATIC
+
+    def _automatic_context(self, builder: Builds) -> Context:
+        """The innermost setting while an automatic choice runs the function.
+
+        A ``vmap`` that loops on a backend without transforms (its transform
+        failed) runs each sample as automatic mode would run it alone: the
+        derivatives inside keep automatic mode's own strategies and fallback
+        (e.g. an eager-vectorised Hessian), not the plain loops of backward
+        passes that choosing that backend explicitly means.
+        """
+        if self._op.batches and not builder.backend.is_transform:
+            return (None, ORIGIN_AUTOMATIC_LOOP)
+        return (builder.backend.name, self._automatic_origin(builder))
 
     def _run_automatic(
         self,
@@ -396,16 +437,16 @@ class Transformed:
             builder = builder_for(
                 candidates[i], automatic=True, transforms_only=self._transforms_only
             )
-            origin = self._automatic_origin(builder)
+            context = self._automatic_context(builder)
             try:
                 if failed is None:
-                    result = self._run(builder, origin, args, kwargs)
+                    result = self._run(builder, context, args, kwargs)
                 else:
                     # a retry: an out_dims=None output must prove itself unbatched (the
                     # transform may have refused it rightly, and equal values in the loop
                     # prove nothing)
                     with strictly_unbatched():
-                        result = self._run(builder, origin, args, kwargs)
+                        result = self._run(builder, context, args, kwargs)
             except Exception as error:
                 if failed is not None:
                     _attach_context(error, failed[1])
@@ -421,7 +462,6 @@ class Transformed:
                 )
             if not kwargs or self._kwargs_in_call:
                 fn = self._transformed(builder, {})
-                context = (builder.backend.name, origin)
                 self._automatic = _LastAutomatic(resolution, generation, i, fn, context)
             return result
         raise AssertionError("unreachable")  # pragma: no cover

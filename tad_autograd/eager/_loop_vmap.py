@@ -133,13 +133,13 @@ def _write_back(
     for leaf, d, fresh, version in zip(batched.leaves, batched.dims, sample, versions):
         if d is None or not isinstance(fresh, torch.Tensor):
             continue
-        target = leaf.select(d, index)
         if version is not None:
-            changed = fresh._version != version
-        else:  # an inference tensor keeps no version: its values tell
-            changed = fresh.is_inference() and not torch.equal(fresh, target)
-        if changed:
-            target.copy_(fresh)
+            if fresh._version != version:
+                leaf.select(d, index).copy_(fresh)
+        elif fresh.is_inference():  # an inference tensor keeps no version: its values tell
+            target = leaf.select(d, index)
+            if not torch.equal(fresh, target):
+                target.copy_(fresh)
 
 
 #: Set while automatic mode retries a failed transform on the loop (see
