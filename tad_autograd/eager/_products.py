@@ -11,13 +11,13 @@ parameters and cotangents or tangents that require grad.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, ContextManager, Optional, Sequence, Tuple
+from typing import Any, Callable, ContextManager, Iterator, Optional, Sequence, Tuple
 
 import torch
 
 from ..compat._pytree import tree_flatten, tree_unflatten
 from ..compat._torch_info import inference_mode_enabled, transforms_active
-from ..compat._transform_failures import DefectiveBatchingError
+from ..compat._transform_failures import REVERSE_STAGES, DefectiveBatchingError, DefectWatch
 from ._engine import pair_products
 from ._grad_modes import outside_inference_mode
 from ._graph import batching_hazards, graph_facts, reaches_other_leaves, retire
@@ -40,8 +40,9 @@ def _batched_pass_watched(outputs: Sequence[torch.Tensor]) -> ContextManager[Any
     """Around a backward pass from ``outputs`` that a function transform may batch (a
     ``vmap`` of a vjp function): an op of the graph whose batched derivative the installed
     torch gets wrong raises :class:`DefectiveBatchingError` (automatic ``vmap`` then loops),
-    and the custom Functions' backward passes run watched.  Nothing outside transforms."""
-    if not transforms_active():
+    and the custom Functions' backward passes and the hooks run watched.  Nothing outside
+    transforms."""
+    if not transforms_active() or not DefectWatch.needed(REVERSE_STAGES):
         return contextlib.nullcontext()
     hazards = batching_hazards(outputs)
     if hazards.defective:
@@ -50,7 +51,17 @@ def _batched_pass_watched(outputs: Sequence[torch.Tensor]) -> ContextManager[Any
             "a batched backward pass through it (a vmap of a vjp function) gives wrong values",
             "derivative",
         )
-    return custom_backwards_watched(hazards.custom) if hazards.custom else contextlib.nullcontext()
+    return _watched_or_refused(hazards.custom)
+
+
+@contextlib.contextmanager
+def _watched_or_refused(custom: Sequence[Any]) -> Iterator[None]:
+    with custom_backwards_watched(custom) as seen:
+        if seen.blind:
+            raise DefectiveBatchingError(
+                "a backward hook", "a profiler is active, so hooks cannot be watched"
+            )
+        yield
 
 
 def eager_vjp(func: Callable[..., Any], primals: Tuple[Any, ...], has_aux: bool) -> Any:
