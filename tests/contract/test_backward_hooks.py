@@ -22,7 +22,7 @@ from _helpers import assert_tree_close, reference_hessian, reference_jacobian
 
 import tad_autograd as ta
 from tad_autograd.compat.batching_defects import ACTIVE_DEFECTS
-from tad_autograd.dispatch.registry import REGISTRY
+from tad_autograd.dispatch._registry import REGISTRY
 from tad_autograd.eager._rows import last_rows_decision, note_rows
 
 F64 = torch.float64
