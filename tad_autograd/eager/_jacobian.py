@@ -234,7 +234,7 @@ def _rows_of(
                 note_rows("vectorised")
                 return vectorised
             if seen.blind:
-                note_rows("looped: a profiler hides the backward hooks")
+                note_rows("looped: the backward hooks cannot be watched (a profiler runs)")
             elif seen.op is not None:
                 note_rows(f"looped: {seen}")
     if create_graph and len(out_leaves) > 1:

@@ -59,10 +59,11 @@ RuntimeError: Cube: the backward of this custom autograd.Function ...
 from __future__ import annotations
 
 import contextlib
+import dis
 import sys
 import threading
 import types
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch.autograd.function import BackwardCFunction, FunctionCtx, once_differentiable
@@ -77,6 +78,7 @@ __all__ = [
     "opaque_backward_message",
     "custom_backwards_watched",
     "WatchedBackwards",
+    "hooks_watched",
 ]
 
 #: The code of the wrapper ``@once_differentiable`` puts around a backward.
@@ -325,9 +327,12 @@ def custom_backwards_watched(nodes: Sequence[Any]) -> Iterator[WatchedBackwards]
     if stack is None:
         stack = _LOCAL.seen = []
     stack.append(seen)
+    profiler = sys.getprofile()
+    seen.blind = DefectWatch.needed(REVERSE_STAGES) and (
+        not _ENGINE_CALL_SITES or (profiler is not None and not callable(profiler))
+    )
     try:
-        with _nodes_wrapped(nodes, "watches"), _engine_callbacks_watched() as watching:
-            seen.blind = not watching
+        with _nodes_wrapped(nodes, "watches"):
             yield seen
     finally:
         stack.pop()
@@ -344,17 +349,32 @@ def _code_objects(function: Any) -> Iterator[Any]:
         todo.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
 
 
-#: The Python frames that call into the autograd engine: a Python function whose caller is
-#: one of them was called by the engine (a hook, or a custom Function's ``apply``).
-_ENGINE_CALLERS = frozenset(
-    code
+def _engine_call_sites() -> FrozenSet[Tuple[Any, int]]:
+    """Where torch's Python enters the autograd engine: the code and instruction offset of
+    each call of ``run_backward`` in ``torch.autograd.grad``/``backward`` (and the functions
+    they call it through).  A Python function whose caller stands at one of them was called
+    by the engine: a hook, or a custom Function's ``apply``."""
+    sites = set()
     for function in (
         torch.autograd.grad,
         torch.autograd.backward,
         getattr(torch.autograd.graph, "_engine_run_backward", None),
-    )
-    for code in _code_objects(function)
-)
+    ):
+        for code in _code_objects(function):
+            instructions = list(dis.get_instructions(code))
+            for k, instruction in enumerate(instructions):
+                if instruction.argval == "run_backward":
+                    call = next(
+                        (i for i in instructions[k + 1 :] if i.opname.startswith("CALL")), None
+                    )
+                    if call is not None:
+                        sites.add((code, call.offset))
+    return frozenset(sites)
+
+
+#: Where the engine is entered (empty if this torch hides it: then no pass with a hook
+#: watch is vectorised, see :attr:`WatchedBackwards.blind`).
+_ENGINE_CALL_SITES = _engine_call_sites()
 #: What the engine calls that :func:`_nodes_wrapped` watches already: a custom Function's
 #: backward (the class's ``apply``, or a node's dispatching wrapper).
 _NODE_APPLY_CODES = frozenset(
@@ -370,52 +390,72 @@ _NODE_APPLY_CODES = frozenset(
 
 
 @contextlib.contextmanager
-def _engine_callbacks_watched() -> Iterator[bool]:
-    """While the block runs in this thread: each hook the autograd engine calls (a tensor's
-    ``register_hook``, a node's ``register_hook``/``register_prehook``, a module's backward
-    hooks) runs under a :class:`~tad_autograd.compat._transform_failures.DefectWatch`.
+def hooks_watched(outputs: Sequence[torch.Tensor]) -> Iterator[None]:
+    """Around the call into the autograd engine of a pass that :func:`custom_backwards_watched`
+    watches (in this thread): each hook the engine calls (a tensor's ``register_hook``, a
+    node's ``register_hook``/``register_prehook``, a module's backward hooks) runs under a
+    :class:`~tad_autograd.compat._transform_failures.DefectWatch`.
 
     Hooks are not visible in a graph walk (torch keeps them in C++), so the
     engine's calls are seen as they happen, by a profile function of this
-    thread: a call whose caller is the frame that entered the engine.  A hook
-    that calls a defective op, or runs a backward pass of its own, raises
-    :class:`~tad_autograd.compat._transform_failures.DefectiveBatchingError`.
-    Yields whether it watches: not under a profiler that is no Python function
-    (``cProfile``), whose place it cannot share.
+    thread: a call whose caller stands where torch's Python enters the engine.
+    A hook that calls a defective op, or runs a backward pass of its own,
+    raises :class:`~tad_autograd.compat._transform_failures.DefectiveBatchingError`.
+    The profile starts when the engine runs the first node of the pass (a
+    pre-hook of the nodes of ``outputs``): a profile function costs each call
+    a Python call of its own, so torch's Python around the engine runs
+    without.  Nothing happens outside a watched pass, or under a profiler
+    that is no Python function (the pass is then not vectorised:
+    :attr:`WatchedBackwards.blind`).  In the engine's own threads (a graph on
+    another device) no profile of this thread runs.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.ones(2, requires_grad=True)
+    >>> y = x * 2
+    >>> _ = y.register_hook(lambda g: g * 3)
+    >>> with custom_backwards_watched([]), hooks_watched([y]):
+    ...     torch.autograd.grad(y, x, torch.ones(2))
+    (tensor([6., 6.]),)
     """
-    if not DefectWatch.needed(REVERSE_STAGES):
-        yield True
+    stack: Optional[List[WatchedBackwards]] = getattr(_LOCAL, "seen", None)
+    if not stack or stack[-1].blind or not DefectWatch.needed(REVERSE_STAGES):
+        yield
         return
-    previous = sys.getprofile()
-    if previous is not None and not callable(previous):
-        yield False
-        return
+    previous = sys.getprofile()  # a Python profiler's: called first, as if alone
     running: List[Any] = []  # (frame, watch) of the hooks running now, innermost last
 
-    def profile(frame: Any, event: str, arg: Any) -> Any:
+    def profile(frame: Any, event: str, arg: Any) -> None:  # every call: kept to a test
         if previous is not None:
             previous(frame, event, arg)
         if event == "call":
             caller = frame.f_back
-            if (
-                caller is not None
-                and caller.f_code in _ENGINE_CALLERS
-                and frame.f_code not in _NODE_APPLY_CODES
+            if (caller.f_code, caller.f_lasti) in _ENGINE_CALL_SITES and (
+                frame.f_code not in _NODE_APPLY_CODES
             ):
                 watch = DefectWatch(REVERSE_STAGES, nested_derivatives=True)
                 watch.__enter__()
                 running.append((frame, watch))
-        elif event == "return" and running and running[-1][0] is frame:
+        elif event == "return" and running and running[-1][0] is frame:  # also on a raise
             watch = running.pop()[1]
             watch.__exit__(None, None, None)
             if watch.op is not None:
                 _note_seen(f"backward hook {frame.f_code.co_name}", watch.op)
 
-    sys.setprofile(profile)
+    thread = threading.get_ident()
+
+    def start(*grad_outputs: Any) -> None:  # the engine's first call in this pass
+        if threading.get_ident() == thread and sys.getprofile() is not profile:
+            sys.setprofile(profile)
+
+    handles = [o.grad_fn.register_prehook(start) for o in outputs if o.grad_fn is not None]
     try:
-        yield True
+        yield
     finally:
         sys.setprofile(previous)
+        for handle in handles:
+            handle.remove()
         while running:  # only if the block left while a hook ran (it cannot, normally)
             running.pop()[1].__exit__(None, None, None)
 

@@ -22,7 +22,7 @@ from ._engine import pair_products
 from ._grad_modes import outside_inference_mode
 from ._graph import batching_hazards, graph_facts, reaches_other_leaves, retire
 from ._jacobian import eager_jacobian
-from ._opaque_backward import custom_backwards_guarded, custom_backwards_watched
+from ._opaque_backward import custom_backwards_guarded, custom_backwards_watched, hooks_watched
 from ._operand_checks import (
     check_cotangents,
     check_primals,
@@ -108,7 +108,8 @@ def eager_vjp(func: Callable[..., Any], primals: Tuple[Any, ...], has_aux: bool)
                 custom_backwards_guarded(out_leaves, create_graph),
                 _batched_pass_watched(out_leaves),
             ):
-                grads = pair_products(pairs, inputs, retain_graph, create_graph)
+                with hooks_watched([o for o, _ in pairs]):
+                    grads = pair_products(pairs, inputs, retain_graph, create_graph)
         filled = [
             g if g is not None else torch.zeros_like(x.detach()) for g, x in zip(grads, inputs)
         ]
