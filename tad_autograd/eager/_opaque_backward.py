@@ -423,7 +423,7 @@ def hooks_watched(outputs: Sequence[torch.Tensor]) -> Iterator[None]:
     if not stack or stack[-1].blind or not DefectWatch.needed(REVERSE_STAGES):
         yield
         return
-    previous = sys.getprofile()  # a Python profiler's: called first, as if alone
+    previous: Any = sys.getprofile()  # a Python profiler's: called first, as if alone
     running: List[Any] = []  # (frame, watch) of the hooks running now, innermost last
 
     def profile(frame: Any, event: str, arg: Any) -> None:  # every call: kept to a test
@@ -435,7 +435,7 @@ def hooks_watched(outputs: Sequence[torch.Tensor]) -> Iterator[None]:
                 frame.f_code not in _NODE_APPLY_CODES
             ):
                 watch = DefectWatch(REVERSE_STAGES, nested_derivatives=True)
-                watch.__enter__()
+                watch.__enter__()  # type: ignore[no-untyped-call]
                 running.append((frame, watch))
         elif event == "return" and running and running[-1][0] is frame:  # also on a raise
             watch = running.pop()[1]
