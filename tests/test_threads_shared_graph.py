@@ -11,7 +11,7 @@ was.  Events, not timings, make the passes overlap.
 from __future__ import annotations
 
 import threading
-from typing import Any, Dict
+from typing import Any, Callable, Dict
 
 import torch
 from _helpers import assert_tree_close
@@ -27,49 +27,40 @@ def _reference(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(rows)
 
 
+def _identity(backward: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """A custom Function: the identity, with ``backward`` run on its incoming gradient."""
+
+    class Identity(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+            return x * 1.0
+
+        @staticmethod
+        def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+            return backward(g)
+
+    return Identity
+
+
 def test_two_threads_share_a_guarded_and_watched_node() -> None:
     b_in_pass, a_done = threading.Event(), threading.Event()
 
-    class Shared(torch.autograd.Function):
-        """Identity; its (right, differentiable) backward happens to call cdist."""
+    def wait_for_b(g: torch.Tensor) -> torch.Tensor:  # until the batched pass runs
+        b_in_pass.wait(_WAIT)
+        return g
 
-        @staticmethod
-        def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-            return x * 1.0
+    def hold_for_a(g: torch.Tensor) -> torch.Tensor:  # the batched pass open until A ends
+        b_in_pass.set()
+        a_done.wait(_WAIT)
+        return g
 
-        @staticmethod
-        def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-            return g + 0.0 * torch.cdist(g.reshape(1, -1), g.reshape(1, -1)).sum()
-
-    class WaitForB(torch.autograd.Function):
-        """Identity whose backward waits until the other thread's batched pass runs."""
-
-        @staticmethod
-        def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-            return x * 1.0
-
-        @staticmethod
-        def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-            b_in_pass.wait(_WAIT)
-            return g
-
-    class HoldForA(torch.autograd.Function):
-        """Identity whose backward holds the batched pass open until the loop is done."""
-
-        @staticmethod
-        def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-            return x * 1.0
-
-        @staticmethod
-        def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-            b_in_pass.set()
-            a_done.wait(_WAIT)
-            return g
-
+    # its (right, differentiable) backward happens to call cdist
+    shared = _identity(lambda g: g + 0.0 * torch.cdist(g.reshape(1, -1), g.reshape(1, -1)).sum())
+    wait, hold = _identity(wait_for_b), _identity(hold_for_a)
     x = torch.linspace(-1.0, 1.0, 8, dtype=F64).requires_grad_(True)
-    y = Shared.apply(x)
+    y = shared.apply(x)
     before = dict(vars(y.grad_fn))
-    za, zb = WaitForB.apply(y) * 2.0, HoldForA.apply(y) * 3.0
+    za, zb = wait.apply(y) * 2.0, hold.apply(y) * 3.0
     results: Dict[str, Any] = {}
 
     def run(key: str, z: torch.Tensor, create_graph: bool) -> None:
