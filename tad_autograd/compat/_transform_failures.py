@@ -175,7 +175,7 @@ def _watch_callables(
         return found
     found = dict(defective_callables(stage))
     stages = (stage,) if isinstance(stage, str) else stage
-    if found and (stages is None or "derivative" in stages):
+    if found and (stages is None or "derivative" in stages or "forward" in stages):
         call = _resolve(_CUSTOM_FUNCTION_CALL.callables[0])
         if call is not None:
             found[call] = _CUSTOM_FUNCTION_CALL
@@ -190,33 +190,38 @@ def _watch_callables(
 
 _WATCH_CALLABLES: Dict[Any, Dict[Callable[..., Any], BatchingDefect]] = {}
 
-#: Each custom Function class's watched twin (see :func:`_watched_function`).
-_WATCHED_FUNCTIONS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+#: Each custom Function class's watched twins, by what they watch for.
+_WATCHED_FUNCTIONS: weakref.WeakKeyDictionary[Any, Dict[Any, Any]] = weakref.WeakKeyDictionary()
 
 
-def _watched_function(cls: Any) -> Any:
+def _watched_function(cls: Any, stage: Optional[Stages]) -> Any:
     """A subclass of custom Function ``cls`` whose forward and backward run under a
-    :class:`DefectWatch`.
+    :class:`DefectWatch` for ``stage`` that counts nested backward passes too.
 
-    Inside a function transform the backward of a custom Function runs when
-    the transform pulls back, long after a watch around the function has
-    ended; the twin carries the watch into it.
+    Inside a function transform the forward of a custom Function runs inside
+    torch's ``custom_function_call``, out of sight of the watch around the
+    function (a ``vmap`` of its forward: stage ``"forward"``), and its
+    backward runs when the transform pulls back, long after that watch has
+    ended; the twin carries the watch into both.
     """
-    twin = _WATCHED_FUNCTIONS.get(cls)
+    twins = _WATCHED_FUNCTIONS.get(cls)
+    if twins is None:
+        twins = _WATCHED_FUNCTIONS[cls] = {}
+    twin = twins.get(stage)
     if twin is None:
         forward, backward = cls.forward, cls.backward
 
         # the forward too: one Function applied in another's backward runs its forward
         # inside the outer pass, where torch's custom_function_call hides it from the watch
         def watched_forward(*args: Any, **kwargs: Any) -> Any:
-            with DefectWatch(REVERSE_STAGES, nested_derivatives=True):
+            with DefectWatch(stage, nested_derivatives=True):
                 return forward(*args, **kwargs)
 
         def watched_backward(ctx: Any, *grads: Any) -> Any:
-            with DefectWatch(REVERSE_STAGES, nested_derivatives=True):
+            with DefectWatch(stage, nested_derivatives=True):
                 return backward(ctx, *grads)
 
-        twin = type(cls)(
+        twin = twins[stage] = type(cls)(
             cls.__name__,
             (cls,),
             {
@@ -226,7 +231,6 @@ def _watched_function(cls: Any) -> Any:
                 "__qualname__": cls.__qualname__,
             },
         )
-        _WATCHED_FUNCTIONS[cls] = twin
     return twin
 
 
@@ -258,6 +262,10 @@ class DefectWatch(TorchFunctionMode):
     ) -> None:
         super().__init__()
         self._callables = _watch_callables(stage, nested_derivatives)
+        #: What a custom Function's watched twin watches for: a derivative's defects if
+        #: this watch's stages hold one, else this watch's (a ``vmap`` of the forward).
+        stages = (stage,) if isinstance(stage, str) else stage
+        self._twin_stage = REVERSE_STAGES if stages is None or "derivative" in stages else stage
         self._look_only = look_only
         #: Whether the function called a defective op (with ``look_only``, instead of raising).
         self.seen = False
@@ -285,7 +293,7 @@ class DefectWatch(TorchFunctionMode):
         defect = self._callables.get(func)
         if defect is _CUSTOM_FUNCTION_CALL:
             if args and isinstance(args[0], type) and not self._look_only:
-                args = (_watched_function(args[0]), *args[1:])
+                args = (_watched_function(args[0], self._twin_stage), *args[1:])
         elif defect is not None and defect.matches(args, kwargs or {}):
             if self.op is None:
                 self.op = defect.op

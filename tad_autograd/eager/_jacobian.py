@@ -221,16 +221,21 @@ def _rows_of(
         if hazards.defective:
             note_rows("looped: torch batches " + ", ".join(sorted(hazards.defective)) + " wrongly")
         else:
-            # custom Functions' backward passes watched as they run (their ops are out of
-            # sight of any mode entered here): a defective op there raises, and they loop
+            # custom Functions' backward passes and hooks watched as they run (their ops
+            # are out of sight of any mode entered here): a defective op there raises, and
+            # they loop
             with custom_backwards_watched(hazards.custom) as seen:
-                vectorised = vectorised_rows(
-                    out_leaves, inputs, create_graph, vmap, chunk_size, keep
+                vectorised = (
+                    None
+                    if seen.blind
+                    else vectorised_rows(out_leaves, inputs, create_graph, vmap, chunk_size, keep)
                 )
             if vectorised is not None:
                 note_rows("vectorised")
                 return vectorised
-            if seen.op is not None:
+            if seen.blind:
+                note_rows("looped: the backward hooks cannot be watched (a profiler runs)")
+            elif seen.op is not None:
                 note_rows(f"looped: {seen}")
     if create_graph and len(out_leaves) > 1:
         # several outputs: their rows from one joint backward pass, whose graphs are

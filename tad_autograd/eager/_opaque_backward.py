@@ -59,12 +59,14 @@ RuntimeError: Cube: the backward of this custom autograd.Function ...
 from __future__ import annotations
 
 import contextlib
+import dis
 import sys
 import threading
-from typing import Any, Callable, Iterator, List, Optional, Sequence
+import types
+from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
 import torch
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import BackwardCFunction, FunctionCtx, once_differentiable
 
 from ..compat._dual import level_active, unpack_dual
 from ..compat._transform_failures import REVERSE_STAGES, DefectWatch
@@ -76,6 +78,7 @@ __all__ = [
     "opaque_backward_message",
     "custom_backwards_watched",
     "WatchedBackwards",
+    "hooks_watched",
 ]
 
 #: The code of the wrapper ``@once_differentiable`` puts around a backward.
@@ -102,13 +105,115 @@ _FUNCTION_APPLY_CODE = getattr(
     getattr(torch.autograd.Function.apply, "__func__", None), "__code__", None
 )
 
-#: Instance attribute that replaces a node's ``apply`` while it is guarded.
+#: Instance attribute that replaces a node's ``apply`` while a pass guards or watches it.
 _APPLY = "apply"
-_GUARDED = "_tad_autograd_guarded"
-_WATCHED = "_tad_autograd_defect_watched"
 
-#: The graph guarded nodes are shared between threads; wrapping and unwrapping is serialised.
+#: The graph's nodes are shared between threads: installing and removing the wrappers is
+#: serialised, and each wrapper asks which of the passes running in its thread asked for it.
 _WRAP_LOCK = threading.Lock()
+#: Per thread: the nodes this thread's passes guard (``guards``) and watch (``watches``), with
+#: counts, and the :class:`WatchedBackwards` of its watched passes, innermost last (``seen``).
+_LOCAL = threading.local()
+
+
+class _Installed:
+    """The wrapper installed on one node: how many passes (of all threads) guard and watch
+    it, and the instance ``apply`` it replaced (``None``: the class's)."""
+
+    __slots__ = ("guards", "watches", "previous")
+
+    def __init__(self, previous: Optional[Callable[..., Any]]) -> None:
+        self.guards = 0
+        self.watches = 0
+        self.previous = previous
+
+
+#: Each node that a running pass guards or watches, and its wrapper's counts.
+_INSTALLED: Dict[Any, _Installed] = {}
+
+
+def _thread_counts(kind: str) -> Dict[Any, int]:
+    counts: Optional[Dict[Any, int]] = getattr(_LOCAL, kind, None)
+    if counts is None:
+        counts = {}
+        setattr(_LOCAL, kind, counts)
+    return counts
+
+
+@contextlib.contextmanager
+def _nodes_wrapped(nodes: Sequence[Any], kind: str) -> Iterator[None]:
+    """While the block runs, this thread's passes ``kind`` (``"guards"`` or ``"watches"``)
+    ``nodes``; the last pass of any thread to leave a node restores it exactly."""
+    mine = _thread_counts(kind)
+    with _WRAP_LOCK:
+        for node in nodes:
+            entry = _INSTALLED.get(node)
+            if entry is None:
+                entry = _INSTALLED[node] = _Installed(vars(node).get(_APPLY))
+                setattr(node, _APPLY, _dispatching_apply(node, entry))
+            setattr(entry, kind, getattr(entry, kind) + 1)
+            mine[node] = mine.get(node, 0) + 1
+    try:
+        yield
+    finally:
+        with _WRAP_LOCK:
+            for node in nodes:
+                left = mine[node] - 1
+                if left:
+                    mine[node] = left
+                else:
+                    del mine[node]
+                entry = _INSTALLED[node]
+                setattr(entry, kind, getattr(entry, kind) - 1)
+                if not entry.guards and not entry.watches:
+                    del _INSTALLED[node]
+                    if entry.previous is None:
+                        delattr(node, _APPLY)
+                    else:
+                        setattr(node, _APPLY, entry.previous)
+
+
+def _asked(node: Any, kind: str, installed: int) -> bool:
+    """Whether a pass running in this thread ``kind`` (guards, watches) ``node``.
+
+    The autograd engine runs the nodes of a graph on another device in a thread
+    of its own (no Python thread): there, any pass that asked counts
+    (``installed``), which at worst watches a pass that needed no watch.
+    """
+    if not installed:
+        return False
+    counts: Optional[Dict[Any, int]] = getattr(_LOCAL, kind, None)
+    if counts is not None and node in counts:
+        return True
+    return isinstance(threading.current_thread(), threading._DummyThread)
+
+
+def _dispatching_apply(node: Any, entry: _Installed) -> Callable[..., Any]:
+    """The one wrapper of a node: the guard and the defect watch of the passes that asked."""
+    original = entry.previous if entry.previous is not None else type(node).apply.__get__(node)
+    guarded = _guarded_apply(node, original)
+
+    def apply(*grad_outputs: Any) -> Any:
+        run = guarded if _asked(node, "guards", entry.guards) else original
+        if not _asked(node, "watches", entry.watches):
+            return run(*grad_outputs)
+        watch = DefectWatch(REVERSE_STAGES, nested_derivatives=True)
+        try:
+            with watch:
+                return run(*grad_outputs)
+        finally:
+            if watch.op is not None:
+                _note_seen(f"custom Function {_function_name(node)}'s backward", watch.op)
+
+    return apply
+
+
+def _note_seen(code: str, op: str) -> None:
+    """Tell this thread's innermost watched pass that ``code`` (a custom Function's backward,
+    a hook) called ``op``."""
+    stack: Optional[List[WatchedBackwards]] = getattr(_LOCAL, "seen", None)
+    if stack and stack[-1].op is None:
+        stack[-1].code, stack[-1].op = code, op
 
 
 def opaque_backward_message(function_name: str) -> str:
@@ -164,34 +269,26 @@ def custom_backwards_guarded(
         yield
         return
     nodes = custom_nodes if custom_nodes is not None else graph_facts(outputs, set())[1]
-    wrapped: List[Any] = []
-    with _WRAP_LOCK:
-        for node in nodes:
-            if not getattr(node, _GUARDED, False):  # an enclosing guard already watches it
-                setattr(node, _APPLY, _watched_apply(node))
-                setattr(node, _GUARDED, True)
-                wrapped.append(node)
-    try:
+    with _nodes_wrapped(nodes, "guards"):
         yield
-    finally:
-        with _WRAP_LOCK:
-            for node in wrapped:
-                delattr(node, _APPLY)
-                setattr(node, _GUARDED, False)
 
 
 class WatchedBackwards:
-    """What :func:`custom_backwards_watched` saw: the first custom Function whose
-    backward called a defective op (:attr:`function`) and that op (:attr:`op`)."""
+    """What :func:`custom_backwards_watched` saw: the first code the engine ran (a custom
+    Function's backward, a hook) that called a defective op (:attr:`code`), and that op
+    (:attr:`op`)."""
 
-    __slots__ = ("function", "op")
+    __slots__ = ("code", "op", "blind")
 
     def __init__(self) -> None:
-        self.function: Optional[str] = None
+        self.code: Optional[str] = None
         self.op: Optional[str] = None
+        #: Whether the hooks cannot be watched (a profiler that is no Python function runs):
+        #: the pass must not be vectorised.
+        self.blind = False
 
     def __str__(self) -> str:
-        return f"custom Function {self.function}'s backward calls {self.op}"
+        return f"{self.code} calls {self.op}"
 
 
 @contextlib.contextmanager
@@ -226,41 +323,141 @@ def custom_backwards_watched(nodes: Sequence[Any]) -> Iterator[WatchedBackwards]
     "custom Function Dist's backward calls cdist"
     """
     seen = WatchedBackwards()
-    wrapped: List[Any] = []
-    with _WRAP_LOCK:
-        for node in nodes:
-            if not getattr(node, _WATCHED, False):  # an enclosing watch already watches it
-                previous = vars(node).get(_APPLY)
-                setattr(node, _APPLY, _defect_watched_apply(node, previous, seen))
-                setattr(node, _WATCHED, True)
-                wrapped.append((node, previous))
+    stack = getattr(_LOCAL, "seen", None)
+    if stack is None:
+        stack = _LOCAL.seen = []
+    stack.append(seen)
+    profiler = sys.getprofile()
+    seen.blind = DefectWatch.needed(REVERSE_STAGES) and (
+        not _ENGINE_CALL_SITES or (profiler is not None and not callable(profiler))
+    )
     try:
-        yield seen
+        with _nodes_wrapped(nodes, "watches"):
+            yield seen
     finally:
-        with _WRAP_LOCK:
-            for node, previous in wrapped:
-                if previous is None:
-                    delattr(node, _APPLY)
-                else:
-                    setattr(node, _APPLY, previous)
-                setattr(node, _WATCHED, False)
+        stack.pop()
 
 
-def _defect_watched_apply(
-    node: Any, previous: Optional[Callable[..., Any]], seen: WatchedBackwards
-) -> Callable[..., Any]:
-    original = previous if previous is not None else type(node).apply.__get__(node)
+def _code_objects(function: Any) -> Iterator[Any]:
+    """The code of ``function`` and of the functions defined in it (``torch.autograd.grad``'s
+    batched ``vjp``)."""
+    code = getattr(function, "__code__", None)
+    todo = [code] if code is not None else []
+    while todo:
+        code = todo.pop()
+        yield code
+        todo.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
 
-    def apply(*grad_outputs: Any) -> Any:
-        watch = DefectWatch(REVERSE_STAGES, nested_derivatives=True)
-        try:
-            with watch:
-                return original(*grad_outputs)
-        finally:
-            if watch.op is not None and seen.op is None:
-                seen.function, seen.op = _function_name(node), watch.op
 
-    return apply
+def _engine_call_sites() -> FrozenSet[Tuple[Any, int]]:
+    """Where torch's Python enters the autograd engine: the code and instruction offset of
+    each call of ``run_backward`` in ``torch.autograd.grad``/``backward`` (and the functions
+    they call it through).  A Python function whose caller stands at one of them was called
+    by the engine: a hook, or a custom Function's ``apply``."""
+    sites = set()
+    for function in (
+        torch.autograd.grad,
+        torch.autograd.backward,
+        getattr(torch.autograd.graph, "_engine_run_backward", None),
+    ):
+        for code in _code_objects(function):
+            instructions = list(dis.get_instructions(code))
+            for k, instruction in enumerate(instructions):
+                if instruction.argval == "run_backward":
+                    call = next(
+                        (i for i in instructions[k + 1 :] if i.opname.startswith("CALL")), None
+                    )
+                    if call is not None:
+                        sites.add((code, call.offset))
+    return frozenset(sites)
+
+
+#: Where the engine is entered (empty if this torch hides it: then no pass with a hook
+#: watch is vectorised, see :attr:`WatchedBackwards.blind`).
+_ENGINE_CALL_SITES = _engine_call_sites()
+#: What the engine calls that :func:`_nodes_wrapped` watches already: a custom Function's
+#: backward (the class's ``apply``, or a node's dispatching wrapper).
+_NODE_APPLY_CODES = frozenset(
+    {
+        *_code_objects(BackwardCFunction.apply),
+        *(
+            c
+            for c in _dispatching_apply.__code__.co_consts
+            if getattr(c, "co_name", None) == "apply"
+        ),
+    }
+)
+
+
+@contextlib.contextmanager
+def hooks_watched(outputs: Sequence[torch.Tensor]) -> Iterator[None]:
+    """Around the call into the autograd engine of a pass that :func:`custom_backwards_watched`
+    watches (in this thread): each hook the engine calls (a tensor's ``register_hook``, a
+    node's ``register_hook``/``register_prehook``, a module's backward hooks) runs under a
+    :class:`~tad_autograd.compat._transform_failures.DefectWatch`.
+
+    Hooks are not visible in a graph walk (torch keeps them in C++), so the
+    engine's calls are seen as they happen, by a profile function of this
+    thread: a call whose caller stands where torch's Python enters the engine.
+    A hook that calls a defective op, or runs a backward pass of its own,
+    raises :class:`~tad_autograd.compat._transform_failures.DefectiveBatchingError`.
+    The profile starts when the engine runs the first node of the pass (a
+    pre-hook of the nodes of ``outputs``): a profile function costs each call
+    a Python call of its own, so torch's Python around the engine runs
+    without.  Nothing happens outside a watched pass, or under a profiler
+    that is no Python function (the pass is then not vectorised:
+    :attr:`WatchedBackwards.blind`).  In the engine's own threads (a graph on
+    another device) no profile of this thread runs.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.ones(2, requires_grad=True)
+    >>> y = x * 2
+    >>> _ = y.register_hook(lambda g: g * 3)
+    >>> with custom_backwards_watched([]), hooks_watched([y]):
+    ...     torch.autograd.grad(y, x, torch.ones(2))
+    (tensor([6., 6.]),)
+    """
+    stack: Optional[List[WatchedBackwards]] = getattr(_LOCAL, "seen", None)
+    if not stack or stack[-1].blind or not DefectWatch.needed(REVERSE_STAGES):
+        yield
+        return
+    previous: Any = sys.getprofile()  # a Python profiler's: called first, as if alone
+    running: List[Any] = []  # (frame, watch) of the hooks running now, innermost last
+
+    def profile(frame: Any, event: str, arg: Any) -> None:  # every call: kept to a test
+        if previous is not None:
+            previous(frame, event, arg)
+        if event == "call":
+            caller = frame.f_back
+            if (caller.f_code, caller.f_lasti) in _ENGINE_CALL_SITES and (
+                frame.f_code not in _NODE_APPLY_CODES
+            ):
+                watch = DefectWatch(REVERSE_STAGES, nested_derivatives=True)
+                watch.__enter__()  # type: ignore[no-untyped-call]
+                running.append((frame, watch))
+        elif event == "return" and running and running[-1][0] is frame:  # also on a raise
+            watch = running.pop()[1]
+            watch.__exit__(None, None, None)
+            if watch.op is not None:
+                _note_seen(f"backward hook {frame.f_code.co_name}", watch.op)
+
+    thread = threading.get_ident()
+
+    def start(*grad_outputs: Any) -> None:  # the engine's first call in this pass
+        if threading.get_ident() == thread and sys.getprofile() is not profile:
+            sys.setprofile(profile)
+
+    handles = [o.grad_fn.register_prehook(start) for o in outputs if o.grad_fn is not None]
+    try:
+        yield
+    finally:
+        sys.setprofile(previous)
+        for handle in handles:
+            handle.remove()
+        while running:  # only if the block left while a hook ran (it cannot, normally)
+            running.pop()[1].__exit__(None, None, None)
 
 
 def _function_name(node: Any) -> str:
@@ -274,9 +471,7 @@ def _once_differentiable(node: Any) -> bool:
     return getattr(backward, "__code__", None) is _ONCE_DIFFERENTIABLE_CODE
 
 
-def _watched_apply(node: Any) -> Callable[..., Any]:
-    original = type(node).apply.__get__(node)
-
+def _guarded_apply(node: Any, original: Callable[..., Any]) -> Callable[..., Any]:
     def apply(*grad_outputs: Any) -> Any:
         if not torch.is_grad_enabled():  # a backward pass that builds no graph
             return original(*grad_outputs)
@@ -321,7 +516,7 @@ def _watched_apply(node: Any) -> Callable[..., Any]:
 
 #: The code of the watched backward's wrapper: frame walks stop there.
 _WATCHED_APPLY_CODE = next(
-    c for c in _watched_apply.__code__.co_consts if getattr(c, "co_name", None) == "apply"
+    c for c in _guarded_apply.__code__.co_consts if getattr(c, "co_name", None) == "apply"
 )
 
 

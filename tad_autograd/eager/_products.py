@@ -11,18 +11,18 @@ parameters and cotangents or tangents that require grad.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, ContextManager, Optional, Sequence, Tuple
+from typing import Any, Callable, ContextManager, Iterator, Optional, Sequence, Tuple
 
 import torch
 
 from ..compat._pytree import tree_flatten, tree_unflatten
 from ..compat._torch_info import inference_mode_enabled, transforms_active
-from ..compat._transform_failures import DefectiveBatchingError
+from ..compat._transform_failures import REVERSE_STAGES, DefectiveBatchingError, DefectWatch
 from ._engine import pair_products
 from ._grad_modes import outside_inference_mode
 from ._graph import batching_hazards, graph_facts, reaches_other_leaves, retire
 from ._jacobian import eager_jacobian
-from ._opaque_backward import custom_backwards_guarded, custom_backwards_watched
+from ._opaque_backward import custom_backwards_guarded, custom_backwards_watched, hooks_watched
 from ._operand_checks import (
     check_cotangents,
     check_primals,
@@ -40,8 +40,9 @@ def _batched_pass_watched(outputs: Sequence[torch.Tensor]) -> ContextManager[Any
     """Around a backward pass from ``outputs`` that a function transform may batch (a
     ``vmap`` of a vjp function): an op of the graph whose batched derivative the installed
     torch gets wrong raises :class:`DefectiveBatchingError` (automatic ``vmap`` then loops),
-    and the custom Functions' backward passes run watched.  Nothing outside transforms."""
-    if not transforms_active():
+    and the custom Functions' backward passes and the hooks run watched.  Nothing outside
+    transforms."""
+    if not transforms_active() or not DefectWatch.needed(REVERSE_STAGES):
         return contextlib.nullcontext()
     hazards = batching_hazards(outputs)
     if hazards.defective:
@@ -50,7 +51,17 @@ def _batched_pass_watched(outputs: Sequence[torch.Tensor]) -> ContextManager[Any
             "a batched backward pass through it (a vmap of a vjp function) gives wrong values",
             "derivative",
         )
-    return custom_backwards_watched(hazards.custom) if hazards.custom else contextlib.nullcontext()
+    return _watched_or_refused(hazards.custom)
+
+
+@contextlib.contextmanager
+def _watched_or_refused(custom: Sequence[Any]) -> Iterator[None]:
+    with custom_backwards_watched(custom) as seen:
+        if seen.blind:
+            raise DefectiveBatchingError(
+                "a backward hook", "a profiler is active, so hooks cannot be watched"
+            )
+        yield
 
 
 def eager_vjp(func: Callable[..., Any], primals: Tuple[Any, ...], has_aux: bool) -> Any:
@@ -97,7 +108,8 @@ def eager_vjp(func: Callable[..., Any], primals: Tuple[Any, ...], has_aux: bool)
                 custom_backwards_guarded(out_leaves, create_graph),
                 _batched_pass_watched(out_leaves),
             ):
-                grads = pair_products(pairs, inputs, retain_graph, create_graph)
+                with hooks_watched([o for o, _ in pairs]):
+                    grads = pair_products(pairs, inputs, retain_graph, create_graph)
         filled = [
             g if g is not None else torch.zeros_like(x.detach()) for g, x in zip(grads, inputs)
         ]

@@ -24,6 +24,7 @@ from ..compat._rng import RngStates
 from ._column_check import ReverseProbe, probe_cotangents
 from ._engine import scalar_grad
 from ._graph import defective_ops_in, has_custom_functions
+from ._opaque_backward import hooks_watched
 
 __all__ = [
     "LOOP_MAX_ROWS",
@@ -250,15 +251,16 @@ def joint_rows(
     def vjp(
         *cotangents: torch.Tensor, keep_graph: bool = True, engine_batched: bool = False
     ) -> Tuple[torch.Tensor, ...]:
-        grads = torch.autograd.grad(
-            live,
-            inputs,
-            [c for c, keep in zip(cotangents, is_live) if keep],
-            retain_graph=keep_graph,
-            create_graph=create_graph,
-            allow_unused=True,
-            is_grads_batched=engine_batched,
-        )
+        with hooks_watched(live):  # in a watched vectorised pass: the hooks the engine calls
+            grads = torch.autograd.grad(
+                live,
+                inputs,
+                [c for c, keep in zip(cotangents, is_live) if keep],
+                retain_graph=keep_graph,
+                create_graph=create_graph,
+                allow_unused=True,
+                is_grads_batched=engine_batched,
+            )
         if engine_batched:
             lead = cotangents[0].shape[:1]
             return tuple(
