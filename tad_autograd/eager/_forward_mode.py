@@ -195,7 +195,8 @@ def _recorded(
                 fed = [x.clone() for x in inputs]  # the function may update these in place
                 if by_duals:
                     stack.enter_context(dual_level())
-                    fed = [make_dual(x, t) for x, t in zip(fed, tangent_sets[0])]
+                    # torch keeps the tangent as given: an in-place update would change it
+                    fed = [make_dual(x, t.clone()) for x, t in zip(fed, tangent_sets[0])]
                 versions = [x._version for x in fed]
                 with look if look is not None else contextlib.nullcontext(), watch:
                     result = func(*(fed if spec is None else tree_unflatten(list(fed), spec)))
