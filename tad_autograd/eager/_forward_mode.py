@@ -305,7 +305,9 @@ def eager_jacfwd(
     nums = check_argnums(argnums, len(args), "jacfwd")
     if randomness != "different":
         states = snapshot(func, args)
-        jacobian = eager_jacobian(_on_copies(func, nums), argnums, has_aux, args, vmap, chunk_size, columns=True)
+        jacobian = eager_jacobian(
+            _on_copies(func, nums), argnums, has_aux, args, vmap, chunk_size, columns=True
+        )
         if randomness == "error" and states.changed():
             states.restore()
             raise _random_in_error_mode()

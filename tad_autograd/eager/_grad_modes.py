@@ -153,7 +153,9 @@ class ReverseOnlyWatch(GradModeOffWatch):
     True
     """
 
-    def notes(self, func: Any, args: Tuple[Any, ...] = (), kwargs: Optional[Dict[str, Any]] = None) -> bool:
+    def notes(
+        self, func: Any, args: Tuple[Any, ...] = (), kwargs: Optional[Dict[str, Any]] = None
+    ) -> bool:
         if not torch.is_grad_enabled() or func in _HOOKS:
             return True
         backward = _BACKWARD_PASSES.get(func)

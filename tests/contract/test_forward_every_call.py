@@ -229,4 +229,3 @@ def test_vmap_loop_sees_the_generator(backend: Optional[str], where: str) -> Non
         with pytest.raises(RuntimeError):
             ta.vmap(f, randomness="error", backend=backend)(xs)
     assert torch.equal(gen.get_state(), torch.Generator().manual_seed(0).get_state())
-
