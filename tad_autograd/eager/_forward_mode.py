@@ -47,7 +47,7 @@ from ..compat._dual import dual_level, forward_ad_ready, level_active, make_dual
 from ..compat._locks import TRANSFORM_LOCK
 from ..compat._pytree import flatten, tree_flatten, tree_unflatten, unflatten
 from ..compat._rng import RngStates, attempt, snapshot
-from ..compat._torch_info import inference_mode_enabled
+from ..compat._torch_info import inference_mode_enabled, is_compiling
 from ..compat._transform_failures import DefectWatch
 from ._grad_modes import GradModeOffWatch, ReverseOnlyWatch, outside_inference_mode
 from ._graph import custom_functions_without_jvp, reaches_other_leaves, retire
@@ -93,8 +93,8 @@ def eager_jvp(
         _remember(key, duals)
         return output + (products,) + ((aux,) if has_aux else ())
 
-    if level_active() or not _duals_proven(key):
-        return recorded()
+    if level_active() or is_compiling() or not _duals_proven(key):
+        return recorded()  # (dynamo traces no dual numbers)
 
     def dual_numbers(states: RngStates) -> Any:
         with TRANSFORM_LOCK:  # dual levels are process-wide
@@ -137,7 +137,7 @@ def _verdict_key(func: Callable[..., Any]) -> Any:
     """
     while hasattr(func, "__wrapped__"):
         code = getattr(func, "__code__", None)
-        if code is None or not os.path.abspath(code.co_filename).startswith(_PACKAGE):
+        if code is None or not code.co_filename.startswith(_PACKAGE):
             break
         func = func.__wrapped__
     return func

@@ -129,9 +129,13 @@ class GradModeOffWatch(TorchFunctionMode):
         args: Tuple[Any, ...] = (),
         kwargs: Optional[Dict[str, Any]] = None,
     ) -> Any:
-        if not self.seen and self.notes(func):
+        if not self.seen and self.notes_call(func, args, kwargs or {}):
             self.seen = True
         return func(*args, **(kwargs or {}))
+
+    def notes_call(self, func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> bool:
+        """Whether this call of ``func`` is what this watch looks for (:meth:`notes`)."""
+        return self.notes(func)
 
 
 class ReverseOnlyWatch(GradModeOffWatch):
@@ -153,30 +157,17 @@ class ReverseOnlyWatch(GradModeOffWatch):
     True
     """
 
-    def notes(
-        self, func: Any, args: Tuple[Any, ...] = (), kwargs: Optional[Dict[str, Any]] = None
-    ) -> bool:
+    def notes_call(self, func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> bool:
         if not torch.is_grad_enabled() or func in _HOOKS:
             return True
         backward = _BACKWARD_PASSES.get(func)
         if backward is None:
             return False
         try:
-            bound = backward.bind(*args, **(kwargs or {}))
+            bound = backward.bind(*args, **kwargs)
         except TypeError:  # torch reports the call's own mistake
             return False
         return not bound.arguments.get("create_graph")
-
-    def __torch_function__(
-        self,
-        func: Any,
-        types: Any,
-        args: Tuple[Any, ...] = (),
-        kwargs: Optional[Dict[str, Any]] = None,
-    ) -> Any:
-        if not self.seen and self.notes(func, args, kwargs):
-            self.seen = True
-        return func(*args, **(kwargs or {}))
 
 
 #: Hook registrations a backward pass runs and dual numbers ignore.
