@@ -18,14 +18,23 @@ the function again when it fails (its side effects could not be undone).
   numbers pass through such a block where backward passes stop, so such a
   function keeps the recorded graph's derivative on every call (the same as
   reverse mode's; :mod:`torch.func`'s forward mode differs there).
-* Later calls of a function whose graph showed nothing in the way push
+* Later calls of a function whose graph showed nothing in the way (the very
+  callable passed: a decorated variant has a verdict of its own) push
   :mod:`torch.autograd.forward_ad` dual numbers (cheaper); the others keep
-  recording.  Should a later call take a path the first did not (a
-  data-dependent branch into an op without a forward-AD formula, which torch
-  reports as ``NotImplementedError``, or into a defective one), that call is
-  recorded instead, with every random generator restored, and the function
-  records from then on.  Any other exception is the user's own and
-  propagates after the one run.
+  recording.  The dual numbers ride on the same stand-ins the recorded call
+  gave the function (requiring grad, grad mode on), so the function takes
+  the same branches and records its graph too; where that pass meets what
+  dual numbers get wrong (grad mode off, a tensor hook, a backward pass
+  without ``create_graph``: :class:`~tad_autograd.eager._grad_modes.ReverseOnlyWatch`;
+  a defective op), the product comes from the graph instead.  So every call
+  gives reverse mode's derivative, whatever the verdict.  Should a later call
+  take a data-dependent branch into an op without a forward-AD formula
+  (torch reports ``NotImplementedError``), that call is recorded instead,
+  with every random generator restored, and the function records from then
+  on.  Any other exception is the user's own and propagates after the one
+  run.
+* The function gets non-leaf copies of its inputs (and of the tangents), so
+  it may update them in place; the caller's tensors stay as they are.
 * ``jacfwd`` records one forward pass and takes its columns from the graph;
   with ``randomness="different"`` a function that drew random numbers gets a
   forward pass of its own for each further column (one draw per column, as
