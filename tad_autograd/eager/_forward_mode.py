@@ -260,7 +260,8 @@ def _recorded(
                 original if original is not None else as_returned([o], keep, [], [])[0]
                 for o, original in zip(out_leaves, originals)
             ]
-            duals = clear and not custom_functions_without_jvp(live)
+            # (a dual-number pass got through: its verdict is not asked for)
+            duals = clear and (by_duals or not custom_functions_without_jvp(live))
             if has_aux:  # with a graph where torch.func's keeps one: to leaves outside
                 aux_leaves = [
                     original if original is not None else a
