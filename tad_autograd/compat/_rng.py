@@ -15,6 +15,7 @@ failed attempt must leave the generators as they were.
 
 from __future__ import annotations
 
+import types
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Type, TypeVar
 
 import torch
@@ -119,10 +120,14 @@ def visible_generators(
 ) -> List[torch.Generator]:
     """The explicit :class:`torch.Generator` objects a call of ``func`` can see.
 
-    Those among the arguments (any pytree leaf), the keyword arguments, the
-    cells of ``func``'s closure, its default values and the module globals its
-    code names.  Generators reached only through other objects or functions
-    are not found.
+    Those among the arguments (any pytree leaf), the keyword arguments, and,
+    for ``func`` and each function it wraps (``__wrapped__``, as
+    :func:`functools.wraps` sets it): the cells of its closure, its default
+    values, the module globals its code names, and the attributes of the
+    object itself or of a bound method's object (``self.gen`` of an
+    ``nn.Module`` called as ``vmap(module)``).  Generators reached only
+    through other objects (a submodule's attribute, a list) or other
+    functions are not found.
 
     Examples
     --------
@@ -140,8 +145,23 @@ def visible_generators(
     if kwargs or not all(isinstance(a, torch.Tensor) for a in args):  # else: no generator there
         for leaf in tree_flatten((tuple(args), kwargs or {}))[0]:
             add(leaf)
-    while hasattr(func, "__wrapped__"):
-        func = func.__wrapped__
+    seen: List[int] = []
+    layer: Any = func
+    while layer is not None and id(layer) not in seen:  # the function and what it wraps
+        seen.append(id(layer))
+        _reachable(layer, add)
+        layer = getattr(layer, "__wrapped__", None)
+    return found
+
+
+def _reachable(func: Any, add: Callable[[Any], None]) -> None:
+    """Pass to ``add`` what one callable (no ``__wrapped__`` followed) can reach directly."""
+    owner = func.__self__ if isinstance(func, types.MethodType) else None  # a bound method's
+    for obj in (func, owner):
+        attributes = getattr(obj, "__dict__", None)
+        if isinstance(attributes, dict) and not isinstance(obj, (type, types.ModuleType)):
+            for value in attributes.values():  # an object's generator attribute (self.gen)
+                add(value)
     func = getattr(func, "__func__", func)  # a bound method's function
     for cell in getattr(func, "__closure__", None) or ():
         try:
@@ -157,7 +177,6 @@ def visible_generators(
     if code is not None and namespace is not None:
         for name in code.co_names:
             add(namespace.get(name))
-    return found
 
 
 def snapshot(

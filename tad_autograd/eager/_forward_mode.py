@@ -18,14 +18,23 @@ the function again when it fails (its side effects could not be undone).
   numbers pass through such a block where backward passes stop, so such a
   function keeps the recorded graph's derivative on every call (the same as
   reverse mode's; :mod:`torch.func`'s forward mode differs there).
-* Later calls of a function whose graph showed nothing in the way push
+* Later calls of a function whose graph showed nothing in the way (the very
+  callable passed: a decorated variant has a verdict of its own) push
   :mod:`torch.autograd.forward_ad` dual numbers (cheaper); the others keep
-  recording.  Should a later call take a path the first did not (a
-  data-dependent branch into an op without a forward-AD formula, which torch
-  reports as ``NotImplementedError``, or into a defective one), that call is
-  recorded instead, with every random generator restored, and the function
-  records from then on.  Any other exception is the user's own and
-  propagates after the one run.
+  recording.  The dual numbers ride on the same stand-ins the recorded call
+  gave the function (requiring grad, grad mode on), so the function takes
+  the same branches and records its graph too; where that pass meets what
+  dual numbers get wrong (grad mode off, a tensor hook, a backward pass
+  without ``create_graph``: :class:`~tad_autograd.eager._grad_modes.ReverseOnlyWatch`;
+  a defective op), the product comes from the graph instead.  So every call
+  gives reverse mode's derivative, whatever the verdict.  Should a later call
+  take a data-dependent branch into an op without a forward-AD formula
+  (torch reports ``NotImplementedError``), that call is recorded instead,
+  with every random generator restored, and the function records from then
+  on.  Any other exception is the user's own and propagates after the one
+  run.
+* The function gets non-leaf copies of its inputs (and of the tangents), so
+  it may update them in place; the caller's tensors stay as they are.
 * ``jacfwd`` records one forward pass and takes its columns from the graph;
   with ``randomness="different"`` a function that drew random numbers gets a
   forward pass of its own for each further column (one draw per column, as
@@ -37,18 +46,19 @@ the function again when it fails (its side effects could not be undone).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+import os
+from typing import Any, Callable, List, Optional, Sequence, Set, Tuple
 
 import torch
 
-from ..compat._dual import dual_level, forward_ad_ready, make_dual, unpack_dual
+from ..compat._dual import dual_level, forward_ad_ready, level_active, make_dual, unpack_dual
 from ..compat._locks import TRANSFORM_LOCK
 from ..compat._memory import MEMORY
 from ..compat._pytree import flatten, tree_flatten, tree_unflatten, unflatten
 from ..compat._rng import RngStates, attempt, snapshot
-from ..compat._torch_info import inference_mode_enabled
-from ..compat._transform_failures import DefectiveBatchingError, DefectWatch
-from ._grad_modes import GradModeOffWatch, outside_inference_mode
+from ..compat._torch_info import inference_mode_enabled, is_compiling
+from ..compat._transform_failures import DefectWatch
+from ._grad_modes import GradModeOffWatch, ReverseOnlyWatch, outside_inference_mode
 from ._graph import custom_functions_without_jvp, reaches_other_leaves, retire
 from ._jacobian import ArgnumLeaves, aux_like_torch_func, eager_jacobian
 from ._linear_map import linear_map
@@ -83,33 +93,33 @@ def eager_jvp(
         return outside_inference_mode(
             "jvp", lambda p, t: eager_jvp(func, p, t, has_aux), primals, tangents
         )
-    user = _user_function(func)
+    key = _verdict_key(func)
 
     def recorded() -> Any:
         output, (products,), aux, duals = _recorded(
             func, p_leaves, spec, has_aux, [t_leaves], "jvp"
         )
-        _remember(user, duals)
+        _remember(key, duals)
         return output + (products,) + ((aux,) if has_aux else ())
 
-    if not _duals_proven(user):
-        return recorded()
+    if level_active() or is_compiling() or not _duals_proven(key):
+        return recorded()  # (dynamo traces no dual numbers)
 
     def dual_numbers(states: RngStates) -> Any:
         with TRANSFORM_LOCK:  # dual levels are process-wide
-            if not DefectWatch.needed(_TANGENT):
-                return _dual_jvp(func, p_leaves, t_leaves, spec, has_aux)
-            with DefectWatch(_TANGENT):  # no tangent through an op torch gets wrong
-                return _dual_jvp(func, p_leaves, t_leaves, spec, has_aux)
+            output, (products,), aux, _ = _recorded(
+                func, p_leaves, spec, has_aux, [t_leaves], "jvp", by_duals=True
+            )
+        return output + (products,) + ((aux,) if has_aux else ())
 
-    # a path the recorded call did not take: no forward-AD rule there, or a wrong one
-    # (the types torch and the watch raise, whatever the words): recorded, from now on
+    # a path the recorded call did not take into an op without a forward-AD rule (the
+    # type torch raises, whatever the words): recorded, from now on
     return attempt(
         dual_numbers,
         func,
         primals,
-        catch=(NotImplementedError, DefectiveBatchingError),
-        on_failure=lambda error: _remember(user, False),
+        catch=(NotImplementedError,),
+        on_failure=lambda error: _remember(key, False),
         retry=recorded,
     )
 
@@ -117,15 +127,28 @@ def eager_jvp(
 #: The defects a dual-number pass watches for: wrong forward-mode formulas.
 _TANGENT = "tangent"
 
-#: The key, in the failure memory, of whether the graph of a user function's recorded call
-#: showed that dual numbers can push its tangents.  Later calls push dual numbers only
-#: where it did.
+#: The key, in the failure memory, of whether the graph of a user function's recorded
+#: call (the function as the caller passed it) showed that dual numbers can push its
+#: tangents.  Later calls push dual numbers only where it did, and take the product from
+#: their own graph where their pass saw what dual numbers get wrong; so the verdict
+#: decides the cost of a call, never its answer.
 _DUALS = "dual numbers"
 
+#: Where the library's own modules live: their wrappers (``__wrapped__``) are looked through.
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-def _user_function(func: Callable[..., Any]) -> Any:
-    """The user's own function under the library's wrappers (``__wrapped__``)."""
+
+def _verdict_key(func: Callable[..., Any]) -> Any:
+    """The function the caller passed, under the library's own wrappers only.
+
+    A user's decorator (``functools.wraps``, ``torch.no_grad()``) makes another
+    function with a verdict of its own; only wrappers whose code lives in this
+    package are looked through.
+    """
     while hasattr(func, "__wrapped__"):
+        code = getattr(func, "__code__", None)
+        if code is None or not code.co_filename.startswith(_PACKAGE):
+            break
         func = func.__wrapped__
     return func
 
@@ -139,41 +162,6 @@ def _remember(func: Any, duals: bool) -> None:
         MEMORY.remember(func, _DUALS, duals)
 
 
-def _dual_jvp(
-    func: Callable[..., Any],
-    p_leaves: List[torch.Tensor],
-    t_leaves: List[torch.Tensor],
-    spec: Any,
-    has_aux: bool,
-) -> Any:
-    with dual_level():
-        duals = [make_dual(p, t) for p, t in zip(p_leaves, t_leaves)]
-        result = func(*tree_unflatten(duals, spec))
-        if has_aux:
-            result, aux = split_aux(result, "jvp")
-        out_leaves, out_spec = tree_flatten(result)
-        check_tensor_outputs(out_leaves, "jvp")
-        primal_out, tangent_out = [], []
-        for o in out_leaves:
-            primal, tangent = unpack_dual(o)
-            primal_out.append(_own_graph_dropped(primal))
-            tangent_out.append(
-                _own_graph_dropped(tangent) if tangent is not None else torch.zeros_like(primal)
-            )
-        if has_aux:
-            aux_leaves, aux_spec = tree_flatten(aux)
-            aux = tree_unflatten([unpack_dual(a)[0] for a in aux_leaves], aux_spec)
-    output = tree_unflatten(primal_out, out_spec), tree_unflatten(tangent_out, out_spec)
-    return output + (aux,) if has_aux else output
-
-
-def _own_graph_dropped(t: torch.Tensor) -> torch.Tensor:
-    """``t`` without its graph when that reaches only finished stand-ins (nested derivatives)."""
-    if t.grad_fn is not None and not reaches_other_leaves([t], set()):
-        return t.detach()
-    return t
-
-
 def _recorded(
     func: Callable[..., Any],
     p_leaves: List[torch.Tensor],
@@ -181,6 +169,7 @@ def _recorded(
     has_aux: bool,
     tangent_sets: Sequence[Sequence[torch.Tensor]],
     kind: str,
+    by_duals: bool = False,
 ) -> Tuple[Tuple[Any], List[Any], Any, bool]:
     """One recorded call of ``func``, and ``J t`` from its graph for each of ``tangent_sets``.
 
@@ -188,43 +177,106 @@ def _recorded(
     Returns ``((output,), products per tangent set, aux, duals)``: ``duals``
     tells whether dual numbers could have pushed the tangents through this
     call (no custom ``autograd.Function`` without ``jvp``, no op whose
-    forward-mode formula torch gets wrong).
+    forward-mode formula torch gets wrong, nothing run with grad mode off).
+
+    The function gets non-leaf copies of the stand-ins, so that it may update
+    them in place (the caller's tensors stay as they are).  ``by_duals`` (one
+    tangent set): the copies are also dual numbers carrying the tangents, and
+    the product is their tangent unless the pass met what dual numbers get
+    wrong (:class:`~tad_autograd.eager._grad_modes.ReverseOnlyWatch`, a
+    defective forward-mode formula); then it comes from the graph, which the
+    same pass recorded, as on the first call.
     """
     outer_grad = torch.is_grad_enabled()
     look = DefectWatch(_TANGENT, look_only=True) if DefectWatch.needed(_TANGENT) else None
     # the function's own no_grad block: dual numbers pass through it, backward passes do
     # not, so such a function keeps the recorded graph's derivative on every call
-    grad_off = GradModeOffWatch()
+    watch = ReverseOnlyWatch() if by_duals else GradModeOffWatch()
     with torch.enable_grad():
         inputs, external = stand_ins(p_leaves)
         try:
-            with look if look is not None else contextlib.nullcontext(), grad_off:
-                result = func(*(inputs if spec is None else tree_unflatten(list(inputs), spec)))
-            if has_aux:
-                result, aux = split_aux(result, kind)
-            out_leaves, out_spec = tree_flatten(result)
-            check_tensor_outputs(out_leaves, kind)
+            with contextlib.ExitStack() as stack:
+                fed = [x.clone() for x in inputs]  # the function may update these in place
+                if by_duals:
+                    stack.enter_context(dual_level())
+                    # torch keeps the tangent as given: an in-place update would change it
+                    fed = [make_dual(x, t.clone()) for x, t in zip(fed, tangent_sets[0])]
+                versions = [x._version for x in fed]
+                with look if look is not None else contextlib.nullcontext(), watch:
+                    result = func(*(fed if spec is None else tree_unflatten(list(fed), spec)))
+                if has_aux:
+                    result, aux = split_aux(result, kind)
+                out_leaves, out_spec = tree_flatten(result)
+                check_tensor_outputs(out_leaves, kind)
+                # the caller's own input where the function returned it untouched
+                unchanged = {
+                    id(x): p for x, v, p in zip(fed, versions, p_leaves) if x._version == v
+                }
+                originals = [unchanged.get(id(o)) for o in out_leaves]
+                if has_aux:
+                    aux_leaves, aux_spec = tree_flatten(aux)
+                    aux_originals = [
+                        unchanged.get(id(a)) if isinstance(a, torch.Tensor) else None
+                        for a in aux_leaves
+                    ]
+                if by_duals:
+                    unpacked = [unpack_dual(o) for o in out_leaves]
+                    out_leaves = [primal for primal, _ in unpacked]
+                    tangents = [tangent for _, tangent in unpacked]
+                    if has_aux:
+                        aux_leaves = [
+                            unpack_dual(a)[0] if isinstance(a, torch.Tensor) else a
+                            for a in aux_leaves
+                        ]
             ours = {id(x) for x in inputs}
             live = [o for o in out_leaves if o.requires_grad]
             keep = outer_grad and (external or reaches_other_leaves(live, ours))
             wants_graph = any(t.requires_grad for ts in tangent_sets for t in ts)
             create = keep or any_dual(inputs) or (outer_grad and wants_graph)
-            apply = linear_map(out_leaves, inputs, create)
-            products = [tree_unflatten(apply(list(ts), create), out_spec) for ts in tangent_sets]
-            primal = as_returned(out_leaves, keep, inputs, p_leaves)
-            duals = (
-                (look is None or not look.seen)
-                and not grad_off.seen
-                and not custom_functions_without_jvp(live)
-            )
+            clear = (look is None or not look.seen) and not watch.seen
+            if by_duals and clear:
+                products = [
+                    tree_unflatten(
+                        [
+                            torch.zeros_like(o.detach())
+                            if t is None
+                            else (_graph_dropped(t, ours) if create else t.detach())
+                            for o, t in zip(out_leaves, tangents)
+                        ],
+                        out_spec,
+                    )
+                ]
+            else:
+                apply = linear_map(out_leaves, inputs, create)
+                products = [
+                    tree_unflatten(apply(list(ts), create), out_spec) for ts in tangent_sets
+                ]
+            primal = [
+                original if original is not None else as_returned([o], keep, [], [])[0]
+                for o, original in zip(out_leaves, originals)
+            ]
+            # (a dual-number pass got through: its verdict is not asked for)
+            duals = clear and (by_duals or not custom_functions_without_jvp(live))
             if has_aux:  # with a graph where torch.func's keeps one: to leaves outside
-                aliases = {id(x): p for x, p in zip(inputs, p_leaves)}
-                aux = aux_like_torch_func(aux, ours, outer_grad, aliases)
+                aux_leaves = [
+                    original if original is not None else a
+                    for a, original in zip(aux_leaves, aux_originals)
+                ]
+                aux = aux_like_torch_func(
+                    tree_unflatten(aux_leaves, aux_spec), ours, outer_grad, {}
+                )
             else:
                 aux = None
             return (tree_unflatten(primal, out_spec),), products, aux, duals
         finally:
             retire(inputs)
+
+
+def _graph_dropped(t: torch.Tensor, ours: Set[int]) -> torch.Tensor:
+    """``t`` without its graph when that reaches only this call's stand-ins."""
+    if t.grad_fn is not None and not reaches_other_leaves([t], ours):
+        return t.detach()
+    return t
 
 
 def eager_jacfwd(
@@ -258,7 +310,9 @@ def eager_jacfwd(
     nums = check_argnums(argnums, len(args), "jacfwd")
     if randomness != "different":
         states = snapshot(func, args)
-        jacobian = eager_jacobian(func, argnums, has_aux, args, vmap, chunk_size, columns=True)
+        jacobian = eager_jacobian(
+            _on_copies(func, nums), argnums, has_aux, args, vmap, chunk_size, columns=True
+        )
         if randomness == "error" and states.changed():
             states.restore()
             raise _random_in_error_mode()
@@ -294,6 +348,23 @@ def eager_jacfwd(
     return (jacobian, aux) if has_aux else jacobian
 
 
+def _on_copies(func: Callable[..., Any], nums: Sequence[int]) -> Callable[..., Any]:
+    """``func`` called with copies of the tensors at positions ``nums`` (differentiable
+    clones, which it may update in place where the stand-ins are leaves)."""
+
+    def on_copies(*args: Any) -> Any:
+        copied = list(args)
+        for i in nums:
+            leaves, spec = tree_flatten(args[i])
+            copied[i] = tree_unflatten(
+                [a.clone() if isinstance(a, torch.Tensor) else a for a in leaves], spec
+            )
+        return func(*copied)
+
+    on_copies.__wrapped__ = func  # type: ignore[attr-defined]
+    return on_copies
+
+
 def _random_in_error_mode() -> RuntimeError:
     return RuntimeError(
         "jacfwd: called a random operation with randomness='error'; use "
@@ -325,17 +396,25 @@ def eager_linearize(func: Callable[..., Any], primals: Tuple[Any, ...]) -> Tuple
         # snapshots: the graph saves what ``func`` saw, so the products stay at this point
         # when the caller later updates a primal in place
         inputs, external = stand_ins([p.clone() for p in p_leaves])
-        result = func(*tree_unflatten(list(inputs), spec))
+        fed = [x.clone() for x in inputs]  # the function may update these in place
+        versions = [x._version for x in fed]
+        result = func(*tree_unflatten(list(fed), spec))
         out_leaves, out_spec = tree_flatten(result)
         check_tensor_outputs(out_leaves, "linearize")
         live = [o for o in out_leaves if o.requires_grad]
         ours = {id(x) for x in inputs}
         keep = any_dual(inputs) or (outer_grad and (external or reaches_other_leaves(live, ours)))
         apply = linear_map(out_leaves, inputs, keep)
+        # the caller's own input where the function returned it untouched
+        unchanged = {id(x): p for x, v, p in zip(fed, versions, p_leaves) if x._version == v}
 
     def jvp_fn(*tangents: Any) -> Any:
         t_leaves = check_primals_tangents(primals, tangents, "linearize")[1]
         create = keep or (torch.is_grad_enabled() and any(t.requires_grad for t in t_leaves))
         return tree_unflatten(apply(t_leaves, create), out_spec)
 
-    return tree_unflatten(as_returned(out_leaves, keep, inputs, p_leaves), out_spec), jvp_fn
+    primal = [unchanged.get(id(o)) for o in out_leaves]
+    primal = [
+        as_returned([o], keep, [], [])[0] if p is None else p for o, p in zip(out_leaves, primal)
+    ]
+    return tree_unflatten(primal, out_spec), jvp_fn

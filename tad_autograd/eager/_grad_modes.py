@@ -8,6 +8,7 @@ with a clear ``RuntimeError`` where that returns zeros.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
 
 import torch
@@ -21,6 +22,7 @@ __all__ = [
     "outside_inference_mode",
     "plain_tensors",
     "GradModeOffWatch",
+    "ReverseOnlyWatch",
 ]
 
 T = TypeVar("T")
@@ -127,6 +129,52 @@ class GradModeOffWatch(TorchFunctionMode):
         args: Tuple[Any, ...] = (),
         kwargs: Optional[Dict[str, Any]] = None,
     ) -> Any:
-        if not self.seen and self.notes(func):
+        if not self.seen and self.notes_call(func, args, kwargs or {}):
             self.seen = True
         return func(*args, **(kwargs or {}))
+
+    def notes_call(self, func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> bool:
+        """Whether this call of ``func`` is what this watch looks for (:meth:`notes`)."""
+        return self.notes(func)
+
+
+class ReverseOnlyWatch(GradModeOffWatch):
+    """A :class:`GradModeOffWatch` that also notes what a backward pass sees and dual
+    numbers do not: a tensor hook registered, a backward pass that records no graph
+    (``torch.autograd.grad`` or ``backward`` without ``create_graph``).
+
+    Dual numbers pass through all three where reverse mode stops or changes the
+    gradient, so a forward-mode product taken with dual numbers under this watch
+    is reverse mode's only where it saw none of them (:attr:`seen` false).
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.ones(1, requires_grad=True)
+    >>> with ReverseOnlyWatch() as watch:
+    ...     _ = torch.autograd.grad((x * x).sum(), x)
+    >>> watch.seen
+    True
+    """
+
+    def notes_call(self, func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> bool:
+        if not torch.is_grad_enabled() or func in _HOOKS:
+            return True
+        backward = _BACKWARD_PASSES.get(func)
+        if backward is None:
+            return False
+        try:
+            bound = backward.bind(*args, **kwargs)
+        except TypeError:  # torch reports the call's own mistake
+            return False
+        return not bound.arguments.get("create_graph")
+
+
+#: Hook registrations a backward pass runs and dual numbers ignore.
+_HOOKS = frozenset({torch.Tensor.register_hook})
+
+#: Backward passes (by their signature) that record no graph unless ``create_graph``.
+_BACKWARD_PASSES = {
+    f: inspect.signature(f)
+    for f in (torch.autograd.grad, torch.autograd.backward, torch.Tensor.backward)
+}
