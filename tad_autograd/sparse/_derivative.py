@@ -18,6 +18,7 @@ import torch
 from ..api.operators import jacfwd
 from ..api.transforms import hessian, jacrev
 from ..compat._pytree import tree_flatten
+from ..compat._torch_info import transforms_active
 from ..compat.tensor_kinds import is_batched
 from ..dispatch._checks import check_differentiable
 from ..dispatch._transformed import transform_name
@@ -124,11 +125,20 @@ class SparseDerivative:
     # --------------------------------------------------------------- the compressed functions
 
     def _seed(self, n: int, like: torch.Tensor) -> torch.Tensor:
+        """The seed matrix for ``n`` rows in ``like``'s dtype and device.
+
+        Only a seed built outside function transforms (and inference mode) is
+        kept: one built inside a transform belongs to it (a grad transform
+        wraps the tensors it creates), and another thread must never see it
+        while that transform runs.  Calls build the seeds they will need before entering their
+        transform, so the compressed function finds them kept.
+        """
         key = (n, like.dtype, like.device)
         seed = self._seeds.get(key)
         if seed is None:
             seed = seed_matrix(n, self.colours, self._present, like.dtype, like.device)
-            self._seeds[key] = seed
+            if not (transforms_active() or torch.is_inference_mode_enabled()):
+                self._seeds[key] = seed
         return seed
 
     def _output(self, y: Any) -> torch.Tensor:
@@ -254,14 +264,18 @@ class SparseDerivative:
         if self.n_colours == 0:  # an empty pattern: nothing to differentiate (check=True: verify)
             return self._empty(args, kwargs, n_in)
         if self.mode == "forward":
+            self._seed(n_in, x)  # built here, outside the transform, and kept
             c0 = torch.zeros(self.n_colours, dtype=x.dtype, device=x.device)
             out = self._compressed(c0, *args, **kwargs)
             n_out = out.numel() // self.n_colours
             self.pattern.check_fits((n_out, n_in), "the Jacobian of func")
             compressed = out.reshape(n_out, self.n_colours)
         else:
+            if self.mode == "hessian":
+                self._seed(n_in, x)
             compressed = self._compressed(*args, **kwargs).reshape(self.n_colours, n_in)
             n_out = n_in if self.mode == "hessian" else self._local.n_out
+            self._seed(n_out, compressed)  # the next call's, kept (a first call's was not)
         shape = (n_out, n_in)
         return self._plan(shape)(compressed), shape
 

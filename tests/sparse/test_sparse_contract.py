@@ -384,3 +384,20 @@ def test_inference_mode(backend) -> None:
                 ta.sparse_jacobian(func, pattern, backend=backend)(x)
             with pytest.raises(RuntimeError, match="inference_mode"):
                 ta.sparse_hessian(energy, hpattern, backend=backend)(y)
+
+
+def test_kept_seeds_are_plain_tensors(backend) -> None:
+    """The seeds an operator keeps for later calls (and other threads) belong to no transform."""
+    func, pattern, _ = banded_rhs(12, 2)
+    energy, hpattern, _ = chain_energy(12)
+    ops = [
+        ta.sparse_jacobian(func, pattern, mode="forward", backend=backend),
+        ta.sparse_jacobian(func, pattern, mode="reverse", backend=backend),
+        ta.sparse_hessian(energy, hpattern, backend=backend),
+    ]
+    x = torch.randn(12, dtype=DT)
+    for op in ops:
+        for _ in range(2):
+            op(x)
+        assert op._seeds, op
+        assert not any(ta.is_transformed(seed) for seed in op._seeds.values()), op
