@@ -17,12 +17,12 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 from ..backends._operators import Builds, Operator
 from ..backends.base import Backend
 from ..compat._torch_info import is_compiling, raise_when_run
-from ..compat._transform_failures import DefectWatch, failed_inside_transform, watch_calls
+from ..compat._transform_failures import DefectWatch, failed_inside_transform
 from ..compat.batching_defects import Stages
 from ..compat.devices import device_type_of
 from ..eager._loop_vmap import strictly_unbatched
 from ..errors import BackendFallbackWarning
-from ._automatic import builder_for, compiled_builder_for
+from ._automatic import builder_for, compiled_builder_for, watched_for
 from ._checks import check_differentiable
 from ._fallback import MEMORY, add_hint, describe, recognise
 from ._registry import REGISTRY
@@ -146,11 +146,17 @@ class Transformed:
         a defect watch for those stages (a derivative inside an automatic transform)."""
         if kwargs and not self._kwargs_in_call:
             bound: Callable[..., Any] = functools.partial(self.__wrapped__, **kwargs)
-            return self._build(builder, bound if watch is None else watch_calls(bound, watch))
+            return self._build(
+                builder, bound if watch is None else watched_for(self._op, bound, watch)
+            )
         key = builder if watch is None else (builder, watch)
         fn = self._built.get(key)
         if fn is None:  # the first call with this builder (no KeyError raised and caught)
-            func = self.__wrapped__ if watch is None else watch_calls(self.__wrapped__, watch)
+            func = (
+                self.__wrapped__
+                if watch is None
+                else watched_for(self._op, self.__wrapped__, watch)
+            )
             fn = self._built[key] = self._build(builder, func)
             if not is_compiling():  # dynamo cannot trace a Logger
                 _log.debug("%s: built on %r", self.__name__, builder)
@@ -350,7 +356,7 @@ class Transformed:
                 not eager
                 and not self._op.batches
                 and backend.is_transform
-                and DefectWatch.needed(stages)
+                and (DefectWatch.needed(stages) or self._op.mode == "forward")
             )
         try:
             return self._run(builder, origin, args, kwargs, stages if watch else None)
