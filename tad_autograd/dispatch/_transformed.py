@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from ..backends._operators import Builds, Operator
 from ..backends.base import Backend
-from ..compat._torch_info import is_compiling, raise_when_run
+from ..compat._torch_info import is_compiling, raise_when_run, transforms_active
 from ..compat._transform_failures import DefectWatch, failed_inside_transform
 from ..compat.batching_defects import Stages
 from ..compat.devices import device_type_of
@@ -339,6 +339,8 @@ class Transformed:
             entry = recognise(error)
             if entry is not None:
                 add_hint(error, backend.name, entry)
+        elif transforms_active() and isinstance(error, RuntimeError):
+            _note(error, _PLAIN_INSIDE_TRANSFORM.format(name=backend.name))
 
     def _run_explicit(
         self, resolution: Resolution, args: Tuple[Any, ...], kwargs: Dict[str, Any]
@@ -525,6 +527,27 @@ def run_traced(op: Operator, backend: Backend, origin: str, call: Callable[[], A
         if plain:
             _TRACED_PLAIN_DERIVATIVES.pop()
         leave(token)
+
+
+#: The note on an error of an explicit plain-autograd operator run inside a function
+#: transform (``torch.func.jacfwd``/``jvp``/``vmap``, or a library operator on a
+#: transform backend): torch refuses plain autograd's ``requires_grad_()`` there.
+_PLAIN_INSIDE_TRANSFORM = (
+    "tad_autograd: this operator ran with backend={name!r} (plain torch.autograd) inside a "
+    "function transform (torch.func, functorch, or a tad_autograd operator on a transform "
+    "backend); torch refuses plain autograd inside forward-mode and vmap transforms. Use the "
+    "same backend for the inner and outer operators, or automatic mode (backend=None) for "
+    "the inner one."
+)
+
+
+def _note(error: BaseException, note: str) -> None:
+    """Attach ``note`` to ``error`` once (as a note, or appended to its message)."""
+    if hasattr(error, "add_note"):
+        if note not in getattr(error, "__notes__", ()):
+            error.add_note(note)
+    elif error.args and isinstance(error.args[0], str) and note not in error.args[0]:
+        error.args = (f"{error.args[0]}\n{note}",) + error.args[1:]
 
 
 def _attach_context(error: BaseException, transform_error: BaseException) -> None:
