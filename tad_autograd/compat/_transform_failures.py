@@ -40,6 +40,7 @@ __all__ = [
     "NESTED_DERIVATIVES",
     "GradModeOffError",
     "watch_forward_calls",
+    "ForwardLook",
 ]
 
 #: What a reverse-mode derivative inside a transform watches for: batching defects.
@@ -404,10 +405,44 @@ def watch_forward_calls(
     return watched
 
 
+class ForwardLook(DefectWatch):
+    """A look-only watch for what dual numbers get wrong: an op whose forward-mode formula
+    the installed torch gets wrong, or any op run with grad mode off (:attr:`seen`).
+
+    Raises nothing: while ``torch.compile`` traces, automatic mode looks, then takes
+    reverse mode's product where it saw one (dynamo traces no exception raised and
+    caught inside one graph).
+
+    Examples
+    --------
+    >>> import torch
+    >>> look = ForwardLook()
+    >>> with look, torch.no_grad():
+    ...     _ = torch.ones(1).sin()
+    >>> look.seen
+    True
+    """
+
+    def __init__(self) -> None:
+        super().__init__("tangent", look_only=True)
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Tuple[Any, ...],
+        args: Tuple[Any, ...] = (),
+        kwargs: Optional[Dict[str, Any]] = None,
+    ) -> Any:
+        if not torch.is_grad_enabled():
+            self.seen = True
+        return super().__torch_function__(func, types, args, kwargs)
+
+
 def _prepare_watches() -> None:
     """Fill the watches' look-up tables for the stages the operators watch, at import:
     ``torch.compile`` traces the watches, and cannot trace building those tables."""
-    for stage in (REVERSE_STAGES, FORWARD_STAGES, REVERSE_STAGES + ("tangent",), "forward"):
+    stages = (REVERSE_STAGES, FORWARD_STAGES, REVERSE_STAGES + ("tangent",), "forward", "tangent")
+    for stage in stages + (("derivative", "forward"), ("forward",)):
         _watch_callables(stage, False)
     _watch_callables(REVERSE_STAGES, True)  # a custom Function's watched twin
 

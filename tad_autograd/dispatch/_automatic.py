@@ -39,17 +39,31 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
-from ..backends._operators import JACREV, Builds, Fn, Operator, Params, Plain
+from ..backends._operators import (
+    JACFWD,
+    JACREV,
+    JVP,
+    LINEARIZE,
+    Builds,
+    Fn,
+    Operator,
+    Params,
+    Plain,
+)
 from ..backends.base import Backend
+from ..compat._pytree import tree_flatten, tree_unflatten
 from ..compat._rng import attempt
 from ..compat._torch_info import transforms_active
 from ..compat._transform_failures import (
+    REVERSE_STAGES,
     DefectiveBatchingError,
     DefectWatch,
+    ForwardLook,
     mark_inside_transform,
     watch_calls,
     watch_forward_calls,
@@ -180,9 +194,64 @@ class Compiled(Builds):
         if op.composed is not None or op.batches:
             return super().build(op, func, params)
         watched = op.on_backend(self.backend, watched_for(op, func), params)
-        if op.mode == "forward" or op.on_backend is JACREV.on_backend:
-            return watched  # pushes tangents, or vectorises a backward pass
+        if op.mode == "forward":
+            return self._forward(op, func, params, watched)
+        if op.on_backend is JACREV.on_backend:
+            return watched  # vectorises a backward pass
         return self._reverse_at_top(op, func, params, watched)
+
+    def _forward(self, op: Operator, func: Fn, params: Params, watched: Fn) -> Fn:
+        """Dual numbers, or reverse mode's product where the function runs ops with grad
+        mode off or an op whose forward-mode formula is wrong (one graph either way)."""
+        reverse = self._by_reverse(op, func, params)
+        if reverse is None:
+            return watched
+        backend = self.backend
+        others = tuple(s for s in op.inner_stages if s != "tangent")
+
+        def run(*args: Any) -> Any:
+            look = ForwardLook()  # decided while dynamo traces: a constant in the graph
+
+            def looked(*inputs: Any, **kwargs: Any) -> Any:
+                grad = contextlib.nullcontext() if torch.is_grad_enabled() else torch.enable_grad()
+                with grad, look:
+                    return func(*inputs, **kwargs)
+
+            result = op.on_backend(backend, watch_calls(looked, others), params)(*args)
+            return reverse(*args) if look.seen else result
+
+        return run
+
+    def _by_reverse(self, op: Operator, func: Fn, params: Params) -> Optional[Fn]:
+        """``op`` from reverse mode: ``jacrev`` for ``jacfwd``, the transpose of the vjp
+        function (a vjp of it) for ``jvp`` and ``linearize``; ``None`` for others."""
+        backend = self.backend
+        func = watch_calls(func, REVERSE_STAGES)
+        if op.on_backend is JACFWD.on_backend:
+            return JACREV.on_backend(backend, func, params)
+        if op.on_backend is not JVP.on_backend and op.on_backend is not LINEARIZE.on_backend:
+            return None
+
+        def linear(primals: Tuple[Any, ...]) -> Tuple[Any, Fn, Tuple[Any, ...]]:
+            output, vjp_fn, *aux = backend.vjp(func, tuple(primals), has_aux=params.has_aux)
+            leaves, spec = tree_flatten(output)
+            zeros = tree_unflatten([torch.zeros_like(t) for t in leaves], spec)
+            transpose = backend.vjp(vjp_fn, (zeros,), has_aux=False)[1]
+            return output, lambda tangents: transpose(tuple(tangents))[0], tuple(aux)
+
+        if op.on_backend is JVP.on_backend:
+
+            def jvp(primals: Tuple[Any, ...], tangents: Tuple[Any, ...]) -> Any:
+                output, apply, aux = linear(primals)
+                return (output, apply(tangents), *aux)
+
+            return jvp
+
+        def linearize(*primals: Any) -> Any:
+            output, apply, _ = linear(primals)
+            return output, lambda *tangents: apply(tangents)
+
+        return linearize
 
     def _reverse_at_top(self, op: Operator, func: Fn, params: Params, watched: Fn) -> Fn:
         """``grad``, ``vjp``: nothing vectorised unless a transform runs around the call;
