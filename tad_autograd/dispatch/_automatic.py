@@ -197,8 +197,27 @@ class Compiled(Builds):
         if op.mode == "forward":
             return self._forward(op, func, params, watched)
         if op.on_backend is JACREV.on_backend:
-            return watched  # vectorises a backward pass
+            return self._jacobian(op, func, params)
         return self._reverse_at_top(op, func, params, watched)
+
+    def _jacobian(self, op: Operator, func: Fn, params: Params) -> Fn:
+        """The backend's ``jacrev``; where the function calls an op whose batched derivative
+        the installed torch gets wrong, its row-by-row form (``chunk_size=1``: a loop of
+        vjps in the graph, no batched backward pass)."""
+        backend = self.backend
+        rows = op.on_backend(backend, func, params._replace(chunk_size=1))
+
+        def run(*args: Any) -> Any:
+            look = DefectWatch(op.inner_stages, look_only=True)  # a constant in the graph
+
+            def looked(*inputs: Any, **kwargs: Any) -> Any:
+                with look:
+                    return func(*inputs, **kwargs)
+
+            result = op.on_backend(backend, looked, params)(*args)
+            return rows(*args) if look.seen else result
+
+        return run
 
     def _forward(self, op: Operator, func: Fn, params: Params, watched: Fn) -> Fn:
         """Dual numbers, or reverse mode's product where the function runs ops with grad
