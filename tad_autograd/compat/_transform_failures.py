@@ -355,6 +355,11 @@ class GradModeOffError(RuntimeError):
         )
 
 
+#: How a ``torch.no_grad()`` block's exit shows to a torch function mode (with grad mode
+#: still off): not an op of the function, and raising there would leave grad mode off.
+_SET_GRAD_ENABLED = getattr(torch._C, "_set_grad_enabled", None)
+
+
 class _ForwardWatch(DefectWatch):
     """A :class:`DefectWatch` that also raises :class:`GradModeOffError` on an op run with
     grad mode off (ops inside a custom Function's forward are out of its sight)."""
@@ -366,7 +371,7 @@ class _ForwardWatch(DefectWatch):
         args: Tuple[Any, ...] = (),
         kwargs: Optional[Dict[str, Any]] = None,
     ) -> Any:
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() and func is not _SET_GRAD_ENABLED:
             raise GradModeOffError()
         return super().__torch_function__(func, types, args, kwargs)
 
@@ -433,7 +438,7 @@ class ForwardLook(DefectWatch):
         args: Tuple[Any, ...] = (),
         kwargs: Optional[Dict[str, Any]] = None,
     ) -> Any:
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() and func is not _SET_GRAD_ENABLED:
             self.seen = True
         return super().__torch_function__(func, types, args, kwargs)
 

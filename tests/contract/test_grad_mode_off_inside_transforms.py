@@ -71,3 +71,4 @@ def test_automatic_forward_mode_inside_a_users_vmap_raises(name: str) -> None:
         vmap = pytest.importorskip("functorch").vmap
     with pytest.raises(GradModeOffError, match="no_grad"):
         vmap(OPERATORS[name](None))(X)
+    assert torch.is_grad_enabled()  # the block's exit restored it
