@@ -40,7 +40,7 @@ __all__ = [
     "NESTED_DERIVATIVES",
     "GradModeOffError",
     "watch_forward_calls",
-    "ForwardLook",
+    "ForwardWatch",
 ]
 
 #: What a reverse-mode derivative inside a transform watches for: batching defects.
@@ -360,9 +360,25 @@ class GradModeOffError(RuntimeError):
 _SET_GRAD_ENABLED = getattr(torch._C, "_set_grad_enabled", None)
 
 
-class _ForwardWatch(DefectWatch):
-    """A :class:`DefectWatch` that also raises :class:`GradModeOffError` on an op run with
-    grad mode off (ops inside a custom Function's forward are out of its sight)."""
+class ForwardWatch(DefectWatch):
+    """A :class:`DefectWatch` that also notes an op run with grad mode off, which dual
+    numbers pass through where reverse mode stops: it raises :class:`GradModeOffError`,
+    or with ``look_only`` notes it in :attr:`seen` (ops inside a custom Function's forward
+    are out of its sight).
+
+    While ``torch.compile`` traces, automatic mode looks, then takes reverse mode's
+    product where it saw something (an exception raised and caught inside one graph
+    breaks it).
+
+    Examples
+    --------
+    >>> import torch
+    >>> look = ForwardWatch("tangent", look_only=True)
+    >>> with look, torch.no_grad():
+    ...     _ = torch.ones(1).sin()
+    >>> look.seen
+    True
+    """
 
     def __torch_function__(
         self,
@@ -372,7 +388,9 @@ class _ForwardWatch(DefectWatch):
         kwargs: Optional[Dict[str, Any]] = None,
     ) -> Any:
         if not torch.is_grad_enabled() and func is not _SET_GRAD_ENABLED:
-            raise GradModeOffError()
+            if not self._look_only:
+                raise GradModeOffError()
+            self.seen = True
         return super().__torch_function__(func, types, args, kwargs)
 
 
@@ -403,44 +421,11 @@ def watch_forward_calls(
 
     def watched(*args: Any, **kwargs: Any) -> Any:
         grad = contextlib.nullcontext() if torch.is_grad_enabled() else torch.enable_grad()
-        with grad, _ForwardWatch(stage):
+        with grad, ForwardWatch(stage):
             return func(*args, **kwargs)
 
     watched.__wrapped__ = func  # type: ignore[attr-defined]
     return watched
-
-
-class ForwardLook(DefectWatch):
-    """A look-only watch for what dual numbers get wrong: an op whose forward-mode formula
-    the installed torch gets wrong, or any op run with grad mode off (:attr:`seen`).
-
-    Raises nothing: while ``torch.compile`` traces, automatic mode looks, then takes
-    reverse mode's product where it saw one (dynamo traces no exception raised and
-    caught inside one graph).
-
-    Examples
-    --------
-    >>> import torch
-    >>> look = ForwardLook()
-    >>> with look, torch.no_grad():
-    ...     _ = torch.ones(1).sin()
-    >>> look.seen
-    True
-    """
-
-    def __init__(self) -> None:
-        super().__init__("tangent", look_only=True)
-
-    def __torch_function__(
-        self,
-        func: Callable[..., Any],
-        types: Tuple[Any, ...],
-        args: Tuple[Any, ...] = (),
-        kwargs: Optional[Dict[str, Any]] = None,
-    ) -> Any:
-        if not torch.is_grad_enabled() and func is not _SET_GRAD_ENABLED:
-            self.seen = True
-        return super().__torch_function__(func, types, args, kwargs)
 
 
 def _prepare_watches() -> None:

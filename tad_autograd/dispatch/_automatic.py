@@ -63,7 +63,7 @@ from ..compat._transform_failures import (
     REVERSE_STAGES,
     DefectiveBatchingError,
     DefectWatch,
-    ForwardLook,
+    ForwardWatch,
     mark_inside_transform,
     watch_calls,
     watch_forward_calls,
@@ -229,7 +229,9 @@ class Compiled(Builds):
         others = tuple(s for s in op.inner_stages if s != "tangent")
 
         def run(*args: Any) -> Any:
-            look = ForwardLook()  # decided while dynamo traces: a constant in the graph
+            look = ForwardWatch(
+                "tangent", look_only=True
+            )  # decided while dynamo traces: a constant in the graph
 
             def looked(*inputs: Any, **kwargs: Any) -> Any:
                 grad = contextlib.nullcontext() if torch.is_grad_enabled() else torch.enable_grad()
