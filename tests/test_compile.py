@@ -11,6 +11,7 @@ compile error is suppressed.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Dict, Tuple
 
 import pytest
@@ -266,3 +267,54 @@ def test_custom_function(kind: str, compile_backend: str) -> None:
     )
     torch.testing.assert_close(compiled, eager)
     torch.testing.assert_close(compiled, closed)
+
+
+_PAIRS_FROM = torch.tensor(
+    [[0.3, -1.2, 0.5], [1.1, 0.4, -0.7], [-0.9, 0.2, 1.3], [0.6, 0.8, -0.1]], dtype=torch.float64
+)
+_POINTS = torch.linspace(-1.0, 1.3, 15, dtype=torch.float64)
+
+
+def _cdist_l1(a: torch.Tensor) -> torch.Tensor:
+    """cdist with p=1: its batched backward is wrong on every torch of the matrix."""
+    return torch.cdist(a.view(5, 3), _PAIRS_FROM, p=1).reshape(-1)
+
+
+def _no_grad_block(x: torch.Tensor) -> torch.Tensor:
+    """Reverse mode (automatic mode's answer) treats ``s`` as a constant: J = s I."""
+    with torch.no_grad():
+        s = (x * x).sum()
+    return x * s
+
+
+#: Calls automatic mode must not compile to torch.func's numbers: a Jacobian vectorised
+#: through cdist's batched backward, a vmap over a vjp function through it, and forward
+#: mode through the function's own no_grad block (dual numbers pass it, reverse mode not).
+WATCHED: Dict[str, Tuple[Callable[[torch.Tensor], Any], Callable[..., Any], torch.Tensor]] = {
+    "jacrev-cdist": (lambda a: ta.jacrev(_cdist_l1)(a), _cdist_l1, _POINTS),
+    "vmap-vjp-cdist": (
+        lambda a: ta.vmap(ta.vjp(_cdist_l1, a)[1])(torch.eye(20, dtype=a.dtype))[0],
+        _cdist_l1,
+        _POINTS,
+    ),
+    "jacfwd-no_grad": (lambda x: ta.jacfwd(_no_grad_block)(x), _no_grad_block, X),
+    "jvp-no_grad": (lambda x: ta.jvp(_no_grad_block, (x,), (V,))[1], _no_grad_block, X),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WATCHED))
+def test_automatic_mode_watches_what_eager_watches(name: str) -> None:
+    """Eager's numbers (torch.autograd.grad rows of the eager function), through plain
+    autograd with a graph break where the backend's transform would be wrong."""
+    call, func, x = WATCHED[name]
+    expected = reference_jacobian(func, x)
+    if name.startswith("jvp"):
+        expected = expected @ V
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ta.BackendFallbackWarning)  # eager's vmap retry
+        torch.testing.assert_close(call(x), expected)
+    # one graph: forward mode takes reverse mode's product, a Jacobian through cdist its rows
+    # one by one; a vmap of the vjp function leaves the transform for plain autograd's loop
+    fullgraph = name != "vmap-vjp-cdist"
+    compiled = torch.compile(call, backend="eager", fullgraph=fullgraph)
+    torch.testing.assert_close(compiled(x), expected)

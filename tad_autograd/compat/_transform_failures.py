@@ -19,9 +19,11 @@ in the eager dual-number passes too, which then take reverse mode.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from typing import Any, Callable, Dict, Optional, Tuple
 
+import torch
 from torch.overrides import TorchFunctionMode
 
 from .batching_defects import ACTIVE_DEFECTS, BatchingDefect, Stages, defective_callables
@@ -36,6 +38,9 @@ __all__ = [
     "stages_of",
     "watch_calls",
     "NESTED_DERIVATIVES",
+    "GradModeOffError",
+    "watch_forward_calls",
+    "ForwardWatch",
 ]
 
 #: What a reverse-mode derivative inside a transform watches for: batching defects.
@@ -328,3 +333,116 @@ def watch_calls(func: Callable[..., Any], stage: Optional[Stages] = None) -> Cal
 
     watched.__wrapped__ = func  # type: ignore[attr-defined]
     return watched
+
+
+class GradModeOffError(RuntimeError):
+    """A forward-mode derivative inside a transform met an op run with grad mode off.
+
+    Dual numbers (what :func:`torch.func.jvp` and ``jacfwd`` push) pass through
+    a function's own ``torch.no_grad()`` block, where a backward pass stops;
+    automatic mode gives reverse mode's derivative there, so it does not push
+    tangents through such a block.  Raised only where automatic mode runs a
+    transform backend's forward-mode operator (inside a function transform,
+    or while ``torch.compile`` traces): automatic mode then retries on plain
+    autograd; inside a function transform of the user's own it cannot.
+
+    Examples
+    --------
+    >>> "no_grad" in str(GradModeOffError())
+    True
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the function runs operations with grad mode off (its own torch.no_grad() "
+            "block): forward-mode transforms push tangents through such a block, reverse "
+            "mode and tad_autograd's automatic mode treat its results as constants. Inside "
+            "a function transform of your own (e.g. torch.func.vmap around "
+            "tad_autograd.jacfwd) this cannot fall back: use tad_autograd.vmap, or "
+            "backend='autograd', or backend='func' for torch.func's forward-mode numbers"
+        )
+
+
+#: How a ``torch.no_grad()`` block's exit shows to a torch function mode (with grad mode
+#: still off): not an op of the function, and raising there would leave grad mode off.
+_SET_GRAD_ENABLED = getattr(torch._C, "_set_grad_enabled", None)
+
+
+class ForwardWatch(DefectWatch):
+    """A :class:`DefectWatch` that also notes an op run with grad mode off, which dual
+    numbers pass through where reverse mode stops: it raises :class:`GradModeOffError`,
+    or with ``look_only`` notes it in :attr:`seen` (ops inside a custom Function's forward
+    are out of its sight).
+
+    While ``torch.compile`` traces, automatic mode looks, then takes reverse mode's
+    product where it saw something (an exception raised and caught inside one graph
+    breaks it).
+
+    Examples
+    --------
+    >>> import torch
+    >>> look = ForwardWatch("tangent", look_only=True)
+    >>> with look, torch.no_grad():
+    ...     _ = torch.ones(1).sin()
+    >>> look.seen
+    True
+    """
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Tuple[Any, ...],
+        args: Tuple[Any, ...] = (),
+        kwargs: Optional[Dict[str, Any]] = None,
+    ) -> Any:
+        if not torch.is_grad_enabled() and func is not _SET_GRAD_ENABLED:
+            if not self._look_only:
+                raise GradModeOffError()
+            self.seen = True
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def watch_forward_calls(
+    func: Callable[..., Any], stage: Optional[Stages] = None
+) -> Callable[..., Any]:
+    """``func`` for a forward-mode transform: watched as by :func:`watch_calls`, and
+    raising :class:`GradModeOffError` where it runs an op with grad mode off.
+
+    Called with grad mode off (``torch.no_grad()`` around the call), ``func``
+    runs with it on, as automatic mode's eager forward-mode operators run it,
+    so that only the function's own blocks count.
+
+    Examples
+    --------
+    >>> import torch
+    >>> watch_forward_calls(torch.sin, "tangent")(torch.zeros(1))
+    tensor([0.])
+    >>> def f(x):
+    ...     with torch.no_grad():
+    ...         return x * 2
+    >>> try:
+    ...     watch_forward_calls(f)(torch.zeros(1))
+    ... except GradModeOffError:
+    ...     print("refused")
+    refused
+    """
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        grad = contextlib.nullcontext() if torch.is_grad_enabled() else torch.enable_grad()
+        with grad, ForwardWatch(stage):
+            return func(*args, **kwargs)
+
+    watched.__wrapped__ = func  # type: ignore[attr-defined]
+    return watched
+
+
+def _prepare_watches() -> None:
+    """Fill the watches' look-up tables for the stages the operators watch, at import:
+    ``torch.compile`` traces the watches, and cannot trace building those tables."""
+    stages = (REVERSE_STAGES, FORWARD_STAGES, REVERSE_STAGES + ("tangent",), "forward", "tangent")
+    for stage in stages + (("derivative", "forward"), ("forward",)):
+        _watch_callables(stage, False)
+    _watch_callables(REVERSE_STAGES, True)  # a custom Function's watched twin
+
+
+_prepare_watches()

@@ -39,19 +39,36 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
-from ..backends._operators import Builds, Fn, Operator, Params, Plain
+from ..backends._operators import (
+    JACFWD,
+    JACREV,
+    JVP,
+    LINEARIZE,
+    Builds,
+    Fn,
+    Operator,
+    Params,
+    Plain,
+)
 from ..backends.base import Backend
+from ..compat._pytree import tree_flatten, tree_unflatten
 from ..compat._rng import attempt
 from ..compat._torch_info import transforms_active
 from ..compat._transform_failures import (
+    REVERSE_STAGES,
     DefectiveBatchingError,
+    DefectWatch,
+    ForwardWatch,
     mark_inside_transform,
     watch_calls,
+    watch_forward_calls,
 )
+from ..compat.batching_defects import Stages
 from ..eager._loop_vmap import loop_vmap
 from ..eager._rows import LOOP_MAX_ROWS
 from ._settings import CONTEXT, ORIGIN_AUTOMATIC_EAGER
@@ -109,7 +126,7 @@ class EagerVectorised(Builds):
             # Called inside a function transform (a vmap around it, or the user's own
             # torch.func transform): autograd cannot run there, the transform can.
             if not inside:
-                inside.append(op.on_backend(backend, watch_calls(func, op.inner_stages), params))
+                inside.append(op.on_backend(backend, watched_for(op, func), params))
             return inside[0](*args)
 
         return run
@@ -147,6 +164,18 @@ class EagerVectorised(Builds):
 class Compiled(Builds):
     """Automatic mode on a transform backend while dynamo traces the call.
 
+    The backend's own transforms, with the function under the watches automatic
+    mode keeps inside transforms, decided while dynamo traces (a torch
+    function mode, which dynamo traces like the function): a Jacobian that
+    would vectorise through an op whose batched derivative the installed torch
+    gets wrong, and a forward-mode operator whose function runs ops with grad
+    mode off (its own ``torch.no_grad()`` block: dual numbers pass through it,
+    reverse mode stops) or an op whose forward-mode formula is wrong, raise
+    there, so the call takes the next candidate (plain autograd, with a graph
+    break) or raises that clear error; a ``vjp`` through such an op returns a
+    function that refuses to run inside a transform (a ``vmap`` around it
+    then loops).
+
     Examples
     --------
     ``hvp`` runs reverse over reverse here (its ``compiled`` form):
@@ -167,7 +196,143 @@ class Compiled(Builds):
     def build(self, op: Operator, func: Fn, params: Params) -> Fn:
         if op.compiled is not None:
             return op.compiled(self.backend, func, params)
-        return super().build(op, func, params)
+        if op.composed is not None or op.batches:
+            return super().build(op, func, params)
+        watched = op.on_backend(self.backend, watched_for(op, func), params)
+        if op.mode == "forward":
+            return self._forward(op, func, params, watched)
+        if op.on_backend is JACREV.on_backend:
+            return self._jacobian(op, func, params)
+        return self._reverse_at_top(op, func, params, watched)
+
+    def _jacobian(self, op: Operator, func: Fn, params: Params) -> Fn:
+        """The backend's ``jacrev``; where the function calls an op whose batched derivative
+        the installed torch gets wrong, its row-by-row form (``chunk_size=1``: a loop of
+        vjps in the graph, no batched backward pass)."""
+        backend = self.backend
+        rows = op.on_backend(backend, func, params._replace(chunk_size=1))
+
+        def run(*args: Any) -> Any:
+            look = DefectWatch(op.inner_stages, look_only=True)  # a constant in the graph
+
+            def looked(*inputs: Any, **kwargs: Any) -> Any:
+                with look:
+                    return func(*inputs, **kwargs)
+
+            result = op.on_backend(backend, looked, params)(*args)
+            return rows(*args) if look.seen else result
+
+        return run
+
+    def _forward(self, op: Operator, func: Fn, params: Params, watched: Fn) -> Fn:
+        """Dual numbers, or reverse mode's product where the function runs ops with grad
+        mode off or an op whose forward-mode formula is wrong (one graph either way)."""
+        reverse = self._by_reverse(op, func, params)
+        if reverse is None:
+            return watched
+        backend = self.backend
+        others = tuple(s for s in op.inner_stages if s != "tangent")
+
+        def run(*args: Any) -> Any:
+            look = ForwardWatch(
+                "tangent", look_only=True
+            )  # decided while dynamo traces: a constant in the graph
+
+            def looked(*inputs: Any, **kwargs: Any) -> Any:
+                grad = contextlib.nullcontext() if torch.is_grad_enabled() else torch.enable_grad()
+                with grad, look:
+                    return func(*inputs, **kwargs)
+
+            result = op.on_backend(backend, watch_calls(looked, others), params)(*args)
+            return reverse(*args) if look.seen else result
+
+        return run
+
+    def _by_reverse(self, op: Operator, func: Fn, params: Params) -> Optional[Fn]:
+        """``op`` from reverse mode: ``jacrev`` for ``jacfwd``, the transpose of the vjp
+        function (a vjp of it) for ``jvp`` and ``linearize``; ``None`` for others."""
+        backend = self.backend
+        func = watch_calls(func, REVERSE_STAGES)
+        if op.on_backend is JACFWD.on_backend:
+            return JACREV.on_backend(backend, func, params)
+        if op.on_backend is not JVP.on_backend and op.on_backend is not LINEARIZE.on_backend:
+            return None
+
+        def linear(primals: Tuple[Any, ...]) -> Tuple[Any, Fn, Tuple[Any, ...]]:
+            output, vjp_fn, *aux = backend.vjp(func, tuple(primals), has_aux=params.has_aux)
+            leaves, spec = tree_flatten(output)
+            zeros = tree_unflatten([torch.zeros_like(t) for t in leaves], spec)
+            transpose = backend.vjp(vjp_fn, (zeros,), has_aux=False)[1]
+            return output, lambda tangents: transpose(tuple(tangents))[0], tuple(aux)
+
+        if op.on_backend is JVP.on_backend:
+
+            def jvp(primals: Tuple[Any, ...], tangents: Tuple[Any, ...]) -> Any:
+                output, apply, aux = linear(primals)
+                return (output, apply(tangents), *aux)
+
+            return jvp
+
+        def linearize(*primals: Any) -> Any:
+            output, apply, _ = linear(primals)
+            return output, lambda *tangents: apply(tangents)
+
+        return linearize
+
+    def _reverse_at_top(self, op: Operator, func: Fn, params: Params, watched: Fn) -> Fn:
+        """``grad``, ``vjp``: nothing vectorised unless a transform runs around the call;
+        a ``vjp`` through a defective op returns a function that refuses to be vectorised."""
+        backend = self.backend
+        plain = None if op.at_once else op.on_backend(backend, func, params)
+
+        def run(*args: Any) -> Any:
+            if transforms_active():
+                return watched(*args)
+            if plain is not None:
+                return plain(*args)
+            look = DefectWatch(op.inner_stages, look_only=True)
+
+            def looked(*inputs: Any, **kwargs: Any) -> Any:
+                with look:
+                    return func(*inputs, **kwargs)
+
+            result = op.on_backend(backend, looked, params)(*args)
+            if not look.seen:
+                return result
+            return (result[0], _unbatchable(result[1], look.op or "an op"), *result[2:])
+
+        return run
+
+
+def watched_for(op: Operator, func: Fn, stages: Optional[Stages] = None) -> Fn:
+    """``func`` as automatic mode runs it under ``op`` on a transform backend, inside a
+    transform or while dynamo traces: under a defect watch for ``stages`` (by default the
+    operator's ``inner_stages``); a forward-mode operator's also refuses ops run with grad
+    mode off.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tad_autograd.backends._operators import JACFWD
+    >>> watched_for(JACFWD, torch.sin)(torch.zeros(1))
+    tensor([0.])
+    """
+    stages = op.inner_stages if stages is None else stages
+    if op.mode == "forward":
+        return watch_forward_calls(func, stages)
+    return watch_calls(func, stages)
+
+
+def _unbatchable(vjp_fn: Fn, op: str) -> Fn:
+    """``vjp_fn``, refusing to run inside a function transform (its backward goes through
+    ``op``, whose batched derivative the installed torch gets wrong)."""
+
+    def checked(*cotangents: Any) -> Any:
+        if transforms_active():
+            raise DefectiveBatchingError(op, "a vmap of a vjp function through it")
+        return vjp_fn(*cotangents)
+
+    return checked
 
 
 _BUILDERS: Dict[Tuple[Backend, bool], Builds] = {}

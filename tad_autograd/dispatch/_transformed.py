@@ -16,13 +16,13 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from ..backends._operators import Builds, Operator
 from ..backends.base import Backend
-from ..compat._torch_info import is_compiling, raise_when_run
-from ..compat._transform_failures import DefectWatch, failed_inside_transform, watch_calls
+from ..compat._torch_info import is_compiling, raise_when_run, transforms_active
+from ..compat._transform_failures import DefectWatch, failed_inside_transform
 from ..compat.batching_defects import Stages
 from ..compat.devices import device_type_of
 from ..eager._loop_vmap import strictly_unbatched
 from ..errors import BackendFallbackWarning
-from ._automatic import builder_for, compiled_builder_for
+from ._automatic import builder_for, compiled_builder_for, watched_for
 from ._checks import check_differentiable
 from ._fallback import MEMORY, Fallback, add_hint, describe, recognise
 from ._registry import REGISTRY
@@ -172,11 +172,17 @@ class Transformed:
         a defect watch for those stages (a derivative inside an automatic transform)."""
         if kwargs and not self._kwargs_in_call:
             bound: Callable[..., Any] = functools.partial(self.__wrapped__, **kwargs)
-            return self._build(builder, bound if watch is None else watch_calls(bound, watch))
+            return self._build(
+                builder, bound if watch is None else watched_for(self._op, bound, watch)
+            )
         key = builder if watch is None else (builder, watch)
         fn = self._built.get(key)
         if fn is None:  # the first call with this builder (no KeyError raised and caught)
-            func = self.__wrapped__ if watch is None else watch_calls(self.__wrapped__, watch)
+            func = (
+                self.__wrapped__
+                if watch is None
+                else watched_for(self._op, self.__wrapped__, watch)
+            )
             fn = self._built[key] = self._build(builder, func)
             # dynamo cannot trace a Logger; the name is made only for a record
             if not is_compiling() and _log.isEnabledFor(logging.DEBUG):
@@ -360,6 +366,8 @@ class Transformed:
             entry = recognise(error)
             if entry is not None:
                 add_hint(error, backend.name, entry)
+        elif transforms_active() and isinstance(error, RuntimeError):
+            _note(error, _PLAIN_INSIDE_TRANSFORM.format(name=backend.name))
 
     def _run_explicit(
         self, resolution: Resolution, args: Tuple[Any, ...], kwargs: Dict[str, Any]
@@ -377,7 +385,7 @@ class Transformed:
                 not eager
                 and not self._op.batches
                 and backend.is_transform
-                and DefectWatch.needed(stages)
+                and (DefectWatch.needed(stages) or self._op.mode == "forward")
             )
         try:
             context = (backend.name, origin)
@@ -559,6 +567,27 @@ def run_traced(op: Operator, backend: Backend, origin: str, call: Callable[[], A
         if plain:
             _TRACED_PLAIN_DERIVATIVES.pop()
         leave(token)
+
+
+#: The note on an error of an explicit plain-autograd operator run inside a function
+#: transform (``torch.func.jacfwd``/``jvp``/``vmap``, or a library operator on a
+#: transform backend): torch refuses plain autograd's ``requires_grad_()`` there.
+_PLAIN_INSIDE_TRANSFORM = (
+    "tad_autograd: this operator ran with backend={name!r} (plain torch.autograd) inside a "
+    "function transform (torch.func, functorch, or a tad_autograd operator on a transform "
+    "backend); torch refuses plain autograd inside forward-mode and vmap transforms. Use the "
+    "same backend for the inner and outer operators, or automatic mode (backend=None) for "
+    "the inner one."
+)
+
+
+def _note(error: BaseException, note: str) -> None:
+    """Attach ``note`` to ``error`` once (as a note, or appended to its message)."""
+    if hasattr(error, "add_note"):
+        if note not in getattr(error, "__notes__", ()):
+            error.add_note(note)
+    elif error.args and isinstance(error.args[0], str) and note not in error.args[0]:
+        error.args = (f"{error.args[0]}\n{note}",) + error.args[1:]
 
 
 def _attach_context(error: BaseException, transform_error: BaseException) -> None:

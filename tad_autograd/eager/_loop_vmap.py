@@ -18,7 +18,7 @@ import torch
 
 from ..compat._pytree import tree_unflatten
 from ..compat._rng import RngStates, visible_generators
-from ._batching import BatchedArgs, flatten_args, join_outputs, split_outputs
+from ._batching import BatchedArgs, check_out_dim, flatten_args, join_outputs, split_outputs
 
 __all__ = ["loop_vmap", "strictly_unbatched"]
 
@@ -115,6 +115,7 @@ def _returned_inputs(
             continue
         if all(s[k] is inp[i] for s, inp in zip(samples, inputs)):
             leaf, source = batched.leaves[i], batched.dims[i]
+            check_out_dim(dims, d, leaf.dim())
             given[k] = leaf if d % leaf.dim() == source else leaf.movedim(source, d)
     return given
 

@@ -125,3 +125,19 @@ def test_inside_a_raw_torch_transform() -> None:
     assert_tree_close(forces, expected)
     small = raw_vmap(ta.vmap(lambda p: (p**2).sum()))(batch[:, :2])
     assert_tree_close(small, (batch[:, :2] ** 2).sum(-1))
+
+
+def test_plain_autograd_refused_inside_a_forward_transform_says_why() -> None:
+    """torch refuses plain autograd inside forward-mode transforms; the error says which
+    operator ran it and what works instead."""
+    import pytest
+
+    energy = lambda x: (x**3).sum()  # noqa: E731
+    x = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    outer = [b for b in ta.available_backends() if b != "autograd"]
+    if not outer:
+        pytest.skip("no transform backend")
+    with pytest.raises(RuntimeError) as info:
+        ta.jacfwd(ta.grad(energy, backend="autograd"), backend=outer[0])(x)
+    text = str(info.value) + "".join(getattr(info.value, "__notes__", ()))
+    assert "backend='autograd'" in text and "automatic mode" in text

@@ -137,3 +137,12 @@ def test_inference_mode_and_in_place_updates(backend: str, size: int) -> None:
         assert_tree_close(ta.vmap(torch.sin, backend=backend)(x), x.sin())
         assert_tree_close(ta.vmap(double_in_place, backend=backend)(x), expected)
         assert_tree_close(x, 2 * torch.linspace(0.1, 0.3, size))
+
+
+@pytest.mark.parametrize("out_dims", [3, -4])
+def test_out_dims_past_the_last_dimension_raises(backend: str, out_dims: int) -> None:
+    # an output that is the batched input itself, and one computed from it
+    xs = torch.randn(2, 3, 4, dtype=DT)
+    for fn in (lambda x: x, lambda x: x * 2):
+        with pytest.raises(IndexError):
+            ta.vmap(fn, out_dims=out_dims, backend=backend)(xs)
