@@ -447,12 +447,13 @@ class Transformed:
             )
             context = self._automatic_context(builder)
             try:
-                if failed is None:
+                if failed is None or not isinstance(failed[1], ValueError):
                     result = self._run(builder, context, args, kwargs)
                 else:
-                    # a retry: an out_dims=None output must prove itself unbatched (the
-                    # transform may have refused it rightly, and equal values in the loop
-                    # prove nothing)
+                    # a retry after the transform refused an argument or an output (torch.func
+                    # raises ValueError for those): an out_dims=None output must prove itself
+                    # unbatched (the transform may have refused it rightly, and equal values
+                    # in the loop prove nothing)
                     with strictly_unbatched():
                         result = self._run(builder, context, args, kwargs)
             except Exception as error:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from _helpers import assert_tree_close
@@ -146,3 +148,24 @@ def test_out_dims_past_the_last_dimension_raises(backend: str, out_dims: int) ->
     for fn in (lambda x: x, lambda x: x * 2):
         with pytest.raises(IndexError):
             ta.vmap(fn, out_dims=out_dims, backend=backend)(xs)
+
+
+def test_unbatched_none_output_computed_per_sample(backend: str | None) -> None:
+    """An ``out_dims=None`` output computed from unbatched inputs (a new tensor in each sample)
+    is returned once, also where automatic mode loops (a function with ``.item()``)."""
+    xs = torch.randn(4, 3, dtype=DT)
+    s = torch.randn(3, dtype=DT)
+
+    def scaled(x: torch.Tensor, s: torch.Tensor):
+        sign = 1.0 if float(x.sum().item()) > 0 else -1.0
+        return x * sign, s * 2
+
+    if backend is not None and backend != "autograd":
+        pytest.skip("torch.func refuses .item() under vmap")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ta.BackendFallbackWarning)
+        batched, once = ta.vmap(scaled, in_dims=(0, None), out_dims=(0, None), backend=backend)(
+            xs, s
+        )
+    assert_tree_close(batched, torch.stack([scaled(x, s)[0] for x in xs]))
+    assert_tree_close(once, s * 2)
