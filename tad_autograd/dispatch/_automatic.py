@@ -71,7 +71,7 @@ from ..compat._transform_failures import (
 )
 from ..compat.batching_defects import Stages
 from ..eager._loop_vmap import loop_vmap
-from ..eager._opaque_backward import backwards_watched_or_refused, hooks_watched
+from ..eager._opaque_backward import GradCallsWatched, backwards_watched_or_refused
 from ..eager._rows import LOOP_MAX_ROWS
 from ._settings import CONTEXT, ORIGIN_AUTOMATIC_EAGER
 
@@ -358,7 +358,7 @@ def run_watched_inside(op: Operator, call: Callable[[], Any]) -> Any:
 
 @contextlib.contextmanager
 def _backwards_watched() -> Iterator[None]:
-    with backwards_watched_or_refused(()), hooks_watched():
+    with backwards_watched_or_refused(()), GradCallsWatched():
         yield
 
 

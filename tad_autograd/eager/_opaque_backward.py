@@ -67,6 +67,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Seq
 
 import torch
 from torch.autograd.function import BackwardCFunction, FunctionCtx, once_differentiable
+from torch.overrides import TorchFunctionMode
 
 from ..compat._dual import level_active, unpack_dual
 from ..compat._transform_failures import REVERSE_STAGES, DefectiveBatchingError, DefectWatch
@@ -80,6 +81,7 @@ __all__ = [
     "WatchedBackwards",
     "hooks_watched",
     "backwards_watched_or_refused",
+    "GradCallsWatched",
 ]
 
 #: The code of the wrapper ``@once_differentiable`` puts around a backward.
@@ -478,6 +480,38 @@ def backwards_watched_or_refused(custom: Sequence[Any]) -> Iterator[None]:
                 "a backward hook", "a profiler is active, so hooks cannot be watched"
             )
         yield
+
+
+#: The calls into the autograd engine that :class:`GradCallsWatched` watches.
+_GRAD_CALLS = (torch.autograd.grad, torch.autograd.backward)
+
+
+class GradCallsWatched(TorchFunctionMode):
+    """While active: each ``torch.autograd.grad`` (or ``backward``) call runs under
+    :func:`hooks_watched` -- a function transform's own backward passes, inside a pass that
+    :func:`custom_backwards_watched` watches.  Only those calls pay for the profile
+    function; every other op passes through.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.ones(2, requires_grad=True)
+    >>> with custom_backwards_watched([]), GradCallsWatched():
+    ...     torch.autograd.grad(x * 2, x, torch.ones(2))
+    (tensor([2., 2.]),)
+    """
+
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: Tuple[Any, ...] = (),
+        kwargs: Optional[Dict[str, Any]] = None,
+    ) -> Any:
+        if func in _GRAD_CALLS:
+            with hooks_watched():
+                return func(*args, **(kwargs or {}))
+        return func(*args, **(kwargs or {}))
 
 
 def _function_name(node: Any) -> str:
