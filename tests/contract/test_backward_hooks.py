@@ -88,6 +88,15 @@ def _module_hooked() -> Callable[..., Any]:
 X = torch.linspace(-1.0, 1.0, 20, dtype=F64)
 
 
+def _assert_vmapped_vjp_rows(f: Callable[..., Any], backend: Optional[str]) -> None:
+    """A ``vmap`` of ``f``'s vjp function over the identity gives the reference Jacobian."""
+    _, vjp_fn = ta.vjp(f, X, **_kw(backend))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ta.BackendFallbackWarning)
+        (rows,) = ta.vmap(vjp_fn, **_kw(backend))(torch.eye(20, dtype=F64))
+    assert_tree_close(rows, reference_jacobian(f, X))
+
+
 @needs_cdist_defect
 @pytest.mark.parametrize("kind", ["tensor", "node", "module"])
 def test_a_hook_calling_a_defective_op_gives_the_row_loop_answer(
@@ -118,11 +127,7 @@ def test_a_hook_calling_a_defective_op_in_second_order_and_vjp_functions(
         return f(x).pow(2).sum()
 
     assert_tree_close(ta.hessian(energy, **_kw(backend))(X), reference_hessian(energy, X))
-    _, vjp_fn = ta.vjp(f, X, **_kw(backend))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ta.BackendFallbackWarning)
-        (rows,) = ta.vmap(vjp_fn, **_kw(backend))(torch.eye(20, dtype=F64))
-    assert_tree_close(rows, reference_jacobian(f, X))
+    _assert_vmapped_vjp_rows(f, backend)
 
 
 @needs_cdist_defect
@@ -171,11 +176,7 @@ def test_a_hook_on_the_returned_output_gives_the_row_loop_answer(
     if backend is None:
         decision = last_rows_decision()
         assert decision is not None and decision.startswith("looped"), decision
-    _, vjp_fn = ta.vjp(f, X, **_kw(backend))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ta.BackendFallbackWarning)
-        (rows,) = ta.vmap(vjp_fn, **_kw(backend))(torch.eye(20, dtype=F64))
-    assert_tree_close(rows, reference_jacobian(f, X))
+    _assert_vmapped_vjp_rows(f, backend)
 
 
 @needs_cdist_defect
