@@ -40,7 +40,7 @@ Examples
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -49,6 +49,7 @@ from ..backends._operators import (
     JACREV,
     JVP,
     LINEARIZE,
+    VJP,
     Builds,
     Fn,
     Operator,
@@ -70,6 +71,7 @@ from ..compat._transform_failures import (
 )
 from ..compat.batching_defects import Stages
 from ..eager._loop_vmap import loop_vmap
+from ..eager._opaque_backward import GradCallsWatched, backwards_watched_or_refused
 from ..eager._rows import LOOP_MAX_ROWS
 from ._settings import CONTEXT, ORIGIN_AUTOMATIC_EAGER
 
@@ -78,6 +80,7 @@ __all__ = [
     "Compiled",
     "builder_for",
     "compiled_builder_for",
+    "run_watched_inside",
     "Plan",
     "plan",
     "LOOP_MAX_BATCH",
@@ -127,7 +130,7 @@ class EagerVectorised(Builds):
             # torch.func transform): autograd cannot run there, the transform can.
             if not inside:
                 inside.append(op.on_backend(backend, watched_for(op, func), params))
-            return inside[0](*args)
+            return run_watched_inside(op, lambda: inside[0](*args))
 
         return run
 
@@ -321,6 +324,42 @@ def watched_for(op: Operator, func: Fn, stages: Optional[Stages] = None) -> Fn:
     if op.mode == "forward":
         return watch_forward_calls(func, stages)
     return watch_calls(func, stages)
+
+
+def run_watched_inside(op: Operator, call: Callable[[], Any]) -> Any:
+    """``call()``: a transform backend's operator ``op`` that automatic mode runs inside a
+    function transform.  The hooks (and custom Functions' backward passes) that its
+    backward passes call -- and those of the vjp function a ``vjp`` returns -- are batched
+    by the transform too, so each runs under a defect watch: a defective op there raises
+    :class:`~tad_autograd.compat._transform_failures.DefectiveBatchingError` (an automatic
+    ``vmap`` around then loops).  Nothing more for forward-mode and batching operators.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.zeros(2, requires_grad=True)
+    >>> run_watched_inside(JACREV, lambda: torch.autograd.grad(x.sin(), x, torch.ones(2)))
+    (tensor([1., 1.]),)
+    """
+    if op.mode != "reverse" or not DefectWatch.needed(REVERSE_STAGES):
+        return call()
+    with _backwards_watched():
+        result = call()
+    if op is not VJP:
+        return result
+    vjp_fn = result[1]
+
+    def watched_vjp_fn(*cotangents: Any, **kwargs: Any) -> Any:
+        with _backwards_watched():
+            return vjp_fn(*cotangents, **kwargs)
+
+    return (result[0], watched_vjp_fn, *result[2:])
+
+
+@contextlib.contextmanager
+def _backwards_watched() -> Iterator[None]:
+    with backwards_watched_or_refused(()), GradCallsWatched():
+        yield
 
 
 def _unbatchable(vjp_fn: Fn, op: str) -> Fn:

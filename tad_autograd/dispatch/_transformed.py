@@ -22,7 +22,7 @@ from ..compat.batching_defects import Stages
 from ..compat.devices import device_type_of
 from ..eager._loop_vmap import strictly_unbatched
 from ..errors import BackendFallbackWarning
-from ._automatic import builder_for, compiled_builder_for, watched_for
+from ._automatic import builder_for, compiled_builder_for, run_watched_inside, watched_for
 from ._checks import check_differentiable
 from ._fallback import MEMORY, Fallback, add_hint, describe, recognise
 from ._registry import REGISTRY
@@ -389,7 +389,11 @@ class Transformed:
             )
         try:
             context = (backend.name, origin)
-            return self._run(builder, context, args, kwargs, stages if watch else None)
+            if not watch:
+                return self._run(builder, context, args, kwargs)
+            return run_watched_inside(
+                self._op, lambda: self._run(builder, context, args, kwargs, stages)
+            )
         except Exception as error:
             self._clarify(error)
             if not resolution.inherited_automatic:

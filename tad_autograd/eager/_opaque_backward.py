@@ -67,9 +67,10 @@ from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Seq
 
 import torch
 from torch.autograd.function import BackwardCFunction, FunctionCtx, once_differentiable
+from torch.overrides import TorchFunctionMode
 
 from ..compat._dual import level_active, unpack_dual
-from ..compat._transform_failures import REVERSE_STAGES, DefectWatch
+from ..compat._transform_failures import REVERSE_STAGES, DefectiveBatchingError, DefectWatch
 from ._grad_modes import GradModeOffWatch
 from ._graph import graph_facts
 
@@ -79,6 +80,8 @@ __all__ = [
     "custom_backwards_watched",
     "WatchedBackwards",
     "hooks_watched",
+    "backwards_watched_or_refused",
+    "GradCallsWatched",
 ]
 
 #: The code of the wrapper ``@once_differentiable`` puts around a backward.
@@ -390,7 +393,7 @@ _NODE_APPLY_CODES = frozenset(
 
 
 @contextlib.contextmanager
-def hooks_watched(outputs: Sequence[torch.Tensor]) -> Iterator[None]:
+def hooks_watched() -> Iterator[None]:
     """Around the call into the autograd engine of a pass that :func:`custom_backwards_watched`
     watches (in this thread): each hook the engine calls (a tensor's ``register_hook``, a
     node's ``register_hook``/``register_prehook``, a module's backward hooks) runs under a
@@ -401,13 +404,14 @@ def hooks_watched(outputs: Sequence[torch.Tensor]) -> Iterator[None]:
     thread: a call whose caller stands where torch's Python enters the engine.
     A hook that calls a defective op, or runs a backward pass of its own,
     raises :class:`~tad_autograd.compat._transform_failures.DefectiveBatchingError`.
-    The profile starts when the engine runs the first node of the pass (a
-    pre-hook of the nodes of ``outputs``): a profile function costs each call
-    a Python call of its own, so torch's Python around the engine runs
-    without.  Nothing happens outside a watched pass, or under a profiler
-    that is no Python function (the pass is then not vectorised:
+    The profile runs for the whole block, so that it sees the hooks the
+    engine calls first too (those of the outputs' own tensors and nodes).
+    Nothing happens outside a watched pass, or under a profiler that is no
+    Python function (the pass is then not vectorised:
     :attr:`WatchedBackwards.blind`).  In the engine's own threads (a graph on
-    another device) no profile of this thread runs.
+    another device) no profile of this thread runs.  A hook that runs no
+    Python frame (a TorchScript function, a ``functools.partial`` of a
+    builtin) cannot be seen.
 
     Examples
     --------
@@ -415,7 +419,7 @@ def hooks_watched(outputs: Sequence[torch.Tensor]) -> Iterator[None]:
     >>> x = torch.ones(2, requires_grad=True)
     >>> y = x * 2
     >>> _ = y.register_hook(lambda g: g * 3)
-    >>> with custom_backwards_watched([]), hooks_watched([y]):
+    >>> with custom_backwards_watched([]), hooks_watched():
     ...     torch.autograd.grad(y, x, torch.ones(2))
     (tensor([6., 6.]),)
     """
@@ -431,8 +435,10 @@ def hooks_watched(outputs: Sequence[torch.Tensor]) -> Iterator[None]:
             previous(frame, event, arg)
         if event == "call":
             caller = frame.f_back
-            if (caller.f_code, caller.f_lasti) in _ENGINE_CALL_SITES and (
-                frame.f_code not in _NODE_APPLY_CODES
+            if (
+                caller is not None
+                and (caller.f_code, caller.f_lasti) in _ENGINE_CALL_SITES
+                and (frame.f_code not in _NODE_APPLY_CODES)
             ):
                 watch = DefectWatch(REVERSE_STAGES, nested_derivatives=True)
                 watch.__enter__()  # type: ignore[no-untyped-call]
@@ -443,21 +449,69 @@ def hooks_watched(outputs: Sequence[torch.Tensor]) -> Iterator[None]:
             if watch.op is not None:
                 _note_seen(f"backward hook {frame.f_code.co_name}", watch.op)
 
-    thread = threading.get_ident()
-
-    def start(*grad_outputs: Any) -> None:  # the engine's first call in this pass
-        if threading.get_ident() == thread and sys.getprofile() is not profile:
-            sys.setprofile(profile)
-
-    handles = [o.grad_fn.register_prehook(start) for o in outputs if o.grad_fn is not None]
+    sys.setprofile(profile)
     try:
         yield
     finally:
         sys.setprofile(previous)
-        for handle in handles:
-            handle.remove()
         while running:  # only if the block left while a hook ran (it cannot, normally)
             running.pop()[1].__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def backwards_watched_or_refused(custom: Sequence[Any]) -> Iterator[None]:
+    """:func:`custom_backwards_watched` for backward passes that a function transform batches
+    (whose hooks :func:`hooks_watched` watches): where hooks cannot be watched (a profiler
+    that is no Python function runs),
+    :class:`~tad_autograd.compat._transform_failures.DefectiveBatchingError` at once, so that
+    the caller loops.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.ones(2, requires_grad=True)
+    >>> with backwards_watched_or_refused([]), hooks_watched():
+    ...     torch.autograd.grad(x * 2, x, torch.ones(2))
+    (tensor([2., 2.]),)
+    """
+    with custom_backwards_watched(custom) as seen:
+        if seen.blind:
+            raise DefectiveBatchingError(
+                "a backward hook", "a profiler is active, so hooks cannot be watched"
+            )
+        yield
+
+
+#: The calls into the autograd engine that :class:`GradCallsWatched` watches.
+_GRAD_CALLS = (torch.autograd.grad, torch.autograd.backward)
+
+
+class GradCallsWatched(TorchFunctionMode):
+    """While active: each ``torch.autograd.grad`` (or ``backward``) call runs under
+    :func:`hooks_watched` -- a function transform's own backward passes, inside a pass that
+    :func:`custom_backwards_watched` watches.  Only those calls pay for the profile
+    function; every other op passes through.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.ones(2, requires_grad=True)
+    >>> with custom_backwards_watched([]), GradCallsWatched():
+    ...     torch.autograd.grad(x * 2, x, torch.ones(2))
+    (tensor([2., 2.]),)
+    """
+
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: Tuple[Any, ...] = (),
+        kwargs: Optional[Dict[str, Any]] = None,
+    ) -> Any:
+        if func in _GRAD_CALLS:
+            with hooks_watched():
+                return func(*args, **(kwargs or {}))
+        return func(*args, **(kwargs or {}))
 
 
 def _function_name(node: Any) -> str:

@@ -11,7 +11,7 @@ parameters and cotangents or tangents that require grad.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, ContextManager, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, ContextManager, Optional, Sequence, Tuple
 
 import torch
 
@@ -22,7 +22,11 @@ from ._engine import pair_products
 from ._grad_modes import outside_inference_mode
 from ._graph import batching_hazards, graph_facts, reaches_other_leaves, retire
 from ._jacobian import eager_jacobian
-from ._opaque_backward import custom_backwards_guarded, custom_backwards_watched, hooks_watched
+from ._opaque_backward import (
+    backwards_watched_or_refused,
+    custom_backwards_guarded,
+    hooks_watched,
+)
 from ._operand_checks import (
     check_cotangents,
     check_primals,
@@ -51,17 +55,7 @@ def _batched_pass_watched(outputs: Sequence[torch.Tensor]) -> ContextManager[Any
             "a batched backward pass through it (a vmap of a vjp function) gives wrong values",
             "derivative",
         )
-    return _watched_or_refused(hazards.custom)
-
-
-@contextlib.contextmanager
-def _watched_or_refused(custom: Sequence[Any]) -> Iterator[None]:
-    with custom_backwards_watched(custom) as seen:
-        if seen.blind:
-            raise DefectiveBatchingError(
-                "a backward hook", "a profiler is active, so hooks cannot be watched"
-            )
-        yield
+    return backwards_watched_or_refused(hazards.custom)
 
 
 def eager_vjp(func: Callable[..., Any], primals: Tuple[Any, ...], has_aux: bool) -> Any:
@@ -108,7 +102,7 @@ def eager_vjp(func: Callable[..., Any], primals: Tuple[Any, ...], has_aux: bool)
                 custom_backwards_guarded(out_leaves, create_graph),
                 _batched_pass_watched(out_leaves),
             ):
-                with hooks_watched([o for o, _ in pairs]):
+                with hooks_watched():
                     grads = pair_products(pairs, inputs, retain_graph, create_graph)
         filled = [
             g if g is not None else torch.zeros_like(x.detach()) for g, x in zip(grads, inputs)

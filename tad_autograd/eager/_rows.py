@@ -251,7 +251,7 @@ def joint_rows(
     def vjp(
         *cotangents: torch.Tensor, keep_graph: bool = True, engine_batched: bool = False
     ) -> Tuple[torch.Tensor, ...]:
-        with hooks_watched(live):  # in a watched vectorised pass: the hooks the engine calls
+        with hooks_watched():  # in a watched vectorised pass: the hooks the engine calls
             grads = torch.autograd.grad(
                 live,
                 inputs,

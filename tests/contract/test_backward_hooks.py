@@ -88,6 +88,15 @@ def _module_hooked() -> Callable[..., Any]:
 X = torch.linspace(-1.0, 1.0, 20, dtype=F64)
 
 
+def _assert_vmapped_vjp_rows(f: Callable[..., Any], backend: Optional[str]) -> None:
+    """A ``vmap`` of ``f``'s vjp function over the identity gives the reference Jacobian."""
+    _, vjp_fn = ta.vjp(f, X, **_kw(backend))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ta.BackendFallbackWarning)
+        (rows,) = ta.vmap(vjp_fn, **_kw(backend))(torch.eye(20, dtype=F64))
+    assert_tree_close(rows, reference_jacobian(f, X))
+
+
 @needs_cdist_defect
 @pytest.mark.parametrize("kind", ["tensor", "node", "module"])
 def test_a_hook_calling_a_defective_op_gives_the_row_loop_answer(
@@ -118,11 +127,7 @@ def test_a_hook_calling_a_defective_op_in_second_order_and_vjp_functions(
         return f(x).pow(2).sum()
 
     assert_tree_close(ta.hessian(energy, **_kw(backend))(X), reference_hessian(energy, X))
-    _, vjp_fn = ta.vjp(f, X, **_kw(backend))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ta.BackendFallbackWarning)
-        (rows,) = ta.vmap(vjp_fn, **_kw(backend))(torch.eye(20, dtype=F64))
-    assert_tree_close(rows, reference_jacobian(f, X))
+    _assert_vmapped_vjp_rows(f, backend)
 
 
 @needs_cdist_defect
@@ -142,3 +147,57 @@ def test_a_harmless_hook_is_vectorised(backend: Optional[str]) -> None:
     assert_tree_close(ta.jacrev(f, **_kw(backend))(X), reference_jacobian(f, X))
     if backend is None:
         assert last_rows_decision() == "vectorised"
+
+
+def _output_hooked(kind: str) -> Callable[..., Any]:
+    """A hook calling a defective op on the returned output itself (its tensor or its node):
+    the engine runs it first, before any other hook of the pass."""
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        y = x.sin() * 2.0 + x**2
+        if y.requires_grad and kind == "tensor":
+            y.register_hook(_through_cdist)
+        elif y.requires_grad:
+            y.grad_fn.register_prehook(lambda grads: (_through_cdist(grads[0]),))
+        return y
+
+    return f
+
+
+@needs_cdist_defect
+@pytest.mark.parametrize("kind", ["tensor", "node"])
+def test_a_hook_on_the_returned_output_gives_the_row_loop_answer(
+    backend: Optional[str], kind: str
+) -> None:
+    _skip_explicit_transform(backend)
+    f = _output_hooked(kind)
+    note_rows("")
+    assert_tree_close(ta.jacrev(f, **_kw(backend))(X), reference_jacobian(f, X))
+    if backend is None:
+        decision = last_rows_decision()
+        assert decision is not None and decision.startswith("looped"), decision
+    _assert_vmapped_vjp_rows(f, backend)
+
+
+@needs_cdist_defect
+@pytest.mark.parametrize("size", [3, 5])
+def test_a_vmap_of_derivatives_through_a_hook_calling_a_defective_op(
+    backend: Optional[str], size: int
+) -> None:
+    """Batched by a vmap around (more samples than a vmap loops), the derivative runs inside
+    a transform: its hooks must be watched there too."""
+    _skip_explicit_transform(backend)
+    f = _tensor_hooked(_through_cdist)
+    xs = torch.stack([X * (1.0 + 0.1 * k) for k in range(size)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ta.BackendFallbackWarning)
+        jacobians = ta.vmap(ta.jacrev(f, **_kw(backend)), **_kw(backend))(xs)
+
+        def row(v: torch.Tensor) -> torch.Tensor:
+            return ta.vjp(f, X, **_kw(backend))[1](v)[0]
+
+        rows = ta.vmap(row, **_kw(backend))(torch.eye(20, dtype=F64)[:size])
+    assert_tree_close(jacobians, torch.stack([reference_jacobian(f, x) for x in xs]))
+    if backend is None:  # the automatic vmap fell back to a loop, and said so
+        assert any(issubclass(w.category, ta.BackendFallbackWarning) for w in caught)
+    assert_tree_close(rows, reference_jacobian(f, X)[:size])
