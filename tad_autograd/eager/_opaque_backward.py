@@ -70,6 +70,7 @@ from torch.autograd.function import BackwardCFunction, FunctionCtx, once_differe
 from torch.overrides import TorchFunctionMode
 
 from ..compat._dual import level_active, unpack_dual
+from ..compat._torch_info import cache
 from ..compat._transform_failures import REVERSE_STAGES, DefectiveBatchingError, DefectWatch
 from ._grad_modes import GradModeOffWatch
 from ._graph import graph_facts
@@ -332,7 +333,7 @@ def custom_backwards_watched(nodes: Sequence[Any]) -> Iterator[WatchedBackwards]
     stack.append(seen)
     profiler = sys.getprofile()
     seen.blind = DefectWatch.needed(REVERSE_STAGES) and (
-        not _ENGINE_CALL_SITES or (profiler is not None and not callable(profiler))
+        not _engine_call_sites() or (profiler is not None and not callable(profiler))
     )
     try:
         with _nodes_wrapped(nodes, "watches"):
@@ -352,8 +353,10 @@ def _code_objects(function: Any) -> Iterator[Any]:
         todo.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
 
 
+@cache
 def _engine_call_sites() -> FrozenSet[Tuple[Any, int]]:
-    """Where torch's Python enters the autograd engine: the code and instruction offset of
+    """Where torch's Python enters the autograd engine (read from torch's bytecode once, on
+    the first watched pass, not at import): the code and instruction offset of
     each call of ``run_backward`` in ``torch.autograd.grad``/``backward`` (and the functions
     they call it through).  A Python function whose caller stands at one of them was called
     by the engine: a hook, or a custom Function's ``apply``."""
@@ -375,9 +378,6 @@ def _engine_call_sites() -> FrozenSet[Tuple[Any, int]]:
     return frozenset(sites)
 
 
-#: Where the engine is entered (empty if this torch hides it: then no pass with a hook
-#: watch is vectorised, see :attr:`WatchedBackwards.blind`).
-_ENGINE_CALL_SITES = _engine_call_sites()
 #: What the engine calls that :func:`_nodes_wrapped` watches already: a custom Function's
 #: backward (the class's ``apply``, or a node's dispatching wrapper).
 _NODE_APPLY_CODES = frozenset(
@@ -429,6 +429,7 @@ def hooks_watched() -> Iterator[None]:
         return
     previous: Any = sys.getprofile()  # a Python profiler's: called first, as if alone
     running: List[Any] = []  # (frame, watch) of the hooks running now, innermost last
+    engine_call_sites = _engine_call_sites()
 
     def profile(frame: Any, event: str, arg: Any) -> None:  # every call: kept to a test
         if previous is not None:
@@ -437,7 +438,7 @@ def hooks_watched() -> Iterator[None]:
             caller = frame.f_back
             if (
                 caller is not None
-                and (caller.f_code, caller.f_lasti) in _ENGINE_CALL_SITES
+                and (caller.f_code, caller.f_lasti) in engine_call_sites
                 and (frame.f_code not in _NODE_APPLY_CODES)
             ):
                 watch = DefectWatch(REVERSE_STAGES, nested_derivatives=True)
