@@ -11,6 +11,11 @@ it shows in a forward graph (the autograd node class names the eager
 strategy sees when it walks the graph), which torch callables produce it
 (what a call watches for) and, where only some arguments are wrong, which.
 
+Where this package corrects torch's batching of an op at its source (a right
+rule registered in the installed torch, :mod:`~tad_autograd.compat._batching_fixes`),
+the op's entry no longer applies: :data:`ACTIVE_DEFECTS` leaves it out and
+:func:`corrected` names it.
+
 The table is produced and checked by the project's OpInfo differential test
 (``tests/opdb``): on every torch of the matrix it runs each op under
 ``jacrev``, ``vmap``, ``vmap(jacrev)``, ``jacfwd`` and ``jvp`` on the
@@ -26,18 +31,24 @@ Examples
 ['cdist']
 >>> [d.op for d in defects_for(Version("2.13.0")) if d.stage == "tangent"][:2]
 ['scatter_reduce.prod', 'cholesky_inverse']
+>>> [d.op for d in ACTIVE_DEFECTS if d.stage == "derivative"] == (
+...     [] if "cdist" in corrected() else ["cdist"]
+... )
+True
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, FrozenSet, NamedTuple, Optional, Tuple, Union
 
+from ._batching_fixes import CORRECTED
 from ._torch_info import TORCH_VERSION, Version, cache
 
 __all__ = [
     "BatchingDefect",
     "BATCHING_DEFECTS",
     "defects_for",
+    "corrected",
     "ACTIVE_DEFECTS",
     "defective_nodes",
     "defective_callables",
@@ -284,12 +295,27 @@ BATCHING_DEFECTS: Tuple[BatchingDefect, ...] = (
 
 
 def defects_for(torch_version: Version = TORCH_VERSION) -> Tuple[BatchingDefect, ...]:
-    """The defects that apply to ``torch_version`` (the installed torch by default)."""
+    """The defects of torch's own rules on ``torch_version`` (the installed torch by default),
+    corrected here or not."""
     return tuple(d for d in BATCHING_DEFECTS if d.applies_to(torch_version))
 
 
-#: The defects of the installed torch.
-ACTIVE_DEFECTS: Tuple[BatchingDefect, ...] = defects_for()
+def corrected() -> FrozenSet[str]:
+    """The ops (``BatchingDefect.op``) whose batching this package corrected in the installed
+    torch, at import: their entries do not apply to it.
+
+    Examples
+    --------
+    >>> corrected() <= {d.op for d in defects_for()}
+    True
+    """
+    return CORRECTED
+
+
+#: The defects of the installed torch, less those corrected at import.
+ACTIVE_DEFECTS: Tuple[BatchingDefect, ...] = tuple(
+    d for d in defects_for() if d.op not in CORRECTED
+)
 
 
 def defective_nodes() -> FrozenSet[str]:
