@@ -239,3 +239,47 @@ def pytest_report_header(config: pytest.Config) -> str:
     if os.environ.get(ENV_VAR):
         lines.append(f"  {ENV_VAR}={os.environ[ENV_VAR]}")
     return "\n".join(lines)
+
+
+@pytest.fixture
+def torch_cdist_rule(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """torch's own batching rule of cdist's backward (wrong) and its table entry active, as
+    on a torch the package does not correct: the rule registered at import is removed for
+    the test and registered again after it."""
+    import importlib
+
+    import tad_autograd.compat._batching_fixes as fixes
+    import tad_autograd.compat._transform_failures as failures
+    import tad_autograd.compat.batching_defects as table
+
+    if "cdist" not in fixes.CORRECTED:  # torch's rule is in force already
+        yield
+        return
+    explain = importlib.import_module("tad_autograd.api.explain")  # (a function shadows it)
+    entry = next(d for d in table.BATCHING_DEFECTS if d.op == "cdist")
+    active = (entry, *table.ACTIVE_DEFECTS)
+    for module in (table, explain, failures):
+        monkeypatch.setattr(module, "ACTIVE_DEFECTS", active)
+    monkeypatch.setattr(table, "_NODES", table._NODES | entry.nodes)
+
+    def callables(stage: Any = None) -> Any:
+        found = dict(table.defective_callables(stage))
+        stages = (stage,) if isinstance(stage, str) else stage
+        if stages is None or entry.stage in stages:
+            for dotted in entry.callables:
+                obj: Any = torch
+                for part in dotted.split(".")[1:]:
+                    obj = getattr(obj, part, None)
+                if obj is not None:
+                    found[obj] = entry
+        return found
+
+    monkeypatch.setattr(failures, "defective_callables", callables)
+    monkeypatch.setattr(failures, "_WATCH_CALLABLES", {})
+    monkeypatch.setattr(failures, "_STAGES", failures._STAGES | {entry.stage})
+    fixes._uninstall()
+    try:
+        yield
+    finally:
+        fixes._LIBRARY = None
+        assert fixes._install() == fixes.CORRECTED

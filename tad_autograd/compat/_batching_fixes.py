@@ -18,13 +18,13 @@ Requirements:
   unbatched call reaches torch's own kernel as before.
 * A rule computes at the next transform level down, as torch's own rules do: it
   unwraps the operands batched at the current ``vmap`` level, runs torch's
-  unbatched kernel with the batch as a leading dimension of every operand, and
-  wraps the result.  So it composes with nested ``vmap``, ``grad`` and
-  ``jacrev``, and dynamo and AOT autograd trace through it.
-* Only where the installed torch lets Python lower an op to the next transform
-  level (torch 2.0 and newer: :mod:`torch._functorch.pyfunctorch`).  torch 1.13
-  has no such means from Python; there the table entry stays, and automatic
-  mode keeps avoiding the op.
+  unbatched kernel with the batch as a leading dimension of every operand
+  (with the batched key excluded, so that the kernel dispatches to the next
+  level), and wraps the result.  So it composes with nested ``vmap``, ``grad``
+  and ``jacrev``, and dynamo and AOT autograd trace through it.
+* Only where the installed torch offers the means from Python (the helpers of
+  ``torch._C._functorch`` used below: torch 1.13, 2.0 and 2.13 all do); where
+  not, the table entry stays and automatic mode keeps avoiding the op.
 
 The corrected ops:
 
@@ -156,6 +156,17 @@ def _install() -> FrozenSet[str]:
         library.impl("_cdist_backward", cdist_backward_batched, "FuncTorchBatched")
     _LIBRARY = library
     return frozenset({"cdist"})
+
+
+def _uninstall() -> None:
+    """Remove the registered rules: torch's own come back (for tests of what automatic mode
+    does on a torch that batches an op wrongly).  :func:`_install` registers them again."""
+    global _LIBRARY
+    library, _LIBRARY = _LIBRARY, None
+    destroy = getattr(library, "_destroy", None)
+    if destroy is not None:  # torch >= 2.1; before, dropping the library deregisters
+        destroy()
+    del library
 
 
 #: The table names (``BatchingDefect.op``) of the ops whose batching this package

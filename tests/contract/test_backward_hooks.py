@@ -21,15 +21,12 @@ import torch
 from _helpers import assert_tree_close, reference_hessian, reference_jacobian
 
 import tad_autograd as ta
-from tad_autograd.compat.batching_defects import ACTIVE_DEFECTS
 from tad_autograd.dispatch._registry import REGISTRY
 from tad_autograd.eager._rows import last_rows_decision, note_rows
 
 F64 = torch.float64
-needs_cdist_defect = pytest.mark.skipif(
-    not any(d.op == "cdist" and d.stage == "derivative" for d in ACTIVE_DEFECTS),
-    reason="this torch batches cdist's backward right",
-)
+#: torch's own (wrong) batching rule of cdist's backward in force, its table entry active
+needs_cdist_defect = pytest.mark.usefixtures("torch_cdist_rule")
 _B = torch.linspace(-1.0, 1.0, 12, dtype=F64).reshape(4, 3)
 
 

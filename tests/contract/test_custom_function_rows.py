@@ -20,7 +20,7 @@ from _helpers import assert_tree_close, make_new_style_exp, reference_hessian, r
 import tad_autograd as ta
 import tad_autograd.compat._transform_failures as failures
 from tad_autograd.compat._torch_info import TORCH_VERSION
-from tad_autograd.compat.batching_defects import ACTIVE_DEFECTS, BatchingDefect
+from tad_autograd.compat.batching_defects import BatchingDefect
 from tad_autograd.dispatch._registry import REGISTRY
 from tad_autograd.eager._rows import last_rows_decision, note_rows
 
@@ -28,10 +28,8 @@ F64 = torch.float64
 needs_torch2 = pytest.mark.skipif(
     TORCH_VERSION.major < 2, reason="a vmap rule for an autograd.Function needs torch >= 2.0"
 )
-needs_cdist_defect = pytest.mark.skipif(
-    not any(d.op == "cdist" and d.stage == "derivative" for d in ACTIVE_DEFECTS),
-    reason="this torch batches cdist's backward right",
-)
+#: torch's own (wrong) batching rule of cdist's backward in force, its table entry active
+needs_cdist_defect = pytest.mark.usefixtures("torch_cdist_rule")
 
 
 def _kw(backend: Optional[str]) -> Dict[str, Any]:

@@ -14,10 +14,10 @@ import torch
 from _helpers import reference_jacobian
 
 import tad_autograd as ta
-from tad_autograd.compat.batching_defects import ACTIVE_DEFECTS
 
 F64 = torch.float64
-needs_defect = pytest.mark.skipif(not ACTIVE_DEFECTS, reason="no known batching defect")
+#: torch's own (wrong) batching rule of cdist's backward in force, its table entry active
+needs_defect = pytest.mark.usefixtures("torch_cdist_rule")
 
 
 def _kw(backend: Optional[str]) -> Any:
