@@ -1,7 +1,7 @@
 """The table of known-wrong batching rules stays true to the installed torch.
 
 Every entry of ``tad_autograd.compat.batching_defects.BATCHING_DEFECTS`` that applies
-to the installed torch must reproduce in the OpInfo sweep (a batching entry: a
+to the installed torch (``ACTIVE_DEFECTS``) must reproduce in the OpInfo sweep (a batching entry: a
 transform backend gives a wrong number; a ``"tangent"`` entry: torch's own
 dual numbers give a wrong ``jvp``; adjudicated against the autograd reference
 and finite differences), and must name autograd nodes that appear in the op's
@@ -10,6 +10,10 @@ reproducing sample (called with arguments its ``when`` condition picks);
 otherwise the entry is stale.  The sweep tries
 further samples of a table op until one reproduces (``MAX_DEFECT_SAMPLES``).
 Wrong results missing from the table fail in ``test_opdb_rules``.
+
+An entry whose op the package corrects in the installed torch (``corrected()``) is
+out of ``ACTIVE_DEFECTS``: ``test_opdb_rules`` finds the op right on every path, and
+here its entry must still describe torch's own rule, restored for the test.
 """
 
 from __future__ import annotations
@@ -18,10 +22,15 @@ from typing import List
 
 import pytest
 from _opdb_cases import graph_nodes
-from _opdb_sweep import CaseResult, Sweep, reproduces, resolves
+from _opdb_sweep import CaseResult, Sweep, reproduces, resolves, run_case
 
 from tad_autograd.compat._transform_failures import DefectiveBatchingError, DefectWatch
-from tad_autograd.compat.batching_defects import BatchingDefect, defects_for
+from tad_autograd.compat.batching_defects import (
+    ACTIVE_DEFECTS,
+    BatchingDefect,
+    corrected,
+    defects_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +50,7 @@ def test_defects_of_this_torch_reproduce(sweep: Sweep) -> None:
     An entry that stands for several OpInfo variants must reproduce on each.
     """
     stale = []
-    for d in defects_for():
+    for d in ACTIVE_DEFECTS:
         for name in d.opinfo_names():
             swept = _swept(sweep, name)
             if not swept:
@@ -67,7 +76,7 @@ def test_defect_entries_name_graph_nodes_and_callables(sweep: Sweep) -> None:
     An entry wrong only under ``vmap`` of the forward may name no nodes.
     """
     problems = []
-    for d in defects_for():
+    for d in ACTIVE_DEFECTS:
         for dotted in d.callables:
             if not dotted.startswith("torch.") or not resolves(dotted):
                 problems.append(f"  {d.op}: callable {dotted!r} does not resolve from torch")
@@ -80,6 +89,24 @@ def test_defect_entries_name_graph_nodes_and_callables(sweep: Sweep) -> None:
     assert not problems, (
         f"BATCHING_DEFECTS entries for torch {sweep.torch_version} that do not describe the op:\n"
         + "\n".join(problems)
+    )
+
+
+@pytest.mark.usefixtures("torch_cdist_rule")
+def test_corrected_entries_describe_torchs_own_rule(sweep: Sweep) -> None:
+    """An op the package corrects: under torch's own rule, restored, the sweep's samples of
+    the op reproduce the entry again (so the entry, and the correction, are still needed)."""
+    stale = []
+    for d in defects_for():
+        if d.op not in corrected():
+            continue
+        assert d.op == "cdist", "the torch_cdist_rule fixture restores cdist's rule only"
+        for name in d.opinfo_names():
+            again = [run_case(r.case, sweep.backends) for r in _swept(sweep, name)]
+            if not any(reproduces(r, "batching") for r in again):
+                stale.append(f"  {name}: right under torch's own rule on {len(again)} samples")
+    assert not stale, "corrected entries that torch's own rule no longer gets wrong:\n" + "\n".join(
+        stale
     )
 
 
