@@ -8,7 +8,7 @@ from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple, U
 import torch
 
 from ..compat._torch_info import TORCH_VERSION
-from ..compat.batching_defects import ACTIVE_DEFECTS, BatchingDefect
+from ..compat.batching_defects import ACTIVE_DEFECTS, BatchingDefect, corrected
 from ..compat.devices import TRANSFORM_SUPPORT, device_type_of
 from ..dispatch._automatic import Plan, plan
 from ..dispatch._fallback import MEMORY, Fallback
@@ -239,8 +239,17 @@ def _automatic_line(resolution: Resolution, verbose: bool) -> str:
 
 
 def _defect_table() -> List[str]:
+    fixed = sorted(corrected())
+    if fixed:
+        fixed_line = [
+            f"Batching torch {TORCH_VERSION} gets wrong, corrected in it at import (a right "
+            f"rule registered; vectorised on every path, torch.func's own calls too): "
+            f"{', '.join(fixed)}."
+        ]
+    else:
+        fixed_line = []
     if not ACTIVE_DEFECTS:
-        return [f"torch {TORCH_VERSION} gets no known op wrong."]
+        return [f"torch {TORCH_VERSION} gets no known op wrong.", *fixed_line]
     lines = [
         f"Ops torch {TORCH_VERSION} gets wrong (derivative: automatic mode does not vectorise "
         "backward passes through them; forward: nor vmap them; tangent: automatic mode and "
@@ -249,7 +258,7 @@ def _defect_table() -> List[str]:
     for d in ACTIVE_DEFECTS:
         variants = f" (OpInfo variants {', '.join(d.variants)})" if d.variants else ""
         lines.append(f"  - {d.op}{variants}, {d.stage}: {d.what}")
-    return lines
+    return lines + fixed_line
 
 
 def _device_matrix(context: Any, env: Optional[str]) -> List[str]:

@@ -56,10 +56,10 @@ from typing import Any, FrozenSet, Optional, Tuple
 
 import torch
 
-try:
-    from torch._C import _functorch
-except ImportError:  # pragma: no cover - torch older than the supported releases
-    _functorch = None  # type: ignore[assignment]
+#: torch's functorch helpers (untyped in part), torch's untyped Python callables used here
+_functorch: Any = getattr(torch._C, "_functorch", None)
+_broadcast_shapes: Any = torch.broadcast_shapes
+_Library: Any = torch.library.Library
 
 __all__ = ["CORRECTED", "cdist_backward_batched"]
 
@@ -112,7 +112,7 @@ def cdist_backward_batched(
         )
         a_shape = a.shape[1:] if a_batched else a.shape
         b_shape = b.shape[1:] if b_batched else b.shape
-        batch = (size, *torch.broadcast_shapes(a_shape[:-2], b_shape[:-2]))
+        batch = (size, *_broadcast_shapes(a_shape[:-2], b_shape[:-2]))
 
         def expanded(t: torch.Tensor, batched: bool, tail: Tuple[int, ...]) -> torch.Tensor:
             return (t if batched else t.unsqueeze(0)).expand(*batch, *tail).contiguous()
@@ -149,7 +149,7 @@ def _install() -> FrozenSet[str]:
     )
     if _functorch is None or not all(hasattr(_functorch, n) for n in needed):
         return frozenset()
-    library = torch.library.Library("aten", "IMPL")
+    library = _Library("aten", "IMPL")
     with warnings.catch_warnings():
         # torch warns that the registration overrides its own kernel: that is the point
         warnings.simplefilter("ignore")

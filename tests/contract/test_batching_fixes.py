@@ -171,3 +171,8 @@ def test_users_own_torch_func_calls_are_right() -> None:
         transforms.vmap(transforms.jacrev(f))(xs),
         torch.stack([reference_jacobian(f, a) for a in xs]),
     )
+
+
+def test_explain_names_the_corrected_ops() -> None:
+    text = str(ta.explain(verbose=True))
+    assert ("corrected in it at import" in text and "cdist." in text) == FIXED
