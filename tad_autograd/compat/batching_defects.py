@@ -347,10 +347,12 @@ def defective_callables(stage: Optional[Stages] = None) -> Dict[Callable[..., An
     Examples
     --------
     >>> import torch
-    >>> torch.cdist in defective_callables() or not ACTIVE_DEFECTS
+    >>> torch.cholesky_inverse in defective_callables() or not ACTIVE_DEFECTS
     True
     >>> torch.cholesky_inverse in defective_callables("derivative")
     False
+    >>> torch.cdist in defective_callables() or "cdist" in corrected()
+    True
     """
     import torch
 
