@@ -20,6 +20,7 @@ from _helpers import OldStyleExp, make_new_style_exp, reference_hessian, referen
 
 import tad_autograd as ta
 from tad_autograd.compat._torch_info import TORCH_VERSION, Version
+from tad_autograd.compat.batching_defects import corrected
 
 pytestmark = [
     pytest.mark.skipif(
@@ -276,7 +277,7 @@ _POINTS = torch.linspace(-1.0, 1.3, 15, dtype=torch.float64)
 
 
 def _cdist_l1(a: torch.Tensor) -> torch.Tensor:
-    """cdist with p=1: its batched backward is wrong on every torch of the matrix."""
+    """cdist with p=1: torch's own batched backward of it is wrong on every torch of the matrix."""
     return torch.cdist(a.view(5, 3), _PAIRS_FROM, p=1).reshape(-1)
 
 
@@ -318,3 +319,19 @@ def test_automatic_mode_watches_what_eager_watches(name: str) -> None:
     fullgraph = name != "vmap-vjp-cdist"
     compiled = torch.compile(call, backend="eager", fullgraph=fullgraph)
     torch.testing.assert_close(compiled(x), expected)
+
+
+@pytest.mark.skipif(
+    "cdist" not in corrected(), reason="this torch keeps its own cdist batching rule"
+)
+@pytest.mark.parametrize("compile_backend", ["eager", "aot_eager"])
+@pytest.mark.parametrize("caller", ["torch.func", "func", "automatic"])
+def test_corrected_cdist_rule_compiles_to_one_graph(caller: str, compile_backend: str) -> None:
+    """The batching rule registered for cdist's backward traces into one graph (AOT autograd
+    runs it), with the row loop's numbers."""
+    if caller == "torch.func":
+        call = torch.func.jacrev(_cdist_l1)
+    else:
+        call = ta.jacrev(_cdist_l1, backend=None if caller == "automatic" else caller)
+    compiled = torch.compile(call, backend=compile_backend, fullgraph=True)
+    torch.testing.assert_close(compiled(_POINTS), reference_jacobian(_cdist_l1, _POINTS))
