@@ -263,16 +263,7 @@ def torch_cdist_rule(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(table, "_NODES", table._NODES | entry.nodes)
 
     def callables(stage: Any = None) -> Any:
-        found = dict(table.defective_callables(stage))
-        stages = (stage,) if isinstance(stage, str) else stage
-        if stages is None or entry.stage in stages:
-            for dotted in entry.callables:
-                obj: Any = torch
-                for part in dotted.split(".")[1:]:
-                    obj = getattr(obj, part, None)
-                if obj is not None:
-                    found[obj] = entry
-        return found
+        return table.callables_of(active, stage)
 
     monkeypatch.setattr(failures, "defective_callables", callables)
     monkeypatch.setattr(failures, "_WATCH_CALLABLES", {})

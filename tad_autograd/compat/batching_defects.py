@@ -52,6 +52,7 @@ __all__ = [
     "ACTIVE_DEFECTS",
     "defective_nodes",
     "defective_callables",
+    "callables_of",
     "argument_is",
     "keyword_given",
 ]
@@ -354,11 +355,26 @@ def defective_callables(stage: Optional[Stages] = None) -> Dict[Callable[..., An
     >>> torch.cdist in defective_callables() or "cdist" in corrected()
     True
     """
+    return callables_of(ACTIVE_DEFECTS, stage)
+
+
+def callables_of(
+    defects: Tuple[BatchingDefect, ...], stage: Optional[Stages] = None
+) -> Dict[Callable[..., Any], BatchingDefect]:
+    """The torch callables of ``defects`` (those of ``stage`` if given), each with its defect.
+
+    Examples
+    --------
+    >>> import torch
+    >>> cdist = [d for d in BATCHING_DEFECTS if d.op == "cdist"]
+    >>> callables_of(tuple(cdist))[torch.cdist].op, callables_of(tuple(cdist), "tangent")
+    ('cdist', {})
+    """
     import torch
 
     stages = (stage,) if isinstance(stage, str) else stage
     found = {}
-    for defect in ACTIVE_DEFECTS:
+    for defect in defects:
         if stages is not None and defect.stage not in stages:
             continue
         for dotted in defect.callables:
