@@ -58,7 +58,7 @@ class FuncBackend(Backend):
     """
 
     name = "func"
-    aliases = ("torch.func",)
+    aliases: Tuple[str, ...] = ("torch.func",)
     is_transform = True
 
     def availability(
@@ -75,8 +75,14 @@ class FuncBackend(Backend):
             )
         return Availability(True)
 
+    def transforms(self) -> Any:
+        """The library the operators call: ``jacrev``, ``jacfwd``, ``vjp``, ``jvp``,
+        ``grad``, ``grad_and_value`` and ``vmap`` with :mod:`torch.func`'s signatures
+        (``jacrev`` and ``vmap`` with ``chunk_size``); :mod:`torch.func` itself here."""
+        return function_transforms()
+
     def vmap_primitive(self) -> Callable[..., Any]:
-        vmap: Callable[..., Any] = function_transforms().vmap
+        vmap: Callable[..., Any] = self.transforms().vmap
         return vmap
 
     def jacrev(
@@ -87,7 +93,7 @@ class FuncBackend(Backend):
         has_aux: bool,
         chunk_size: Optional[int],
     ) -> Callable[..., Any]:
-        jacrev = function_transforms().jacrev
+        jacrev = self.transforms().jacrev
         if _JACREV_NEEDS_TENSOR_ARGS:  # torch 2.0: see _chunking.jacrev_tensor_args_only
             return jacrev_tensor_args_only(
                 jacrev, func, argnums, has_aux=has_aux, chunk_size=chunk_size
@@ -98,7 +104,7 @@ class FuncBackend(Backend):
         return jacobian_fn
 
     def vjp(self, func: Callable[..., Any], primals: Tuple[Any, ...], *, has_aux: bool) -> Any:
-        return function_transforms().vjp(func, *primals, has_aux=has_aux)
+        return self.transforms().vjp(func, *primals, has_aux=has_aux)
 
     def jvp(
         self,
@@ -109,22 +115,23 @@ class FuncBackend(Backend):
         has_aux: bool,
     ) -> Any:
         forward_ad_ready()
+        jvp = self.transforms().jvp
         if is_compiling():  # traced into the graph, where dynamo cannot take a lock
-            return function_transforms().jvp(func, primals, tangents, has_aux=has_aux)
+            return jvp(func, primals, tangents, has_aux=has_aux)
         with TRANSFORM_LOCK:  # dual levels are process-wide
-            return function_transforms().jvp(func, primals, tangents, has_aux=has_aux)
+            return jvp(func, primals, tangents, has_aux=has_aux)
 
     def grad_and_value(
         self, func: Callable[..., Any], argnums: ArgnumsT, *, has_aux: bool
     ) -> Callable[..., Any]:
-        grad_and_value = function_transforms().grad_and_value
+        grad_and_value = self.transforms().grad_and_value
         fn: Callable[..., Any] = grad_and_value(func, argnums, has_aux=has_aux)
         return fn
 
     def grad(
         self, func: Callable[..., Any], argnums: ArgnumsT, *, has_aux: bool
     ) -> Callable[..., Any]:
-        fn: Callable[..., Any] = function_transforms().grad(func, argnums, has_aux=has_aux)
+        fn: Callable[..., Any] = self.transforms().grad(func, argnums, has_aux=has_aux)
         return fn
 
     def jacfwd(
@@ -141,7 +148,7 @@ class FuncBackend(Backend):
             return super().jacfwd(
                 func, argnums, has_aux=has_aux, randomness=randomness, chunk_size=chunk_size
             )
-        jacfwd = function_transforms().jacfwd
+        jacfwd = self.transforms().jacfwd
         if _JACREV_NEEDS_TENSOR_ARGS:  # torch 2.0's jacfwd checks every argument's dtype too
             return locked(
                 jacrev_tensor_args_only(
@@ -161,5 +168,5 @@ class FuncBackend(Backend):
         chunk_size: Optional[int],
     ) -> Callable[..., Any]:
         return vmap_with_out_dims(
-            function_transforms().vmap, func, in_dims, out_dims, randomness, chunk_size=chunk_size
+            self.transforms().vmap, func, in_dims, out_dims, randomness, chunk_size=chunk_size
         )
