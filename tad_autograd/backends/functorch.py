@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional, Tuple
 from ..compat._locks import TRANSFORM_LOCK
 from ..compat._torch_info import TORCH_VERSION, Version, cache, module_exists
 from ._chunking import checked_outputs, chunked_jacrev, chunked_vmap, vmap_batch_of_one_guard
-from .base import ArgnumsT, Availability, InDimsT, OutDimsT
+from .base import ArgnumsT, Availability, Fn, InDimsT, OutDimsT
 from .func import FuncBackend
 
 __all__ = ["FunctorchBackend"]
@@ -71,30 +71,26 @@ def _shimmed(functorch: Any) -> SimpleNamespace:
     vmap = vmap_batch_of_one_guard(functorch.vmap, every=True)
 
     def batched(
-        func: Callable[..., Any],
+        func: Fn,
         in_dims: InDimsT = 0,
         out_dims: OutDimsT = 0,
         randomness: str = "error",
         *,
         chunk_size: Optional[int] = None,
-    ) -> Callable[..., Any]:
+    ) -> Fn:
         if chunk_size is None:
             return _serialised(vmap(func, in_dims, out_dims, randomness))
         return _serialised(chunked_vmap(vmap, func, in_dims, out_dims, randomness, chunk_size))
 
     def jacrev(
-        func: Callable[..., Any],
-        argnums: ArgnumsT = 0,
-        *,
-        has_aux: bool = False,
-        chunk_size: Optional[int] = None,
-    ) -> Callable[..., Any]:
+        func: Fn, argnums: ArgnumsT = 0, *, has_aux: bool = False, chunk_size: Optional[int] = None
+    ) -> Fn:
         func = checked_outputs(func, has_aux, "jacrev")  # say what outputs jacrev needs
         if chunk_size is None:
             return _serialised(functorch.jacrev(func, argnums, has_aux=has_aux))
         return _serialised(chunked_jacrev(functorch.vjp, vmap, func, argnums, has_aux, chunk_size))
 
-    def serialised(transform: Callable[..., Callable[..., Any]]) -> Callable[..., Any]:
+    def serialised(transform: Callable[..., Fn]) -> Fn:
         return lambda *args, **kwargs: _serialised(transform(*args, **kwargs))
 
     return SimpleNamespace(
@@ -151,7 +147,7 @@ class FunctorchBackend(FuncBackend):
         return _transforms()
 
 
-def _serialised(fn: Callable[..., Any]) -> Callable[..., Any]:
+def _serialised(fn: Fn) -> Fn:
     """``fn`` run under the functorch lock on torch 1.13; ``fn`` itself elsewhere."""
     if not _SERIALISE:
         return fn
