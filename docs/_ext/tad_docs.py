@@ -5,6 +5,16 @@
     function transforms are trusted on, with the evidence), so the page can
     never drift from the table the resolver uses.
 
+``.. operator-table::``
+    Renders how each backend computes each operator, from the operators'
+    descriptors' module (:data:`tad_autograd.backends._operators.HOW`), so a new
+    operator has its row without editing the page.
+
+``.. api-functions:: module [module ...]``
+    An ``autofunction`` for each name in the modules' ``__all__`` (``:exclude:``
+    leaves names out), so a new public function is in the reference without
+    editing the page.
+
 ``.. benchmark-results::``
     Includes the benchmark report if it exists; ``:report: results-cuda``
     picks another report of the folder (default ``results``).
@@ -96,10 +106,7 @@ class BenchmarkResults(SphinxDirective):
         return result
 
     def _rst(self, lines: List[str]) -> List[nodes.Node]:
-        container = nodes.container()
-        content = StringList(lines, source=self.env.docname)
-        self.state.nested_parse(content, self.content_offset, container)
-        return container.children
+        return _parse(self, lines)
 
     def _markdown(self, text: str, folder_rel: str, path: Path) -> List[nodes.Node]:
         from myst_parser.parsers.sphinx_ import MystParser
@@ -144,6 +151,52 @@ class DeviceSupportTable(SphinxDirective):
     _rst = BenchmarkResults._rst
 
 
+def _parse(directive: SphinxDirective, lines: List[str]) -> List[nodes.Node]:
+    """The nodes of reStructuredText ``lines`` that ``directive`` writes into its page."""
+    container = nodes.container()
+    content = StringList(lines, source=directive.env.docname)
+    directive.state.nested_parse(content, directive.content_offset, container)
+    return list(container.children)
+
+
+class OperatorTable(SphinxDirective):
+    has_content = False
+
+    def run(self) -> List[nodes.Node]:
+        from tad_autograd.backends._operators import HOW
+
+        header = (
+            "operator",
+            '``"func"`` (torch >= 2)',
+            '``"functorch"`` 1.13',
+            '``"functorch"`` on torch >= 2',
+            '``"autograd"``',
+        )
+        lines = [".. list-table::", "   :header-rows: 1", "   :stub-columns: 1", ""]
+        for row in (header, *((f"``{op.name}``", *how) for op, how in HOW.items())):
+            lines += [f"   * - {row[0]}", *(f"     - {cell}" for cell in row[1:])]
+        return _parse(self, lines)
+
+
+class ApiFunctions(SphinxDirective):
+    has_content = False
+    required_arguments = 1
+    optional_arguments = 10
+    option_spec = {"exclude": directives.unchanged}
+
+    def run(self) -> List[nodes.Node]:
+        import importlib
+
+        excluded = set(self.options.get("exclude", "").split())
+        lines = [
+            f".. autofunction:: tad_autograd.{name}"
+            for module in self.arguments
+            for name in importlib.import_module(module).__all__
+            if name not in excluded
+        ]
+        return _parse(self, lines)
+
+
 def _escape(text: str) -> str:
     """Make free text safe inside an RST table cell."""
     return text.replace("\\", "\\\\").replace("*", "\\*").replace("`", "\\`").replace("|", "\\|")
@@ -164,6 +217,8 @@ def _named_tuple_fields_as_written(
 def setup(app: Any) -> Dict[str, Any]:
     app.add_directive("benchmark-results", BenchmarkResults)
     app.add_directive("device-support-table", DeviceSupportTable)
+    app.add_directive("operator-table", OperatorTable)
+    app.add_directive("api-functions", ApiFunctions)
     # before numpydoc's own handler (default priority 500)
     app.connect("autodoc-process-docstring", _named_tuple_fields_as_written, priority=400)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

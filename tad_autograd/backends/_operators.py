@@ -23,6 +23,9 @@ about one operator, so nothing downstream switches on its name:
   differs from ``on_backend``; ``composed``: an operator made of others
   (``hessian``), built on whatever runs the call.
 
+:data:`HOW` says how each backend computes it, in words: the rows of the
+docs' operator table.
+
 Every built operator is a callable of the call's positional arguments: the
 function's inputs for a transform, the primals (and tangents) for an
 operator evaluated at once.
@@ -30,7 +33,7 @@ operator evaluated at once.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -60,6 +63,7 @@ __all__ = [
     "LINEARIZE",
     "HVP",
     "OPERATORS",
+    "HOW",
 ]
 
 Fn = Callable[..., Any]
@@ -332,3 +336,18 @@ OPERATORS: Tuple[Operator, ...] = (
     LINEARIZE,
     HVP,
 )
+
+#: How each backend computes each operator, in words: ``func``, ``functorch`` on
+#: torch 1.13, ``functorch`` on torch >= 2, ``autograd`` (the docs' operator table).
+HOW: Dict[Operator, Tuple[str, str, str, str]] = {
+    JACREV: ("native", "native; chunks derived", "native", "eager: row loop"),
+    HESSIAN: ("jacrev of jacrev",) * 3 + ("eager: reverse over reverse",),
+    VMAP: ("native", "native; chunks derived", "native", "eager: a loop over the batch"),
+    GRAD_AND_VALUE: ("native",) * 3 + ("eager: one backward pass",),
+    GRAD: ("native",) * 3 + ("eager: one backward pass",),
+    JACFWD: ("native; chunks derived",) * 3 + ("eager: columns from one graph (double vjp)",),
+    VJP: ("native",) * 3 + ("eager: backward passes on demand",),
+    JVP: ("native",) * 3 + ("eager: one graph, then dual numbers",),
+    LINEARIZE: ("derived: vmap of jvp",) * 3 + ("eager: one graph, a backward pass per call",),
+    HVP: ("derived: jvp of grad",) * 3 + ("eager: reverse over reverse",),
+}

@@ -13,13 +13,13 @@ reverse over reverse.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 from ..eager._forward_mode import eager_jacfwd, eager_jvp, eager_linearize
 from ..eager._jacobian import eager_jacobian
 from ..eager._loop_vmap import loop_vmap
 from ..eager._products import eager_grad_and_value, eager_hvp, eager_vjp
-from .base import ArgnumsT, Backend, InDimsT, OutDimsT
+from .base import ArgnumsT, Backend, Fn, InDimsT, OutDimsT
 
 __all__ = ["AutogradBackend"]
 
@@ -42,13 +42,8 @@ class AutogradBackend(Backend):
     is_transform = False
 
     def jacrev(
-        self,
-        func: Callable[..., Any],
-        argnums: ArgnumsT,
-        *,
-        has_aux: bool,
-        chunk_size: Optional[int],
-    ) -> Callable[..., Any]:
+        self, func: Fn, argnums: ArgnumsT, *, has_aux: bool, chunk_size: Optional[int]
+    ) -> Fn:
         def jacobian_fn(*args: Any) -> Any:
             return eager_jacobian(func, argnums, has_aux, args)
 
@@ -56,34 +51,27 @@ class AutogradBackend(Backend):
 
     def vmap(
         self,
-        func: Callable[..., Any],
+        func: Fn,
         in_dims: InDimsT,
         out_dims: OutDimsT,
         randomness: str,
         *,
         chunk_size: Optional[int],
-    ) -> Callable[..., Any]:
+    ) -> Fn:
         def batched_fn(*args: Any, **kwargs: Any) -> Any:
             return loop_vmap(func, in_dims, out_dims, randomness, args, kwargs)
 
         return batched_fn
 
-    def vjp(self, func: Callable[..., Any], primals: Tuple[Any, ...], *, has_aux: bool) -> Any:
+    def vjp(self, func: Fn, primals: Tuple[Any, ...], *, has_aux: bool) -> Any:
         return eager_vjp(func, primals, has_aux)
 
     def jvp(
-        self,
-        func: Callable[..., Any],
-        primals: Tuple[Any, ...],
-        tangents: Tuple[Any, ...],
-        *,
-        has_aux: bool,
+        self, func: Fn, primals: Tuple[Any, ...], tangents: Tuple[Any, ...], *, has_aux: bool
     ) -> Any:
         return eager_jvp(func, primals, tangents, has_aux)
 
-    def grad_and_value(
-        self, func: Callable[..., Any], argnums: ArgnumsT, *, has_aux: bool
-    ) -> Callable[..., Any]:
+    def grad_and_value(self, func: Fn, argnums: ArgnumsT, *, has_aux: bool) -> Fn:
         def grad_and_value_fn(*args: Any) -> Any:
             return eager_grad_and_value(func, argnums, has_aux, args)
 
@@ -91,24 +79,20 @@ class AutogradBackend(Backend):
 
     def jacfwd(
         self,
-        func: Callable[..., Any],
+        func: Fn,
         argnums: ArgnumsT,
         *,
         has_aux: bool,
         randomness: str,
         chunk_size: Optional[int],
-    ) -> Callable[..., Any]:
+    ) -> Fn:
         def jacobian_fn(*args: Any) -> Any:
             return eager_jacfwd(func, argnums, has_aux, randomness, args)
 
         return jacobian_fn
 
-    def linearize(
-        self, func: Callable[..., Any], primals: Tuple[Any, ...]
-    ) -> Tuple[Any, Callable[..., Any]]:
+    def linearize(self, func: Fn, primals: Tuple[Any, ...]) -> Tuple[Any, Fn]:
         return eager_linearize(func, primals)
 
-    def hvp(
-        self, func: Callable[..., Any], primals: Tuple[Any, ...], tangents: Tuple[Any, ...]
-    ) -> Tuple[Any, Any]:
+    def hvp(self, func: Fn, primals: Tuple[Any, ...], tangents: Tuple[Any, ...]) -> Tuple[Any, Any]:
         return eager_hvp(func, primals, tangents)

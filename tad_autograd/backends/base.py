@@ -24,8 +24,10 @@ from ..compat._torch_info import TORCH_VERSION, Version, module_exists
 from ..compat.devices import transforms_supported
 from ._derived import grad_from_grad_and_value, hvp_from_jvp, jacfwd_from_jvp, linearize_from_jvp
 
-__all__ = ["Availability", "Backend", "ArgnumsT", "InDimsT", "OutDimsT"]
+__all__ = ["Availability", "Backend", "ArgnumsT", "Fn", "InDimsT", "OutDimsT"]
 
+#: A function, as the operators take and return them.
+Fn = Callable[..., Any]
 ArgnumsT = Union[int, Tuple[int, ...]]
 InDimsT = Any
 OutDimsT = Any
@@ -109,7 +111,7 @@ class Backend:
         """Whether automatic mode may choose this backend, and if not, why."""
         return True, ""
 
-    def vmap_primitive(self) -> Optional[Callable[..., Any]]:
+    def vmap_primitive(self) -> Optional[Fn]:
         """The transform library's own ``vmap(func, in_dims=0, ...)``, for internal batching.
 
         ``None`` for backends without function transforms.  The strategies
@@ -126,54 +128,40 @@ class Backend:
         return (not self.is_transform) or transforms_supported(device_type)
 
     def jacrev(
-        self,
-        func: Callable[..., Any],
-        argnums: ArgnumsT,
-        *,
-        has_aux: bool,
-        chunk_size: Optional[int],
-    ) -> Callable[..., Any]:
+        self, func: Fn, argnums: ArgnumsT, *, has_aux: bool, chunk_size: Optional[int]
+    ) -> Fn:
         """Return ``func``'s reverse-mode Jacobian function."""
         raise NotImplementedError
 
     def vmap(
         self,
-        func: Callable[..., Any],
+        func: Fn,
         in_dims: InDimsT,
         out_dims: OutDimsT,
         randomness: str,
         *,
         chunk_size: Optional[int],
-    ) -> Callable[..., Any]:
+    ) -> Fn:
         """Return ``func`` vectorised over the dimensions ``in_dims``."""
         raise NotImplementedError
 
     # -- primitives and operators with torch.func's semantics ------------------------------
 
-    def vjp(self, func: Callable[..., Any], primals: Tuple[Any, ...], *, has_aux: bool) -> Any:
+    def vjp(self, func: Fn, primals: Tuple[Any, ...], *, has_aux: bool) -> Any:
         """``torch.func.vjp(func, *primals, has_aux=has_aux)``: ``(output, vjp_fn[, aux])``."""
         raise NotImplementedError
 
     def jvp(
-        self,
-        func: Callable[..., Any],
-        primals: Tuple[Any, ...],
-        tangents: Tuple[Any, ...],
-        *,
-        has_aux: bool,
+        self, func: Fn, primals: Tuple[Any, ...], tangents: Tuple[Any, ...], *, has_aux: bool
     ) -> Any:
         """``torch.func.jvp(func, primals, tangents, has_aux=has_aux)``."""
         raise NotImplementedError
 
-    def grad_and_value(
-        self, func: Callable[..., Any], argnums: ArgnumsT, *, has_aux: bool
-    ) -> Callable[..., Any]:
+    def grad_and_value(self, func: Fn, argnums: ArgnumsT, *, has_aux: bool) -> Fn:
         """``torch.func.grad_and_value(func, argnums, has_aux)``."""
         raise NotImplementedError
 
-    def grad(
-        self, func: Callable[..., Any], argnums: ArgnumsT, *, has_aux: bool
-    ) -> Callable[..., Any]:
+    def grad(self, func: Fn, argnums: ArgnumsT, *, has_aux: bool) -> Fn:
         """``torch.func.grad(func, argnums, has_aux)``; derived from :meth:`grad_and_value`."""
         return grad_from_grad_and_value(
             self.grad_and_value(func, argnums, has_aux=has_aux), has_aux
@@ -181,13 +169,13 @@ class Backend:
 
     def jacfwd(
         self,
-        func: Callable[..., Any],
+        func: Fn,
         argnums: ArgnumsT,
         *,
         has_aux: bool,
         randomness: str,
         chunk_size: Optional[int],
-    ) -> Callable[..., Any]:
+    ) -> Fn:
         """``torch.func.jacfwd``, with ``chunk_size``; derived: ``vmap`` of :meth:`jvp`."""
         vmap = self.vmap_primitive()
         if vmap is None:
@@ -196,21 +184,17 @@ class Backend:
             positional_jvp(self), vmap, func, argnums, has_aux, randomness, chunk_size
         )
 
-    def linearize(
-        self, func: Callable[..., Any], primals: Tuple[Any, ...]
-    ) -> Tuple[Any, Callable[..., Any]]:
+    def linearize(self, func: Fn, primals: Tuple[Any, ...]) -> Tuple[Any, Fn]:
         """``torch.func.linearize(func, *primals)``; derived: ``vmap`` of :meth:`jvp`, once."""
         vmap = self.vmap_primitive()
         if vmap is None:
             raise NotImplementedError(f"{self.name}: linearize needs a vmap or its own linearize")
         return linearize_from_jvp(positional_jvp(self), vmap, func, primals)
 
-    def hvp(
-        self, func: Callable[..., Any], primals: Tuple[Any, ...], tangents: Tuple[Any, ...]
-    ) -> Tuple[Any, Any]:
+    def hvp(self, func: Fn, primals: Tuple[Any, ...], tangents: Tuple[Any, ...]) -> Tuple[Any, Any]:
         """``(func(*primals), H @ tangents)``; derived: forward over reverse."""
 
-        def grad_and_value(f: Callable[..., Any], argnums: ArgnumsT) -> Callable[..., Any]:
+        def grad_and_value(f: Fn, argnums: ArgnumsT) -> Fn:
             return self.grad_and_value(f, argnums, has_aux=False)
 
         return hvp_from_jvp(positional_jvp(self), grad_and_value, func, primals, tangents)
@@ -219,7 +203,7 @@ class Backend:
         return f"<{type(self).__name__} {self.name!r}>"
 
 
-def positional_jvp(backend: Backend) -> Callable[..., Any]:
+def positional_jvp(backend: Backend) -> Fn:
     """``backend.jvp`` with ``has_aux`` also positional, as the derived operators call it.
 
     Examples
@@ -230,7 +214,7 @@ def positional_jvp(backend: Backend) -> Callable[..., Any]:
     (tensor([0.]), tensor([1.]))
     """
 
-    def jvp(f: Callable[..., Any], p: Any, t: Any, has_aux: bool = False) -> Any:
+    def jvp(f: Fn, p: Any, t: Any, has_aux: bool = False) -> Any:
         return backend.jvp(f, p, t, has_aux=has_aux)
 
     return jvp

@@ -14,7 +14,7 @@ from ..compat._torch_info import (
     module_exists,
 )
 from ._chunking import jacrev_tensor_args_only, vmap_with_out_dims
-from .base import ArgnumsT, Availability, Backend, InDimsT, OutDimsT
+from .base import ArgnumsT, Availability, Backend, Fn, InDimsT, OutDimsT
 
 __all__ = ["FuncBackend"]
 
@@ -24,7 +24,7 @@ _MINIMUM = Version("2.0")
 _JACREV_NEEDS_TENSOR_ARGS = _MINIMUM <= TORCH_VERSION < Version("2.1")
 
 
-def _locked_unless_compiling(fn: Callable[..., Any]) -> Callable[..., Any]:
+def _locked_unless_compiling(fn: Fn) -> Fn:
     """``fn`` under :data:`TRANSFORM_LOCK`, except while dynamo traces it into a graph
     (dynamo cannot take a lock)."""
     run_locked = locked(fn)
@@ -58,7 +58,7 @@ class FuncBackend(Backend):
     """
 
     name = "func"
-    aliases = ("torch.func",)
+    aliases: Tuple[str, ...] = ("torch.func",)
     is_transform = True
 
     def availability(
@@ -75,91 +75,82 @@ class FuncBackend(Backend):
             )
         return Availability(True)
 
-    def vmap_primitive(self) -> Callable[..., Any]:
-        vmap: Callable[..., Any] = function_transforms().vmap
+    def transforms(self) -> Any:
+        """The library the operators call: ``jacrev``, ``jacfwd``, ``vjp``, ``jvp``,
+        ``grad``, ``grad_and_value`` and ``vmap`` with :mod:`torch.func`'s signatures
+        (``jacrev`` and ``vmap`` with ``chunk_size``); :mod:`torch.func` itself here."""
+        return function_transforms()
+
+    def vmap_primitive(self) -> Fn:
+        vmap: Fn = self.transforms().vmap
         return vmap
 
     def jacrev(
-        self,
-        func: Callable[..., Any],
-        argnums: ArgnumsT,
-        *,
-        has_aux: bool,
-        chunk_size: Optional[int],
-    ) -> Callable[..., Any]:
-        jacrev = function_transforms().jacrev
+        self, func: Fn, argnums: ArgnumsT, *, has_aux: bool, chunk_size: Optional[int]
+    ) -> Fn:
+        jacrev = self.transforms().jacrev
         if _JACREV_NEEDS_TENSOR_ARGS:  # torch 2.0: see _chunking.jacrev_tensor_args_only
             return jacrev_tensor_args_only(
                 jacrev, func, argnums, has_aux=has_aux, chunk_size=chunk_size
             )
-        jacobian_fn: Callable[..., Any] = jacrev(
-            func, argnums, has_aux=has_aux, chunk_size=chunk_size
-        )
+        jacobian_fn: Fn = jacrev(func, argnums, has_aux=has_aux, chunk_size=chunk_size)
         return jacobian_fn
 
-    def vjp(self, func: Callable[..., Any], primals: Tuple[Any, ...], *, has_aux: bool) -> Any:
-        return function_transforms().vjp(func, *primals, has_aux=has_aux)
+    def vjp(self, func: Fn, primals: Tuple[Any, ...], *, has_aux: bool) -> Any:
+        return self.transforms().vjp(func, *primals, has_aux=has_aux)
 
     def jvp(
-        self,
-        func: Callable[..., Any],
-        primals: Tuple[Any, ...],
-        tangents: Tuple[Any, ...],
-        *,
-        has_aux: bool,
+        self, func: Fn, primals: Tuple[Any, ...], tangents: Tuple[Any, ...], *, has_aux: bool
     ) -> Any:
         forward_ad_ready()
+        jvp = self.transforms().jvp
         if is_compiling():  # traced into the graph, where dynamo cannot take a lock
-            return function_transforms().jvp(func, primals, tangents, has_aux=has_aux)
+            return jvp(func, primals, tangents, has_aux=has_aux)
         with TRANSFORM_LOCK:  # dual levels are process-wide
-            return function_transforms().jvp(func, primals, tangents, has_aux=has_aux)
+            return jvp(func, primals, tangents, has_aux=has_aux)
 
-    def grad_and_value(
-        self, func: Callable[..., Any], argnums: ArgnumsT, *, has_aux: bool
-    ) -> Callable[..., Any]:
-        grad_and_value = function_transforms().grad_and_value
-        fn: Callable[..., Any] = grad_and_value(func, argnums, has_aux=has_aux)
+    def grad_and_value(self, func: Fn, argnums: ArgnumsT, *, has_aux: bool) -> Fn:
+        grad_and_value = self.transforms().grad_and_value
+        fn: Fn = grad_and_value(func, argnums, has_aux=has_aux)
         return fn
 
-    def grad(
-        self, func: Callable[..., Any], argnums: ArgnumsT, *, has_aux: bool
-    ) -> Callable[..., Any]:
-        fn: Callable[..., Any] = function_transforms().grad(func, argnums, has_aux=has_aux)
+    def grad(self, func: Fn, argnums: ArgnumsT, *, has_aux: bool) -> Fn:
+        fn: Fn = self.transforms().grad(func, argnums, has_aux=has_aux)
         return fn
 
     def jacfwd(
         self,
-        func: Callable[..., Any],
+        func: Fn,
         argnums: ArgnumsT,
         *,
         has_aux: bool,
         randomness: str,
         chunk_size: Optional[int],
-    ) -> Callable[..., Any]:
+    ) -> Fn:
         forward_ad_ready()
         if chunk_size is not None:  # torch.func.jacfwd has no chunk_size: vmap(jvp) in chunks
             return super().jacfwd(
                 func, argnums, has_aux=has_aux, randomness=randomness, chunk_size=chunk_size
             )
-        jacfwd = function_transforms().jacfwd
+        jacfwd = self.transforms().jacfwd
         if _JACREV_NEEDS_TENSOR_ARGS:  # torch 2.0's jacfwd checks every argument's dtype too
             return locked(
                 jacrev_tensor_args_only(
                     jacfwd, func, argnums, has_aux=has_aux, randomness=randomness
                 )
             )
-        fn: Callable[..., Any] = jacfwd(func, argnums, has_aux=has_aux, randomness=randomness)
+        fn: Fn = jacfwd(func, argnums, has_aux=has_aux, randomness=randomness)
         return _locked_unless_compiling(fn)  # dual levels are process-wide
 
     def vmap(
         self,
-        func: Callable[..., Any],
+        func: Fn,
         in_dims: InDimsT,
         out_dims: OutDimsT,
         randomness: str,
         *,
         chunk_size: Optional[int],
-    ) -> Callable[..., Any]:
+    ) -> Fn:
         return vmap_with_out_dims(
-            function_transforms().vmap, func, in_dims, out_dims, randomness, chunk_size=chunk_size
+            self.transforms().vmap, func, in_dims, out_dims, randomness, chunk_size=chunk_size
         )

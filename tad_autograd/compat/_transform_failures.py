@@ -239,7 +239,41 @@ def _watched_function(cls: Any, stage: Optional[Stages]) -> Any:
     return twin
 
 
-class DefectWatch(TorchFunctionMode):
+class OpWatch(TorchFunctionMode):
+    """A torch function mode that sees every op the code under it calls: the one base of
+    the library's watches, which override :meth:`run`.
+
+    :attr:`seen` tells whether the watch met what it looks for.
+
+    Examples
+    --------
+    >>> import torch
+    >>> with OpWatch() as watch:
+    ...     _ = torch.sin(torch.zeros(1))
+    >>> watch.seen
+    False
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: Whether the watched code did what this watch looks for.
+        self.seen = False
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Tuple[Any, ...],
+        args: Tuple[Any, ...] = (),
+        kwargs: Optional[Dict[str, Any]] = None,
+    ) -> Any:
+        return self.run(func, args, kwargs or {})
+
+    def run(self, func: Callable[..., Any], args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        """Run one op of the watched code, ``func(*args, **kwargs)``, as this watch does."""
+        return func(*args, **kwargs)
+
+
+class DefectWatch(OpWatch):
     """A torch function mode that raises :class:`DefectiveBatchingError` on a defective op.
 
     With ``look_only`` it raises nothing and notes in :attr:`seen` that one was called
@@ -272,8 +306,6 @@ class DefectWatch(TorchFunctionMode):
         stages = (stage,) if isinstance(stage, str) else stage
         self._twin_stage = REVERSE_STAGES if stages is None or "derivative" in stages else stage
         self._look_only = look_only
-        #: Whether the function called a defective op (with ``look_only``, instead of raising).
-        self.seen = False
         #: The first defective op the function called (its table name), or ``None``.
         self.op: Optional[str] = None
 
@@ -287,27 +319,19 @@ class DefectWatch(TorchFunctionMode):
             return bool(_STAGES)
         return stage in _STAGES if isinstance(stage, str) else not _STAGES.isdisjoint(stage)
 
-    def __torch_function__(
-        self,
-        func: Callable[..., Any],
-        types: Tuple[Any, ...],
-        args: Tuple[Any, ...] = (),
-        kwargs: Optional[Dict[str, Any]] = None,
-    ) -> Any:
+    def run(self, func: Callable[..., Any], args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
         # on every op the function calls: one dict look-up, nothing allocated
         defect = self._callables.get(func)
         if defect is _CUSTOM_FUNCTION_CALL:
             if args and isinstance(args[0], type) and not self._look_only:
                 args = (_watched_function(args[0], self._twin_stage), *args[1:])
-        elif defect is not None and defect.matches(args, kwargs or {}):
+        elif defect is not None and defect.matches(args, kwargs):
             if self.op is None:
                 self.op = defect.op
             if not self._look_only:
                 raise DefectiveBatchingError(defect.op, defect.what, defect.stage)
             self.seen = True
-        if kwargs:
-            return func(*args, **kwargs)
-        return func(*args)
+        return func(*args, **kwargs)
 
 
 def watch_calls(func: Callable[..., Any], stage: Optional[Stages] = None) -> Callable[..., Any]:
@@ -388,18 +412,12 @@ class ForwardWatch(DefectWatch):
     True
     """
 
-    def __torch_function__(
-        self,
-        func: Callable[..., Any],
-        types: Tuple[Any, ...],
-        args: Tuple[Any, ...] = (),
-        kwargs: Optional[Dict[str, Any]] = None,
-    ) -> Any:
+    def run(self, func: Callable[..., Any], args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
         if not torch.is_grad_enabled() and func is not _SET_GRAD_ENABLED:
             if not self._look_only:
                 raise GradModeOffError()
             self.seen = True
-        return super().__torch_function__(func, types, args, kwargs)
+        return super().run(func, args, kwargs)
 
 
 def watch_forward_calls(

@@ -9,13 +9,13 @@ with a clear ``RuntimeError`` where that returns zeros.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Dict, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, Tuple, TypeVar
 
 import torch
-from torch.overrides import TorchFunctionMode
 
 from ..compat._pytree import tree_flatten, tree_unflatten
 from ..compat._torch_info import cache
+from ..compat._transform_failures import OpWatch
 
 __all__ = [
     "inference_mode_derivatives",
@@ -101,7 +101,7 @@ def outside_inference_mode(name: str, call: Callable[..., T], *trees: Any) -> T:
         return call(*(plain_tensors(t) for t in trees))
 
 
-class GradModeOffWatch(TorchFunctionMode):
+class GradModeOffWatch(OpWatch):
     """A torch function mode that notes (``seen``) whether the code it runs called an op
     with grad mode off; subclasses widen what they note with :meth:`notes`.
 
@@ -114,28 +114,14 @@ class GradModeOffWatch(TorchFunctionMode):
     True
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen = False
-
-    def notes(self, func: Any) -> bool:
-        """Whether calling ``func`` now is what this watch looks for."""
-        return not torch.is_grad_enabled()
-
-    def __torch_function__(
-        self,
-        func: Any,
-        types: Any,
-        args: Tuple[Any, ...] = (),
-        kwargs: Optional[Dict[str, Any]] = None,
-    ) -> Any:
-        if not self.seen and self.notes_call(func, args, kwargs or {}):
+    def run(self, func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        if not self.seen and self.notes(func, args, kwargs):
             self.seen = True
-        return func(*args, **(kwargs or {}))
+        return func(*args, **kwargs)
 
-    def notes_call(self, func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> bool:
-        """Whether this call of ``func`` is what this watch looks for (:meth:`notes`)."""
-        return self.notes(func)
+    def notes(self, func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> bool:
+        """Whether this call of ``func`` is what this watch looks for."""
+        return not torch.is_grad_enabled()
 
 
 class ReverseOnlyWatch(GradModeOffWatch):
@@ -157,7 +143,7 @@ class ReverseOnlyWatch(GradModeOffWatch):
     True
     """
 
-    def notes_call(self, func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> bool:
+    def notes(self, func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> bool:
         if not torch.is_grad_enabled() or func in _HOOKS:
             return True
         backward = _BACKWARD_PASSES.get(func)

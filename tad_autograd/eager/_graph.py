@@ -156,10 +156,11 @@ def graph_facts(outputs: Sequence[torch.Tensor], ours: Set[int]) -> Tuple[bool, 
 
     Examples
     --------
+    A weight requiring grad is another leaf; ``exp`` is no custom Function:
+
     >>> import torch
     >>> x = torch.zeros(2, requires_grad=True)
-    >>> w = torch.ones(2, requires_grad=True)
-    >>> graph_facts([x * w], {id(x)})
+    >>> graph_facts([x.exp() * torch.ones(2, requires_grad=True)], {id(x)})
     (True, [])
     """
     custom: List[Any] = []

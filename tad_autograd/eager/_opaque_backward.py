@@ -67,11 +67,15 @@ from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Seq
 
 import torch
 from torch.autograd.function import BackwardCFunction, FunctionCtx, once_differentiable
-from torch.overrides import TorchFunctionMode
 
 from ..compat._dual import level_active, unpack_dual
 from ..compat._torch_info import cache
-from ..compat._transform_failures import REVERSE_STAGES, DefectiveBatchingError, DefectWatch
+from ..compat._transform_failures import (
+    REVERSE_STAGES,
+    DefectiveBatchingError,
+    DefectWatch,
+    OpWatch,
+)
 from ._grad_modes import GradModeOffWatch
 from ._graph import graph_facts
 
@@ -487,7 +491,7 @@ def backwards_watched_or_refused(custom: Sequence[Any]) -> Iterator[None]:
 _GRAD_CALLS = (torch.autograd.grad, torch.autograd.backward)
 
 
-class GradCallsWatched(TorchFunctionMode):
+class GradCallsWatched(OpWatch):
     """While active: each ``torch.autograd.grad`` (or ``backward``) call runs under
     :func:`hooks_watched` -- a function transform's own backward passes, inside a pass that
     :func:`custom_backwards_watched` watches.  Only those calls pay for the profile
@@ -495,24 +499,21 @@ class GradCallsWatched(TorchFunctionMode):
 
     Examples
     --------
+    A backward pass started inside the watched code runs under the hooks' watch:
+
     >>> import torch
     >>> x = torch.ones(2, requires_grad=True)
     >>> with custom_backwards_watched([]), GradCallsWatched():
-    ...     torch.autograd.grad(x * 2, x, torch.ones(2))
-    (tensor([2., 2.]),)
+    ...     (x.exp() * 2).sum().backward()
+    >>> x.grad
+    tensor([5.4366, 5.4366])
     """
 
-    def __torch_function__(
-        self,
-        func: Any,
-        types: Any,
-        args: Tuple[Any, ...] = (),
-        kwargs: Optional[Dict[str, Any]] = None,
-    ) -> Any:
+    def run(self, func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
         if func in _GRAD_CALLS:
             with hooks_watched():
-                return func(*args, **(kwargs or {}))
-        return func(*args, **(kwargs or {}))
+                return func(*args, **kwargs)
+        return func(*args, **kwargs)
 
 
 def _function_name(node: Any) -> str:
@@ -579,7 +580,7 @@ class _LeavesAutograd(GradModeOffWatch):
     """Notes whether the code it runs leaves autograd (``seen``): an op that copies out of
     autograd, or one with grad mode off outside a nested custom Function's forward."""
 
-    def notes(self, func: Any) -> bool:
+    def notes(self, func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> bool:
         if getattr(func, "__name__", None) in _LEAVE_AUTOGRAD:
             return True
         return not torch.is_grad_enabled() and not _inside_a_function_forward()
