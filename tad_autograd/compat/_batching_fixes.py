@@ -163,10 +163,14 @@ def _uninstall() -> None:
     does on a torch that batches an op wrongly).  :func:`_install` registers them again."""
     global _LIBRARY
     library, _LIBRARY = _LIBRARY, None
+    if library is None:
+        return
     destroy = getattr(library, "_destroy", None)
-    if destroy is not None:  # torch >= 2.1; before, dropping the library deregisters
+    if destroy is not None:  # torch >= 2.1
         destroy()
-    del library
+    else:  # torch 1.13, 2.0: what garbage collection of the library does, now
+        library.__del__()
+        library._op_impls = set()
 
 
 #: The table names (``BatchingDefect.op``) of the ops whose batching this package
