@@ -26,7 +26,6 @@ from _helpers import reference_hessian, reference_jacobian
 
 import tad_autograd as ta
 from tad_autograd.compat._torch_info import transforms_active as _transforms_active
-from tad_autograd.compat.batching_defects import ACTIVE_DEFECTS
 from tad_autograd.dispatch._fallback import MEMORY
 
 F64 = torch.float64
@@ -172,7 +171,7 @@ def cdist_field(x: torch.Tensor) -> torch.Tensor:
     return torch.cdist(x, x).sum(-1)
 
 
-@pytest.mark.skipif(not ACTIVE_DEFECTS, reason="no known batching defect on this torch")
+@pytest.mark.usefixtures("torch_cdist_rule")  # torch's own (wrong) rule, its entry active
 def test_automatic_mode_does_not_vectorise_through_defects() -> None:
     x = torch.rand(5, 3, dtype=F64, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(ta.jacrev(cdist_field)(x), reference_jacobian(cdist_field, x))
