@@ -2,9 +2,11 @@
 
 A custom Function's backward is Python code.  When it computes outside
 autograd -- under ``@once_differentiable`` (which runs it under
-``torch.no_grad()``), with NumPy, ``.item()``, ``.tolist()``, ``.detach()``,
-``.data`` or its own ``torch.no_grad()`` block -- the gradient it returns
-carries no graph, or only part of one.  Differentiating that gradient again
+``torch.no_grad()``), with NumPy, ``.item()``, ``.tolist()``, ``float()``,
+``.detach()``, ``.data``, a tensor's storage, a backward pass of its own
+without ``create_graph``, its own ``torch.no_grad()`` block, or with a
+detached alias of an input its forward kept (``ctx.x = x.detach()``) -- the
+gradient it returns carries no graph, or only part of one.  Differentiating that gradient again
 (a Hessian, an ``hvp``, a Jacobian of forces) then silently misses terms:
 plain autograd returns such wrong second derivatives whether the Function's
 result enters the function linearly or not.
@@ -69,6 +71,7 @@ import torch
 from torch.autograd.function import BackwardCFunction, FunctionCtx, once_differentiable
 
 from ..compat._dual import level_active, unpack_dual
+from ..compat._pytree import tree_flatten
 from ..compat._torch_info import cache
 from ..compat._transform_failures import (
     REVERSE_STAGES,
@@ -76,7 +79,7 @@ from ..compat._transform_failures import (
     DefectWatch,
     OpWatch,
 )
-from ._grad_modes import GradModeOffWatch
+from ._grad_modes import GradModeOffWatch, builds_no_graph
 from ._graph import graph_facts
 
 __all__ = [
@@ -106,6 +109,21 @@ _LEAVE_AUTOGRAD = frozenset(
         "new_tensor",
         "tensor",
     }
+)
+
+#: Calls that copy a tensor's values out of autograd and have no name of their own: the
+#: ``.data`` getter, ``float()`` and ``complex()`` of a tensor, its storage.
+_LEAVE_AUTOGRAD_CALLS = frozenset(
+    f
+    for f in (
+        torch.Tensor.data.__get__,  # type: ignore[attr-defined]
+        torch.Tensor.__float__,
+        torch.Tensor.__complex__,
+        getattr(torch.Tensor, "untyped_storage", None),
+        getattr(torch.Tensor, "storage", None),
+        getattr(torch.Tensor, "_typed_storage", None),
+    )
+    if f is not None
 )
 
 #: The Python ``Function.apply`` (torch >= 2.0): ops below it are a nested Function's forward.
@@ -234,8 +252,8 @@ def opaque_backward_message(function_name: str) -> str:
     """
     return (
         f"{function_name}: the backward of this custom autograd.Function computes outside "
-        "autograd (@once_differentiable, NumPy, .item(), .tolist(), .detach(), .data or "
-        "torch.no_grad()), so a derivative of its derivative would silently miss terms; "
+        "autograd (@once_differentiable, NumPy, .item(), .tolist(), float(), .detach(), "
+        ".data, a backward pass without create_graph or torch.no_grad()), so a derivative of its derivative would silently miss terms; "
         "write its backward with differentiable torch operations (or give the Function a "
         "jvp and take the derivative in forward mode) to differentiate through it twice"
     )
@@ -535,13 +553,13 @@ def _guarded_apply(node: Any, original: Callable[..., Any]) -> Callable[..., Any
             saved = tuple(node.saved_tensors)
         except RuntimeError:  # already freed: the Function's backward will say so
             saved = ()
-        kept = tuple(vars(node).values())  # tensors the forward kept as ctx attributes
+        kept = tree_flatten(list(vars(node).values()))[0]  # what the forward kept on ctx
         incoming = [t for t in (*grad_outputs, *saved, *kept) if isinstance(t, torch.Tensor)]
         tangents_in = level_active() and any(unpack_dual(t)[1] is not None for t in incoming)
         anchors = [t for t in incoming if t.requires_grad]
         if not anchors and not tangents_in:  # its gradient is a constant: nothing to miss
             return original(*grad_outputs)
-        if _once_differentiable(node):
+        if _once_differentiable(node) or _detached_alias(incoming):
             opaque = True
             result = original(*grad_outputs)
         else:
@@ -570,6 +588,26 @@ def _guarded_apply(node: Any, original: Callable[..., Any]) -> Callable[..., Any
     return apply
 
 
+def _detached_alias(tensors: List[torch.Tensor]) -> bool:
+    """Whether one of ``tensors`` is a detached alias of another that requires grad (its
+    forward kept ``x.detach()`` or ``x.data``): the backward computes with it outside
+    autograd.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.ones(2, requires_grad=True)
+    >>> _detached_alias([x, x.detach()]), _detached_alias([x, x.detach().clone()])
+    (True, False)
+    """
+    differentiable = {t.data_ptr() for t in tensors if t.requires_grad}
+    return any(
+        not t.requires_grad and t.is_floating_point() and t.data_ptr() in differentiable
+        for t in tensors
+        if t.numel()
+    )
+
+
 #: The code of the watched backward's wrapper: frame walks stop there.
 _WATCHED_APPLY_CODE = next(
     c for c in _guarded_apply.__code__.co_consts if getattr(c, "co_name", None) == "apply"
@@ -581,7 +619,9 @@ class _LeavesAutograd(GradModeOffWatch):
     autograd, or one with grad mode off outside a nested custom Function's forward."""
 
     def notes(self, func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> bool:
-        if getattr(func, "__name__", None) in _LEAVE_AUTOGRAD:
+        if getattr(func, "__name__", None) in _LEAVE_AUTOGRAD or func in _LEAVE_AUTOGRAD_CALLS:
+            return True
+        if builds_no_graph(func, args, kwargs):  # its gradients carry no graph
             return True
         return not torch.is_grad_enabled() and not _inside_a_function_forward()
 

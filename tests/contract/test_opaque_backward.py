@@ -72,6 +72,41 @@ def _copy(ctx: Any, g: torch.Tensor) -> torch.Tensor:
         return g * 3 * x.new_tensor(x) ** 2
 
 
+def _data(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+    (x,) = ctx.saved_tensors
+    return g * 3 * x.data**2
+
+
+def _float(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+    (x,) = ctx.saved_tensors
+    with warnings.catch_warnings():  # torch warns of a scalar from a tensor requiring grad
+        warnings.simplefilter("ignore", UserWarning)
+        return g * 3 * torch.stack([float(v) * v for v in x])
+
+
+def _storage(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+    (x,) = ctx.saved_tensors
+    copy = torch.empty_like(x)
+    storage = getattr(x, "untyped_storage", x.storage)  # torch 1.13: storage()
+    getattr(copy, storage.__name__)().copy_(storage())
+    return g * 3 * copy**2
+
+
+def _recomputed(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+    """A recompute-style backward whose own backward pass builds no graph."""
+    (x,) = ctx.saved_tensors
+    with torch.enable_grad():
+        y = (x**3).sum()
+        (slope,) = torch.autograd.grad(y, x)
+    return g * slope
+
+
+def _kept_alias_forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+    ctx.save_for_backward(x)
+    ctx.kept = [x.detach()]  # a detached alias, inside a list
+    return x**3
+
+
 def _differentiable(ctx: Any, g: torch.Tensor) -> torch.Tensor:
     (x,) = ctx.saved_tensors
     return g * 3 * x**2
@@ -84,6 +119,18 @@ OPAQUE: Dict[str, Any] = {
     "no_grad": _cube(_no_grad, "NoGradCube"),
     "torch.detach": _cube(_torch_detach, "TorchDetachCube"),
     "new_tensor": _cube(_copy, "CopyCube"),
+    ".data": _cube(_data, "DataCube"),
+    "float()": _cube(_float, "FloatCube"),
+    "storage": _cube(_storage, "StorageCube"),
+    "backward pass without create_graph": _cube(_recomputed, "RecomputedCube"),
+    "detached alias kept by the forward": type(
+        "AliasCube",
+        (torch.autograd.Function,),
+        {
+            "forward": staticmethod(_kept_alias_forward),
+            "backward": staticmethod(lambda ctx, g: g * 3 * ctx.kept[0] ** 2),
+        },
+    ),
     "ctx attribute": type(
         "AttributeCube",
         (torch.autograd.Function,),
