@@ -253,9 +253,10 @@ def opaque_backward_message(function_name: str) -> str:
     return (
         f"{function_name}: the backward of this custom autograd.Function computes outside "
         "autograd (@once_differentiable, NumPy, .item(), .tolist(), float(), .detach(), "
-        ".data, a backward pass without create_graph or torch.no_grad()), so a derivative of its derivative would silently miss terms; "
-        "write its backward with differentiable torch operations (or give the Function a "
-        "jvp and take the derivative in forward mode) to differentiate through it twice"
+        ".data, a backward pass without create_graph or torch.no_grad()), so a derivative "
+        "of its derivative would silently miss terms; write its backward with "
+        "differentiable torch operations (or give the Function a jvp and take the "
+        "derivative in forward mode) to differentiate through it twice"
     )
 
 
