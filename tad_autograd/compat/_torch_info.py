@@ -41,6 +41,7 @@ __all__ = [
     "module_exists",
     "function_transforms",
     "transforms_active",
+    "differentiating_levels",
 ]
 
 _MISSING = object()
@@ -133,6 +134,30 @@ def transforms_active() -> bool:
     False
     """
     return bool(_ARE_TRANSFORMS_ACTIVE()) if _ARE_TRANSFORMS_ACTIVE is not None else False
+
+
+def differentiating_levels() -> int:
+    """How many ``grad`` and ``jvp`` transforms run around this call: what the call computes
+    is differentiated again by each.  On torch 2.0 only the innermost transform is known
+    (at most 1); torch 1.13's functorch is not asked (0).
+
+    Examples
+    --------
+    >>> differentiating_levels()
+    0
+    """
+    functorch_c = getattr(torch._C, "_functorch", None)
+    kinds = getattr(functorch_c, "TransformType", None)
+    if kinds is None or not transforms_active():
+        return 0
+    stack = getattr(functorch_c, "get_interpreter_stack", None)
+    if stack is not None:
+        interpreters = stack() or ()
+    else:
+        peek = getattr(functorch_c, "peek_interpreter_stack", None)
+        interpreters = (peek(),) if peek is not None else ()
+    differentiating = (kinds.Grad, kinds.Jvp)
+    return sum(1 for i in interpreters if i is not None and i.key() in differentiating)
 
 
 def _dynamo_is_compiling() -> bool:

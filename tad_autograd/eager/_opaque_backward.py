@@ -65,6 +65,7 @@ import dis
 import sys
 import threading
 import types
+import weakref
 from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -72,7 +73,7 @@ from torch.autograd.function import BackwardCFunction, FunctionCtx, once_differe
 
 from ..compat._dual import level_active, unpack_dual
 from ..compat._pytree import tree_flatten
-from ..compat._torch_info import cache
+from ..compat._torch_info import cache, differentiating_levels, is_compiling
 from ..compat._transform_failures import (
     REVERSE_STAGES,
     DefectiveBatchingError,
@@ -90,6 +91,7 @@ __all__ = [
     "hooks_watched",
     "backwards_watched_or_refused",
     "GradCallsWatched",
+    "opaque_backwards_refused",
 ]
 
 #: The code of the wrapper ``@once_differentiable`` puts around a backward.
@@ -617,14 +619,26 @@ _WATCHED_APPLY_CODE = next(
 
 class _LeavesAutograd(GradModeOffWatch):
     """Notes whether the code it runs leaves autograd (``seen``): an op that copies out of
-    autograd, or one with grad mode off outside a nested custom Function's forward."""
+    autograd, or one with grad mode off outside a nested custom Function's forward.
+
+    ``grad_mode_counts=False``: the code starts with grad mode off (a function transform
+    run under the caller's ``torch.no_grad()`` records regardless), so grad mode tells
+    nothing there."""
+
+    def __init__(self, grad_mode_counts: bool = True) -> None:
+        super().__init__()
+        self._grad_mode_counts = grad_mode_counts
 
     def notes(self, func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> bool:
         if getattr(func, "__name__", None) in _LEAVE_AUTOGRAD or func in _LEAVE_AUTOGRAD_CALLS:
             return True
         if builds_no_graph(func, args, kwargs):  # its gradients carry no graph
             return True
-        return not torch.is_grad_enabled() and not _inside_a_function_forward()
+        return (
+            self._grad_mode_counts
+            and not torch.is_grad_enabled()
+            and not _inside_a_function_forward()
+        )
 
 
 def _inside_a_function_forward() -> bool:
@@ -639,3 +653,115 @@ def _inside_a_function_forward() -> bool:
             return True  # an old-style forward(ctx, ...) (torch 1.13 has no Python apply)
         frame = frame.f_back
     return False
+
+
+@cache
+def _custom_function_call() -> Any:
+    """How a function transform applies a custom Function (torch >= 2.0), or ``None``."""
+    try:
+        from torch._functorch.autograd_function import custom_function_call
+    except ImportError:  # torch 1.13: functorch transforms no custom Function
+        return None
+    return custom_function_call
+
+
+#: Whether this torch tells every transform running (torch >= 2.1), not the innermost only.
+_KNOWS_EVERY_TRANSFORM = hasattr(getattr(torch._C, "_functorch", None), "get_interpreter_stack")
+
+#: Each custom Function class's refusing twin (:func:`_refusing_twin`).
+_REFUSING_TWINS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _refused_unless_differentiable(
+    name: str, rule: Callable[..., Any], own_levels: int
+) -> Callable[..., Any]:
+    """Custom Function ``name``'s ``backward`` or ``jvp`` ``rule``, raising where it computes
+    outside autograd while a transform differentiates its result again: while more ``grad``
+    and ``jvp`` transforms run than the ``own_levels`` the rule runs for."""
+    opaque = getattr(rule, "__code__", None) is _ONCE_DIFFERENTIABLE_CODE
+
+    def refusing(ctx: Any, *args: Any) -> Any:
+        if own_levels and differentiating_levels() <= own_levels:  # a first derivative
+            return rule(ctx, *args)
+        if opaque:
+            raise RuntimeError(opaque_backward_message(name))
+        watch = _LeavesAutograd(grad_mode_counts=torch.is_grad_enabled())
+        with watch:
+            result = rule(ctx, *args)
+        if watch.seen:
+            raise RuntimeError(opaque_backward_message(name))
+        return result
+
+    return refusing
+
+
+def _refusing_twin(cls: Any) -> Any:
+    """A subclass of custom Function ``cls`` whose backward (and ``jvp``) raise where they
+    compute outside autograd."""
+    twin = _REFUSING_TWINS.get(cls)
+    if twin is None:
+        # a backward runs after its own transform ended: the twin is made only where another
+        # differentiates it; a jvp runs inside its own one (on torch 2.0, only the innermost
+        # transform is known: its jvp is taken as written)
+        name = cls.__name__
+        rules = {"backward": staticmethod(_refused_unless_differentiable(name, cls.backward, 0))}
+        if cls.jvp is not torch.autograd.Function.jvp and _KNOWS_EVERY_TRANSFORM:
+            rules["jvp"] = staticmethod(_refused_unless_differentiable(name, cls.jvp, 1))
+        twin = _REFUSING_TWINS[cls] = type(cls)(
+            cls.__name__,
+            (cls,),
+            {**rules, "__module__": cls.__module__, "__qualname__": cls.__qualname__},
+        )
+    return twin
+
+
+class _OpaqueBackwardsRefused(OpWatch):
+    """Swaps each custom Function the watched code applies inside a function transform for
+    its refusing twin."""
+
+    def run(self, func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        if func is _custom_function_call() and args and isinstance(args[0], type):
+            args = (_refusing_twin(args[0]), *args[1:])
+        return func(*args, **kwargs)
+
+
+def opaque_backwards_refused(derivative: Callable[..., Any]) -> Callable[..., Any]:
+    """``derivative`` (a function transform's derivative of a function), raising the
+    :func:`opaque_backward_message` error where an outer ``grad`` or ``jvp`` transform
+    differentiates it again through a custom Function whose backward (or ``jvp``)
+    computes outside autograd; a first derivative runs unwatched.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch.func import grad, jacrev
+    >>> from torch.autograd.function import once_differentiable
+    >>> class Cube(torch.autograd.Function):
+    ...     @staticmethod
+    ...     def forward(x):
+    ...         return x ** 3
+    ...     @staticmethod
+    ...     def setup_context(ctx, inputs, output):
+    ...         ctx.save_for_backward(inputs[0])
+    ...     @staticmethod
+    ...     @once_differentiable
+    ...     def backward(ctx, g):
+    ...         (x,) = ctx.saved_tensors
+    ...         return g * 3 * x ** 2
+    >>> gradient = opaque_backwards_refused(grad(lambda x: (Cube.apply(x) * x).sum()))
+    >>> gradient(torch.ones(1))
+    tensor([4.])
+    >>> jacrev(gradient)(torch.ones(1))
+    Traceback (most recent call last):
+    ...
+    RuntimeError: Cube: the backward of this custom autograd.Function computes outside ...
+    """
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if is_compiling() or not differentiating_levels():
+            return derivative(*args, **kwargs)
+        with _OpaqueBackwardsRefused():
+            return derivative(*args, **kwargs)
+
+    run.__wrapped__ = derivative  # type: ignore[attr-defined]
+    return run
