@@ -665,9 +665,6 @@ def _custom_function_call() -> Any:
     return custom_function_call
 
 
-#: Whether this torch tells every transform running (torch >= 2.1), not the innermost only.
-_KNOWS_EVERY_TRANSFORM = hasattr(getattr(torch._C, "_functorch", None), "get_interpreter_stack")
-
 #: Each custom Function class's refusing twin (:func:`_refusing_twin`).
 _REFUSING_TWINS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
@@ -701,11 +698,10 @@ def _refusing_twin(cls: Any) -> Any:
     twin = _REFUSING_TWINS.get(cls)
     if twin is None:
         # a backward runs after its own transform ended: the twin is made only where another
-        # differentiates it; a jvp runs inside its own one (on torch 2.0, only the innermost
-        # transform is known: its jvp is taken as written)
+        # differentiates it; a jvp runs inside its own one
         name = cls.__name__
         rules = {"backward": staticmethod(_refused_unless_differentiable(name, cls.backward, 0))}
-        if cls.jvp is not torch.autograd.Function.jvp and _KNOWS_EVERY_TRANSFORM:
+        if cls.jvp is not torch.autograd.Function.jvp:
             rules["jvp"] = staticmethod(_refused_unless_differentiable(name, cls.jvp, 1))
         twin = _REFUSING_TWINS[cls] = type(cls)(
             cls.__name__,
