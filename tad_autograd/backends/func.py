@@ -13,6 +13,7 @@ from ..compat._torch_info import (
     is_compiling,
     module_exists,
 )
+from ..eager._opaque_backward import opaque_backwards_refused
 from ._chunking import jacrev_tensor_args_only, vmap_with_out_dims
 from .base import ArgnumsT, Availability, Backend, Fn, InDimsT, OutDimsT
 
@@ -90,20 +91,23 @@ class FuncBackend(Backend):
     ) -> Fn:
         jacrev = self.transforms().jacrev
         if _JACREV_NEEDS_TENSOR_ARGS:  # torch 2.0: see _chunking.jacrev_tensor_args_only
-            return jacrev_tensor_args_only(
-                jacrev, func, argnums, has_aux=has_aux, chunk_size=chunk_size
+            return opaque_backwards_refused(
+                jacrev_tensor_args_only(
+                    jacrev, func, argnums, has_aux=has_aux, chunk_size=chunk_size
+                )
             )
-        jacobian_fn: Fn = jacrev(func, argnums, has_aux=has_aux, chunk_size=chunk_size)
-        return jacobian_fn
+        return opaque_backwards_refused(
+            jacrev(func, argnums, has_aux=has_aux, chunk_size=chunk_size)
+        )
 
     def vjp(self, func: Fn, primals: Tuple[Any, ...], *, has_aux: bool) -> Any:
-        return self.transforms().vjp(func, *primals, has_aux=has_aux)
+        return opaque_backwards_refused(self.transforms().vjp)(func, *primals, has_aux=has_aux)
 
     def jvp(
         self, func: Fn, primals: Tuple[Any, ...], tangents: Tuple[Any, ...], *, has_aux: bool
     ) -> Any:
         forward_ad_ready()
-        jvp = self.transforms().jvp
+        jvp = opaque_backwards_refused(self.transforms().jvp)
         if is_compiling():  # traced into the graph, where dynamo cannot take a lock
             return jvp(func, primals, tangents, has_aux=has_aux)
         with TRANSFORM_LOCK:  # dual levels are process-wide
@@ -111,12 +115,10 @@ class FuncBackend(Backend):
 
     def grad_and_value(self, func: Fn, argnums: ArgnumsT, *, has_aux: bool) -> Fn:
         grad_and_value = self.transforms().grad_and_value
-        fn: Fn = grad_and_value(func, argnums, has_aux=has_aux)
-        return fn
+        return opaque_backwards_refused(grad_and_value(func, argnums, has_aux=has_aux))
 
     def grad(self, func: Fn, argnums: ArgnumsT, *, has_aux: bool) -> Fn:
-        fn: Fn = self.transforms().grad(func, argnums, has_aux=has_aux)
-        return fn
+        return opaque_backwards_refused(self.transforms().grad(func, argnums, has_aux=has_aux))
 
     def jacfwd(
         self,
@@ -129,18 +131,22 @@ class FuncBackend(Backend):
     ) -> Fn:
         forward_ad_ready()
         if chunk_size is not None:  # torch.func.jacfwd has no chunk_size: vmap(jvp) in chunks
-            return super().jacfwd(
-                func, argnums, has_aux=has_aux, randomness=randomness, chunk_size=chunk_size
+            return opaque_backwards_refused(
+                super().jacfwd(
+                    func, argnums, has_aux=has_aux, randomness=randomness, chunk_size=chunk_size
+                )
             )
         jacfwd = self.transforms().jacfwd
         if _JACREV_NEEDS_TENSOR_ARGS:  # torch 2.0's jacfwd checks every argument's dtype too
-            return locked(
-                jacrev_tensor_args_only(
-                    jacfwd, func, argnums, has_aux=has_aux, randomness=randomness
+            return opaque_backwards_refused(
+                locked(
+                    jacrev_tensor_args_only(
+                        jacfwd, func, argnums, has_aux=has_aux, randomness=randomness
+                    )
                 )
             )
         fn: Fn = jacfwd(func, argnums, has_aux=has_aux, randomness=randomness)
-        return _locked_unless_compiling(fn)  # dual levels are process-wide
+        return opaque_backwards_refused(_locked_unless_compiling(fn))  # dual levels: process-wide
 
     def vmap(
         self,

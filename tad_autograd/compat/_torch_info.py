@@ -18,10 +18,11 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import sys
-from typing import Any, Callable, Dict, Tuple, TypeVar
+from typing import Any, Callable, Dict, List, Tuple, TypeVar
 
 import torch
 
@@ -41,6 +42,7 @@ __all__ = [
     "module_exists",
     "function_transforms",
     "transforms_active",
+    "differentiating_levels",
 ]
 
 _MISSING = object()
@@ -133,6 +135,41 @@ def transforms_active() -> bool:
     False
     """
     return bool(_ARE_TRANSFORMS_ACTIVE()) if _ARE_TRANSFORMS_ACTIVE is not None else False
+
+
+def differentiating_levels() -> int:
+    """How many ``grad`` and ``jvp`` transforms run around this call: what the call computes
+    is differentiated again by each (torch 1.13's functorch is not asked: 0).
+
+    Examples
+    --------
+    >>> differentiating_levels()
+    0
+    """
+    functorch_c = getattr(torch._C, "_functorch", None)
+    kinds = getattr(functorch_c, "TransformType", None)
+    if kinds is None or not transforms_active():
+        return 0
+    differentiating = (kinds.Grad, kinds.Jvp)
+    return sum(1 for i in _interpreters(functorch_c) if i.key() in differentiating)
+
+
+def _interpreters(functorch_c: Any) -> List[Any]:
+    """The transforms running, from torch's interpreter stack (torch 2.0 shows only its top:
+    it is popped, read and restored)."""
+    stack = getattr(functorch_c, "get_interpreter_stack", None)
+    if stack is not None:
+        return list(stack() or ())
+    from torch._functorch.pyfunctorch import temporarily_pop_interpreter_stack
+
+    found: List[Any] = []
+    with contextlib.ExitStack() as popped:
+        while True:
+            top = functorch_c.peek_interpreter_stack()
+            if top is None:
+                return found
+            found.append(top)
+            popped.enter_context(temporarily_pop_interpreter_stack())
 
 
 def _dynamo_is_compiling() -> bool:

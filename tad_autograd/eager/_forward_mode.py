@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Callable, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -59,7 +59,7 @@ from ..compat._rng import RngStates, attempt, snapshot
 from ..compat._torch_info import inference_mode_enabled, is_compiling
 from ..compat._transform_failures import DefectWatch
 from ._grad_modes import GradModeOffWatch, ReverseOnlyWatch, outside_inference_mode
-from ._graph import custom_functions_without_jvp, reaches_other_leaves, retire
+from ._graph import custom_functions_without_jvp, graphs_dropped, reaches_other_leaves, retire
 from ._jacobian import ArgnumLeaves, aux_like_torch_func, eager_jacobian
 from ._linear_map import linear_map
 from ._operand_checks import (
@@ -235,22 +235,19 @@ def _recorded(
             create = keep or any_dual(inputs) or (outer_grad and wants_graph)
             clear = (look is None or not look.seen) and not watch.seen
             if by_duals and clear:
-                products = [
-                    tree_unflatten(
-                        [
-                            torch.zeros_like(o.detach())
-                            if t is None
-                            else (_graph_dropped(t, ours) if create else t.detach())
-                            for o, t in zip(out_leaves, tangents)
-                        ],
-                        out_spec,
-                    )
+                per_set = [
+                    [
+                        torch.zeros_like(o.detach()) if t is None else t if create else t.detach()
+                        for o, t in zip(out_leaves, tangents)
+                    ]
                 ]
             else:
                 apply = linear_map(out_leaves, inputs, create)
-                products = [
-                    tree_unflatten(apply(list(ts), create), out_spec) for ts in tangent_sets
-                ]
+                per_set = [apply(list(ts), create) for ts in tangent_sets]
+            products = [
+                tree_unflatten(graphs_dropped(leaves, ours) if create else leaves, out_spec)
+                for leaves in per_set
+            ]
             primal = [
                 original if original is not None else as_returned([o], keep, [], [])[0]
                 for o, original in zip(out_leaves, originals)
@@ -270,13 +267,6 @@ def _recorded(
             return (tree_unflatten(primal, out_spec),), products, aux, duals
         finally:
             retire(inputs)
-
-
-def _graph_dropped(t: torch.Tensor, ours: Set[int]) -> torch.Tensor:
-    """``t`` without its graph when that reaches only this call's stand-ins."""
-    if t.grad_fn is not None and not reaches_other_leaves([t], ours):
-        return t.detach()
-    return t
 
 
 def eager_jacfwd(
@@ -411,7 +401,8 @@ def eager_linearize(func: Callable[..., Any], primals: Tuple[Any, ...]) -> Tuple
     def jvp_fn(*tangents: Any) -> Any:
         t_leaves = check_primals_tangents(primals, tangents, "linearize")[1]
         create = keep or (torch.is_grad_enabled() and any(t.requires_grad for t in t_leaves))
-        return tree_unflatten(apply(t_leaves, create), out_spec)
+        products = apply(t_leaves, create)
+        return tree_unflatten(graphs_dropped(products, ours) if create else products, out_spec)
 
     primal = [unchanged.get(id(o)) for o in out_leaves]
     primal = [

@@ -23,6 +23,7 @@ __all__ = [
     "plain_tensors",
     "GradModeOffWatch",
     "ReverseOnlyWatch",
+    "builds_no_graph",
 ]
 
 T = TypeVar("T")
@@ -146,14 +147,30 @@ class ReverseOnlyWatch(GradModeOffWatch):
     def notes(self, func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> bool:
         if not torch.is_grad_enabled() or func in _HOOKS:
             return True
-        backward = _BACKWARD_PASSES.get(func)
-        if backward is None:
-            return False
-        try:
-            bound = backward.bind(*args, **kwargs)
-        except TypeError:  # torch reports the call's own mistake
-            return False
-        return not bound.arguments.get("create_graph")
+        return builds_no_graph(func, args, kwargs)
+
+
+def builds_no_graph(func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> bool:
+    """Whether calling ``func(*args, **kwargs)`` is a backward pass that records no graph
+    (``torch.autograd.grad``, ``backward`` or ``Tensor.backward`` without ``create_graph``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.ones(1, requires_grad=True)
+    >>> builds_no_graph(torch.autograd.grad, (x, x), {}), builds_no_graph(torch.sin, (x,), {})
+    (True, False)
+    >>> builds_no_graph(torch.autograd.grad, (x, x), {"create_graph": True})
+    False
+    """
+    backward = _BACKWARD_PASSES.get(func)
+    if backward is None:
+        return False
+    try:
+        bound = backward.bind(*args, **kwargs)
+    except TypeError:  # torch reports the call's own mistake
+        return False
+    return not bound.arguments.get("create_graph")
 
 
 #: Hook registrations a backward pass runs and dual numbers ignore.

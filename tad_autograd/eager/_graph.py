@@ -36,11 +36,13 @@ from typing import (
 import torch
 from torch.autograd.function import BackwardCFunction
 
+from ..compat._dual import level_active, unpack_dual
 from ..compat._transform_failures import REVERSE_STAGES, DefectWatch
 from ..compat.batching_defects import defective_nodes
 
 __all__ = [
     "reaches_other_leaves",
+    "graphs_dropped",
     "retire",
     "defective_ops_in",
     "batching_hazards",
@@ -118,6 +120,32 @@ def reaches_other_leaves(outputs: Sequence[torch.Tensor], ours: Set[int]) -> boo
         if type(node) is ACCUMULATE_GRAD and _other_leaf(node.variable, ours):
             return True
     return False
+
+
+def graphs_dropped(results: List[Any], ours: Set[int]) -> List[Any]:
+    """``results`` of a derivative, each without its graph where that reaches only this
+    call's stand-ins ``ours``: :mod:`torch.func` returns such a result without one, and a
+    gradient of it with respect to a captured parameter would find no path.
+
+    A result carrying a forward-mode tangent keeps its graph (forward over reverse).
+
+    Examples
+    --------
+    >>> import torch
+    >>> x, w = torch.ones(2, requires_grad=True), torch.ones(2, requires_grad=True)
+    >>> [t.requires_grad for t in graphs_dropped([x * 2, x * w, None], {id(x)})[:2]]
+    [False, True]
+    """
+    dual = level_active()
+    return [
+        r.detach()
+        if isinstance(r, torch.Tensor)
+        and r.grad_fn is not None
+        and not (dual and unpack_dual(r)[1] is not None)
+        and not reaches_other_leaves([r], ours)
+        else r
+        for r in results
+    ]
 
 
 def _other_leaf(leaf: torch.Tensor, ours: Set[int]) -> bool:

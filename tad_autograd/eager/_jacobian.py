@@ -30,7 +30,13 @@ import torch
 from ..compat._pytree import flatten, tree_flatten, tree_unflatten, unflatten
 from ..compat._torch_info import inference_mode_enabled
 from ._grad_modes import inference_mode_derivatives
-from ._graph import batching_hazards, reaches_inputs, reaches_other_leaves, retire
+from ._graph import (
+    batching_hazards,
+    graphs_dropped,
+    reaches_inputs,
+    reaches_other_leaves,
+    retire,
+)
 from ._opaque_backward import custom_backwards_guarded, custom_backwards_watched
 from ._operand_checks import split_aux
 from ._rows import (
@@ -158,6 +164,7 @@ def _jacobian(
                 per_output = _derivatives(
                     out_leaves, inputs, create_graph, None if dual else vmap, chunk_size, columns
                 )
+            per_output = [graphs_dropped(blocks, ours) for blocks in per_output]
         else:
             per_output = _derivatives(out_leaves, inputs, False, vmap, chunk_size, columns)
         jacobian: Any

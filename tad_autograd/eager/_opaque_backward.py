@@ -2,9 +2,11 @@
 
 A custom Function's backward is Python code.  When it computes outside
 autograd -- under ``@once_differentiable`` (which runs it under
-``torch.no_grad()``), with NumPy, ``.item()``, ``.tolist()``, ``.detach()``,
-``.data`` or its own ``torch.no_grad()`` block -- the gradient it returns
-carries no graph, or only part of one.  Differentiating that gradient again
+``torch.no_grad()``), with NumPy, ``.item()``, ``.tolist()``, ``float()``,
+``.detach()``, ``.data``, a tensor's storage, a backward pass of its own
+without ``create_graph``, its own ``torch.no_grad()`` block, or with a
+detached alias of an input its forward kept (``ctx.x = x.detach()``) -- the
+gradient it returns carries no graph, or only part of one.  Differentiating that gradient again
 (a Hessian, an ``hvp``, a Jacobian of forces) then silently misses terms:
 plain autograd returns such wrong second derivatives whether the Function's
 result enters the function linearly or not.
@@ -63,20 +65,22 @@ import dis
 import sys
 import threading
 import types
+import weakref
 from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch.autograd.function import BackwardCFunction, FunctionCtx, once_differentiable
 
 from ..compat._dual import level_active, unpack_dual
-from ..compat._torch_info import cache
+from ..compat._pytree import tree_flatten
+from ..compat._torch_info import cache, differentiating_levels, is_compiling
 from ..compat._transform_failures import (
     REVERSE_STAGES,
     DefectiveBatchingError,
     DefectWatch,
     OpWatch,
 )
-from ._grad_modes import GradModeOffWatch
+from ._grad_modes import GradModeOffWatch, builds_no_graph
 from ._graph import graph_facts
 
 __all__ = [
@@ -87,6 +91,7 @@ __all__ = [
     "hooks_watched",
     "backwards_watched_or_refused",
     "GradCallsWatched",
+    "opaque_backwards_refused",
 ]
 
 #: The code of the wrapper ``@once_differentiable`` puts around a backward.
@@ -106,6 +111,21 @@ _LEAVE_AUTOGRAD = frozenset(
         "new_tensor",
         "tensor",
     }
+)
+
+#: Calls that copy a tensor's values out of autograd and have no name of their own: the
+#: ``.data`` getter, ``float()`` and ``complex()`` of a tensor, its storage.
+_LEAVE_AUTOGRAD_CALLS = frozenset(
+    f
+    for f in (
+        torch.Tensor.data.__get__,  # type: ignore[attr-defined]
+        torch.Tensor.__float__,
+        torch.Tensor.__complex__,
+        getattr(torch.Tensor, "untyped_storage", None),
+        getattr(torch.Tensor, "storage", None),
+        getattr(torch.Tensor, "_typed_storage", None),
+    )
+    if f is not None
 )
 
 #: The Python ``Function.apply`` (torch >= 2.0): ops below it are a nested Function's forward.
@@ -234,10 +254,11 @@ def opaque_backward_message(function_name: str) -> str:
     """
     return (
         f"{function_name}: the backward of this custom autograd.Function computes outside "
-        "autograd (@once_differentiable, NumPy, .item(), .tolist(), .detach(), .data or "
-        "torch.no_grad()), so a derivative of its derivative would silently miss terms; "
-        "write its backward with differentiable torch operations (or give the Function a "
-        "jvp and take the derivative in forward mode) to differentiate through it twice"
+        "autograd (@once_differentiable, NumPy, .item(), .tolist(), float(), .detach(), "
+        ".data, a backward pass without create_graph or torch.no_grad()), so a derivative "
+        "of its derivative would silently miss terms; write its backward with "
+        "differentiable torch operations (or give the Function a jvp and take the "
+        "derivative in forward mode) to differentiate through it twice"
     )
 
 
@@ -535,13 +556,13 @@ def _guarded_apply(node: Any, original: Callable[..., Any]) -> Callable[..., Any
             saved = tuple(node.saved_tensors)
         except RuntimeError:  # already freed: the Function's backward will say so
             saved = ()
-        kept = tuple(vars(node).values())  # tensors the forward kept as ctx attributes
+        kept = tree_flatten(list(vars(node).values()))[0]  # what the forward kept on ctx
         incoming = [t for t in (*grad_outputs, *saved, *kept) if isinstance(t, torch.Tensor)]
         tangents_in = level_active() and any(unpack_dual(t)[1] is not None for t in incoming)
         anchors = [t for t in incoming if t.requires_grad]
         if not anchors and not tangents_in:  # its gradient is a constant: nothing to miss
             return original(*grad_outputs)
-        if _once_differentiable(node):
+        if _once_differentiable(node) or _detached_alias(incoming):
             opaque = True
             result = original(*grad_outputs)
         else:
@@ -570,6 +591,26 @@ def _guarded_apply(node: Any, original: Callable[..., Any]) -> Callable[..., Any
     return apply
 
 
+def _detached_alias(tensors: List[torch.Tensor]) -> bool:
+    """Whether one of ``tensors`` is a detached alias of another that requires grad (its
+    forward kept ``x.detach()`` or ``x.data``): the backward computes with it outside
+    autograd.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.ones(2, requires_grad=True)
+    >>> _detached_alias([x, x.detach()]), _detached_alias([x, x.detach().clone()])
+    (True, False)
+    """
+    differentiable = {t.data_ptr() for t in tensors if t.requires_grad}
+    return any(
+        not t.requires_grad and t.is_floating_point() and t.data_ptr() in differentiable
+        for t in tensors
+        if t.numel()
+    )
+
+
 #: The code of the watched backward's wrapper: frame walks stop there.
 _WATCHED_APPLY_CODE = next(
     c for c in _guarded_apply.__code__.co_consts if getattr(c, "co_name", None) == "apply"
@@ -578,12 +619,26 @@ _WATCHED_APPLY_CODE = next(
 
 class _LeavesAutograd(GradModeOffWatch):
     """Notes whether the code it runs leaves autograd (``seen``): an op that copies out of
-    autograd, or one with grad mode off outside a nested custom Function's forward."""
+    autograd, or one with grad mode off outside a nested custom Function's forward.
+
+    ``grad_mode_counts=False``: the code starts with grad mode off (a function transform
+    run under the caller's ``torch.no_grad()`` records regardless), so grad mode tells
+    nothing there."""
+
+    def __init__(self, grad_mode_counts: bool = True) -> None:
+        super().__init__()
+        self._grad_mode_counts = grad_mode_counts
 
     def notes(self, func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> bool:
-        if getattr(func, "__name__", None) in _LEAVE_AUTOGRAD:
+        if getattr(func, "__name__", None) in _LEAVE_AUTOGRAD or func in _LEAVE_AUTOGRAD_CALLS:
             return True
-        return not torch.is_grad_enabled() and not _inside_a_function_forward()
+        if builds_no_graph(func, args, kwargs):  # its gradients carry no graph
+            return True
+        return (
+            self._grad_mode_counts
+            and not torch.is_grad_enabled()
+            and not _inside_a_function_forward()
+        )
 
 
 def _inside_a_function_forward() -> bool:
@@ -598,3 +653,111 @@ def _inside_a_function_forward() -> bool:
             return True  # an old-style forward(ctx, ...) (torch 1.13 has no Python apply)
         frame = frame.f_back
     return False
+
+
+@cache
+def _custom_function_call() -> Any:
+    """How a function transform applies a custom Function (torch >= 2.0), or ``None``."""
+    try:
+        from torch._functorch.autograd_function import custom_function_call
+    except ImportError:  # torch 1.13: functorch transforms no custom Function
+        return None
+    return custom_function_call
+
+
+#: Each custom Function class's refusing twin (:func:`_refusing_twin`).
+_REFUSING_TWINS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _refused_unless_differentiable(
+    name: str, rule: Callable[..., Any], own_levels: int
+) -> Callable[..., Any]:
+    """Custom Function ``name``'s ``backward`` or ``jvp`` ``rule``, raising where it computes
+    outside autograd while a transform differentiates its result again: while more ``grad``
+    and ``jvp`` transforms run than the ``own_levels`` the rule runs for."""
+    opaque = getattr(rule, "__code__", None) is _ONCE_DIFFERENTIABLE_CODE
+
+    def refusing(ctx: Any, *args: Any) -> Any:
+        if own_levels and differentiating_levels() <= own_levels:  # a first derivative
+            return rule(ctx, *args)
+        if opaque:
+            raise RuntimeError(opaque_backward_message(name))
+        watch = _LeavesAutograd(grad_mode_counts=torch.is_grad_enabled())
+        with watch:
+            result = rule(ctx, *args)
+        if watch.seen:
+            raise RuntimeError(opaque_backward_message(name))
+        return result
+
+    return refusing
+
+
+def _refusing_twin(cls: Any) -> Any:
+    """A subclass of custom Function ``cls`` whose backward (and ``jvp``) raise where they
+    compute outside autograd."""
+    twin = _REFUSING_TWINS.get(cls)
+    if twin is None:
+        # a backward runs after its own transform ended: the twin is made only where another
+        # differentiates it; a jvp runs inside its own one
+        name = cls.__name__
+        rules = {"backward": staticmethod(_refused_unless_differentiable(name, cls.backward, 0))}
+        if cls.jvp is not torch.autograd.Function.jvp:
+            rules["jvp"] = staticmethod(_refused_unless_differentiable(name, cls.jvp, 1))
+        twin = _REFUSING_TWINS[cls] = type(cls)(
+            cls.__name__,
+            (cls,),
+            {**rules, "__module__": cls.__module__, "__qualname__": cls.__qualname__},
+        )
+    return twin
+
+
+class _OpaqueBackwardsRefused(OpWatch):
+    """Swaps each custom Function the watched code applies inside a function transform for
+    its refusing twin."""
+
+    def run(self, func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        if func is _custom_function_call() and args and isinstance(args[0], type):
+            args = (_refusing_twin(args[0]), *args[1:])
+        return func(*args, **kwargs)
+
+
+def opaque_backwards_refused(derivative: Callable[..., Any]) -> Callable[..., Any]:
+    """``derivative`` (a function transform's derivative of a function), raising the
+    :func:`opaque_backward_message` error where an outer ``grad`` or ``jvp`` transform
+    differentiates it again through a custom Function whose backward (or ``jvp``)
+    computes outside autograd; a first derivative runs unwatched.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch.func import grad, jacrev
+    >>> from torch.autograd.function import once_differentiable
+    >>> class Cube(torch.autograd.Function):
+    ...     @staticmethod
+    ...     def forward(x):
+    ...         return x ** 3
+    ...     @staticmethod
+    ...     def setup_context(ctx, inputs, output):
+    ...         ctx.save_for_backward(inputs[0])
+    ...     @staticmethod
+    ...     @once_differentiable
+    ...     def backward(ctx, g):
+    ...         (x,) = ctx.saved_tensors
+    ...         return g * 3 * x ** 2
+    >>> gradient = opaque_backwards_refused(grad(lambda x: (Cube.apply(x) * x).sum()))
+    >>> gradient(torch.ones(1))
+    tensor([4.])
+    >>> jacrev(gradient)(torch.ones(1))
+    Traceback (most recent call last):
+    ...
+    RuntimeError: Cube: the backward of this custom autograd.Function computes outside ...
+    """
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if is_compiling() or not differentiating_levels():
+            return derivative(*args, **kwargs)
+        with _OpaqueBackwardsRefused():
+            return derivative(*args, **kwargs)
+
+    run.__wrapped__ = derivative  # type: ignore[attr-defined]
+    return run

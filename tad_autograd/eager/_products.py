@@ -20,7 +20,7 @@ from ..compat._torch_info import inference_mode_enabled, transforms_active
 from ..compat._transform_failures import REVERSE_STAGES, DefectiveBatchingError, DefectWatch
 from ._engine import pair_products
 from ._grad_modes import outside_inference_mode
-from ._graph import batching_hazards, graph_facts, reaches_other_leaves, retire
+from ._graph import batching_hazards, graph_facts, graphs_dropped, reaches_other_leaves, retire
 from ._jacobian import eager_jacobian
 from ._opaque_backward import (
     backwards_watched_or_refused,
@@ -107,7 +107,7 @@ def eager_vjp(func: Callable[..., Any], primals: Tuple[Any, ...], has_aux: bool)
         filled = [
             g if g is not None else torch.zeros_like(x.detach()) for g, x in zip(grads, inputs)
         ]
-        return tree_unflatten(filled, spec)
+        return tree_unflatten(graphs_dropped(filled, ours) if create_graph else filled, spec)
 
     output = tree_unflatten(as_returned(out_leaves, keep, inputs, leaves), out_spec)
     if not has_aux:
@@ -209,6 +209,8 @@ def eager_hvp(
                 (h if keep else h.detach()) if h is not None else torch.zeros_like(x.detach())
                 for h, x in zip(products, inputs)
             ]
+            if keep:
+                filled = graphs_dropped(filled, ours)
             returned = value if keep_value and value.requires_grad else value.detach()
             return returned, tree_unflatten(filled, spec)
         finally:

@@ -156,14 +156,14 @@ def _torch_func() -> Any:
     return library
 
 
-def _torch_func_ops(w: torch.Tensor) -> Dict[str, Callable[..., Any]]:
+def _torch_func_ops(w: torch.Tensor, added: bool = False) -> Dict[str, Callable[..., Any]]:
     F = _torch_func()
 
     def f_vec(x):
-        return field(x) * w
+        return field(x) + w if added else field(x) * w
 
     def f_scalar(x):
-        return energy(x) * w
+        return energy(x) + w if added else energy(x) * w
 
     return {
         "grad": lambda x, t: F.grad(f_scalar)(x),
@@ -185,13 +185,21 @@ def _value_and_hvp(grad_ht_value):
 
 
 @pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("needs_grad", ["input", "captured", "tangent", "nothing"])
+@pytest.mark.parametrize(
+    "needs_grad", ["input", "captured", "captured, added", "tangent", "nothing"]
+)
 def test_requires_grad_as_torch_func(backend: Optional[str], op: str, needs_grad: str) -> None:
-    w = torch.tensor(1.5, dtype=F64, requires_grad=needs_grad == "captured")
+    """A captured parameter that multiplies the result, or is only added to it (then the
+    derivatives do not depend on it and carry no graph)."""
+    added = needs_grad == "captured, added"
+    w = torch.tensor(1.5, dtype=F64, requires_grad=needs_grad.startswith("captured"))
     x = torch.linspace(0.1, 0.6, 6, dtype=F64).requires_grad_(needs_grad == "input")
     t = torch.linspace(-1, 1, 6, dtype=F64).requires_grad_(needs_grad == "tangent")
-    ours = _ops(lambda x: field(x) * w, lambda x: energy(x) * w, backend)[op](x, t)
-    theirs = _torch_func_ops(w)[op](x, t)
+    if added:
+        ours = _ops(lambda x: field(x) + w, lambda x: energy(x) + w, backend)[op](x, t)
+    else:
+        ours = _ops(lambda x: field(x) * w, lambda x: energy(x) * w, backend)[op](x, t)
+    theirs = _torch_func_ops(w, added)[op](x, t)
     if op == "hvp":  # ours: (value, (H t,))
         ours = (ours[0], ours[1][0])
     assert [r.requires_grad for r in tree_flatten(ours)[0]] == [
