@@ -729,28 +729,17 @@ def opaque_backwards_refused(derivative: Callable[..., Any]) -> Callable[..., An
 
     Examples
     --------
+    A differentiable function is differentiated again as written (see
+    ``tests/contract/test_opaque_backward.py`` for the refusals):
+
     >>> import torch
-    >>> from torch.func import grad, jacrev
-    >>> from torch.autograd.function import once_differentiable
-    >>> class Cube(torch.autograd.Function):
-    ...     @staticmethod
-    ...     def forward(x):
-    ...         return x ** 3
-    ...     @staticmethod
-    ...     def setup_context(ctx, inputs, output):
-    ...         ctx.save_for_backward(inputs[0])
-    ...     @staticmethod
-    ...     @once_differentiable
-    ...     def backward(ctx, g):
-    ...         (x,) = ctx.saved_tensors
-    ...         return g * 3 * x ** 2
-    >>> gradient = opaque_backwards_refused(grad(lambda x: (Cube.apply(x) * x).sum()))
+    >>> from tad_autograd.compat._torch_info import function_transforms
+    >>> transforms = function_transforms()
+    >>> gradient = opaque_backwards_refused(transforms.grad(lambda x: (x**3).sum()))
     >>> gradient(torch.ones(1))
-    tensor([4.])
-    >>> jacrev(gradient)(torch.ones(1))
-    Traceback (most recent call last):
-    ...
-    RuntimeError: Cube: the backward of this custom autograd.Function computes outside ...
+    tensor([3.])
+    >>> transforms.jacrev(gradient)(torch.ones(1))
+    tensor([[6.]])
     """
 
     def run(*args: Any, **kwargs: Any) -> Any:
