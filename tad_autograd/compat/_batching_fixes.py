@@ -115,7 +115,14 @@ def cdist_backward_batched(
         batch = (size, *_broadcast_shapes(a_shape[:-2], b_shape[:-2]))
 
         def expanded(t: torch.Tensor, batched: bool, tail: Tuple[int, ...]) -> torch.Tensor:
-            return (t if batched else t.unsqueeze(0)).expand(*batch, *tail).contiguous()
+            # the vmap batch first, then the operand's own batch dimensions padded on the
+            # left to the broadcast ones (a plain expand would align the vmap batch with them)
+            own = t.shape[1:] if batched else t.shape
+            lead = t if batched else t.unsqueeze(0)
+            padded = lead.reshape(
+                lead.shape[0], *([1] * (len(batch) - 1 + len(tail) - len(own))), *own
+            )
+            return padded.expand(*batch, *tail).contiguous()
 
         pairs = (a_shape[-2], b_shape[-2])
         result = _CDIST_BACKWARD(

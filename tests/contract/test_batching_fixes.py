@@ -176,3 +176,30 @@ def test_users_own_torch_func_calls_are_right() -> None:
 def test_explain_names_the_corrected_ops() -> None:
     text = str(ta.explain(verbose=True))
     assert ("corrected in it at import" in text and "cdist." in text) == FIXED
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3], ids=str)
+@pytest.mark.parametrize("p", [1.0, 2.0], ids=str)
+@pytest.mark.parametrize(
+    "shapes",
+    [((5, 3), (2, 4, 3)), ((2, 1, 5, 3), (4, 3)), ((5, 3), (2, 3, 4, 3))],
+    ids=["x2 batched", "x1 broadcast", "x2 two batch dims"],
+)
+def test_per_sample_gradients_with_broadcast_batch_dimensions(
+    backend: Optional[str], p: float, batch: int, shapes: Any
+) -> None:
+    """``vmap(grad)`` over samples of x1 whose rank is below x2's (the operands' batch
+    dimensions broadcast): the vmap batch must not be taken for a broadcast dimension."""
+    _skip_unless_right(backend)
+    x_shape, y_shape = shapes
+    xs = _points((batch, *x_shape), 11)
+    y = _points(y_shape, 12)
+    weights = _points(torch.broadcast_shapes(x_shape[:-2], y_shape[:-2]) + (5, 4), 13)
+
+    def energy(x: torch.Tensor) -> torch.Tensor:
+        return (torch.cdist(x, y, p=p) * weights).sum()
+
+    kw = {"backend": backend}
+    got = ta.vmap(ta.grad(energy, **kw), **kw)(xs)
+    for k in range(batch):
+        torch.testing.assert_close(got[k], reference_jacobian(energy, xs[k]))
