@@ -137,9 +137,10 @@ def transforms_active() -> bool:
     return bool(_ARE_TRANSFORMS_ACTIVE()) if _ARE_TRANSFORMS_ACTIVE is not None else False
 
 
-def differentiating_levels() -> int:
-    """How many ``grad`` and ``jvp`` transforms run around this call: what the call computes
-    is differentiated again by each (torch 1.13's functorch is not asked: 0).
+def differentiating_levels(forward_only: bool = False) -> int:
+    """How many ``grad`` and ``jvp`` transforms (only ``jvp`` ones: ``forward_only``) run
+    around this call: what the call computes is differentiated again by each (torch 1.13's
+    functorch is not asked: 0).
 
     Examples
     --------
@@ -150,7 +151,7 @@ def differentiating_levels() -> int:
     kinds = getattr(functorch_c, "TransformType", None)
     if kinds is None or not transforms_active():
         return 0
-    differentiating = (kinds.Grad, kinds.Jvp)
+    differentiating = (kinds.Jvp,) if forward_only else (kinds.Grad, kinds.Jvp)
     return sum(1 for i in _interpreters(functorch_c) if i.key() in differentiating)
 
 

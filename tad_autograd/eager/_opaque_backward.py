@@ -631,7 +631,10 @@ class _LeavesAutograd(GradModeOffWatch):
 
     def notes(self, func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> bool:
         if getattr(func, "__name__", None) in _LEAVE_AUTOGRAD or func in _LEAVE_AUTOGRAD_CALLS:
-            return True
+            # leaving autograd with a tensor that carries a derivative (not a constant: a
+            # mask, a number, a tensor made from Python numbers)
+            data = args[1:2] if getattr(func, "__name__", None) == "new_tensor" else args[:1]
+            return any(isinstance(a, torch.Tensor) and a.requires_grad for a in data)
         if builds_no_graph(func, args, kwargs):  # its gradients carry no graph
             return True
         return (
@@ -669,6 +672,16 @@ def _custom_function_call() -> Any:
 _REFUSING_TWINS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
+#: torch.func pushes an outer ``jvp``'s tangents through a custom Function's ``jvp`` rule
+#: as if what the rule reads were constants (``jacfwd(jacfwd(f))``: 10.1 off for a cube).
+_FORWARD_OVER_FORWARD = (
+    "{name}: forward mode over forward mode through this custom autograd.Function's jvp "
+    "(jacfwd of jacfwd, jvp of jacfwd) gives wrong values in torch.func's function "
+    "transforms; take the outer derivative in reverse mode (jacrev of jacfwd, hessian), or "
+    "use automatic mode or backend='autograd'"
+)
+
+
 def _refused_unless_differentiable(
     name: str, rule: Callable[..., Any], own_levels: int
 ) -> Callable[..., Any]:
@@ -680,6 +693,8 @@ def _refused_unless_differentiable(
     def refusing(ctx: Any, *args: Any) -> Any:
         if own_levels and differentiating_levels() <= own_levels:  # a first derivative
             return rule(ctx, *args)
+        if own_levels and differentiating_levels(forward_only=True) > own_levels:
+            raise RuntimeError(_FORWARD_OVER_FORWARD.format(name=name))
         if opaque:
             raise RuntimeError(opaque_backward_message(name))
         watch = _LeavesAutograd(grad_mode_counts=torch.is_grad_enabled())

@@ -313,7 +313,33 @@ class _NestedCube(torch.autograd.Function):
 _W1 = torch.linspace(-1.0, 1.0, 12, dtype=F64).reshape(4, 3)
 _W2 = torch.linspace(0.5, -0.5, 8, dtype=F64).reshape(2, 4)
 
+
+def _constants_backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+    """A differentiable backward that also reads constants out of autograd: a number made a
+    tensor, a Python float of a constant, a detached mask."""
+    (x,) = ctx.saved_tensors
+    three = x.new_tensor(3.0) * float(torch.ones(()))
+    mask = (x > -10).to(x.dtype).detach()
+    return g * three * x**2 * mask + 0 * torch.tensor(ctx.scale.tolist())
+
+
+_ConstantsCube = type(
+    "ConstantsCube",
+    (torch.autograd.Function,),
+    {
+        "forward": staticmethod(
+            lambda ctx, x: (ctx.save_for_backward(x), setattr(ctx, "scale", torch.ones(1))) and x**3
+        ),
+        "backward": staticmethod(_constants_backward),
+    },
+)
+
+
 DIFFERENTIABLE: Dict[str, Any] = {
+    "constants out of autograd": (
+        lambda z: (_ConstantsCube.apply(z) * z).sum(),
+        lambda z: (z**4).sum(),
+    ),
     "mask only": (lambda z: _Relu.apply(z).sum(), lambda z: z.clamp(min=0).sum()),
     "frozen layers": (
         lambda z: _Linear.apply(torch.tanh(_Linear.apply(z[None], _W1)), _W2).sum(),
@@ -417,3 +443,24 @@ def test_second_order_through_an_opaque_jvp(backend: Optional[str]) -> None:
         assert _is_transform(backend) or backend is None
     else:
         torch.testing.assert_close(forward_twice, exact)
+
+
+@needs_torch2
+def test_forward_over_forward_through_a_correct_jvp(backend: Optional[str]) -> None:
+    """torch.func's ``jacfwd(jacfwd)`` through a custom Function's right ``jvp`` is wrong
+    (10.1 off here): the transform backends raise naming the Function, automatic mode and
+    the autograd backend are exact; ``jacrev(jacfwd)`` and ``jacfwd(jacrev)`` are exact."""
+    function = _new_style_cube("RightJvpCube", _differentiable, _differentiable)
+
+    def f(z: torch.Tensor) -> torch.Tensor:
+        return (function.apply(z) * z).sum()
+
+    exact = torch.diag(12 * X**2)
+    kw = {"backend": backend}
+    torch.testing.assert_close(ta.jacrev(ta.jacfwd(f, **kw), **kw)(X), exact)
+    torch.testing.assert_close(ta.jacfwd(ta.jacrev(f, **kw), **kw)(X), exact)
+    if _is_transform(backend):
+        with pytest.raises(RuntimeError, match="RightJvpCube: forward mode over forward mode"):
+            ta.jacfwd(ta.jacfwd(f, **kw), **kw)(X)
+    else:
+        torch.testing.assert_close(ta.jacfwd(ta.jacfwd(f, **kw), **kw)(X), exact)
