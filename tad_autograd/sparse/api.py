@@ -102,7 +102,9 @@ def sparse_jacobian(
     check : bool, optional
         Also compute the dense Jacobian (:func:`~tad_autograd.jacrev`) and
         raise ``ValueError`` if the sparse one differs, naming the non-zero
-        entries outside the pattern.  For testing a pattern; costs a dense Jacobian.
+        entries outside the pattern (non-zero beside the largest entry of
+        their own row or column, so a weak coupling is caught beside much
+        larger rows).  For testing a pattern; costs a dense Jacobian.
     backend : str, optional
         As for :func:`~tad_autograd.jacrev`.
 

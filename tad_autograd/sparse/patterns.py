@@ -19,9 +19,9 @@ function, flattened to ``(out.numel(), in.numel())``, or the Hessian,
 * a **SciPy sparse matrix or array** of any format (``coo``, ``csr``,
   ``csc``, ``bsr``, ``lil``, ``dok``, ``dia``): its stored entries, explicit
   zeros included (for ``dia``: every in-bounds position of its stored
-  diagonals, which ``tocoo()`` would thin out to the non-zeros).  SciPy is optional and never imported here: an
-  object is one of its sparse matrices only if ``scipy.sparse`` was imported
-  already, which creating one does.
+  diagonals, which ``tocoo()`` would thin out to the non-zeros).  SciPy is
+  optional and never imported here: an object is one of its sparse matrices
+  only if ``scipy.sparse`` was imported already, which creating one does.
 
 :func:`as_pattern` turns each into a :class:`Pattern`: the unique entries
 sorted row by row, on the CPU.  Mistakes raise ``ValueError`` (wrong shape,

@@ -225,6 +225,74 @@ def test_check_option(backend) -> None:
         ta.sparse_hessian(energy, band(10, 1), check=True, backend=backend)(y)
 
 
+# Badly scaled rows: a stiff pair of rows of scale ``big`` and a soft row coupled weakly
+# (``small``) to the stiff variables; the missed entry is tiny beside ``big`` but not
+# beside its own row (``where="row"``) or its own column (``where="column"``).
+_SCALES = {torch.float64: (1e8, 0.009), torch.float32: (1e4, 0.05)}
+
+
+def _stiff_rhs(dtype: torch.dtype, where: str):
+    big, small = _SCALES[dtype]
+
+    def rhs(u: torch.Tensor) -> torch.Tensor:
+        fast = -big * u[0] + big * u[1] ** 2
+        slow = -u[2] + (small * u[0] if where == "row" else 0)
+        return torch.stack([fast, -fast - u[1] + (small * u[2] if where == "column" else 0), slow])
+
+    right = torch.tensor([[1, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=torch.bool)
+    missed = (2, 0) if where == "row" else (1, 2)
+    wrong = right.clone()
+    right[missed] = True
+    return rhs, right, wrong, missed, torch.tensor([0.2, 0.4, 0.7], dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("where", ["row", "column"])
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+def test_check_catches_a_missed_entry_small_beside_other_rows(backend, dtype, where, mode) -> None:
+    """A missed entry counts against the scale of its own row or column, not the matrix's."""
+    rhs, right, wrong, missed, u = _stiff_rhs(dtype, where)
+    expected = reference_jacobian(rhs, u)
+    assert float(expected[missed]) == pytest.approx(_SCALES[dtype][1])
+    label = rf"1 entry .*\({missed[0]}, {missed[1]}\)"
+    with pytest.raises(ValueError, match=f"sparse_jacobian\\(check=True\\): {label}"):
+        ta.sparse_jacobian(rhs, wrong, mode=mode, check=True, backend=backend)(u)
+    J = ta.sparse_jacobian(rhs, right, mode=mode, check=True, backend=backend)(u)
+    _close(J.to_dense(), expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_check_catches_a_missed_hessian_entry_small_beside_other_rows(backend, dtype) -> None:
+    big, small = _SCALES[dtype]
+
+    def energy(x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * big * (x[0] - x[1]) ** 2 + 0.5 * x[2] ** 2 + small * x[0] * x[2]
+
+    x = torch.tensor([0.3, -0.2, 0.5], dtype=dtype)
+    expected = functional_hessian(energy, x)
+    with pytest.raises(ValueError, match=r"dense Hessian outside .* \(0, 2\) = "):
+        ta.sparse_hessian(energy, band(3, 1), check=True, backend=backend)(x)
+    H = ta.sparse_hessian(energy, torch.ones(3, 3, dtype=torch.bool), check=True, backend=backend)
+    _close(H(x).to_dense(), expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_check_passes_rounding_noise_of_a_right_pattern(backend, dtype) -> None:
+    """A row whose derivative is zero but comes out as rounding noise is no missed entry."""
+    big = _SCALES[dtype][0]
+
+    def func(u: torch.Tensor) -> torch.Tensor:
+        return torch.stack([big * u[0] * u[1], torch.softmax(u * 3, 0).sum()])
+
+    u = torch.tensor([0.3, -1.1, 0.25, 2.0], dtype=dtype)
+    pattern = torch.zeros(2, 4, dtype=torch.bool)
+    pattern[0, :2] = True
+    noise = reference_jacobian(func, u)[1]
+    J = ta.sparse_jacobian(func, pattern, check=True, backend=backend)(u)
+    assert float(noise.abs().max()) < 1e3 * torch.finfo(dtype).eps  # noise, perhaps not 0
+    _close(J.to_dense()[0], reference_jacobian(func, u)[0], dtype)
+
+
 def _pattern_forms(dense: torch.Tensor) -> dict:
     """The same pattern in every form ``sparsity`` takes."""
     pairs = dense.nonzero()

@@ -89,7 +89,7 @@ def test_scipy_stored_zeros_are_part_of_the_pattern(scipy_sparse) -> None:
 
 
 def _band_with_stored_zeros(scipy_sparse, n: int) -> dict:
-    """A tridiagonal pattern of every SciPy format whose entries (1, 0) and (3, 4) are stored zeros."""
+    """A tridiagonal pattern in every SciPy format, its entries (1, 0) and (3, 4) stored zeros."""
     pairs = band(n, 1).nonzero()
     data = np.ones(pairs.shape[0])
     for r, c in ((1, 0), (3, 4)):
