@@ -12,7 +12,7 @@ import warnings
 
 import pytest
 import torch
-from _helpers import OldStyleExp
+from _helpers import OldStyleExp, reference_hessian
 from _sparse_models import (
     DT,
     HESSIAN_MODELS,
@@ -111,6 +111,33 @@ def test_cutoff_hessian_needs_fewer_products_than_the_dense_one() -> None:
         for k in ("symmetric", "star", "column")
     }
     assert counts["symmetric"] <= counts["star"] <= counts["column"] < x.numel()
+
+
+def _two_material_chain(n: int, stiff: str) -> torch.Tensor:
+    """A spring chain's tridiagonal Hessian: bonds of one half 1e8 times stiffer."""
+    g = torch.Generator().manual_seed(0)
+    off = torch.rand(n - 1, generator=g, dtype=DT) + 0.5
+    half = slice(n // 2, None) if stiff == "right" else slice(None, n // 2)
+    off[half] *= 1e8
+    diag = torch.rand(n, generator=g, dtype=DT) + 1.0
+    return torch.diag(diag) + torch.diag(off, 1) + torch.diag(off, -1)
+
+
+@pytest.mark.parametrize("n", [40, 41])
+@pytest.mark.parametrize("stiff", ["left", "right"])
+def test_substitution_keeps_small_entries_beside_large_ones(backend, n: int, stiff: str) -> None:
+    """kind="symmetric" recovers O(1) entries to rtol 1e-10 although the tree holds 1e8 ones."""
+    h = _two_material_chain(n, stiff)
+    x = torch.randn(n, dtype=DT, generator=torch.Generator().manual_seed(1))
+
+    def energy(x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * x @ h @ x
+
+    expected = reference_hessian(energy, x)
+    assert torch.equal(expected != 0, h != 0)
+    sparse = ta.sparse_hessian(energy, h != 0, kind="symmetric", backend=backend)
+    assert sparse.n_colours == 2  # one two-coloured tree: the whole chain
+    torch.testing.assert_close(sparse(x).to_dense(), expected, rtol=1e-10, atol=0)
 
 
 def test_float32(backend) -> None:
