@@ -155,9 +155,8 @@ def _range_reads(
     first, last = starts, ends - 1
     empty, single = ends <= starts, first == last
     differ = torch.where(empty | single, torch.zeros_like(first), first ^ last)
-    level = torch.zeros_like(first)
-    while bool((differ >> level).gt(1).any()):  # level: highest bit where first and last differ
-        level = level + (differ >> level).gt(1).long()
+    # the row of a range: the highest bit where its first and last positions differ
+    level = torch.tensor([max(d.bit_length() - 1, 0) for d in differ.tolist()], dtype=torch.int64)
     levels = int(level.max()) + 1 if bool(differ.gt(0).any()) else 0
     position = torch.arange(size, dtype=torch.int64)
     flips = []
