@@ -86,17 +86,24 @@ def compare_with_dense(
 ) -> None:
     """``check=True``: raise ``ValueError`` unless ``sparse`` equals the dense derivative.
 
-    Uses :func:`torch.testing.assert_close` with the library's tolerances
-    (rtol 1e-10 and atol 1e-10 times the largest entry in float64, 1e-5 otherwise).  The
-    message counts the entries off the pattern that are not zero (the usual
-    cause: a pattern that misses entries) and names the first few.
+    An entry off the pattern is a missed one when it exceeds ``rtol`` (1e-10 in
+    float64, 1e-5 otherwise) times the largest entry of its own row or of its
+    own column, whichever is smaller, and it is above the level of rounding
+    noise: 1e-13 (float64) or 8 epsilons, about 1e-6 (float32), times the
+    largest entry of the matrix (never more than ``rtol`` times it).  So a missed entry is caught
+    however small its row is beside the other rows.  The values on the pattern
+    are compared by :func:`torch.testing.assert_close` (``rtol``, and ``atol``
+    of ``rtol`` times the largest entry: substitution errors scale with whole
+    trees of entries, not with one row).  The message counts the missed entries
+    and names the first few.
 
     Examples
     --------
     >>> from tad_autograd.sparse.patterns import as_pattern
-    >>> p = as_pattern([(0, 0)])
-    >>> s = coo_result(p, torch.tensor([1.0]), (1, 2))
-    >>> compare_with_dense(s, torch.tensor([[1.0, 5.0]]), p, "sparse_jacobian", "Jacobian")
+    >>> p = as_pattern([(0, 0), (1, 1)])
+    >>> s = coo_result(p, torch.tensor([1e8, 1.0], dtype=torch.float64), (2, 2))
+    >>> dense = torch.tensor([[1e8, 0.0], [1e-3, 1.0]], dtype=torch.float64)
+    >>> compare_with_dense(s, dense, p, "sparse_jacobian", "Jacobian")  # 1e-3 is not 0 in row 1
     Traceback (most recent call last):
     ...
     ValueError: sparse_jacobian(check=True): 1 entry of the dense Jacobian outside the ...
@@ -109,7 +116,7 @@ def compare_with_dense(
     outside = dense.clone()
     if p.nnz:
         outside[p.rows.to(dense.device), p.cols.to(dense.device)] = 0
-    missed = (outside.abs() > atol).nonzero()
+    missed = _missed(outside.abs(), dense.abs(), rtol).nonzero()
     if missed.shape[0]:
         first = ", ".join(
             f"({int(r)}, {int(c)}) = {float(dense[r, c]):.3g}" for r, c in missed[:5].tolist()
@@ -128,3 +135,24 @@ def compare_with_dense(
             f"{name}(check=True): the sparse {what} of shape {describe_shape(got.shape)} differs "
             f"from the dense one on the pattern:\n{error}"
         ) from None
+
+
+def _missed(outside: torch.Tensor, magnitude: torch.Tensor, rtol: float) -> torch.Tensor:
+    """Where ``outside`` (the off-pattern magnitudes) holds a missed entry, by row and column scale.
+
+    ``magnitude`` is ``|dense|``; see :func:`compare_with_dense`.
+
+    Examples
+    --------
+    >>> m = torch.tensor([[1e8, 0.0], [0.01, 1.0]], dtype=torch.float64)
+    >>> _missed(m * torch.tensor([[0.0, 0.0], [1.0, 0.0]]), m, 1e-10)
+    tensor([[False, False],
+            [ True, False]])
+    """
+    if magnitude.numel() == 0:
+        return outside > 0
+    row = magnitude.amax(1, keepdim=True)
+    col = magnitude.amax(0, keepdim=True)
+    eps = torch.finfo(magnitude.dtype).eps if magnitude.is_floating_point() else 0.0
+    floor = min(rtol, max(rtol * 1e-3, 8 * eps)) * float(magnitude.max())
+    return (outside > rtol * torch.minimum(row, col)) & (outside > floor)

@@ -10,18 +10,24 @@ of colour group ``c`` -- at ``C[c, v]`` or ``C[v, c]`` respectively.
 
 * **Direct** plans (column, row and star colourings) gather one entry of
   ``C`` per entry of the pattern.
-* The **substitution** plan (acyclic colourings of Hessians) solves for the
-  entries of each two-coloured tree from its leaves up: the entry of the edge
-  from ``d`` to its parent ``p`` is ``B[d, colour(p)]`` minus the entries of
-  the edges from ``d`` to its children, that is an alternating sum of ``B``
-  over the subtree of ``d``.  With the vertices of each tree in depth-first
-  order, every subtree is a contiguous range, so all entries come from one
-  prefix sum, computed in float64 whatever the dtype (each tree's sum is
-  subtracted after it, so the prefix stays near zero between trees).
-  Rounding errors of ``B`` add up along a tree: for an entry at the top of a
-  tree of ``s`` vertices the error is up to ``s`` times that of one entry
-  (about ``sqrt(s)`` times for random rounding).  Trees are rooted at a
-  centre, which halves their depth.
+* The **substitution** plan (acyclic colourings of Hessians) solves each
+  two-coloured tree.  Vertex ``w`` of a tree reads ``t_w = B[w, c]``, ``c``
+  the tree's other colour: the sum of the entries of the tree's edges at
+  ``w``.  Removing the edge ``{u, v}`` splits the tree in two sides; on the
+  side of ``u`` the alternating sum of ``t`` (sign ``(-1) ** depth``) leaves
+  the edge's entry alone, every other edge of the side cancelling, and so
+  does the side of ``v``.  Each entry is taken from the side whose ``|t|``
+  add up to less, so it is a difference of values of that side only, never
+  of larger entries elsewhere in the tree.  With the vertices of each tree in
+  depth-first order a side is one contiguous range (a subtree) or two (the
+  rest of its tree); every range is summed in float64 whatever the dtype, as
+  the sum of two partial sums within aligned blocks (a table of
+  ``log2(largest tree)`` cumulative sums per call), so the rounding error of
+  a range's sum comes from the magnitudes in the range alone.  The error of
+  an entry is then about epsilon times the sum of ``|t|`` over its smaller
+  side: negligible where the entries of a tree share one scale, relative to
+  the larger entries where a small one has large ones on both of its sides
+  (``kind="star"`` reads every entry directly).
 """
 
 from __future__ import annotations
@@ -49,13 +55,13 @@ class InvalidColouring(ValueError):
 class Substitution(NamedTuple):
     """The index tensors of the substitution plan (see the module docstring)."""
 
-    terms: torch.Tensor  #: flat index into ``C`` of each term, trees in depth-first order
-    sign: torch.Tensor  #: float64 +-1 of each term: (-1) ** depth
-    slot: torch.Tensor  #: each term's position in the work array
-    tree: torch.Tensor  #: each term's tree
-    closers: torch.Tensor  #: each tree's closing position (minus the tree's sum)
-    starts: torch.Tensor  #: per edge: prefix index of its subtree's first term
-    ends: torch.Tensor  #: per edge: prefix index after its subtree's last term
+    terms: torch.Tensor  #: flat index into ``C`` of each vertex's ``t``, trees in depth-first order
+    sign: torch.Tensor  #: float64 +-1 of each vertex: (-1) ** depth
+    slot: torch.Tensor  #: each vertex's position in the work array (trees at aligned offsets)
+    blank: torch.Tensor  #: float64 zeros: the work array's gaps
+    reads: torch.Tensor  #: ``(6, E)``: per edge, the reads of its subtree's sum and the rest's
+    flips: torch.Tensor  #: the order of each row of the table of range sums
+    side_ends: torch.Tensor  #: ``(4, E)``: subtree start and end, tree start and end
     edge_sign: torch.Tensor  #: per edge: (-1) ** depth of its lower vertex
     order: torch.Tensor  #: from ``[direct values, edge values]`` to pattern order
 
@@ -97,14 +103,79 @@ class Decompression:
             return direct
         f64, device = torch.float64, flat.device
         terms = flat.index_select(0, sub.terms).to(f64) * sub.sign
-        sums = torch.zeros(sub.closers.numel(), dtype=f64, device=device)
-        sums = sums.index_add(0, sub.tree, terms)
-        work = torch.zeros(sub.slot.numel() + sub.closers.numel(), dtype=f64, device=device)
-        work = work.index_copy(0, sub.slot, terms).index_copy(0, sub.closers, -sums)
-        prefix = torch.cat([torch.zeros(1, dtype=f64, device=device), work.cumsum(0)])
-        ends = prefix.index_select(0, sub.ends) - prefix.index_select(0, sub.starts)
-        edges = (sub.edge_sign * ends).to(flat.dtype)
-        return torch.cat([direct, edges]).index_select(0, sub.order)
+        terms = sub.blank.index_copy(0, sub.slot, terms)
+        # rows: first reads of the subtree, the rest before it, after it; then second reads
+        table = _range_table(terms, sub.flips)
+        reads = table.index_select(0, sub.reads.reshape(-1)).reshape(6, -1)
+        below, rest = reads[0] + reads[3], (reads[1] + reads[4]) + (reads[2] + reads[5])
+        weights = torch.cat([torch.zeros(1, dtype=f64, device=device), terms.abs().cumsum(0)])
+        ends = weights.index_select(0, sub.side_ends.reshape(-1)).reshape(4, -1)
+        weight, whole = ends[1] - ends[0], ends[3] - ends[2]
+        edges = torch.where(weight <= whole - weight, below, -rest) * sub.edge_sign
+        return torch.cat([direct, edges.to(flat.dtype)]).index_select(0, sub.order)
+
+
+def _range_table(values: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """The table of :func:`_range_reads`: partial sums of ``values`` within aligned blocks.
+
+    ``values`` are zero-padded to ``2 ** m`` of them; row ``j`` of the table
+    splits them into blocks of ``2 ** (j + 1)`` and holds, for a position left
+    of its block's middle, the sum from it to the middle, right of the middle
+    the sum from the middle to it -- each in the order of ``flips`` (the left
+    halves reversed, so that one ``cumsum`` makes both).  Then ``values`` and
+    one zero.  Every entry adds values of its own half-block only.
+    """
+    size = 1 << max(values.numel() - 1, 0).bit_length()
+    padded = torch.cat([values, values.new_zeros(size - values.numel())])
+    flipped = padded.index_select(0, flips)
+    rows = [
+        flipped[j * size : (j + 1) * size].reshape(-1, 1 << j).cumsum(-1).reshape(-1)
+        for j in range(flips.numel() // max(size, 1))
+    ]
+    return torch.cat(rows + [padded, values.new_zeros(1)])
+
+
+def _range_reads(
+    starts: torch.Tensor, ends: torch.Tensor, length: int
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Two reads per range of :func:`_range_table` over ``length`` values, and its ``flips``.
+
+    The sum of ``values[starts[i]:ends[i]]`` is the sum of the entries
+    ``reads[:, i]`` of the table (one of them zero when the range holds one
+    value, both when it is empty).  Only the rows some range needs are built.
+
+    Examples
+    --------
+    >>> values = torch.tensor([1.0, 2.0, 4.0, 8.0, 16.0])
+    >>> reads, flips = _range_reads(torch.tensor([1, 0, 3, 2]), torch.tensor([4, 5, 4, 2]), 5)
+    >>> _range_table(values, flips)[reads].sum(0)
+    tensor([14., 31.,  8.,  0.])
+    """
+    size = 1 << max(length - 1, 0).bit_length()
+    first, last = starts, ends - 1
+    empty, single = ends <= starts, first == last
+    differ = torch.where(empty | single, torch.zeros_like(first), first ^ last)
+    # the row of a range: the highest bit where its first and last positions differ
+    level = torch.tensor([max(d.bit_length() - 1, 0) for d in differ.tolist()], dtype=torch.int64)
+    levels = int(level.max()) + 1 if bool(differ.gt(0).any()) else 0
+    position = torch.arange(size, dtype=torch.int64)
+    flips = []
+    for j in range(levels):  # left halves of the blocks reversed; an involution
+        half = 1 << j
+        offset = position % (2 * half)
+        left = offset < half
+        flips.append(torch.where(left, position - offset + half - 1 - offset, position))
+    flip = torch.cat(flips) if flips else position[:0]
+    zero = (levels + 1) * size
+
+    def at(level: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        return flip.index_select(0, level * size + where) + level * size if levels else where
+
+    a = torch.where(single, levels * size + first, at(level, first.clamp(0, size - 1)))
+    b = torch.where(single, torch.full_like(last, zero), at(level, last.clamp(0, size - 1)))
+    a = torch.where(empty, torch.full_like(a, zero), a)
+    b = torch.where(empty, torch.full_like(b, zero), b)
+    return torch.stack([a, b]), flip
 
 
 def direct_plan(p: Pattern, colours: Sequence[int], kind: str, layout: str) -> Decompression:
@@ -190,21 +261,26 @@ def substitution_plan(p: Pattern, colours: Sequence[int]) -> Decompression:
     term_vc: List[Tuple[int, int]] = []
     term_sign: List[float] = []
     term_slot: List[int] = []
-    term_tree: List[int] = []
-    closer: List[int] = []
-    edge_range = [(0, 0)] * len(edges)
+    spans = [(0, 0, 0, 0)] * len(edges)  # per edge: subtree start, end; tree start, end
     edge_sign = [0.0] * len(edges)
-    for t, tree_edges in enumerate(_trees(edges, colour, n)):
-        base = len(term_slot) + len(closer)
-        for pos, (d, parent, e, depth, size) in enumerate(_preorder(tree_edges, edges)):
+    orders = [_preorder(tree_edges, edges) for tree_edges in _trees(edges, colour, n)]
+    base = 0
+    # largest first, each tree at a multiple of its size rounded up to a power of two: no
+    # range then straddles a block larger than its tree, and the table needs fewer rows
+    for order in sorted(orders, key=len, reverse=True):
+        end = base + 1 + len(order)
+        root, child = order[0][1], order[0][0]
+        term_vc.append((root, colour[child]))
+        term_sign.append(1.0)
+        term_slot.append(base)
+        for pos, (d, parent, e, depth, size) in enumerate(order, start=base + 1):
             sign = -1.0 if depth % 2 else 1.0
             term_vc.append((d, colour[parent]))
             term_sign.append(sign)
-            term_slot.append(base + pos)
-            term_tree.append(t)
-            edge_range[e] = (base + pos, base + pos + size)
+            term_slot.append(pos)
+            spans[e] = (pos, pos + size, base, end)
             edge_sign[e] = sign
-        closer.append(len(term_slot) + len(closer))
+        base += 1 << len(order).bit_length()
     # values come out as [diagonal entries, edge values]; ``order`` puts them in pattern order
     diagonal = rows[on_diagonal]
     source = torch.empty(rows.numel(), dtype=torch.int64)
@@ -212,15 +288,22 @@ def substitution_plan(p: Pattern, colours: Sequence[int]) -> Decompression:
     source[~on_diagonal] = diagonal.numel() + entry_edge
     col = torch.tensor(colour, dtype=torch.int64)
     vc = torch.tensor(term_vc, dtype=torch.int64).reshape(-1, 2)
-    span = torch.tensor(edge_range, dtype=torch.int64).reshape(-1, 2)
+    side_ends = torch.tensor(spans, dtype=torch.int64).reshape(-1, 4).T.contiguous()
+    side_ends = side_ends if len(edges) else torch.zeros(4, 0, dtype=torch.int64)
+    # per edge: the subtree, then the rest of its tree before and after it
+    reads, flips = _range_reads(
+        torch.cat([side_ends[0], side_ends[2], side_ends[1]]),
+        torch.cat([side_ends[1], side_ends[0], side_ends[3]]),
+        base,
+    )
     sub = Substitution(
         terms=vc[:, 1] * n + vc[:, 0],
         sign=torch.tensor(term_sign, dtype=torch.float64),
         slot=torch.tensor(term_slot, dtype=torch.int64),
-        tree=torch.tensor(term_tree, dtype=torch.int64),
-        closers=torch.tensor(closer, dtype=torch.int64),
-        starts=span[:, 0].contiguous(),
-        ends=span[:, 1].contiguous(),
+        blank=torch.zeros(base, dtype=torch.float64),
+        reads=reads.reshape(6, -1),
+        flips=flips,
+        side_ends=side_ends,
         edge_sign=torch.tensor(edge_sign, dtype=torch.float64),
         order=source,
     )

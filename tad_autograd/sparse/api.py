@@ -102,7 +102,9 @@ def sparse_jacobian(
     check : bool, optional
         Also compute the dense Jacobian (:func:`~tad_autograd.jacrev`) and
         raise ``ValueError`` if the sparse one differs, naming the non-zero
-        entries outside the pattern.  For testing a pattern; costs a dense Jacobian.
+        entries outside the pattern (non-zero beside the largest entry of
+        their own row or column, so a weak coupling is caught beside much
+        larger rows).  For testing a pattern; costs a dense Jacobian.
     backend : str, optional
         As for :func:`~tad_autograd.jacrev`.
 
@@ -235,8 +237,10 @@ def sparse_hessian(
         The colouring.  ``"symmetric"`` (default): an acyclic colouring, the
         fewest colours (``b + 1`` for a band of half-width ``b``), entries
         recovered by substitution along two-coloured trees (summed in float64;
-        rounding errors add up along long trees, see
-        ``tad_autograd.sparse._decompression``).  ``"star"``: a star colouring,
+        an entry's error is about epsilon times the entries on the smaller
+        side of its tree, so a small entry between two entries 1e8 times
+        larger keeps about 8 digits; prefer ``"star"`` where entries differ
+        in scale by many orders).  ``"star"``: a star colouring,
         each entry read directly using the symmetry (``2 b + 1`` colours on a
         band, fewer than ``"column"`` on irregular patterns).  ``"column"``:
         the Jacobian's column colouring, no symmetry used.

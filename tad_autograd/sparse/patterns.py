@@ -17,10 +17,11 @@ function, flattened to ``(out.numel(), in.numel())``, or the Hessian,
   0 and 1: a dense mask (index pairs from NumPy go through
   ``torch.from_numpy``);
 * a **SciPy sparse matrix or array** of any format (``coo``, ``csr``,
-  ``csc``, ``bsr``, ``lil``, ``dok``, ``dia``): its stored entries, as its
-  ``tocoo()`` lists them.  SciPy is optional and never imported here: an
-  object is one of its sparse matrices only if ``scipy.sparse`` was imported
-  already, which creating one does.
+  ``csc``, ``bsr``, ``lil``, ``dok``, ``dia``): its stored entries, explicit
+  zeros included (for ``dia``: every in-bounds position of its stored
+  diagonals, which ``tocoo()`` would thin out to the non-zeros).  SciPy is
+  optional and never imported here: an object is one of its sparse matrices
+  only if ``scipy.sparse`` was imported already, which creating one does.
 
 :func:`as_pattern` turns each into a :class:`Pattern`: the unique entries
 sorted row by row, on the CPU.  Mistakes raise ``ValueError`` (wrong shape,
@@ -362,9 +363,26 @@ def _from_scipy(matrix: Any, name: str) -> Pattern:
             f"{name}: a SciPy sparse pattern must have 2 dimensions, got shape "
             f"{describe_shape(shape)} ({matrix.format})"
         )
-    coo = matrix.tocoo()
+    if matrix.format == "dia":
+        rows, cols = _dia_entries(matrix, shape)
+        return Pattern(rows, cols, shape)
+    coo = matrix.tocoo()  # keeps explicit zeros for every format but ``dia``
     return Pattern(
         torch.as_tensor(coo.row, dtype=torch.int64),
         torch.as_tensor(coo.col, dtype=torch.int64),
         shape,
     )
+
+
+def _dia_entries(matrix: Any, shape: Shape) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The stored entries of a SciPy ``dia`` matrix: every in-bounds slot of its diagonals.
+
+    ``data[k, j]`` holds the entry ``(j - offsets[k], j)``; slots whose row or
+    column falls outside ``shape`` are padding, not entries.
+    """
+    offsets = torch.as_tensor(matrix.offsets, dtype=torch.int64).reshape(-1, 1)
+    width = min(int(matrix.data.shape[1]), shape[1])
+    cols = torch.arange(width, dtype=torch.int64).reshape(1, -1).expand(offsets.shape[0], -1)
+    rows = cols - offsets
+    inside = (rows >= 0) & (rows < shape[0])
+    return rows[inside], cols[inside]

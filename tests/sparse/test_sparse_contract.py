@@ -12,7 +12,7 @@ import warnings
 
 import pytest
 import torch
-from _helpers import OldStyleExp
+from _helpers import OldStyleExp, reference_hessian
 from _sparse_models import (
     DT,
     HESSIAN_MODELS,
@@ -111,6 +111,33 @@ def test_cutoff_hessian_needs_fewer_products_than_the_dense_one() -> None:
         for k in ("symmetric", "star", "column")
     }
     assert counts["symmetric"] <= counts["star"] <= counts["column"] < x.numel()
+
+
+def _two_material_chain(n: int, stiff: str) -> torch.Tensor:
+    """A spring chain's tridiagonal Hessian: bonds of one half 1e8 times stiffer."""
+    g = torch.Generator().manual_seed(0)
+    off = torch.rand(n - 1, generator=g, dtype=DT) + 0.5
+    half = slice(n // 2, None) if stiff == "right" else slice(None, n // 2)
+    off[half] *= 1e8
+    diag = torch.rand(n, generator=g, dtype=DT) + 1.0
+    return torch.diag(diag) + torch.diag(off, 1) + torch.diag(off, -1)
+
+
+@pytest.mark.parametrize("n", [40, 41])
+@pytest.mark.parametrize("stiff", ["left", "right"])
+def test_substitution_keeps_small_entries_beside_large_ones(backend, n: int, stiff: str) -> None:
+    """kind="symmetric" recovers O(1) entries to rtol 1e-10 although the tree holds 1e8 ones."""
+    h = _two_material_chain(n, stiff)
+    x = torch.randn(n, dtype=DT, generator=torch.Generator().manual_seed(1))
+
+    def energy(x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * x @ h @ x
+
+    expected = reference_hessian(energy, x)
+    assert torch.equal(expected != 0, h != 0)
+    sparse = ta.sparse_hessian(energy, h != 0, kind="symmetric", backend=backend)
+    assert sparse.n_colours == 2  # one two-coloured tree: the whole chain
+    torch.testing.assert_close(sparse(x).to_dense(), expected, rtol=1e-10, atol=0)
 
 
 def test_float32(backend) -> None:
@@ -223,6 +250,74 @@ def test_check_option(backend) -> None:
     ta.sparse_hessian(energy, hpattern, check=True, backend=backend)(y)
     with pytest.raises(ValueError, match="dense Hessian outside the sparsity pattern"):
         ta.sparse_hessian(energy, band(10, 1), check=True, backend=backend)(y)
+
+
+# Badly scaled rows: a stiff pair of rows of scale ``big`` and a soft row coupled weakly
+# (``small``) to the stiff variables; the missed entry is tiny beside ``big`` but not
+# beside its own row (``where="row"``) or its own column (``where="column"``).
+_SCALES = {torch.float64: (1e8, 0.009), torch.float32: (1e4, 0.05)}
+
+
+def _stiff_rhs(dtype: torch.dtype, where: str):
+    big, small = _SCALES[dtype]
+
+    def rhs(u: torch.Tensor) -> torch.Tensor:
+        fast = -big * u[0] + big * u[1] ** 2
+        slow = -u[2] + (small * u[0] if where == "row" else 0)
+        return torch.stack([fast, -fast - u[1] + (small * u[2] if where == "column" else 0), slow])
+
+    right = torch.tensor([[1, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=torch.bool)
+    missed = (2, 0) if where == "row" else (1, 2)
+    wrong = right.clone()
+    right[missed] = True
+    return rhs, right, wrong, missed, torch.tensor([0.2, 0.4, 0.7], dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("where", ["row", "column"])
+@pytest.mark.parametrize("mode", ["forward", "reverse"])
+def test_check_catches_a_missed_entry_small_beside_other_rows(backend, dtype, where, mode) -> None:
+    """A missed entry counts against the scale of its own row or column, not the matrix's."""
+    rhs, right, wrong, missed, u = _stiff_rhs(dtype, where)
+    expected = reference_jacobian(rhs, u)
+    assert float(expected[missed]) == pytest.approx(_SCALES[dtype][1])
+    label = rf"1 entry .*\({missed[0]}, {missed[1]}\)"
+    with pytest.raises(ValueError, match=f"sparse_jacobian\\(check=True\\): {label}"):
+        ta.sparse_jacobian(rhs, wrong, mode=mode, check=True, backend=backend)(u)
+    J = ta.sparse_jacobian(rhs, right, mode=mode, check=True, backend=backend)(u)
+    _close(J.to_dense(), expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_check_catches_a_missed_hessian_entry_small_beside_other_rows(backend, dtype) -> None:
+    big, small = _SCALES[dtype]
+
+    def energy(x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * big * (x[0] - x[1]) ** 2 + 0.5 * x[2] ** 2 + small * x[0] * x[2]
+
+    x = torch.tensor([0.3, -0.2, 0.5], dtype=dtype)
+    expected = functional_hessian(energy, x)
+    with pytest.raises(ValueError, match=r"dense Hessian outside .* \(0, 2\) = "):
+        ta.sparse_hessian(energy, band(3, 1), check=True, backend=backend)(x)
+    H = ta.sparse_hessian(energy, torch.ones(3, 3, dtype=torch.bool), check=True, backend=backend)
+    _close(H(x).to_dense(), expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_check_passes_rounding_noise_of_a_right_pattern(backend, dtype) -> None:
+    """A row whose derivative is zero but comes out as rounding noise is no missed entry."""
+    big = _SCALES[dtype][0]
+
+    def func(u: torch.Tensor) -> torch.Tensor:
+        return torch.stack([big * u[0] * u[1], torch.softmax(u * 3, 0).sum()])
+
+    u = torch.tensor([0.3, -1.1, 0.25, 2.0], dtype=dtype)
+    pattern = torch.zeros(2, 4, dtype=torch.bool)
+    pattern[0, :2] = True
+    noise = reference_jacobian(func, u)[1]
+    J = ta.sparse_jacobian(func, pattern, check=True, backend=backend)(u)
+    assert float(noise.abs().max()) < 1e3 * torch.finfo(dtype).eps  # noise, perhaps not 0
+    _close(J.to_dense()[0], reference_jacobian(func, u)[0], dtype)
 
 
 def _pattern_forms(dense: torch.Tensor) -> dict:

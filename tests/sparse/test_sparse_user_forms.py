@@ -33,34 +33,48 @@ def scipy_sparse():
 
 
 def _scipy_forms(scipy_sparse, mask: torch.Tensor) -> dict:
-    """The mask as a SciPy sparse matrix of every format, and as sparse arrays."""
+    """The mask as a SciPy sparse matrix of every format, and as sparse arrays.
+
+    Each maps to the pattern it stores: the mask, but for ``dia``, which stores
+    every in-bounds entry of each diagonal holding one of the mask's entries.
+    """
     dense = mask.numpy()
-    forms = {fmt: scipy_sparse.coo_matrix(dense).asformat(fmt) for fmt in SCIPY_FORMATS}
-    forms["csr_array"] = scipy_sparse.csr_array(dense)
-    forms["coo_array"] = scipy_sparse.coo_array(dense)
+    r, c = mask.nonzero(as_tuple=True)
+    offsets = torch.arange(mask.shape[1])[None, :] - torch.arange(mask.shape[0])[:, None]
+    diagonals = torch.isin(offsets, torch.unique(c - r))
+    forms = {
+        fmt: (scipy_sparse.coo_matrix(dense).asformat(fmt), diagonals if fmt == "dia" else mask)
+        for fmt in SCIPY_FORMATS
+    }
+    forms["csr_array"] = (scipy_sparse.csr_array(dense), mask)
+    forms["coo_array"] = (scipy_sparse.coo_array(dense), mask)
     return forms
 
 
-def _check_forms(backend, forms: dict, func, pattern: torch.Tensor, x: torch.Tensor) -> None:
+def _check_forms(backend, forms: dict, func, x: torch.Tensor) -> None:
+    """Each form ``label: (pattern, the bool mask of its entries)`` gives the Jacobian."""
     expected = reference_jacobian(func, x)
-    for label, form in forms.items():
+    for label, (form, mask) in forms.items():
         for mode in ("forward", "reverse", "auto"):
             jac = ta.sparse_jacobian(func, form, mode=mode, backend=backend)
             result = jac(x)
-            assert torch.equal(result.indices(), torch.stack(pattern.nonzero(as_tuple=True))), label
+            assert torch.equal(result.indices(), torch.stack(mask.nonzero(as_tuple=True))), label
             _close(result, expected)
-        assert torch.equal(ta.colouring(form), ta.colouring(pattern)), label
+        assert torch.equal(ta.colouring(form), ta.colouring(mask)), label
 
 
 def test_numpy_patterns_give_the_jacobian(backend) -> None:
     func, pattern, x = random_sparse()
-    forms = {"numpy bool": pattern.numpy(), "numpy 0/1": pattern.numpy().astype(np.int32)}
-    _check_forms(backend, forms, func, pattern, x)
+    forms = {
+        "numpy bool": (pattern.numpy(), pattern),
+        "numpy 0/1": (pattern.numpy().astype(np.int32), pattern),
+    }
+    _check_forms(backend, forms, func, x)
 
 
 def test_scipy_patterns_give_the_jacobian(backend, scipy_sparse) -> None:
     func, pattern, x = random_sparse()
-    _check_forms(backend, _scipy_forms(scipy_sparse, pattern), func, pattern, x)
+    _check_forms(backend, _scipy_forms(scipy_sparse, pattern), func, x)
 
 
 def test_scipy_pattern_gives_the_hessian(backend, scipy_sparse) -> None:
@@ -72,6 +86,38 @@ def test_scipy_pattern_gives_the_hessian(backend, scipy_sparse) -> None:
 def test_scipy_stored_zeros_are_part_of_the_pattern(scipy_sparse) -> None:
     matrix = scipy_sparse.csr_matrix((np.array([0.0, 2.0]), (np.array([0, 1]), np.array([1, 0]))))
     assert ta.sparse_jacobian(lambda x: x.flip(0), matrix).pattern.pairs() == [(0, 1), (1, 0)]
+
+
+def _band_with_stored_zeros(scipy_sparse, n: int) -> dict:
+    """A tridiagonal pattern in every SciPy format, its entries (1, 0) and (3, 4) stored zeros."""
+    pairs = band(n, 1).nonzero()
+    data = np.ones(pairs.shape[0])
+    for r, c in ((1, 0), (3, 4)):
+        data[int(((pairs[:, 0] == r) & (pairs[:, 1] == c)).nonzero())] = 0.0
+    where = (pairs[:, 0].numpy(), pairs[:, 1].numpy())
+    forms = {}
+    for kind in ("matrix", "array"):
+        coo = getattr(scipy_sparse, f"coo_{kind}")((data, where), shape=(n, n))
+        forms.update({f"{fmt}_{kind}": coo.asformat(fmt) for fmt in SCIPY_FORMATS})
+        diagonals = np.ones((3, n))
+        diagonals[0, 0] = diagonals[2, 4] = 0.0  # data[k, j] is the entry (j - offset[k], j)
+        forms[f"dia_{kind} built"] = getattr(scipy_sparse, f"dia_{kind}")(
+            (diagonals, [-1, 0, 1]), shape=(n, n)
+        )
+    return forms
+
+
+def test_scipy_stored_zeros_of_every_format_are_part_of_the_pattern(backend, scipy_sparse) -> None:
+    """Every format, ``dia`` included, keeps its explicitly stored zeros in the pattern."""
+    func, pattern, x = banded_rhs(8, 1)
+    expected = reference_jacobian(func, x)
+    assert bool((expected[1, 0] != 0) & (expected[3, 4] != 0))
+    for label, form in _band_with_stored_zeros(scipy_sparse, 8).items():
+        jac = ta.sparse_jacobian(func, form, backend=backend)
+        assert jac.pattern.nnz == form.nnz == int(pattern.sum()), label
+        result = jac(x)
+        assert torch.equal(result.indices(), torch.stack(pattern.nonzero(as_tuple=True))), label
+        _close(result, expected)
 
 
 @pytest.mark.parametrize(
