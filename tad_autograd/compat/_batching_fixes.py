@@ -5,7 +5,7 @@ Where torch's own batching rule for an op gives wrong values, a table entry
 of vectorising through the op, which costs a watch over every op of the
 user's function.  Where the rule can be corrected at its source instead, this
 module registers a right one on torch's batched dispatch key (``FuncTorchBatched``)
-through :class:`torch.library.Library`: every path is then right, the explicit
+through ``torch.library.Library``: every path is then right, the explicit
 ``func`` and ``functorch`` backends and a user's own :mod:`torch.func` calls
 included, and the table entry no longer applies (:data:`CORRECTED`).
 
@@ -137,7 +137,7 @@ def cdist_backward_batched(
     return _functorch._add_batch_dim(result, 0, level)  # type: ignore[no-any-return]
 
 
-#: The :class:`torch.library.Library` holding the registered rules (kept alive: the
+#: The ``torch.library.Library`` holding the registered rules (kept alive: the
 #: registrations last as long as it does).
 _LIBRARY: Optional[Any] = None
 
