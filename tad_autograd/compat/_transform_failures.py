@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 from torch.overrides import TorchFunctionMode
 
+from ._torch_info import cache
 from .batching_defects import ACTIVE_DEFECTS, BatchingDefect, Stages, defective_callables
 
 __all__ = [
@@ -40,6 +41,8 @@ __all__ = [
     "NESTED_DERIVATIVES",
     "GradModeOffError",
     "watch_forward_calls",
+    "function_twin",
+    "custom_function_call",
     "ForwardWatch",
 ]
 
@@ -181,7 +184,7 @@ def _watch_callables(
     found = dict(defective_callables(stage))
     stages = (stage,) if isinstance(stage, str) else stage
     if found and (stages is None or "derivative" in stages or "forward" in stages):
-        call = _resolve(_CUSTOM_FUNCTION_CALL.callables[0])
+        call = custom_function_call()
         if call is not None:
             found[call] = _CUSTOM_FUNCTION_CALL
     if nested_derivatives:
@@ -195,8 +198,45 @@ def _watch_callables(
 
 _WATCH_CALLABLES: Dict[Any, Dict[Callable[..., Any], BatchingDefect]] = {}
 
-#: Each custom Function class's watched twins, by what they watch for.
-_WATCHED_FUNCTIONS: weakref.WeakKeyDictionary[Any, Dict[Any, Any]] = weakref.WeakKeyDictionary()
+#: Each custom Function class's twins (:func:`function_twin`), by what they are for.
+_TWINS: weakref.WeakKeyDictionary[Any, Dict[Any, Any]] = weakref.WeakKeyDictionary()
+
+
+def function_twin(cls: Any, purpose: Any, rules: Callable[[], Dict[str, Any]]) -> Any:
+    """The subclass of custom Function ``cls`` whose static methods are ``rules()`` (called
+    once): made once per ``cls`` and ``purpose``, named as ``cls``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> class Square(torch.autograd.Function):
+    ...     @staticmethod
+    ...     def forward(ctx, x):
+    ...         return x * x
+    >>> twin = function_twin(Square, "doubled", lambda: {"forward": lambda ctx, x: 2 * x * x})
+    >>> twin is function_twin(Square, "doubled", dict), twin.__name__
+    (True, 'Square')
+    >>> twin.apply(torch.ones(1))
+    tensor([2.])
+    """
+    twins = _TWINS.get(cls)
+    if twins is None:
+        twins = _TWINS[cls] = {}
+    twin = twins.get(purpose)
+    if twin is None:
+        members = {name: staticmethod(rule) for name, rule in rules().items()}
+        twin = twins[purpose] = type(cls)(
+            cls.__name__,
+            (cls,),
+            {**members, "__module__": cls.__module__, "__qualname__": cls.__qualname__},
+        )
+    return twin
+
+
+@cache
+def custom_function_call() -> Any:
+    """How a function transform applies a custom Function (torch >= 2.0), or ``None``."""
+    return _resolve(_CUSTOM_FUNCTION_CALL.callables[0])
 
 
 def _watched_function(cls: Any, stage: Optional[Stages]) -> Any:
@@ -209,11 +249,8 @@ def _watched_function(cls: Any, stage: Optional[Stages]) -> Any:
     backward runs when the transform pulls back, long after that watch has
     ended; the twin carries the watch into both.
     """
-    twins = _WATCHED_FUNCTIONS.get(cls)
-    if twins is None:
-        twins = _WATCHED_FUNCTIONS[cls] = {}
-    twin = twins.get(stage)
-    if twin is None:
+
+    def rules() -> Dict[str, Any]:
         forward, backward = cls.forward, cls.backward
 
         # the forward too: one Function applied in another's backward runs its forward
@@ -226,17 +263,9 @@ def _watched_function(cls: Any, stage: Optional[Stages]) -> Any:
             with DefectWatch(stage, nested_derivatives=True):
                 return backward(ctx, *grads)
 
-        twin = twins[stage] = type(cls)(
-            cls.__name__,
-            (cls,),
-            {
-                "forward": staticmethod(watched_forward),
-                "backward": staticmethod(watched_backward),
-                "__module__": cls.__module__,
-                "__qualname__": cls.__qualname__,
-            },
-        )
-    return twin
+        return {"forward": watched_forward, "backward": watched_backward}
+
+    return function_twin(cls, ("watched", stage), rules)
 
 
 class OpWatch(TorchFunctionMode):

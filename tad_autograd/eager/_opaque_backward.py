@@ -65,7 +65,6 @@ import dis
 import sys
 import threading
 import types
-import weakref
 from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -79,6 +78,8 @@ from ..compat._transform_failures import (
     DefectiveBatchingError,
     DefectWatch,
     OpWatch,
+    custom_function_call,
+    function_twin,
 )
 from ._grad_modes import GradModeOffWatch, builds_no_graph
 from ._graph import graph_facts
@@ -630,10 +631,11 @@ class _LeavesAutograd(GradModeOffWatch):
         self._grad_mode_counts = grad_mode_counts
 
     def notes(self, func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> bool:
-        if getattr(func, "__name__", None) in _LEAVE_AUTOGRAD or func in _LEAVE_AUTOGRAD_CALLS:
+        name = getattr(func, "__name__", None)
+        if name in _LEAVE_AUTOGRAD or func in _LEAVE_AUTOGRAD_CALLS:
             # leaving autograd with a tensor that carries a derivative (not a constant: a
             # mask, a number, a tensor made from Python numbers)
-            data = args[1:2] if getattr(func, "__name__", None) == "new_tensor" else args[:1]
+            data = args[1:2] if name == "new_tensor" else args[:1]
             return any(isinstance(a, torch.Tensor) and a.requires_grad for a in data)
         if builds_no_graph(func, args, kwargs):  # its gradients carry no graph
             return True
@@ -656,20 +658,6 @@ def _inside_a_function_forward() -> bool:
             return True  # an old-style forward(ctx, ...) (torch 1.13 has no Python apply)
         frame = frame.f_back
     return False
-
-
-@cache
-def _custom_function_call() -> Any:
-    """How a function transform applies a custom Function (torch >= 2.0), or ``None``."""
-    try:
-        from torch._functorch.autograd_function import custom_function_call
-    except ImportError:  # torch 1.13: functorch transforms no custom Function
-        return None
-    return custom_function_call
-
-
-#: Each custom Function class's refusing twin (:func:`_refusing_twin`).
-_REFUSING_TWINS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
 #: torch.func pushes an outer ``jvp``'s tangents through a custom Function's ``jvp`` rule
@@ -710,20 +698,17 @@ def _refused_unless_differentiable(
 def _refusing_twin(cls: Any) -> Any:
     """A subclass of custom Function ``cls`` whose backward (and ``jvp``) raise where they
     compute outside autograd."""
-    twin = _REFUSING_TWINS.get(cls)
-    if twin is None:
+
+    def rules() -> Dict[str, Any]:
         # a backward runs after its own transform ended: the twin is made only where another
         # differentiates it; a jvp runs inside its own one
         name = cls.__name__
-        rules = {"backward": staticmethod(_refused_unless_differentiable(name, cls.backward, 0))}
+        refusing = {"backward": _refused_unless_differentiable(name, cls.backward, 0)}
         if cls.jvp is not torch.autograd.Function.jvp:
-            rules["jvp"] = staticmethod(_refused_unless_differentiable(name, cls.jvp, 1))
-        twin = _REFUSING_TWINS[cls] = type(cls)(
-            cls.__name__,
-            (cls,),
-            {**rules, "__module__": cls.__module__, "__qualname__": cls.__qualname__},
-        )
-    return twin
+            refusing["jvp"] = _refused_unless_differentiable(name, cls.jvp, 1)
+        return refusing
+
+    return function_twin(cls, "refusing", rules)
 
 
 class _OpaqueBackwardsRefused(OpWatch):
@@ -731,7 +716,7 @@ class _OpaqueBackwardsRefused(OpWatch):
     its refusing twin."""
 
     def run(self, func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
-        if func is _custom_function_call() and args and isinstance(args[0], type):
+        if func is custom_function_call() and args and isinstance(args[0], type):
             args = (_refusing_twin(args[0]), *args[1:])
         return func(*args, **kwargs)
 
