@@ -11,7 +11,7 @@ comparisons, keep their exact second derivatives.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 import pytest
@@ -393,6 +393,13 @@ NEW_STYLE_OPAQUE: Dict[str, Any] = {
 }
 
 
+def _times_input(function: Any) -> Tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+    """The "times input" use of ``function`` (``(function(z) * z).sum()``) and its exact
+    Hessian at ``X``."""
+    scalar, hessian = USES["times input"]
+    return (lambda z: scalar(function.apply, z)), hessian(X)
+
+
 @needs_torch2
 @pytest.mark.parametrize("kind", sorted(NEW_STYLE_OPAQUE))
 def test_second_order_through_a_new_style_opaque_backward_raises(
@@ -401,9 +408,7 @@ def test_second_order_through_a_new_style_opaque_backward_raises(
     """On every backend: torch.func itself returns a quarter of the truth here.  A transform
     backend's forward mode refuses a Function without ``jvp`` with torch's own error."""
     function = NEW_STYLE_OPAQUE[kind]
-
-    def f(z: torch.Tensor) -> torch.Tensor:
-        return (function.apply(z) * z).sum()
+    f, _ = _times_input(function)
 
     for name, second in _second_order(f, {"backend": backend}).items():
         with warnings.catch_warnings():
@@ -428,11 +433,7 @@ def test_second_order_through_an_opaque_jvp(backend: Optional[str]) -> None:
     transform running) or is exact; forward over reverse and reverse over reverse never
     differentiate it: exact."""
     function = _new_style_cube("OpaqueJvpCube", _differentiable, _opaque_jvp)
-
-    def f(z: torch.Tensor) -> torch.Tensor:
-        return (function.apply(z) * z).sum()
-
-    exact = torch.diag(12 * X**2)
+    f, exact = _times_input(function)
     kw = {"backend": backend}
     torch.testing.assert_close(ta.jacfwd(ta.jacrev(f, **kw), **kw)(X), exact)
     torch.testing.assert_close(ta.hessian(f, **kw)(X), exact)
@@ -451,11 +452,7 @@ def test_forward_over_forward_through_a_correct_jvp(backend: Optional[str]) -> N
     (10.1 off here): the transform backends raise naming the Function, automatic mode and
     the autograd backend are exact; ``jacrev(jacfwd)`` and ``jacfwd(jacrev)`` are exact."""
     function = _new_style_cube("RightJvpCube", _differentiable, _differentiable)
-
-    def f(z: torch.Tensor) -> torch.Tensor:
-        return (function.apply(z) * z).sum()
-
-    exact = torch.diag(12 * X**2)
+    f, exact = _times_input(function)
     kw = {"backend": backend}
     torch.testing.assert_close(ta.jacrev(ta.jacfwd(f, **kw), **kw)(X), exact)
     torch.testing.assert_close(ta.jacfwd(ta.jacrev(f, **kw), **kw)(X), exact)
