@@ -50,3 +50,34 @@ def test_automatic_vmap_loops_over_small_batches_only(device: str) -> None:
     vectorised = torch.ones(largest + 1, 3, device=device)
     with pytest.warns(ta.BackendFallbackWarning, match="item"):
         torch.testing.assert_close(ta.vmap(f)(vectorised), 3 * vectorised)
+
+
+class _Forwarding:
+    """A callable wrapper that forwards unknown attributes to its function (no ``__wrapped__``)."""
+
+    def __init__(self, fn: object) -> None:
+        self.fn = fn
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.__dict__["fn"], name)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)  # type: ignore[operator, no-any-return]
+
+
+@pytest.mark.parametrize("wrap", ["transformed", "nested transforms", "forwarding object"])
+def test_generators_found_through_wrappers(wrap: str) -> None:
+    """The generator in a function's closure is found however the function is wrapped."""
+    from tad_autograd.compat._rng import visible_generators
+
+    gen = torch.Generator()
+
+    def noisy(x: torch.Tensor) -> torch.Tensor:
+        return x + torch.rand(x.shape, generator=gen, dtype=x.dtype)
+
+    wrapped = {
+        "transformed": lambda: ta.jacrev(noisy),
+        "nested transforms": lambda: ta.vmap(ta.jacrev(noisy, backend="autograd")),
+        "forwarding object": lambda: _Forwarding(noisy),
+    }[wrap]()
+    assert visible_generators(wrapped, (torch.zeros(2),)) == [gen]

@@ -139,7 +139,8 @@ def visible_generators(
     found: List[torch.Generator] = []
 
     def add(obj: Any) -> None:
-        if isinstance(obj, torch.Generator) and all(obj is not f for f in found):
+        # (issubclass: torch.Generator's metaclass makes isinstance a Python-level check)
+        if issubclass(type(obj), torch.Generator) and all(obj is not f for f in found):
             found.append(obj)
 
     if kwargs or not all(isinstance(a, torch.Tensor) for a in args):  # else: no generator there
@@ -162,7 +163,15 @@ def _reachable(func: Any, add: Callable[[Any], None]) -> None:
         if isinstance(attributes, dict) and not isinstance(obj, (type, types.ModuleType)):
             for value in attributes.values():  # an object's generator attribute (self.gen)
                 add(value)
-    func = getattr(func, "__func__", func)  # a bound method's function
+    if owner is not None:
+        func = func.__func__  # a bound method's function
+    elif not isinstance(func, types.FunctionType) and hasattr(func, "__dict__"):
+        if "__wrapped__" in func.__dict__:
+            # a callable object that names the function it wraps (a transformed
+            # function): it has no closure, defaults or globals of its own, and the
+            # wrapped function is looked at next (asking such an object, which may
+            # compute missing attributes, only costs time)
+            return
     for cell in getattr(func, "__closure__", None) or ():
         try:
             add(cell.cell_contents)
