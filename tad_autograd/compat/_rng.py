@@ -15,8 +15,21 @@ failed attempt must leave the generators as they were.
 
 from __future__ import annotations
 
+import functools
 import types
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Type, TypeVar
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    Type,
+    TypeVar,
+)
 
 import torch
 
@@ -122,12 +135,13 @@ def visible_generators(
 
     Those among the arguments (any pytree leaf), the keyword arguments, and,
     for ``func`` and each function it wraps (``__wrapped__``, as
-    :func:`functools.wraps` sets it): the cells of its closure, its default
-    values, the module globals its code names, and the attributes of the
-    object itself or of a bound method's object (``self.gen`` of an
-    ``nn.Module`` called as ``vmap(module)``).  Generators reached only
-    through other objects (a submodule's attribute, a list) or other
-    functions are not found.
+    :func:`functools.wraps` sets it, and a :func:`functools.partial`'s
+    function, whose bound arguments count as arguments): the cells of its
+    closure, its default values, the module globals its code names, and the
+    attributes of the object itself or of a bound method's object (``self.gen``
+    of an ``nn.Module`` called as ``vmap(module)``) and of each of an
+    ``nn.Module``'s submodules.  Generators reached only through other objects
+    (a list) or other functions are not found.
 
     Examples
     --------
@@ -136,23 +150,85 @@ def visible_generators(
     >>> visible_generators(lambda x: torch.rand(2, generator=g), (1,)) == [g]
     True
     """
-    found: List[torch.Generator] = []
+    return _visible(func, args, kwargs, tensors=False)[0]
+
+
+def visible_tensors(
+    func: Callable[..., Any], args: Sequence[Any], kwargs: Optional[Dict[str, Any]] = None
+) -> List[torch.Tensor]:
+    """The tensors a call of ``func`` can update in place that the library can see.
+
+    The arguments' tensors and those found where :func:`visible_generators`
+    looks for generators, with the parameters and buffers of each
+    ``nn.Module`` found there (a ``BatchNorm``'s running statistics).
+
+    Examples
+    --------
+    >>> import torch
+    >>> buffer = torch.zeros(1)
+    >>> [t is buffer for t in visible_tensors(lambda x: x + buffer, (1.0,))]
+    [True]
+    """
+    return _visible(func, args, kwargs, tensors=True)[1]
+
+
+def _visible(
+    func: Callable[..., Any],
+    args: Sequence[Any],
+    kwargs: Optional[Dict[str, Any]],
+    tensors: bool,
+) -> Tuple[List[torch.Generator], List[torch.Tensor]]:
+    """The generators (and, with ``tensors``, the tensors) a call can see: one walk."""
+    generators: List[torch.Generator] = []
+    found: List[torch.Tensor] = []
+    seen_ids: Set[int] = set()
 
     def add(obj: Any) -> None:
+        kind = type(obj)
         # (issubclass: torch.Generator's metaclass makes isinstance a Python-level check)
-        if issubclass(type(obj), torch.Generator) and all(obj is not f for f in found):
-            found.append(obj)
+        if issubclass(kind, torch.Tensor):
+            if tensors and id(obj) not in seen_ids:
+                seen_ids.add(id(obj))
+                found.append(obj)
+        elif issubclass(kind, torch.Generator):
+            if all(obj is not g for g in generators):
+                generators.append(obj)
+        elif isinstance(obj, torch.nn.Module) and id(obj) not in seen_ids:
+            seen_ids.add(id(obj))
+            for sub in obj.modules():  # a submodule's generator attribute, its tensors
+                for value in vars(sub).values():
+                    if not isinstance(value, dict):
+                        add(value)
+                if tensors:
+                    for value in (*sub._parameters.values(), *sub._buffers.values()):
+                        add(value)
 
-    if kwargs or not all(isinstance(a, torch.Tensor) for a in args):  # else: no generator there
-        for leaf in tree_flatten((tuple(args), kwargs or {}))[0]:
+    def add_leaves(tree: Any) -> None:
+        if isinstance(tree, tuple) and all(isinstance(a, torch.Tensor) for a in tree):
+            leaves: Any = tree  # the common case: no pytree to flatten
+        else:
+            leaves = tree_flatten(tree)[0]
+        for leaf in leaves:
             add(leaf)
+
+    if tensors or kwargs or not all(isinstance(a, torch.Tensor) for a in args):
+        add_leaves(tuple(args))
+        if kwargs:
+            add_leaves(kwargs)
     seen: List[int] = []
     layer: Any = func
     while layer is not None and id(layer) not in seen:  # the function and what it wraps
         seen.append(id(layer))
+        if isinstance(layer, functools.partial):
+            add_leaves((layer.args, layer.keywords))
+            layer = layer.func
+            continue
+        owner = layer.__self__ if isinstance(layer, types.MethodType) else layer
+        if isinstance(owner, torch.nn.Module):  # the module called, or the method's
+            add(owner)
         _reachable(layer, add)
         layer = getattr(layer, "__wrapped__", None)
-    return found
+    return generators, found
 
 
 def _reachable(func: Any, add: Callable[[Any], None]) -> None:
@@ -205,9 +281,7 @@ def snapshot(
     >>> torch.equal(torch.rand(2), first)
     True
     """
-    leaves = args if all(isinstance(a, torch.Tensor) for a in args) else tree_flatten(args)[0]
-    devices = {a.device for a in leaves if isinstance(a, torch.Tensor)}
-    return RngStates(devices, visible_generators(func, args, kwargs))
+    return RngStates(_devices(args), visible_generators(func, args, kwargs))
 
 
 def attempt(
@@ -225,6 +299,12 @@ def attempt(
     ``retry()`` if given, else the exception raised.  Other exceptions propagate as
     they are.
 
+    A failed ``run`` that updated in place a tensor the call can see
+    (:func:`visible_tensors`: an argument, a captured tensor, a module's
+    parameter or buffer) cannot be run again without repeating the update:
+    then a :class:`RuntimeError` saying so is raised instead, from the
+    failure, with neither ``on_failure`` nor ``retry`` called.
+
     Examples
     --------
     >>> import torch
@@ -236,14 +316,44 @@ def attempt(
     'retried'
     >>> torch.equal(torch.get_rng_state(), before)
     True
+    >>> counter = torch.zeros(1)
+    >>> def counts(states):
+    ...     counter.add_(1)
+    ...     raise ValueError("no")
+    >>> attempt(counts, lambda x: x + counter, (1.0,), retry=lambda: "retried")
+    Traceback (most recent call last):
+    ...
+    RuntimeError: <lambda>: the call updated a tensor it can see in place before ...
     """
-    states = snapshot(func, args, kwargs)
+    generators, tensors = _visible(func, args, kwargs, tensors=True)
+    states = RngStates(_devices(args), generators)
+    versions = [_version(t) for t in tensors]
     try:
         return run(states)
     except catch as error:
         states.restore()
+        if any(_version(t) != v for t, v in zip(tensors, versions)):
+            name = getattr(func, "__qualname__", None) or type(func).__name__
+            raise RuntimeError(
+                f"{name}: the call updated a tensor it can see in place before it failed "
+                f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+                "; running it again another way, as a fallback would, would repeat the "
+                "update. Choose backend='autograd' for this call, or update the tensor "
+                "outside the function."
+            ) from error
         if on_failure is not None:
             on_failure(error)
         if retry is None:
             raise
         return retry()
+
+
+def _devices(args: Sequence[Any]) -> Set[torch.device]:
+    """The devices of the tensors among ``args`` (any pytree leaf)."""
+    leaves = args if all(isinstance(a, torch.Tensor) for a in args) else tree_flatten(args)[0]
+    return {a.device for a in leaves if isinstance(a, torch.Tensor)}
+
+
+def _version(t: torch.Tensor) -> Optional[int]:
+    """A tensor's version counter (``None`` for an inference tensor, which keeps none)."""
+    return None if t.is_inference() else int(t._version)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from contextvars import ContextVar
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -29,13 +29,39 @@ _RANDOM_MESSAGE = (
 )
 
 
-def _sample(batched: BatchedArgs, index: int) -> List[Any]:
-    """Batch element ``index``'s leaves as fresh tensors (no view into the batch's storage)."""
+def _sample(batched: BatchedArgs, index: int, aliased: FrozenSet[int]) -> List[Any]:
+    """Batch element ``index``'s leaves as fresh tensors (no view into the batch's storage),
+    except the ``aliased`` ones: views, so that an update through one shows in the others."""
     fresh = torch.contiguous_format
     return [
-        leaf if d is None else leaf.select(d, index).clone(memory_format=fresh)
-        for leaf, d in zip(batched.leaves, batched.dims)
+        leaf
+        if d is None
+        else leaf.select(d, index)
+        if k in aliased
+        else leaf.select(d, index).clone(memory_format=fresh)
+        for k, (leaf, d) in enumerate(zip(batched.leaves, batched.dims))
     ]
+
+
+#: A tensor's storage (torch 1.13 has no ``untyped_storage``; later torches warn on ``storage``).
+_STORAGE = getattr(torch.Tensor, "untyped_storage", None) or torch.Tensor.storage
+
+
+def _aliased(batched: BatchedArgs) -> FrozenSet[int]:
+    """The batched leaves that share memory with another argument (``vmap(f)(x, x)``)."""
+    tensors = [
+        (k, leaf)
+        for k, leaf in enumerate(batched.leaves)
+        if isinstance(leaf, torch.Tensor) and leaf.layout == torch.strided
+    ]
+    if len(tensors) < 2 or all(batched.dims[k] is None for k, _ in tensors):
+        return frozenset()
+    owners: Dict[int, List[int]] = {}
+    for k, leaf in tensors:
+        owners.setdefault(_STORAGE(leaf).data_ptr(), []).append(k)
+    return frozenset(
+        k for ks in owners.values() if len(ks) > 1 for k in ks if batched.dims[k] is not None
+    )
 
 
 def loop_vmap(
@@ -65,6 +91,7 @@ def loop_vmap(
                 raise RuntimeError(_RANDOM_MESSAGE)
             states.restore()  # no sample: no draw
             return result
+        aliased = _aliased(batched)
         samples = []
         inputs = []
         dims: List[Optional[int]] = []
@@ -72,7 +99,7 @@ def loop_vmap(
         for b in range(batched.size):
             if randomness == "same" and b > 0:
                 states.restore()  # every element draws what the first drew
-            sample = _sample(batched, b)
+            sample = _sample(batched, b, aliased)
             inputs.append(sample)
             versions = [_version(t) for t in sample]
             output = func(*tree_unflatten(sample, batched.spec), **kwargs)
