@@ -13,25 +13,6 @@ wrapper per node, shared with the second-order guard:
 :class:`~tad_autograd.compat._transform_failures.DefectiveBatchingError`
 there, and the rows are taken by a loop instead.  :class:`WatchedBackwards`
 names the code and the op.
-
-Examples
---------
->>> import torch
->>> class Twice(torch.autograd.Function):
-...     @staticmethod
-...     def forward(ctx, x):
-...         return x * 2
-...     @staticmethod
-...     def backward(ctx, g):
-...         return g * 2
->>> x = torch.ones(2, requires_grad=True)
->>> y = Twice.apply(x)
->>> _ = y.register_hook(lambda g: g * 3)
->>> with custom_backwards_watched([y.grad_fn]) as seen, hooks_watched():
-...     torch.autograd.grad(y, x, torch.ones(2))
-(tensor([6., 6.]),)
->>> seen.op is None
-True
 """
 
 from __future__ import annotations

@@ -13,30 +13,6 @@ and removed by the last one to leave, which restores the node exactly
 it, the wrapper applies the kinds that a pass running in the calling thread
 asked for, the guard inside the watch, and otherwise runs the node's own
 backward.
-
-Examples
---------
->>> import torch
->>> class Twice(torch.autograd.Function):
-...     @staticmethod
-...     def forward(ctx, x):
-...         return x * 2
-...     @staticmethod
-...     def backward(ctx, g):
-...         return g * 2
->>> x = torch.ones(1, requires_grad=True)
->>> y = Twice.apply(x)
->>> called = []
->>> def noted(node, backward):
-...     def run(*grads):
-...         called.append(function_name(node))
-...         return backward(*grads)
-...     return run
->>> with nodes_wrapped([y.grad_fn], "watches", noted):
-...     torch.autograd.grad(y, x, retain_graph=True)
-(tensor([2.]),)
->>> called, "apply" in vars(y.grad_fn)
-(['Twice'], False)
 """
 
 from __future__ import annotations
@@ -94,7 +70,26 @@ def _thread_counts(kind: str) -> Dict[Any, int]:
 def nodes_wrapped(nodes: Sequence[Any], kind: str, wrap: Wrap) -> Iterator[None]:
     """While the block runs, this thread's passes ``kind`` (one of :data:`KINDS`) ``nodes``:
     their backward runs inside ``wrap``; the last pass of any thread to leave a node
-    restores it exactly."""
+    restores it exactly.
+
+    Examples
+    --------
+    >>> import torch
+    >>> Twice = type("Twice", (torch.autograd.Function,), {
+    ...     "forward": staticmethod(lambda ctx, x: x * 2),
+    ...     "backward": staticmethod(lambda ctx, g: g * 2)})
+    >>> x = torch.ones(1, requires_grad=True)
+    >>> y = Twice.apply(x)
+    >>> called = []
+    >>> def noted(node, backward):
+    ...     called.append(function_name(node))
+    ...     return backward
+    >>> with nodes_wrapped([y.grad_fn], "watches", noted):
+    ...     torch.autograd.grad(y, x, retain_graph=True)
+    (tensor([2.]),)
+    >>> called, "apply" in vars(y.grad_fn)
+    (['Twice'], False)
+    """
     mine = _thread_counts(kind)
     with _WRAP_LOCK:
         for node in nodes:
@@ -162,20 +157,14 @@ WRAPPER_CODE = next(
 
 
 def function_name(node: Any) -> str:
-    """The name of the custom Function whose backward node is ``node``.
+    """The name of the custom Function whose backward node is ``node`` (else the node's
+    type's).
 
     Examples
     --------
     >>> import torch
-    >>> class Twice(torch.autograd.Function):
-    ...     @staticmethod
-    ...     def forward(ctx, x):
-    ...         return x * 2
-    ...     @staticmethod
-    ...     def backward(ctx, g):
-    ...         return g * 2
-    >>> function_name(Twice.apply(torch.ones(1, requires_grad=True)).grad_fn)
-    'Twice'
+    >>> function_name(torch.ones(1, requires_grad=True).exp().grad_fn)
+    'ExpBackward0'
     """
     cls = getattr(node, "_forward_cls", None)
     return cls.__name__ if cls is not None else type(node).__name__
