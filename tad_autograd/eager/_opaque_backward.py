@@ -63,6 +63,7 @@ import sys
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
+from torch._C import _functorch
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from ..compat._dual import level_active, unpack_dual
@@ -270,7 +271,7 @@ class _LeavesAutograd(GradModeOffWatch):
             # leaving autograd with a tensor that carries a derivative (not a constant: a
             # mask, a number, a tensor made from Python numbers)
             data = args[1:2] if name == "new_tensor" else args[:1]
-            return any(isinstance(a, torch.Tensor) and a.requires_grad for a in data)
+            return any(isinstance(a, torch.Tensor) and _carries_derivative(a) for a in data)
         if builds_no_graph(func, args, kwargs):  # its gradients carry no graph
             return True
         return (
@@ -278,6 +279,26 @@ class _LeavesAutograd(GradModeOffWatch):
             and not torch.is_grad_enabled()
             and not _inside_a_function_forward()
         )
+
+
+def _carries_derivative(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` requires grad at some level of function-transform wrappers.
+
+    A custom Function's ``jvp`` rule, run by a ``jvp`` transform inside a ``grad`` one
+    (``jacrev(jacfwd(f))``), sees the ``jvp``'s wrappers, which require no grad, around the
+    ``grad``'s, which do.
+
+    Examples
+    --------
+    >>> import torch
+    >>> _carries_derivative(torch.ones(1)), _carries_derivative(torch.ones(1).requires_grad_())
+    (False, True)
+    """
+    while not tensor.requires_grad:
+        if not _functorch.is_functorch_wrapped_tensor(tensor):
+            return False
+        tensor = _functorch.get_unwrapped(tensor)
+    return True
 
 
 def _inside_a_function_forward() -> bool:
