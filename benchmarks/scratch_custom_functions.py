@@ -28,8 +28,8 @@ import torch
 import tad_autograd as ta
 import tad_autograd.eager._jacobian as eager_jacobian
 from benchmarks import problems_models
+from tad_autograd.eager._batched_backward_watch import WatchedBackwards, custom_backwards_watched
 from tad_autograd.eager._graph import BatchingHazards, batching_hazards
-from tad_autograd.eager._opaque_backward import WatchedBackwards, custom_backwards_watched
 
 F64 = torch.float64
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from ..compat._dual import forward_ad_ready
 from ..compat._locks import TRANSFORM_LOCK, locked
@@ -36,6 +36,41 @@ def _locked_unless_compiling(fn: Fn) -> Fn:
     return run
 
 
+class _RefusingDerivatives:
+    """The derivative transforms of a backend's library (``library()``), each derivative
+    refusing to be differentiated again through an opaque custom Function
+    (:func:`~tad_autograd.eager._opaque_backward.opaque_backwards_refused`): ``jacrev``,
+    ``jacfwd``, ``grad`` and ``grad_and_value`` return such derivatives, ``vjp`` and ``jvp``
+    compute one.  The library is looked up on each call (imported on first use); ``vmap``
+    is no derivative and is not here."""
+
+    __slots__ = ("_library",)
+
+    def __init__(self, library: Callable[[], Any]) -> None:
+        self._library = library
+
+    def _derivative(self, transform: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Fn:
+        return opaque_backwards_refused(getattr(self._library(), transform)(*args, **kwargs))
+
+    def jacrev(self, *args: Any, **kwargs: Any) -> Fn:
+        return self._derivative("jacrev", args, kwargs)
+
+    def jacfwd(self, *args: Any, **kwargs: Any) -> Fn:
+        return self._derivative("jacfwd", args, kwargs)
+
+    def grad(self, *args: Any, **kwargs: Any) -> Fn:
+        return self._derivative("grad", args, kwargs)
+
+    def grad_and_value(self, *args: Any, **kwargs: Any) -> Fn:
+        return self._derivative("grad_and_value", args, kwargs)
+
+    def vjp(self, *args: Any, **kwargs: Any) -> Any:
+        return opaque_backwards_refused(self._library().vjp)(*args, **kwargs)
+
+    def jvp(self, *args: Any, **kwargs: Any) -> Any:
+        return opaque_backwards_refused(self._library().jvp)(*args, **kwargs)
+
+
 class FuncBackend(Backend):
     """Function transforms from :mod:`torch.func`.
 
@@ -61,6 +96,12 @@ class FuncBackend(Backend):
     name = "func"
     aliases: Tuple[str, ...] = ("torch.func",)
     is_transform = True
+
+    def __init__(self) -> None:
+        #: :meth:`transforms`' derivative transforms, whose derivatives raise where an outer
+        #: transform differentiates them again through a custom Function whose backward (or
+        #: ``jvp``) computes outside autograd; every operator but ``vmap`` takes them.
+        self._derivatives = _RefusingDerivatives(self.transforms)
 
     def availability(
         self,
@@ -89,36 +130,31 @@ class FuncBackend(Backend):
     def jacrev(
         self, func: Fn, argnums: ArgnumsT, *, has_aux: bool, chunk_size: Optional[int]
     ) -> Fn:
-        jacrev = self.transforms().jacrev
+        jacrev = self._derivatives.jacrev
         if _JACREV_NEEDS_TENSOR_ARGS:  # torch 2.0: see _chunking.jacrev_tensor_args_only
-            return opaque_backwards_refused(
-                jacrev_tensor_args_only(
-                    jacrev, func, argnums, has_aux=has_aux, chunk_size=chunk_size
-                )
+            return jacrev_tensor_args_only(
+                jacrev, func, argnums, has_aux=has_aux, chunk_size=chunk_size
             )
-        return opaque_backwards_refused(
-            jacrev(func, argnums, has_aux=has_aux, chunk_size=chunk_size)
-        )
+        return jacrev(func, argnums, has_aux=has_aux, chunk_size=chunk_size)
 
     def vjp(self, func: Fn, primals: Tuple[Any, ...], *, has_aux: bool) -> Any:
-        return opaque_backwards_refused(self.transforms().vjp)(func, *primals, has_aux=has_aux)
+        return self._derivatives.vjp(func, *primals, has_aux=has_aux)
 
     def jvp(
         self, func: Fn, primals: Tuple[Any, ...], tangents: Tuple[Any, ...], *, has_aux: bool
     ) -> Any:
         forward_ad_ready()
-        jvp = opaque_backwards_refused(self.transforms().jvp)
+        jvp = self._derivatives.jvp
         if is_compiling():  # traced into the graph, where dynamo cannot take a lock
             return jvp(func, primals, tangents, has_aux=has_aux)
         with TRANSFORM_LOCK:  # dual levels are process-wide
             return jvp(func, primals, tangents, has_aux=has_aux)
 
     def grad_and_value(self, func: Fn, argnums: ArgnumsT, *, has_aux: bool) -> Fn:
-        grad_and_value = self.transforms().grad_and_value
-        return opaque_backwards_refused(grad_and_value(func, argnums, has_aux=has_aux))
+        return self._derivatives.grad_and_value(func, argnums, has_aux=has_aux)
 
     def grad(self, func: Fn, argnums: ArgnumsT, *, has_aux: bool) -> Fn:
-        return opaque_backwards_refused(self.transforms().grad(func, argnums, has_aux=has_aux))
+        return self._derivatives.grad(func, argnums, has_aux=has_aux)
 
     def jacfwd(
         self,
@@ -131,22 +167,19 @@ class FuncBackend(Backend):
     ) -> Fn:
         forward_ad_ready()
         if chunk_size is not None:  # torch.func.jacfwd has no chunk_size: vmap(jvp) in chunks
-            return opaque_backwards_refused(
-                super().jacfwd(
-                    func, argnums, has_aux=has_aux, randomness=randomness, chunk_size=chunk_size
-                )
+            # (each chunk's jvp is :meth:`jvp`, whose derivative refuses as the others do)
+            return super().jacfwd(
+                func, argnums, has_aux=has_aux, randomness=randomness, chunk_size=chunk_size
             )
-        jacfwd = self.transforms().jacfwd
+        jacfwd = self._derivatives.jacfwd
         if _JACREV_NEEDS_TENSOR_ARGS:  # torch 2.0's jacfwd checks every argument's dtype too
-            return opaque_backwards_refused(
-                locked(
-                    jacrev_tensor_args_only(
-                        jacfwd, func, argnums, has_aux=has_aux, randomness=randomness
-                    )
+            return locked(
+                jacrev_tensor_args_only(
+                    jacfwd, func, argnums, has_aux=has_aux, randomness=randomness
                 )
             )
-        fn: Fn = jacfwd(func, argnums, has_aux=has_aux, randomness=randomness)
-        return opaque_backwards_refused(_locked_unless_compiling(fn))  # dual levels: process-wide
+        fn = jacfwd(func, argnums, has_aux=has_aux, randomness=randomness)
+        return _locked_unless_compiling(fn)  # dual levels are process-wide
 
     def vmap(
         self,

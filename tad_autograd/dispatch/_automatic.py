@@ -70,8 +70,8 @@ from ..compat._transform_failures import (
     watch_forward_calls,
 )
 from ..compat.batching_defects import Stages
+from ..eager._batched_backward_watch import GradCallsWatched, backwards_watched_or_refused
 from ..eager._loop_vmap import loop_vmap
-from ..eager._opaque_backward import GradCallsWatched, backwards_watched_or_refused
 from ..eager._rows import LOOP_MAX_ROWS
 from ._settings import CONTEXT, ORIGIN_AUTOMATIC_EAGER
 

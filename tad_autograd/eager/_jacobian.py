@@ -29,6 +29,7 @@ import torch
 
 from ..compat._pytree import flatten, tree_flatten, tree_unflatten, unflatten
 from ..compat._torch_info import inference_mode_enabled
+from ._batched_backward_watch import custom_backwards_watched
 from ._grad_modes import inference_mode_derivatives
 from ._graph import (
     batching_hazards,
@@ -37,7 +38,7 @@ from ._graph import (
     reaches_other_leaves,
     retire,
 )
-from ._opaque_backward import custom_backwards_guarded, custom_backwards_watched
+from ._opaque_backward import custom_backwards_guarded
 from ._operand_checks import split_aux
 from ._rows import (
     GRADS_BATCHED,

@@ -12,7 +12,9 @@ plain autograd returns such wrong second derivatives whether the Function's
 result enters the function linearly or not.
 
 While a backward pass that builds a graph runs (``create_graph=True``),
-:func:`custom_backwards_guarded` wraps each custom node of the graph.  When
+:func:`custom_backwards_guarded` wraps each custom node of the graph (one
+wrapper per node, shared with the watch of vectorised passes:
+:mod:`tad_autograd.eager._node_wrappers`).  When
 such a node's backward runs with an incoming gradient, a saved tensor or a
 tangent that carries a derivative, the wrapper watches it: the Function's
 backward is ``@once_differentiable``, or it called one of the operations
@@ -23,14 +25,10 @@ tangent raises at once).  First derivatives are unchanged and cost nothing
 extra: the watch only runs in backward passes that build a graph through the
 node.
 
-While a backward pass is *vectorised* (the rows of a Jacobian, batched by a
-``vmap``), :func:`custom_backwards_watched` wraps the custom nodes the same
-way to run each backward under a
-:class:`~tad_autograd.compat._transform_failures.DefectWatch`: a backward
-that calls an op whose batched derivative the installed torch gets wrong, or
-runs a backward pass of its own (whose ops no watch sees), raises
-:class:`~tad_autograd.compat._transform_failures.DefectiveBatchingError`
-there, and the rows are taken by a loop instead.
+Under function transforms, :func:`opaque_backwards_refused` makes a
+transform's derivative apply each custom Function as a twin whose backward
+(and ``jvp``) raise the same error where an outer transform differentiates
+them again.
 
 Examples
 --------
@@ -61,37 +59,24 @@ RuntimeError: Cube: the backward of this custom autograd.Function ...
 from __future__ import annotations
 
 import contextlib
-import dis
 import sys
-import threading
-import types
-from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
-from torch.autograd.function import BackwardCFunction, FunctionCtx, once_differentiable
+from torch._C import _functorch
+from torch.autograd.function import FunctionCtx, once_differentiable
 
 from ..compat._dual import level_active, unpack_dual
 from ..compat._pytree import tree_flatten
-from ..compat._torch_info import cache, differentiating_levels, is_compiling
-from ..compat._transform_failures import (
-    REVERSE_STAGES,
-    DefectiveBatchingError,
-    DefectWatch,
-    OpWatch,
-    custom_function_call,
-    function_twin,
-)
+from ..compat._torch_info import differentiating_levels, is_compiling
+from ..compat._transform_failures import OpWatch, custom_function_call, function_twin
 from ._grad_modes import GradModeOffWatch, builds_no_graph
 from ._graph import graph_facts
+from ._node_wrappers import function_name, nodes_wrapped
 
 __all__ = [
     "custom_backwards_guarded",
     "opaque_backward_message",
-    "custom_backwards_watched",
-    "WatchedBackwards",
-    "hooks_watched",
-    "backwards_watched_or_refused",
-    "GradCallsWatched",
     "opaque_backwards_refused",
 ]
 
@@ -133,116 +118,6 @@ _LEAVE_AUTOGRAD_CALLS = frozenset(
 _FUNCTION_APPLY_CODE = getattr(
     getattr(torch.autograd.Function.apply, "__func__", None), "__code__", None
 )
-
-#: Instance attribute that replaces a node's ``apply`` while a pass guards or watches it.
-_APPLY = "apply"
-
-#: The graph's nodes are shared between threads: installing and removing the wrappers is
-#: serialised, and each wrapper asks which of the passes running in its thread asked for it.
-_WRAP_LOCK = threading.Lock()
-#: Per thread: the nodes this thread's passes guard (``guards``) and watch (``watches``), with
-#: counts, and the :class:`WatchedBackwards` of its watched passes, innermost last (``seen``).
-_LOCAL = threading.local()
-
-
-class _Installed:
-    """The wrapper installed on one node: how many passes (of all threads) guard and watch
-    it, and the instance ``apply`` it replaced (``None``: the class's)."""
-
-    __slots__ = ("guards", "watches", "previous")
-
-    def __init__(self, previous: Optional[Callable[..., Any]]) -> None:
-        self.guards = 0
-        self.watches = 0
-        self.previous = previous
-
-
-#: Each node that a running pass guards or watches, and its wrapper's counts.
-_INSTALLED: Dict[Any, _Installed] = {}
-
-
-def _thread_counts(kind: str) -> Dict[Any, int]:
-    counts: Optional[Dict[Any, int]] = getattr(_LOCAL, kind, None)
-    if counts is None:
-        counts = {}
-        setattr(_LOCAL, kind, counts)
-    return counts
-
-
-@contextlib.contextmanager
-def _nodes_wrapped(nodes: Sequence[Any], kind: str) -> Iterator[None]:
-    """While the block runs, this thread's passes ``kind`` (``"guards"`` or ``"watches"``)
-    ``nodes``; the last pass of any thread to leave a node restores it exactly."""
-    mine = _thread_counts(kind)
-    with _WRAP_LOCK:
-        for node in nodes:
-            entry = _INSTALLED.get(node)
-            if entry is None:
-                entry = _INSTALLED[node] = _Installed(vars(node).get(_APPLY))
-                setattr(node, _APPLY, _dispatching_apply(node, entry))
-            setattr(entry, kind, getattr(entry, kind) + 1)
-            mine[node] = mine.get(node, 0) + 1
-    try:
-        yield
-    finally:
-        with _WRAP_LOCK:
-            for node in nodes:
-                left = mine[node] - 1
-                if left:
-                    mine[node] = left
-                else:
-                    del mine[node]
-                entry = _INSTALLED[node]
-                setattr(entry, kind, getattr(entry, kind) - 1)
-                if not entry.guards and not entry.watches:
-                    del _INSTALLED[node]
-                    if entry.previous is None:
-                        delattr(node, _APPLY)
-                    else:
-                        setattr(node, _APPLY, entry.previous)
-
-
-def _asked(node: Any, kind: str, installed: int) -> bool:
-    """Whether a pass running in this thread ``kind`` (guards, watches) ``node``.
-
-    The autograd engine runs the nodes of a graph on another device in a thread
-    of its own (no Python thread): there, any pass that asked counts
-    (``installed``), which at worst watches a pass that needed no watch.
-    """
-    if not installed:
-        return False
-    counts: Optional[Dict[Any, int]] = getattr(_LOCAL, kind, None)
-    if counts is not None and node in counts:
-        return True
-    return isinstance(threading.current_thread(), threading._DummyThread)
-
-
-def _dispatching_apply(node: Any, entry: _Installed) -> Callable[..., Any]:
-    """The one wrapper of a node: the guard and the defect watch of the passes that asked."""
-    original = entry.previous if entry.previous is not None else type(node).apply.__get__(node)
-    guarded = _guarded_apply(node, original)
-
-    def apply(*grad_outputs: Any) -> Any:
-        run = guarded if _asked(node, "guards", entry.guards) else original
-        if not _asked(node, "watches", entry.watches):
-            return run(*grad_outputs)
-        watch = DefectWatch(REVERSE_STAGES, nested_derivatives=True)
-        try:
-            with watch:
-                return run(*grad_outputs)
-        finally:
-            if watch.op is not None:
-                _note_seen(f"custom Function {_function_name(node)}'s backward", watch.op)
-
-    return apply
-
-
-def _note_seen(code: str, op: str) -> None:
-    """Tell this thread's innermost watched pass that ``code`` (a custom Function's backward,
-    a hook) called ``op``."""
-    stack: Optional[List[WatchedBackwards]] = getattr(_LOCAL, "seen", None)
-    if stack and stack[-1].op is None:
-        stack[-1].code, stack[-1].op = code, op
 
 
 def opaque_backward_message(function_name: str) -> str:
@@ -299,248 +174,8 @@ def custom_backwards_guarded(
         yield
         return
     nodes = custom_nodes if custom_nodes is not None else graph_facts(outputs, set())[1]
-    with _nodes_wrapped(nodes, "guards"):
+    with nodes_wrapped(nodes, "guards", _guarded_apply):
         yield
-
-
-class WatchedBackwards:
-    """What :func:`custom_backwards_watched` saw: the first code the engine ran (a custom
-    Function's backward, a hook) that called a defective op (:attr:`code`), and that op
-    (:attr:`op`)."""
-
-    __slots__ = ("code", "op", "blind")
-
-    def __init__(self) -> None:
-        self.code: Optional[str] = None
-        self.op: Optional[str] = None
-        #: Whether the hooks cannot be watched (a profiler that is no Python function runs):
-        #: the pass must not be vectorised.
-        self.blind = False
-
-    def __str__(self) -> str:
-        return f"{self.code} calls {self.op}"
-
-
-@contextlib.contextmanager
-def custom_backwards_watched(nodes: Sequence[Any]) -> Iterator[WatchedBackwards]:
-    """While a vectorised backward pass runs: each custom node's backward under a defect watch.
-
-    ``nodes``: the custom ``autograd.Function`` nodes of the graph
-    (:func:`~tad_autograd.eager._graph.batching_hazards`).  A backward that
-    calls an op whose batched derivative the installed torch gets wrong, or
-    runs a backward pass of its own, raises
-    :class:`~tad_autograd.compat._transform_failures.DefectiveBatchingError`;
-    the yielded :class:`WatchedBackwards` names the Function and the op.
-
-    Examples
-    --------
-    >>> import torch
-    >>> class Dist(torch.autograd.Function):
-    ...     @staticmethod
-    ...     def forward(ctx, x):
-    ...         return x * 1
-    ...     @staticmethod
-    ...     def backward(ctx, g):
-    ...         return torch.cdist(g.view(1, -1), g.view(1, -1)).sum() * 0 + g
-    >>> x = torch.ones(2, requires_grad=True)
-    >>> y = Dist.apply(x)
-    >>> with custom_backwards_watched([y.grad_fn]) as seen:
-    ...     try:
-    ...         _ = torch.autograd.grad(y, x, torch.ones(2))
-    ...     except RuntimeError:
-    ...         pass
-    >>> str(seen)  # doctest: +SKIP
-    "custom Function Dist's backward calls cdist"
-    """
-    seen = WatchedBackwards()
-    stack = getattr(_LOCAL, "seen", None)
-    if stack is None:
-        stack = _LOCAL.seen = []
-    stack.append(seen)
-    profiler = sys.getprofile()
-    seen.blind = DefectWatch.needed(REVERSE_STAGES) and (
-        not _engine_call_sites() or (profiler is not None and not callable(profiler))
-    )
-    try:
-        with _nodes_wrapped(nodes, "watches"):
-            yield seen
-    finally:
-        stack.pop()
-
-
-def _code_objects(function: Any) -> Iterator[Any]:
-    """The code of ``function`` and of the functions defined in it (``torch.autograd.grad``'s
-    batched ``vjp``)."""
-    code = getattr(function, "__code__", None)
-    todo = [code] if code is not None else []
-    while todo:
-        code = todo.pop()
-        yield code
-        todo.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
-
-
-@cache
-def _engine_call_sites() -> FrozenSet[Tuple[Any, int]]:
-    """Where torch's Python enters the autograd engine (read from torch's bytecode once, on
-    the first watched pass, not at import): the code and instruction offset of
-    each call of ``run_backward`` in ``torch.autograd.grad``/``backward`` (and the functions
-    they call it through).  A Python function whose caller stands at one of them was called
-    by the engine: a hook, or a custom Function's ``apply``."""
-    sites = set()
-    for function in (
-        torch.autograd.grad,
-        torch.autograd.backward,
-        getattr(torch.autograd.graph, "_engine_run_backward", None),
-    ):
-        for code in _code_objects(function):
-            instructions = list(dis.get_instructions(code))
-            for k, instruction in enumerate(instructions):
-                if instruction.argval == "run_backward":
-                    call = next(
-                        (i for i in instructions[k + 1 :] if i.opname.startswith("CALL")), None
-                    )
-                    if call is not None:
-                        sites.add((code, call.offset))
-    return frozenset(sites)
-
-
-#: What the engine calls that :func:`_nodes_wrapped` watches already: a custom Function's
-#: backward (the class's ``apply``, or a node's dispatching wrapper).
-_NODE_APPLY_CODES = frozenset(
-    {
-        *_code_objects(BackwardCFunction.apply),
-        *(
-            c
-            for c in _dispatching_apply.__code__.co_consts
-            if getattr(c, "co_name", None) == "apply"
-        ),
-    }
-)
-
-
-@contextlib.contextmanager
-def hooks_watched() -> Iterator[None]:
-    """Around the call into the autograd engine of a pass that :func:`custom_backwards_watched`
-    watches (in this thread): each hook the engine calls (a tensor's ``register_hook``, a
-    node's ``register_hook``/``register_prehook``, a module's backward hooks) runs under a
-    :class:`~tad_autograd.compat._transform_failures.DefectWatch`.
-
-    Hooks are not visible in a graph walk (torch keeps them in C++), so the
-    engine's calls are seen as they happen, by a profile function of this
-    thread: a call whose caller stands where torch's Python enters the engine.
-    A hook that calls a defective op, or runs a backward pass of its own,
-    raises :class:`~tad_autograd.compat._transform_failures.DefectiveBatchingError`.
-    The profile runs for the whole block, so that it sees the hooks the
-    engine calls first too (those of the outputs' own tensors and nodes).
-    Nothing happens outside a watched pass, or under a profiler that is no
-    Python function (the pass is then not vectorised:
-    :attr:`WatchedBackwards.blind`).  In the engine's own threads (a graph on
-    another device) no profile of this thread runs.  A hook that runs no
-    Python frame (a TorchScript function, a ``functools.partial`` of a
-    builtin) cannot be seen.
-
-    Examples
-    --------
-    >>> import torch
-    >>> x = torch.ones(2, requires_grad=True)
-    >>> y = x * 2
-    >>> _ = y.register_hook(lambda g: g * 3)
-    >>> with custom_backwards_watched([]), hooks_watched():
-    ...     torch.autograd.grad(y, x, torch.ones(2))
-    (tensor([6., 6.]),)
-    """
-    stack: Optional[List[WatchedBackwards]] = getattr(_LOCAL, "seen", None)
-    if not stack or stack[-1].blind or not DefectWatch.needed(REVERSE_STAGES):
-        yield
-        return
-    previous: Any = sys.getprofile()  # a Python profiler's: called first, as if alone
-    running: List[Any] = []  # (frame, watch) of the hooks running now, innermost last
-    engine_call_sites = _engine_call_sites()
-
-    def profile(frame: Any, event: str, arg: Any) -> None:  # every call: kept to a test
-        if previous is not None:
-            previous(frame, event, arg)
-        if event == "call":
-            caller = frame.f_back
-            if (
-                caller is not None
-                and (caller.f_code, caller.f_lasti) in engine_call_sites
-                and (frame.f_code not in _NODE_APPLY_CODES)
-            ):
-                watch = DefectWatch(REVERSE_STAGES, nested_derivatives=True)
-                watch.__enter__()  # type: ignore[no-untyped-call]
-                running.append((frame, watch))
-        elif event == "return" and running and running[-1][0] is frame:  # also on a raise
-            watch = running.pop()[1]
-            watch.__exit__(None, None, None)
-            if watch.op is not None:
-                _note_seen(f"backward hook {frame.f_code.co_name}", watch.op)
-
-    sys.setprofile(profile)
-    try:
-        yield
-    finally:
-        sys.setprofile(previous)
-        while running:  # only if the block left while a hook ran (it cannot, normally)
-            running.pop()[1].__exit__(None, None, None)
-
-
-@contextlib.contextmanager
-def backwards_watched_or_refused(custom: Sequence[Any]) -> Iterator[None]:
-    """:func:`custom_backwards_watched` for backward passes that a function transform batches
-    (whose hooks :func:`hooks_watched` watches): where hooks cannot be watched (a profiler
-    that is no Python function runs),
-    :class:`~tad_autograd.compat._transform_failures.DefectiveBatchingError` at once, so that
-    the caller loops.
-
-    Examples
-    --------
-    >>> import torch
-    >>> x = torch.ones(2, requires_grad=True)
-    >>> with backwards_watched_or_refused([]), hooks_watched():
-    ...     torch.autograd.grad(x * 2, x, torch.ones(2))
-    (tensor([2., 2.]),)
-    """
-    with custom_backwards_watched(custom) as seen:
-        if seen.blind:
-            raise DefectiveBatchingError(
-                "a backward hook", "a profiler is active, so hooks cannot be watched"
-            )
-        yield
-
-
-#: The calls into the autograd engine that :class:`GradCallsWatched` watches.
-_GRAD_CALLS = (torch.autograd.grad, torch.autograd.backward)
-
-
-class GradCallsWatched(OpWatch):
-    """While active: each ``torch.autograd.grad`` (or ``backward``) call runs under
-    :func:`hooks_watched` -- a function transform's own backward passes, inside a pass that
-    :func:`custom_backwards_watched` watches.  Only those calls pay for the profile
-    function; every other op passes through.
-
-    Examples
-    --------
-    A backward pass started inside the watched code runs under the hooks' watch:
-
-    >>> import torch
-    >>> x = torch.ones(2, requires_grad=True)
-    >>> with custom_backwards_watched([]), GradCallsWatched():
-    ...     (x.exp() * 2).sum().backward()
-    >>> x.grad
-    tensor([5.4366, 5.4366])
-    """
-
-    def run(self, func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
-        if func in _GRAD_CALLS:
-            with hooks_watched():
-                return func(*args, **kwargs)
-        return func(*args, **kwargs)
-
-
-def _function_name(node: Any) -> str:
-    cls = getattr(node, "_forward_cls", None)
-    return cls.__name__ if cls is not None else type(node).__name__
 
 
 def _once_differentiable(node: Any) -> bool:
@@ -573,7 +208,7 @@ def _guarded_apply(node: Any, original: Callable[..., Any]) -> Callable[..., Any
             opaque = watch.seen
         if not opaque:
             return result
-        message = opaque_backward_message(_function_name(node))
+        message = opaque_backward_message(function_name(node))
         if tangents_in:
             raise RuntimeError(message)
         # every gradient it returns now refuses to be differentiated; the refusing node
@@ -636,7 +271,7 @@ class _LeavesAutograd(GradModeOffWatch):
             # leaving autograd with a tensor that carries a derivative (not a constant: a
             # mask, a number, a tensor made from Python numbers)
             data = args[1:2] if name == "new_tensor" else args[:1]
-            return any(isinstance(a, torch.Tensor) and a.requires_grad for a in data)
+            return any(isinstance(a, torch.Tensor) and _carries_derivative(a) for a in data)
         if builds_no_graph(func, args, kwargs):  # its gradients carry no graph
             return True
         return (
@@ -644,6 +279,26 @@ class _LeavesAutograd(GradModeOffWatch):
             and not torch.is_grad_enabled()
             and not _inside_a_function_forward()
         )
+
+
+def _carries_derivative(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` requires grad at some level of function-transform wrappers.
+
+    A custom Function's ``jvp`` rule, run by a ``jvp`` transform inside a ``grad`` one
+    (``jacrev(jacfwd(f))``), sees the ``jvp``'s wrappers, which require no grad, around the
+    ``grad``'s, which do.
+
+    Examples
+    --------
+    >>> import torch
+    >>> _carries_derivative(torch.ones(1)), _carries_derivative(torch.ones(1).requires_grad_())
+    (False, True)
+    """
+    while not tensor.requires_grad:
+        if not _functorch.is_functorch_wrapped_tensor(tensor):
+            return False
+        tensor = _functorch.get_unwrapped(tensor)
+    return True
 
 
 def _inside_a_function_forward() -> bool:

@@ -18,15 +18,12 @@ import torch
 from ..compat._pytree import tree_flatten, tree_unflatten
 from ..compat._torch_info import inference_mode_enabled, transforms_active
 from ..compat._transform_failures import REVERSE_STAGES, DefectiveBatchingError, DefectWatch
+from ._batched_backward_watch import backwards_watched_or_refused, hooks_watched
 from ._engine import pair_products
 from ._grad_modes import outside_inference_mode
 from ._graph import batching_hazards, graph_facts, graphs_dropped, reaches_other_leaves, retire
 from ._jacobian import eager_jacobian
-from ._opaque_backward import (
-    backwards_watched_or_refused,
-    custom_backwards_guarded,
-    hooks_watched,
-)
+from ._opaque_backward import custom_backwards_guarded
 from ._operand_checks import (
     check_cotangents,
     check_primals,

@@ -21,10 +21,10 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import torch
 
 from ..compat._rng import RngStates
+from ._batched_backward_watch import hooks_watched
 from ._column_check import ReverseProbe, probe_cotangents
 from ._engine import scalar_grad
 from ._graph import defective_ops_in, has_custom_functions
-from ._opaque_backward import hooks_watched
 
 __all__ = [
     "LOOP_MAX_ROWS",
