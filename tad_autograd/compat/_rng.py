@@ -299,11 +299,13 @@ def attempt(
     ``retry()`` if given, else the exception raised.  Other exceptions propagate as
     they are.
 
-    A failed ``run`` that updated in place a tensor the call can see
-    (:func:`visible_tensors`: an argument, a captured tensor, a module's
-    parameter or buffer) cannot be run again without repeating the update:
-    then a :class:`RuntimeError` saying so is raised instead, from the
-    failure, with neither ``on_failure`` nor ``retry`` called.
+    The tensors the call can see (:func:`visible_tensors`: the arguments,
+    captured tensors, a module's parameters and buffers) are put back too
+    where a failed ``run`` updated them in place (:class:`TensorValues`), so
+    a retry starts from what the caller had.  Where one of them is too large
+    to have been kept, the retry would repeat the update: then a
+    :class:`RuntimeError` saying so is raised instead, from the failure, with
+    neither ``on_failure`` nor ``retry`` called.
 
     Examples
     --------
@@ -320,26 +322,24 @@ def attempt(
     >>> def counts(states):
     ...     counter.add_(1)
     ...     raise ValueError("no")
-    >>> attempt(counts, lambda x: x + counter, (1.0,), retry=lambda: "retried")
-    Traceback (most recent call last):
-    ...
-    RuntimeError: <lambda>: the call updated a tensor it can see in place before ...
+    >>> attempt(counts, lambda x: x + counter, (1.0,), retry=lambda: float(counter))
+    0.0
     """
     generators, tensors = _visible(func, args, kwargs, tensors=True)
     states = RngStates(_devices(args), generators)
-    versions = [_version(t) for t in tensors]
+    kept = TensorValues(tensors)
     try:
         return run(states)
     except catch as error:
         states.restore()
-        if any(_version(t) != v for t, v in zip(tensors, versions)):
+        if not kept.restore():
             name = getattr(func, "__qualname__", None) or type(func).__name__
             raise RuntimeError(
-                f"{name}: the call updated a tensor it can see in place before it failed "
-                f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
-                "; running it again another way, as a fallback would, would repeat the "
-                "update. Choose backend='autograd' for this call, or update the tensor "
-                "outside the function."
+                f"{name}: the call updated in place a tensor too large to keep a copy of "
+                f"before it failed ({type(error).__name__}: "
+                f"{str(error).splitlines()[0] if str(error) else ''}); running it again "
+                "another way, as a fallback would, would repeat the update. Choose "
+                "backend='autograd' for this call, or update the tensor outside the function."
             ) from error
         if on_failure is not None:
             on_failure(error)
@@ -348,12 +348,57 @@ def attempt(
         return retry()
 
 
+class TensorValues:
+    """The values of ``tensors``, to put back what a failed attempt updated in place.
+
+    Each tensor's version counter tells whether it was updated; the values of
+    the smallest ones, up to :data:`KEPT_BYTES` in all, are copied first.
+    Inference tensors keep no version counter and are left as they are.
+
+    Examples
+    --------
+    >>> import torch
+    >>> counter = torch.zeros(2)
+    >>> kept = TensorValues([counter])
+    >>> _ = counter.add_(1)
+    >>> kept.restore(), counter
+    (True, tensor([0., 0.]))
+    """
+
+    def __init__(self, tensors: Sequence[torch.Tensor]) -> None:
+        self.tensors = [t for t in tensors if not t.is_inference()]
+        self.versions = [int(t._version) for t in self.tensors]
+        self.copies: Dict[int, torch.Tensor] = {}
+        budget = KEPT_BYTES
+        order = sorted(range(len(self.tensors)), key=lambda i: _nbytes(self.tensors[i]))
+        for i in order:
+            size = _nbytes(self.tensors[i])
+            if size > budget:
+                break
+            budget -= size
+            with torch.no_grad():
+                self.copies[i] = self.tensors[i].clone()
+
+    def restore(self) -> bool:
+        """Put back the tensors updated since; ``False`` if one of them was not kept."""
+        changed = [i for i, t in enumerate(self.tensors) if int(t._version) != self.versions[i]]
+        if any(i not in self.copies for i in changed):
+            return False
+        with torch.no_grad():
+            for i in changed:
+                self.tensors[i].copy_(self.copies[i])
+        return True
+
+
+#: How many bytes of tensor values :class:`TensorValues` copies at most per call.
+KEPT_BYTES = 1 << 16
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
 def _devices(args: Sequence[Any]) -> Set[torch.device]:
     """The devices of the tensors among ``args`` (any pytree leaf)."""
     leaves = args if all(isinstance(a, torch.Tensor) for a in args) else tree_flatten(args)[0]
     return {a.device for a in leaves if isinstance(a, torch.Tensor)}
-
-
-def _version(t: torch.Tensor) -> Optional[int]:
-    """A tensor's version counter (``None`` for an inference tensor, which keeps none)."""
-    return None if t.is_inference() else int(t._version)
