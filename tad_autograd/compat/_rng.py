@@ -367,21 +367,19 @@ class TensorValues:
 
     def __init__(self, tensors: Sequence[torch.Tensor]) -> None:
         self.tensors = [t for t in tensors if not t.is_inference()]
-        self.versions = [int(t._version) for t in self.tensors]
+        self.versions = [t._version for t in self.tensors]
         self.copies: Dict[int, torch.Tensor] = {}
         budget = KEPT_BYTES
-        order = sorted(range(len(self.tensors)), key=lambda i: _nbytes(self.tensors[i]))
-        for i in order:
-            size = _nbytes(self.tensors[i])
-            if size > budget:
+        sizes = [t.numel() * t.element_size() for t in self.tensors]
+        for i in sorted(range(len(sizes)), key=sizes.__getitem__) if len(sizes) > 1 else [0]:
+            if i >= len(sizes) or sizes[i] > budget:
                 break
-            budget -= size
-            with torch.no_grad():
-                self.copies[i] = self.tensors[i].clone()
+            budget -= sizes[i]
+            self.copies[i] = self.tensors[i].detach().clone()
 
     def restore(self) -> bool:
         """Put back the tensors updated since; ``False`` if one of them was not kept."""
-        changed = [i for i, t in enumerate(self.tensors) if int(t._version) != self.versions[i]]
+        changed = [i for i, t in enumerate(self.tensors) if t._version != self.versions[i]]
         if any(i not in self.copies for i in changed):
             return False
         with torch.no_grad():
@@ -392,10 +390,6 @@ class TensorValues:
 
 #: How many bytes of tensor values :class:`TensorValues` copies at most per call.
 KEPT_BYTES = 1 << 16
-
-
-def _nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
 
 
 def _devices(args: Sequence[Any]) -> Set[torch.device]:
