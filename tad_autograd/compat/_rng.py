@@ -15,6 +15,7 @@ failed attempt must leave the generators as they were.
 
 from __future__ import annotations
 
+import collections
 import functools
 import types
 from typing import (
@@ -185,6 +186,8 @@ def _visible(
 
     def add(obj: Any) -> None:
         kind = type(obj)
+        if kind in _NEITHER:  # most of what is looked at (a module's flags and tables)
+            return
         # (issubclass: torch.Generator's metaclass makes isinstance a Python-level check)
         if issubclass(kind, torch.Tensor):
             if tensors and id(obj) not in seen_ids:
@@ -195,13 +198,20 @@ def _visible(
                 generators.append(obj)
         elif isinstance(obj, torch.nn.Module) and id(obj) not in seen_ids:
             seen_ids.add(id(obj))
-            for sub in obj.modules():  # a submodule's generator attribute, its tensors
-                for value in vars(sub).values():
-                    if not isinstance(value, dict):
+            for sub in obj.modules():
+                if tensors:  # its buffers (parameters require grad: autograd refuses
+                    for value in sub._buffers.values():  # their in-place updates)
                         add(value)
-                if tensors:
-                    for value in (*sub._parameters.values(), *sub._buffers.values()):
-                        add(value)
+                kind = type(sub)
+                if kind.__module__.startswith("torch."):  # torch's own: no generator of
+                    continue  # the user's among its attributes or in its code
+                for value in vars(sub).values():  # a generator attribute (self.gen)
+                    add(value)
+                if id(kind) not in seen_ids:  # what the forward of the class names
+                    seen_ids.add(id(kind))
+                    forward = getattr(kind, "forward", None)
+                    if isinstance(forward, types.FunctionType):
+                        _reachable(forward, add)
 
     def add_leaves(tree: Any) -> None:
         if isinstance(tree, tuple) and all(isinstance(a, torch.Tensor) for a in tree):
@@ -227,8 +237,23 @@ def _visible(
         if isinstance(owner, torch.nn.Module):  # the module called, or the method's
             add(owner)
         _reachable(layer, add)
-        layer = getattr(layer, "__wrapped__", None)
+        wrapped = getattr(layer, "__wrapped__", None)
+        if wrapped is None and not isinstance(
+            layer, (types.FunctionType, types.MethodType, torch.nn.Module)
+        ):
+            # a callable object: what its __call__ names (a module's forward: see add)
+            method = type(layer).__call__
+            if isinstance(method, types.FunctionType):
+                _reachable(method, add)
+        layer = wrapped
     return generators, found
+
+
+#: Types that are neither a tensor, a generator nor a module (skipped at once).
+_NEITHER = frozenset(
+    {type(None), bool, int, float, complex, str, bytes, dict, set, frozenset, list, tuple}
+    | {type(collections.OrderedDict()), types.FunctionType, types.BuiltinFunctionType}
+)
 
 
 def _reachable(func: Any, add: Callable[[Any], None]) -> None:
@@ -259,9 +284,25 @@ def _reachable(func: Any, add: Callable[[Any], None]) -> None:
         add(value)
     code = getattr(func, "__code__", None)
     namespace = getattr(func, "__globals__", None)
-    if code is not None and namespace is not None:
-        for name in code.co_names:
+    if isinstance(code, types.CodeType) and isinstance(namespace, dict):
+        for name in _global_names(code):
             add(namespace.get(name))
+
+
+@functools.lru_cache(maxsize=4096)
+def _global_names(code: types.CodeType) -> Tuple[str, ...]:
+    """The names ``code`` and the code nested in it (comprehensions, lambdas) look up.
+
+    Examples
+    --------
+    >>> _global_names((lambda: [gen for _ in range(2)]).__code__)
+    ('range', 'gen')
+    """
+    names = list(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names += [n for n in _global_names(const) if n not in names]
+    return tuple(names)
 
 
 def snapshot(
@@ -366,8 +407,9 @@ class TensorValues:
     """
 
     def __init__(self, tensors: Sequence[torch.Tensor]) -> None:
-        self.tensors = [t for t in tensors if not t.is_inference()]
-        self.versions = [t._version for t in self.tensors]
+        self.tensors = list(tensors)
+        # an inference tensor keeps no version counter: its values tell (None)
+        self.versions = [None if t.is_inference() else t._version for t in self.tensors]
         self.copies: Dict[int, torch.Tensor] = {}
         budget = KEPT_BYTES
         sizes = [t.numel() * t.element_size() for t in self.tensors]
@@ -379,13 +421,19 @@ class TensorValues:
 
     def restore(self) -> bool:
         """Put back the tensors updated since; ``False`` if one of them was not kept."""
-        changed = [i for i, t in enumerate(self.tensors) if t._version != self.versions[i]]
+        changed = [i for i, t in enumerate(self.tensors) if self._changed(i, t)]
         if any(i not in self.copies for i in changed):
             return False
         with torch.no_grad():
             for i in changed:
                 self.tensors[i].copy_(self.copies[i])
         return True
+
+    def _changed(self, i: int, t: torch.Tensor) -> bool:
+        if self.versions[i] is not None:
+            return bool(t._version != self.versions[i])
+        kept = self.copies.get(i)  # an inference tensor: only a kept one can be compared
+        return kept is not None and not torch.equal(t, kept)
 
 
 #: How many bytes of tensor values :class:`TensorValues` copies at most per call.

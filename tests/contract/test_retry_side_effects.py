@@ -158,3 +158,41 @@ def test_the_same_tensor_passed_twice_stays_one_tensor(backend: Optional[str], b
     result = ta.vmap(f, backend=backend)(given, given)
     torch.testing.assert_close(result, (xs + 1.0) ** 2)
     torch.testing.assert_close(given, xs + 1.0)
+
+
+_GLOBAL_GENERATOR = torch.Generator()
+
+
+class _GlobalNoise(torch.nn.Module):
+    """Draws from a module-level generator named in its forward (inside a comprehension)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        noise = [torch.rand(x.shape, generator=_GLOBAL_GENERATOR, dtype=x.dtype) for _ in "a"]
+        return x + noise[0]
+
+
+@pytest.mark.parametrize("batch", [2, BATCH])
+def test_generator_named_by_a_submodules_forward(backend: Optional[str], batch: int) -> None:
+    f = torch.nn.Sequential(_GlobalNoise())
+    xs = torch.zeros(batch, 3, dtype=F64)
+    _GLOBAL_GENERATOR.manual_seed(0)
+    one_draw = torch.rand(3, generator=_GLOBAL_GENERATOR, dtype=F64)
+    _GLOBAL_GENERATOR.manual_seed(0)
+    for row in ta.vmap(f, randomness="same", backend=backend)(xs):
+        torch.testing.assert_close(row, one_draw)
+    with pytest.raises(RuntimeError):
+        ta.vmap(f, randomness="error", backend=backend)(xs)
+
+
+def test_inference_tensor_updated_by_a_failed_attempt_is_put_back() -> None:
+    def f(x: torch.Tensor) -> torch.Tensor:
+        x.add_(1.0)
+        return x * float(x.sum().item() > -1.0)
+
+    with torch.inference_mode():
+        xs = torch.zeros(BATCH, 3, dtype=F64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ta.BackendFallbackWarning)
+            result = ta.vmap(f)(xs)
+    torch.testing.assert_close(result, torch.ones(BATCH, 3, dtype=F64))
+    torch.testing.assert_close(xs, torch.ones(BATCH, 3, dtype=F64))  # updated once
