@@ -31,16 +31,22 @@ _RANDOM_MESSAGE = (
 
 def _sample(batched: BatchedArgs, index: int, aliased: FrozenSet[int]) -> List[Any]:
     """Batch element ``index``'s leaves as fresh tensors (no view into the batch's storage),
-    except the ``aliased`` ones: views, so that an update through one shows in the others."""
+    except the ``aliased`` ones: views, so that an update through one shows in the others.
+    A tensor passed twice along the same dimension is one fresh tensor, passed twice."""
     fresh = torch.contiguous_format
-    return [
-        leaf
-        if d is None
-        else leaf.select(d, index)
-        if k in aliased
-        else leaf.select(d, index).clone(memory_format=fresh)
-        for k, (leaf, d) in enumerate(zip(batched.leaves, batched.dims))
-    ]
+    clones: Dict[Tuple[int, int], torch.Tensor] = {}
+    sample = []
+    for k, (leaf, d) in enumerate(zip(batched.leaves, batched.dims)):
+        if d is None:
+            sample.append(leaf)
+        elif k in aliased:
+            sample.append(leaf.select(d, index))
+        else:
+            key = (id(leaf), d)
+            if key not in clones:
+                clones[key] = leaf.select(d, index).clone(memory_format=fresh)
+            sample.append(clones[key])
+    return sample
 
 
 #: A tensor's storage (torch 1.13 has no ``untyped_storage``; later torches warn on ``storage``).
@@ -52,7 +58,10 @@ def _aliased(batched: BatchedArgs) -> FrozenSet[int]:
     tensors = [
         (k, leaf)
         for k, leaf in enumerate(batched.leaves)
-        if isinstance(leaf, torch.Tensor) and leaf.layout == torch.strided
+        if isinstance(leaf, torch.Tensor)
+        and leaf.layout == torch.strided
+        # (an expanded batch's samples share their memory: views would add up updates)
+        and all(st or n < 2 for st, n in zip(leaf.stride(), leaf.shape))
     ]
     if len(tensors) < 2 or all(batched.dims[k] is None for k, _ in tensors):
         return frozenset()
@@ -84,6 +93,10 @@ def loop_vmap(
     devices = {leaf.device for leaf in batched.leaves if isinstance(leaf, torch.Tensor)}
     generators = visible_generators(func, args, kwargs) if randomness != "different" else []
     states = RngStates(devices, generators)
+    # in-place updates of the samples are copied into the batch after the last one: every
+    # sample starts from the batch as the caller passed it (an expanded batch, whose
+    # samples share memory, too)
+    pending: List[Tuple[int, List[Any], List[Optional[int]]]] = []
     try:
         if batched.size == 0:
             result = _empty_batch(func, out_dims, batched, kwargs)
@@ -103,7 +116,7 @@ def loop_vmap(
             inputs.append(sample)
             versions = [_version(t) for t in sample]
             output = func(*tree_unflatten(sample, batched.spec), **kwargs)
-            _write_back(batched, b, sample, versions)
+            pending.append((b, sample, versions))
             leaves, leaf_dims, leaf_spec = split_outputs(func, out_dims, output)
             if spec is None:
                 dims, spec = leaf_dims, leaf_spec
@@ -113,10 +126,12 @@ def loop_vmap(
                     f"structures ({spec} and {leaf_spec})"
                 )
             samples.append(leaves)
+        _write_backs(batched, pending)
         if randomness == "error" and states.changed():
             raise RuntimeError(_RANDOM_MESSAGE)
         _check_unbatched(func, samples, dims, _STRICT_UNBATCHED.get())
     except BaseException:
+        _write_backs(batched, pending)
         states.restore()
         raise
     given = _returned_inputs(samples, inputs, batched, dims)
@@ -152,6 +167,14 @@ def _version(t: Any) -> Optional[int]:
     if isinstance(t, torch.Tensor) and not t.is_inference():
         return int(t._version)
     return None
+
+
+def _write_backs(
+    batched: BatchedArgs, pending: List[Tuple[int, List[Any], List[Optional[int]]]]
+) -> None:
+    """:func:`_write_back` of each sample run so far, once."""
+    while pending:
+        _write_back(batched, *pending.pop(0))
 
 
 def _write_back(

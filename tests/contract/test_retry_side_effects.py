@@ -196,3 +196,23 @@ def test_inference_tensor_updated_by_a_failed_attempt_is_put_back() -> None:
             result = ta.vmap(f)(xs)
     torch.testing.assert_close(result, torch.ones(BATCH, 3, dtype=F64))
     torch.testing.assert_close(xs, torch.ones(BATCH, 3, dtype=F64))  # updated once
+
+
+@pytest.mark.parametrize("batch", [2, BATCH])
+def test_an_expanded_batch_passed_twice_gives_each_sample_its_own_copy(
+    backend: Optional[str], batch: int
+) -> None:
+    """Samples that share memory start from the values passed (torch.func refuses the update)."""
+
+    def f(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        a.add_(1.0)
+        return a * b
+
+    row = torch.ones(3, dtype=F64)
+    given = row.expand(batch, 3)
+    try:
+        result = ta.vmap(f, backend=backend)(given, given)
+    except RuntimeError:  # torch.func: more than one element refers to one memory location
+        assert backend is not None and backend != "autograd"
+        return
+    torch.testing.assert_close(result, torch.full((batch, 3), 4.0, dtype=F64))
