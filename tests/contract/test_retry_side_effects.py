@@ -211,7 +211,9 @@ def test_an_expanded_batch_passed_twice_gives_each_sample_its_own_copy(
     row = torch.ones(3, dtype=F64)
     given = row.expand(batch, 3)
     try:
-        result = ta.vmap(f, backend=backend)(given, given)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ta.BackendFallbackWarning)
+            result = ta.vmap(f, backend=backend)(given, given)
     except RuntimeError:  # torch.func: more than one element refers to one memory location
         assert backend is not None and backend != "autograd"
         return
