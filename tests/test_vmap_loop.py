@@ -68,7 +68,7 @@ class _Forwarding:
 @pytest.mark.parametrize("wrap", ["transformed", "nested transforms", "forwarding object"])
 def test_generators_found_through_wrappers(wrap: str) -> None:
     """The generator in a function's closure is found however the function is wrapped."""
-    from tad_autograd.compat._rng import visible_generators
+    from tad_autograd.compat._visible import visible_generators
 
     gen = torch.Generator()
 

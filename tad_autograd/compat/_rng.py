@@ -1,23 +1,23 @@
-"""Snapshots of torch's random generators: the CPU one, the accelerators', explicit ones.
+"""Snapshots of what a call can change that a retry must put back: torch's random
+generators (the CPU one, the accelerators', explicit ones) and small tensors.
 
-vmap's ``randomness`` flags need them: ``"same"`` replays one state for every
-batch element (or every chunk) and ``"error"`` must notice any draw; the
-automatic fallback restores them before its retry, so the function's draws
-happen once.  A tensor on a CUDA device draws from that device's generator,
-not the CPU's, so a snapshot covers the CUDA devices of the arguments as
-well, and the explicit :class:`torch.Generator` objects a call can see
-(:func:`visible_generators`).
+vmap's ``randomness`` flags need the generators: ``"same"`` replays one state
+for every batch element (or every chunk) and ``"error"`` must notice any draw;
+the automatic fallback restores them before its retry, so the function's
+draws happen once.  A tensor on a CUDA device draws from that device's
+generator, not the CPU's, so a snapshot covers the CUDA devices of the
+arguments as well, and the explicit :class:`torch.Generator` objects a call
+can see (:func:`~tad_autograd.compat._visible.visible_generators`).  The
+fallback also puts back the tensors the call can see that a failed attempt
+updated in place (:class:`TensorValues`).
 
 :func:`snapshot` takes the snapshot a call needs; :func:`attempt` is the one
 "snapshot, try, restore, then mark, fall back or raise" used wherever a
-failed attempt must leave the generators as they were.
+failed attempt must leave the generators and tensors as they were.
 """
 
 from __future__ import annotations
 
-import collections
-import functools
-import types
 from typing import (
     Any,
     Callable,
@@ -35,6 +35,7 @@ from typing import (
 import torch
 
 from ._pytree import tree_flatten
+from ._visible import _visible, visible_generators
 
 T = TypeVar("T")
 
@@ -127,182 +128,6 @@ def all_devices_states(explicit: Sequence[torch.Generator] = ()) -> RngStates:
     if torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
         devices = [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
     return RngStates(devices, explicit)
-
-
-def visible_generators(
-    func: Callable[..., Any], args: Sequence[Any], kwargs: Optional[Dict[str, Any]] = None
-) -> List[torch.Generator]:
-    """The explicit :class:`torch.Generator` objects a call of ``func`` can see.
-
-    Those among the arguments (any pytree leaf), the keyword arguments, and,
-    for ``func`` and each function it wraps (``__wrapped__``, as
-    :func:`functools.wraps` sets it, and a :func:`functools.partial`'s
-    function, whose bound arguments count as arguments): the cells of its
-    closure, its default values, the module globals its code names, and the
-    attributes of the object itself or of a bound method's object (``self.gen``
-    of an ``nn.Module`` called as ``vmap(module)``) and of each of an
-    ``nn.Module``'s submodules.  Generators reached only through other objects
-    (a list) or other functions are not found.
-
-    Examples
-    --------
-    >>> import torch
-    >>> g = torch.Generator()
-    >>> visible_generators(lambda x: torch.rand(2, generator=g), (1,)) == [g]
-    True
-    """
-    return _visible(func, args, kwargs, tensors=False)[0]
-
-
-def visible_tensors(
-    func: Callable[..., Any], args: Sequence[Any], kwargs: Optional[Dict[str, Any]] = None
-) -> List[torch.Tensor]:
-    """The tensors a call of ``func`` can update in place that the library can see.
-
-    The arguments' tensors and those found where :func:`visible_generators`
-    looks for generators, with the parameters and buffers of each
-    ``nn.Module`` found there (a ``BatchNorm``'s running statistics).
-
-    Examples
-    --------
-    >>> import torch
-    >>> buffer = torch.zeros(1)
-    >>> [t is buffer for t in visible_tensors(lambda x: x + buffer, (1.0,))]
-    [True]
-    """
-    return _visible(func, args, kwargs, tensors=True)[1]
-
-
-def _visible(
-    func: Callable[..., Any],
-    args: Sequence[Any],
-    kwargs: Optional[Dict[str, Any]],
-    tensors: bool,
-) -> Tuple[List[torch.Generator], List[torch.Tensor]]:
-    """The generators (and, with ``tensors``, the tensors) a call can see: one walk."""
-    generators: List[torch.Generator] = []
-    found: List[torch.Tensor] = []
-    seen_ids: Set[int] = set()
-
-    def add(obj: Any) -> None:
-        kind = type(obj)
-        if kind in _NEITHER:  # most of what is looked at (a module's flags and tables)
-            return
-        # (issubclass: torch.Generator's metaclass makes isinstance a Python-level check)
-        if issubclass(kind, torch.Tensor):
-            if tensors and id(obj) not in seen_ids:
-                seen_ids.add(id(obj))
-                found.append(obj)
-        elif issubclass(kind, torch.Generator):
-            if all(obj is not g for g in generators):
-                generators.append(obj)
-        elif isinstance(obj, torch.nn.Module) and id(obj) not in seen_ids:
-            seen_ids.add(id(obj))
-            for sub in obj.modules():
-                if tensors:  # its buffers (parameters require grad: autograd refuses
-                    for value in sub._buffers.values():  # their in-place updates)
-                        add(value)
-                kind = type(sub)
-                if kind.__module__.startswith("torch."):  # torch's own: no generator of
-                    continue  # the user's among its attributes or in its code
-                for value in vars(sub).values():  # a generator attribute (self.gen)
-                    add(value)
-                if id(kind) not in seen_ids:  # what the forward of the class names
-                    seen_ids.add(id(kind))
-                    forward = getattr(kind, "forward", None)
-                    if isinstance(forward, types.FunctionType):
-                        _reachable(forward, add)
-
-    def add_leaves(tree: Any) -> None:
-        if isinstance(tree, tuple) and all(isinstance(a, torch.Tensor) for a in tree):
-            leaves: Any = tree  # the common case: no pytree to flatten
-        else:
-            leaves = tree_flatten(tree)[0]
-        for leaf in leaves:
-            add(leaf)
-
-    if tensors or kwargs or not all(isinstance(a, torch.Tensor) for a in args):
-        add_leaves(tuple(args))
-        if kwargs:
-            add_leaves(kwargs)
-    seen: List[int] = []
-    layer: Any = func
-    while layer is not None and id(layer) not in seen:  # the function and what it wraps
-        seen.append(id(layer))
-        if isinstance(layer, functools.partial):
-            add_leaves((layer.args, layer.keywords))
-            layer = layer.func
-            continue
-        owner = layer.__self__ if isinstance(layer, types.MethodType) else layer
-        if isinstance(owner, torch.nn.Module):  # the module called, or the method's
-            add(owner)
-        _reachable(layer, add)
-        wrapped = getattr(layer, "__wrapped__", None)
-        if wrapped is None and not isinstance(
-            layer, (types.FunctionType, types.MethodType, torch.nn.Module)
-        ):
-            # a callable object: what its __call__ names (a module's forward: see add)
-            method = type(layer).__call__
-            if isinstance(method, types.FunctionType):
-                _reachable(method, add)
-        layer = wrapped
-    return generators, found
-
-
-#: Types that are neither a tensor, a generator nor a module (skipped at once).
-_NEITHER = frozenset(
-    {type(None), bool, int, float, complex, str, bytes, dict, set, frozenset, list, tuple}
-    | {type(collections.OrderedDict()), types.FunctionType, types.BuiltinFunctionType}
-)
-
-
-def _reachable(func: Any, add: Callable[[Any], None]) -> None:
-    """Pass to ``add`` what one callable (no ``__wrapped__`` followed) can reach directly."""
-    owner = func.__self__ if isinstance(func, types.MethodType) else None  # a bound method's
-    for obj in (func, owner):
-        attributes = getattr(obj, "__dict__", None)
-        if isinstance(attributes, dict) and not isinstance(obj, (type, types.ModuleType)):
-            for value in attributes.values():  # an object's generator attribute (self.gen)
-                add(value)
-    if owner is not None:
-        func = func.__func__  # a bound method's function
-    elif not isinstance(func, types.FunctionType) and hasattr(func, "__dict__"):
-        if "__wrapped__" in func.__dict__:
-            # a callable object that names the function it wraps (a transformed
-            # function): it has no closure, defaults or globals of its own, and the
-            # wrapped function is looked at next (asking such an object, which may
-            # compute missing attributes, only costs time)
-            return
-    for cell in getattr(func, "__closure__", None) or ():
-        try:
-            add(cell.cell_contents)
-        except ValueError:  # an empty cell
-            pass
-    for value in getattr(func, "__defaults__", None) or ():
-        add(value)
-    for value in (getattr(func, "__kwdefaults__", None) or {}).values():
-        add(value)
-    code = getattr(func, "__code__", None)
-    namespace = getattr(func, "__globals__", None)
-    if isinstance(code, types.CodeType) and isinstance(namespace, dict):
-        for name in _global_names(code):
-            add(namespace.get(name))
-
-
-@functools.lru_cache(maxsize=4096)
-def _global_names(code: types.CodeType) -> Tuple[str, ...]:
-    """The names ``code`` and the code nested in it (comprehensions, lambdas) look up.
-
-    Examples
-    --------
-    >>> _global_names((lambda: [gen for _ in range(2)]).__code__)
-    ('range', 'gen')
-    """
-    names = list(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names += [n for n in _global_names(const) if n not in names]
-    return tuple(names)
 
 
 def snapshot(

@@ -5,7 +5,7 @@ batches.  Every sample is a fresh, contiguous tensor (as the function would
 see an unbatched input: storage-dependent ops such as ``as_strided`` give
 what they give outside ``vmap``); the outputs are stacked along ``out_dims``.
 ``randomness`` covers the CPU generator, the arguments' CUDA devices and the
-explicit generators the call can see (:func:`tad_autograd.compat._rng.visible_generators`).
+explicit generators the call can see (:func:`tad_autograd.compat._visible.visible_generators`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Tup
 import torch
 
 from ..compat._pytree import tree_unflatten
-from ..compat._rng import RngStates, visible_generators
+from ..compat._rng import RngStates
+from ..compat._visible import visible_generators
 from ._batching import BatchedArgs, check_out_dim, flatten_args, join_outputs, split_outputs
 
 __all__ = ["loop_vmap", "strictly_unbatched"]
