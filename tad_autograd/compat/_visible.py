@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 import torch
 
 from ._pytree import tree_flatten
+from ._torch_info import is_compiling
 
 __all__ = ["visible_generators", "visible_tensors"]
 
@@ -186,17 +187,28 @@ def _reachable(func: Any, add: Callable[[Any], None]) -> None:
             add(namespace.get(name))
 
 
-@functools.lru_cache(maxsize=4096)
 def _global_names(code: types.CodeType) -> Tuple[str, ...]:
-    """The names ``code`` and the code nested in it (comprehensions, lambdas) look up.
+    """The names ``code`` and the code nested in it (comprehensions, lambdas) look up,
+    remembered per code object (while dynamo traces: ``code``'s own, which it folds).
 
     Examples
     --------
     >>> _global_names((lambda: [gen for _ in range(2)]).__code__)
     ('range', 'gen')
     """
-    names = list(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names += [n for n in _global_names(const) if n not in names]
-    return tuple(names)
+    if is_compiling():
+        return tuple(code.co_names)
+    names = _NAMES.get(code)
+    if names is None:
+        found = list(code.co_names)
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType):
+                found += [n for n in _global_names(const) if n not in found]
+        if len(_NAMES) >= 4096:  # (code objects of functions made and dropped per call)
+            _NAMES.clear()
+        names = _NAMES[code] = tuple(found)
+    return names
+
+
+#: :func:`_global_names` per code object.
+_NAMES: Dict[types.CodeType, Tuple[str, ...]] = {}
