@@ -35,7 +35,7 @@ from typing import (
 import torch
 
 from ._pytree import tree_flatten
-from ._visible import _visible, visible_generators
+from ._visible import visible, visible_generators
 
 T = TypeVar("T")
 
@@ -165,8 +165,8 @@ def attempt(
     ``retry()`` if given, else the exception raised.  Other exceptions propagate as
     they are.
 
-    The tensors the call can see (:func:`visible_tensors`: the arguments,
-    captured tensors, a module's parameters and buffers) are put back too
+    The tensors the call can see (:func:`~tad_autograd.compat._visible.visible`: the
+    arguments, captured tensors, a module's buffers) are put back too
     where a failed ``run`` updated them in place (:class:`TensorValues`), so
     a retry starts from what the caller had.  Where one of them is too large
     to have been kept, the retry would repeat the update: then a
@@ -191,7 +191,7 @@ def attempt(
     >>> attempt(counts, lambda x: x + counter, (1.0,), retry=lambda: float(counter))
     0.0
     """
-    generators, tensors = _visible(func, args, kwargs, tensors=True)
+    generators, tensors = visible(func, args, kwargs, tensors=True)
     states = RngStates(_devices(args), generators)
     kept = TensorValues(tensors)
     try:
@@ -219,7 +219,8 @@ class TensorValues:
 
     Each tensor's version counter tells whether it was updated; the values of
     the smallest ones, up to :data:`KEPT_BYTES` in all, are copied first.
-    Inference tensors keep no version counter and are left as they are.
+    Inference tensors keep no version counter: a kept one is compared by value,
+    another is left as it is.
 
     Examples
     --------
@@ -233,13 +234,12 @@ class TensorValues:
 
     def __init__(self, tensors: Sequence[torch.Tensor]) -> None:
         self.tensors = list(tensors)
-        # an inference tensor keeps no version counter: its values tell (None)
-        self.versions = [None if t.is_inference() else t._version for t in self.tensors]
+        self.versions = [version_of(t) for t in self.tensors]
         self.copies: Dict[int, torch.Tensor] = {}
         budget = KEPT_BYTES
         sizes = [t.numel() * t.element_size() for t in self.tensors]
-        for i in sorted(range(len(sizes)), key=sizes.__getitem__) if len(sizes) > 1 else [0]:
-            if i >= len(sizes) or sizes[i] > budget:
+        for i in sorted(range(len(sizes)), key=sizes.__getitem__):
+            if sizes[i] > budget:
                 break
             budget -= sizes[i]
             self.copies[i] = self.tensors[i].detach().clone()
@@ -263,6 +263,21 @@ class TensorValues:
 
 #: How many bytes of tensor values :class:`TensorValues` copies at most per call.
 KEPT_BYTES = 1 << 16
+
+
+def version_of(t: Any) -> Optional[int]:
+    """A tensor's version counter; ``None`` for non-tensors and inference tensors (they keep
+    none: their values tell).
+
+    Examples
+    --------
+    >>> import torch
+    >>> version_of(torch.zeros(1).add_(1)), version_of(1.0)
+    (1, None)
+    """
+    if isinstance(t, torch.Tensor) and not t.is_inference():
+        return int(t._version)
+    return None
 
 
 def _devices(args: Sequence[Any]) -> Set[torch.device]:

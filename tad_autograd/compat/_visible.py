@@ -24,7 +24,7 @@ import torch
 from ._pytree import tree_flatten
 from ._torch_info import is_compiling
 
-__all__ = ["visible_generators", "visible_tensors"]
+__all__ = ["visible", "visible_generators"]
 
 
 def visible_generators(
@@ -49,35 +49,30 @@ def visible_generators(
     >>> visible_generators(lambda x: torch.rand(2, generator=g), (1,)) == [g]
     True
     """
-    return _visible(func, args, kwargs, tensors=False)[0]
+    return visible(func, args, kwargs)[0]
 
 
-def visible_tensors(
-    func: Callable[..., Any], args: Sequence[Any], kwargs: Optional[Dict[str, Any]] = None
-) -> List[torch.Tensor]:
-    """The tensors a call of ``func`` can update in place that the library can see.
+def visible(
+    func: Callable[..., Any],
+    args: Sequence[Any],
+    kwargs: Optional[Dict[str, Any]] = None,
+    tensors: bool = False,
+) -> Tuple[List[torch.Generator], List[torch.Tensor]]:
+    """The generators and, with ``tensors``, the tensors a call can see, in one walk.
 
-    The arguments' tensors and those found where :func:`visible_generators`
-    looks for generators, with the parameters and buffers of each
-    ``nn.Module`` found there (a ``BatchNorm``'s running statistics).
+    The tensors are those a call can update in place: the arguments' and those
+    found where the generators are looked for (:func:`visible_generators`),
+    with each ``nn.Module``'s buffers (a ``BatchNorm``'s running statistics;
+    its parameters require grad, and autograd refuses their in-place updates).
 
     Examples
     --------
     >>> import torch
     >>> buffer = torch.zeros(1)
-    >>> [t is buffer for t in visible_tensors(lambda x: x + buffer, (1.0,))]
-    [True]
+    >>> generators, tensors = visible(lambda x: x + buffer, (1.0,), tensors=True)
+    >>> generators, [t is buffer for t in tensors]
+    ([], [True])
     """
-    return _visible(func, args, kwargs, tensors=True)[1]
-
-
-def _visible(
-    func: Callable[..., Any],
-    args: Sequence[Any],
-    kwargs: Optional[Dict[str, Any]],
-    tensors: bool,
-) -> Tuple[List[torch.Generator], List[torch.Tensor]]:
-    """The generators (and, with ``tensors``, the tensors) a call can see: one walk."""
     generators: List[torch.Generator] = []
     found: List[torch.Tensor] = []
     seen_ids: Set[int] = set()

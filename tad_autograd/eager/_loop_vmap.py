@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Tup
 import torch
 
 from ..compat._pytree import tree_unflatten
-from ..compat._rng import RngStates
+from ..compat._rng import RngStates, version_of
 from ..compat._visible import visible_generators
 from ._batching import BatchedArgs, check_out_dim, flatten_args, join_outputs, split_outputs
 
@@ -115,7 +115,7 @@ def loop_vmap(
                 states.restore()  # every element draws what the first drew
             sample = _sample(batched, b, aliased)
             inputs.append(sample)
-            versions = [_version(t) for t in sample]
+            versions = [version_of(t) for t in sample]
             output = func(*tree_unflatten(sample, batched.spec), **kwargs)
             pending.append((b, sample, versions))
             leaves, leaf_dims, leaf_spec = split_outputs(func, out_dims, output)
@@ -163,19 +163,13 @@ def _returned_inputs(
     return given
 
 
-def _version(t: Any) -> Optional[int]:
-    """A tensor's version counter; ``None`` for non-tensors and inference tensors (none kept)."""
-    if isinstance(t, torch.Tensor) and not t.is_inference():
-        return int(t._version)
-    return None
-
-
 def _write_backs(
     batched: BatchedArgs, pending: List[Tuple[int, List[Any], List[Optional[int]]]]
 ) -> None:
     """:func:`_write_back` of each sample run so far, once."""
-    while pending:
-        _write_back(batched, *pending.pop(0))
+    for entry in pending:
+        _write_back(batched, *entry)
+    pending.clear()
 
 
 def _write_back(
